@@ -1,0 +1,2 @@
+//! hookd binary
+fn main() {}
