@@ -1,1 +1,142 @@
-//! hookd
+//! hookd: a webhook delivery engine.
+//!
+//! The engine is a value: [`start`] runs one on a listener you bound and returns a
+//! [`RunningEngine`] to ask for its address or shut it down, so tests run whole engines
+//! in-process on `127.0.0.1:0`. See `ARCHITECTURE.md` for the path of an event through the
+//! modules.
+
+pub mod api;
+pub mod config;
+pub mod delivery;
+pub mod fanout;
+pub mod ids;
+pub mod ingest;
+pub mod signing;
+pub mod ssrf;
+pub mod store;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, SharedConfig};
+use crate::delivery::{DeliveryClient, DeliveryContext, Dispatcher};
+use crate::ingest::Ingest;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the data directory {path}: {source}")]
+    Store {
+        path: std::path::PathBuf,
+        source: StoreError,
+    },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the listener has no local address: {0}")]
+    Listener(std::io::Error),
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct RunningEngine {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    store: Store,
+    config: SharedConfig,
+}
+
+impl RunningEngine {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The live configuration (swap it to reconfigure the engine).
+    pub fn config(&self) -> &SharedConfig {
+        &self.config
+    }
+
+    /// Stops accepting requests, lets attempts in flight finish (bounded), flushes the store
+    /// and returns once every task has ended and the data dir is released.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the engine stops (after `shutdown` or the token passed to [`start`]).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Err(err) = self.store.flush().await {
+            warn!(error = %err, "final flush failed");
+        }
+    }
+}
+
+/// Starts an engine on `listener` with `config`. `shutdown` stops it (also reachable through
+/// [`RunningEngine::shutdown`]).
+pub async fn start(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<RunningEngine, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store = Store::open(&config.data_dir).map_err(|source| StartError::Store {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
+    let local_addr = listener.local_addr().map_err(StartError::Listener)?;
+    let config = SharedConfig::new(config);
+
+    let (dispatch, dispatch_rx) = Dispatcher::channel();
+    let delivery = DeliveryContext {
+        store: store.clone(),
+        config: config.clone(),
+        client: DeliveryClient::new(config.clone()),
+        dispatch: dispatch.clone(),
+    };
+    let dispatcher = Dispatcher::new(delivery.clone(), dispatch_rx);
+    let dispatcher_task = tokio::spawn(dispatcher.run(shutdown.clone()));
+    let (ingest, ingest_task) = Ingest::start(store.clone(), dispatch.clone());
+
+    let app = api::router(api::AppState {
+        store: store.clone(),
+        config: config.clone(),
+        ingest,
+        dispatch,
+        delivery,
+    });
+    let server_shutdown = shutdown.clone();
+    let server_task = tokio::spawn(async move {
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
+        if let Err(err) = server.await {
+            warn!(error = %err, "HTTP server stopped with an error");
+        }
+    });
+    info!("listening on {local_addr}");
+    Ok(RunningEngine {
+        local_addr,
+        shutdown,
+        // Order matters: the server first (it owns the last `Ingest` handle, so the ingest
+        // writer ends after it), then the writer, then the dispatcher.
+        tasks: vec![server_task, ingest_task, dispatcher_task],
+        store,
+        config,
+    })
+}

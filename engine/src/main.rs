@@ -1,2 +1,138 @@
-//! hookd binary
-fn main() {}
+//! The `hookd` command line: `serve`, `check-config`, `key`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use hookd::config::{Config, DEFAULT_LISTEN, generate_api_key};
+use hookd::telemetry::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+/// hookd: durable, signed, retried webhook delivery with WebAssembly plugins.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine: the HTTP API plus delivery.
+    Serve {
+        /// Config file.
+        #[arg(long, env = "HOOKD_CONFIG", default_value = "config/hookd.toml")]
+        config: PathBuf,
+        /// Data directory (sled); overrides `data_dir` in the config file.
+        #[arg(long, env = "HOOKD_DATA")]
+        data: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free one);
+        /// overrides `listen` in the config file.
+        #[arg(long, env = "HOOKD_LISTEN")]
+        listen: Option<String>,
+        /// Log output format.
+        #[arg(long, env = "HOOKD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+        log_format: LogFormat,
+    },
+    /// Validate a config file without starting anything; exit status 1 lists every problem.
+    CheckConfig {
+        /// Config file.
+        #[arg(default_value = "config/hookd.toml")]
+        config: PathBuf,
+    },
+    /// Generate a new API key and the hash to paste into a tenant's `api_keys`.
+    Key,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            data,
+            listen,
+            log_format,
+        } => {
+            telemetry::init(log_format);
+            match serve(config, data, listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                eprintln!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprint!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Key => {
+            let (key, hash) = generate_api_key();
+            eprintln!("API key (give this to the tenant; it is not stored anywhere):");
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{key}");
+            }
+            eprintln!("\nAdd this line to the tenant's `api_keys` in config/hookd.toml:");
+            #[allow(clippy::print_stdout)]
+            {
+                println!("\"{hash}\"");
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+#[tokio::main]
+async fn serve(
+    config_path: PathBuf,
+    data: Option<PathBuf>,
+    listen: Option<String>,
+) -> anyhow::Result<()> {
+    let mut config = Config::load(&config_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    if let Some(data) = data {
+        config.data_dir = data;
+    }
+    if let Some(listen) = listen {
+        config.listen = listen
+            .parse()
+            .with_context(|| format!("`{listen}` is not an address like {DEFAULT_LISTEN}"))?;
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    let engine = hookd::start(config, listener, shutdown.clone()).await?;
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing attempts in flight");
+        shutdown.cancel();
+    });
+    engine.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler works");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

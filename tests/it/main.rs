@@ -1,1 +1,13 @@
-//! tests
+//! hookd's integration tests: one binary, real engines, real receivers, real sled dirs.
+
+// Tests play producers and API clients, so they build plain HTTP clients of their own.
+#![allow(clippy::disallowed_methods)]
+
+mod api_errors;
+mod crash;
+mod delivery;
+mod isolation;
+mod restart;
+mod retries;
+mod ssrf;
+mod support;

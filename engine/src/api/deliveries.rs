@@ -1,0 +1,186 @@
+//! `/v1/deliveries`: the delivery log (filters, attempts inline) and manual retry.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListResponse, Tenant, page_limit,
+    parse_iterator, parse_time, rfc3339,
+};
+use crate::ids::{DeliveryId, WebhookId, now_ms};
+use crate::store::{AttemptRecord, DeliveryFilter, DeliveryRecord, DeliveryStatus};
+
+#[derive(Debug, Serialize)]
+pub struct DeliveryView {
+    id: String,
+    event_id: String,
+    webhook_id: String,
+    event_type: String,
+    status: DeliveryStatus,
+    attempt_count: u32,
+    created_at: String,
+    updated_at: String,
+    next_attempt_at: Option<String>,
+    last_attempt_at: Option<String>,
+    last_status_code: Option<u16>,
+    last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filtered_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<Vec<AttemptView>>,
+}
+
+impl From<DeliveryRecord> for DeliveryView {
+    fn from(d: DeliveryRecord) -> Self {
+        DeliveryView {
+            id: d.id.to_string(),
+            event_id: d.event_id.to_string(),
+            webhook_id: d.webhook_id.to_string(),
+            event_type: d.event_type,
+            status: d.status,
+            attempt_count: d.attempts,
+            created_at: rfc3339(d.created_at),
+            updated_at: rfc3339(d.updated_at),
+            next_attempt_at: d.next_attempt_at.map(rfc3339),
+            last_attempt_at: d.last_attempt_at.map(rfc3339),
+            last_status_code: d.last_status_code,
+            last_error: d.last_error,
+            filtered_by: d.filtered_by,
+            attempts: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttemptView {
+    id: String,
+    attempt: u32,
+    started_at: String,
+    url: String,
+    latency_ms: u64,
+    result: String,
+    status_code: Option<u16>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    response_snippet: Option<String>,
+    next_attempt_at: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    plugin_logs: Vec<String>,
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(a: AttemptRecord) -> Self {
+        AttemptView {
+            id: a.id.to_string(),
+            attempt: a.attempt,
+            started_at: rfc3339(a.started_at),
+            url: a.url,
+            latency_ms: a.latency_ms,
+            result: a.result,
+            status_code: a.status_code,
+            error_code: a.error_code,
+            error_message: a.error_message,
+            response_snippet: a.response_snippet,
+            next_attempt_at: a.next_attempt_at.map(rfc3339),
+            plugin_logs: a.plugin_logs,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeliveryListQuery {
+    limit: Option<usize>,
+    iterator: Option<String>,
+    webhook_id: Option<String>,
+    status: Option<String>,
+    event_type: Option<String>,
+    after: Option<String>,
+    before: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiQuery(query): ApiQuery<DeliveryListQuery>,
+) -> Result<ApiJson<ListResponse<DeliveryView>>, ApiError> {
+    let webhook_id = match query.webhook_id.as_deref() {
+        Some(text) => {
+            Some(WebhookId::parse(text).ok_or_else(|| ApiError::not_found("webhook", text))?)
+        }
+        None => None,
+    };
+    let status = match query.status.as_deref() {
+        Some(text) => Some(DeliveryStatus::parse(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                "`status` is one of pending, in_flight, delivered, failed, filtered",
+            )
+        })?),
+        None => None,
+    };
+    let filter = DeliveryFilter {
+        webhook_id,
+        status,
+        event_type: query.event_type,
+        after_ms: query
+            .after
+            .as_deref()
+            .map(|t| parse_time("after", t))
+            .transpose()?,
+        before_ms: query
+            .before
+            .as_deref()
+            .map(|t| parse_time("before", t))
+            .transpose()?,
+    };
+    let cursor = parse_iterator(query.iterator.as_deref(), DeliveryId::parse)?;
+    let page = state.store.list_deliveries(
+        &tenant.id,
+        &filter,
+        cursor.as_ref().map(DeliveryId::as_str),
+        page_limit(query.limit)?,
+    )?;
+    let data = page.items.into_iter().map(DeliveryView::from).collect();
+    Ok(ApiJson(ListResponse::new(data, page.next)))
+}
+
+fn parse_delivery_id(id: &str) -> Result<DeliveryId, ApiError> {
+    DeliveryId::parse(id).ok_or_else(|| ApiError::not_found("delivery", id))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<DeliveryView>, ApiError> {
+    let delivery_id = parse_delivery_id(&id)?;
+    let delivery = state
+        .store
+        .delivery(&tenant.id, &delivery_id)?
+        .ok_or_else(|| ApiError::not_found("delivery", &id))?;
+    let attempts = state.store.attempts(&tenant.id, &delivery_id)?;
+    let mut view = DeliveryView::from(delivery);
+    view.attempts = Some(attempts.into_iter().map(AttemptView::from).collect());
+    Ok(ApiJson(view))
+}
+
+/// Queues a delivery for an attempt now, whatever its state. A delivery that had used up
+/// its attempts gets exactly one more.
+pub async fn retry(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, ApiJson<DeliveryView>), ApiError> {
+    let delivery_id = parse_delivery_id(&id)?;
+    let now = now_ms();
+    let delivery = state
+        .store
+        .requeue(&tenant.id, &delivery_id, now)?
+        .ok_or_else(|| ApiError::not_found("delivery", &id))?;
+    state.store.flush().await?;
+    state
+        .dispatch
+        .enqueued(&tenant.id, &delivery.webhook_id, now);
+    Ok((StatusCode::ACCEPTED, ApiJson(DeliveryView::from(delivery))))
+}

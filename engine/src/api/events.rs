@@ -1,0 +1,286 @@
+//! `/v1/events`: ingest (validate → fan out → `ingest` → 202 after the flush), list, get.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tracing::info;
+
+use super::deliveries::DeliveryView;
+use super::{
+    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListResponse, Tenant, page_limit,
+    parse_iterator, parse_time, rfc3339, valid_channel,
+};
+use crate::config::valid_event_type;
+use crate::fanout;
+use crate::ids::{DeliveryId, EventId, now_ms};
+use crate::ingest::IngestOutcome;
+use crate::store::{DeliveryRecord, DeliveryStatus, EventFilter, EventRecord, NewEvent};
+
+/// Deepest nesting of arrays and objects accepted in a payload; receivers' parsers often
+/// recurse, so hookd refuses what would crash them.
+const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// Longest accepted idempotency key.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEvent {
+    #[serde(rename = "type")]
+    event_type: String,
+    payload: Box<RawValue>,
+    #[serde(default)]
+    channel: Option<String>,
+    /// The producer's id for this event; a repeat within the idempotency window returns the
+    /// original event (same as the `Idempotency-Key` header).
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+    timestamp: String,
+    payload: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliveries: Option<Vec<DeliveryView>>,
+}
+
+impl EventView {
+    fn new(event: EventRecord, deliveries: Option<Vec<DeliveryRecord>>) -> Self {
+        EventView {
+            id: event.id.to_string(),
+            event_type: event.event_type,
+            channel: event.channel,
+            idempotency_key: event.idempotency_key,
+            timestamp: rfc3339(event.created_at),
+            payload: event.payload,
+            deliveries: deliveries.map(|ds| ds.into_iter().map(DeliveryView::from).collect()),
+        }
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateEvent>,
+) -> Result<Response, ApiError> {
+    let limits = &tenant.config.limits;
+    if body.payload.get().len() > limits.max_payload_bytes {
+        return Err(ApiError::payload_too_large(format!(
+            "the payload is {} bytes; the limit is {}",
+            body.payload.get().len(),
+            limits.max_payload_bytes
+        )));
+    }
+    if json_depth(body.payload.get()) > MAX_PAYLOAD_DEPTH {
+        return Err(ApiError::invalid(
+            "payload_too_deep",
+            format!("the payload nests arrays and objects deeper than {MAX_PAYLOAD_DEPTH} levels"),
+        ));
+    }
+    if !valid_event_type(&body.event_type) {
+        return Err(ApiError::invalid(
+            "invalid_event_type",
+            "`type` must be 1-128 of a-z A-Z 0-9 . _ - :",
+        ));
+    }
+    if let Some(channel) = &body.channel
+        && !valid_channel(channel)
+    {
+        return Err(ApiError::invalid(
+            "invalid_channel",
+            "`channel` must be 1-128 of a-z A-Z 0-9 . _ - :",
+        ));
+    }
+    let header_key = match headers.get("idempotency-key") {
+        Some(value) => Some(value.to_str().map(str::to_string).map_err(|_| {
+            ApiError::bad_request("invalid_idempotency_key", "`Idempotency-Key` must be ASCII")
+        })?),
+        None => None,
+    };
+    let idempotency_key = match (body.id, header_key) {
+        (Some(id), Some(header)) if id != header => {
+            return Err(ApiError::invalid(
+                "invalid_idempotency_key",
+                "the body's `id` and the `Idempotency-Key` header differ",
+            ));
+        }
+        (Some(key), _) | (None, Some(key)) => Some(key),
+        (None, None) => None,
+    };
+    if let Some(key) = &idempotency_key
+        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES)
+    {
+        return Err(ApiError::invalid(
+            "invalid_idempotency_key",
+            format!("an idempotency key is 1-{MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
+        ));
+    }
+
+    let now = now_ms();
+    let event = EventRecord {
+        id: EventId::new(),
+        event_type: body.event_type,
+        channel: body.channel,
+        idempotency_key,
+        created_at: now,
+        payload: body.payload,
+    };
+    let deliveries: Vec<DeliveryRecord> = state
+        .store
+        .webhooks_of(&tenant.id)?
+        .into_iter()
+        .filter(|w| fanout::webhook_matches(w, &event.event_type, event.channel.as_deref()))
+        .map(|w| DeliveryRecord {
+            id: DeliveryId::new(),
+            event_id: event.id.clone(),
+            webhook_id: w.id,
+            event_type: event.event_type.clone(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            created_at: now,
+            updated_at: now,
+            next_attempt_at: Some(now),
+            last_attempt_at: None,
+            last_status_code: None,
+            last_error: None,
+            filtered_by: None,
+        })
+        .collect();
+    let new = NewEvent {
+        tenant: tenant.id.clone(),
+        event: event.clone(),
+        deliveries: deliveries.clone(),
+    };
+    let window_ms = limits.idempotency_window.as_millis() as u64;
+    match state.ingest.submit(new, window_ms).await? {
+        IngestOutcome::Created => {
+            info!(tenant = %tenant.id, event_id = %event.id, deliveries = deliveries.len(), "event accepted");
+            Ok((
+                StatusCode::ACCEPTED,
+                ApiJson(EventView::new(event, Some(deliveries))),
+            )
+                .into_response())
+        }
+        IngestOutcome::Duplicate(original) => {
+            let event = state
+                .store
+                .event(&tenant.id, &original)?
+                .ok_or_else(|| ApiError::not_found("event", original.as_str()))?;
+            let deliveries = state.store.deliveries_of_event(&tenant.id, &original)?;
+            Ok((
+                StatusCode::OK,
+                [("idempotent-replayed", "true")],
+                ApiJson(EventView::new(event, Some(deliveries))),
+            )
+                .into_response())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventListQuery {
+    limit: Option<usize>,
+    iterator: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    channel: Option<String>,
+    after: Option<String>,
+    before: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiQuery(query): ApiQuery<EventListQuery>,
+) -> Result<ApiJson<ListResponse<EventView>>, ApiError> {
+    let filter = EventFilter {
+        event_type: query.event_type,
+        channel: query.channel,
+        after_ms: query
+            .after
+            .as_deref()
+            .map(|t| parse_time("after", t))
+            .transpose()?,
+        before_ms: query
+            .before
+            .as_deref()
+            .map(|t| parse_time("before", t))
+            .transpose()?,
+    };
+    let cursor = parse_iterator(query.iterator.as_deref(), EventId::parse)?;
+    let page = state.store.list_events(
+        &tenant.id,
+        &filter,
+        cursor.as_ref().map(EventId::as_str),
+        page_limit(query.limit)?,
+    )?;
+    let data = page
+        .items
+        .into_iter()
+        .map(|e| EventView::new(e, None))
+        .collect();
+    Ok(ApiJson(ListResponse::new(data, page.next)))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<EventView>, ApiError> {
+    let event_id = EventId::parse(&id).ok_or_else(|| ApiError::not_found("event", &id))?;
+    let event = state
+        .store
+        .event(&tenant.id, &event_id)?
+        .ok_or_else(|| ApiError::not_found("event", &id))?;
+    let deliveries = state.store.deliveries_of_event(&tenant.id, &event_id)?;
+    Ok(ApiJson(EventView::new(event, Some(deliveries))))
+}
+
+/// Maximum nesting depth of arrays and objects in valid JSON text.
+fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_depth;
+
+    #[test]
+    fn depth_counts_nesting_outside_strings_only() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(json_depth(r#"{"a":"[[[[\"{{"}"#), 1);
+    }
+}

@@ -1,0 +1,264 @@
+//! The HTTP API (axum): routes, authentication, request/response shapes.
+//!
+//! `api` never calls reqwest and never names sled: it validates input, then calls `ingest`,
+//! `store` and `delivery`. Every `/v1` route authenticates the tenant from its API key and
+//! passes that tenant id into every store call.
+
+mod deliveries;
+mod error;
+mod events;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, SharedConfig};
+use crate::delivery::{DeliveryContext, DispatchHandle};
+use crate::ingest::Ingest;
+use crate::store::Store;
+
+pub use error::ApiError;
+
+/// Headroom above the payload limit for the rest of an event's JSON.
+const ENVELOPE_BYTES: usize = 64 * 1024;
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 250;
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub config: SharedConfig,
+    pub ingest: Ingest,
+    pub dispatch: DispatchHandle,
+    pub delivery: DeliveryContext,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.current().limits.max_payload_bytes + ENVELOPE_BYTES;
+    let v1 = Router::new()
+        .route("/events", post(events::create).get(events::list))
+        .route("/events/{id}", get(events::get_one))
+        .route("/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::get_one)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/webhooks/{id}/test", post(webhooks::test_send))
+        .route(
+            "/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/webhooks/{id}/recover", post(webhooks::recover))
+        .route("/deliveries", get(deliveries::list))
+        .route("/deliveries/{id}", get(deliveries::get_one))
+        .route("/deliveries/{id}/retry", post(deliveries::retry));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    // Ready when the store answers a read.
+    match state.store.webhooks_of("") {
+        Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(err) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the store is not readable: {err}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// The authenticated tenant of a `/v1` request, with the config snapshot it was checked
+/// against (use that snapshot for the whole request).
+pub struct Tenant {
+    pub id: String,
+    pub config: Arc<Config>,
+}
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::unauthorized("send your API key as `Authorization: Bearer <key>`")
+            })?;
+        let key = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <key>`")
+            })?;
+        let config = state.config.current();
+        let id = config
+            .tenant_for_key(key)
+            .map(|t| t.id.clone())
+            .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
+        Ok(Tenant { id, config })
+    }
+}
+
+/// JSON body extractor (and response) whose rejections are [`ApiError`]s.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl<T: Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        Json(self.0).into_response()
+    }
+}
+
+/// Query-string extractor whose rejections are [`ApiError`]s.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Path extractor whose rejections are [`ApiError`]s.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::bad_request("invalid_path", rejection.body_text())
+    }
+}
+
+/// `?limit=&iterator=` of a listing without filters.
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    pub limit: Option<usize>,
+    pub iterator: Option<String>,
+}
+
+/// The page size of a listing: `limit`, 1–250, default 50.
+pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE_SIZE),
+        Some(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`limit` must be between 1 and {MAX_PAGE_SIZE}"),
+        )),
+    }
+}
+
+/// Parses an `iterator` this API returned (an id of the listed kind).
+pub fn parse_iterator<T>(
+    text: Option<&str>,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    text.map(|t| {
+        parse(t).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_iterator",
+                "`iterator` is not one this API returned",
+            )
+        })
+    })
+    .transpose()
+}
+
+/// One page of a listing, as returned to clients.
+#[derive(Debug, Serialize)]
+pub struct ListResponse<T> {
+    pub data: Vec<T>,
+    /// Pass as `iterator` to fetch the next page.
+    pub iterator: Option<String>,
+    pub done: bool,
+}
+
+impl<T> ListResponse<T> {
+    pub fn new(data: Vec<T>, next: Option<String>) -> Self {
+        ListResponse {
+            data,
+            done: next.is_none(),
+            iterator: next,
+        }
+    }
+}
+
+/// Milliseconds as an RFC 3339 timestamp.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// A time in a query or body: RFC 3339 (`2026-11-23T10:00:00Z`) or milliseconds since the epoch.
+pub fn parse_time(field: &str, text: &str) -> Result<u64, ApiError> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .and_then(|t: SystemTime| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_time",
+                format!("`{field}` must be an RFC 3339 time like 2026-11-23T10:00:00Z or epoch milliseconds"),
+            )
+        })
+}
+
+/// An optional JSON body: empty means `T::default()`.
+pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|err| {
+        if err.is_data() {
+            ApiError::invalid("invalid_body", err.to_string())
+        } else {
+            ApiError::bad_request("invalid_json", err.to_string())
+        }
+    })
+}
+
+/// A channel name: 1-128 of `A-Z a-z 0-9 . _ - :`.
+pub fn valid_channel(channel: &str) -> bool {
+    !channel.is_empty()
+        && channel.len() <= 128
+        && channel
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}

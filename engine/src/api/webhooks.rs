@@ -1,0 +1,673 @@
+//! `/v1/webhooks`: create, list, get, update, delete, test send, secret rotation, recover.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::{HeaderName, HeaderValue};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use tracing::info;
+
+use super::{
+    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListResponse, Tenant, optional_json,
+    page_limit, parse_iterator, parse_time, rfc3339, valid_channel,
+};
+use crate::delivery::attempt::{self, TestSendOutcome};
+use crate::fanout;
+use crate::ids::{EventId, WebhookId, now_ms};
+use crate::signing;
+use crate::ssrf::{SsrfPolicy, UrlError};
+use crate::store::{
+    DeliveryStatus, EventRecord, PluginAttachment, UpdateError, WebhookRecord, WebhookSecret,
+    WebhookStatus,
+};
+
+const MAX_EVENT_TYPE_FILTERS: usize = 100;
+const MAX_CHANNELS: usize = 100;
+const MAX_STATIC_HEADERS: usize = 20;
+const MAX_METADATA_ENTRIES: usize = 32;
+const MAX_DESCRIPTION_BYTES: usize = 1024;
+const MAX_ATTEMPTS_LIMIT: u32 = 50;
+const MAX_TIMEOUT_MS: u64 = 300_000;
+const MAX_IN_FLIGHT_LIMIT: u32 = 1024;
+
+/// Headers hookd sets itself or that only the HTTP layer may set.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-connection",
+    "user-agent",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    url: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    event_types: Option<Vec<String>>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    max_in_flight: Option<u32>,
+    #[serde(default)]
+    rate_limit_per_sec: Option<u32>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    disabled: Option<bool>,
+}
+
+/// PATCH body: absent fields stay; `null` clears an optional field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhook {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    event_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    channels: Option<Option<Vec<String>>>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "present")]
+    max_attempts: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    timeout_ms: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    max_in_flight: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    rate_limit_per_sec: Option<Option<u32>>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+    /// `active` re-enables a disabled webhook (clearing its reason); `disabled` pauses it.
+    #[serde(default)]
+    status: Option<WebhookStatus>,
+}
+
+/// Distinguishes a field set to `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Serialize)]
+pub struct WebhookView {
+    id: String,
+    url: String,
+    description: String,
+    event_types: Vec<String>,
+    channels: Option<Vec<String>>,
+    headers: BTreeMap<String, String>,
+    status: WebhookStatus,
+    disabled_reason: Option<String>,
+    max_attempts: Option<u32>,
+    timeout_ms: Option<u64>,
+    max_in_flight: Option<u32>,
+    rate_limit_per_sec: Option<u32>,
+    metadata: BTreeMap<String, String>,
+    plugins: Vec<PluginAttachment>,
+    created_at: String,
+    updated_at: String,
+    /// Only in the answers to create and rotate-secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+impl From<WebhookRecord> for WebhookView {
+    fn from(w: WebhookRecord) -> Self {
+        WebhookView {
+            id: w.id.to_string(),
+            url: w.url,
+            description: w.description,
+            event_types: w.event_types,
+            channels: w.channels,
+            headers: w.headers,
+            status: w.status,
+            disabled_reason: w.disabled_reason,
+            max_attempts: w.max_attempts,
+            timeout_ms: w.timeout_ms,
+            max_in_flight: w.max_in_flight,
+            rate_limit_per_sec: w.rate_limit_per_sec,
+            metadata: w.metadata,
+            plugins: w.plugins,
+            created_at: rfc3339(w.created_at),
+            updated_at: rfc3339(w.updated_at),
+            secret: None,
+        }
+    }
+}
+
+async fn check_url(tenant: &Tenant, url: &str) -> Result<String, ApiError> {
+    let policy = SsrfPolicy::new(&tenant.config.ssrf);
+    match policy.check_url(url).await {
+        Ok(url) => Ok(url.to_string()),
+        Err(UrlError::Blocked(blocked)) => {
+            Err(ApiError::invalid("blocked_address", blocked.to_string()))
+        }
+        Err(err) => Err(ApiError::invalid("invalid_url", err.to_string())),
+    }
+}
+
+fn check_event_types(filters: &[String]) -> Result<(), ApiError> {
+    if filters.is_empty() || filters.len() > MAX_EVENT_TYPE_FILTERS {
+        return Err(ApiError::invalid(
+            "invalid_event_type",
+            format!(
+                "`event_types` needs 1-{MAX_EVENT_TYPE_FILTERS} entries; use [\"*\"] for every event"
+            ),
+        ));
+    }
+    match filters.iter().find(|f| !fanout::valid_filter(f)) {
+        Some(bad) => Err(ApiError::invalid(
+            "invalid_event_type",
+            format!("`{bad}` is not an event type filter: use an exact type, `prefix.*` or `*`"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_channels(channels: &[String]) -> Result<(), ApiError> {
+    if channels.is_empty() || channels.len() > MAX_CHANNELS {
+        return Err(ApiError::invalid(
+            "invalid_channel",
+            format!("`channels` needs 1-{MAX_CHANNELS} entries, or null for every channel"),
+        ));
+    }
+    match channels.iter().find(|c| !valid_channel(c)) {
+        Some(bad) => Err(ApiError::invalid(
+            "invalid_channel",
+            format!("`{bad}` is not a channel: 1-128 of a-z A-Z 0-9 . _ - :"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_headers(headers: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
+    if headers.len() > MAX_STATIC_HEADERS {
+        return Err(ApiError::invalid(
+            "invalid_header",
+            format!("at most {MAX_STATIC_HEADERS} static headers"),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            return Err(ApiError::invalid(
+                "invalid_header",
+                format!("`{name}` is not a header name"),
+            ));
+        }
+        if HeaderValue::from_str(value).is_err() {
+            return Err(ApiError::invalid(
+                "invalid_header",
+                format!(
+                    "the value of `{name}` is not a valid header value (no control characters)"
+                ),
+            ));
+        }
+        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+            return Err(ApiError::invalid(
+                "invalid_header",
+                format!("`{name}` is set by hookd and cannot be overridden"),
+            ));
+        }
+        out.insert(lower, value.clone());
+    }
+    Ok(out)
+}
+
+fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let too_big = metadata.len() > MAX_METADATA_ENTRIES
+        || metadata
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 1024);
+    if too_big {
+        return Err(ApiError::invalid(
+            "invalid_metadata",
+            format!(
+                "`metadata` holds at most {MAX_METADATA_ENTRIES} entries, keys 1-64 bytes, values up to 1024 bytes"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_description(description: &str) -> Result<(), ApiError> {
+    if description.len() > MAX_DESCRIPTION_BYTES {
+        return Err(ApiError::invalid(
+            "invalid_description",
+            format!("`description` is at most {MAX_DESCRIPTION_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_limits(
+    max_attempts: Option<u32>,
+    timeout_ms: Option<u64>,
+    max_in_flight: Option<u32>,
+    rate_limit: Option<u32>,
+) -> Result<(), ApiError> {
+    let range = |name: &str, ok: bool, range: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(
+                "invalid_limit",
+                format!("`{name}` must be {range}"),
+            ))
+        }
+    };
+    range(
+        "max_attempts",
+        max_attempts.is_none_or(|n| (1..=MAX_ATTEMPTS_LIMIT).contains(&n)),
+        &format!("between 1 and {MAX_ATTEMPTS_LIMIT}"),
+    )?;
+    range(
+        "timeout_ms",
+        timeout_ms.is_none_or(|n| (1..=MAX_TIMEOUT_MS).contains(&n)),
+        &format!("between 1 and {MAX_TIMEOUT_MS}"),
+    )?;
+    range(
+        "max_in_flight",
+        max_in_flight.is_none_or(|n| (1..=MAX_IN_FLIGHT_LIMIT).contains(&n)),
+        &format!("between 1 and {MAX_IN_FLIGHT_LIMIT}"),
+    )?;
+    range(
+        "rate_limit_per_sec",
+        rate_limit.is_none_or(|n| n >= 1),
+        "at least 1",
+    )
+}
+
+fn parse_webhook_id(id: &str) -> Result<WebhookId, ApiError> {
+    WebhookId::parse(id).ok_or_else(|| ApiError::not_found("webhook", id))
+}
+
+fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<WebhookRecord, ApiError> {
+    let webhook_id = parse_webhook_id(id)?;
+    state
+        .store
+        .webhook(&tenant.id, &webhook_id)?
+        .ok_or_else(|| ApiError::not_found("webhook", id))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiJson(body): ApiJson<CreateWebhook>,
+) -> Result<(StatusCode, ApiJson<WebhookView>), ApiError> {
+    let event_types = body.event_types.unwrap_or_else(|| vec!["*".to_string()]);
+    check_event_types(&event_types)?;
+    if let Some(channels) = &body.channels {
+        check_channels(channels)?;
+    }
+    let headers = check_headers(&body.headers.unwrap_or_default())?;
+    let metadata = body.metadata.unwrap_or_default();
+    check_metadata(&metadata)?;
+    let description = body.description.unwrap_or_default();
+    check_description(&description)?;
+    check_limits(
+        body.max_attempts,
+        body.timeout_ms,
+        body.max_in_flight,
+        body.rate_limit_per_sec,
+    )?;
+    let secret = match body.secret {
+        Some(secret) => {
+            signing::decode_secret(&secret)
+                .map_err(|err| ApiError::invalid("invalid_secret", err.to_string()))?;
+            secret
+        }
+        None => signing::generate_secret(),
+    };
+    // Last: it may resolve the host name.
+    let url = check_url(&tenant, &body.url).await?;
+    let now = now_ms();
+    let record = WebhookRecord {
+        id: WebhookId::new(),
+        url,
+        description,
+        event_types,
+        channels: body.channels,
+        secrets: vec![WebhookSecret {
+            secret: secret.clone(),
+            created_at: now,
+            expires_at: None,
+        }],
+        headers,
+        status: if body.disabled == Some(true) {
+            WebhookStatus::Disabled
+        } else {
+            WebhookStatus::Active
+        },
+        disabled_reason: (body.disabled == Some(true)).then(|| "disabled on creation".to_string()),
+        max_attempts: body.max_attempts,
+        timeout_ms: body.timeout_ms,
+        max_in_flight: body.max_in_flight,
+        rate_limit_per_sec: body.rate_limit_per_sec,
+        metadata,
+        plugins: Vec::new(),
+        failing_since: None,
+        created_at: now,
+        updated_at: now,
+    };
+    state.store.insert_webhook(&tenant.id, &record).await?;
+    info!(tenant = %tenant.id, webhook_id = %record.id, "webhook created");
+    let mut view = WebhookView::from(record);
+    view.secret = Some(secret);
+    Ok((StatusCode::CREATED, ApiJson(view)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WebhookListQuery {
+    limit: Option<usize>,
+    iterator: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiQuery(query): ApiQuery<WebhookListQuery>,
+) -> Result<ApiJson<ListResponse<WebhookView>>, ApiError> {
+    let cursor = parse_iterator(query.iterator.as_deref(), WebhookId::parse)?;
+    let page = state.store.list_webhooks(
+        &tenant.id,
+        cursor.as_ref().map(WebhookId::as_str),
+        page_limit(query.limit)?,
+    )?;
+    let data = page.items.into_iter().map(WebhookView::from).collect();
+    Ok(ApiJson(ListResponse::new(data, page.next)))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<WebhookView>, ApiError> {
+    Ok(ApiJson(WebhookView::from(load(&state, &tenant, &id)?)))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateWebhook>,
+) -> Result<ApiJson<WebhookView>, ApiError> {
+    let webhook_id = parse_webhook_id(&id)?;
+    // Validate everything before touching the record; the URL last (it may resolve).
+    if let Some(filters) = &body.event_types {
+        check_event_types(filters)?;
+    }
+    if let Some(Some(channels)) = &body.channels {
+        check_channels(channels)?;
+    }
+    let headers = body.headers.as_ref().map(check_headers).transpose()?;
+    if let Some(metadata) = &body.metadata {
+        check_metadata(metadata)?;
+    }
+    if let Some(description) = &body.description {
+        check_description(description)?;
+    }
+    check_limits(
+        body.max_attempts.flatten(),
+        body.timeout_ms.flatten(),
+        body.max_in_flight.flatten(),
+        body.rate_limit_per_sec.flatten(),
+    )?;
+    let url = match &body.url {
+        Some(url) => Some(check_url(&tenant, url).await?),
+        None => None,
+    };
+    let now = now_ms();
+    let updated = state
+        .store
+        .update_webhook(&tenant.id, &webhook_id, |w| {
+            if let Some(url) = &url {
+                w.url = url.clone();
+            }
+            if let Some(description) = &body.description {
+                w.description = description.clone();
+            }
+            if let Some(filters) = &body.event_types {
+                w.event_types = filters.clone();
+            }
+            if let Some(channels) = &body.channels {
+                w.channels = channels.clone();
+            }
+            if let Some(headers) = &headers {
+                w.headers = headers.clone();
+            }
+            if let Some(v) = body.max_attempts {
+                w.max_attempts = v;
+            }
+            if let Some(v) = body.timeout_ms {
+                w.timeout_ms = v;
+            }
+            if let Some(v) = body.max_in_flight {
+                w.max_in_flight = v;
+            }
+            if let Some(v) = body.rate_limit_per_sec {
+                w.rate_limit_per_sec = v;
+            }
+            if let Some(metadata) = &body.metadata {
+                w.metadata = metadata.clone();
+            }
+            match body.status {
+                Some(WebhookStatus::Active) => {
+                    w.status = WebhookStatus::Active;
+                    w.disabled_reason = None;
+                    w.failing_since = None;
+                }
+                Some(WebhookStatus::Disabled) if w.status == WebhookStatus::Active => {
+                    w.status = WebhookStatus::Disabled;
+                    w.disabled_reason = Some("disabled through the API".to_string());
+                }
+                _ => {}
+            }
+            w.updated_at = now;
+            Ok::<_, ()>(())
+        })
+        .await
+        .map_err(|err| match err {
+            UpdateError::Store(err) => ApiError::from(err),
+            UpdateError::Refused(()) => {
+                ApiError::conflict("conflict", "the webhook changed; retry")
+            }
+        })?
+        .ok_or_else(|| ApiError::not_found("webhook", &id))?;
+    state.dispatch.webhook_changed(&tenant.id, &webhook_id);
+    info!(tenant = %tenant.id, webhook_id = %webhook_id, "webhook updated");
+    Ok(ApiJson(WebhookView::from(updated)))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let webhook_id = parse_webhook_id(&id)?;
+    if !state.store.delete_webhook(&tenant.id, &webhook_id).await? {
+        return Err(ApiError::not_found("webhook", &id));
+    }
+    state.dispatch.webhook_changed(&tenant.id, &webhook_id);
+    info!(tenant = %tenant.id, webhook_id = %webhook_id, "webhook deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestSend {
+    #[serde(default, rename = "type")]
+    event_type: Option<String>,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+}
+
+/// Sends a sample event to the webhook now and answers with what the receiver said.
+/// Nothing is stored or retried; `webhook-id` is a one-off `dlv_test_…` id.
+pub async fn test_send(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+    body: Bytes,
+) -> Result<ApiJson<TestSendOutcome>, ApiError> {
+    let webhook = load(&state, &tenant, &id)?;
+    let body: TestSend = optional_json(&body)?;
+    let event_type = body.event_type.unwrap_or_else(|| "hookd.test".to_string());
+    if !crate::config::valid_event_type(&event_type) {
+        return Err(ApiError::invalid(
+            "invalid_event_type",
+            "`type` must be 1-128 of a-z A-Z 0-9 . _ - :",
+        ));
+    }
+    let payload = match body.payload {
+        Some(payload) => payload,
+        None => {
+            RawValue::from_string(r#"{"message":"This is a test event from hookd."}"#.to_string())
+                .expect("static JSON is valid")
+        }
+    };
+    let event = EventRecord {
+        id: EventId::new(),
+        event_type,
+        channel: None,
+        idempotency_key: None,
+        created_at: now_ms(),
+        payload,
+    };
+    let outcome = attempt::test_send(&state.delivery, &tenant.id, &webhook, &event).await;
+    Ok(ApiJson(outcome))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RotatedSecret {
+    secret: String,
+    /// Until then the previous secret signs too (a second `v1,` signature).
+    previous_secret_expires_at: String,
+}
+
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+    body: Bytes,
+) -> Result<ApiJson<RotatedSecret>, ApiError> {
+    let webhook_id = parse_webhook_id(&id)?;
+    let body: RotateSecret = optional_json(&body)?;
+    let new_secret = match body.secret {
+        Some(secret) => {
+            signing::decode_secret(&secret)
+                .map_err(|err| ApiError::invalid("invalid_secret", err.to_string()))?;
+            secret
+        }
+        None => signing::generate_secret(),
+    };
+    let now = now_ms();
+    let expires_at = now + tenant.config.limits.secret_rotation_overlap.as_millis() as u64;
+    state
+        .store
+        .update_webhook(&tenant.id, &webhook_id, |w| {
+            w.secrets.retain(|s| s.expires_at.is_none_or(|t| t > now));
+            for old in &mut w.secrets {
+                old.expires_at = Some(old.expires_at.map_or(expires_at, |t| t.min(expires_at)));
+            }
+            w.secrets.insert(
+                0,
+                WebhookSecret {
+                    secret: new_secret.clone(),
+                    created_at: now,
+                    expires_at: None,
+                },
+            );
+            w.updated_at = now;
+            Ok::<_, ()>(())
+        })
+        .await
+        .map_err(|err| match err {
+            UpdateError::Store(err) => ApiError::from(err),
+            UpdateError::Refused(()) => {
+                ApiError::conflict("conflict", "the webhook changed; retry")
+            }
+        })?
+        .ok_or_else(|| ApiError::not_found("webhook", &id))?;
+    info!(tenant = %tenant.id, webhook_id = %webhook_id, "webhook secret rotated");
+    Ok(ApiJson(RotatedSecret {
+        secret: new_secret,
+        previous_secret_expires_at: rfc3339(expires_at),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recover {
+    since: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Recovered {
+    requeued: usize,
+}
+
+/// Re-queues every failed delivery of the webhook created since `since`.
+pub async fn recover(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<Recover>,
+) -> Result<(StatusCode, ApiJson<Recovered>), ApiError> {
+    let webhook = load(&state, &tenant, &id)?;
+    let since = parse_time("since", &body.since)?;
+    let failed = state.store.webhook_deliveries_with_status(
+        &tenant.id,
+        &webhook.id,
+        DeliveryStatus::Failed,
+        since,
+    )?;
+    let now = now_ms();
+    for delivery_id in &failed {
+        state.store.requeue(&tenant.id, delivery_id, now)?;
+    }
+    state.store.flush().await?;
+    if !failed.is_empty() {
+        state.dispatch.enqueued(&tenant.id, &webhook.id, now);
+    }
+    info!(tenant = %tenant.id, webhook_id = %webhook.id, requeued = failed.len(), "failed deliveries recovered");
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(Recovered {
+            requeued: failed.len(),
+        }),
+    ))
+}

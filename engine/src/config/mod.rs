@@ -1,0 +1,175 @@
+//! Engine configuration: the validated [`Config`] and how to load it from `config/hookd.toml`.
+//!
+//! Invariant: a `Config` is always valid. Only `validate.rs` makes one (from a [`raw::RawConfig`]);
+//! everything else reads it. The running config lives in a [`SharedConfig`] so a reload can swap
+//! it atomically while requests and deliveries keep reading a consistent snapshot.
+
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+
+pub(crate) use validate::valid_event_type;
+pub use validate::{ConfigError, ConfigErrors};
+
+/// The API key shipped in the default config for the `dev` tenant. The engine warns while any
+/// tenant accepts it.
+pub const DEV_API_KEY: &str = "hookd-dev-key";
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+/// Validated configuration of one engine.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub limits: LimitsConfig,
+    /// Global delivery defaults; each tenant has its merged copy in [`TenantConfig::delivery`].
+    pub delivery: DeliveryConfig,
+    pub ssrf: SsrfConfig,
+    pub tenants: HashMap<String, TenantConfig>,
+    /// SHA-256 of an API key → tenant id.
+    api_keys: HashMap<[u8; 32], String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub max_payload_bytes: usize,
+    pub idempotency_window: Duration,
+    pub secret_rotation_overlap: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryConfig {
+    /// Delays before each retry; the first attempt is immediate, so a delivery gets at most
+    /// `retry_schedule.len() + 1` attempts unless the webhook sets `max_attempts`.
+    pub retry_schedule: Vec<Duration>,
+    pub retry_jitter_percent: u8,
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_in_flight_per_webhook: u32,
+    /// Engine-wide cap on concurrent attempts (global setting only).
+    pub max_in_flight: usize,
+    pub max_response_body_bytes: usize,
+    pub max_retry_after: Duration,
+    /// A webhook failing without a single success for this long is disabled.
+    pub disable_after: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SsrfConfig {
+    /// Plain `http://` webhook URLs are accepted (otherwise https only).
+    pub allow_http: bool,
+    /// Networks that are reachable even though they are not public (admin allow-list).
+    pub allow: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub id: String,
+    pub event_types: Vec<String>,
+    pub delivery: DeliveryConfig,
+}
+
+impl Config {
+    /// Reads and validates a config file; every problem is reported at once.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            ConfigErrors::single(path, "", format!("cannot read the file: {err}"))
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text; `path` only names the file in error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        validate::parse_and_validate(path, text)
+    }
+
+    /// The tenant owning an API key, if any.
+    pub fn tenant_for_key(&self, api_key: &str) -> Option<&TenantConfig> {
+        let id = self.api_keys.get(&hash_api_key(api_key))?;
+        self.tenants.get(id)
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&TenantConfig> {
+        self.tenants.get(id)
+    }
+
+    /// Things an operator should know about at startup (development key, loopback allowed).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(tenant) = self.tenant_for_key(DEV_API_KEY) {
+            warnings.push(format!(
+                "tenant `{}` accepts the development API key `{DEV_API_KEY}`; replace it (see `hookd key`) before exposing hookd",
+                tenant.id
+            ));
+        }
+        let loopback: [std::net::IpAddr; 2] = [
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ];
+        if self
+            .ssrf
+            .allow
+            .iter()
+            .any(|net| loopback.iter().any(|ip| net.contains(ip)))
+        {
+            warnings.push(
+                "the SSRF allow-list permits delivery to loopback addresses (development setting)"
+                    .to_string(),
+            );
+        }
+        warnings
+    }
+}
+
+/// The SHA-256 stored in config for an API key (`sha256:<hex>` in the file).
+pub fn hash_api_key(api_key: &str) -> [u8; 32] {
+    Sha256::digest(api_key.as_bytes()).into()
+}
+
+/// A new random API key and the line to paste into a tenant's `api_keys`.
+pub fn generate_api_key() -> (String, String) {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    let key = format!(
+        "hk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = format!("sha256:{}", hex::encode(hash_api_key(&key)));
+    (key, hash)
+}
+
+/// The running configuration, swapped atomically on reload.
+#[derive(Clone)]
+pub struct SharedConfig(Arc<ArcSwap<Config>>);
+
+impl SharedConfig {
+    pub fn new(config: Config) -> Self {
+        SharedConfig(Arc::new(ArcSwap::from_pointee(config)))
+    }
+
+    /// A consistent snapshot; hold it for the duration of one request or attempt.
+    pub fn current(&self) -> Arc<Config> {
+        self.0.load_full()
+    }
+
+    pub fn replace(&self, config: Config) {
+        self.0.store(Arc::new(config));
+    }
+}
+
+impl std::fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedConfig").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,64 @@
+//! `Raw*` serde input: the TOML file exactly as an admin wrote it, before validation.
+//!
+//! Every table denies unknown keys so a typo is an error, not a silently ignored setting.
+//! Durations and addresses stay strings here; `validate.rs` parses them so that every problem
+//! can be reported with its key path in one pass.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<String>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub delivery: RawDelivery,
+    #[serde(default)]
+    pub ssrf: RawSsrf,
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_payload_bytes: Option<usize>,
+    pub idempotency_window: Option<String>,
+    pub secret_rotation_overlap: Option<String>,
+}
+
+/// Delivery settings; the same table appears globally (`[delivery]`) and per tenant
+/// (`[tenants.delivery]`), where every key is optional and falls back to the global value.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    pub retry_schedule: Option<Vec<String>>,
+    pub retry_jitter_percent: Option<u8>,
+    pub attempt_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub max_in_flight_per_webhook: Option<u32>,
+    pub max_in_flight: Option<usize>,
+    pub max_response_body_bytes: Option<usize>,
+    pub max_retry_after: Option<String>,
+    pub disable_after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSsrf {
+    pub allow_http: Option<bool>,
+    pub allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub id: String,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    pub delivery: Option<RawDelivery>,
+}

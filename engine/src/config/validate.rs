@@ -1,0 +1,484 @@
+//! The only place a [`Config`] is made: parses TOML into `Raw*` types and checks every value,
+//! accumulating all problems (file, key path, what is wrong) instead of stopping at the first.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::raw::{RawConfig, RawDelivery};
+use super::{
+    Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DeliveryConfig, LimitsConfig, SsrfConfig,
+    TenantConfig,
+};
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `tenants[1].delivery.attempt_timeout`; empty for the whole file.
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.problem)
+        } else {
+            write!(
+                f,
+                "{}: `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.problem
+            )
+        }
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn single(file: &Path, key: &str, problem: String) -> Self {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            problem,
+        }])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} problem(s) in the configuration:", self.0.len())?;
+        for error in &self.0 {
+            writeln!(f, "  - {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+struct Collector<'a> {
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Collector<'_> {
+    fn push(&mut self, key: impl Into<String>, problem: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            problem: problem.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => {
+                match humantime::parse_duration(text) {
+                    Ok(duration) => duration,
+                    Err(err) => {
+                        self.push(
+                        key,
+                        format!("`{text}` is not a duration ({err}); write e.g. \"15s\", \"5m\", \"2h\""),
+                    );
+                        default
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig = toml::from_str(text).map_err(|err| {
+        // toml's message names the key and the line; keep it whole.
+        ConfigErrors::single(file, "", err.to_string().trim_end().to_string())
+    })?;
+    let mut c = Collector {
+        file,
+        errors: Vec::new(),
+    };
+
+    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        c.push(
+            "listen",
+            format!("`{listen_text}` is not an address like 127.0.0.1:8080"),
+        );
+        DEFAULT_LISTEN
+            .parse()
+            .expect("default listen address parses")
+    });
+    let data_dir = PathBuf::from(raw.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR));
+
+    let max_payload_bytes = raw
+        .limits
+        .max_payload_bytes
+        .unwrap_or(DEFAULT_MAX_PAYLOAD_BYTES);
+    if max_payload_bytes == 0 || max_payload_bytes > 64 * 1024 * 1024 {
+        c.push(
+            "limits.max_payload_bytes",
+            "must be between 1 and 67108864 (64 MiB)",
+        );
+    }
+    let limits = LimitsConfig {
+        max_payload_bytes,
+        idempotency_window: c.duration(
+            "limits.idempotency_window",
+            raw.limits.idempotency_window.as_ref(),
+            Duration::from_secs(24 * 3600),
+        ),
+        secret_rotation_overlap: c.duration(
+            "limits.secret_rotation_overlap",
+            raw.limits.secret_rotation_overlap.as_ref(),
+            Duration::from_secs(24 * 3600),
+        ),
+    };
+
+    let delivery = delivery_config(
+        &mut c,
+        "delivery",
+        &raw.delivery,
+        &DeliveryConfig::default(),
+    );
+
+    let mut allow = Vec::new();
+    for (i, entry) in raw.ssrf.allow.iter().flatten().enumerate() {
+        match parse_net(entry) {
+            Some(net) => allow.push(net),
+            None => c.push(
+                format!("ssrf.allow[{i}]"),
+                format!("`{entry}` is not an IP address or CIDR network like 127.0.0.1/32"),
+            ),
+        }
+    }
+    let ssrf = SsrfConfig {
+        allow_http: raw.ssrf.allow_http.unwrap_or(false),
+        allow,
+    };
+
+    let mut tenants = HashMap::new();
+    let mut api_keys: HashMap<[u8; 32], String> = HashMap::new();
+    for (i, raw_tenant) in raw.tenants.iter().enumerate() {
+        let key = format!("tenants[{i}]");
+        if !valid_tenant_id(&raw_tenant.id) {
+            c.push(
+                format!("{key}.id"),
+                format!(
+                    "`{}` is not a tenant id: use 1-64 of a-z, 0-9, `-` and `_`",
+                    raw_tenant.id
+                ),
+            );
+        }
+        if tenants.contains_key(&raw_tenant.id) {
+            c.push(
+                format!("{key}.id"),
+                format!("tenant `{}` is defined twice", raw_tenant.id),
+            );
+        }
+        for (k, hash_text) in raw_tenant.api_keys.iter().enumerate() {
+            let Some(hash) = parse_key_hash(hash_text) else {
+                c.push(
+                    format!("{key}.api_keys[{k}]"),
+                    "not a key hash: write `sha256:<64 hex digits>` as printed by `hookd key`",
+                );
+                continue;
+            };
+            if let Some(owner) = api_keys.insert(hash, raw_tenant.id.clone()) {
+                c.push(
+                    format!("{key}.api_keys[{k}]"),
+                    format!("this key already belongs to tenant `{owner}`"),
+                );
+            }
+        }
+        for (k, event_type) in raw_tenant.event_types.iter().enumerate() {
+            if !valid_event_type(event_type) {
+                c.push(
+                    format!("{key}.event_types[{k}]"),
+                    format!("`{event_type}` is not an event type (1-128 of a-z A-Z 0-9 . _ - :)"),
+                );
+            }
+        }
+        let tenant_delivery = match &raw_tenant.delivery {
+            Some(overrides) => {
+                if overrides.max_in_flight.is_some() {
+                    c.push(
+                        format!("{key}.delivery.max_in_flight"),
+                        "is an engine-wide limit; set it in [delivery] only",
+                    );
+                }
+                delivery_config(&mut c, &format!("{key}.delivery"), overrides, &delivery)
+            }
+            None => delivery.clone(),
+        };
+        tenants.insert(
+            raw_tenant.id.clone(),
+            TenantConfig {
+                id: raw_tenant.id.clone(),
+                event_types: raw_tenant.event_types.clone(),
+                delivery: tenant_delivery,
+            },
+        );
+    }
+
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
+    Ok(Config {
+        listen,
+        data_dir,
+        limits,
+        delivery,
+        ssrf,
+        tenants,
+        api_keys,
+    })
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        const MINUTE: u64 = 60;
+        const HOUR: u64 = 3600;
+        DeliveryConfig {
+            retry_schedule: [
+                5,
+                5 * MINUTE,
+                30 * MINUTE,
+                2 * HOUR,
+                5 * HOUR,
+                10 * HOUR,
+                10 * HOUR,
+            ]
+            .into_iter()
+            .map(Duration::from_secs)
+            .collect(),
+            retry_jitter_percent: 20,
+            attempt_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            max_in_flight_per_webhook: 8,
+            max_in_flight: 256,
+            max_response_body_bytes: 4096,
+            max_retry_after: Duration::from_secs(HOUR),
+            disable_after: Duration::from_secs(5 * 24 * HOUR),
+        }
+    }
+}
+
+fn delivery_config(
+    c: &mut Collector<'_>,
+    prefix: &str,
+    raw: &RawDelivery,
+    base: &DeliveryConfig,
+) -> DeliveryConfig {
+    let mut out = base.clone();
+    if let Some(schedule) = &raw.retry_schedule {
+        out.retry_schedule = schedule
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                c.duration(
+                    &format!("{prefix}.retry_schedule[{i}]"),
+                    Some(text),
+                    Duration::ZERO,
+                )
+            })
+            .collect();
+        if schedule.len() > 50 {
+            c.push(
+                format!("{prefix}.retry_schedule"),
+                "at most 50 retries are allowed",
+            );
+        }
+    }
+    if let Some(jitter) = raw.retry_jitter_percent {
+        if jitter > 100 {
+            c.push(
+                format!("{prefix}.retry_jitter_percent"),
+                "must be between 0 and 100",
+            );
+        }
+        out.retry_jitter_percent = jitter.min(100);
+    }
+    let key = |name: &str| format!("{prefix}.{name}");
+    if raw.attempt_timeout.is_some() {
+        out.attempt_timeout = c.duration(
+            &key("attempt_timeout"),
+            raw.attempt_timeout.as_ref(),
+            base.attempt_timeout,
+        );
+        if out.attempt_timeout.is_zero() || out.attempt_timeout > Duration::from_secs(300) {
+            c.push(key("attempt_timeout"), "must be between 1ms and 5m");
+        }
+    }
+    if raw.connect_timeout.is_some() {
+        out.connect_timeout = c.duration(
+            &key("connect_timeout"),
+            raw.connect_timeout.as_ref(),
+            base.connect_timeout,
+        );
+        if out.connect_timeout.is_zero() {
+            c.push(key("connect_timeout"), "must be more than 0");
+        }
+    }
+    if let Some(n) = raw.max_in_flight_per_webhook {
+        if n == 0 || n > 1024 {
+            c.push(
+                key("max_in_flight_per_webhook"),
+                "must be between 1 and 1024",
+            );
+        }
+        out.max_in_flight_per_webhook = n.clamp(1, 1024);
+    }
+    if let Some(n) = raw.max_in_flight {
+        if n == 0 || n > 65536 {
+            c.push(key("max_in_flight"), "must be between 1 and 65536");
+        }
+        out.max_in_flight = n.clamp(1, 65536);
+    }
+    if let Some(n) = raw.max_response_body_bytes {
+        if n > 1024 * 1024 {
+            c.push(key("max_response_body_bytes"), "must be at most 1048576");
+        }
+        out.max_response_body_bytes = n.min(1024 * 1024);
+    }
+    if raw.max_retry_after.is_some() {
+        out.max_retry_after = c.duration(
+            &key("max_retry_after"),
+            raw.max_retry_after.as_ref(),
+            base.max_retry_after,
+        );
+    }
+    if raw.disable_after.is_some() {
+        out.disable_after = c.duration(
+            &key("disable_after"),
+            raw.disable_after.as_ref(),
+            base.disable_after,
+        );
+    }
+    out
+}
+
+fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn parse_key_hash(text: &str) -> Option<[u8; 32]> {
+    let hex_part = text.strip_prefix("sha256:")?;
+    let bytes = hex::decode(hex_part).ok()?;
+    bytes.try_into().ok()
+}
+
+fn valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Event types: `user.created`, `invoice.paid`, `hookd.delivery.failing`…
+pub(crate) fn valid_event_type(event_type: &str) -> bool {
+    !event_type.is_empty()
+        && event_type.len() <= 128
+        && event_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        parse_and_validate(Path::new("hookd.toml"), text)
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.delivery.retry_schedule.len(), 7);
+        assert_eq!(config.delivery.attempt_timeout, Duration::from_secs(15));
+        assert!(!config.ssrf.allow_http);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let errors = parse(
+            r#"
+            listen = "nope"
+            [delivery]
+            attempt_timeout = "fast"
+            [[tenants]]
+            id = "Bad Id"
+            api_keys = ["md5:abc"]
+            [[tenants]]
+            id = "a"
+            [[tenants]]
+            id = "a"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "listen",
+                "delivery.attempt_timeout",
+                "tenants[0].id",
+                "tenants[0].api_keys[0]",
+                "tenants[2].id"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let errors = parse("[delivery]\nretry_shedule = [\"1s\"]\n").unwrap_err();
+        assert!(errors.0[0].problem.contains("retry_shedule"), "{errors}");
+    }
+
+    #[test]
+    fn tenant_delivery_overrides_fall_back_to_the_global_values() {
+        let config = parse(
+            r#"
+            [delivery]
+            attempt_timeout = "3s"
+            [[tenants]]
+            id = "acme"
+            [tenants.delivery]
+            retry_schedule = ["1ms"]
+            "#,
+        )
+        .unwrap();
+        let tenant = config.tenant("acme").unwrap();
+        assert_eq!(tenant.delivery.attempt_timeout, Duration::from_secs(3));
+        assert_eq!(tenant.delivery.retry_schedule, [Duration::from_millis(1)]);
+    }
+
+    #[test]
+    fn api_keys_resolve_to_their_tenant_only_by_hash() {
+        let (key, hash) = crate::config::generate_api_key();
+        let config = parse(&format!(
+            "[[tenants]]\nid = \"acme\"\napi_keys = [\"{hash}\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(config.tenant_for_key(&key).unwrap().id, "acme");
+        assert!(config.tenant_for_key(&hash).is_none());
+        assert!(config.tenant_for_key("hookd-dev-key").is_none());
+    }
+}

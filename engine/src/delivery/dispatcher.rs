@@ -1,0 +1,341 @@
+//! The dispatcher: decides which queued deliveries run now.
+//!
+//! Each webhook has a durable queue in the store (entries ordered by due time). The dispatcher
+//! keeps, per webhook, the set of deliveries it has claimed (in flight) and one wake-up time,
+//! and starts attempts while the webhook is under its in-flight cap and rate limit and the
+//! engine under its global cap. A queue entry is removed only when its attempt's outcome is
+//! recorded, so claims live only in memory: sled admits one process per data dir, and after a
+//! crash every unfinished claim is simply due again (same delivery id, so the same
+//! `webhook-id`). Work per wake-up is bounded by the webhook's cap, never by its backlog, so
+//! one webhook's backlog or slowness never delays another's deliveries.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::DeliveryContext;
+use super::attempt;
+use crate::ids::{DeliveryId, WebhookId, now_ms};
+use crate::store::WebhookStatus;
+
+/// How long shutdown waits for attempts in flight before abandoning them (they stay queued).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+type QueueKey = (String, WebhookId);
+
+#[derive(Debug)]
+enum DispatchMsg {
+    /// A delivery of this webhook is due at `due_ms`.
+    Enqueued {
+        tenant: String,
+        webhook: WebhookId,
+        due_ms: u64,
+    },
+    /// An attempt finished (whatever its outcome).
+    Completed {
+        tenant: String,
+        webhook: WebhookId,
+        delivery: DeliveryId,
+    },
+    /// The webhook was created, edited, disabled or deleted.
+    WebhookChanged { tenant: String, webhook: WebhookId },
+}
+
+/// Cheap handle for telling the dispatcher about new work.
+#[derive(Debug, Clone)]
+pub struct DispatchHandle(mpsc::UnboundedSender<DispatchMsg>);
+
+impl DispatchHandle {
+    pub fn enqueued(&self, tenant: &str, webhook: &WebhookId, due_ms: u64) {
+        let _ = self.0.send(DispatchMsg::Enqueued {
+            tenant: tenant.to_string(),
+            webhook: webhook.clone(),
+            due_ms,
+        });
+    }
+
+    pub fn webhook_changed(&self, tenant: &str, webhook: &WebhookId) {
+        let _ = self.0.send(DispatchMsg::WebhookChanged {
+            tenant: tenant.to_string(),
+            webhook: webhook.clone(),
+        });
+    }
+
+    fn completed(&self, tenant: String, webhook: WebhookId, delivery: DeliveryId) {
+        let _ = self.0.send(DispatchMsg::Completed {
+            tenant,
+            webhook,
+            delivery,
+        });
+    }
+}
+
+/// Per-webhook dispatch state.
+struct QueueState {
+    in_flight: HashSet<DeliveryId>,
+    /// Settings read from the webhook record; `None` until loaded or after a change.
+    settings: Option<QueueSettings>,
+    /// The wake-up registered in `timers`, if any.
+    wake_at: Option<u64>,
+    /// Waiting for a global permit.
+    waiting_for_permit: bool,
+}
+
+struct QueueSettings {
+    active: bool,
+    max_in_flight: usize,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+pub struct Dispatcher {
+    ctx: DeliveryContext,
+    rx: mpsc::UnboundedReceiver<DispatchMsg>,
+    queues: HashMap<QueueKey, QueueState>,
+    timers: BTreeSet<(u64, QueueKey)>,
+    waiting_for_permit: VecDeque<QueueKey>,
+    permits: Arc<Semaphore>,
+    attempts: JoinSet<()>,
+}
+
+impl Dispatcher {
+    /// The handle to give producers of work, and the receiving end for [`Dispatcher::new`].
+    pub fn channel() -> (DispatchHandle, DispatchReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (DispatchHandle(tx), DispatchReceiver(rx))
+    }
+
+    pub fn new(ctx: DeliveryContext, rx: DispatchReceiver) -> Self {
+        let global = ctx.config.current().delivery.max_in_flight;
+        Dispatcher {
+            ctx,
+            rx: rx.0,
+            queues: HashMap::new(),
+            timers: BTreeSet::new(),
+            waiting_for_permit: VecDeque::new(),
+            permits: Arc::new(Semaphore::new(global)),
+            attempts: JoinSet::new(),
+        }
+    }
+
+    /// Runs until `shutdown`, then lets attempts in flight finish for up to
+    /// [`SHUTDOWN_GRACE`] and abandons the rest (they stay queued and run after restart).
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        match self.ctx.store.all_webhook_ids() {
+            Ok(ids) => {
+                for key in ids {
+                    self.wake(key, 0);
+                }
+            }
+            Err(err) => warn!(error = %err, "could not list webhooks; queues start on first event"),
+        }
+        loop {
+            self.run_due();
+            let next_wake = self.timers.first().map(|(at, _)| *at);
+            let sleep = async {
+                match next_wake {
+                    Some(at) => {
+                        let wait = at.saturating_sub(now_ms());
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                Some(_) = self.attempts.join_next(), if !self.attempts.is_empty() => {}
+                _ = sleep => {}
+            }
+            while let Ok(msg) = self.rx.try_recv() {
+                self.handle(msg);
+            }
+        }
+        let drain = async { while self.attempts.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            warn!(
+                abandoned = self.attempts.len(),
+                "attempts still running at shutdown were abandoned; they run again after restart"
+            );
+            self.attempts.shutdown().await;
+        }
+    }
+
+    fn handle(&mut self, msg: DispatchMsg) {
+        match msg {
+            DispatchMsg::Enqueued {
+                tenant,
+                webhook,
+                due_ms,
+            } => self.wake((tenant, webhook), due_ms),
+            DispatchMsg::Completed {
+                tenant,
+                webhook,
+                delivery,
+            } => {
+                let key = (tenant, webhook);
+                if let Some(queue) = self.queues.get_mut(&key) {
+                    queue.in_flight.remove(&delivery);
+                }
+                self.wake(key, 0);
+                // A permit was freed: let queues that waited for one try again, in order.
+                for key in std::mem::take(&mut self.waiting_for_permit) {
+                    if let Some(queue) = self.queues.get_mut(&key) {
+                        queue.waiting_for_permit = false;
+                    }
+                    self.wake(key, 0);
+                }
+            }
+            DispatchMsg::WebhookChanged { tenant, webhook } => {
+                let key = (tenant, webhook);
+                if let Some(queue) = self.queues.get_mut(&key) {
+                    queue.settings = None;
+                }
+                self.wake(key, 0);
+            }
+        }
+    }
+
+    /// Makes sure the queue is looked at no later than `at_ms`.
+    fn wake(&mut self, key: QueueKey, at_ms: u64) {
+        let queue = self
+            .queues
+            .entry(key.clone())
+            .or_insert_with(|| QueueState {
+                in_flight: HashSet::new(),
+                settings: None,
+                wake_at: None,
+                waiting_for_permit: false,
+            });
+        match queue.wake_at {
+            Some(existing) if existing <= at_ms => {}
+            existing => {
+                if let Some(existing) = existing {
+                    self.timers.remove(&(existing, key.clone()));
+                }
+                queue.wake_at = Some(at_ms);
+                self.timers.insert((at_ms, key));
+            }
+        }
+    }
+
+    fn run_due(&mut self) {
+        let now = now_ms();
+        while let Some((at, _)) = self.timers.first()
+            && *at <= now
+        {
+            let (_, key) = self.timers.pop_first().expect("checked non-empty");
+            if let Some(queue) = self.queues.get_mut(&key) {
+                queue.wake_at = None;
+            }
+            self.fill(&key, now);
+        }
+    }
+
+    /// Starts as many due attempts of one webhook as its limits allow.
+    fn fill(&mut self, key: &QueueKey, now: u64) {
+        let (tenant, webhook_id) = key;
+        let Some(queue) = self.queues.get_mut(key) else {
+            return;
+        };
+        if queue.settings.is_none() {
+            match self.ctx.store.webhook(tenant, webhook_id) {
+                Ok(Some(webhook)) => {
+                    let config = self.ctx.config.current();
+                    let default_cap = config
+                        .tenant(tenant)
+                        .map(|t| t.delivery.max_in_flight_per_webhook)
+                        .unwrap_or(config.delivery.max_in_flight_per_webhook);
+                    queue.settings = Some(QueueSettings {
+                        active: webhook.status == WebhookStatus::Active,
+                        max_in_flight: webhook.max_in_flight.unwrap_or(default_cap).max(1) as usize,
+                        limiter: webhook
+                            .rate_limit_per_sec
+                            .and_then(NonZeroU32::new)
+                            .map(|rate| RateLimiter::direct(Quota::per_second(rate))),
+                    });
+                }
+                Ok(None) => {
+                    // Deleted: forget it once nothing of it is in flight.
+                    if queue.in_flight.is_empty() {
+                        self.queues.remove(key);
+                    }
+                    return;
+                }
+                Err(err) => {
+                    warn!(tenant, webhook_id = %webhook_id, error = %err, "could not read webhook; retrying in 1s");
+                    self.wake(key.clone(), now + 1000);
+                    return;
+                }
+            }
+        }
+        let settings = queue.settings.as_ref().expect("loaded above");
+        if !settings.active || queue.waiting_for_permit {
+            return;
+        }
+        let capacity = settings.max_in_flight.saturating_sub(queue.in_flight.len());
+        if capacity == 0 {
+            return; // a completion wakes the queue
+        }
+        let head = match self.ctx.store.queue_head(
+            tenant,
+            webhook_id,
+            &queue.in_flight,
+            now,
+            capacity,
+        ) {
+            Ok(head) => head,
+            Err(err) => {
+                warn!(tenant, webhook_id = %webhook_id, error = %err, "could not read queue; retrying in 1s");
+                self.wake(key.clone(), now + 1000);
+                return;
+            }
+        };
+        let mut next_wake = head.next_due.filter(|next| *next > now);
+        let mut started = 0;
+        for delivery in head.due {
+            if let Some(limiter) = &settings.limiter
+                && let Err(not_until) = limiter.check()
+            {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                next_wake = Some(now + (wait.as_millis() as u64).max(1));
+                break;
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                queue.waiting_for_permit = true;
+                self.waiting_for_permit.push_back(key.clone());
+                next_wake = None;
+                break;
+            };
+            queue.in_flight.insert(delivery.clone());
+            started += 1;
+            let ctx = self.ctx.clone();
+            let (tenant, webhook_id) = (tenant.clone(), webhook_id.clone());
+            self.attempts.spawn(async move {
+                attempt::run(&ctx, &tenant, &webhook_id, &delivery).await;
+                drop(permit);
+                ctx.dispatch.completed(tenant, webhook_id, delivery);
+            });
+        }
+        if started > 0 {
+            debug!(tenant, webhook_id = %webhook_id, started, "attempts started");
+        }
+        if let Some(at) = next_wake {
+            self.wake(key.clone(), at);
+        }
+    }
+}
+
+/// The receiving end of [`Dispatcher::channel`].
+pub struct DispatchReceiver(mpsc::UnboundedReceiver<DispatchMsg>);

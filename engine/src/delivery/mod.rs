@@ -1,0 +1,40 @@
+//! Delivery: getting each queued delivery to its webhook's URL.
+//!
+//! - `dispatcher.rs` owns the in-memory claims on the durable per-webhook queues and decides
+//!   what runs when (per-webhook in-flight cap and rate limit, global cap).
+//! - `attempt.rs` runs one attempt and records its outcome.
+//! - `retry.rs` is the pure retry policy; `client.rs` the only outbound HTTP client.
+
+pub mod attempt;
+pub mod client;
+pub mod dispatcher;
+pub mod retry;
+
+use crate::config::SharedConfig;
+use crate::store::Store;
+
+pub use client::DeliveryClient;
+pub use dispatcher::{DispatchHandle, Dispatcher};
+
+/// What an attempt needs, shared by all attempts.
+#[derive(Debug, Clone)]
+pub struct DeliveryContext {
+    pub store: Store,
+    pub config: SharedConfig,
+    pub client: DeliveryClient,
+    pub dispatch: DispatchHandle,
+}
+
+/// A response body as stored in the attempt log: control characters other than whitespace
+/// replaced, so a hostile receiver cannot smuggle terminal escapes into logs and UIs.
+pub fn sanitize_snippet(body: &str) -> String {
+    body.chars()
+        .map(|c| {
+            if c.is_control() && !matches!(c, '\n' | '\r' | '\t') {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}

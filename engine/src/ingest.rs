@@ -1,0 +1,151 @@
+//! Ingest: makes accepted events durable with group commit, then hands their deliveries to
+//! the dispatcher.
+//!
+//! Request handlers prepare a [`NewEvent`] (validated, fanned out, ids assigned) and submit it.
+//! One writer task takes every submission waiting at that moment, resolves idempotency keys
+//! among them and against the store, writes all of them in one sled batch and flushes once.
+//! Only after that flush does any of them get its answer (the API's 202), so an acknowledged
+//! event survives kill -9, and concurrent requests share one fsync instead of queueing behind
+//! one fsync each.
+
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use crate::delivery::DispatchHandle;
+use crate::ids::{EventId, now_ms};
+use crate::store::{NewEvent, Store, StoreError};
+
+/// Most submissions written and flushed together.
+const MAX_GROUP_COMMIT: usize = 4096;
+/// Submissions that may wait for the writer before handlers wait to submit (backpressure).
+const QUEUE_CAPACITY: usize = 16_384;
+
+#[derive(Debug)]
+pub enum IngestOutcome {
+    /// Written and flushed.
+    Created,
+    /// The idempotency key already names this event; nothing new was written.
+    Duplicate(EventId),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the store refused the write: {0}")]
+    Store(#[from] StoreError),
+    #[error("the store could not make the event durable: {0}")]
+    Unavailable(String),
+    #[error("hookd is shutting down")]
+    ShuttingDown,
+}
+
+struct Submission {
+    event: NewEvent,
+    idempotency_window_ms: u64,
+    reply: oneshot::Sender<Result<IngestOutcome, IngestError>>,
+}
+
+/// Handle for submitting events; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    tx: mpsc::Sender<Submission>,
+}
+
+impl Ingest {
+    /// Starts the writer task. It ends when every `Ingest` handle is dropped.
+    pub fn start(store: Store, dispatch: DispatchHandle) -> (Ingest, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = tokio::spawn(write_loop(store, dispatch, rx));
+        (Ingest { tx }, writer)
+    }
+
+    /// Submits one event and waits until it is durable (or known to be a duplicate).
+    pub async fn submit(
+        &self,
+        event: NewEvent,
+        idempotency_window_ms: u64,
+    ) -> Result<IngestOutcome, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Submission {
+                event,
+                idempotency_window_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| IngestError::ShuttingDown)?;
+        answer.await.map_err(|_| IngestError::ShuttingDown)?
+    }
+}
+
+async fn write_loop(store: Store, dispatch: DispatchHandle, mut rx: mpsc::Receiver<Submission>) {
+    let mut group = Vec::with_capacity(64);
+    while rx.recv_many(&mut group, MAX_GROUP_COMMIT).await > 0 {
+        commit_group(&store, &dispatch, std::mem::take(&mut group)).await;
+    }
+}
+
+async fn commit_group(store: &Store, dispatch: &DispatchHandle, group: Vec<Submission>) {
+    let now = now_ms();
+    let mut to_write = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    // (tenant, idempotency key) → event id, for keys seen earlier in this same group.
+    let mut seen: HashMap<(String, String), EventId> = HashMap::new();
+    for submission in group {
+        let Submission {
+            event,
+            idempotency_window_ms,
+            reply,
+        } = submission;
+        if let Some(key) = &event.event.idempotency_key {
+            let seen_key = (event.tenant.clone(), key.clone());
+            let existing = match seen.get(&seen_key) {
+                Some(id) => Ok(Some(id.clone())),
+                None => store.idempotent_event(&event.tenant, key, idempotency_window_ms, now),
+            };
+            match existing {
+                Ok(Some(id)) => {
+                    replies.push((reply, Some(id)));
+                    continue;
+                }
+                Ok(None) => {
+                    seen.insert(seen_key, event.event.id.clone());
+                }
+                Err(err) => {
+                    let _ = reply.send(Err(err.into()));
+                    continue;
+                }
+            }
+        }
+        to_write.push(event);
+        replies.push((reply, None));
+    }
+
+    let written = match store.write_events(&to_write) {
+        Ok(()) => store.flush().await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = written {
+        warn!(error = %err, events = to_write.len(), "ingest write failed; the events were refused");
+        let message = err.to_string();
+        for (reply, _) in replies {
+            let _ = reply.send(Err(IngestError::Unavailable(message.clone())));
+        }
+        return;
+    }
+    for (reply, duplicate) in replies {
+        let outcome = match duplicate {
+            Some(id) => IngestOutcome::Duplicate(id),
+            None => IngestOutcome::Created,
+        };
+        let _ = reply.send(Ok(outcome));
+    }
+    for new in &to_write {
+        for delivery in &new.deliveries {
+            if let Some(due) = delivery.next_attempt_at {
+                dispatch.enqueued(&new.tenant, &delivery.webhook_id, due);
+            }
+        }
+    }
+}

@@ -1,0 +1,705 @@
+//! Durable state on sled. The only module that names sled: every other module goes through
+//! [`Store`]'s methods, each of which takes the tenant id, so no read crosses tenants.
+//!
+//! Layout: one sled tree; keys are `kind byte, tenant, NUL, ids…` (see `keys.rs`); values are
+//! a version byte followed by JSON (see [`encode`]). Multi-record writes are one atomic sled
+//! batch or transaction, so a crash never leaves an event without its deliveries or a delivery
+//! without its schedule entry.
+
+mod keys;
+pub mod records;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::ids::{DeliveryId, EventId, WebhookId};
+pub use records::{
+    AttemptRecord, DeliveryRecord, DeliveryStatus, EventRecord, PluginAttachment, WebhookRecord,
+    WebhookSecret, WebhookStatus,
+};
+
+/// First byte of every stored value; bump when the encoding changes.
+const RECORD_VERSION: u8 = 1;
+/// Most rows a listing scans for one page before it returns a cursor to continue from.
+const MAX_SCAN_ROWS: usize = 50_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failure: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("a stored record could not be decoded: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the failure is the disk refusing writes (full, read-only), which callers
+    /// report as "unavailable" rather than as a bug.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Sled(sled::Error::Io(_)))
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.push(RECORD_VERSION);
+    serde_json::to_writer(&mut out, value).expect("records serialise to JSON");
+    out
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, json)) => {
+            serde_json::from_slice(json).map_err(|err| StoreError::Corrupt(err.to_string()))
+        }
+        Some((version, _)) => Err(StoreError::Corrupt(format!(
+            "record version {version} is not known to this hookd"
+        ))),
+        None => Err(StoreError::Corrupt("empty record".into())),
+    }
+}
+
+fn tx_error(err: TransactionError<StoreError>) -> StoreError {
+    match err {
+        TransactionError::Abort(err) => err,
+        TransactionError::Storage(err) => StoreError::Sled(err),
+    }
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass back as `iterator` to get the next page; `None` when there is nothing more.
+    pub next: Option<String>,
+}
+
+/// Filters of `GET /v1/events`.
+#[derive(Debug, Default)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    pub channel: Option<String>,
+    pub after_ms: Option<u64>,
+    pub before_ms: Option<u64>,
+}
+
+/// Filters of `GET /v1/deliveries`.
+#[derive(Debug, Default)]
+pub struct DeliveryFilter {
+    pub webhook_id: Option<WebhookId>,
+    pub status: Option<DeliveryStatus>,
+    pub event_type: Option<String>,
+    pub after_ms: Option<u64>,
+    pub before_ms: Option<u64>,
+}
+
+/// An accepted event with its fan-out, written by ingest in one batch.
+#[derive(Debug)]
+pub struct NewEvent {
+    pub tenant: String,
+    pub event: EventRecord,
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+/// The idempotency entry of an event: which event a producer's key maps to, and since when.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct IdempotencyEntry {
+    event_id: EventId,
+    created_at: u64,
+}
+
+/// What one attempt changes on its delivery.
+#[derive(Debug, Clone)]
+pub struct DeliveryUpdate {
+    pub status: DeliveryStatus,
+    pub next_attempt_at: Option<u64>,
+    pub filtered_by: Option<String>,
+}
+
+/// The first entries of a webhook's queue.
+#[derive(Debug, Default)]
+pub struct QueueHead {
+    /// Due entries (due ≤ now) not in the caller's skip set, in due order.
+    pub due: Vec<DeliveryId>,
+    /// Due time of the first entry not returned (and not skipped), if any.
+    pub next_due: Option<u64>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. sled takes an exclusive lock on the directory,
+    /// so one data dir serves one process.
+    #[allow(clippy::disallowed_methods)] // the one allowed sled::open
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(200))
+            .open()?;
+        let tree = db.open_tree("hookd/v1")?;
+        Ok(Store { db, tree })
+    }
+
+    /// Makes every write so far durable. Concurrent callers should share one flush (ingest's
+    /// group commit does); a flush costs an fsync.
+    pub async fn flush(&self) -> Result<()> {
+        self.tree.flush_async().await?;
+        Ok(())
+    }
+
+    /// Bytes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        self.tree.get(key)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Newest-first page of the records under `prefix`, resuming before `cursor` (an id).
+    fn page<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        cursor: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Page<T>> {
+        let end = match cursor {
+            Some(id) => {
+                let mut key = prefix.to_vec();
+                key.extend_from_slice(id.as_bytes());
+                key
+            }
+            None => keys::prefix_end(prefix),
+        };
+        let mut items = Vec::new();
+        let mut scanned = 0;
+        for entry in self.tree.range(prefix.to_vec()..end).rev() {
+            let (key, value) = entry?;
+            scanned += 1;
+            let last_id = keys::last_segment(&key).map(str::to_string);
+            let record: T = decode(&value)?;
+            if keep(&record) {
+                items.push(record);
+                if items.len() == limit {
+                    return Ok(Page {
+                        items,
+                        next: last_id,
+                    });
+                }
+            }
+            if scanned >= MAX_SCAN_ROWS {
+                return Ok(Page {
+                    items,
+                    next: last_id,
+                });
+            }
+        }
+        Ok(Page { items, next: None })
+    }
+
+    // ---- webhooks ------------------------------------------------------------------------
+
+    pub async fn insert_webhook(&self, tenant: &str, webhook: &WebhookRecord) -> Result<()> {
+        self.tree
+            .insert(keys::webhook(tenant, &webhook.id), encode(webhook))?;
+        self.flush().await
+    }
+
+    pub fn webhook(&self, tenant: &str, id: &WebhookId) -> Result<Option<WebhookRecord>> {
+        self.get(&keys::webhook(tenant, id))
+    }
+
+    pub fn list_webhooks(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<WebhookRecord>> {
+        self.page(
+            &keys::tenant_prefix(keys::WEBHOOK, tenant),
+            cursor,
+            limit,
+            |_| true,
+        )
+    }
+
+    /// Every webhook of a tenant (fan-out reads this per event).
+    pub fn webhooks_of(&self, tenant: &str) -> Result<Vec<WebhookRecord>> {
+        self.tree
+            .scan_prefix(keys::tenant_prefix(keys::WEBHOOK, tenant))
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    /// (tenant, webhook id) of every webhook of every tenant, for the dispatcher's start.
+    pub fn all_webhook_ids(&self) -> Result<Vec<(String, WebhookId)>> {
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix([keys::WEBHOOK]) {
+            let (key, _) = entry?;
+            if let Some((tenant, id)) = keys::split_tenant_key(&key)
+                && let Some(id) = WebhookId::parse(id)
+            {
+                out.push((tenant.to_string(), id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read-modify-write of a webhook, retried on concurrent change. `change` may refuse by
+    /// returning `Err`; then nothing is written. `Ok(None)`: no such webhook.
+    pub async fn update_webhook<E>(
+        &self,
+        tenant: &str,
+        id: &WebhookId,
+        mut change: impl FnMut(&mut WebhookRecord) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Option<WebhookRecord>, UpdateError<E>> {
+        let key = keys::webhook(tenant, id);
+        loop {
+            let Some(old) = self.tree.get(&key).map_err(StoreError::from)? else {
+                return Ok(None);
+            };
+            let mut record: WebhookRecord = decode(&old)?;
+            change(&mut record).map_err(UpdateError::Refused)?;
+            let swapped = self
+                .tree
+                .compare_and_swap(&key, Some(&old), Some(encode(&record)))
+                .map_err(StoreError::from)?;
+            if swapped.is_ok() {
+                self.flush().await?;
+                return Ok(Some(record));
+            }
+        }
+    }
+
+    /// Deletes a webhook; its queued deliveries become `failed` with `webhook_deleted`.
+    pub async fn delete_webhook(&self, tenant: &str, id: &WebhookId) -> Result<bool> {
+        if self.tree.remove(keys::webhook(tenant, id))?.is_none() {
+            return Ok(false);
+        }
+        let now = crate::ids::now_ms();
+        let prefix = keys::queue_of(tenant, id);
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            let Some((_, delivery_id)) = keys::parse_queue_suffix(&key[prefix.len()..]) else {
+                continue;
+            };
+            let delivery_key = keys::delivery(tenant, &delivery_id);
+            let result = self.tree.transaction(|tx| {
+                tx.remove(key.as_ref())?;
+                if let Some(bytes) = tx.get(&delivery_key)? {
+                    let mut record: DeliveryRecord =
+                        decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                    record.status = DeliveryStatus::Failed;
+                    record.next_attempt_at = None;
+                    record.last_error = Some("webhook_deleted".into());
+                    record.updated_at = now;
+                    tx.insert(delivery_key.as_slice(), encode(&record))?;
+                }
+                Ok(())
+            });
+            result.map_err(tx_error)?;
+        }
+        self.flush().await?;
+        Ok(true)
+    }
+
+    // ---- events --------------------------------------------------------------------------
+
+    /// The event a producer's idempotency key already names, if it is younger than `window_ms`.
+    pub fn idempotent_event(
+        &self,
+        tenant: &str,
+        idempotency_key: &str,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<EventId>> {
+        let entry: Option<IdempotencyEntry> =
+            self.get(&keys::idempotency(tenant, idempotency_key))?;
+        Ok(entry
+            .filter(|e| e.created_at.saturating_add(window_ms) > now_ms)
+            .map(|e| e.event_id))
+    }
+
+    /// Writes accepted events, their deliveries, index and schedule entries as one atomic
+    /// batch. Not durable until [`Store::flush`].
+    pub fn write_events(&self, events: &[NewEvent]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for new in events {
+            let tenant = new.tenant.as_str();
+            let event = &new.event;
+            batch.insert(keys::event(tenant, &event.id), encode(event));
+            if let Some(key) = &event.idempotency_key {
+                let entry = IdempotencyEntry {
+                    event_id: event.id.clone(),
+                    created_at: event.created_at,
+                };
+                batch.insert(keys::idempotency(tenant, key), encode(&entry));
+            }
+            for delivery in &new.deliveries {
+                batch.insert(keys::delivery(tenant, &delivery.id), encode(delivery));
+                let mut index = keys::event_deliveries(tenant, &event.id);
+                index.extend_from_slice(delivery.id.as_str().as_bytes());
+                batch.insert(index, &[]);
+                let mut index = keys::webhook_deliveries(tenant, &delivery.webhook_id);
+                index.extend_from_slice(delivery.id.as_str().as_bytes());
+                batch.insert(index, &[]);
+                if let Some(due) = delivery.next_attempt_at {
+                    batch.insert(
+                        keys::queue_entry(tenant, &delivery.webhook_id, due, &delivery.id),
+                        &[],
+                    );
+                }
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub fn event(&self, tenant: &str, id: &EventId) -> Result<Option<EventRecord>> {
+        self.get(&keys::event(tenant, id))
+    }
+
+    pub fn list_events(
+        &self,
+        tenant: &str,
+        filter: &EventFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<EventRecord>> {
+        self.page(
+            &keys::tenant_prefix(keys::EVENT, tenant),
+            cursor,
+            limit,
+            |e: &EventRecord| {
+                filter
+                    .event_type
+                    .as_ref()
+                    .is_none_or(|t| *t == e.event_type)
+                    && filter
+                        .channel
+                        .as_ref()
+                        .is_none_or(|c| e.channel.as_ref() == Some(c))
+                    && filter.after_ms.is_none_or(|t| e.created_at >= t)
+                    && filter.before_ms.is_none_or(|t| e.created_at < t)
+            },
+        )
+    }
+
+    /// The deliveries of one event, oldest first.
+    pub fn deliveries_of_event(
+        &self,
+        tenant: &str,
+        event: &EventId,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix(keys::event_deliveries(tenant, event)) {
+            let (key, _) = entry?;
+            if let Some(id) = keys::last_segment(&key).and_then(DeliveryId::parse)
+                && let Some(delivery) = self.delivery(tenant, &id)?
+            {
+                out.push(delivery);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- deliveries ----------------------------------------------------------------------
+
+    pub fn delivery(&self, tenant: &str, id: &DeliveryId) -> Result<Option<DeliveryRecord>> {
+        self.get(&keys::delivery(tenant, id))
+    }
+
+    pub fn list_deliveries(
+        &self,
+        tenant: &str,
+        filter: &DeliveryFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<DeliveryRecord>> {
+        let keep = |d: &DeliveryRecord| {
+            filter
+                .webhook_id
+                .as_ref()
+                .is_none_or(|w| *w == d.webhook_id)
+                && filter.status.is_none_or(|s| s == d.status)
+                && filter
+                    .event_type
+                    .as_ref()
+                    .is_none_or(|t| *t == d.event_type)
+                && filter.after_ms.is_none_or(|t| d.created_at >= t)
+                && filter.before_ms.is_none_or(|t| d.created_at < t)
+        };
+        match &filter.webhook_id {
+            // The per-webhook index avoids scanning every other webhook's deliveries.
+            Some(webhook) => {
+                let prefix = keys::webhook_deliveries(tenant, webhook);
+                self.page_via_index(tenant, &prefix, cursor, limit, keep)
+            }
+            None => self.page(
+                &keys::tenant_prefix(keys::DELIVERY, tenant),
+                cursor,
+                limit,
+                keep,
+            ),
+        }
+    }
+
+    fn page_via_index(
+        &self,
+        tenant: &str,
+        prefix: &[u8],
+        cursor: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&DeliveryRecord) -> bool,
+    ) -> Result<Page<DeliveryRecord>> {
+        let end = match cursor {
+            Some(id) => [prefix, id.as_bytes()].concat(),
+            None => keys::prefix_end(prefix),
+        };
+        let mut items = Vec::new();
+        let mut scanned = 0;
+        for entry in self.tree.range(prefix.to_vec()..end).rev() {
+            let (key, _) = entry?;
+            scanned += 1;
+            let Some(id) = keys::last_segment(&key).and_then(DeliveryId::parse) else {
+                continue;
+            };
+            if let Some(delivery) = self.delivery(tenant, &id)?
+                && keep(&delivery)
+            {
+                items.push(delivery);
+                if items.len() == limit || scanned >= MAX_SCAN_ROWS {
+                    return Ok(Page {
+                        items,
+                        next: Some(id.to_string()),
+                    });
+                }
+            }
+        }
+        Ok(Page { items, next: None })
+    }
+
+    /// Attempts of a delivery, oldest first.
+    pub fn attempts(&self, tenant: &str, delivery: &DeliveryId) -> Result<Vec<AttemptRecord>> {
+        self.tree
+            .scan_prefix(keys::attempts_of(tenant, delivery))
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    /// The due head of a webhook's queue, skipping `skip` (deliveries already in flight).
+    pub fn queue_head(
+        &self,
+        tenant: &str,
+        webhook: &WebhookId,
+        skip: &HashSet<DeliveryId>,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<QueueHead> {
+        let prefix = keys::queue_of(tenant, webhook);
+        let mut head = QueueHead::default();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            let Some((due, id)) = keys::parse_queue_suffix(&key[prefix.len()..]) else {
+                continue;
+            };
+            if skip.contains(&id) {
+                continue;
+            }
+            if due > now_ms || head.due.len() >= limit {
+                head.next_due = Some(due);
+                break;
+            }
+            head.due.push(id);
+        }
+        Ok(head)
+    }
+
+    /// Marks a claimed delivery `in_flight` (not flushed: after a crash it is simply due again).
+    pub fn mark_in_flight(&self, tenant: &str, id: &DeliveryId) -> Result<Option<DeliveryRecord>> {
+        let key = keys::delivery(tenant, id);
+        let updated = self.tree.update_and_fetch(&key, |old| {
+            let bytes = old?;
+            match decode::<DeliveryRecord>(bytes) {
+                Ok(mut record) if record.status == DeliveryStatus::Pending => {
+                    record.status = DeliveryStatus::InFlight;
+                    Some(encode(&record))
+                }
+                _ => Some(bytes.to_vec()),
+            }
+        })?;
+        updated.map(|v| decode(&v)).transpose()
+    }
+
+    /// Records an attempt and applies its consequence to the delivery and its schedule entry,
+    /// atomically. Returns the updated delivery (`None` if it was purged meanwhile).
+    pub fn record_attempt(
+        &self,
+        tenant: &str,
+        attempt: &AttemptRecord,
+        update: &DeliveryUpdate,
+    ) -> Result<Option<DeliveryRecord>> {
+        let delivery_key = keys::delivery(tenant, &attempt.delivery_id);
+        let mut attempt_key = keys::attempts_of(tenant, &attempt.delivery_id);
+        attempt_key.extend_from_slice(attempt.id.as_str().as_bytes());
+        let attempt_value = encode(attempt);
+        let now = crate::ids::now_ms();
+        let result = self.tree.transaction(|tx| {
+            let Some(bytes) = tx.get(&delivery_key)? else {
+                return Ok(None);
+            };
+            let mut record: DeliveryRecord =
+                decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+            if let Some(due) = record.next_attempt_at {
+                tx.remove(keys::queue_entry(
+                    tenant,
+                    &record.webhook_id,
+                    due,
+                    &record.id,
+                ))?;
+            }
+            if let Some(due) = update.next_attempt_at {
+                tx.insert(
+                    keys::queue_entry(tenant, &record.webhook_id, due, &record.id),
+                    &[],
+                )?;
+            }
+            record.status = update.status;
+            record.next_attempt_at = update.next_attempt_at;
+            record.attempts = record.attempts.max(attempt.attempt);
+            record.last_attempt_at = Some(attempt.started_at);
+            record.last_status_code = attempt.status_code;
+            record.last_error = attempt.error_code.clone();
+            record.filtered_by = update.filtered_by.clone();
+            record.updated_at = now;
+            tx.insert(delivery_key.as_slice(), encode(&record))?;
+            tx.insert(attempt_key.as_slice(), attempt_value.as_slice())?;
+            Ok(Some(record))
+        });
+        result.map_err(tx_error)
+    }
+
+    /// Puts a delivery back on its webhook's queue, due at `due_ms` (manual retry, recover).
+    /// Returns the updated delivery, or `None` if it does not exist.
+    pub fn requeue(
+        &self,
+        tenant: &str,
+        id: &DeliveryId,
+        due_ms: u64,
+    ) -> Result<Option<DeliveryRecord>> {
+        let delivery_key = keys::delivery(tenant, id);
+        let now = crate::ids::now_ms();
+        let result = self.tree.transaction(|tx| {
+            let Some(bytes) = tx.get(&delivery_key)? else {
+                return Ok(None);
+            };
+            let mut record: DeliveryRecord =
+                decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+            if let Some(due) = record.next_attempt_at {
+                tx.remove(keys::queue_entry(
+                    tenant,
+                    &record.webhook_id,
+                    due,
+                    &record.id,
+                ))?;
+            }
+            tx.insert(
+                keys::queue_entry(tenant, &record.webhook_id, due_ms, &record.id),
+                &[],
+            )?;
+            record.status = DeliveryStatus::Pending;
+            record.next_attempt_at = Some(due_ms);
+            record.updated_at = now;
+            tx.insert(delivery_key.as_slice(), encode(&record))?;
+            Ok(Some(record))
+        });
+        result.map_err(tx_error)
+    }
+
+    /// Ends a delivery without an attempt (its webhook or event is gone): removes its schedule
+    /// entry and sets `status` with `error` as the last error.
+    pub fn settle(
+        &self,
+        tenant: &str,
+        id: &DeliveryId,
+        status: DeliveryStatus,
+        error: &str,
+    ) -> Result<()> {
+        let delivery_key = keys::delivery(tenant, id);
+        let now = crate::ids::now_ms();
+        let result = self.tree.transaction(|tx| {
+            let Some(bytes) = tx.get(&delivery_key)? else {
+                return Ok(());
+            };
+            let mut record: DeliveryRecord =
+                decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+            if let Some(due) = record.next_attempt_at.take() {
+                tx.remove(keys::queue_entry(
+                    tenant,
+                    &record.webhook_id,
+                    due,
+                    &record.id,
+                ))?;
+            }
+            record.status = status;
+            record.last_error = Some(error.to_string());
+            record.updated_at = now;
+            tx.insert(delivery_key.as_slice(), encode(&record))?;
+            Ok(())
+        });
+        result.map_err(tx_error)
+    }
+
+    /// Ids of a webhook's deliveries in `status` created at or after `since_ms`, oldest first.
+    pub fn webhook_deliveries_with_status(
+        &self,
+        tenant: &str,
+        webhook: &WebhookId,
+        status: DeliveryStatus,
+        since_ms: u64,
+    ) -> Result<Vec<DeliveryId>> {
+        let mut out = Vec::new();
+        for entry in self
+            .tree
+            .scan_prefix(keys::webhook_deliveries(tenant, webhook))
+        {
+            let (key, _) = entry?;
+            let Some(id) = keys::last_segment(&key).and_then(DeliveryId::parse) else {
+                continue;
+            };
+            if let Some(delivery) = self.delivery(tenant, &id)?
+                && delivery.status == status
+                && delivery.created_at >= since_ms
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Failure of [`Store::update_webhook`].
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError<E> {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("refused")]
+    Refused(E),
+}

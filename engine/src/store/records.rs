@@ -1,0 +1,174 @@
+//! The records hookd keeps, as stored. Field names are the API's words; new fields get
+//! `#[serde(default)]` so records written by an older hookd still decode.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ids::{AttemptId, DeliveryId, EventId, WebhookId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookStatus {
+    Active,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookSecret {
+    pub secret: String,
+    pub created_at: u64,
+    /// Set on the previous secret when a new one is rotated in; it keeps signing until then.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+}
+
+/// A plugin attached to a webhook, run in list order at attempt time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginAttachment {
+    pub name: String,
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    pub id: WebhookId,
+    pub url: String,
+    #[serde(default)]
+    pub description: String,
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+    /// Newest first; `secrets[0]` is the current one.
+    pub secrets: Vec<WebhookSecret>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub status: WebhookStatus,
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    #[serde(default)]
+    pub rate_limit_per_sec: Option<u32>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub plugins: Vec<PluginAttachment>,
+    /// When the current run of failed attempts began (cleared by a success).
+    #[serde(default)]
+    pub failing_since: Option<u64>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+impl WebhookRecord {
+    /// Secrets that sign right now, newest first.
+    pub fn live_secrets(&self, now_ms: u64) -> impl Iterator<Item = &WebhookSecret> {
+        self.secrets
+            .iter()
+            .filter(move |s| s.expires_at.is_none_or(|t| t > now_ms))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: EventId,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    pub created_at: u64,
+    /// The producer's JSON, kept byte for byte so delivery never re-serialises it.
+    pub payload: Box<RawValue>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    InFlight,
+    Delivered,
+    Failed,
+    Filtered,
+}
+
+impl DeliveryStatus {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => DeliveryStatus::Pending,
+            "in_flight" => DeliveryStatus::InFlight,
+            "delivered" => DeliveryStatus::Delivered,
+            "failed" => DeliveryStatus::Failed,
+            "filtered" => DeliveryStatus::Filtered,
+            _ => return None,
+        })
+    }
+
+    /// Whether the delivery still has a schedule entry.
+    pub fn is_queued(self) -> bool {
+        matches!(self, DeliveryStatus::Pending | DeliveryStatus::InFlight)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub id: DeliveryId,
+    pub event_id: EventId,
+    pub webhook_id: WebhookId,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// Due time of the schedule entry, while `status` is pending or in flight.
+    #[serde(default)]
+    pub next_attempt_at: Option<u64>,
+    #[serde(default)]
+    pub last_attempt_at: Option<u64>,
+    #[serde(default)]
+    pub last_status_code: Option<u16>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The plugin that dropped the delivery, when `status` is `filtered`.
+    #[serde(default)]
+    pub filtered_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub id: AttemptId,
+    pub delivery_id: DeliveryId,
+    pub webhook_id: WebhookId,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    pub started_at: u64,
+    pub url: String,
+    pub latency_ms: u64,
+    /// `delivered`, `failed` (will be retried), `exhausted`, `rejected` (not retryable) or
+    /// `filtered`.
+    pub result: String,
+    #[serde(default)]
+    pub status_code: Option<u16>,
+    /// Stable code of what went wrong: `timeout`, `connect_refused`, `dns`,
+    /// `blocked_address`, `http_status`, …
+    #[serde(default)]
+    pub error_code: Option<String>,
+    #[serde(default)]
+    pub error_message: Option<String>,
+    #[serde(default)]
+    pub response_snippet: Option<String>,
+    #[serde(default)]
+    pub next_attempt_at: Option<u64>,
+    /// Log lines plugins wrote during this attempt.
+    #[serde(default)]
+    pub plugin_logs: Vec<String>,
+}

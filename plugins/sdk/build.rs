@@ -1,0 +1,34 @@
+//! Encodes the per-hook worlds of `wit/` (`filter-plugin`, `transform-plugin`, `sign-plugin`)
+//! into the binary "component type" form that `wit_bindgen::generate!` embeds as a
+//! `component-type:*` custom section, so that the SDK's `export_filter!` & co. can embed the
+//! world of exactly the hooks a plugin exports.
+//!
+//! Why not one `generate!` per world: with `pub_export_macro` every exported interface gets a
+//! crate-root `#[macro_export]` macro named after the interface, so generating `filter` in both
+//! `filter-plugin` and `plugin` collides. The SDK therefore generates only the union world
+//! `plugin` (one copy of every type and trait) and takes the smaller worlds' encodings from here.
+
+use std::{env, fs, path::PathBuf};
+
+use wit_component::{StringEncoding, metadata};
+use wit_parser::Resolve;
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let wit_dir = manifest_dir.join("../../wit");
+    println!("cargo:rerun-if-changed={}", wit_dir.display());
+
+    let mut resolve = Resolve::default();
+    let (package, sources) = resolve.push_dir(&wit_dir)?;
+    for path in sources.paths() {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    for world in ["filter-plugin", "transform-plugin", "sign-plugin"] {
+        let world_id = resolve.select_world(&[package], Some(world))?;
+        let encoded = metadata::encode(&resolve, world_id, StringEncoding::UTF8, None)?;
+        fs::write(out_dir.join(format!("{world}.component-type")), encoded)?;
+    }
+    Ok(())
+}

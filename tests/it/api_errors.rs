@@ -1,0 +1,292 @@
+//! Bad input gets a JSON error with a stable code and a fitting status, never a panic,
+//! a plain-text rejection or a 500.
+
+use serde_json::{Value, json};
+
+use crate::support::{ACME_KEY, TestEngine};
+
+async fn raw(
+    engine: &TestEngine,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut request = engine
+        .http
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            engine.url(path),
+        )
+        .bearer_auth(ACME_KEY)
+        .body(body);
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let json: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("not JSON ({status}): {:?}", &text[..text.len().min(300)]));
+    assert!(
+        json["code"].is_string() && json["message"].is_string(),
+        "{json}"
+    );
+    (status, json)
+}
+
+#[tokio::test]
+async fn malformed_and_misdeclared_bodies_get_400_415_and_422() {
+    let engine = TestEngine::start().await;
+    let json_type = Some("application/json");
+    // (path, content type, body, expected status, expected code)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "/v1/events",
+            json_type,
+            b"{not json".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        ("/v1/events", json_type, b"".to_vec(), 400, "invalid_json"),
+        (
+            "/v1/events",
+            json_type,
+            vec![0xff, 0xfe, b'{'],
+            400,
+            "invalid_json",
+        ),
+        (
+            "/v1/events",
+            json_type,
+            format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "/v1/events",
+            json_type,
+            format!(
+                r#"{{"type":"a","payload":{}1{}}}"#,
+                "[".repeat(10_000),
+                "]".repeat(10_000)
+            )
+            .into_bytes(),
+            422,
+            "payload_too_deep",
+        ),
+        (
+            "/v1/events",
+            json_type,
+            format!(
+                r#"{{"type":"a","payload":{}1{}}}"#,
+                "[".repeat(200),
+                "]".repeat(199)
+            )
+            .into_bytes(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "/v1/events",
+            Some("text/plain"),
+            b"{}".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/v1/events",
+            None,
+            b"{}".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/v1/events",
+            json_type,
+            br#"{"payload": {}}"#.to_vec(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "/v1/events",
+            json_type,
+            br#"{"type": "a", "payload": {}, "extra": 1}"#.to_vec(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "/v1/events",
+            json_type,
+            br#"{"type": "has space", "payload": {}}"#.to_vec(),
+            422,
+            "invalid_event_type",
+        ),
+        (
+            "/v1/events",
+            json_type,
+            br#"{"type": "a", "payload": {}, "channel": ""}"#.to_vec(),
+            422,
+            "invalid_channel",
+        ),
+        (
+            "/v1/webhooks",
+            json_type,
+            br#"{"url": 5}"#.to_vec(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "/v1/webhooks",
+            json_type,
+            br#"{"url": "https://example.com/", "event_types": []}"#.to_vec(),
+            422,
+            "invalid_event_type",
+        ),
+        (
+            "/v1/webhooks",
+            json_type,
+            br#"{"url": "https://example.com/", "secret": "nope"}"#.to_vec(),
+            422,
+            "invalid_secret",
+        ),
+        (
+            "/v1/webhooks",
+            json_type,
+            br#"{"url": "https://example.com/", "max_attempts": 0}"#.to_vec(),
+            422,
+            "invalid_limit",
+        ),
+    ];
+    for (path, content_type, body, status, code) in cases {
+        let shown = String::from_utf8_lossy(&body)
+            .chars()
+            .take(60)
+            .collect::<String>();
+        let (got_status, err) = raw(&engine, "POST", path, content_type, body).await;
+        let shown_err: String = err.to_string().chars().take(300).collect();
+        assert_eq!(
+            (got_status, err["code"].as_str().unwrap()),
+            (status, code),
+            "{path} {shown}: {shown_err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_payloads_get_413() {
+    let engine = TestEngine::start().await;
+    // Just over the 1 MiB payload limit, inside the envelope allowance: the exact check.
+    let payload = "x".repeat(1024 * 1024);
+    let (status, err) = engine
+        .post(
+            "/v1/events",
+            json!({"type": "user.created", "payload": payload}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{err}"
+    );
+    // Far over: the body limit refuses it before parsing.
+    let body = format!(
+        r#"{{"type":"a","payload":"{}"}}"#,
+        "x".repeat(3 * 1024 * 1024)
+    );
+    let (status, err) = raw(
+        &engine,
+        "POST",
+        "/v1/events",
+        Some("application/json"),
+        body.into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{err}"
+    );
+    // Just under passes.
+    let payload = "x".repeat(1024 * 1024 - 2);
+    let (status, _) = engine
+        .post(
+            "/v1/events",
+            json!({"type": "user.created", "payload": payload}),
+        )
+        .await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test]
+async fn unknown_ids_routes_and_methods_get_json_404_and_405() {
+    let engine = TestEngine::start().await;
+    for path in [
+        "/v1/webhooks/wh_0000000000000000000000000000000a",
+        "/v1/webhooks/not-an-id",
+        "/v1/events/evt_0000000000000000000000000000000a",
+        "/v1/events/../../etc/passwd",
+        "/v1/deliveries/dlv_0000000000000000000000000000000a",
+        "/v1/nothing-here",
+        "/",
+    ] {
+        let (status, err) = raw(&engine, "GET", path, None, Vec::new()).await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (404, "not_found"),
+            "{path}"
+        );
+    }
+    let (status, err) = raw(
+        &engine,
+        "PUT",
+        "/v1/events",
+        Some("application/json"),
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["code"].as_str().unwrap()),
+        (405, "method_not_allowed")
+    );
+    let (status, err) = raw(&engine, "GET", "/v1/events?limit=0", None, Vec::new()).await;
+    assert_eq!(
+        (status, err["code"].as_str().unwrap()),
+        (400, "invalid_query")
+    );
+    let (status, err) = raw(&engine, "GET", "/v1/events?limit=abc", None, Vec::new()).await;
+    assert_eq!(
+        (status, err["code"].as_str().unwrap()),
+        (400, "invalid_query")
+    );
+    let (status, err) = raw(&engine, "GET", "/v1/events?iterator=zzz", None, Vec::new()).await;
+    assert_eq!(
+        (status, err["code"].as_str().unwrap()),
+        (400, "invalid_iterator")
+    );
+    let (status, err) = raw(
+        &engine,
+        "GET",
+        "/v1/deliveries?status=lost",
+        None,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["code"].as_str().unwrap()),
+        (400, "invalid_query")
+    );
+    let (status, err) = raw(
+        &engine,
+        "GET",
+        "/v1/events?after=yesterday",
+        None,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["code"].as_str().unwrap()),
+        (400, "invalid_time")
+    );
+}

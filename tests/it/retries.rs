@@ -1,0 +1,271 @@
+//! Failure handling: retries with the same webhook-id, Retry-After, permanent failures,
+//! 410 Gone, manual retry, recover, isolation from a hanging receiver.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{Receiver, TestEngine, eventually};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_failed_delivery_is_retried_with_the_same_webhook_id_until_it_succeeds() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    receiver.respond(500);
+    engine.create_webhook(json!({"url": receiver.url})).await;
+    let event = engine.send_event("user.created", json!({"k": "v"})).await;
+    let delivery_id = event["deliveries"][0]["id"].as_str().unwrap().to_string();
+
+    receiver.wait_for(2, WAIT).await;
+    receiver.respond(200);
+    let delivery = engine.wait_delivery(&delivery_id, "delivered").await;
+
+    let got = receiver.received();
+    assert!(got.len() >= 3, "two failures then a success");
+    assert!(got.iter().all(|r| r.header("webhook-id") == delivery_id));
+    // Each try is signed anew with its own timestamp, same body.
+    assert!(got.iter().all(|r| r.body == got[0].body));
+    let attempts = delivery["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), got.len());
+    assert_eq!(attempts[0]["status_code"], 500);
+    assert_eq!(attempts[0]["error_code"], "http_status");
+    assert_eq!(attempts[0]["result"], "failed");
+    assert!(attempts[0]["next_attempt_at"].is_string());
+    assert_eq!(attempts.last().unwrap()["result"], "delivered");
+    assert_eq!(delivery["attempt_count"], got.len());
+    // The schedule is 50 ms, 100 ms, ...: the second try waits at least the first delay.
+    assert!(got[1].at.duration_since(got[0].at) >= Duration::from_millis(45));
+}
+
+#[tokio::test]
+async fn retries_stop_when_the_schedule_is_exhausted() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    receiver.respond(503);
+    engine
+        .create_webhook(json!({"url": receiver.url, "max_attempts": 3}))
+        .await;
+    let event = engine.send_event("user.created", json!({})).await;
+    let delivery_id = event["deliveries"][0]["id"].as_str().unwrap();
+    let delivery = engine.wait_delivery(delivery_id, "failed").await;
+    let attempts = delivery["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert_eq!(attempts[2]["result"], "exhausted");
+    assert!(delivery["next_attempt_at"].is_null());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(receiver.count(), 3);
+}
+
+#[tokio::test]
+async fn retry_after_from_the_receiver_sets_the_next_attempt() {
+    // A long schedule, so only Retry-After can bring the second try within seconds.
+    let engine = TestEngine::start_with(r#"retry_schedule = ["1h"]"#).await;
+    let receiver = Receiver::start().await;
+    receiver.respond_with_retry_after(429, "1");
+    engine.create_webhook(json!({"url": receiver.url})).await;
+    engine.send_event("user.created", json!({})).await;
+    receiver.wait_for(1, WAIT).await;
+    receiver.respond(200);
+    let got = receiver.wait_for(2, WAIT).await;
+    let gap = got[1].at.duration_since(got[0].at);
+    assert!(gap >= Duration::from_millis(950), "waited {gap:?}");
+    assert!(gap < Duration::from_secs(5), "waited {gap:?}");
+}
+
+#[tokio::test]
+async fn a_non_retryable_4xx_fails_the_delivery_at_once() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    receiver.respond(400);
+    let webhook = engine.create_webhook(json!({"url": receiver.url})).await;
+    let event = engine.send_event("user.created", json!({})).await;
+    let delivery_id = event["deliveries"][0]["id"].as_str().unwrap();
+    let delivery = engine.wait_delivery(delivery_id, "failed").await;
+    assert_eq!(delivery["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(delivery["attempts"][0]["result"], "rejected");
+    assert_eq!(delivery["last_status_code"], 400);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 1);
+    // A 400 does not disable the webhook.
+    let (_, w) = engine
+        .get(&format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(w["status"], "active");
+}
+
+#[tokio::test]
+async fn gone_410_disables_the_webhook_until_it_is_re_enabled() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    receiver.respond(410);
+    let webhook = engine.create_webhook(json!({"url": receiver.url})).await;
+    let id = webhook["id"].as_str().unwrap();
+    let event = engine.send_event("user.created", json!({})).await;
+    engine
+        .wait_delivery(event["deliveries"][0]["id"].as_str().unwrap(), "failed")
+        .await;
+    let (_, w) = engine.get(&format!("/v1/webhooks/{id}")).await;
+    assert_eq!(w["status"], "disabled");
+    assert!(w["disabled_reason"].as_str().unwrap().contains("410"));
+
+    // Disabled webhooks get no new deliveries.
+    let event = engine.send_event("user.created", json!({})).await;
+    assert_eq!(event["deliveries"].as_array().unwrap().len(), 0);
+
+    receiver.respond(200);
+    let (status, w) = engine
+        .call(
+            "PATCH",
+            &format!("/v1/webhooks/{id}"),
+            crate::support::ACME_KEY,
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(w["status"], "active");
+    assert!(w["disabled_reason"].is_null());
+    let event = engine.send_event("user.created", json!({})).await;
+    engine
+        .wait_delivery(event["deliveries"][0]["id"].as_str().unwrap(), "delivered")
+        .await;
+}
+
+#[tokio::test]
+async fn a_webhook_failing_longer_than_disable_after_is_disabled_with_a_reason() {
+    let engine = TestEngine::start_with(r#"disable_after = "300ms""#).await;
+    let receiver = Receiver::start().await;
+    receiver.respond(500);
+    let webhook = engine
+        .create_webhook(json!({"url": receiver.url, "max_attempts": 50}))
+        .await;
+    let id = webhook["id"].as_str().unwrap();
+    engine.send_event("user.created", json!({})).await;
+    let w = eventually(WAIT, "webhook disabled", || async {
+        let (_, w) = engine.get(&format!("/v1/webhooks/{id}")).await;
+        (w["status"] == "disabled").then_some(w)
+    })
+    .await;
+    assert!(
+        w["disabled_reason"].as_str().unwrap().contains("failed"),
+        "{w}"
+    );
+    // While disabled nothing more is sent.
+    let before = receiver.count();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(receiver.count(), before);
+}
+
+#[tokio::test]
+async fn manual_retry_and_recover_resend_failed_deliveries() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    receiver.respond(400);
+    let webhook = engine.create_webhook(json!({"url": receiver.url})).await;
+    let id = webhook["id"].as_str().unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..3 {
+        let event = engine.send_event("user.created", json!({})).await;
+        let delivery_id = event["deliveries"][0]["id"].as_str().unwrap().to_string();
+        engine.wait_delivery(&delivery_id, "failed").await;
+        deliveries.push(delivery_id);
+    }
+    receiver.respond(200);
+
+    let (status, d) = engine
+        .call(
+            "POST",
+            &format!("/v1/deliveries/{}/retry", deliveries[0]),
+            crate::support::ACME_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{d}");
+    let d = engine.wait_delivery(&deliveries[0], "delivered").await;
+    assert_eq!(d["attempts"].as_array().unwrap().len(), 2);
+
+    let (status, r) = engine
+        .post(
+            &format!("/v1/webhooks/{id}/recover"),
+            json!({"since": "2000-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    assert_eq!(r["requeued"], 2);
+    for delivery_id in &deliveries[1..] {
+        engine.wait_delivery(delivery_id, "delivered").await;
+    }
+    // Same webhook-id on the resend as on the failed try.
+    let got = receiver.received();
+    for delivery_id in &deliveries {
+        assert_eq!(
+            got.iter()
+                .filter(|r| r.header("webhook-id") == *delivery_id)
+                .count(),
+            2
+        );
+    }
+
+    // A delivered delivery can be resent on request too.
+    let (status, _) = engine
+        .call(
+            "POST",
+            &format!("/v1/deliveries/{}/retry", deliveries[0]),
+            crate::support::ACME_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    receiver.wait_for(7, WAIT).await;
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_does_not_delay_another_webhook() {
+    let engine = TestEngine::start().await;
+    let hanging = Receiver::start().await;
+    hanging.delay(Duration::from_secs(30));
+    let healthy = Receiver::start().await;
+    let slow = engine
+        .create_webhook(json!({"url": hanging.url, "timeout_ms": 1500, "max_in_flight": 2}))
+        .await;
+    engine.create_webhook(json!({"url": healthy.url})).await;
+
+    // Fill the hanging webhook's slots first, then measure the healthy one.
+    for _ in 0..5 {
+        engine.send_event("user.created", json!({})).await;
+    }
+    hanging.wait_for(2, WAIT).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        engine.send_event("user.created", json!({})).await;
+    }
+    healthy.wait_for(25, WAIT).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "healthy webhook took {elapsed:?}, as long as the hanging one's timeout"
+    );
+    assert!(
+        hanging.count() <= 2 + 2,
+        "the hanging webhook is capped at 2 in flight"
+    );
+
+    // The hanging attempts end as timeouts and are retried.
+    let (_, page) = engine
+        .get(&format!(
+            "/v1/deliveries?webhook_id={}",
+            slow["id"].as_str().unwrap()
+        ))
+        .await;
+    let first = page["data"].as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let delivery = eventually(WAIT, "a timeout recorded", || async {
+        let (_, d) = engine.get(&format!("/v1/deliveries/{first}")).await;
+        (!d["attempts"].as_array().unwrap().is_empty()).then_some(d)
+    })
+    .await;
+    assert_eq!(delivery["attempts"][0]["error_code"], "timeout");
+}

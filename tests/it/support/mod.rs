@@ -1,0 +1,200 @@
+//! Test harness: a real engine in-process on 127.0.0.1:0 with a temp sled dir, a real HTTP
+//! receiver whose behaviour can change mid-test, and bounded polling.
+
+#![allow(dead_code)]
+
+pub mod receiver;
+
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hookd::RunningEngine;
+use hookd::config::{Config, hash_api_key};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub use receiver::Receiver;
+
+pub const ACME_KEY: &str = "acme-test-key";
+pub const GLOBEX_KEY: &str = "globex-test-key";
+
+/// Polls `check` every 20 ms until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Config text for tests: two tenants, millisecond retries, loopback allowed.
+pub fn test_config_toml(data_dir: &Path, extra_delivery: &str, allow_loopback: bool) -> String {
+    let allow = if allow_loopback {
+        r#"allow = ["127.0.0.1/32"]"#
+    } else {
+        ""
+    };
+    // Test defaults, unless `extra_delivery` sets the same key.
+    let defaults: String = [
+        r#"retry_schedule = ["50ms", "100ms", "150ms"]"#,
+        "retry_jitter_percent = 0",
+        r#"attempt_timeout = "2s""#,
+    ]
+    .iter()
+    .filter(|line| !extra_delivery.contains(line.split(' ').next().unwrap()))
+    .map(|line| format!("{line}\n"))
+    .collect();
+    format!(
+        r#"
+data_dir = "{data}"
+[delivery]
+{defaults}
+{extra_delivery}
+[ssrf]
+allow_http = true
+{allow}
+[[tenants]]
+id = "acme"
+api_keys = ["sha256:{acme}"]
+event_types = ["user.created"]
+[[tenants]]
+id = "globex"
+api_keys = ["sha256:{globex}"]
+"#,
+        data = data_dir.display(),
+        acme = hex::encode(hash_api_key(ACME_KEY)),
+        globex = hex::encode(hash_api_key(GLOBEX_KEY)),
+    )
+}
+
+pub fn parse_config(text: &str) -> Config {
+    Config::parse(Path::new("test.toml"), text).expect("test config is valid")
+}
+
+/// An engine running in this test process.
+pub struct TestEngine {
+    pub engine: Option<RunningEngine>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl TestEngine {
+    pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// `extra_delivery`: more keys for the `[delivery]` table.
+    pub async fn start_with(extra_delivery: &str) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let config = parse_config(&test_config_toml(data_dir.path(), extra_delivery, true));
+        Self::start_in(data_dir, config).await
+    }
+
+    pub async fn start_in(data_dir: tempfile::TempDir, config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let engine = hookd::start(config, listener, CancellationToken::new())
+            .await
+            .expect("engine starts");
+        let base = format!("http://{}", engine.local_addr());
+        TestEngine {
+            engine: Some(engine),
+            base,
+            http: reqwest::Client::new(),
+            data_dir,
+        }
+    }
+
+    /// Shuts the engine down and starts a new one on the same data dir.
+    pub async fn restart(mut self, extra_delivery: &str) -> Self {
+        self.engine.take().unwrap().shutdown().await;
+        let config = parse_config(&test_config_toml(
+            self.data_dir.path(),
+            extra_delivery,
+            true,
+        ));
+        Self::start_in(self.data_dir, config).await
+    }
+
+    pub fn engine(&self) -> &RunningEngine {
+        self.engine.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a request with `key`; returns status and JSON body (Null when empty).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("engine answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("non-JSON answer ({status}): {text}"))
+        };
+        (status, json)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call("POST", path, ACME_KEY, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, ACME_KEY, None).await
+    }
+
+    /// Creates a webhook for tenant acme; returns its JSON (with `secret`).
+    pub async fn create_webhook(&self, body: Value) -> Value {
+        let (status, json) = self.post("/v1/webhooks", body).await;
+        assert_eq!(status, 201, "{json}");
+        json
+    }
+
+    pub async fn send_event(&self, event_type: &str, payload: Value) -> Value {
+        let (status, json) = self
+            .post(
+                "/v1/events",
+                json!({"type": event_type, "payload": payload}),
+            )
+            .await;
+        assert_eq!(status, 202, "{json}");
+        json
+    }
+
+    /// Waits until the delivery reaches `status`; returns it with its attempts.
+    pub async fn wait_delivery(&self, delivery_id: &str, status: &str) -> Value {
+        eventually(
+            Duration::from_secs(10),
+            &format!("delivery {delivery_id} {status}"),
+            || async {
+                let (_, d) = self.get(&format!("/v1/deliveries/{delivery_id}")).await;
+                (d["status"] == status).then_some(d)
+            },
+        )
+        .await
+    }
+}
