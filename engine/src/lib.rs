@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod fanout;
 pub mod ids;
 pub mod ingest;
+pub mod plugin;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
@@ -26,6 +27,7 @@ use tracing::{info, warn};
 use crate::config::{Config, SharedConfig};
 use crate::delivery::{DeliveryClient, DeliveryContext, Dispatcher};
 use crate::ingest::Ingest;
+use crate::plugin::PluginHost;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start the plugin host: {0}")]
+    Plugins(#[from] plugin::PluginError),
     #[error("the listener has no local address: {0}")]
     Listener(std::io::Error),
 }
@@ -52,6 +56,7 @@ pub struct RunningEngine {
     tasks: Vec<JoinHandle<()>>,
     store: Store,
     config: SharedConfig,
+    plugins: PluginHost,
 }
 
 impl RunningEngine {
@@ -62,6 +67,11 @@ impl RunningEngine {
     /// The live configuration (swap it to reconfigure the engine).
     pub fn config(&self) -> &SharedConfig {
         &self.config
+    }
+
+    /// The plugin host (tests read its compile counter).
+    pub fn plugins(&self) -> &PluginHost {
+        &self.plugins
     }
 
     /// Stops accepting requests, lets attempts in flight finish (bounded), flushes the store
@@ -101,6 +111,14 @@ pub async fn start(
         warn!("{warning}");
     }
     let local_addr = listener.local_addr().map_err(StartError::Listener)?;
+    let plugins = PluginHost::open(
+        &config.data_dir.join("plugins"),
+        config.plugins.settings.clone(),
+    )?;
+    let mut tasks = Vec::new();
+    if let Some(dir) = &config.plugins.admin_dir {
+        tasks.push(plugins.watch_dir(dir.clone(), shutdown.clone()));
+    }
     let config = SharedConfig::new(config);
 
     let (dispatch, dispatch_rx) = Dispatcher::channel();
@@ -109,6 +127,7 @@ pub async fn start(
         config: config.clone(),
         client: DeliveryClient::new(config.clone()),
         dispatch: dispatch.clone(),
+        plugins: plugins.clone(),
     };
     let dispatcher = Dispatcher::new(delivery.clone(), dispatch_rx);
     let dispatcher_task = tokio::spawn(dispatcher.run(shutdown.clone()));
@@ -130,13 +149,15 @@ pub async fn start(
         }
     });
     info!("listening on {local_addr}");
+    // Order matters: the server first (it owns the last `Ingest` handle, so the ingest
+    // writer ends after it), then the writer, then the dispatcher.
+    tasks.extend([server_task, ingest_task, dispatcher_task]);
     Ok(RunningEngine {
         local_addr,
         shutdown,
-        // Order matters: the server first (it owns the last `Ingest` handle, so the ingest
-        // writer ends after it), then the writer, then the dispatcher.
-        tasks: vec![server_task, ingest_task, dispatcher_task],
+        tasks,
         store,
         config,
+        plugins,
     })
 }

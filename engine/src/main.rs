@@ -108,10 +108,13 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    // Signal handlers go in before the engine announces itself, so a SIGTERM sent right after
+    // "listening on" is already a graceful stop.
+    let signal = wait_for_signal()?;
     let shutdown = CancellationToken::new();
     let engine = hookd::start(config, listener, shutdown.clone()).await?;
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal.await;
         tracing::info!("shutting down: finishing attempts in flight");
         shutdown.cancel();
     });
@@ -120,19 +123,16 @@ async fn serve(
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler works");
+/// Installs the SIGTERM/ctrl-c handlers now; the future resolves on the first signal.
+fn wait_for_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install a SIGTERM handler")?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot install a SIGINT handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    })
 }

@@ -7,6 +7,7 @@ mod api_errors;
 mod crash;
 mod delivery;
 mod isolation;
+mod plugins;
 mod restart;
 mod retries;
 mod ssrf;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListResponse, Tenant, page_limit,
-    parse_iterator, parse_time, rfc3339,
+    parse_iterator, parse_optional_time, rfc3339,
 };
 use crate::ids::{DeliveryId, WebhookId, now_ms};
 use crate::store::{AttemptRecord, DeliveryFilter, DeliveryRecord, DeliveryStatus};
@@ -123,16 +123,8 @@ pub async fn list(
         webhook_id,
         status,
         event_type: query.event_type,
-        after_ms: query
-            .after
-            .as_deref()
-            .map(|t| parse_time("after", t))
-            .transpose()?,
-        before_ms: query
-            .before
-            .as_deref()
-            .map(|t| parse_time("before", t))
-            .transpose()?,
+        after_ms: parse_optional_time("after", query.after.as_deref())?,
+        before_ms: parse_optional_time("before", query.before.as_deref())?,
     };
     let cursor = parse_iterator(query.iterator.as_deref(), DeliveryId::parse)?;
     let page = state.store.list_deliveries(

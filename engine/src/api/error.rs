@@ -10,7 +10,7 @@ use serde::Serialize;
 use tracing::error;
 
 use crate::ingest::IngestError;
-use crate::store::StoreError;
+use crate::store::{StoreError, UpdateError};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -91,6 +91,15 @@ impl From<StoreError> for ApiError {
             "internal",
             "internal storage error; it has been logged",
         )
+    }
+}
+
+impl From<UpdateError<std::convert::Infallible>> for ApiError {
+    fn from(err: UpdateError<std::convert::Infallible>) -> Self {
+        match err {
+            UpdateError::Store(err) => err.into(),
+            UpdateError::Refused(never) => match never {},
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use tracing::info;
 use super::deliveries::DeliveryView;
 use super::{
     ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListResponse, Tenant, page_limit,
-    parse_iterator, parse_time, rfc3339, valid_channel,
+    parse_iterator, parse_optional_time, rfc3339, valid_channel,
 };
 use crate::config::valid_event_type;
 use crate::fanout;
@@ -207,16 +207,8 @@ pub async fn list(
     let filter = EventFilter {
         event_type: query.event_type,
         channel: query.channel,
-        after_ms: query
-            .after
-            .as_deref()
-            .map(|t| parse_time("after", t))
-            .transpose()?,
-        before_ms: query
-            .before
-            .as_deref()
-            .map(|t| parse_time("before", t))
-            .transpose()?,
+        after_ms: parse_optional_time("after", query.after.as_deref())?,
+        before_ms: parse_optional_time("before", query.before.as_deref())?,
     };
     let cursor = parse_iterator(query.iterator.as_deref(), EventId::parse)?;
     let page = state.store.list_events(

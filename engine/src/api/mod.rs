@@ -7,6 +7,7 @@
 mod deliveries;
 mod error;
 mod events;
+mod plugins;
 mod webhooks;
 
 use std::sync::Arc;
@@ -43,7 +44,9 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.current().limits.max_payload_bytes + ENVELOPE_BYTES;
+    let config = state.config.current();
+    let body_limit = config.limits.max_payload_bytes + ENVELOPE_BYTES;
+    let upload_limit = config.plugins.settings.max_upload_bytes;
     let v1 = Router::new()
         .route("/events", post(events::create).get(events::list))
         .route("/events/{id}", get(events::get_one))
@@ -62,7 +65,16 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/{id}/recover", post(webhooks::recover))
         .route("/deliveries", get(deliveries::list))
         .route("/deliveries/{id}", get(deliveries::get_one))
-        .route("/deliveries/{id}/retry", post(deliveries::retry));
+        .route("/deliveries/{id}/retry", post(deliveries::retry))
+        .route("/plugins", get(plugins::list))
+        .route(
+            "/plugins/{name}",
+            get(plugins::get_one)
+                .put(plugins::put)
+                .delete(plugins::delete)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/plugins/{name}/simulate", post(plugins::simulate));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
@@ -107,6 +119,15 @@ async fn method_not_allowed() -> ApiError {
 pub struct Tenant {
     pub id: String,
     pub config: Arc<Config>,
+}
+
+impl Tenant {
+    /// This tenant's settings in the request's config snapshot.
+    pub fn settings(&self) -> &crate::config::TenantConfig {
+        self.config
+            .tenant(&self.id)
+            .expect("an authenticated tenant is in the config it was checked against")
+    }
 }
 
 impl FromRequestParts<AppState> for Tenant {
@@ -252,6 +273,11 @@ pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> R
             ApiError::bad_request("invalid_json", err.to_string())
         }
     })
+}
+
+/// An optional time filter (`after`, `before`, `since`).
+pub fn parse_optional_time(field: &str, text: Option<&str>) -> Result<Option<u64>, ApiError> {
+    text.map(|t| parse_time(field, t)).transpose()
 }
 
 /// A channel name: 1-128 of `A-Z a-z 0-9 . _ - :`.

@@ -1,6 +1,7 @@
 //! `/v1/webhooks`: create, list, get, update, delete, test send, secret rotation, recover.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,8 +21,7 @@ use crate::ids::{EventId, WebhookId, now_ms};
 use crate::signing;
 use crate::ssrf::{SsrfPolicy, UrlError};
 use crate::store::{
-    DeliveryStatus, EventRecord, PluginAttachment, UpdateError, WebhookRecord, WebhookSecret,
-    WebhookStatus,
+    DeliveryStatus, EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, WebhookStatus,
 };
 
 const MAX_EVENT_TYPE_FILTERS: usize = 100;
@@ -75,6 +75,9 @@ pub struct CreateWebhook {
     metadata: Option<BTreeMap<String, String>>,
     #[serde(default)]
     disabled: Option<bool>,
+    /// Plugins run at attempt time, in order.
+    #[serde(default)]
+    plugins: Option<Vec<PluginAttachment>>,
 }
 
 /// PATCH body: absent fields stay; `null` clears an optional field.
@@ -104,6 +107,9 @@ pub struct UpdateWebhook {
     /// `active` re-enables a disabled webhook (clearing its reason); `disabled` pauses it.
     #[serde(default)]
     status: Option<WebhookStatus>,
+    /// Replaces the plugin chain (`[]` detaches every plugin).
+    #[serde(default)]
+    plugins: Option<Vec<PluginAttachment>>,
 }
 
 /// Distinguishes a field set to `null` (`Some(None)`) from an absent one (`None`).
@@ -345,6 +351,8 @@ pub async fn create(
         }
         None => signing::generate_secret(),
     };
+    let plugins = body.plugins.unwrap_or_default();
+    super::plugins::check_chain(&state, &tenant, &plugins).await?;
     // Last: it may resolve the host name.
     let url = check_url(&tenant, &body.url).await?;
     let now = now_ms();
@@ -371,7 +379,7 @@ pub async fn create(
         max_in_flight: body.max_in_flight,
         rate_limit_per_sec: body.rate_limit_per_sec,
         metadata,
-        plugins: Vec::new(),
+        plugins,
         failing_since: None,
         created_at: now,
         updated_at: now,
@@ -439,6 +447,9 @@ pub async fn update(
         body.max_in_flight.flatten(),
         body.rate_limit_per_sec.flatten(),
     )?;
+    if let Some(plugins) = &body.plugins {
+        super::plugins::check_chain(&state, &tenant, plugins).await?;
+    }
     let url = match &body.url {
         Some(url) => Some(check_url(&tenant, url).await?),
         None => None,
@@ -477,6 +488,9 @@ pub async fn update(
             if let Some(metadata) = &body.metadata {
                 w.metadata = metadata.clone();
             }
+            if let Some(plugins) = &body.plugins {
+                w.plugins = plugins.clone();
+            }
             match body.status {
                 Some(WebhookStatus::Active) => {
                     w.status = WebhookStatus::Active;
@@ -490,15 +504,9 @@ pub async fn update(
                 _ => {}
             }
             w.updated_at = now;
-            Ok::<_, ()>(())
+            Ok::<_, Infallible>(())
         })
-        .await
-        .map_err(|err| match err {
-            UpdateError::Store(err) => ApiError::from(err),
-            UpdateError::Refused(()) => {
-                ApiError::conflict("conflict", "the webhook changed; retry")
-            }
-        })?
+        .await?
         .ok_or_else(|| ApiError::not_found("webhook", &id))?;
     state.dispatch.webhook_changed(&tenant.id, &webhook_id);
     info!(tenant = %tenant.id, webhook_id = %webhook_id, "webhook updated");
@@ -560,7 +568,7 @@ pub async fn test_send(
         created_at: now_ms(),
         payload,
     };
-    let outcome = attempt::test_send(&state.delivery, &tenant.id, &webhook, &event).await;
+    let outcome = attempt::test_send(&state.delivery, tenant.settings(), &webhook, &event).await;
     Ok(ApiJson(outcome))
 }
 
@@ -612,15 +620,9 @@ pub async fn rotate_secret(
                 },
             );
             w.updated_at = now;
-            Ok::<_, ()>(())
+            Ok::<_, Infallible>(())
         })
-        .await
-        .map_err(|err| match err {
-            UpdateError::Store(err) => ApiError::from(err),
-            UpdateError::Refused(()) => {
-                ApiError::conflict("conflict", "the webhook changed; retry")
-            }
-        })?
+        .await?
         .ok_or_else(|| ApiError::not_found("webhook", &id))?;
     info!(tenant = %tenant.id, webhook_id = %webhook_id, "webhook secret rotated");
     Ok(ApiJson(RotatedSecret {

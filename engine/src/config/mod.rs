@@ -17,6 +17,8 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
+use crate::plugin::PluginSettings;
+
 pub(crate) use validate::valid_event_type;
 pub use validate::{ConfigError, ConfigErrors};
 
@@ -36,6 +38,8 @@ pub struct Config {
     /// Global delivery defaults; each tenant has its merged copy in [`TenantConfig::delivery`].
     pub delivery: DeliveryConfig,
     pub ssrf: SsrfConfig,
+    /// Global plugin budgets; each tenant has its merged copy in [`TenantConfig::plugins`].
+    pub plugins: PluginsConfig,
     pub tenants: HashMap<String, TenantConfig>,
     /// SHA-256 of an API key → tenant id.
     api_keys: HashMap<[u8; 32], String>,
@@ -74,10 +78,21 @@ pub struct SsrfConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct PluginsConfig {
+    pub settings: PluginSettings,
+    /// Most plugins attached to one webhook.
+    pub max_chain_length: usize,
+    /// Admin plugin directory (one folder per tenant), watched for changes; none by default.
+    pub admin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
 pub struct TenantConfig {
     pub id: String,
     pub event_types: Vec<String>,
     pub delivery: DeliveryConfig,
+    /// Plugin budgets of this tenant's attempts.
+    pub plugins: PluginSettings,
 }
 
 impl Config {

@@ -18,7 +18,25 @@ pub struct RawConfig {
     #[serde(default)]
     pub ssrf: RawSsrf,
     #[serde(default)]
+    pub plugins: RawPlugins,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
+}
+
+/// Plugin budgets; globally (`[plugins]`) and per tenant (`[tenants.plugins]`, budgets only).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugins {
+    pub deadline: Option<String>,
+    pub memory_limit_bytes: Option<usize>,
+    pub max_log_bytes: Option<usize>,
+    pub fuel: Option<u64>,
+    pub max_upload_bytes: Option<usize>,
+    pub compile_timeout: Option<String>,
+    pub max_concurrent_calls_per_tenant: Option<usize>,
+    pub max_output_payload_bytes: Option<usize>,
+    pub max_chain_length: Option<usize>,
+    pub admin_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,4 +79,5 @@ pub struct RawTenant {
     #[serde(default)]
     pub event_types: Vec<String>,
     pub delivery: Option<RawDelivery>,
+    pub plugins: Option<RawPlugins>,
 }

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawDelivery};
+use super::raw::{RawConfig, RawDelivery, RawPlugins};
 use super::{
-    Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DeliveryConfig, LimitsConfig, SsrfConfig,
-    TenantConfig,
+    Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DeliveryConfig, LimitsConfig, PluginsConfig,
+    SsrfConfig, TenantConfig,
 };
+use crate::plugin::PluginSettings;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +170,21 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
         allow,
     };
 
+    let global_plugins =
+        plugin_settings(&mut c, "plugins", &raw.plugins, &PluginSettings::default());
+    let max_chain_length = raw
+        .plugins
+        .max_chain_length
+        .unwrap_or(DEFAULT_MAX_CHAIN_LENGTH);
+    if max_chain_length == 0 || max_chain_length > 16 {
+        c.push("plugins.max_chain_length", "must be between 1 and 16");
+    }
+    let plugins = PluginsConfig {
+        settings: global_plugins.clone(),
+        max_chain_length,
+        admin_dir: raw.plugins.admin_dir.as_ref().map(PathBuf::from),
+    };
+
     let mut tenants = HashMap::new();
     let mut api_keys: HashMap<[u8; 32], String> = HashMap::new();
     for (i, raw_tenant) in raw.tenants.iter().enumerate() {
@@ -223,12 +239,38 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
             }
             None => delivery.clone(),
         };
+        let tenant_plugins = match &raw_tenant.plugins {
+            Some(overrides) => {
+                let engine_wide = [
+                    ("max_upload_bytes", overrides.max_upload_bytes.is_some()),
+                    ("compile_timeout", overrides.compile_timeout.is_some()),
+                    ("max_chain_length", overrides.max_chain_length.is_some()),
+                    ("admin_dir", overrides.admin_dir.is_some()),
+                ];
+                for (name, set) in engine_wide {
+                    if set {
+                        c.push(
+                            format!("{key}.plugins.{name}"),
+                            "is an engine-wide setting; set it in [plugins] only",
+                        );
+                    }
+                }
+                plugin_settings(
+                    &mut c,
+                    &format!("{key}.plugins"),
+                    overrides,
+                    &global_plugins,
+                )
+            }
+            None => global_plugins.clone(),
+        };
         tenants.insert(
             raw_tenant.id.clone(),
             TenantConfig {
                 id: raw_tenant.id.clone(),
                 event_types: raw_tenant.event_types.clone(),
                 delivery: tenant_delivery,
+                plugins: tenant_plugins,
             },
         );
     }
@@ -242,9 +284,75 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
         limits,
         delivery,
         ssrf,
+        plugins,
         tenants,
         api_keys,
     })
+}
+
+const DEFAULT_MAX_CHAIN_LENGTH: usize = 8;
+
+fn plugin_settings(
+    c: &mut Collector<'_>,
+    prefix: &str,
+    raw: &RawPlugins,
+    base: &PluginSettings,
+) -> PluginSettings {
+    let key = |name: &str| format!("{prefix}.{name}");
+    let mut out = base.clone();
+    if raw.deadline.is_some() {
+        out.deadline = c.duration(&key("deadline"), raw.deadline.as_ref(), base.deadline);
+        if out.deadline.is_zero() || out.deadline > Duration::from_secs(10) {
+            c.push(key("deadline"), "must be between 1ms and 10s");
+        }
+    }
+    if let Some(bytes) = raw.memory_limit_bytes {
+        if !(1 << 20..=4 << 30).contains(&bytes) {
+            c.push(key("memory_limit_bytes"), "must be between 1 MiB and 4 GiB");
+        }
+        out.memory_limit_bytes = bytes;
+    }
+    if let Some(bytes) = raw.max_log_bytes {
+        if bytes > 1 << 20 {
+            c.push(key("max_log_bytes"), "must be at most 1048576");
+        }
+        out.max_log_bytes = bytes;
+    }
+    if let Some(fuel) = raw.fuel {
+        out.fuel = Some(fuel);
+    }
+    if let Some(bytes) = raw.max_upload_bytes {
+        if !(1024..=256 << 20).contains(&bytes) {
+            c.push(key("max_upload_bytes"), "must be between 1 KiB and 256 MiB");
+        }
+        out.max_upload_bytes = bytes;
+    }
+    if raw.compile_timeout.is_some() {
+        out.compile_timeout = c.duration(
+            &key("compile_timeout"),
+            raw.compile_timeout.as_ref(),
+            base.compile_timeout,
+        );
+    }
+    if let Some(n) = raw.max_concurrent_calls_per_tenant {
+        if n == 0 || n > 256 {
+            c.push(
+                key("max_concurrent_calls_per_tenant"),
+                "must be between 1 and 256",
+            );
+        }
+        out.max_concurrent_calls_per_tenant = n.clamp(1, 256);
+    }
+    if let Some(bytes) = raw.max_output_payload_bytes {
+        if bytes == 0 || bytes > 64 << 20 {
+            c.push(
+                key("max_output_payload_bytes"),
+                "must be between 1 and 67108864",
+            );
+        }
+        out.max_output_payload_bytes = bytes;
+    }
+    out
 }
 
 impl Default for DeliveryConfig {

@@ -14,8 +14,11 @@ use tracing::{debug, info, warn};
 use super::client::{HttpOutcome, OutboundRequest};
 use super::retry::{RetryPolicy, StatusClass, classify_status, parse_retry_after};
 use super::{DeliveryContext, sanitize_snippet};
+use crate::config::TenantConfig;
 use crate::ids::{AttemptId, DeliveryId, WebhookId, now_ms};
+use crate::plugin::{ChainOutcome, ChainStep, PluginRequest};
 use crate::signing;
+use crate::ssrf::SsrfPolicy;
 use crate::store::{
     AttemptRecord, DeliveryStatus, DeliveryUpdate, EventRecord, WebhookRecord, WebhookStatus,
 };
@@ -48,31 +51,64 @@ pub fn render_body(event: &EventRecord) -> Bytes {
     Bytes::from(serde_json::to_vec(&body).expect("the body serialises"))
 }
 
-/// Builds the signed request for a delivery of `event` to `webhook`.
+/// The request of an attempt before hookd signs it: what the webhook says, or what its
+/// plugin chain made of it.
+#[derive(Debug, Clone)]
+pub struct RequestParts {
+    pub url: String,
+    pub method: String,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl RequestParts {
+    /// The request as the webhook defines it (no plugins).
+    pub fn for_webhook(webhook: &WebhookRecord, body: Bytes) -> Self {
+        RequestParts {
+            url: webhook.url.clone(),
+            method: "POST".to_string(),
+            content_type: "application/json".to_string(),
+            headers: webhook
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            body,
+        }
+    }
+}
+
+/// Signs `parts` with the webhook's live secrets (Standard Webhooks headers on the final
+/// bytes) and makes the request to send.
 pub fn build_request(
     webhook: &WebhookRecord,
+    parts: RequestParts,
     webhook_id_header: &str,
-    body: Bytes,
     timeout: Duration,
     now_ms: u64,
 ) -> Result<OutboundRequest, (&'static str, String)> {
-    let url = Url::parse(&webhook.url).map_err(|err| {
+    let url = Url::parse(&parts.url)
+        .map_err(|err| ("invalid_url", format!("the URL is not valid: {err}")))?;
+    let method = Method::from_bytes(parts.method.as_bytes()).map_err(|_| {
         (
-            "invalid_url",
-            format!("the webhook URL is not valid: {err}"),
+            "invalid_method",
+            format!("`{}` is not an HTTP method", parts.method),
         )
     })?;
     let mut headers = HeaderMap::new();
-    for (name, value) in &webhook.headers {
-        // Validated when set; skip anything that no longer parses rather than fail.
+    for (name, value) in &parts.headers {
+        // Validated when set (API or plugin output policy); skip anything that does not parse.
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
         ) {
-            headers.insert(name, value);
+            headers.append(name, value);
         }
     }
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let content_type = HeaderValue::from_str(&parts.content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/json"));
+    headers.insert(CONTENT_TYPE, content_type);
     let timestamp = now_ms / 1000;
     let keys: Vec<Vec<u8>> = webhook
         .live_secrets(now_ms)
@@ -82,7 +118,7 @@ pub fn build_request(
         keys.iter().map(Vec::as_slice),
         webhook_id_header,
         timestamp,
-        &body,
+        &parts.body,
     );
     let header = |value: &str| {
         HeaderValue::from_str(value).expect("ids, digits and base64 are valid header values")
@@ -92,11 +128,160 @@ pub fn build_request(
     headers.insert("webhook-signature", header(&signature));
     Ok(OutboundRequest {
         url,
-        method: Method::POST,
+        method,
         headers,
-        body,
+        body: parts.body,
         timeout,
     })
+}
+
+/// An attempt's request after the plugin chain, or why there is none.
+#[derive(Debug)]
+pub enum Prepared {
+    Send(Box<OutboundRequest>),
+    /// A plugin dropped the delivery.
+    Filtered {
+        plugin: String,
+    },
+    /// The chain (or building the request) failed.
+    Failed {
+        code: String,
+        message: String,
+        retryable: bool,
+    },
+}
+
+/// Everything an attempt needs to know about what it sends.
+pub struct AttemptInput<'a> {
+    pub tenant: &'a TenantConfig,
+    pub webhook: &'a WebhookRecord,
+    pub event: &'a EventRecord,
+    /// The `webhook-id` header: the delivery id (or a one-off id for test sends).
+    pub webhook_id_header: &'a str,
+    pub attempt: u32,
+    pub now_ms: u64,
+}
+
+/// Renders, runs the webhook's plugin chain (if any), re-checks a URL a plugin changed, and
+/// signs: the request to send, with the plugins' logs and how long the chain took.
+pub async fn prepare(
+    ctx: &DeliveryContext,
+    input: &AttemptInput<'_>,
+) -> (Prepared, Vec<String>, Duration) {
+    let webhook = input.webhook;
+    let timeout = webhook
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(input.tenant.delivery.attempt_timeout);
+    let parts = RequestParts::for_webhook(webhook, render_body(input.event));
+    if webhook.plugins.is_empty() {
+        return (
+            sign(webhook, parts, input, timeout),
+            Vec::new(),
+            Duration::ZERO,
+        );
+    }
+    let steps: Vec<ChainStep> = webhook
+        .plugins
+        .iter()
+        .map(|p| ChainStep {
+            name: p.name.clone(),
+            config: p.config.to_string(),
+        })
+        .collect();
+    let signing_secret = webhook
+        .live_secrets(input.now_ms)
+        .next()
+        .and_then(|s| signing::decode_secret(&s.secret).ok())
+        .unwrap_or_default();
+    let request = PluginRequest {
+        delivery_id: input.webhook_id_header.to_string(),
+        event_id: input.event.id.to_string(),
+        event_type: input.event.event_type.clone(),
+        tenant: input.tenant.id.clone(),
+        channel: input.event.channel.clone(),
+        timestamp_ms: input.event.created_at,
+        attempt_time_ms: input.now_ms,
+        attempt: input.attempt,
+        url: parts.url,
+        method: parts.method,
+        content_type: parts.content_type,
+        headers: parts.headers,
+        body: parts.body,
+        signing_secret,
+    };
+    let run = ctx
+        .plugins
+        .run_chain(&input.tenant.id, &steps, request, &input.tenant.plugins)
+        .await;
+    let logs = run
+        .logs
+        .iter()
+        .map(|log| format!("{} [{}] {}", log.plugin, log.level.as_str(), log.message))
+        .collect();
+    let prepared = match run.outcome {
+        ChainOutcome::Deliver(out) => {
+            let checked = if out.url == webhook.url {
+                Ok(())
+            } else {
+                // A URL a plugin chose passes the same checks as one a tenant entered; the
+                // address itself is checked at connect time by the client.
+                let policy = SsrfPolicy::new(&ctx.config.current().ssrf);
+                policy.parse_url(&out.url).map(|_| ())
+            };
+            match checked {
+                Ok(()) => {
+                    let parts = RequestParts {
+                        url: out.url,
+                        method: out.method,
+                        content_type: out.content_type,
+                        headers: out.headers,
+                        body: out.body,
+                    };
+                    sign(webhook, parts, input, timeout)
+                }
+                Err(err) => Prepared::Failed {
+                    code: "plugin_invalid_output".into(),
+                    message: format!("a plugin set the URL `{}`: {err}", out.url),
+                    retryable: true,
+                },
+            }
+        }
+        ChainOutcome::Filtered { plugin } => Prepared::Filtered { plugin },
+        ChainOutcome::Failed {
+            plugin,
+            code,
+            message,
+        } => Prepared::Failed {
+            code: code.as_str().to_string(),
+            message: format!("plugin `{plugin}`: {message}"),
+            retryable: code.is_retryable(),
+        },
+    };
+    (prepared, logs, run.duration)
+}
+
+fn sign(
+    webhook: &WebhookRecord,
+    parts: RequestParts,
+    input: &AttemptInput<'_>,
+    timeout: Duration,
+) -> Prepared {
+    match build_request(
+        webhook,
+        parts,
+        input.webhook_id_header,
+        timeout,
+        input.now_ms,
+    ) {
+        Ok(request) => Prepared::Send(Box::new(request)),
+        Err((code, message)) => Prepared::Failed {
+            code: code.to_string(),
+            message,
+            // The stored URL or method no longer parses: trying again will not help.
+            retryable: false,
+        },
+    }
 }
 
 /// Runs one attempt of a claimed delivery. Failures of hookd itself (store errors) are
@@ -161,49 +346,72 @@ async fn try_run(
     }
     let attempt_number = delivery.attempts + 1;
     let started_at = now_ms();
-    let timeout = webhook
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(tenant_config.delivery.attempt_timeout);
-    let body = render_body(&event);
-    let outcome = match build_request(&webhook, delivery_id.as_str(), body, timeout, started_at) {
-        Ok(request) => {
+    let input = AttemptInput {
+        tenant: tenant_config,
+        webhook: &webhook,
+        event: &event,
+        webhook_id_header: delivery_id.as_str(),
+        attempt: attempt_number,
+        now_ms: started_at,
+    };
+    let (prepared, plugin_logs, chain_time) = prepare(ctx, &input).await;
+    let tried = match prepared {
+        Prepared::Send(request) => Tried::Http(
             ctx.client
-                .send(request, tenant_config.delivery.max_response_body_bytes)
-                .await
-        }
-        Err((code, message)) => HttpOutcome::Failed {
+                .send(*request, tenant_config.delivery.max_response_body_bytes)
+                .await,
+        ),
+        Prepared::Filtered { plugin } => Tried::Filtered { plugin },
+        Prepared::Failed {
             code,
             message,
-            latency: Duration::ZERO,
+            retryable,
+        } => Tried::Failed {
+            code,
+            message,
+            retryable,
         },
     };
 
     let policy = RetryPolicy::new(&tenant_config.delivery, webhook.max_attempts);
-    let verdict = judge(&outcome, &policy, attempt_number);
-    let (status_code, error_code, error_message, snippet, latency) = match &outcome {
-        HttpOutcome::Response {
+    let verdict = judge(&tried, &policy, attempt_number);
+    let (status_code, error_code, error_message, snippet, latency) = match &tried {
+        Tried::Http(HttpOutcome::Response {
             status,
             snippet,
             latency,
             ..
-        } => (
+        }) => (
             Some(*status),
             (verdict.status != DeliveryStatus::Delivered).then(|| "http_status".to_string()),
             None,
             Some(sanitize_snippet(snippet)),
             *latency,
         ),
-        HttpOutcome::Failed {
+        Tried::Http(HttpOutcome::Failed {
             code,
             message,
             latency,
-        } => (
+        }) => (
             None,
             Some(code.to_string()),
             Some(message.clone()),
             None,
             *latency,
+        ),
+        Tried::Filtered { plugin } => (
+            None,
+            None,
+            Some(format!("dropped by plugin `{plugin}`")),
+            None,
+            chain_time,
+        ),
+        Tried::Failed { code, message, .. } => (
+            None,
+            Some(code.clone()),
+            Some(message.clone()),
+            None,
+            chain_time,
         ),
     };
     let next_attempt_at = verdict
@@ -211,6 +419,7 @@ async fn try_run(
         .map(|delay| now_ms() + delay.as_millis() as u64);
     let result = match (verdict.status, next_attempt_at) {
         (DeliveryStatus::Delivered, _) => "delivered",
+        (DeliveryStatus::Filtered, _) => "filtered",
         (_, Some(_)) => "failed",
         _ if verdict.retryable => "exhausted",
         _ => "rejected",
@@ -229,7 +438,7 @@ async fn try_run(
         error_message,
         response_snippet: snippet,
         next_attempt_at,
-        plugin_logs: Vec::new(),
+        plugin_logs,
     };
     let update = DeliveryUpdate {
         status: if next_attempt_at.is_some() {
@@ -238,7 +447,7 @@ async fn try_run(
             verdict.status
         },
         next_attempt_at,
-        filtered_by: None,
+        filtered_by: verdict.filtered_by.clone(),
     };
     store.record_attempt(tenant, &attempt, &update)?;
     info!(
@@ -251,6 +460,10 @@ async fn try_run(
         result,
         "attempt finished"
     );
+    if !matches!(tried, Tried::Http(_)) {
+        // Plugins' verdicts say nothing about the receiver's health.
+        return Ok(());
+    }
 
     // Consequences for the webhook.
     let now = now_ms();
@@ -273,7 +486,7 @@ async fn try_run(
             .update_webhook(tenant, webhook_id, |w| {
                 if succeeded {
                     w.failing_since = None;
-                    return Ok::<_, ()>(());
+                    return Ok::<_, std::convert::Infallible>(());
                 }
                 let since = *w.failing_since.get_or_insert(now);
                 let reason = disable_reason.clone().or_else(|| {
@@ -308,6 +521,20 @@ async fn try_run(
     Ok(())
 }
 
+/// What an attempt did.
+#[derive(Debug)]
+enum Tried {
+    Http(HttpOutcome),
+    Filtered {
+        plugin: String,
+    },
+    Failed {
+        code: String,
+        message: String,
+        retryable: bool,
+    },
+}
+
 /// The delivery-level meaning of one attempt's outcome.
 #[derive(Debug, PartialEq)]
 struct Verdict {
@@ -315,46 +542,66 @@ struct Verdict {
     retry_in: Option<Duration>,
     retryable: bool,
     gone: bool,
+    filtered_by: Option<String>,
 }
 
-fn judge(outcome: &HttpOutcome, policy: &RetryPolicy, attempt_number: u32) -> Verdict {
-    let (class, retry_after) = match outcome {
-        HttpOutcome::Response {
+fn judge(tried: &Tried, policy: &RetryPolicy, attempt_number: u32) -> Verdict {
+    let (class, retry_after) = match tried {
+        Tried::Http(HttpOutcome::Response {
             status,
             retry_after,
             ..
-        } => (
+        }) => (
             classify_status(*status),
             retry_after
                 .as_deref()
                 .and_then(|v| parse_retry_after(v, SystemTime::now())),
         ),
         // Refusing a blocked address again later would not change anything.
-        HttpOutcome::Failed {
+        Tried::Http(HttpOutcome::Failed {
             code: "blocked_address" | "invalid_url",
             ..
-        } => (StatusClass::Rejected, None),
-        HttpOutcome::Failed { .. } => (StatusClass::Retryable, None),
+        }) => (StatusClass::Rejected, None),
+        Tried::Http(HttpOutcome::Failed { .. }) => (StatusClass::Retryable, None),
+        Tried::Filtered { plugin } => {
+            return Verdict {
+                status: DeliveryStatus::Filtered,
+                retry_in: None,
+                retryable: false,
+                gone: false,
+                filtered_by: Some(plugin.clone()),
+            };
+        }
+        Tried::Failed { retryable, .. } => {
+            let class = if *retryable {
+                StatusClass::Retryable
+            } else {
+                StatusClass::Rejected
+            };
+            (class, None)
+        }
+    };
+    let verdict = |status, retry_in, retryable, gone| Verdict {
+        status,
+        retry_in,
+        retryable,
+        gone,
+        filtered_by: None,
     };
     match class {
-        StatusClass::Delivered => Verdict {
-            status: DeliveryStatus::Delivered,
-            retry_in: None,
-            retryable: false,
-            gone: false,
-        },
-        StatusClass::Retryable => Verdict {
-            status: DeliveryStatus::Failed,
-            retry_in: policy.next_delay(attempt_number, retry_after, &mut rand::rng()),
-            retryable: true,
-            gone: false,
-        },
-        StatusClass::Rejected | StatusClass::Gone => Verdict {
-            status: DeliveryStatus::Failed,
-            retry_in: None,
-            retryable: false,
-            gone: class == StatusClass::Gone,
-        },
+        StatusClass::Delivered => verdict(DeliveryStatus::Delivered, None, false, false),
+        StatusClass::Retryable => verdict(
+            DeliveryStatus::Failed,
+            policy.next_delay(attempt_number, retry_after, &mut rand::rng()),
+            true,
+            false,
+        ),
+        StatusClass::Rejected | StatusClass::Gone => verdict(
+            DeliveryStatus::Failed,
+            None,
+            false,
+            class == StatusClass::Gone,
+        ),
     }
 }
 
@@ -368,75 +615,81 @@ pub struct TestSendOutcome {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub response_snippet: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plugin_logs: Vec<String>,
 }
 
-/// Sends a sample event to a webhook now, outside the queue: nothing is stored or retried.
+/// Sends a sample event to a webhook now, through its plugin chain, outside the queue:
+/// nothing is stored or retried.
 pub async fn test_send(
     ctx: &DeliveryContext,
-    tenant: &str,
+    tenant: &TenantConfig,
     webhook: &WebhookRecord,
     event: &EventRecord,
 ) -> TestSendOutcome {
-    let config = ctx.config.current();
-    let delivery = config
-        .tenant(tenant)
-        .map(|t| t.delivery.clone())
-        .unwrap_or_else(|| config.delivery.clone());
     let webhook_id_header = format!(
         "{}test_{}",
         DeliveryId::PREFIX,
         uuid::Uuid::now_v7().simple()
     );
-    let timeout = webhook
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(delivery.attempt_timeout);
-    let outcome = match build_request(
+    let input = AttemptInput {
+        tenant,
         webhook,
-        &webhook_id_header,
-        render_body(event),
-        timeout,
-        now_ms(),
-    ) {
-        Ok(request) => {
-            ctx.client
-                .send(request, delivery.max_response_body_bytes)
-                .await
-        }
-        Err((code, message)) => HttpOutcome::Failed {
-            code,
-            message,
-            latency: Duration::ZERO,
-        },
+        event,
+        webhook_id_header: &webhook_id_header,
+        attempt: 1,
+        now_ms: now_ms(),
     };
-    match outcome {
+    let (prepared, plugin_logs, chain_time) = prepare(ctx, &input).await;
+    let mut outcome = TestSendOutcome {
+        delivered: false,
+        webhook_id_header: webhook_id_header.clone(),
+        status_code: None,
+        latency_ms: chain_time.as_millis() as u64,
+        error_code: None,
+        error_message: None,
+        response_snippet: None,
+        plugin_logs,
+    };
+    let request = match prepared {
+        Prepared::Send(request) => request,
+        Prepared::Filtered { plugin } => {
+            outcome.error_code = Some("filtered".into());
+            outcome.error_message = Some(format!("dropped by plugin `{plugin}`"));
+            return outcome;
+        }
+        Prepared::Failed { code, message, .. } => {
+            outcome.error_code = Some(code);
+            outcome.error_message = Some(message);
+            return outcome;
+        }
+    };
+    match ctx
+        .client
+        .send(*request, tenant.delivery.max_response_body_bytes)
+        .await
+    {
         HttpOutcome::Response {
             status,
             snippet,
             latency,
             ..
-        } => TestSendOutcome {
-            delivered: classify_status(status) == StatusClass::Delivered,
-            webhook_id_header,
-            status_code: Some(status),
-            latency_ms: latency.as_millis() as u64,
-            error_code: (classify_status(status) != StatusClass::Delivered)
-                .then(|| "http_status".to_string()),
-            error_message: None,
-            response_snippet: Some(sanitize_snippet(&snippet)),
-        },
+        } => {
+            outcome.delivered = classify_status(status) == StatusClass::Delivered;
+            outcome.status_code = Some(status);
+            outcome.latency_ms = latency.as_millis() as u64;
+            outcome.error_code = (!outcome.delivered).then(|| "http_status".to_string());
+            outcome.response_snippet = Some(sanitize_snippet(&snippet));
+        }
         HttpOutcome::Failed {
             code,
             message,
             latency,
-        } => TestSendOutcome {
-            delivered: false,
-            webhook_id_header,
-            status_code: None,
-            latency_ms: latency.as_millis() as u64,
-            error_code: Some(code.to_string()),
-            error_message: Some(message),
-            response_snippet: None,
-        },
+        } => {
+            outcome.latency_ms = latency.as_millis() as u64;
+            outcome.error_code = Some(code.to_string());
+            outcome.error_message = Some(message);
+        }
     }
+    outcome
 }

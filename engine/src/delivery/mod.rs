@@ -23,6 +23,7 @@ pub struct DeliveryContext {
     pub config: SharedConfig,
     pub client: DeliveryClient,
     pub dispatch: DispatchHandle,
+    pub plugins: crate::plugin::PluginHost,
 }
 
 /// A response body as stored in the attempt log: control characters other than whitespace

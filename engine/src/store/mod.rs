@@ -293,28 +293,19 @@ impl Store {
         if self.tree.remove(keys::webhook(tenant, id))?.is_none() {
             return Ok(false);
         }
-        let now = crate::ids::now_ms();
         let prefix = keys::queue_of(tenant, id);
         for entry in self.tree.scan_prefix(&prefix) {
             let (key, _) = entry?;
-            let Some((_, delivery_id)) = keys::parse_queue_suffix(&key[prefix.len()..]) else {
-                continue;
-            };
-            let delivery_key = keys::delivery(tenant, &delivery_id);
-            let result = self.tree.transaction(|tx| {
-                tx.remove(key.as_ref())?;
-                if let Some(bytes) = tx.get(&delivery_key)? {
-                    let mut record: DeliveryRecord =
-                        decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
-                    record.status = DeliveryStatus::Failed;
-                    record.next_attempt_at = None;
-                    record.last_error = Some("webhook_deleted".into());
-                    record.updated_at = now;
-                    tx.insert(delivery_key.as_slice(), encode(&record))?;
-                }
-                Ok(())
-            });
-            result.map_err(tx_error)?;
+            if let Some((_, delivery_id)) = keys::parse_queue_suffix(&key[prefix.len()..]) {
+                self.settle(
+                    tenant,
+                    &delivery_id,
+                    DeliveryStatus::Failed,
+                    "webhook_deleted",
+                )?;
+            }
+            // Also drops an entry whose delivery record is gone.
+            self.tree.remove(key)?;
         }
         self.flush().await?;
         Ok(true)
@@ -556,44 +547,23 @@ impl Store {
         attempt: &AttemptRecord,
         update: &DeliveryUpdate,
     ) -> Result<Option<DeliveryRecord>> {
-        let delivery_key = keys::delivery(tenant, &attempt.delivery_id);
         let mut attempt_key = keys::attempts_of(tenant, &attempt.delivery_id);
         attempt_key.extend_from_slice(attempt.id.as_str().as_bytes());
         let attempt_value = encode(attempt);
-        let now = crate::ids::now_ms();
-        let result = self.tree.transaction(|tx| {
-            let Some(bytes) = tx.get(&delivery_key)? else {
-                return Ok(None);
-            };
-            let mut record: DeliveryRecord =
-                decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
-            if let Some(due) = record.next_attempt_at {
-                tx.remove(keys::queue_entry(
-                    tenant,
-                    &record.webhook_id,
-                    due,
-                    &record.id,
-                ))?;
-            }
-            if let Some(due) = update.next_attempt_at {
-                tx.insert(
-                    keys::queue_entry(tenant, &record.webhook_id, due, &record.id),
-                    &[],
-                )?;
-            }
-            record.status = update.status;
-            record.next_attempt_at = update.next_attempt_at;
-            record.attempts = record.attempts.max(attempt.attempt);
-            record.last_attempt_at = Some(attempt.started_at);
-            record.last_status_code = attempt.status_code;
-            record.last_error = attempt.error_code.clone();
-            record.filtered_by = update.filtered_by.clone();
-            record.updated_at = now;
-            tx.insert(delivery_key.as_slice(), encode(&record))?;
-            tx.insert(attempt_key.as_slice(), attempt_value.as_slice())?;
-            Ok(Some(record))
-        });
-        result.map_err(tx_error)
+        self.change_delivery(
+            tenant,
+            &attempt.delivery_id,
+            |record| {
+                record.status = update.status;
+                record.next_attempt_at = update.next_attempt_at;
+                record.attempts = record.attempts.max(attempt.attempt);
+                record.last_attempt_at = Some(attempt.started_at);
+                record.last_status_code = attempt.status_code;
+                record.last_error = attempt.error_code.clone();
+                record.filtered_by = update.filtered_by.clone();
+            },
+            Some((&attempt_key, &attempt_value)),
+        )
     }
 
     /// Puts a delivery back on its webhook's queue, due at `due_ms` (manual retry, recover).
@@ -604,33 +574,15 @@ impl Store {
         id: &DeliveryId,
         due_ms: u64,
     ) -> Result<Option<DeliveryRecord>> {
-        let delivery_key = keys::delivery(tenant, id);
-        let now = crate::ids::now_ms();
-        let result = self.tree.transaction(|tx| {
-            let Some(bytes) = tx.get(&delivery_key)? else {
-                return Ok(None);
-            };
-            let mut record: DeliveryRecord =
-                decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
-            if let Some(due) = record.next_attempt_at {
-                tx.remove(keys::queue_entry(
-                    tenant,
-                    &record.webhook_id,
-                    due,
-                    &record.id,
-                ))?;
-            }
-            tx.insert(
-                keys::queue_entry(tenant, &record.webhook_id, due_ms, &record.id),
-                &[],
-            )?;
-            record.status = DeliveryStatus::Pending;
-            record.next_attempt_at = Some(due_ms);
-            record.updated_at = now;
-            tx.insert(delivery_key.as_slice(), encode(&record))?;
-            Ok(Some(record))
-        });
-        result.map_err(tx_error)
+        self.change_delivery(
+            tenant,
+            id,
+            |record| {
+                record.status = DeliveryStatus::Pending;
+                record.next_attempt_at = Some(due_ms);
+            },
+            None,
+        )
     }
 
     /// Ends a delivery without an attempt (its webhook or event is gone): removes its schedule
@@ -642,27 +594,61 @@ impl Store {
         status: DeliveryStatus,
         error: &str,
     ) -> Result<()> {
+        self.change_delivery(
+            tenant,
+            id,
+            |record| {
+                record.status = status;
+                record.next_attempt_at = None;
+                record.last_error = Some(error.to_string());
+            },
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Read-modify-write of one delivery in a transaction. Its schedule entry follows
+    /// `next_attempt_at` (removed, moved or added), and `extra` (a key and value) is written in
+    /// the same transaction. `None` if the delivery does not exist.
+    fn change_delivery(
+        &self,
+        tenant: &str,
+        id: &DeliveryId,
+        change: impl Fn(&mut DeliveryRecord),
+        extra: Option<(&[u8], &[u8])>,
+    ) -> Result<Option<DeliveryRecord>> {
         let delivery_key = keys::delivery(tenant, id);
         let now = crate::ids::now_ms();
         let result = self.tree.transaction(|tx| {
             let Some(bytes) = tx.get(&delivery_key)? else {
-                return Ok(());
+                return Ok(None);
             };
             let mut record: DeliveryRecord =
                 decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
-            if let Some(due) = record.next_attempt_at.take() {
-                tx.remove(keys::queue_entry(
-                    tenant,
-                    &record.webhook_id,
-                    due,
-                    &record.id,
-                ))?;
+            let old_due = record.next_attempt_at;
+            change(&mut record);
+            if old_due != record.next_attempt_at {
+                if let Some(due) = old_due {
+                    tx.remove(keys::queue_entry(
+                        tenant,
+                        &record.webhook_id,
+                        due,
+                        &record.id,
+                    ))?;
+                }
+                if let Some(due) = record.next_attempt_at {
+                    tx.insert(
+                        keys::queue_entry(tenant, &record.webhook_id, due, &record.id),
+                        &[],
+                    )?;
+                }
             }
-            record.status = status;
-            record.last_error = Some(error.to_string());
             record.updated_at = now;
             tx.insert(delivery_key.as_slice(), encode(&record))?;
-            Ok(())
+            if let Some((key, value)) = extra {
+                tx.insert(key, value)?;
+            }
+            Ok(Some(record))
         });
         result.map_err(tx_error)
     }

@@ -1,0 +1,396 @@
+//! `/v1/plugins`: upload (raw component body), list, inspect, delete, simulate.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{ApiError, ApiJson, ApiPath, AppState, Tenant, optional_json, rfc3339};
+use crate::delivery::attempt::{self, AttemptInput, Prepared};
+use crate::ids::{EventId, WebhookId, now_ms};
+use crate::plugin::{PluginInfo, PluginLoadError, PluginSource};
+use crate::signing;
+use crate::store::{EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, WebhookStatus};
+
+#[derive(Debug, Serialize)]
+pub struct PluginView {
+    name: String,
+    version: String,
+    declared_name: String,
+    sha256: String,
+    hooks: Vec<String>,
+    size_bytes: usize,
+    created_at: String,
+    updated_at: String,
+    last_error: Option<String>,
+    source: &'static str,
+}
+
+impl From<PluginInfo> for PluginView {
+    fn from(info: PluginInfo) -> Self {
+        PluginView {
+            name: info.name,
+            version: info.version,
+            declared_name: info.declared_name,
+            sha256: info.sha256,
+            hooks: info.hooks,
+            size_bytes: info.size_bytes,
+            created_at: rfc3339(info.created_ms),
+            updated_at: rfc3339(info.updated_ms),
+            last_error: info.last_error,
+            source: match info.source {
+                PluginSource::Upload => "upload",
+                PluginSource::AdminDir => "admin_dir",
+            },
+        }
+    }
+}
+
+/// The API error of a refused upload, config or lookup.
+pub fn load_error(err: PluginLoadError) -> ApiError {
+    let code = err.code();
+    let message = err.to_string();
+    match err {
+        PluginLoadError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
+        }
+        PluginLoadError::Invalid { .. } => ApiError::bad_request(code, message),
+        PluginLoadError::NotFound | PluginLoadError::InvalidConfig(_) => {
+            ApiError::invalid(code, message)
+        }
+        PluginLoadError::Storage(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            message,
+        ),
+    }
+}
+
+/// Checks a webhook's plugin chain: length, and each plugin's `validate-config`.
+pub async fn check_chain(
+    state: &AppState,
+    tenant: &Tenant,
+    chain: &[PluginAttachment],
+) -> Result<(), ApiError> {
+    let max = tenant.config.plugins.max_chain_length;
+    if chain.len() > max {
+        return Err(ApiError::invalid(
+            "invalid_plugins",
+            format!("a webhook runs at most {max} plugins"),
+        ));
+    }
+    for step in chain {
+        state
+            .delivery
+            .plugins
+            .validate_config(&tenant.id, &step.name, &step.config.to_string())
+            .await
+            .map_err(|err| match err {
+                PluginLoadError::NotFound => ApiError::invalid(
+                    "plugin_not_found",
+                    format!(
+                        "no plugin named `{}`; upload it first (PUT /v1/plugins/{})",
+                        step.name, step.name
+                    ),
+                ),
+                other => load_error(other),
+            })?;
+    }
+    Ok(())
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(name): ApiPath<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, ApiJson<PluginView>), ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "plugin_too_large",
+                format!(
+                    "the component is larger than the {} bytes allowed",
+                    tenant.config.plugins.settings.max_upload_bytes
+                ),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", rejection.body_text())
+        }
+    })?;
+    let existed = state.delivery.plugins.info(&tenant.id, &name).is_some();
+    let info = state
+        .delivery
+        .plugins
+        .install(&tenant.id, &name, body.to_vec())
+        .await
+        .map_err(load_error)?;
+    tracing::info!(tenant = %tenant.id, plugin = %name, sha256 = %info.sha256, "plugin installed");
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, ApiJson(PluginView::from(info))))
+}
+
+#[derive(Debug, Serialize)]
+pub struct PluginList {
+    data: Vec<PluginView>,
+}
+
+pub async fn list(State(state): State<AppState>, tenant: Tenant) -> ApiJson<PluginList> {
+    let data = state
+        .delivery
+        .plugins
+        .list(&tenant.id)
+        .into_iter()
+        .map(PluginView::from)
+        .collect();
+    ApiJson(PluginList { data })
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(name): ApiPath<String>,
+) -> Result<ApiJson<PluginView>, ApiError> {
+    state
+        .delivery
+        .plugins
+        .info(&tenant.id, &name)
+        .map(|info| ApiJson(PluginView::from(info)))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no plugin named `{name}`"),
+            )
+        })
+}
+
+/// Deletes a plugin no webhook uses (409 `plugin_in_use` names the webhooks that do).
+pub async fn delete(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let users: Vec<String> = state
+        .store
+        .webhooks_of(&tenant.id)?
+        .into_iter()
+        .filter(|w| w.plugins.iter().any(|p| p.name == name))
+        .map(|w| w.id.to_string())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::conflict(
+            "plugin_in_use",
+            format!(
+                "detach the plugin from these webhooks first: {}",
+                users.join(", ")
+            ),
+        ));
+    }
+    if !state.delivery.plugins.remove(&tenant.id, &name).await {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no plugin named `{name}`"),
+        ));
+    }
+    tracing::info!(tenant = %tenant.id, plugin = %name, "plugin deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Simulate {
+    /// Config for this plugin (ignored with `webhook_id`).
+    #[serde(default)]
+    config: Option<serde_json::Value>,
+    /// Run this webhook's whole chain (with its URL, headers and secret) instead.
+    #[serde(default)]
+    webhook_id: Option<String>,
+    #[serde(default)]
+    event: Option<SampleEvent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleEvent {
+    #[serde(rename = "type")]
+    event_type: String,
+    payload: Box<RawValue>,
+    #[serde(default)]
+    channel: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SimulatedRequest {
+    url: String,
+    method: String,
+    headers: Vec<(String, String)>,
+    /// The body as text when it is UTF-8…
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    /// …otherwise as base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SimulateOutcome {
+    /// `deliver`, `filtered` or `failed`.
+    decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<SimulatedRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filtered_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_message: Option<String>,
+    logs: Vec<String>,
+    duration_ms: f64,
+}
+
+/// Runs a plugin (or a webhook's chain) on a sample event exactly as an attempt would,
+/// without sending anything.
+pub async fn simulate(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(name): ApiPath<String>,
+    body: Bytes,
+) -> Result<ApiJson<SimulateOutcome>, ApiError> {
+    let body: Simulate = optional_json(&body)?;
+    let now = now_ms();
+    let webhook = match &body.webhook_id {
+        Some(id) => {
+            let webhook_id =
+                WebhookId::parse(id).ok_or_else(|| ApiError::not_found("webhook", id))?;
+            state
+                .store
+                .webhook(&tenant.id, &webhook_id)?
+                .ok_or_else(|| ApiError::not_found("webhook", id))?
+        }
+        None => {
+            if state.delivery.plugins.info(&tenant.id, &name).is_none() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no plugin named `{name}`"),
+                ));
+            }
+            let chain = vec![PluginAttachment {
+                name: name.clone(),
+                config: body
+                    .config
+                    .clone()
+                    .unwrap_or(serde_json::Value::Object(Default::default())),
+            }];
+            check_chain(&state, &tenant, &chain).await?;
+            sample_webhook(chain, now)
+        }
+    };
+    let (event_type, payload, channel) = match body.event {
+        Some(e) => (e.event_type, e.payload, e.channel),
+        None => (
+            "hookd.test".to_string(),
+            RawValue::from_string(r#"{"message":"This is a test event from hookd."}"#.to_string())
+                .expect("static JSON is valid"),
+            None,
+        ),
+    };
+    let event = EventRecord {
+        id: EventId::new(),
+        event_type,
+        channel,
+        idempotency_key: None,
+        created_at: now,
+        payload,
+    };
+    let delivery_id = format!("dlv_simulate_{}", uuid::Uuid::now_v7().simple());
+    let input = AttemptInput {
+        tenant: tenant.settings(),
+        webhook: &webhook,
+        event: &event,
+        webhook_id_header: &delivery_id,
+        attempt: 1,
+        now_ms: now,
+    };
+    let (prepared, logs, duration) = attempt::prepare(&state.delivery, &input).await;
+    let mut outcome = SimulateOutcome {
+        decision: "deliver",
+        request: None,
+        filtered_by: None,
+        error_code: None,
+        error_message: None,
+        logs,
+        duration_ms: duration.as_secs_f64() * 1000.0,
+    };
+    match prepared {
+        Prepared::Send(request) => {
+            let text = std::str::from_utf8(&request.body).ok().map(str::to_string);
+            outcome.request = Some(SimulatedRequest {
+                url: request.url.to_string(),
+                method: request.method.to_string(),
+                headers: request
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
+                body_base64: text
+                    .is_none()
+                    .then(|| base64::engine::general_purpose::STANDARD.encode(&request.body)),
+                body: text,
+            });
+        }
+        Prepared::Filtered { plugin } => {
+            outcome.decision = "filtered";
+            outcome.filtered_by = Some(plugin);
+        }
+        Prepared::Failed { code, message, .. } => {
+            outcome.decision = "failed";
+            outcome.error_code = Some(code);
+            outcome.error_message = Some(message);
+        }
+    }
+    Ok(ApiJson(outcome))
+}
+
+/// A stand-in webhook for simulating one plugin: nothing is sent to its URL.
+fn sample_webhook(plugins: Vec<PluginAttachment>, now: u64) -> WebhookRecord {
+    WebhookRecord {
+        id: WebhookId::new(),
+        url: "https://receiver.example/webhook".to_string(),
+        description: String::new(),
+        event_types: vec!["*".into()],
+        channels: None,
+        secrets: vec![WebhookSecret {
+            secret: signing::generate_secret(),
+            created_at: now,
+            expires_at: None,
+        }],
+        headers: Default::default(),
+        status: WebhookStatus::Active,
+        disabled_reason: None,
+        max_attempts: None,
+        timeout_ms: None,
+        max_in_flight: None,
+        rate_limit_per_sec: None,
+        metadata: Default::default(),
+        plugins,
+        failing_since: None,
+        created_at: now,
+        updated_at: now,
+    }
+}

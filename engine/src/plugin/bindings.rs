@@ -1,0 +1,14 @@
+//! Host bindings generated from `wit/` (package `hookd:plugin@0.1.0`, union world `plugin`).
+//!
+//! Only the generated per-interface pieces are used for exports: each hook interface is bound
+//! on its own with its `GuestIndices`, so a component exporting only `meta` and `filter` is
+//! accepted and an absent interface means "hook not implemented". The world-level
+//! `Plugin::add_to_linker` provides the imports (`types`, `host`, `signing-key`), implemented in
+//! `sandbox.rs`.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "plugin",
+    // `mac` traps when called outside a sign hook: the secret is lent for that call only.
+    imports: { "hookd:plugin/signing-key.mac": trappable },
+});

@@ -1,0 +1,548 @@
+//! The WebAssembly plugin host: tenants' component plugins (filter, transform and sign hooks of
+//! `hookd:plugin@0.1.0`, see `wit/`) loaded, checked, stored and run under hard budgets.
+//!
+//! [`PluginHost`] is the only entry point. It owns:
+//! - one wasmtime engine (cranelift, pooling allocator, epoch deadlines from a ~10 ms ticker,
+//!   optional fuel) and the compile cache on disk (`runtime.rs`);
+//! - the load pipeline shared by uploads, restarts and the admin directory: size → component
+//!   check → compile on the blocking pool with a timeout → import allow-list → link → export
+//!   check → `meta.describe` + validation → persist → publish by atomic swap (`runtime.rs`,
+//!   `persist.rs`, `registry.rs`); a failed load leaves the previous version live;
+//! - the per-attempt chain runner, off the async reactor under a per-tenant concurrency quota,
+//!   with a fresh sandboxed store per plugin per attempt (`chain.rs`, `sandbox.rs`);
+//! - the output policy every transform patch and sign header passes (`policy.rs`);
+//! - the admin plugin directory watcher (`watch.rs`).
+//!
+//! It does not own: the engine's config (it receives [`PluginSettings`]), SSRF checks (the
+//! engine must re-check a url a plugin changed, see [`ChainOutcome::Deliver`]), Standard
+//! Webhooks signing (done by the engine after the chain), or storing attempts and logs.
+//!
+//! The compile cache is wasmtime's own (`Config::cache`) rooted at
+//! `<state_dir>/plugin-cache/`: entries are keyed by SHA-256 of the component and the engine
+//! settings, written by temp file + rename and never rewritten. It is used instead of
+//! `Component::deserialize_file` because deserializing is `unsafe` in wasmtime (the bytes are
+//! trusted to be its own output) and this workspace forbids `unsafe`. The trust model is the
+//! same: whoever can write the state directory can run code as hookd.
+
+mod bindings;
+mod chain;
+mod error;
+mod persist;
+mod policy;
+mod registry;
+mod runtime;
+mod sandbox;
+mod settings;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use chain::{ChainOutcome, ChainRun, ChainStep, PluginRequest};
+pub use error::{PluginError, PluginFailureCode, PluginLoadError};
+pub use policy::OutboundRequest;
+pub use registry::{PluginInfo, PluginSource};
+pub use runtime::EPOCH_TICK;
+pub use sandbox::{PluginLog, PluginLogLevel};
+pub use settings::PluginSettings;
+
+use registry::{Entry, Registry};
+use runtime::{LoadedPlugin, Runtime};
+
+/// The plugin host. Cheap to clone (one shared inner); dropping the last clone stops the epoch
+/// ticker.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Runtime,
+    registry: Registry,
+    state_dir: PathBuf,
+    settings: PluginSettings,
+    compile_slots: Arc<Semaphore>,
+    /// Serializes persist + publish so the disk and the registry agree on the last writer.
+    publish_lock: tokio::sync::Mutex<()>,
+    tenant_slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    /// Caps chains running at once across tenants (see [`MAX_CONCURRENT_CHAINS`]).
+    chain_slots: Arc<Semaphore>,
+}
+
+/// Chains that may run at once across all tenants. Chains are pure CPU work, so more than a
+/// few per core only adds latency; the cap also keeps the instance pool (1000 component and
+/// core instances) from running out with chains of up to ~8 plugins. Each tenant is further
+/// limited by `max_concurrent_calls_per_tenant`, so one tenant cannot take every slot unless
+/// its quota is set that high.
+pub const MAX_CONCURRENT_CHAINS: usize = 32;
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("state_dir", &self.inner.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl PluginHost {
+    /// Opens the host: one wasmtime engine (cranelift, pooling allocator, epoch interruption,
+    /// `pagemap_scan` where the kernel has it), starts the epoch ticker, and loads every
+    /// persisted plugin from `state_dir/plugins/<tenant>/<name>.wasm` through the compile cache
+    /// in `state_dir/plugin-cache/`, so a restart compiles nothing that was compiled before.
+    ///
+    /// A persisted plugin that no longer loads is logged and skipped. Blocking: call it at
+    /// startup (it runs guest `meta.describe` on its own thread, so it is safe to call from
+    /// async code, but it does not yield).
+    pub fn open(state_dir: &Path, settings: PluginSettings) -> Result<Self, PluginError> {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| PluginError::Io { path, source }
+        };
+        std::fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
+        let state_dir = state_dir.canonicalize().map_err(io_err(state_dir))?;
+        let plugins_dir = state_dir.join(persist::PLUGINS_DIR);
+        let cache_dir = state_dir.join(persist::CACHE_DIR);
+        std::fs::create_dir_all(&plugins_dir).map_err(io_err(&plugins_dir))?;
+        std::fs::create_dir_all(&cache_dir).map_err(io_err(&cache_dir))?;
+
+        let runtime = Runtime::new(&cache_dir, &settings)?;
+        let host = Self {
+            inner: Arc::new(Inner {
+                runtime,
+                registry: Registry::default(),
+                state_dir,
+                compile_slots: Arc::new(Semaphore::new(runtime::MAX_CONCURRENT_COMPILES)),
+                publish_lock: tokio::sync::Mutex::new(()),
+                tenant_slots: Mutex::new(HashMap::new()),
+                chain_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_CHAINS)),
+                settings,
+            }),
+        };
+        // Guest code may call WASI functions that block on a Tokio runtime internally, which
+        // panics on a runtime worker thread: load on a plain thread.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| host.load_persisted(&plugins_dir))
+                .join()
+                .map_err(|_| PluginError::Engine("loading persisted plugins panicked".into()))
+        })?;
+        Ok(host)
+    }
+
+    fn load_persisted(&self, plugins_dir: &Path) {
+        let (found, skipped) = persist::scan(plugins_dir);
+        for path in skipped {
+            tracing::warn!(path = %path.display(), "ignoring plugin file with an invalid tenant or plugin name");
+        }
+        for (tenant, name, path) in found {
+            let wasm = match std::fs::read(&path) {
+                Ok(wasm) => wasm,
+                Err(error) => {
+                    tracing::error!(%tenant, plugin = %name, %error, "cannot read stored plugin");
+                    continue;
+                }
+            };
+            let sha256 = sha256_hex(&wasm);
+            match self.inner.runtime.load(&wasm, sha256, &self.inner.settings) {
+                Ok(plugin) => {
+                    let (_, meta_path) =
+                        persist::plugin_paths(&self.inner.state_dir, &tenant, &name);
+                    let meta = persist::load_meta(&meta_path);
+                    let now = now_ms();
+                    self.inner.registry.publish(
+                        &tenant,
+                        &name,
+                        Entry {
+                            plugin: Arc::new(plugin),
+                            created_ms: if meta.created_ms == 0 {
+                                now
+                            } else {
+                                meta.created_ms
+                            },
+                            updated_ms: if meta.updated_ms == 0 {
+                                now
+                            } else {
+                                meta.updated_ms
+                            },
+                            last_error: meta.last_error,
+                            source: PluginSource::Upload,
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(%tenant, plugin = %name, %error, "stored plugin no longer loads; skipped");
+                }
+            }
+        }
+    }
+
+    /// Installs (or replaces) a tenant's plugin from an upload.
+    ///
+    /// Pipeline: size → is a component → compile (blocking pool, `compile_timeout`) → import
+    /// allow-list (only `hookd:plugin/host`, `hookd:plugin/signing-key`, `hookd:plugin/types`
+    /// and the WASI 0.2 subset toolchains link; the error names the offending import) → export
+    /// check (`meta` plus at least one of `filter`, `transform`, `sign` of
+    /// `hookd:plugin@0.1.0`) → `meta.describe` checked against the exports → persist → publish
+    /// by atomic swap. Any failure leaves the previous version live and is recorded as its
+    /// `last_error`.
+    pub async fn install(
+        &self,
+        tenant: &str,
+        name: &str,
+        wasm: Vec<u8>,
+    ) -> Result<PluginInfo, PluginLoadError> {
+        let result = self
+            .install_from(tenant, name, wasm, PluginSource::Upload)
+            .await;
+        if let Err(error) = &result {
+            self.record_error(tenant, name, error).await;
+        }
+        result
+    }
+
+    async fn install_from(
+        &self,
+        tenant: &str,
+        name: &str,
+        wasm: Vec<u8>,
+        source: PluginSource,
+    ) -> Result<PluginInfo, PluginLoadError> {
+        persist::check_tenant(tenant).map_err(PluginLoadError::invalid)?;
+        persist::check_plugin_name(name).map_err(PluginLoadError::invalid)?;
+        let limit = self.inner.settings.max_upload_bytes;
+        if wasm.len() > limit {
+            return Err(PluginLoadError::TooLarge {
+                size: wasm.len(),
+                limit,
+            });
+        }
+        let (plugin, wasm) = self.load_blocking(wasm).await?;
+
+        let _publishing = self.inner.publish_lock.lock().await;
+        let now = now_ms();
+        let created_ms = self
+            .inner
+            .registry
+            .entry(tenant, name)
+            .map_or(now, |e| e.created_ms);
+        if source == PluginSource::Upload {
+            let meta = persist::StoredMeta {
+                created_ms,
+                updated_ms: now,
+                last_error: None,
+            };
+            let state_dir = self.inner.state_dir.clone();
+            let (tenant_owned, name_owned) = (tenant.to_owned(), name.to_owned());
+            tokio::task::spawn_blocking(move || {
+                persist::save(&state_dir, &tenant_owned, &name_owned, &wasm, &meta)
+            })
+            .await
+            .map_err(|e| PluginLoadError::Storage(format!("storing the plugin panicked: {e}")))?
+            .map_err(|e| PluginLoadError::Storage(format!("cannot store the plugin: {e}")))?;
+        }
+        let info = self.inner.registry.publish(
+            tenant,
+            name,
+            Entry {
+                plugin,
+                created_ms,
+                updated_ms: now,
+                last_error: None,
+                source,
+            },
+        );
+        tracing::info!(%tenant, plugin = %name, version = %info.version, sha256 = %info.sha256, "plugin installed");
+        Ok(info)
+    }
+
+    /// Compiles and checks a component on the blocking pool, within `compile_timeout`.
+    async fn load_blocking(
+        &self,
+        wasm: Vec<u8>,
+    ) -> Result<(Arc<LoadedPlugin>, Vec<u8>), PluginLoadError> {
+        let permit = self
+            .inner
+            .compile_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PluginLoadError::invalid("the plugin host is shutting down"))?;
+        let inner = self.inner.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            // Held until the compile really ends, even if the caller stopped waiting.
+            let _permit = permit;
+            let sha256 = sha256_hex(&wasm);
+            inner
+                .runtime
+                .load(&wasm, sha256, &inner.settings)
+                .map(|plugin| (Arc::new(plugin), wasm))
+        });
+        let timeout = self.inner.settings.compile_timeout;
+        match tokio::time::timeout(timeout, job).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(PluginLoadError::invalid(format!(
+                "loading the plugin failed unexpectedly: {join}"
+            ))),
+            Err(_) => Err(PluginLoadError::invalid(format!(
+                "compiling took longer than {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn record_error(&self, tenant: &str, name: &str, error: &PluginLoadError) {
+        let message = error.to_string();
+        if !self.inner.registry.record_error(tenant, name, &message) {
+            return;
+        }
+        let Some(entry) = self.inner.registry.entry(tenant, name) else {
+            return;
+        };
+        if entry.source != PluginSource::Upload {
+            return;
+        }
+        let (_, meta_path) = persist::plugin_paths(&self.inner.state_dir, tenant, name);
+        let meta = persist::StoredMeta {
+            created_ms: entry.created_ms,
+            updated_ms: entry.updated_ms,
+            last_error: Some(message),
+        };
+        let _publishing = self.inner.publish_lock.lock().await;
+        let saved =
+            tokio::task::spawn_blocking(move || persist::save_meta(&meta_path, &meta)).await;
+        if !matches!(saved, Ok(Ok(()))) {
+            tracing::warn!(%tenant, plugin = %name, "cannot persist the plugin's last error");
+        }
+    }
+
+    /// A tenant's plugin: version, SHA-256, hooks, size, times, last error.
+    pub fn info(&self, tenant: &str, name: &str) -> Option<PluginInfo> {
+        self.inner
+            .registry
+            .entry(tenant, name)
+            .map(|entry| entry.info(name))
+    }
+
+    /// A tenant's plugins, sorted by name.
+    pub fn list(&self, tenant: &str) -> Vec<PluginInfo> {
+        self.inner.registry.list(tenant)
+    }
+
+    /// Unloads and deletes a tenant's plugin; false if there was none. Attempts already
+    /// running finish with it. (A plugin from the admin directory is unloaded until its file
+    /// changes again; its file is not touched.)
+    pub async fn remove(&self, tenant: &str, name: &str) -> bool {
+        let _publishing = self.inner.publish_lock.lock().await;
+        let removed = self.inner.registry.remove(tenant, name, None).is_some();
+        let deleted =
+            if persist::check_tenant(tenant).is_ok() && persist::check_plugin_name(name).is_ok() {
+                let state_dir = self.inner.state_dir.clone();
+                let (tenant, name) = (tenant.to_owned(), name.to_owned());
+                tokio::task::spawn_blocking(move || persist::delete(&state_dir, &tenant, &name))
+                    .await
+                    .unwrap_or(false)
+            } else {
+                false
+            };
+        removed || deleted
+    }
+
+    /// Checks a plugin config before it is attached to a webhook (`meta.validate-config`, in a
+    /// fresh instance under the host's budgets). An unknown plugin is
+    /// [`PluginLoadError::NotFound`]; a refused config is [`PluginLoadError::InvalidConfig`].
+    pub async fn validate_config(
+        &self,
+        tenant: &str,
+        name: &str,
+        config: &str,
+    ) -> Result<(), PluginLoadError> {
+        let plugin = self
+            .inner
+            .registry
+            .get(tenant, name)
+            .ok_or(PluginLoadError::NotFound)?;
+        let inner = self.inner.clone();
+        let config = config.to_owned();
+        tokio::task::spawn_blocking(move || {
+            inner
+                .runtime
+                .validate_config(&plugin, &config, &inner.settings)
+        })
+        .await
+        .map_err(|e| PluginLoadError::InvalidConfig(format!("validate-config failed: {e}")))?
+    }
+
+    /// Runs a webhook's chain for one attempt: all filters in chain order, then all transforms
+    /// in chain order, then all sign hooks on the final bytes.
+    ///
+    /// Each step gets one fresh store and instance for the attempt (never reused: a trap
+    /// poisons an instance), created under `settings` (the tenant's budgets). The chain runs
+    /// on the blocking pool under the tenant's concurrency quota
+    /// (`max_concurrent_calls_per_tenant`; further attempts wait). Plugins are resolved once at
+    /// the start, so an upload during the attempt does not affect it. At most
+    /// [`MAX_CONCURRENT_CHAINS`] chains run at once across tenants; the engine should keep
+    /// chains short (a handful of plugins). An empty chain delivers
+    /// the request unchanged. A missing plugin fails with
+    /// [`PluginFailureCode::NotFound`] (retryable: it may be re-uploaded).
+    ///
+    /// If the outcome's url differs from `request.url`, the engine must run its SSRF guard on
+    /// it again: this host only checks its syntax.
+    pub async fn run_chain(
+        &self,
+        tenant: &str,
+        chain: &[ChainStep],
+        request: PluginRequest,
+        settings: &PluginSettings,
+    ) -> ChainRun {
+        let started = Instant::now();
+        let finish = |outcome, logs: Option<sandbox::LogBuffer>| {
+            let (logs, logs_truncated) = match logs {
+                Some(buffer) => {
+                    let truncated = buffer.truncated();
+                    (buffer.into_entries(), truncated)
+                }
+                None => (Vec::new(), false),
+            };
+            ChainRun {
+                outcome,
+                logs,
+                logs_truncated,
+                duration: started.elapsed(),
+            }
+        };
+
+        let mut steps = Vec::with_capacity(chain.len());
+        for step in chain {
+            match self.inner.registry.get(tenant, &step.name) {
+                Some(plugin) => steps.push((step.clone(), plugin)),
+                None => {
+                    let outcome = ChainOutcome::Failed {
+                        plugin: step.name.clone(),
+                        code: PluginFailureCode::NotFound,
+                        message: format!("plugin {:?} is not installed", step.name),
+                    };
+                    return finish(outcome, None);
+                }
+            }
+        }
+        if steps.is_empty() {
+            return finish(ChainOutcome::Deliver(request.into_outbound()), None);
+        }
+
+        let slots = self.tenant_slots(tenant, settings.max_concurrent_calls_per_tenant);
+        let permits = async {
+            let tenant_permit = slots.acquire_owned().await?;
+            let global_permit = self.inner.chain_slots.clone().acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>((tenant_permit, global_permit))
+        };
+        let Ok(permit) = permits.await else {
+            let outcome = ChainOutcome::Failed {
+                plugin: "hookd".into(),
+                code: PluginFailureCode::Error,
+                message: "plugin host is shutting down".into(),
+            };
+            return finish(outcome, None);
+        };
+        let inner = self.inner.clone();
+        let settings = settings.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            chain::run(&inner.runtime, &steps, request, &settings)
+        });
+        match job.await {
+            Ok((outcome, logs)) => finish(outcome, Some(logs)),
+            Err(join) => {
+                tracing::error!(%tenant, error = %join, "plugin chain panicked");
+                let outcome = ChainOutcome::Failed {
+                    plugin: "hookd".into(),
+                    code: PluginFailureCode::Error,
+                    message: "the plugin host failed while running the chain".into(),
+                };
+                finish(outcome, None)
+            }
+        }
+    }
+
+    /// The tenant's concurrency semaphore, resized if the quota changed (attempts holding a
+    /// slot of the old one finish normally).
+    fn tenant_slots(&self, tenant: &str, quota: usize) -> Arc<Semaphore> {
+        let quota = quota.max(1);
+        let mut slots = self
+            .inner
+            .tenant_slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = slots
+            .entry(tenant.to_owned())
+            .or_insert_with(|| (quota, Arc::new(Semaphore::new(quota))));
+        if entry.0 != quota {
+            *entry = (quota, Arc::new(Semaphore::new(quota)));
+        }
+        entry.1.clone()
+    }
+
+    /// Watches the admin plugin directory `dir` (one folder per tenant, `<name>.wasm` files):
+    /// loads every plugin in it now, then (debounced) loads new and changed files and unloads
+    /// removed ones. A broken file is logged and the version already loaded stays. Plugins
+    /// from the directory are not copied into the state directory: the directory is their
+    /// source. Stops when `shutdown` is cancelled.
+    pub fn watch_dir(
+        &self,
+        dir: PathBuf,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(watch::run(self.clone(), dir, shutdown))
+    }
+
+    /// How many times cranelift compiled a component since this host was opened (loads served
+    /// by the compile cache do not count).
+    pub fn compile_count(&self) -> u64 {
+        self.inner.runtime.compile_count()
+    }
+
+    /// Loads a plugin from the admin directory (no persistence).
+    async fn install_admin(
+        &self,
+        tenant: &str,
+        name: &str,
+        wasm: Vec<u8>,
+    ) -> Result<PluginInfo, PluginLoadError> {
+        let result = self
+            .install_from(tenant, name, wasm, PluginSource::AdminDir)
+            .await;
+        if let Err(error) = &result {
+            self.inner
+                .registry
+                .record_error(tenant, name, &error.to_string());
+        }
+        result
+    }
+
+    /// Unloads an admin-directory plugin (not an uploaded one of the same name).
+    fn unload_admin(&self, tenant: &str, name: &str) -> bool {
+        self.inner
+            .registry
+            .remove(tenant, name, Some(PluginSource::AdminDir))
+            .is_some()
+    }
+}

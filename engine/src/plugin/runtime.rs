@@ -1,0 +1,661 @@
+//! The wasmtime side of the host: the one [`Engine`] (cranelift, pooling allocator, epoch
+//! interruption with a ~10 ms ticker thread, fuel only if asked for, compile cache on disk),
+//! the [`Linker`] with exactly the imports plugins may use, and the load pipeline every new
+//! component goes through (component check → compile → import allow-list → link → export
+//! check → `meta.describe` + validation), producing a [`LoadedPlugin`] that keeps its
+//! `InstancePre` and per-interface export indices for every later call.
+//!
+//! It also owns the mapping of wasmtime errors to [`PluginFailureCode`]s, by downcasting
+//! [`wasmtime::Trap`] and consulting the store's memory limiter.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{Cache, CacheConfig, Config, Enabled, Engine, OptLevel, Store, Trap};
+
+use super::bindings::Plugin;
+use super::bindings::exports::hookd::plugin::{filter, meta, sign, transform};
+use super::error::{PluginError, PluginFailureCode, PluginLoadError};
+use super::policy::truncate;
+use super::sandbox::{self, LogBuffer, SandboxParams, StoreState, VirtualClocks};
+use super::settings::PluginSettings;
+
+/// Interval of the epoch ticker: the granularity of call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// WIT package every plugin export and hookd import belongs to.
+pub const PACKAGE: &str = "hookd:plugin";
+/// Package version this host binds.
+pub const PACKAGE_VERSION: &str = "0.1.0";
+/// Longest error message taken from a guest or a wasmtime error.
+const MAX_FAILURE_MESSAGE_BYTES: usize = 1024;
+/// Linear memory kept resident in a pool slot between instances (faster fresh instances).
+const KEEP_RESIDENT_BYTES: usize = 4 << 20;
+/// Table elements per pooled table (componentized Python/JS guests have large tables).
+const POOL_TABLE_ELEMENTS: usize = 100_000;
+/// Compiles that may run at once; an abandoned (timed-out) compile keeps its slot until it
+/// really ends, so slow uploads cannot pile up compiles on the blocking pool.
+pub const MAX_CONCURRENT_COMPILES: usize = 2;
+
+/// hookd interfaces a plugin may import.
+const HOOKD_IMPORTS: &[&str] = &["types", "host", "signing-key"];
+
+/// WASI 0.2 interfaces a plugin may import: what Rust, Python and JavaScript toolchains link.
+/// All are served by a context that grants nothing: no preopened directories (so the
+/// filesystem interfaces can open nothing), no environment, no arguments, closed stdin,
+/// sockets and name lookups denied. `wasi:http` is deliberately absent.
+const WASI_IMPORTS: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:clocks/wall-clock",
+    "wasi:clocks/monotonic-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
+/// The hooks a plugin can implement, in chain order.
+pub const HOOKS: &[&str] = &["filter", "transform", "sign"];
+
+/// What a plugin says about itself (`meta.describe`), after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description {
+    /// The plugin's own name for itself.
+    pub name: String,
+    /// The plugin's version string.
+    pub version: String,
+    /// Hooks it implements, in chain order (a subset of `filter`, `transform`, `sign`).
+    pub hooks: Vec<String>,
+}
+
+/// One compiled, linked and checked plugin version, shared by every attempt that uses it.
+pub(crate) struct LoadedPlugin {
+    pub sha256: String,
+    pub size_bytes: usize,
+    pub description: Description,
+    pub pre: InstancePre<StoreState>,
+    pub meta: meta::GuestIndices,
+    pub filter: Option<filter::GuestIndices>,
+    pub transform: Option<transform::GuestIndices>,
+    pub sign: Option<sign::GuestIndices>,
+}
+
+/// Why one call into a plugin failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CallFailure {
+    pub code: PluginFailureCode,
+    pub message: String,
+}
+
+impl CallFailure {
+    pub(crate) fn new(code: PluginFailureCode, message: impl AsRef<str>) -> Self {
+        Self {
+            code,
+            message: truncate(message.as_ref(), MAX_FAILURE_MESSAGE_BYTES).to_owned(),
+        }
+    }
+}
+
+/// Where in a call a wasmtime error happened; decides what a non-trap error means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallPhase {
+    /// Creating the instance (start functions run here too).
+    Instantiate,
+    /// Inside an exported function.
+    Call,
+}
+
+/// Maps a wasmtime error from a plugin store to a failure code.
+///
+/// A refused memory growth wins over whatever trap followed it (guests usually abort with a
+/// plain `unreachable` when an allocation fails); then the trap code decides; any other error
+/// inside a call is the guest's doing (e.g. it called `exit`) and counts as a trap, while one
+/// during instantiation is the host's (e.g. the instance pool is exhausted).
+pub(crate) fn classify(
+    err: &wasmtime::Error,
+    store: &Store<StoreState>,
+    phase: CallPhase,
+) -> CallFailure {
+    let message = format!("{err:#}");
+    if store.data().limiter().refused() {
+        return CallFailure::new(
+            PluginFailureCode::Memory,
+            format!("memory limit exceeded: {message}"),
+        );
+    }
+    let code = match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginFailureCode::Timeout,
+        Some(Trap::OutOfFuel) => PluginFailureCode::Fuel,
+        Some(_) => PluginFailureCode::Trap,
+        None if phase == CallPhase::Call => PluginFailureCode::Trap,
+        None => PluginFailureCode::Error,
+    };
+    let message = match code {
+        PluginFailureCode::Timeout => format!("deadline exceeded: {message}"),
+        PluginFailureCode::Fuel => format!("fuel exhausted: {message}"),
+        _ => message,
+    };
+    CallFailure::new(code, message)
+}
+
+/// Stops the epoch ticker thread when dropped.
+struct EpochTicker {
+    _stop: mpsc::Sender<()>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Result<Self, PluginError> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("hookd-plugin-epoch".into())
+            .spawn(move || {
+                // Ends when the sender is dropped (Disconnected), i.e. with the host.
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Self { _stop: stop })
+    }
+}
+
+/// The engine, linker and compile cache of one [`PluginHost`](super::PluginHost).
+pub(crate) struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: Cache,
+    component_builds: AtomicU64,
+    fuel_enabled: bool,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine with its compile cache in `cache_dir` (absolute).
+    pub(crate) fn new(cache_dir: &Path, settings: &PluginSettings) -> Result<Self, PluginError> {
+        let engine_err = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
+
+        let mut cache_config = CacheConfig::new();
+        cache_config
+            .with_directory(cache_dir)
+            // Never rewrite an entry (wasmtime would otherwise recompress hot entries).
+            .with_optimized_compression_usage_counter_threshold(u64::MAX);
+        let cache = Cache::new(cache_config).map_err(engine_err)?;
+
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        pool.linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_elements(POOL_TABLE_ELEMENTS)
+            // PAGEMAP_SCAN makes resetting a slot cheaper but needs Linux >= 6.7: use it when
+            // the kernel has it, instead of failing to start where it does not.
+            .pagemap_scan(Enabled::Auto);
+
+        let fuel_enabled = settings.fuel.is_some();
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .cranelift_opt_level(OptLevel::Speed)
+            .epoch_interruption(true)
+            .consume_fuel(fuel_enabled)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool))
+            .cache(Some(cache.clone()));
+        let engine = Engine::new(&config).map_err(engine_err)?;
+
+        let mut linker = Linker::<StoreState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        Plugin::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(engine_err)?;
+        // Replace the real monotonic clock: its sleeps would block the host thread where
+        // epoch interruption cannot stop them.
+        linker.allow_shadowing(true);
+        wasmtime_wasi::p2::bindings::clocks::monotonic_clock::add_to_linker::<
+            StoreState,
+            VirtualClocks,
+        >(&mut linker, sandbox::virtual_clock_view)
+        .map_err(engine_err)?;
+        linker.allow_shadowing(false);
+
+        let ticker = EpochTicker::start(engine.clone())?;
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            component_builds: AtomicU64::new(0),
+            fuel_enabled,
+            _ticker: ticker,
+        })
+    }
+
+    /// How many components cranelift really compiled (builds that were not cache hits).
+    pub(crate) fn compile_count(&self) -> u64 {
+        let builds = self.component_builds.load(Ordering::SeqCst);
+        builds.saturating_sub(self.cache.cache_hits() as u64)
+    }
+
+    /// Compiles (or loads from the cache) a component.
+    pub(crate) fn compile(&self, wasm: &[u8]) -> Result<Component, PluginLoadError> {
+        self.component_builds.fetch_add(1, Ordering::SeqCst);
+        Component::new(&self.engine, wasm)
+            .map_err(|e| PluginLoadError::invalid(format!("does not compile: {e:#}")))
+    }
+
+    /// The whole load pipeline after the size check: returns a plugin ready to run, or why
+    /// not. Blocking (compiles and runs the guest's `meta.describe`).
+    pub(crate) fn load(
+        &self,
+        wasm: &[u8],
+        sha256: String,
+        settings: &PluginSettings,
+    ) -> Result<LoadedPlugin, PluginLoadError> {
+        check_component_header(wasm)?;
+        let component = self.compile(wasm)?;
+        check_imports(&self.engine, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginLoadError::invalid(format!("cannot be linked: {e:#}")))?;
+
+        let meta_name = export_name("meta");
+        if component.get_export_index(None, &meta_name).is_none() {
+            return Err(PluginLoadError::invalid(format!(
+                "missing export {meta_name} (exports: {})",
+                export_list(&self.engine, &component)
+            )));
+        }
+        let bind_err = |name: &str, e: wasmtime::Error| {
+            PluginLoadError::invalid(format!("export {} is malformed: {e:#}", export_name(name)))
+        };
+        let meta = meta::GuestIndices::new(&pre).map_err(|e| bind_err("meta", e))?;
+        let has = |hook: &str| {
+            component
+                .get_export_index(None, export_name(hook).as_str())
+                .is_some()
+        };
+        let filter = has("filter")
+            .then(|| filter::GuestIndices::new(&pre))
+            .transpose()
+            .map_err(|e| bind_err("filter", e))?;
+        let transform = has("transform")
+            .then(|| transform::GuestIndices::new(&pre))
+            .transpose()
+            .map_err(|e| bind_err("transform", e))?;
+        let sign = has("sign")
+            .then(|| sign::GuestIndices::new(&pre))
+            .transpose()
+            .map_err(|e| bind_err("sign", e))?;
+        if filter.is_none() && transform.is_none() && sign.is_none() {
+            return Err(PluginLoadError::invalid(format!(
+                "exports no hook: expected at least one of {}, {}, {} (exports: {})",
+                export_name("filter"),
+                export_name("transform"),
+                export_name("sign"),
+                export_list(&self.engine, &component)
+            )));
+        }
+
+        let mut plugin = LoadedPlugin {
+            sha256,
+            size_bytes: wasm.len(),
+            description: Description {
+                name: String::new(),
+                version: String::new(),
+                hooks: Vec::new(),
+            },
+            pre,
+            meta,
+            filter,
+            transform,
+            sign,
+        };
+        plugin.description = self.describe(&plugin, settings)?;
+        Ok(plugin)
+    }
+
+    /// Instantiates the plugin once, type-checks every exported hook and calls
+    /// `meta.describe`, checking its answer against the real exports.
+    fn describe(
+        &self,
+        plugin: &LoadedPlugin,
+        settings: &PluginSettings,
+    ) -> Result<Description, PluginLoadError> {
+        let fail = |what: &str, f: CallFailure| {
+            PluginLoadError::invalid(format!("{what} failed: {}: {}", f.code, f.message))
+        };
+        let settings = &meta_settings(settings);
+        let mut store = self.meta_store(settings);
+        let instance = plugin.pre.instantiate(&mut store).map_err(|e| {
+            fail(
+                "instantiation",
+                classify(&e, &store, CallPhase::Instantiate),
+            )
+        })?;
+        let wrong_type = |hook: &str, e: wasmtime::Error| {
+            PluginLoadError::invalid(format!(
+                "export {} does not match {PACKAGE}@{PACKAGE_VERSION}: {e:#}",
+                export_name(hook)
+            ))
+        };
+        if let Some(indices) = &plugin.filter {
+            indices
+                .load(&mut store, &instance)
+                .map_err(|e| wrong_type("filter", e))?;
+        }
+        if let Some(indices) = &plugin.transform {
+            indices
+                .load(&mut store, &instance)
+                .map_err(|e| wrong_type("transform", e))?;
+        }
+        if let Some(indices) = &plugin.sign {
+            indices
+                .load(&mut store, &instance)
+                .map_err(|e| wrong_type("sign", e))?;
+        }
+        let guest = plugin
+            .meta
+            .load(&mut store, &instance)
+            .map_err(|e| wrong_type("meta", e))?;
+        self.arm(&mut store, settings);
+        let raw = guest
+            .call_describe(&mut store)
+            .map_err(|e| fail("meta.describe", classify(&e, &store, CallPhase::Call)))?;
+
+        let exported: Vec<String> = [
+            ("filter", plugin.filter.is_some()),
+            ("transform", plugin.transform.is_some()),
+            ("sign", plugin.sign.is_some()),
+        ]
+        .iter()
+        .filter(|(_, present)| *present)
+        .map(|(hook, _)| (*hook).to_owned())
+        .collect();
+        validate_description(&raw.name, &raw.version, &raw.hooks, &exported)?;
+        Ok(Description {
+            name: raw.name,
+            version: raw.version,
+            hooks: exported,
+        })
+    }
+
+    /// Runs `meta.validate-config` in a fresh instance.
+    pub(crate) fn validate_config(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &str,
+        settings: &PluginSettings,
+    ) -> Result<(), PluginLoadError> {
+        let fail = |f: CallFailure| {
+            PluginLoadError::InvalidConfig(format!(
+                "validate-config failed: {}: {}",
+                f.code, f.message
+            ))
+        };
+        let settings = &meta_settings(settings);
+        let mut store = self.meta_store(settings);
+        let instance = plugin
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| fail(classify(&e, &store, CallPhase::Instantiate)))?;
+        let guest = plugin
+            .meta
+            .load(&mut store, &instance)
+            .map_err(|e| fail(classify(&e, &store, CallPhase::Instantiate)))?;
+        self.arm(&mut store, settings);
+        match guest.call_validate_config(&mut store, config) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(PluginLoadError::InvalidConfig(
+                truncate(&message, MAX_FAILURE_MESSAGE_BYTES).to_owned(),
+            )),
+            Err(e) => Err(fail(classify(&e, &store, CallPhase::Call))),
+        }
+    }
+
+    /// A store for `meta` calls (upload and attach time, not a delivery): logs are dropped.
+    fn meta_store(&self, settings: &PluginSettings) -> Store<StoreState> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut store = sandbox::new_store(
+            &self.engine,
+            StoreState::new(SandboxParams {
+                plugin: Arc::from("meta"),
+                delivery_id: "meta",
+                attempt_time_ms: now_ms,
+                memory_limit_bytes: settings.memory_limit_bytes,
+                logs: Arc::new(std::sync::Mutex::new(LogBuffer::new(0))),
+                signing_secret: Arc::from(&b""[..]),
+            }),
+        );
+        self.arm(&mut store, settings);
+        store
+    }
+
+    /// A store for one plugin of one delivery attempt.
+    pub(crate) fn call_store(&self, params: SandboxParams<'_>) -> Store<StoreState> {
+        sandbox::new_store(&self.engine, StoreState::new(params))
+    }
+
+    /// Gives the next call its own deadline (and fuel budget, if fuel is on).
+    pub(crate) fn arm(&self, store: &mut Store<StoreState>, settings: &PluginSettings) {
+        store.set_epoch_deadline(deadline_ticks(settings.deadline));
+        if self.fuel_enabled {
+            // A fuel-enabled engine traps at once with no fuel: "no budget" means unlimited.
+            // Setting fuel cannot fail on a fuel-enabled engine.
+            let _ = store.set_fuel(settings.fuel.unwrap_or(u64::MAX));
+        }
+    }
+}
+
+/// Longest deadline in ticks (about 3 years at 10 ms): effectively none.
+const MAX_DEADLINE_TICKS: u64 = 1 << 33;
+
+/// Smallest deadline of a `meta` call (upload and attach time, off the hot path).
+const META_MIN_DEADLINE: Duration = Duration::from_secs(1);
+/// Smallest memory budget of a `meta` call: JS and Python guests need ≥ 128 MiB, and a
+/// tenant may have a larger budget than the host default; an upload must not be refused for
+/// that. Deliveries still run under the tenant's own budget.
+const META_MIN_MEMORY_BYTES: usize = 256 << 20;
+
+/// The budgets of `meta` calls: the host's, raised to the minimums above.
+fn meta_settings(settings: &PluginSettings) -> PluginSettings {
+    PluginSettings {
+        deadline: settings.deadline.max(META_MIN_DEADLINE),
+        memory_limit_bytes: settings.memory_limit_bytes.max(META_MIN_MEMORY_BYTES),
+        ..settings.clone()
+    }
+}
+
+/// Epoch ticks for `deadline`: rounded up, plus one because the current tick may be about to
+/// end, so a call always gets at least its deadline and at most one tick more.
+pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos().max(1);
+    let ticks = deadline.as_nanos().div_ceil(tick).max(1);
+    // Capped far below u64::MAX: wasmtime adds the current epoch to it.
+    u64::try_from(ticks).map_or(MAX_DEADLINE_TICKS, |t| t.min(MAX_DEADLINE_TICKS)) + 1
+}
+
+/// The full export name of a hookd interface, e.g. `hookd:plugin/filter@0.1.0`.
+pub(crate) fn export_name(interface: &str) -> String {
+    format!("{PACKAGE}/{interface}@{PACKAGE_VERSION}")
+}
+
+/// Refuses bytes that are not a binary WebAssembly component (a core module, text, junk).
+fn check_component_header(wasm: &[u8]) -> Result<(), PluginLoadError> {
+    match wasm {
+        [0x00, 0x61, 0x73, 0x6d, _, _, 0x01, 0x00, ..] => Ok(()),
+        [0x00, 0x61, 0x73, 0x6d, ..] => Err(PluginLoadError::invalid(
+            "a core WebAssembly module, not a component (build for wasm32-wasip2)",
+        )),
+        _ => Err(PluginLoadError::invalid("not a WebAssembly component")),
+    }
+}
+
+/// Refuses any import outside the hookd interfaces and the WASI 0.2 subset, naming it.
+fn check_imports(engine: &Engine, component: &Component) -> Result<(), PluginLoadError> {
+    let ty = component.component_type();
+    for (name, item) in ty.imports(engine) {
+        if !matches!(item.ty, ComponentItem::ComponentInstance(_)) || !import_allowed(name) {
+            return Err(PluginLoadError::invalid(format!(
+                "import {name} is not allowed (plugins may import {PACKAGE}/host, \
+                 {PACKAGE}/signing-key and WASI 0.2 cli, io, clocks, random, filesystem and \
+                 sockets; files, environment and network are denied at run time anyway)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an import name (`ns:pkg/iface@version`) is on the allow-list.
+pub(crate) fn import_allowed(name: &str) -> bool {
+    let Some((path, version)) = name.split_once('@') else {
+        return false;
+    };
+    if let Some(interface) = path.strip_prefix("hookd:plugin/") {
+        return version == PACKAGE_VERSION && HOOKD_IMPORTS.contains(&interface);
+    }
+    WASI_IMPORTS.contains(&path) && is_wasi_0_2(version)
+}
+
+/// `0.2.x` (any patch release, with or without a pre-release tag).
+fn is_wasi_0_2(version: &str) -> bool {
+    version
+        .strip_prefix("0.2.")
+        .and_then(|rest| rest.split(['-', '+']).next())
+        .is_some_and(|patch| !patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The component's export names, for error messages.
+fn export_list(engine: &Engine, component: &Component) -> String {
+    let ty = component.component_type();
+    let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Checks `meta.describe`'s answer: a sane name and version, and hooks that are exactly the
+/// hook interfaces the component exports.
+fn validate_description(
+    name: &str,
+    version: &str,
+    claimed: &[String],
+    exported: &[String],
+) -> Result<(), PluginLoadError> {
+    let bad = |what: String| PluginLoadError::invalid(format!("meta.describe: {what}"));
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(bad(format!("unusable name {:?}", truncate(name, 64))));
+    }
+    if version.len() > 64 || version.chars().any(char::is_control) {
+        return Err(bad(format!("unusable version {:?}", truncate(version, 64))));
+    }
+    for hook in claimed {
+        if !HOOKS.contains(&hook.as_str()) {
+            return Err(bad(format!("unknown hook {:?}", truncate(hook, 64))));
+        }
+        if !exported.contains(hook) {
+            return Err(bad(format!(
+                "claims hook {hook:?} but does not export {}",
+                export_name(hook)
+            )));
+        }
+    }
+    for hook in exported {
+        if !claimed.contains(hook) {
+            return Err(bad(format!(
+                "exports {} but does not list {hook:?} in its hooks",
+                export_name(hook)
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_allow_list() {
+        for ok in [
+            "hookd:plugin/host@0.1.0",
+            "hookd:plugin/signing-key@0.1.0",
+            "hookd:plugin/types@0.1.0",
+            "wasi:cli/environment@0.2.0",
+            "wasi:io/streams@0.2.6",
+            "wasi:filesystem/preopens@0.2.3",
+            "wasi:sockets/tcp@0.2.0",
+            "wasi:clocks/wall-clock@0.2.10-rc.1",
+        ] {
+            assert!(import_allowed(ok), "{ok} refused");
+        }
+        for bad in [
+            "hookd:plugin/host@0.2.0",
+            "hookd:plugin/filter@0.1.0",
+            "wasi:http/outgoing-handler@0.2.0",
+            "wasi:http/types@0.2.6",
+            "wasi:cli/environment@0.3.0",
+            "wasi:cli/environment",
+            "wasi:io/streams@0.2.",
+            "evil:thing/x@1.0.0",
+            "wasi:keyvalue/store@0.2.0",
+            "host",
+        ] {
+            assert!(!import_allowed(bad), "{bad} allowed");
+        }
+    }
+
+    #[test]
+    fn deadline_ticks_round_up_and_add_one() {
+        assert_eq!(deadline_ticks(Duration::from_millis(100)), 11);
+        assert_eq!(deadline_ticks(Duration::from_millis(101)), 12);
+        assert_eq!(deadline_ticks(Duration::ZERO), 2);
+        assert!(deadline_ticks(Duration::MAX) < u64::MAX);
+    }
+
+    #[test]
+    fn component_header_check() {
+        assert!(check_component_header(b"\0asm\x0d\0\x01\0rest").is_ok());
+        let core = check_component_header(b"\0asm\x01\0\0\0").unwrap_err();
+        assert!(matches!(core, PluginLoadError::Invalid { reason } if reason.contains("core")));
+        assert!(check_component_header(b"hello").is_err());
+        assert!(check_component_header(b"").is_err());
+    }
+
+    #[test]
+    fn description_must_match_exports() {
+        let hooks = |h: &[&str]| h.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(
+            validate_description("p", "1.0.0", &hooks(&["filter"]), &hooks(&["filter"])).is_ok()
+        );
+        assert!(validate_description("p", "1", &hooks(&["sign"]), &hooks(&["filter"])).is_err());
+        assert!(validate_description("p", "1", &hooks(&[]), &hooks(&["filter"])).is_err());
+        assert!(validate_description("p", "1", &hooks(&["bogus"]), &hooks(&["filter"])).is_err());
+        assert!(validate_description("", "1", &hooks(&["filter"]), &hooks(&["filter"])).is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! Plugin budgets and limits ([`PluginSettings`]): what one plugin call may use (time, memory,
+//! fuel, log bytes, output size) and what an upload may be. The engine builds these from its
+//! config (per tenant overridable); this module owns only the defaults and their meaning.
+
+use std::time::Duration;
+
+/// Default wall-clock deadline of one plugin call.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
+/// Default linear-memory cap of one plugin instance (all its memories together).
+pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 64 << 20;
+/// Default cap on captured guest logs (`host.log`, stdout, stderr) per attempt.
+pub const DEFAULT_MAX_LOG_BYTES: usize = 4 << 10;
+/// Default cap on an uploaded component's size.
+pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 32 << 20;
+/// Default time allowed to compile an uploaded component.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default number of plugin chains one tenant may run at the same time.
+pub const DEFAULT_MAX_CONCURRENT_CALLS_PER_TENANT: usize = 4;
+/// Default cap on the payload a transform may produce.
+pub const DEFAULT_MAX_OUTPUT_PAYLOAD_BYTES: usize = 2 << 20;
+
+/// Budgets for plugin calls and uploads.
+///
+/// The host is opened with one `PluginSettings` (used for uploads, `meta` calls (with at least
+/// a 1 s deadline and 256 MiB of memory, so uploads of JS or Python plugins are not refused
+/// for budgets the tenant may well have) and the engine-wide fuel switch); [`PluginHost::run_chain`](super::PluginHost::run_chain) takes the
+/// settings in force for the tenant (and webhook) of each attempt, so budgets can be
+/// overridden per tenant without reopening the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginSettings {
+    /// Wall-clock deadline of each plugin call (one hook invocation, instantiation included),
+    /// enforced by epoch interruption with a ~10 ms ticker: a call is stopped between the
+    /// deadline and one tick after it. Exceeding it fails the attempt with `plugin_timeout`.
+    pub deadline: Duration,
+    /// Linear-memory cap of one plugin instance, summed over its memories. A guest that grows
+    /// past it fails the attempt with `plugin_memory`. JS and Python guests need ≥ 128 MiB.
+    pub memory_limit_bytes: usize,
+    /// Bytes of guest logs (`host.log` messages and stdout/stderr lines) kept per attempt;
+    /// beyond it lines are dropped and one truncation marker is appended.
+    pub max_log_bytes: usize,
+    /// Optional fuel budget per call (`plugin_fuel` when exhausted). Fuel metering is an
+    /// engine-wide switch decided when the host is opened: it is compiled in only if the
+    /// settings given to [`PluginHost::open`](super::PluginHost::open) have `Some` fuel, because
+    /// it slows every call by about half. On a host opened without fuel, a per-call budget is
+    /// ignored (the deadline still applies).
+    pub fuel: Option<u64>,
+    /// Largest accepted component upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// Time allowed to compile an upload; a slower compile is refused as `plugin_invalid`.
+    pub compile_timeout: Duration,
+    /// Plugin chains one tenant may run concurrently; further attempts wait for a slot.
+    pub max_concurrent_calls_per_tenant: usize,
+    /// Largest payload a transform may return (`plugin_invalid_output` beyond it).
+    pub max_output_payload_bytes: usize,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        Self {
+            deadline: DEFAULT_DEADLINE,
+            memory_limit_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            fuel: None,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
+            max_concurrent_calls_per_tenant: DEFAULT_MAX_CONCURRENT_CALLS_PER_TENANT,
+            max_output_payload_bytes: DEFAULT_MAX_OUTPUT_PAYLOAD_BYTES,
+        }
+    }
+}
