@@ -435,3 +435,116 @@ async fn a_restart_loads_plugins_from_the_compile_cache() {
     );
     assert_eq!(receiver.received()[0].json()["from"], "a");
 }
+
+/// Sends `count` events, one every `gap`, while `swap` runs halfway; returns the delivery ids.
+async fn flow_with_swap<F: std::future::Future<Output = ()>>(
+    engine: &TestEngine,
+    count: usize,
+    gap: Duration,
+    swap: F,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut swap = Some(swap);
+    for i in 0..count {
+        if i == count / 2 {
+            swap.take().unwrap().await;
+        }
+        let event = engine.send_event("user.created", json!({"i": i})).await;
+        ids.push(first_delivery(&event));
+        tokio::time::sleep(gap).await;
+    }
+    ids
+}
+
+#[tokio::test]
+async fn an_upload_hot_swaps_a_plugin_while_events_flow_and_nothing_is_lost() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    install(&engine, "stage", "reshape-transform").await;
+    engine
+        .create_webhook(json!({"url": receiver.url, "plugins": [{"name": "stage", "config": {}}]}))
+        .await;
+    let ids = flow_with_swap(&engine, 30, Duration::from_millis(20), async {
+        install(&engine, "stage", "clock-and-random").await;
+    })
+    .await;
+    let got = receiver.wait_for(ids.len(), WAIT).await;
+    let seen: std::collections::HashSet<String> =
+        got.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(
+        ids.iter().all(|id| seen.contains(id)),
+        "every event delivered"
+    );
+    let new_version = got
+        .iter()
+        .filter(|r| r.json().get("delivery_id").is_some())
+        .count();
+    assert!(
+        new_version > 0 && new_version < got.len(),
+        "both versions served: {new_version}/{}",
+        got.len()
+    );
+    // Requests after the swap all ran the new version.
+    assert!(got.last().unwrap().json().get("delivery_id").is_some());
+}
+
+#[tokio::test]
+async fn the_admin_plugin_directory_is_watched_and_applied_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = dir.path().join("admin");
+    std::fs::create_dir_all(admin.join("acme")).unwrap();
+    std::fs::write(admin.join("acme/stage.wasm"), wasm("reshape-transform")).unwrap();
+    let text = format!(
+        "{}\n[plugins]\nadmin_dir = \"{}\"\n",
+        test_config_toml(dir.path(), "", true),
+        admin.display()
+    );
+    let engine = TestEngine::start_in(dir, parse_config(&text)).await;
+    let receiver = Receiver::start().await;
+    let info = eventually(WAIT, "admin plugin loaded", || async {
+        let (status, info) = engine.get("/v1/plugins/stage").await;
+        (status == 200).then_some(info)
+    })
+    .await;
+    assert_eq!(info["source"], "admin_dir");
+    engine
+        .create_webhook(json!({"url": receiver.url, "plugins": [{"name": "stage", "config": {}}]}))
+        .await;
+    let path = admin.join("acme/stage.wasm");
+    let ids = flow_with_swap(&engine, 30, Duration::from_millis(30), async {
+        // Written whole then renamed in, as deploy tools do.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, wasm("clock-and-random")).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        eventually(WAIT, "new version live", || async {
+            let (_, now) = engine.get("/v1/plugins/stage").await;
+            (now["sha256"] != info["sha256"]).then_some(())
+        })
+        .await;
+    })
+    .await;
+    let got = receiver.wait_for(ids.len(), WAIT).await;
+    assert!(
+        got.last().unwrap().json().get("delivery_id").is_some(),
+        "the new file serves"
+    );
+
+    // A broken file is refused and the live version stays.
+    let (_, live) = engine.get("/v1/plugins/stage").await;
+    std::fs::write(&path, b"broken").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, still) = engine.get("/v1/plugins/stage").await;
+    assert_eq!(still["sha256"], live["sha256"]);
+    let event = engine.send_event("user.created", json!({})).await;
+    engine
+        .wait_delivery(&first_delivery(&event), "delivered")
+        .await;
+
+    // Removing the file unloads the plugin.
+    std::fs::remove_file(&path).unwrap();
+    eventually(WAIT, "plugin unloaded", || async {
+        let (status, _) = engine.get("/v1/plugins/stage").await;
+        (status == 404).then_some(())
+    })
+    .await;
+}

@@ -579,6 +579,34 @@ mod tests {
     }
 
     #[test]
+    fn tenant_plugin_budgets_override_the_global_ones_and_engine_wide_keys_are_refused() {
+        let config = parse(
+            r#"
+            [plugins]
+            deadline = "50ms"
+            [[tenants]]
+            id = "acme"
+            [tenants.plugins]
+            memory_limit_bytes = 268435456
+            [[tenants]]
+            id = "globex"
+            "#,
+        )
+        .unwrap();
+        let acme = &config.tenant("acme").unwrap().plugins;
+        assert_eq!(acme.memory_limit_bytes, 256 << 20);
+        assert_eq!(acme.deadline, Duration::from_millis(50));
+        assert_eq!(
+            config.tenant("globex").unwrap().plugins.memory_limit_bytes,
+            64 << 20
+        );
+
+        let errors = parse("[[tenants]]\nid = \"a\"\n[tenants.plugins]\nmax_upload_bytes = 5\n")
+            .unwrap_err();
+        assert_eq!(errors.0[0].key, "tenants[0].plugins.max_upload_bytes");
+    }
+
+    #[test]
     fn api_keys_resolve_to_their_tenant_only_by_hash() {
         let (key, hash) = crate::config::generate_api_key();
         let config = parse(&format!(

@@ -217,7 +217,17 @@ pub async fn prepare(
     let logs = run
         .logs
         .iter()
-        .map(|log| format!("{} [{}] {}", log.plugin, log.level.as_str(), log.message))
+        .map(|log| {
+            tracing::debug!(
+                tenant = %input.tenant.id,
+                delivery_id = input.webhook_id_header,
+                plugin = %log.plugin,
+                level = log.level.as_str(),
+                "plugin log: {}",
+                log.message
+            );
+            format!("{} [{}] {}", log.plugin, log.level.as_str(), log.message)
+        })
         .collect();
     let prepared = match run.outcome {
         ChainOutcome::Deliver(out) => {
