@@ -269,3 +269,22 @@ async fn a_hanging_receiver_does_not_delay_another_webhook() {
     .await;
     assert_eq!(delivery["attempts"][0]["error_code"], "timeout");
 }
+
+#[tokio::test]
+async fn a_webhook_rate_limit_spaces_out_its_deliveries() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    engine
+        .create_webhook(json!({"url": receiver.url, "rate_limit_per_sec": 5}))
+        .await;
+    for _ in 0..10 {
+        engine.send_event("user.created", json!({})).await;
+    }
+    let got = receiver.wait_for(10, WAIT).await;
+    // A burst of 5, then one every 200 ms: the tenth cannot come sooner than ~1 s after the first.
+    let span = got[9].at.duration_since(got[0].at);
+    assert!(
+        span >= Duration::from_millis(900),
+        "10 deliveries in {span:?} at 5/s"
+    );
+}
