@@ -6,10 +6,19 @@
 
 use crate::store::{WebhookRecord, WebhookStatus};
 
+/// Prefix of hookd's own operational event types (`hookd.delivery.failing`, …).
+pub const OPERATIONAL_PREFIX: &str = "hookd.";
+
+/// Whether an event type is one of hookd's operational events. Only hookd emits them, and
+/// only webhooks that name them (`hookd.*` or an exact type) receive them: `*` does not.
+pub fn is_operational(event_type: &str) -> bool {
+    event_type.starts_with(OPERATIONAL_PREFIX)
+}
+
 /// Whether one event-type filter matches an event type.
 pub fn type_matches(filter: &str, event_type: &str) -> bool {
     if filter == "*" {
-        return true;
+        return !is_operational(event_type);
     }
     match filter.strip_suffix('*') {
         Some(prefix) if prefix.ends_with('.') => {
@@ -56,6 +65,17 @@ mod tests {
         assert!(type_matches("user.created", "user.created"));
         assert!(!type_matches("user.created", "user.created.v2"));
         assert!(!type_matches("user*", "user.created"));
+    }
+
+    #[test]
+    fn operational_events_reach_only_webhooks_that_name_them() {
+        assert!(!type_matches("*", "hookd.delivery.failing"));
+        assert!(type_matches("hookd.*", "hookd.delivery.failing"));
+        assert!(type_matches("hookd.delivery.*", "hookd.delivery.failing"));
+        assert!(type_matches(
+            "hookd.webhook.disabled",
+            "hookd.webhook.disabled"
+        ));
     }
 
     #[test]

@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::delivery::DispatchHandle;
-use crate::ids::{EventId, now_ms};
-use crate::store::{NewEvent, Store, StoreError};
+use crate::fanout;
+use crate::ids::{DeliveryId, EventId, WebhookId, now_ms};
+use crate::store::{DeliveryRecord, DeliveryStatus, EventRecord, NewEvent, Store, StoreError};
 
 /// Most submissions written and flushed together.
 const MAX_GROUP_COMMIT: usize = 4096;
@@ -77,6 +78,44 @@ impl Ingest {
             .map_err(|_| IngestError::ShuttingDown)?;
         answer.await.map_err(|_| IngestError::ShuttingDown)?
     }
+}
+
+/// An event with its fan-out: one pending delivery, due now, per active webhook of the tenant
+/// that subscribes to it, except `skip` (an operational event is never sent to the webhook it
+/// is about).
+pub fn prepare_event(
+    store: &Store,
+    tenant: &str,
+    event: EventRecord,
+    skip: Option<&WebhookId>,
+) -> Result<NewEvent, StoreError> {
+    let now = event.created_at;
+    let deliveries = store
+        .webhooks_of(tenant)?
+        .into_iter()
+        .filter(|w| Some(&w.id) != skip)
+        .filter(|w| fanout::webhook_matches(w, &event.event_type, event.channel.as_deref()))
+        .map(|w| DeliveryRecord {
+            id: DeliveryId::new(),
+            event_id: event.id.clone(),
+            webhook_id: w.id,
+            event_type: event.event_type.clone(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            created_at: now,
+            updated_at: now,
+            next_attempt_at: Some(now),
+            last_attempt_at: None,
+            last_status_code: None,
+            last_error: None,
+            filtered_by: None,
+        })
+        .collect();
+    Ok(NewEvent {
+        tenant: tenant.to_string(),
+        event,
+        deliveries,
+    })
 }
 
 async fn write_loop(store: Store, dispatch: DispatchHandle, mut rx: mpsc::Receiver<Submission>) {

@@ -122,16 +122,26 @@ pub async fn start(
     let config = SharedConfig::new(config);
 
     let (dispatch, dispatch_rx) = Dispatcher::channel();
+    let (ingest, ingest_task) = Ingest::start(store.clone(), dispatch.clone());
     let delivery = DeliveryContext {
         store: store.clone(),
         config: config.clone(),
         client: DeliveryClient::new(config.clone()),
         dispatch: dispatch.clone(),
         plugins: plugins.clone(),
+        ingest: ingest.clone(),
     };
     let dispatcher = Dispatcher::new(delivery.clone(), dispatch_rx);
+    let reload_dispatch = dispatch.clone();
+    let on_reload: config::watch::ReloadHook = Box::new(move |applied| {
+        if applied {
+            reload_dispatch.config_changed();
+        }
+    });
+    if let Some(watcher) = config::watch::spawn(config.clone(), shutdown.clone(), on_reload) {
+        tasks.push(watcher);
+    }
     let dispatcher_task = tokio::spawn(dispatcher.run(shutdown.clone()));
-    let (ingest, ingest_task) = Ingest::start(store.clone(), dispatch.clone());
 
     let app = api::router(api::AppState {
         store: store.clone(),
@@ -139,6 +149,7 @@ pub async fn start(
         ingest,
         dispatch,
         delivery,
+        started: std::time::Instant::now(),
     });
     let server_shutdown = shutdown.clone();
     let server_task = tokio::spawn(async move {
@@ -149,8 +160,8 @@ pub async fn start(
         }
     });
     info!("listening on {local_addr}");
-    // Order matters: the server first (it owns the last `Ingest` handle, so the ingest
-    // writer ends after it), then the writer, then the dispatcher.
+    // The ingest writer ends when its last handle is dropped: the server's, then the
+    // dispatcher's (attempts emit operational events), so all three end after shutdown.
     tasks.extend([server_task, ingest_task, dispatcher_task]);
     Ok(RunningEngine {
         local_addr,

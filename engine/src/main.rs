@@ -35,14 +35,29 @@ enum Command {
         #[arg(long, env = "HOOKD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
         log_format: LogFormat,
     },
-    /// Validate a config file without starting anything; exit status 1 lists every problem.
+    /// Validate a config file (or a directory holding hookd.toml) without starting anything;
+    /// exit status 1 lists every problem with its file and key.
     CheckConfig {
-        /// Config file.
+        /// Config file or directory.
         #[arg(default_value = "config/hookd.toml")]
         config: PathBuf,
     },
-    /// Generate a new API key and the hash to paste into a tenant's `api_keys`.
+    /// Generate a new API key and the hash to paste into a tenant's `api_keys` (or the
+    /// top-level `admin_api_keys`).
     Key,
+    /// Work with plugin components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Check that FILE is a component hookd accepts (world, imports, exports, describe), the
+    /// same checks an upload gets; prints its hooks, or every reason it is refused.
+    Check {
+        /// The component, e.g. target/wasm32-wasip2/release/my_plugin.wasm.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +88,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Plugin(PluginCommand::Check { file }) => check_plugin(&file),
         Command::Key => {
             let (key, hash) = generate_api_key();
             eprintln!("API key (give this to the tenant; it is not stored anywhere):");
@@ -88,6 +104,57 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+#[tokio::main]
+async fn check_plugin(file: &std::path::Path) -> ExitCode {
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            eprintln!("{}: cannot read: {err}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let scratch = match tempfile_dir() {
+        Ok(dir) => dir,
+        Err(err) => {
+            eprintln!("cannot create a scratch directory: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = async {
+        let host = hookd::plugin::PluginHost::open(&scratch, Default::default())
+            .map_err(|err| err.to_string())?;
+        host.install("check", "candidate", bytes)
+            .await
+            .map_err(|err| err.to_string())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    match result {
+        Ok(info) => {
+            eprintln!(
+                "{}: ok — `{}` version {}, hooks: {}, {} bytes",
+                file.display(),
+                info.declared_name,
+                info.version,
+                info.hooks.join(", "),
+                info.size_bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            eprintln!("{}: refused — {reason}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A fresh directory under the system temp dir.
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("hookd-plugin-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 #[tokio::main]

@@ -7,6 +7,7 @@ mod api_errors;
 mod crash;
 mod delivery;
 mod isolation;
+mod ops;
 mod plugins;
 mod restart;
 mod retries;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::support::{
-    ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually, parse_config, test_config_toml,
+    ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually, parse_config, test_config_toml_with,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -45,7 +45,7 @@ async fn upload(engine: &TestEngine, key: &str, name: &str, bytes: Vec<u8>) -> (
     (status, response.json().await.unwrap())
 }
 
-async fn install(engine: &TestEngine, name: &str, component: &str) {
+pub async fn install(engine: &TestEngine, name: &str, component: &str) {
     let (status, info) = upload(engine, ACME_KEY, name, wasm(component)).await;
     assert!(status == 201 || status == 200, "{name}: {info}");
 }
@@ -374,9 +374,11 @@ async fn simulate_shows_the_decision_request_and_logs_without_sending() {
 #[tokio::test]
 async fn javascript_and_python_filters_run_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "{}\n[plugins]\nmemory_limit_bytes = 268435456\ndeadline = \"2s\"\n",
-        test_config_toml(dir.path(), "", true)
+    let text = test_config_toml_with(
+        dir.path(),
+        "",
+        true,
+        "memory_limit_bytes = 268435456\ndeadline = \"2s\"",
     );
     let engine = TestEngine::start_in(dir, parse_config(&text)).await;
     let receiver = Receiver::start().await;
@@ -494,10 +496,11 @@ async fn the_admin_plugin_directory_is_watched_and_applied_live() {
     let admin = dir.path().join("admin");
     std::fs::create_dir_all(admin.join("acme")).unwrap();
     std::fs::write(admin.join("acme/stage.wasm"), wasm("reshape-transform")).unwrap();
-    let text = format!(
-        "{}\n[plugins]\nadmin_dir = \"{}\"\n",
-        test_config_toml(dir.path(), "", true),
-        admin.display()
+    let text = test_config_toml_with(
+        dir.path(),
+        "",
+        true,
+        &format!("admin_dir = \"{}\"", admin.display()),
     );
     let engine = TestEngine::start_in(dir, parse_config(&text)).await;
     let receiver = Receiver::start().await;

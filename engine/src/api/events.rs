@@ -14,9 +14,9 @@ use super::{
 };
 use crate::config::valid_event_type;
 use crate::fanout;
-use crate::ids::{DeliveryId, EventId, now_ms};
+use crate::ids::{EventId, now_ms};
 use crate::ingest::IngestOutcome;
-use crate::store::{DeliveryRecord, DeliveryStatus, EventFilter, EventRecord, NewEvent};
+use crate::store::{DeliveryRecord, EventFilter, EventRecord};
 
 /// Deepest nesting of arrays and objects accepted in a payload; receivers' parsers often
 /// recurse, so hookd refuses what would crash them.
@@ -94,6 +94,12 @@ pub async fn create(
             "`type` must be 1-128 of a-z A-Z 0-9 . _ - :",
         ));
     }
+    if fanout::is_operational(&body.event_type) {
+        return Err(ApiError::invalid(
+            "reserved_event_type",
+            "event types starting with `hookd.` are hookd's own operational events",
+        ));
+    }
     if let Some(channel) = &body.channel
         && !valid_channel(channel)
     {
@@ -127,41 +133,20 @@ pub async fn create(
         ));
     }
 
-    let now = now_ms();
-    let event = EventRecord {
-        id: EventId::new(),
-        event_type: body.event_type,
-        channel: body.channel,
-        idempotency_key,
-        created_at: now,
-        payload: body.payload,
-    };
-    let deliveries: Vec<DeliveryRecord> = state
-        .store
-        .webhooks_of(&tenant.id)?
-        .into_iter()
-        .filter(|w| fanout::webhook_matches(w, &event.event_type, event.channel.as_deref()))
-        .map(|w| DeliveryRecord {
-            id: DeliveryId::new(),
-            event_id: event.id.clone(),
-            webhook_id: w.id,
-            event_type: event.event_type.clone(),
-            status: DeliveryStatus::Pending,
-            attempts: 0,
-            created_at: now,
-            updated_at: now,
-            next_attempt_at: Some(now),
-            last_attempt_at: None,
-            last_status_code: None,
-            last_error: None,
-            filtered_by: None,
-        })
-        .collect();
-    let new = NewEvent {
-        tenant: tenant.id.clone(),
-        event: event.clone(),
-        deliveries: deliveries.clone(),
-    };
+    let new = crate::ingest::prepare_event(
+        &state.store,
+        &tenant.id,
+        EventRecord {
+            id: EventId::new(),
+            event_type: body.event_type,
+            channel: body.channel,
+            idempotency_key,
+            created_at: now_ms(),
+            payload: body.payload,
+        },
+        None,
+    )?;
+    let (event, deliveries) = (new.event.clone(), new.deliveries.clone());
     let window_ms = limits.idempotency_window.as_millis() as u64;
     match state.ingest.submit(new, window_ms).await? {
         IngestOutcome::Created => {

@@ -4,6 +4,7 @@
 //! `store` and `delivery`. Every `/v1` route authenticates the tenant from its API key and
 //! passes that tenant id into every store call.
 
+mod admin;
 mod deliveries;
 mod error;
 mod events;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub ingest: Ingest,
     pub dispatch: DispatchHandle,
     pub delivery: DeliveryContext,
+    /// When the engine started (for the admin status route).
+    pub started: std::time::Instant,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -75,6 +78,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route("/plugins/{name}/simulate", post(plugins::simulate));
+    let v1 = v1.merge(admin::routes());
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
@@ -92,7 +96,11 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     // Ready when the store answers a read.
     match state.store.webhooks_of("") {
-        Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(_) => Json(serde_json::json!({
+            "status": "ready",
+            "config": state.config.reload_status(),
+        }))
+        .into_response(),
         Err(err) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
@@ -134,21 +142,7 @@ impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::unauthorized("send your API key as `Authorization: Bearer <key>`")
-            })?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <key>`")
-            })?;
+        let key = bearer_key(parts)?;
         let config = state.config.current();
         let id = config
             .tenant_for_key(key)
@@ -156,6 +150,23 @@ impl FromRequestParts<AppState> for Tenant {
             .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
         Ok(Tenant { id, config })
     }
+}
+
+/// The key of an `Authorization: Bearer <key>` header.
+pub fn bearer_key(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::unauthorized("send your API key as `Authorization: Bearer <key>`")
+        })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <key>`"))
 }
 
 /// JSON body extractor (and response) whose rejections are [`ApiError`]s.

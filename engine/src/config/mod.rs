@@ -6,6 +6,7 @@
 
 mod raw;
 mod validate;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +44,10 @@ pub struct Config {
     pub tenants: HashMap<String, TenantConfig>,
     /// SHA-256 of an API key → tenant id.
     api_keys: HashMap<[u8; 32], String>,
+    /// SHA-256 of the admin API keys.
+    admin_keys: Vec<[u8; 32]>,
+    /// The file this config was loaded from (watched for changes), if any.
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +72,8 @@ pub struct DeliveryConfig {
     pub max_retry_after: Duration,
     /// A webhook failing without a single success for this long is disabled.
     pub disable_after: Duration,
+    /// After this many failed attempts of one delivery, hookd emits `hookd.delivery.failing`.
+    pub failing_event_after_attempts: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -96,12 +103,33 @@ pub struct TenantConfig {
 }
 
 impl Config {
-    /// Reads and validates a config file; every problem is reported at once.
+    /// Reads and validates a config file (or `hookd.toml` in a directory); every problem is
+    /// reported at once.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            ConfigErrors::single(path, "", format!("cannot read the file: {err}"))
+        let path = if path.is_dir() {
+            path.join("hookd.toml")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&path).map_err(|err| {
+            ConfigErrors::single(&path, "", format!("cannot read the file: {err}"))
         })?;
-        Config::parse(path, &text)
+        let mut config = Config::parse(&path, &text)?;
+        config.source = Some(path);
+        Ok(config)
+    }
+
+    /// Whether `api_key` is one of the admin keys.
+    pub fn is_admin_key(&self, api_key: &str) -> bool {
+        let hash = hash_api_key(api_key);
+        // Constant-time over the hash bytes, so a near miss takes as long as a far one.
+        self.admin_keys.iter().any(|known| {
+            known
+                .iter()
+                .zip(hash.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+        })
     }
 
     /// Validates config text; `path` only names the file in error messages.
@@ -164,13 +192,50 @@ pub fn generate_api_key() -> (String, String) {
     (key, hash)
 }
 
+/// The outcome of the last config reload, for `/readyz` and the admin status route.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    /// `applied` or `refused`; absent before the first reload.
+    pub last_result: Option<&'static str>,
+    /// When it happened, ms since the epoch.
+    pub last_at_ms: Option<u64>,
+    /// Every problem of a refused reload (file, key, problem).
+    pub errors: Vec<String>,
+    pub applied: u64,
+    pub refused: u64,
+}
+
 /// The running configuration, swapped atomically on reload.
 #[derive(Clone)]
-pub struct SharedConfig(Arc<ArcSwap<Config>>);
+pub struct SharedConfig(Arc<ArcSwap<Config>>, Arc<std::sync::Mutex<ReloadStatus>>);
 
 impl SharedConfig {
     pub fn new(config: Config) -> Self {
-        SharedConfig(Arc::new(ArcSwap::from_pointee(config)))
+        SharedConfig(
+            Arc::new(ArcSwap::from_pointee(config)),
+            Arc::new(std::sync::Mutex::new(ReloadStatus::default())),
+        )
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.1.lock().expect("reload status lock").clone()
+    }
+
+    fn record_reload(&self, result: Result<(), &ConfigErrors>) {
+        let mut status = self.1.lock().expect("reload status lock");
+        status.last_at_ms = Some(crate::ids::now_ms());
+        match result {
+            Ok(()) => {
+                status.last_result = Some("applied");
+                status.errors.clear();
+                status.applied += 1;
+            }
+            Err(errors) => {
+                status.last_result = Some("refused");
+                status.errors = errors.0.iter().map(ToString::to_string).collect();
+                status.refused += 1;
+            }
+        }
     }
 
     /// A consistent snapshot; hold it for the duration of one request or attempt.

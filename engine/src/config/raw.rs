@@ -11,6 +11,9 @@ use serde::Deserialize;
 pub struct RawConfig {
     pub listen: Option<String>,
     pub data_dir: Option<String>,
+    /// SHA-256 hashes of admin API keys (`sha256:<hex>`, from `hookd key`).
+    #[serde(default)]
+    pub admin_api_keys: Vec<String>,
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
@@ -61,6 +64,7 @@ pub struct RawDelivery {
     pub max_response_body_bytes: Option<usize>,
     pub max_retry_after: Option<String>,
     pub disable_after: Option<String>,
+    pub failing_event_after_attempts: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

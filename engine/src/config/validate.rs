@@ -185,6 +185,17 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
         admin_dir: raw.plugins.admin_dir.as_ref().map(PathBuf::from),
     };
 
+    let mut admin_keys = Vec::new();
+    for (i, hash_text) in raw.admin_api_keys.iter().enumerate() {
+        match parse_key_hash(hash_text) {
+            Some(hash) => admin_keys.push(hash),
+            None => c.push(
+                format!("admin_api_keys[{i}]"),
+                "not a key hash: write `sha256:<64 hex digits>` as printed by `hookd key`",
+            ),
+        }
+    }
+
     let mut tenants = HashMap::new();
     let mut api_keys: HashMap<[u8; 32], String> = HashMap::new();
     for (i, raw_tenant) in raw.tenants.iter().enumerate() {
@@ -212,6 +223,12 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
                 );
                 continue;
             };
+            if admin_keys.contains(&hash) {
+                c.push(
+                    format!("{key}.api_keys[{k}]"),
+                    "this key is also an admin key; use separate keys",
+                );
+            }
             if let Some(owner) = api_keys.insert(hash, raw_tenant.id.clone()) {
                 c.push(
                     format!("{key}.api_keys[{k}]"),
@@ -287,6 +304,8 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
         plugins,
         tenants,
         api_keys,
+        admin_keys,
+        source: None,
     })
 }
 
@@ -380,6 +399,7 @@ impl Default for DeliveryConfig {
             max_response_body_bytes: 4096,
             max_retry_after: Duration::from_secs(HOUR),
             disable_after: Duration::from_secs(5 * 24 * HOUR),
+            failing_event_after_attempts: 3,
         }
     }
 }
@@ -467,6 +487,12 @@ fn delivery_config(
             raw.max_retry_after.as_ref(),
             base.max_retry_after,
         );
+    }
+    if let Some(n) = raw.failing_event_after_attempts {
+        if n == 0 {
+            c.push(key("failing_event_after_attempts"), "must be at least 1");
+        }
+        out.failing_event_after_attempts = n.max(1);
     }
     if raw.disable_after.is_some() {
         out.disable_after = c.duration(

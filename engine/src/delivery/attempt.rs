@@ -13,8 +13,9 @@ use tracing::{debug, info, warn};
 
 use super::client::{HttpOutcome, OutboundRequest};
 use super::retry::{RetryPolicy, StatusClass, classify_status, parse_retry_after};
-use super::{DeliveryContext, sanitize_snippet};
+use super::{DeliveryContext, operational, sanitize_snippet};
 use crate::config::TenantConfig;
+use crate::fanout;
 use crate::ids::{AttemptId, DeliveryId, WebhookId, now_ms};
 use crate::plugin::{ChainOutcome, ChainStep, PluginRequest};
 use crate::signing;
@@ -22,6 +23,7 @@ use crate::ssrf::SsrfPolicy;
 use crate::store::{
     AttemptRecord, DeliveryStatus, DeliveryUpdate, EventRecord, WebhookRecord, WebhookStatus,
 };
+use serde_json::json;
 
 /// How long a delivery of a tenant that vanished from config waits before it is looked at again.
 const TENANT_MISSING_RECHECK: Duration = Duration::from_secs(60);
@@ -470,6 +472,37 @@ async fn try_run(
         result,
         "attempt finished"
     );
+    if !fanout::is_operational(&event.event_type) {
+        let about = json!({
+            "delivery_id": delivery_id,
+            "webhook_id": webhook_id,
+            "webhook_url": webhook.url,
+            "event_id": event.id,
+            "event_type": event.event_type,
+            "attempt": attempt_number,
+            "status_code": status_code,
+            "error_code": error_code,
+            "next_attempt_at": next_attempt_at.map(crate::api::rfc3339),
+        });
+        let failing_after = tenant_config.delivery.failing_event_after_attempts;
+        let kind = match result {
+            "failed" if attempt_number == failing_after => Some(operational::DELIVERY_FAILING),
+            "exhausted" | "rejected" => Some(operational::DELIVERY_EXHAUSTED),
+            "delivered" if attempt_number > failing_after => Some(operational::DELIVERY_RECOVERED),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            operational::emit(ctx, tenant, kind, webhook_id, about.clone()).await;
+        }
+        if let Tried::Failed { code, message, .. } = &tried
+            && code.starts_with("plugin_")
+            && delivery.last_error.as_deref() != Some(code.as_str())
+        {
+            let mut about = about;
+            about["message"] = json!(message);
+            operational::emit(ctx, tenant, operational::PLUGIN_FAILED, webhook_id, about).await;
+        }
+    }
     if !matches!(tried, Tried::Http(_)) {
         // Plugins' verdicts say nothing about the receiver's health.
         return Ok(());
@@ -518,9 +551,25 @@ async fn try_run(
             })
             .await;
         match changed {
-            Ok(Some(w)) if w.status == WebhookStatus::Disabled => {
+            Ok(Some(w))
+                if w.status == WebhookStatus::Disabled
+                    && webhook.status == WebhookStatus::Active =>
+            {
                 warn!(tenant, webhook_id = %webhook_id, reason = ?w.disabled_reason, "webhook disabled");
                 ctx.dispatch.webhook_changed(tenant, webhook_id);
+                let about = json!({
+                    "webhook_id": webhook_id,
+                    "webhook_url": w.url,
+                    "reason": w.disabled_reason,
+                });
+                operational::emit(
+                    ctx,
+                    tenant,
+                    operational::WEBHOOK_DISABLED,
+                    webhook_id,
+                    about,
+                )
+                .await;
             }
             Ok(_) => {}
             Err(err) => {

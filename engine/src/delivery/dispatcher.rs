@@ -47,6 +47,8 @@ enum DispatchMsg {
     },
     /// The webhook was created, edited, disabled or deleted.
     WebhookChanged { tenant: String, webhook: WebhookId },
+    /// The configuration was reloaded: per-webhook defaults may have changed.
+    ConfigChanged,
 }
 
 /// Cheap handle for telling the dispatcher about new work.
@@ -67,6 +69,10 @@ impl DispatchHandle {
             tenant: tenant.to_string(),
             webhook: webhook.clone(),
         });
+    }
+
+    pub fn config_changed(&self) {
+        let _ = self.0.send(DispatchMsg::ConfigChanged);
     }
 
     fn completed(&self, tenant: String, webhook: WebhookId, delivery: DeliveryId) {
@@ -193,6 +199,15 @@ impl Dispatcher {
                 for key in std::mem::take(&mut self.waiting_for_permit) {
                     if let Some(queue) = self.queues.get_mut(&key) {
                         queue.waiting_for_permit = false;
+                    }
+                    self.wake(key, 0);
+                }
+            }
+            DispatchMsg::ConfigChanged => {
+                let keys: Vec<QueueKey> = self.queues.keys().cloned().collect();
+                for key in keys {
+                    if let Some(queue) = self.queues.get_mut(&key) {
+                        queue.settings = None;
                     }
                     self.wake(key, 0);
                 }

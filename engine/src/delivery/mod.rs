@@ -8,6 +8,7 @@
 pub mod attempt;
 pub mod client;
 pub mod dispatcher;
+pub mod operational;
 pub mod retry;
 
 use crate::config::SharedConfig;
@@ -24,6 +25,8 @@ pub struct DeliveryContext {
     pub client: DeliveryClient,
     pub dispatch: DispatchHandle,
     pub plugins: crate::plugin::PluginHost,
+    /// For operational events, which take the same durable path as producers' events.
+    pub ingest: crate::ingest::Ingest,
 }
 
 /// A response body as stored in the attempt log: control characters other than whitespace

@@ -363,6 +363,20 @@ impl Store {
         Ok(())
     }
 
+    /// How many events a tenant has stored (a key scan: for admin views, not hot paths).
+    pub fn count_events(&self, tenant: &str) -> Result<usize> {
+        let mut n = 0;
+        for key in self
+            .tree
+            .scan_prefix(keys::tenant_prefix(keys::EVENT, tenant))
+            .keys()
+        {
+            key?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub fn event(&self, tenant: &str, id: &EventId) -> Result<Option<EventRecord>> {
         self.get(&keys::event(tenant, id))
     }

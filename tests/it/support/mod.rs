@@ -39,6 +39,23 @@ where
 
 /// Config text for tests: two tenants, millisecond retries, loopback allowed.
 pub fn test_config_toml(data_dir: &Path, extra_delivery: &str, allow_loopback: bool) -> String {
+    test_config_toml_with(data_dir, extra_delivery, allow_loopback, "")
+}
+
+/// [`test_config_toml`] with more keys for the `[plugins]` table. Plugin budgets are generous
+/// by default: tests assert what a plugin did, not how fast a loaded machine ran it (the
+/// deadline's own tests set it explicitly).
+pub fn test_config_toml_with(
+    data_dir: &Path,
+    extra_delivery: &str,
+    allow_loopback: bool,
+    extra_plugins: &str,
+) -> String {
+    let plugin_defaults: String = [r#"deadline = "1s""#, r#"compile_timeout = "5m""#]
+        .iter()
+        .filter(|line| !extra_plugins.contains(line.split(' ').next().unwrap()))
+        .map(|line| format!("{line}\n"))
+        .collect();
     let allow = if allow_loopback {
         r#"allow = ["127.0.0.1/32"]"#
     } else {
@@ -63,6 +80,9 @@ data_dir = "{data}"
 [ssrf]
 allow_http = true
 {allow}
+[plugins]
+{plugin_defaults}
+{extra_plugins}
 [[tenants]]
 id = "acme"
 api_keys = ["sha256:{acme}"]

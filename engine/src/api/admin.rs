@@ -1,0 +1,99 @@
+//! `/v1/admin`: routes for hookd's operators, reachable only with an admin key from config
+//! (`admin_api_keys`); tenant keys get 403.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::routing::get;
+use serde::Serialize;
+
+use super::{ApiError, ApiJson, AppState};
+use crate::config::{Config, ReloadStatus};
+
+/// An authenticated operator.
+pub struct Admin {
+    pub config: Arc<Config>,
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = super::bearer_key(parts)?;
+        let config = state.config.current();
+        if config.is_admin_key(key) {
+            return Ok(Admin { config });
+        }
+        if config.tenant_for_key(key).is_some() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "admin routes need an admin key; tenant keys cannot use them",
+            ));
+        }
+        Err(ApiError::unauthorized("the API key is not valid"))
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/tenants", get(tenants))
+        .route("/admin/status", get(status))
+}
+
+#[derive(Debug, Serialize)]
+pub struct TenantSummary {
+    id: String,
+    declared_event_types: Vec<String>,
+    webhooks: usize,
+    plugins: usize,
+    events: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TenantList {
+    data: Vec<TenantSummary>,
+}
+
+/// Every tenant in the running config with what it owns.
+pub async fn tenants(
+    State(state): State<AppState>,
+    admin: Admin,
+) -> Result<ApiJson<TenantList>, ApiError> {
+    let mut ids: Vec<&String> = admin.config.tenants.keys().collect();
+    ids.sort();
+    let mut data = Vec::new();
+    for id in ids {
+        let tenant = &admin.config.tenants[id];
+        data.push(TenantSummary {
+            id: id.clone(),
+            declared_event_types: tenant.event_types.clone(),
+            webhooks: state.store.webhooks_of(id)?.len(),
+            plugins: state.delivery.plugins.list(id).len(),
+            events: state.store.count_events(id)?,
+        });
+    }
+    Ok(ApiJson(TenantList { data }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineStatus {
+    version: &'static str,
+    uptime_seconds: u64,
+    tenants: usize,
+    data_dir_bytes: u64,
+    config: ReloadStatus,
+}
+
+pub async fn status(State(state): State<AppState>, admin: Admin) -> ApiJson<EngineStatus> {
+    ApiJson(EngineStatus {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        tenants: admin.config.tenants.len(),
+        data_dir_bytes: state.store.size_on_disk(),
+        config: state.config.reload_status(),
+    })
+}

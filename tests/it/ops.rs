@@ -1,0 +1,326 @@
+//! Operations: config hot reload, admin keys, the CLI, operational events.
+
+use std::process::Command;
+use std::time::Duration;
+
+use hookd::config::{Config, hash_api_key};
+use serde_json::{Value, json};
+
+use crate::support::{ACME_KEY, Receiver, TestEngine, eventually, test_config_toml};
+
+const WAIT: Duration = Duration::from_secs(10);
+const ADMIN_KEY: &str = "admin-test-key";
+
+fn with_admin(config: &str) -> String {
+    format!(
+        "admin_api_keys = [\"sha256:{}\"]\n{config}",
+        hex::encode(hash_api_key(ADMIN_KEY))
+    )
+}
+
+/// An engine whose config comes from a file it watches.
+async fn engine_from_file() -> (TestEngine, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookd.toml");
+    std::fs::write(
+        &path,
+        with_admin(&test_config_toml(&dir.path().join("data"), "", true)),
+    )
+    .unwrap();
+    let config = Config::load(&path).unwrap();
+    (TestEngine::start_in(dir, config).await, path)
+}
+
+async fn status_with(engine: &TestEngine, key: &str) -> u16 {
+    engine.call("GET", "/v1/webhooks", key, None).await.0
+}
+
+#[tokio::test]
+async fn a_valid_config_edit_applies_live_and_an_invalid_one_is_refused_and_reported() {
+    let (engine, path) = engine_from_file().await;
+    let original = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(status_with(&engine, "new-key").await, 401);
+
+    // Add a tenant with a new key; remove nothing else.
+    let edited = format!(
+        "{original}\n[[tenants]]\nid = \"initech\"\napi_keys = [\"sha256:{}\"]\n",
+        hex::encode(hash_api_key("new-key"))
+    );
+    std::fs::write(&path, &edited).unwrap();
+    eventually(WAIT, "the new key works", || async {
+        (status_with(&engine, "new-key").await == 200).then_some(())
+    })
+    .await;
+
+    // An invalid edit: every problem listed, the running config stays.
+    std::fs::write(
+        &path,
+        format!("{edited}\n[limits]\nmax_payload_bytes = 0\nidempotency_window = \"soon\"\n"),
+    )
+    .unwrap();
+    let ready = eventually(WAIT, "the refusal is reported", || async {
+        let (_, ready) = engine.call("GET", "/readyz", ACME_KEY, None).await;
+        (ready["config"]["last_result"] == "refused").then_some(ready)
+    })
+    .await;
+    let errors = ready["config"]["errors"].to_string();
+    assert!(
+        errors.contains("limits.max_payload_bytes") && errors.contains("limits.idempotency_window"),
+        "every problem listed: {ready}"
+    );
+    assert_eq!(
+        status_with(&engine, "new-key").await,
+        200,
+        "old config still running"
+    );
+
+    // Removing the key: refused from then on.
+    std::fs::write(&path, &original).unwrap();
+    eventually(WAIT, "the removed key is refused", || async {
+        (status_with(&engine, "new-key").await == 401).then_some(())
+    })
+    .await;
+    let (_, ready) = engine.call("GET", "/readyz", ACME_KEY, None).await;
+    assert_eq!(ready["config"]["last_result"], "applied");
+}
+
+#[tokio::test]
+async fn admin_routes_need_an_admin_key_and_tenant_keys_never_reach_them() {
+    let (engine, _path) = engine_from_file().await;
+    let receiver = Receiver::start().await;
+    engine.create_webhook(json!({"url": receiver.url})).await;
+    engine.send_event("user.created", json!({})).await;
+
+    let (status, tenants) = engine
+        .call("GET", "/v1/admin/tenants", ADMIN_KEY, None)
+        .await;
+    assert_eq!(status, 200, "{tenants}");
+    let acme = tenants["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "acme")
+        .unwrap();
+    assert_eq!(acme["webhooks"], 1);
+    assert_eq!(acme["events"], 1);
+    let (status, engine_status) = engine
+        .call("GET", "/v1/admin/status", ADMIN_KEY, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(engine_status["tenants"], 2);
+
+    let (status, err) = engine
+        .call("GET", "/v1/admin/tenants", ACME_KEY, None)
+        .await;
+    assert_eq!((status, err["code"].as_str()), (403, Some("forbidden")));
+    let (status, _) = engine.call("GET", "/v1/admin/status", "nope", None).await;
+    assert_eq!(status, 401);
+    // And the admin key is not a tenant key.
+    assert_eq!(status_with(&engine, ADMIN_KEY).await, 401);
+}
+
+#[test]
+fn check_config_exits_1_listing_every_problem_and_0_on_a_valid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"x\"\n[delivery]\nattempt_timeout = \"soon\"\n[[tenants]]\nid = \"A B\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    for key in ["`listen`", "`delivery.attempt_timeout`", "`tenants[0].id`"] {
+        assert!(text.contains(key), "{key} missing in: {text}");
+    }
+    let repo_config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
+    let out = Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["check-config", repo_config])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn plugin_check_accepts_our_world_and_names_what_it_refuses() {
+    let good = crate::plugins::wasm("json-filter");
+    let bad = crate::plugins::wasm("bad-import");
+    let dir = tempfile::tempdir().unwrap();
+    let (good_path, bad_path) = (dir.path().join("good.wasm"), dir.path().join("bad.wasm"));
+    std::fs::write(&good_path, good).unwrap();
+    std::fs::write(&bad_path, bad).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["plugin", "check"])
+        .arg(&good_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("filter"));
+    let out = Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["plugin", "check"])
+        .arg(&bad_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("evil:net/socket"));
+}
+
+fn types_received(receiver: &Receiver) -> Vec<String> {
+    receiver
+        .received()
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn operational_events_tell_a_subscribed_webhook_about_trouble_without_loops() {
+    let engine = TestEngine::start_with("failing_event_after_attempts = 2").await;
+    let flaky = Receiver::start().await;
+    let alerts = Receiver::start().await;
+    let everything = Receiver::start().await;
+    flaky.respond(500);
+    let flaky_hook = engine
+        .create_webhook(json!({"url": flaky.url, "max_attempts": 4}))
+        .await;
+    let alert_hook = engine
+        .create_webhook(json!({"url": alerts.url, "event_types": ["hookd.*"]}))
+        .await;
+    engine
+        .create_webhook(json!({"url": everything.url, "event_types": ["*"]}))
+        .await;
+
+    // Fails twice (failing), then recovers.
+    let event = engine.send_event("user.created", json!({"n": 1})).await;
+    let flaky_delivery = event["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["webhook_id"] == flaky_hook["id"])
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(WAIT, "failing alert", || async {
+        types_received(&alerts)
+            .contains(&"hookd.delivery.failing".to_string())
+            .then_some(())
+    })
+    .await;
+    flaky.respond(200);
+    eventually(WAIT, "recovered alert", || async {
+        types_received(&alerts)
+            .contains(&"hookd.delivery.recovered".to_string())
+            .then_some(())
+    })
+    .await;
+    let failing = alerts
+        .received()
+        .into_iter()
+        .find(|r| r.json()["type"] == "hookd.delivery.failing")
+        .unwrap();
+    assert_eq!(
+        failing.json()["data"]["delivery_id"],
+        flaky_delivery.as_str()
+    );
+    assert_eq!(failing.json()["data"]["attempt"], 2);
+
+    // Exhausted: a 400 fails at once; then 410 disables the webhook.
+    flaky.respond(400);
+    engine.send_event("user.created", json!({"n": 2})).await;
+    eventually(WAIT, "exhausted alert", || async {
+        types_received(&alerts)
+            .contains(&"hookd.delivery.exhausted".to_string())
+            .then_some(())
+    })
+    .await;
+    flaky.respond(410);
+    engine.send_event("user.created", json!({"n": 3})).await;
+    let disabled: Value = eventually(WAIT, "disabled alert", || async {
+        alerts
+            .received()
+            .into_iter()
+            .find(|r| r.json()["type"] == "hookd.webhook.disabled")
+            .map(|r| r.json())
+    })
+    .await;
+    assert_eq!(disabled["data"]["webhook_id"], flaky_hook["id"]);
+
+    // The alert webhook itself fails: no operational events about it, so no loop.
+    alerts.respond(500);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, events) = engine.get("/v1/events?limit=250").await;
+    let about_alert_hook = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["payload"]["webhook_id"] == alert_hook["id"])
+        .count();
+    assert_eq!(about_alert_hook, 0);
+    // `*` never matched an operational event.
+    assert!(
+        types_received(&everything)
+            .iter()
+            .all(|t| !t.starts_with("hookd."))
+    );
+    // Producers cannot post hookd.* events.
+    let (status, err) = engine
+        .post(
+            "/v1/events",
+            json!({"type": "hookd.delivery.failing", "payload": {}}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (422, Some("reserved_event_type"))
+    );
+}
+
+#[tokio::test]
+async fn a_failing_plugin_emits_hookd_plugin_failed_once_per_delivery() {
+    let engine = TestEngine::start_with(r#"retry_schedule = ["50ms"]"#).await;
+    let victim = Receiver::start().await;
+    let alerts = Receiver::start().await;
+    let (status, _) = {
+        let response = engine
+            .http
+            .put(engine.url("/v1/plugins/boom"))
+            .bearer_auth(ACME_KEY)
+            .body(crate::plugins::wasm("trap"))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), ())
+    };
+    assert_eq!(status, 201);
+    engine
+        .create_webhook(json!({"url": victim.url, "max_attempts": 5, "plugins": [{"name": "boom", "config": {"mode": "panic", "hook": "filter"}}]}))
+        .await;
+    engine
+        .create_webhook(json!({"url": alerts.url, "event_types": ["hookd.plugin.failed"]}))
+        .await;
+    engine.send_event("user.created", json!({})).await;
+    let got = alerts.wait_for(1, WAIT).await;
+    assert_eq!(got[0].json()["data"]["error_code"], "plugin_trap");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        alerts.count(),
+        1,
+        "one alert for repeated identical failures"
+    );
+}
