@@ -6,6 +6,7 @@
 mod api_errors;
 mod crash;
 mod delivery;
+mod examples;
 mod isolation;
 mod ops;
 mod plugins;
