@@ -12,6 +12,7 @@ pub mod fanout;
 pub mod ids;
 pub mod ingest;
 pub mod plugin;
+pub mod retention;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
@@ -152,6 +153,12 @@ pub async fn start(
     // Order matters: the server first (it owns the last `Ingest` handle, so the ingest
     // writer ends after it), then the writer, then the dispatcher.
     tasks.extend([server_task, ingest_task, dispatcher_task]);
+    // Retention purges old finished records every `limits.retention_interval`.
+    tasks.push(retention::spawn(
+        store.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
     Ok(RunningEngine {
         local_addr,
         shutdown,

@@ -9,6 +9,8 @@ mod delivery;
 mod isolation;
 mod plugins;
 mod restart;
+mod retention;
 mod retries;
 mod ssrf;
+mod stats;
 mod support;

@@ -8,6 +8,8 @@ mod deliveries;
 mod error;
 mod events;
 mod plugins;
+mod retention;
+mod stats;
 mod webhooks;
 
 use std::sync::Arc;
@@ -75,6 +77,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route("/plugins/{name}/simulate", post(plugins::simulate));
+    let v1 = v1.merge(stats::routes()).merge(retention::routes());
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
