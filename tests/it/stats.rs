@@ -350,6 +350,15 @@ async fn stats_belong_to_their_tenant_and_the_query_is_checked() {
             "{query}: {err}"
         );
     }
+    // The routes share the API's JSON errors.
+    for (method, path) in [("POST", "/v1/stats"), ("PUT", "/v1/deliveries")] {
+        let (status, err) = engine.call(method, path, ACME_KEY, None).await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (405, Some("method_not_allowed")),
+            "{method} {path}"
+        );
+    }
     let longest = stats(&engine, &format!("/v1/webhooks/{wh}/stats?days=90")).await;
     assert_eq!(longest["series"].as_array().unwrap().len(), 90);
     assert_eq!(longest["totals"]["delivered"], 1);

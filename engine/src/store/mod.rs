@@ -332,7 +332,7 @@ impl Store {
     }
 
     /// Writes accepted events, their deliveries, index and schedule entries and the statistics
-    /// counters as one atomic batch. Not durable until [`Store::flush`].
+    /// counters they add to, atomically (one transaction). Not durable until [`Store::flush`].
     pub fn write_events(&self, events: &[NewEvent]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for new in events {
