@@ -12,6 +12,7 @@ pub mod fanout;
 pub mod ids;
 pub mod ingest;
 pub mod plugin;
+pub mod retention;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
@@ -163,6 +164,12 @@ pub async fn start(
     // The ingest writer ends when its last handle is dropped: the server's, then the
     // dispatcher's (attempts emit operational events), so all three end after shutdown.
     tasks.extend([server_task, ingest_task, dispatcher_task]);
+    // Retention purges old finished records every `limits.retention_interval`.
+    tasks.push(retention::spawn(
+        store.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
     Ok(RunningEngine {
         local_addr,
         shutdown,

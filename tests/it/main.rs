@@ -11,6 +11,8 @@ mod isolation;
 mod ops;
 mod plugins;
 mod restart;
+mod retention;
 mod retries;
 mod ssrf;
+mod stats;
 mod support;

@@ -9,6 +9,8 @@ mod deliveries;
 mod error;
 mod events;
 mod plugins;
+mod retention;
+mod stats;
 mod webhooks;
 
 use std::sync::Arc;
@@ -78,7 +80,10 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route("/plugins/{name}/simulate", post(plugins::simulate));
-    let v1 = v1.merge(admin::routes());
+    let v1 = v1
+        .merge(admin::routes())
+        .merge(stats::routes())
+        .merge(retention::routes());
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))

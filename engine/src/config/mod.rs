@@ -55,6 +55,11 @@ pub struct LimitsConfig {
     pub max_payload_bytes: usize,
     pub idempotency_window: Duration,
     pub secret_rotation_overlap: Duration,
+    /// Finished deliveries (with their attempts) and events without a queued delivery are
+    /// purged once older than this (`retention_days`, or the finer `retention`).
+    pub retention: Duration,
+    /// How often the retention task looks for old records.
+    pub retention_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

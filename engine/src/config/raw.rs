@@ -48,6 +48,9 @@ pub struct RawLimits {
     pub max_payload_bytes: Option<usize>,
     pub idempotency_window: Option<String>,
     pub secret_rotation_overlap: Option<String>,
+    pub retention_days: Option<u32>,
+    pub retention: Option<String>,
+    pub retention_interval: Option<String>,
 }
 
 /// Delivery settings; the same table appears globally (`[delivery]`) and per tenant

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawDelivery, RawPlugins};
+use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins};
 use super::{
     Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DeliveryConfig, LimitsConfig, PluginsConfig,
     SsrfConfig, TenantConfig,
@@ -146,7 +146,18 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
             raw.limits.secret_rotation_overlap.as_ref(),
             Duration::from_secs(24 * 3600),
         ),
+        retention: retention(&mut c, &raw.limits),
+        retention_interval: c.duration(
+            "limits.retention_interval",
+            raw.limits.retention_interval.as_ref(),
+            DEFAULT_RETENTION_INTERVAL,
+        ),
     };
+    if !(Duration::from_millis(10)..=Duration::from_secs(24 * 3600))
+        .contains(&limits.retention_interval)
+    {
+        c.push("limits.retention_interval", "must be between 10ms and 24h");
+    }
 
     let delivery = delivery_config(
         &mut c,
@@ -310,6 +321,47 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
 }
 
 const DEFAULT_MAX_CHAIN_LENGTH: usize = 8;
+const DEFAULT_RETENTION_DAYS: u32 = 30;
+const MAX_RETENTION_DAYS: u32 = 3650;
+const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// `limits.retention_days` (whole days), or `limits.retention` (a duration, for short-lived
+/// setups and tests); not both.
+fn retention(c: &mut Collector<'_>, raw: &RawLimits) -> Duration {
+    const DAY: u64 = 24 * 3600;
+    let default = Duration::from_secs(u64::from(DEFAULT_RETENTION_DAYS) * DAY);
+    match (raw.retention_days, &raw.retention) {
+        (Some(_), Some(_)) => {
+            c.push(
+                "limits.retention",
+                "set either limits.retention_days or limits.retention, not both",
+            );
+            default
+        }
+        (Some(days), None) => {
+            if !(1..=MAX_RETENTION_DAYS).contains(&days) {
+                c.push(
+                    "limits.retention_days",
+                    format!("must be between 1 and {MAX_RETENTION_DAYS}"),
+                );
+            }
+            Duration::from_secs(u64::from(days.clamp(1, MAX_RETENTION_DAYS)) * DAY)
+        }
+        (None, Some(text)) => {
+            let retention = c.duration("limits.retention", Some(text), default);
+            if retention < Duration::from_secs(1)
+                || retention > Duration::from_secs(u64::from(MAX_RETENTION_DAYS) * DAY)
+            {
+                c.push(
+                    "limits.retention",
+                    format!("must be between 1s and {MAX_RETENTION_DAYS} days"),
+                );
+            }
+            retention
+        }
+        (None, None) => default,
+    }
+}
 
 fn plugin_settings(
     c: &mut Collector<'_>,
@@ -630,6 +682,26 @@ mod tests {
         let errors = parse("[[tenants]]\nid = \"a\"\n[tenants.plugins]\nmax_upload_bytes = 5\n")
             .unwrap_err();
         assert_eq!(errors.0[0].key, "tenants[0].plugins.max_upload_bytes");
+    }
+
+    #[test]
+    fn retention_defaults_to_30_days_hourly_and_takes_days_or_a_duration() {
+        let config = parse("").unwrap();
+        assert_eq!(config.limits.retention, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(config.limits.retention_interval, Duration::from_secs(3600));
+        let config = parse("[limits]\nretention_days = 7\n").unwrap();
+        assert_eq!(config.limits.retention, Duration::from_secs(7 * 24 * 3600));
+        let config =
+            parse("[limits]\nretention = \"2s\"\nretention_interval = \"50ms\"\n").unwrap();
+        assert_eq!(config.limits.retention, Duration::from_secs(2));
+        assert_eq!(config.limits.retention_interval, Duration::from_millis(50));
+
+        let errors =
+            parse("[limits]\nretention_days = 0\nretention_interval = \"0s\"\n").unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["limits.retention_days", "limits.retention_interval"]);
+        let errors = parse("[limits]\nretention_days = 3\nretention = \"1h\"\n").unwrap_err();
+        assert_eq!(errors.0[0].key, "limits.retention");
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub const WEBHOOK_DELIVERY: u8 = b'Y';
 pub const QUEUE: u8 = b'Q';
 /// Idempotency keys: tenant, producer's key → event id.
 pub const IDEMPOTENCY: u8 = b'I';
+/// Statistics counters (`stats.rs`): tenant, scope (`*` for the whole tenant, else a webhook
+/// id), NUL, UTC day (u32 big-endian, days since the epoch), then a part byte (`i` ingest
+/// counts, `o` outcome counts, `t` followed by an event type: that type's count).
+pub const STATS: u8 = b'S';
 
 const SEP: u8 = 0;
 
@@ -98,6 +102,36 @@ pub fn idempotency(tenant: &str, idempotency_key: &str) -> Vec<u8> {
     with_parts(IDEMPOTENCY, tenant, &[idempotency_key.as_bytes()])
 }
 
+/// The statistics of one scope (`*` or a webhook id) of a tenant, every day.
+pub fn stats_scope(tenant: &str, scope: &str) -> Vec<u8> {
+    let mut key = with_parts(STATS, tenant, &[scope.as_bytes()]);
+    key.push(SEP);
+    key
+}
+
+/// The statistics of one scope for one UTC day (days since the epoch); a part byte follows.
+pub fn stats_day(tenant: &str, scope: &str, day: u32) -> Vec<u8> {
+    let mut key = stats_scope(tenant, scope);
+    key.extend_from_slice(&day.to_be_bytes());
+    key
+}
+
+/// (tenant, scope, day, rest) of a key under [`STATS`].
+pub fn parse_stats_key(key: &[u8]) -> Option<(&str, &str, u32, &[u8])> {
+    let body = key.strip_prefix(&[STATS])?;
+    let tenant_end = body.iter().position(|b| *b == SEP)?;
+    let rest = &body[tenant_end + 1..];
+    let scope_end = rest.iter().position(|b| *b == SEP)?;
+    let tail = &rest[scope_end + 1..];
+    let day = u32::from_be_bytes(tail.get(..4)?.try_into().ok()?);
+    Some((
+        std::str::from_utf8(&body[..tenant_end]).ok()?,
+        std::str::from_utf8(&rest[..scope_end]).ok()?,
+        day,
+        &tail[4..],
+    ))
+}
+
 /// The last id segment of a key (after the final NUL), as text.
 pub fn last_segment(key: &[u8]) -> Option<&str> {
     let start = key.iter().rposition(|b| *b == SEP)? + 1;
@@ -154,5 +188,22 @@ mod tests {
             );
         }
         assert!(event("a", &id) >= prefix && event("a", &id) < end);
+    }
+
+    #[test]
+    fn stats_keys_order_by_day_and_parse_back() {
+        let webhook = WebhookId::new();
+        let mut monday = stats_day("t", webhook.as_str(), 20_000);
+        let tuesday = stats_day("t", webhook.as_str(), 20_001);
+        assert!(monday < tuesday);
+        assert!(monday.starts_with(&stats_scope("t", webhook.as_str())));
+        // A day whose big-endian bytes contain NUL still parses by position.
+        monday.extend_from_slice(b"tuser.created");
+        assert_eq!(
+            parse_stats_key(&monday),
+            Some(("t", webhook.as_str(), 20_000, &b"tuser.created"[..]))
+        );
+        let tenant_wide = stats_scope("t", "*");
+        assert!(!monday.starts_with(&tenant_wide));
     }
 }

@@ -8,6 +8,8 @@
 
 mod keys;
 pub mod records;
+mod retention;
+pub mod stats;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -21,6 +23,7 @@ pub use records::{
     AttemptRecord, DeliveryRecord, DeliveryStatus, EventRecord, PluginAttachment, WebhookRecord,
     WebhookSecret, WebhookStatus,
 };
+pub use retention::PurgeOutcome;
 
 /// First byte of every stored value; bump when the encoding changes.
 const RECORD_VERSION: u8 = 1;
@@ -328,8 +331,8 @@ impl Store {
             .map(|e| e.event_id))
     }
 
-    /// Writes accepted events, their deliveries, index and schedule entries as one atomic
-    /// batch. Not durable until [`Store::flush`].
+    /// Writes accepted events, their deliveries, index and schedule entries and the statistics
+    /// counters they add to, atomically (one transaction). Not durable until [`Store::flush`].
     pub fn write_events(&self, events: &[NewEvent]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for new in events {
@@ -359,8 +362,8 @@ impl Store {
                 }
             }
         }
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        // One transaction with the statistics counters these records add to (`stats.rs`).
+        self.apply_ingest(&batch, events)
     }
 
     /// How many events a tenant has stored (a key scan: for admin views, not hot paths).
@@ -577,6 +580,7 @@ impl Store {
                 record.filtered_by = update.filtered_by.clone();
             },
             Some((&attempt_key, &attempt_value)),
+            Some(attempt.latency_ms),
         )
     }
 
@@ -595,6 +599,7 @@ impl Store {
                 record.status = DeliveryStatus::Pending;
                 record.next_attempt_at = Some(due_ms);
             },
+            None,
             None,
         )
     }
@@ -617,19 +622,23 @@ impl Store {
                 record.last_error = Some(error.to_string());
             },
             None,
+            None,
         )?;
         Ok(())
     }
 
     /// Read-modify-write of one delivery in a transaction. Its schedule entry follows
     /// `next_attempt_at` (removed, moved or added), and `extra` (a key and value) is written in
-    /// the same transaction. `None` if the delivery does not exist.
+    /// the same transaction, as are the statistics counters of the state change and of the
+    /// attempt's latency (`attempt_latency_ms`, when the change records an attempt). `None` if
+    /// the delivery does not exist.
     fn change_delivery(
         &self,
         tenant: &str,
         id: &DeliveryId,
         change: impl Fn(&mut DeliveryRecord),
         extra: Option<(&[u8], &[u8])>,
+        attempt_latency_ms: Option<u64>,
     ) -> Result<Option<DeliveryRecord>> {
         let delivery_key = keys::delivery(tenant, id);
         let now = crate::ids::now_ms();
@@ -640,7 +649,9 @@ impl Store {
             let mut record: DeliveryRecord =
                 decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
             let old_due = record.next_attempt_at;
+            let old_status = record.status;
             change(&mut record);
+            stats::record_transition(tx, tenant, old_status, &record, attempt_latency_ms)?;
             if old_due != record.next_attempt_at {
                 if let Some(due) = old_due {
                     tx.remove(keys::queue_entry(

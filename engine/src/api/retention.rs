@@ -1,0 +1,63 @@
+//! `DELETE /v1/deliveries?before=<time>`: purges the tenant's finished deliveries (delivered,
+//! failed, filtered) created before that time, with their attempts, and its events created
+//! before then that have no delivery left. Pending and in-flight deliveries, and their events,
+//! stay. The same purge runs automatically for records older than `limits.retention_days`
+//! (`crate::retention`). Statistics are not changed.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::delete;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::{ApiError, ApiJson, ApiQuery, AppState, Tenant, parse_time};
+use crate::retention;
+
+/// The on-demand purge route, merged into `/v1`.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/deliveries", delete(purge))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PurgeQuery {
+    before: Option<String>,
+}
+
+/// How many records the purge removed.
+#[derive(Debug, Serialize)]
+pub struct PurgeView {
+    deliveries: u64,
+    attempts: u64,
+    events: u64,
+}
+
+pub async fn purge(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiQuery(query): ApiQuery<PurgeQuery>,
+) -> Result<ApiJson<PurgeView>, ApiError> {
+    let before = query.before.as_deref().ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_query",
+            "`before` is required: an RFC 3339 time or epoch milliseconds",
+        )
+    })?;
+    let before_ms = parse_time("before", before)?;
+    // If the client goes away the purge stops after the batch in progress; each batch is
+    // complete on its own.
+    let outcome = retention::purge_tenant(
+        &state.store,
+        &tenant.id,
+        before_ms,
+        &CancellationToken::new(),
+    )
+    .await?;
+    state.store.flush().await?;
+    info!(tenant = %tenant.id, events = outcome.events, deliveries = outcome.deliveries, attempts = outcome.attempts, "deliveries purged on request");
+    Ok(ApiJson(PurgeView {
+        deliveries: outcome.deliveries,
+        attempts: outcome.attempts,
+        events: outcome.events,
+    }))
+}

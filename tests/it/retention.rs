@@ -1,0 +1,301 @@
+//! Retention end to end: the background task purges old finished records (never a pending
+//! delivery or its event), `DELETE /v1/deliveries?before=` does the same on demand for one
+//! tenant, and statistics survive both. Data dir sizes are printed (`--nocapture`): sled
+//! reclaims the space of removed keys gradually, so they are reported, not asserted.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::support::{
+    ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually, parse_config, test_config_toml,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Bytes of every file under `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
+                    Ok(meta) => meta.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn first_delivery(event: &Value, webhook: &Value) -> String {
+    event["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["webhook_id"] == webhook["id"])
+        .unwrap_or_else(|| panic!("no delivery to {} in {event}", webhook["id"]))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn status_of(engine: &TestEngine, key: &str, path: &str) -> u16 {
+    engine.call("GET", path, key, None).await.0
+}
+
+#[tokio::test]
+async fn the_retention_task_purges_old_finished_records_and_keeps_pending_ones() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // Records older than 1 s go, looked for every 100 ms; a 500 is retried only in an hour.
+    let text = test_config_toml(data_dir.path(), r#"retry_schedule = ["1h"]"#, true)
+        + "\n[limits]\nretention = \"1s\"\nretention_interval = \"100ms\"\n";
+    let engine = TestEngine::start_in(data_dir, parse_config(&text)).await;
+    let ok = Receiver::start().await;
+    let failing = Receiver::start().await;
+    failing.respond(500);
+    let wh_ok = engine.create_webhook(json!({"url": ok.url})).await;
+    let wh_failing = engine
+        .create_webhook(json!({"url": failing.url, "event_types": ["invoice.paid"]}))
+        .await;
+
+    let payload = json!({"blob": "x".repeat(4096)});
+    let done = engine.send_event("order.paid", payload.clone()).await;
+    // Goes to both webhooks: one delivery finishes, the other stays pending.
+    let mixed = engine.send_event("invoice.paid", payload).await;
+    let done_id = first_delivery(&done, &wh_ok);
+    let mixed_ok = first_delivery(&mixed, &wh_ok);
+    let mixed_pending = first_delivery(&mixed, &wh_failing);
+    let before = dir_size(engine.data_dir.path());
+
+    for (event, delivery) in [(&done, &done_id), (&mixed, &mixed_ok)] {
+        eventually(WAIT, &format!("{delivery} purged"), || async {
+            (status_of(&engine, ACME_KEY, &format!("/v1/deliveries/{delivery}")).await == 404)
+                .then_some(())
+        })
+        .await;
+        assert!(
+            ok.received()
+                .iter()
+                .any(|r| r.header("webhook-id") == *delivery),
+            "{event}: purged only after it was delivered"
+        );
+    }
+    let event = |e: &Value| format!("/v1/events/{}", e["id"].as_str().unwrap());
+    assert_eq!(status_of(&engine, ACME_KEY, &event(&done)).await, 404);
+
+    // Several more passes later, the pending delivery and its event are still there.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, pending) = engine.get(&format!("/v1/deliveries/{mixed_pending}")).await;
+    assert_eq!(status, 200, "{pending}");
+    assert_eq!(pending["status"], "pending");
+    assert_eq!(pending["attempts"].as_array().unwrap().len(), 1);
+    let (status, kept) = engine.get(&event(&mixed)).await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["deliveries"].as_array().unwrap().len(), 1, "{kept}");
+    let (_, list) = engine.get("/v1/deliveries").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+
+    // Statistics are counters, not rows: they still count what was purged.
+    let (_, stats) = engine.get("/v1/stats").await;
+    let totals = &stats["totals"];
+    assert_eq!(
+        (
+            totals["events"].as_u64(),
+            totals["deliveries"].as_u64(),
+            totals["delivered"].as_u64(),
+            totals["pending"].as_u64()
+        ),
+        (Some(2), Some(3), Some(2), Some(1)),
+        "{stats}"
+    );
+    eprintln!(
+        "data dir: {before} bytes before the purge, {} after",
+        dir_size(engine.data_dir.path())
+    );
+}
+
+#[tokio::test]
+async fn delete_deliveries_before_purges_only_the_tenants_finished_deliveries() {
+    let engine = TestEngine::start_with(r#"retry_schedule = ["1h"]"#).await;
+    let ok = Receiver::start().await;
+    let failing = Receiver::start().await;
+    failing.respond(500);
+    let wh_ok = engine.create_webhook(json!({"url": ok.url})).await;
+    let wh_failing = engine
+        .create_webhook(json!({"url": failing.url, "event_types": ["invoice.paid"]}))
+        .await;
+    let (status, globex_webhook) = engine
+        .call(
+            "POST",
+            "/v1/webhooks",
+            GLOBEX_KEY,
+            Some(json!({"url": ok.url})),
+        )
+        .await;
+    assert_eq!(status, 201, "{globex_webhook}");
+
+    let payload = json!({"blob": "x".repeat(2048)});
+    let mut finished = Vec::new();
+    for _ in 0..40 {
+        let event = engine.send_event("order.paid", payload.clone()).await;
+        finished.push(first_delivery(&event, &wh_ok));
+    }
+    let (status, once) = engine
+        .post(
+            "/v1/events",
+            json!({"type": "order.paid", "payload": {}, "id": "order-7"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    finished.push(first_delivery(&once, &wh_ok));
+    let mixed = engine.send_event("invoice.paid", payload.clone()).await;
+    finished.push(first_delivery(&mixed, &wh_ok));
+    let pending = first_delivery(&mixed, &wh_failing);
+    let (status, theirs) = engine
+        .call(
+            "POST",
+            "/v1/events",
+            GLOBEX_KEY,
+            Some(json!({"type": "order.paid", "payload": {}})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let theirs_delivery = theirs["deliveries"][0]["id"].as_str().unwrap().to_string();
+    ok.wait_for(finished.len() + 1, WAIT).await;
+    for id in &finished {
+        engine.wait_delivery(id, "delivered").await;
+    }
+    engine.wait_delivery(&pending, "pending").await;
+    let (_, stats_before) = engine.get("/v1/stats").await;
+    let size_before = dir_size(engine.data_dir.path());
+
+    // Bad input.
+    for (query, code) in [
+        ("?before=yesterday", "invalid_time"),
+        ("?before=2026-13-01T00:00:00Z", "invalid_time"),
+        ("", "invalid_query"),
+    ] {
+        let (status, err) = engine
+            .call("DELETE", &format!("/v1/deliveries{query}"), ACME_KEY, None)
+            .await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (400, Some(code)),
+            "{query}: {err}"
+        );
+    }
+
+    // Nothing was created before an hour ago.
+    let hour_ago = humantime::format_rfc3339(SystemTime::now() - Duration::from_secs(3600));
+    let (status, none) = engine
+        .call(
+            "DELETE",
+            &format!("/v1/deliveries?before={hour_ago}"),
+            ACME_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{none}");
+    assert_eq!(none, json!({"deliveries": 0, "attempts": 0, "events": 0}));
+
+    // Everything finished up to now goes; the pending delivery and its event stay.
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 1;
+    let (status, purged) = engine
+        .call(
+            "DELETE",
+            &format!("/v1/deliveries?before={now_ms}"),
+            ACME_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{purged}");
+    let n = finished.len() as u64;
+    assert_eq!(
+        purged,
+        json!({"deliveries": n, "attempts": n, "events": n - 1})
+    );
+    for id in &finished {
+        assert_eq!(
+            status_of(&engine, ACME_KEY, &format!("/v1/deliveries/{id}")).await,
+            404
+        );
+    }
+    let (_, list) = engine.get("/v1/deliveries").await;
+    let left: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, [pending.as_str()]);
+    let (_, events) = engine.get("/v1/events").await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 1, "{events}");
+    assert_eq!(events["data"][0]["id"], mixed["id"]);
+    let (_, by_webhook) = engine
+        .get(&format!(
+            "/v1/deliveries?webhook_id={}",
+            wh_ok["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        by_webhook["data"].as_array().unwrap().len(),
+        0,
+        "{by_webhook}"
+    );
+    // The purged event's idempotency key no longer names a deleted event.
+    let (status, again) = engine
+        .post(
+            "/v1/events",
+            json!({"type": "order.paid", "payload": {}, "id": "order-7"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{again}");
+    assert_ne!(again["id"], once["id"]);
+    engine
+        .wait_delivery(&first_delivery(&again, &wh_ok), "delivered")
+        .await;
+
+    // The other tenant's records were not touched; its own purge takes only its own.
+    let delivery = format!("/v1/deliveries/{theirs_delivery}");
+    assert_eq!(status_of(&engine, GLOBEX_KEY, &delivery).await, 200);
+    let (status, theirs_purged) = engine
+        .call(
+            "DELETE",
+            &format!("/v1/deliveries?before={now_ms}"),
+            GLOBEX_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        theirs_purged,
+        json!({"deliveries": 1, "attempts": 1, "events": 1})
+    );
+    assert_eq!(status_of(&engine, GLOBEX_KEY, &delivery).await, 404);
+    assert_eq!(
+        status_of(&engine, ACME_KEY, &format!("/v1/deliveries/{pending}")).await,
+        200
+    );
+
+    // Statistics are unchanged by the purge (the repeat of order-7 is one new event).
+    let (_, stats_after) = engine.get("/v1/stats").await;
+    let (before, after) = (&stats_before["totals"], &stats_after["totals"]);
+    assert_eq!(after["events"], before["events"].as_u64().unwrap() + 1);
+    assert_eq!(
+        after["delivered"],
+        before["delivered"].as_u64().unwrap() + 1
+    );
+    assert_eq!(after["failed"], before["failed"]);
+    assert_eq!(before["delivered"], n);
+    eprintln!(
+        "data dir: {size_before} bytes before purging {n} deliveries, {} after",
+        dir_size(engine.data_dir.path())
+    );
+}
