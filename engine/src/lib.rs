@@ -29,6 +29,7 @@ use crate::delivery::{DeliveryClient, DeliveryContext, Dispatcher};
 use crate::ingest::Ingest;
 use crate::plugin::PluginHost;
 use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -57,6 +58,7 @@ pub struct RunningEngine {
     store: Store,
     config: SharedConfig,
     plugins: PluginHost,
+    metrics: Metrics,
 }
 
 impl RunningEngine {
@@ -72,6 +74,11 @@ impl RunningEngine {
     /// The plugin host (tests read its compile counter).
     pub fn plugins(&self) -> &PluginHost {
         &self.plugins
+    }
+
+    /// This engine's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Stops accepting requests, lets attempts in flight finish (bounded), flushes the store
@@ -120,6 +127,7 @@ pub async fn start(
         tasks.push(plugins.watch_dir(dir.clone(), shutdown.clone()));
     }
     let config = SharedConfig::new(config);
+    let metrics = Metrics::new();
 
     let (dispatch, dispatch_rx) = Dispatcher::channel();
     let delivery = DeliveryContext {
@@ -128,6 +136,7 @@ pub async fn start(
         client: DeliveryClient::new(config.clone()),
         dispatch: dispatch.clone(),
         plugins: plugins.clone(),
+        metrics: metrics.clone(),
     };
     let dispatcher = Dispatcher::new(delivery.clone(), dispatch_rx);
     let dispatcher_task = tokio::spawn(dispatcher.run(shutdown.clone()));
@@ -139,6 +148,7 @@ pub async fn start(
         ingest,
         dispatch,
         delivery,
+        metrics: metrics.clone(),
     });
     let server_shutdown = shutdown.clone();
     let server_task = tokio::spawn(async move {
@@ -152,6 +162,11 @@ pub async fn start(
     // Order matters: the server first (it owns the last `Ingest` handle, so the ingest
     // writer ends after it), then the writer, then the dispatcher.
     tasks.extend([server_task, ingest_task, dispatcher_task]);
+    tasks.push(tokio::spawn(telemetry::run_sampler(
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )));
     Ok(RunningEngine {
         local_addr,
         shutdown,
@@ -159,5 +174,6 @@ pub async fn start(
         store,
         config,
         plugins,
+        metrics,
     })
 }

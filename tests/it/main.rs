@@ -7,6 +7,8 @@ mod api_errors;
 mod crash;
 mod delivery;
 mod isolation;
+mod metrics;
+mod openapi;
 mod plugins;
 mod restart;
 mod retries;

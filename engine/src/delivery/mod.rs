@@ -24,6 +24,7 @@ pub struct DeliveryContext {
     pub client: DeliveryClient,
     pub dispatch: DispatchHandle,
     pub plugins: crate::plugin::PluginHost,
+    pub metrics: crate::telemetry::Metrics,
 }
 
 /// A response body as stored in the attempt log: control characters other than whitespace

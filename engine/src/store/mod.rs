@@ -130,6 +130,18 @@ pub struct QueueHead {
     pub next_due: Option<u64>,
 }
 
+/// A count of the schedule (every webhook's queue), for the queue gauges.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleCounts {
+    /// Entries due by the given time (claimed ones included: they leave the queue only when
+    /// their attempt is recorded).
+    pub due: usize,
+    /// All entries read.
+    pub scheduled: usize,
+    /// The count stopped at its limit.
+    pub truncated: bool,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -521,6 +533,24 @@ impl Store {
             head.due.push(id);
         }
         Ok(head)
+    }
+
+    /// Counts schedule entries across every tenant and webhook, reading at most `max_entries`
+    /// keys. An estimate for metrics only: never used to decide what runs.
+    pub fn schedule_counts(&self, now_ms: u64, max_entries: usize) -> Result<ScheduleCounts> {
+        let mut counts = ScheduleCounts::default();
+        for entry in self.tree.scan_prefix([keys::QUEUE]) {
+            if counts.scheduled >= max_entries {
+                counts.truncated = true;
+                break;
+            }
+            let (key, _) = entry?;
+            counts.scheduled += 1;
+            if keys::queue_entry_due(&key).is_some_and(|due| due <= now_ms) {
+                counts.due += 1;
+            }
+        }
+        Ok(counts)
     }
 
     /// Marks a claimed delivery `in_flight` (not flushed: after a crash it is simply due again).
