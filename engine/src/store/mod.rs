@@ -719,3 +719,71 @@ pub enum UpdateError<E> {
     #[error("refused")]
     Refused(E),
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    fn delivery(event: &EventRecord, webhook: &WebhookId, due: Option<u64>) -> DeliveryRecord {
+        DeliveryRecord {
+            id: DeliveryId::new(),
+            event_id: event.id.clone(),
+            webhook_id: webhook.clone(),
+            event_type: event.event_type.clone(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            created_at: 1,
+            updated_at: 1,
+            next_attempt_at: due,
+            last_attempt_at: None,
+            last_status_code: None,
+            last_error: None,
+            filtered_by: None,
+        }
+    }
+
+    #[test]
+    fn schedule_counts_cover_every_tenant_and_webhook_and_stop_at_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (WebhookId::new(), WebhookId::new());
+        let news: Vec<NewEvent> = ["acme", "globex"]
+            .into_iter()
+            .map(|tenant| {
+                let event = EventRecord {
+                    id: EventId::new(),
+                    event_type: "user.created".into(),
+                    channel: None,
+                    idempotency_key: None,
+                    created_at: 1,
+                    payload: RawValue::from_string("{}".into()).unwrap(),
+                };
+                let deliveries = vec![
+                    delivery(&event, &a, Some(100)),
+                    delivery(&event, &b, Some(1_000)),
+                    delivery(&event, &b, None),
+                ];
+                NewEvent {
+                    tenant: tenant.into(),
+                    event,
+                    deliveries,
+                }
+            })
+            .collect();
+        store.write_events(&news).unwrap();
+
+        let all = store.schedule_counts(500, usize::MAX).unwrap();
+        assert_eq!(
+            all,
+            ScheduleCounts {
+                due: 2,
+                scheduled: 4,
+                truncated: false
+            }
+        );
+        let capped = store.schedule_counts(5_000, 3).unwrap();
+        assert_eq!((capped.scheduled, capped.truncated), (3, true));
+    }
+}
