@@ -30,6 +30,7 @@ use crate::delivery::{DeliveryClient, DeliveryContext, Dispatcher};
 use crate::ingest::Ingest;
 use crate::plugin::PluginHost;
 use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -58,6 +59,7 @@ pub struct RunningEngine {
     store: Store,
     config: SharedConfig,
     plugins: PluginHost,
+    metrics: Metrics,
 }
 
 impl RunningEngine {
@@ -73,6 +75,11 @@ impl RunningEngine {
     /// The plugin host (tests read its compile counter).
     pub fn plugins(&self) -> &PluginHost {
         &self.plugins
+    }
+
+    /// This engine's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Stops accepting requests, lets attempts in flight finish (bounded), flushes the store
@@ -121,6 +128,7 @@ pub async fn start(
         tasks.push(plugins.watch_dir(dir.clone(), shutdown.clone()));
     }
     let config = SharedConfig::new(config);
+    let metrics = Metrics::new();
 
     let (dispatch, dispatch_rx) = Dispatcher::channel();
     let (ingest, ingest_task) = Ingest::start(store.clone(), dispatch.clone());
@@ -131,10 +139,13 @@ pub async fn start(
         dispatch: dispatch.clone(),
         plugins: plugins.clone(),
         ingest: ingest.clone(),
+        metrics: metrics.clone(),
     };
     let dispatcher = Dispatcher::new(delivery.clone(), dispatch_rx);
     let reload_dispatch = dispatch.clone();
+    let reload_metrics = metrics.clone();
     let on_reload: config::watch::ReloadHook = Box::new(move |applied| {
+        reload_metrics.record_config_reload(applied);
         if applied {
             reload_dispatch.config_changed();
         }
@@ -151,6 +162,7 @@ pub async fn start(
         dispatch,
         delivery,
         started: std::time::Instant::now(),
+        metrics: metrics.clone(),
     });
     let server_shutdown = shutdown.clone();
     let server_task = tokio::spawn(async move {
@@ -170,6 +182,11 @@ pub async fn start(
         config.clone(),
         shutdown.clone(),
     ));
+    tasks.push(tokio::spawn(telemetry::run_sampler(
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )));
     Ok(RunningEngine {
         local_addr,
         shutdown,
@@ -177,5 +194,6 @@ pub async fn start(
         store,
         config,
         plugins,
+        metrics,
     })
 }

@@ -1,7 +1,24 @@
-//! Logging setup (tracing). Field names across the engine: `tenant`, `event_id`,
+//! Logging setup (tracing) and metrics. Field names across the engine: `tenant`, `event_id`,
 //! `webhook_id`, `delivery_id`, `attempt`, `error`. Secrets and API keys are never logged.
+//!
+//! [`Metrics`] is one engine's Prometheus recorder (served at `/metrics`), a value passed to
+//! the parts that record, never a global: tests run several engines in one process.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{
+    Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 use tracing_subscriber::EnvFilter;
+
+use crate::ids::now_ms;
+use crate::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -19,4 +36,223 @@ pub fn init(format: LogFormat) {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Metric names (Prometheus). Labels: `tenant` (admin-defined ids), `outcome`, `error_code`,
+/// `result`; never API keys, secrets or URLs.
+pub const EVENTS_INGESTED: &str = "hookd_events_ingested_total";
+pub const ATTEMPTS: &str = "hookd_attempts_total";
+pub const DELIVERY_LATENCY: &str = "hookd_delivery_latency_seconds";
+pub const ATTEMPTS_IN_FLIGHT: &str = "hookd_attempts_in_flight";
+pub const QUEUE_DUE: &str = "hookd_queue_due";
+pub const QUEUE_SCHEDULED: &str = "hookd_queue_scheduled";
+pub const PLUGIN_CALLS: &str = "hookd_plugin_calls_total";
+pub const PLUGIN_CHAIN: &str = "hookd_plugin_chain_seconds";
+pub const CONFIG_RELOADS: &str = "hookd_config_reloads_total";
+
+/// Bucket bounds of the HTTP latency of attempts, in seconds.
+const DELIVERY_LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Bucket bounds of plugin chain runs, in seconds (the default deadline is 100 ms a plugin).
+const PLUGIN_CHAIN_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// How often the queue gauges are sampled from the store (and the recorder kept tidy).
+pub const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+/// Most schedule entries one sample reads; past that the queue gauges stop counting.
+pub const MAX_QUEUE_SAMPLE_ENTRIES: usize = 200_000;
+
+/// One engine's metrics: its own Prometheus recorder, never the process-global one, so
+/// several engines in one process (tests) keep separate counts. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(DELIVERY_LATENCY.to_string()),
+                DELIVERY_LATENCY_BUCKETS,
+            )
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full(PLUGIN_CHAIN.to_string()),
+                    PLUGIN_CHAIN_BUCKETS,
+                )
+            })
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let metrics = Metrics {
+            handle: recorder.handle(),
+            recorder: Arc::new(recorder),
+        };
+        metrics.with(|| {
+            describe_counter!(EVENTS_INGESTED, "Events accepted (202), by tenant");
+            describe_counter!(
+                ATTEMPTS,
+                "Delivery attempts by tenant, outcome (delivered, failed, exhausted, rejected, filtered) and error_code"
+            );
+            describe_histogram!(
+                DELIVERY_LATENCY,
+                Unit::Seconds,
+                "HTTP latency of delivery attempts, by tenant"
+            );
+            describe_gauge!(ATTEMPTS_IN_FLIGHT, "Delivery attempts running now");
+            describe_gauge!(
+                QUEUE_DUE,
+                "Queued deliveries due now, including those in flight (sampled every 10 s)"
+            );
+            describe_gauge!(
+                QUEUE_SCHEDULED,
+                "Queued deliveries, due now or later (sampled every 10 s)"
+            );
+            describe_counter!(
+                PLUGIN_CALLS,
+                "Plugin chain runs (attempts, test sends, simulations) by tenant, outcome (deliver, filtered, failed) and error_code"
+            );
+            describe_histogram!(
+                PLUGIN_CHAIN,
+                Unit::Seconds,
+                "Wall time of plugin chain runs, by tenant"
+            );
+            describe_counter!(CONFIG_RELOADS, "Config reloads by result (applied, refused)");
+            // Series that exist before their first event, so dashboards and alerts see zeros.
+            for result in ["applied", "refused"] {
+                counter!(CONFIG_RELOADS, "result" => result).increment(0);
+            }
+            gauge!(ATTEMPTS_IN_FLIGHT).set(0.0);
+            gauge!(QUEUE_DUE).set(0.0);
+            gauge!(QUEUE_SCHEDULED).set(0.0);
+        });
+        metrics
+    }
+
+    /// Runs `record` with this engine's recorder as the `metrics` macros' target.
+    fn with<T>(&self, record: impl FnOnce() -> T) -> T {
+        metrics::with_local_recorder(self.recorder.as_ref(), record)
+    }
+
+    /// Everything, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets so memory stays bounded between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// An event was accepted (written and flushed).
+    pub fn event_ingested(&self, tenant: &str) {
+        self.with(|| counter!(EVENTS_INGESTED, "tenant" => tenant.to_string()).increment(1));
+    }
+
+    /// An attempt was recorded with `outcome` (the attempt's `result`).
+    pub fn attempt_finished(&self, tenant: &str, outcome: &'static str, error_code: Option<&str>) {
+        self.with(|| {
+            counter!(
+                ATTEMPTS,
+                "tenant" => tenant.to_string(),
+                "outcome" => outcome,
+                "error_code" => error_code.unwrap_or("none").to_string()
+            )
+            .increment(1);
+        });
+    }
+
+    /// How long an attempt's HTTP exchange took (also when it failed).
+    pub fn delivery_latency(&self, tenant: &str, latency: Duration) {
+        self.with(|| {
+            histogram!(DELIVERY_LATENCY, "tenant" => tenant.to_string())
+                .record(latency.as_secs_f64());
+        });
+    }
+
+    /// Counts an attempt as in flight until the guard is dropped (also when its task is
+    /// aborted at shutdown).
+    pub fn attempt_in_flight(&self) -> InFlight {
+        let gauge = self.with(|| gauge!(ATTEMPTS_IN_FLIGHT));
+        gauge.increment(1.0);
+        InFlight(gauge)
+    }
+
+    /// A plugin chain ran: `outcome` is `deliver`, `filtered` or `failed`.
+    pub fn plugin_chain_ran(
+        &self,
+        tenant: &str,
+        outcome: &'static str,
+        error_code: Option<&'static str>,
+        duration: Duration,
+    ) {
+        self.with(|| {
+            counter!(
+                PLUGIN_CALLS,
+                "tenant" => tenant.to_string(),
+                "outcome" => outcome,
+                "error_code" => error_code.unwrap_or("none")
+            )
+            .increment(1);
+            histogram!(PLUGIN_CHAIN, "tenant" => tenant.to_string()).record(duration.as_secs_f64());
+        });
+    }
+
+    /// The latest sample of the schedule.
+    pub fn set_queue(&self, due: usize, scheduled: usize) {
+        self.with(|| {
+            gauge!(QUEUE_DUE).set(due as f64);
+            gauge!(QUEUE_SCHEDULED).set(scheduled as f64);
+        });
+    }
+
+    /// A config reload was applied, or refused (the old config stays).
+    pub fn record_config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.with(|| counter!(CONFIG_RELOADS, "result" => result).increment(1));
+    }
+}
+
+/// An attempt in flight; dropping it decrements `hookd_attempts_in_flight`.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Samples the schedule into the queue gauges every [`QUEUE_SAMPLE_INTERVAL`] (reading at most
+/// [`MAX_QUEUE_SAMPLE_ENTRIES`] keys, off the async threads) and keeps the recorder tidy, until
+/// `shutdown`. Scrapes never scan the store.
+pub async fn run_sampler(store: Store, metrics: Metrics, shutdown: CancellationToken) {
+    loop {
+        let sample = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                store.schedule_counts(now_ms(), MAX_QUEUE_SAMPLE_ENTRIES)
+            })
+            .await
+        };
+        match sample {
+            Ok(Ok(counts)) => metrics.set_queue(counts.due, counts.scheduled),
+            Ok(Err(err)) => warn!(error = %err, "could not sample the delivery queues"),
+            Err(err) => warn!(error = %err, "the queue sample task failed"),
+        }
+        metrics.run_upkeep();
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(QUEUE_SAMPLE_INTERVAL) => {}
+        }
+    }
 }

@@ -8,6 +8,8 @@ mod crash;
 mod delivery;
 mod examples;
 mod isolation;
+mod metrics;
+mod openapi;
 mod ops;
 mod plugins;
 mod restart;

@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::get;
 use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, AppState, ErrorBody};
 use crate::config::{Config, ReloadStatus};
 
 /// An authenticated operator.
@@ -38,13 +37,7 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/admin/tenants", get(tenants))
-        .route("/admin/status", get(status))
-}
-
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TenantSummary {
     id: String,
     declared_event_types: Vec<String>,
@@ -53,12 +46,24 @@ pub struct TenantSummary {
     events: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TenantList {
     data: Vec<TenantSummary>,
 }
 
-/// Every tenant in the running config with what it owns.
+/// Every tenant in the running config with what it owns (admin key only).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/tenants",
+    tag = "admin",
+    operation_id = "admin_list_tenants",
+    responses(
+        (status = 200, description = "Tenants with their counts of webhooks, plugins and events", body = TenantList),
+        (status = 403, description = "A tenant key: admin routes need an admin key", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn tenants(
     State(state): State<AppState>,
     admin: Admin,
@@ -79,7 +84,7 @@ pub async fn tenants(
     Ok(ApiJson(TenantList { data }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EngineStatus {
     version: &'static str,
     uptime_seconds: u64,
@@ -88,6 +93,17 @@ pub struct EngineStatus {
     config: ReloadStatus,
 }
 
+/// Engine status: version, uptime, data size, last config reload (admin key only).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/status",
+    tag = "admin",
+    operation_id = "admin_status",
+    responses(
+        (status = 200, description = "Engine status", body = EngineStatus),
+        (status = 403, description = "A tenant key: admin routes need an admin key", body = ErrorBody),
+    ),
+)]
 pub async fn status(State(state): State<AppState>, admin: Admin) -> ApiJson<EngineStatus> {
     ApiJson(EngineStatus {
         version: env!("CARGO_PKG_VERSION"),

@@ -3,15 +3,16 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListResponse, Tenant, page_limit,
+    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, ListResponse, Tenant, page_limit,
     parse_iterator, parse_optional_time, rfc3339,
 };
 use crate::ids::{DeliveryId, WebhookId, now_ms};
 use crate::store::{AttemptRecord, DeliveryFilter, DeliveryRecord, DeliveryStatus};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryView {
     id: String,
     event_id: String,
@@ -27,6 +28,7 @@ pub struct DeliveryView {
     last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     filtered_by: Option<String>,
+    /// Every attempt, oldest first (only when one delivery is fetched).
     #[serde(skip_serializing_if = "Option::is_none")]
     attempts: Option<Vec<AttemptView>>,
 }
@@ -52,13 +54,15 @@ impl From<DeliveryRecord> for DeliveryView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptView {
     id: String,
     attempt: u32,
     started_at: String,
     url: String,
     latency_ms: u64,
+    /// `delivered`, `failed` (will be retried), `exhausted`, `rejected` or `filtered`.
+    #[schema(example = "delivered")]
     result: String,
     status_code: Option<u16>,
     error_code: Option<String>,
@@ -88,17 +92,41 @@ impl From<AttemptRecord> for AttemptView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryListQuery {
+    /// Page size, 1-250 (default 50).
     limit: Option<usize>,
+    /// The `iterator` of the previous page.
     iterator: Option<String>,
+    /// Only deliveries to this webhook.
     webhook_id: Option<String>,
+    /// Only deliveries in this state.
+    #[param(value_type = Option<DeliveryStatus>)]
     status: Option<String>,
+    /// Only deliveries of events of this type.
     event_type: Option<String>,
+    /// Only deliveries created after this time (RFC 3339 or epoch milliseconds).
     after: Option<String>,
+    /// Only deliveries created before this time (RFC 3339 or epoch milliseconds).
     before: Option<String>,
 }
 
+/// The delivery log, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    operation_id = "list_deliveries",
+    params(DeliveryListQuery),
+    responses(
+        (status = 200, description = "One page of deliveries (without attempts)", body = ListResponse<DeliveryView>),
+        (status = 400, description = "Invalid query, status, time or iterator", body = ErrorBody),
+        (status = 404, description = "`webhook_id` names no webhook of this tenant", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -141,6 +169,20 @@ fn parse_delivery_id(id: &str) -> Result<DeliveryId, ApiError> {
     DeliveryId::parse(id).ok_or_else(|| ApiError::not_found("delivery", id))
 }
 
+/// One delivery with its attempts inline.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}",
+    tag = "deliveries",
+    operation_id = "get_delivery",
+    params(("id" = String, Path, description = "Delivery id (`dlv_...`)")),
+    responses(
+        (status = 200, description = "The delivery and its attempts", body = DeliveryView),
+        (status = 404, description = "No such delivery for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -159,6 +201,19 @@ pub async fn get_one(
 
 /// Queues a delivery for an attempt now, whatever its state. A delivery that had used up
 /// its attempts gets exactly one more.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/retry",
+    tag = "deliveries",
+    operation_id = "retry_delivery",
+    params(("id" = String, Path, description = "Delivery id (`dlv_...`)")),
+    responses(
+        (status = 202, description = "Queued for an attempt now", body = DeliveryView),
+        (status = 404, description = "No such delivery for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn retry(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tracing::error;
+use utoipa::ToSchema;
 
 use crate::ingest::IngestError;
 use crate::store::{StoreError, UpdateError};
@@ -19,10 +20,14 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
-    message: &'a str,
+/// The body of every error answer (the `ErrorBody` schema of `/openapi.json`).
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable snake_case code, e.g. `not_found`, `invalid_body`, `store_unavailable`.
+    #[schema(example = "not_found")]
+    code: &'static str,
+    /// A sentence for people; it may change between versions.
+    message: String,
 }
 
 impl ApiError {
@@ -69,7 +74,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             code: self.code,
-            message: &self.message,
+            message: self.message,
         };
         (self.status, Json(body)).into_response()
     }

@@ -6,10 +6,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::info;
+use utoipa::{IntoParams, ToSchema};
 
 use super::deliveries::DeliveryView;
 use super::{
-    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListResponse, Tenant, page_limit,
+    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, ListResponse, Tenant, page_limit,
     parse_iterator, parse_optional_time, rfc3339, valid_channel,
 };
 use crate::config::valid_event_type;
@@ -25,11 +26,15 @@ const MAX_PAYLOAD_DEPTH: usize = 64;
 /// Longest accepted idempotency key.
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEvent {
+    /// 1-128 of `a-z A-Z 0-9 . _ - :`.
     #[serde(rename = "type")]
+    #[schema(example = "user.created")]
     event_type: String,
+    /// Any JSON; delivered byte for byte as `data`.
+    #[schema(value_type = serde_json::Value)]
     payload: Box<RawValue>,
     #[serde(default)]
     channel: Option<String>,
@@ -39,7 +44,7 @@ pub struct CreateEvent {
     id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     id: String,
     #[serde(rename = "type")]
@@ -49,7 +54,9 @@ pub struct EventView {
     #[serde(skip_serializing_if = "Option::is_none")]
     idempotency_key: Option<String>,
     timestamp: String,
+    #[schema(value_type = serde_json::Value)]
     payload: Box<RawValue>,
+    /// The event's deliveries (not in listings).
     #[serde(skip_serializing_if = "Option::is_none")]
     deliveries: Option<Vec<DeliveryView>>,
 }
@@ -68,6 +75,29 @@ impl EventView {
     }
 }
 
+/// Ingests an event: answers 202 once it and its deliveries are flushed to disk.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    operation_id = "create_event",
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "Same as the body's `id`: a repeat within the window returns the original event"),
+    ),
+    request_body = CreateEvent,
+    responses(
+        (status = 202, description = "Stored durably; deliveries are queued", body = EventView),
+        (status = 200, description = "A repeat of an idempotency key: the original event",
+            body = EventView, headers(("idempotent-replayed" = String))),
+        (status = 400, description = "Malformed JSON or idempotency key", body = ErrorBody),
+        (status = 413, description = "The payload is larger than allowed", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "Invalid type, channel, payload depth or idempotency key", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store cannot take writes, or hookd is shutting down", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -150,6 +180,7 @@ pub async fn create(
     let window_ms = limits.idempotency_window.as_millis() as u64;
     match state.ingest.submit(new, window_ms).await? {
         IngestOutcome::Created => {
+            state.metrics.event_ingested(&tenant.id);
             info!(tenant = %tenant.id, event_id = %event.id, deliveries = deliveries.len(), "event accepted");
             Ok((
                 StatusCode::ACCEPTED,
@@ -173,17 +204,38 @@ pub async fn create(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventListQuery {
+    /// Page size, 1-250 (default 50).
     limit: Option<usize>,
+    /// The `iterator` of the previous page.
     iterator: Option<String>,
+    /// Only events of this type.
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Only events on this channel.
     channel: Option<String>,
+    /// Only events created after this time (RFC 3339 or epoch milliseconds).
     after: Option<String>,
+    /// Only events created before this time (RFC 3339 or epoch milliseconds).
     before: Option<String>,
 }
 
+/// Lists the tenant's events, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    operation_id = "list_events",
+    params(EventListQuery),
+    responses(
+        (status = 200, description = "One page of events", body = ListResponse<EventView>),
+        (status = 400, description = "Invalid query, time or iterator", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -210,6 +262,20 @@ pub async fn list(
     Ok(ApiJson(ListResponse::new(data, page.next)))
 }
 
+/// One event with its deliveries.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    tag = "events",
+    operation_id = "get_event",
+    params(("id" = String, Path, description = "Event id (`evt_...`)")),
+    responses(
+        (status = 200, description = "The event", body = EventView),
+        (status = 404, description = "No such event for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     tenant: Tenant,

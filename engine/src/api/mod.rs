@@ -3,11 +3,16 @@
 //! `api` never calls reqwest and never names sled: it validates input, then calls `ingest`,
 //! `store` and `delivery`. Every `/v1` route authenticates the tenant from its API key and
 //! passes that tenant id into every store call.
+//!
+//! Every route is registered through `utoipa_axum::routes!` from the handler's own
+//! `#[utoipa::path]`, so the router and `/openapi.json` are built from one list and cannot
+//! drift (`clippy.toml` forbids plain `Router::route`).
 
 mod admin;
 mod deliveries;
 mod error;
 mod events;
+mod ops;
 mod plugins;
 mod retention;
 mod stats;
@@ -21,16 +26,19 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::config::{Config, SharedConfig};
 use crate::delivery::{DeliveryContext, DispatchHandle};
 use crate::ingest::Ingest;
 use crate::store::Store;
+use crate::telemetry::Metrics;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 /// Headroom above the payload limit for the rest of an event's JSON.
 const ENVELOPE_BYTES: usize = 64 * 1024;
@@ -46,65 +54,107 @@ pub struct AppState {
     pub delivery: DeliveryContext,
     /// When the engine started (for the admin status route).
     pub started: std::time::Instant,
+    pub metrics: Metrics,
+}
+
+/// Every route of the API, each registered with its OpenAPI operation. Paths, methods,
+/// parameters, bodies and answers come from the handlers' `#[utoipa::path]` attributes.
+fn routes(upload_limit: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ops::document_base())
+        .routes(routes!(events::create, events::list))
+        .routes(routes!(events::get_one))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(
+            webhooks::get_one,
+            webhooks::update,
+            webhooks::delete
+        ))
+        .routes(routes!(webhooks::test_send))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::recover))
+        .routes(routes!(deliveries::list, retention::purge))
+        .routes(routes!(deliveries::get_one))
+        .routes(routes!(deliveries::retry))
+        .routes(routes!(plugins::list))
+        .routes(
+            routes!(plugins::get_one, plugins::put, plugins::delete)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .routes(routes!(plugins::simulate))
+        .routes(routes!(stats::tenant_stats))
+        .routes(routes!(stats::webhook_stats))
+        .routes(routes!(admin::tenants))
+        .routes(routes!(admin::status))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi_json))
+}
+
+/// The OpenAPI document that `GET /openapi.json` serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ops::finish_document(routes(0).into_openapi())
 }
 
 pub fn router(state: AppState) -> Router {
     let config = state.config.current();
     let body_limit = config.limits.max_payload_bytes + ENVELOPE_BYTES;
     let upload_limit = config.plugins.settings.max_upload_bytes;
-    let v1 = Router::new()
-        .route("/events", post(events::create).get(events::list))
-        .route("/events/{id}", get(events::get_one))
-        .route("/webhooks", post(webhooks::create).get(webhooks::list))
-        .route(
-            "/webhooks/{id}",
-            get(webhooks::get_one)
-                .patch(webhooks::update)
-                .delete(webhooks::delete),
-        )
-        .route("/webhooks/{id}/test", post(webhooks::test_send))
-        .route(
-            "/webhooks/{id}/rotate-secret",
-            post(webhooks::rotate_secret),
-        )
-        .route("/webhooks/{id}/recover", post(webhooks::recover))
-        .route("/deliveries", get(deliveries::list))
-        .route("/deliveries/{id}", get(deliveries::get_one))
-        .route("/deliveries/{id}/retry", post(deliveries::retry))
-        .route("/plugins", get(plugins::list))
-        .route(
-            "/plugins/{name}",
-            get(plugins::get_one)
-                .put(plugins::put)
-                .delete(plugins::delete)
-                .layer(DefaultBodyLimit::max(upload_limit)),
-        )
-        .route("/plugins/{name}/simulate", post(plugins::simulate));
-    let v1 = v1
-        .merge(admin::routes())
-        .merge(stats::routes())
-        .merge(retention::routes());
-    Router::new()
-        .nest("/v1", v1)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let (router, document) = routes(upload_limit).split_for_parts();
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(ops::OpenApiJson::new(ops::finish_document(
+            document,
+        ))))
         .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// The answer of `/healthz` and `/readyz`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` (alive) or `ready` (the store answers).
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// `/readyz` only: the outcome of the last config reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<crate::config::ReloadStatus>,
 }
 
+/// Liveness: the process answers HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    responses((status = 200, description = "Alive", body = Health)),
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        config: None,
+    })
+}
+
+/// Readiness: the store answers a read.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "The store is not readable (`not_ready`)", body = ErrorBody),
+    ),
+)]
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     // Ready when the store answers a read.
     match state.store.webhooks_of("") {
-        Ok(_) => Json(serde_json::json!({
-            "status": "ready",
-            "config": state.config.reload_status(),
-        }))
+        Ok(_) => Json(Health {
+            status: "ready",
+            config: Some(state.config.reload_status()),
+        })
         .into_response(),
         Err(err) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -237,7 +287,7 @@ pub fn parse_iterator<T>(
 }
 
 /// One page of a listing, as returned to clients.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ListResponse<T> {
     pub data: Vec<T>,
     /// Pass as `iterator` to fetch the next page.

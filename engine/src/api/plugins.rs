@@ -7,15 +7,16 @@ use axum::http::StatusCode;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
-use super::{ApiError, ApiJson, ApiPath, AppState, Tenant, optional_json, rfc3339};
+use super::{ApiError, ApiJson, ApiPath, AppState, ErrorBody, Tenant, optional_json, rfc3339};
 use crate::delivery::attempt::{self, AttemptInput, Prepared};
 use crate::ids::{EventId, WebhookId, now_ms};
 use crate::plugin::{PluginInfo, PluginLoadError, PluginSource};
 use crate::signing;
 use crate::store::{EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, WebhookStatus};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PluginView {
     name: String,
     version: String,
@@ -26,6 +27,8 @@ pub struct PluginView {
     created_at: String,
     updated_at: String,
     last_error: Option<String>,
+    /// `upload` (this API) or `admin_dir` (the admin's plugin directory).
+    #[schema(example = "upload")]
     source: &'static str,
 }
 
@@ -102,6 +105,24 @@ pub async fn check_chain(
     Ok(())
 }
 
+/// Uploads (or replaces) a plugin: the raw WebAssembly component is the body.
+#[utoipa::path(
+    put,
+    path = "/v1/plugins/{name}",
+    tag = "plugins",
+    operation_id = "put_plugin",
+    params(("name" = String, Path, description = "The plugin's name within the tenant")),
+    request_body(description = "The raw bytes of a WebAssembly component of the `hookd:plugin` world",
+        content(("application/wasm"))),
+    responses(
+        (status = 201, description = "Installed", body = PluginView),
+        (status = 200, description = "Replaced an existing plugin", body = PluginView),
+        (status = 400, description = "Not a valid plugin component", body = ErrorBody),
+        (status = 413, description = "The component is larger than allowed", body = ErrorBody),
+        (status = 422, description = "Refused by the plugin host", body = ErrorBody),
+        (status = 503, description = "The plugin store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn put(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -138,11 +159,19 @@ pub async fn put(
     Ok((status, ApiJson(PluginView::from(info))))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PluginList {
     data: Vec<PluginView>,
 }
 
+/// The tenant's plugins.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins",
+    tag = "plugins",
+    operation_id = "list_plugins",
+    responses((status = 200, description = "Every plugin of the tenant", body = PluginList)),
+)]
 pub async fn list(State(state): State<AppState>, tenant: Tenant) -> ApiJson<PluginList> {
     let data = state
         .delivery
@@ -154,6 +183,18 @@ pub async fn list(State(state): State<AppState>, tenant: Tenant) -> ApiJson<Plug
     ApiJson(PluginList { data })
 }
 
+/// One plugin: version, hooks, last error.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins/{name}",
+    tag = "plugins",
+    operation_id = "get_plugin",
+    params(("name" = String, Path, description = "The plugin's name within the tenant")),
+    responses(
+        (status = 200, description = "The plugin", body = PluginView),
+        (status = 404, description = "No such plugin for this tenant", body = ErrorBody),
+    ),
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -174,6 +215,20 @@ pub async fn get_one(
 }
 
 /// Deletes a plugin no webhook uses (409 `plugin_in_use` names the webhooks that do).
+#[utoipa::path(
+    delete,
+    path = "/v1/plugins/{name}",
+    tag = "plugins",
+    operation_id = "delete_plugin",
+    params(("name" = String, Path, description = "The plugin's name within the tenant")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such plugin for this tenant", body = ErrorBody),
+        (status = 409, description = "Webhooks still use the plugin", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -206,7 +261,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Optional body of a simulation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Simulate {
     /// Config for this plugin (ignored with `webhook_id`).
@@ -215,24 +271,27 @@ pub struct Simulate {
     /// Run this webhook's whole chain (with its URL, headers and secret) instead.
     #[serde(default)]
     webhook_id: Option<String>,
+    /// The event to run on (a sample event by default).
     #[serde(default)]
     event: Option<SampleEvent>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SampleEvent {
     #[serde(rename = "type")]
     event_type: String,
+    #[schema(value_type = serde_json::Value)]
     payload: Box<RawValue>,
     #[serde(default)]
     channel: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SimulatedRequest {
     url: String,
     method: String,
+    /// `[name, value]` pairs, in order.
     headers: Vec<(String, String)>,
     /// The body as text when it is UTF-8…
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -242,9 +301,10 @@ pub struct SimulatedRequest {
     body_base64: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SimulateOutcome {
     /// `deliver`, `filtered` or `failed`.
+    #[schema(example = "deliver")]
     decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     request: Option<SimulatedRequest>,
@@ -260,6 +320,22 @@ pub struct SimulateOutcome {
 
 /// Runs a plugin (or a webhook's chain) on a sample event exactly as an attempt would,
 /// without sending anything.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{name}/simulate",
+    tag = "plugins",
+    operation_id = "simulate_plugin",
+    params(("name" = String, Path, description = "The plugin's name within the tenant")),
+    request_body(content = Option<Simulate>, description = "Optional; empty means a sample event and `{}` config"),
+    responses(
+        (status = 200, description = "What an attempt would send, or why it would not", body = SimulateOutcome),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "No such plugin or webhook for this tenant", body = ErrorBody),
+        (status = 422, description = "Invalid body or plugin config", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn simulate(
     State(state): State<AppState>,
     tenant: Tenant,

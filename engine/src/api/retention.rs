@@ -4,34 +4,43 @@
 //! stay. The same purge runs automatically for records older than `limits.retention_days`
 //! (`crate::retention`). Statistics are not changed.
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::delete;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{ApiError, ApiJson, ApiQuery, AppState, Tenant, parse_time};
+use super::{ApiError, ApiJson, ApiQuery, AppState, ErrorBody, Tenant, parse_time};
 use crate::retention;
 
-/// The on-demand purge route, merged into `/v1`.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/deliveries", delete(purge))
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct PurgeQuery {
+    /// Purge finished deliveries created before this time (RFC 3339 or epoch ms). Required.
     before: Option<String>,
 }
 
 /// How many records the purge removed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PurgeView {
     deliveries: u64,
     attempts: u64,
     events: u64,
 }
 
+/// Purges the tenant's finished deliveries (and their attempts, and events left without
+/// deliveries) created before `before`; pending ones stay.
+#[utoipa::path(
+    delete,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    operation_id = "purge_deliveries",
+    params(PurgeQuery),
+    responses(
+        (status = 200, description = "How many records were removed", body = PurgeView),
+        (status = 400, description = "`before` missing or not a time", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn purge(
     State(state): State<AppState>,
     tenant: Tenant,

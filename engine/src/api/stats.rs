@@ -12,12 +12,10 @@
 //! counts the events routed to it. Purging old records (retention, `DELETE /v1/deliveries`)
 //! does not change statistics.
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Tenant};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Tenant};
 use crate::ids::{WebhookId, now_ms};
 use crate::store::stats::{
     DayStats, MAX_STATS_DAYS, MS_PER_DAY, StatsCounts, StatsScope, day_of, top_event_types,
@@ -26,19 +24,12 @@ use crate::store::stats::{
 const DEFAULT_DAYS: u32 = 7;
 const TOP_EVENT_TYPES: usize = 10;
 
-/// The statistics routes, merged into `/v1`.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/stats", get(tenant_stats))
-        .route("/webhooks/{id}/stats", get(webhook_stats))
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct StatsQuery {
     days: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CountsView {
     events: u64,
     deliveries: u64,
@@ -74,14 +65,14 @@ impl From<&StatsCounts> for CountsView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventTypeCount {
     #[serde(rename = "type")]
     event_type: String,
     count: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DayView {
     /// The UTC day, `YYYY-MM-DD`.
     date: String,
@@ -89,7 +80,7 @@ pub struct DayView {
     counts: CountsView,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatsView {
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_id: Option<String>,
@@ -152,6 +143,20 @@ fn day_range(days: u32) -> (u32, u32) {
     (today.saturating_sub(days - 1), today)
 }
 
+/// The tenant's delivery statistics of the last `days` UTC days.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "stats",
+    operation_id = "tenant_stats",
+    params(StatsQuery),
+    responses(
+        (status = 200, description = "Totals, rates, latency, top event types and a per-day series", body = StatsView),
+        (status = 400, description = "`days` out of range", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn tenant_stats(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -165,6 +170,21 @@ pub async fn tenant_stats(
     Ok(ApiJson(view(None, days, &rows)))
 }
 
+/// One webhook's delivery statistics of the last `days` UTC days.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/stats",
+    tag = "stats",
+    operation_id = "webhook_stats",
+    params(("id" = String, Path, description = "Webhook id (`wh_...`)"), StatsQuery),
+    responses(
+        (status = 200, description = "Totals, rates, latency, top event types and a per-day series", body = StatsView),
+        (status = 400, description = "`days` out of range", body = ErrorBody),
+        (status = 404, description = "No such webhook for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn webhook_stats(
     State(state): State<AppState>,
     tenant: Tenant,

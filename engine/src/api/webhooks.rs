@@ -10,9 +10,10 @@ use axum::http::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use tracing::info;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListResponse, Tenant, optional_json,
+    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, ListResponse, Tenant, optional_json,
     page_limit, parse_iterator, parse_time, rfc3339, valid_channel,
 };
 use crate::delivery::attempt::{self, TestSendOutcome};
@@ -49,16 +50,19 @@ const RESERVED_HEADERS: &[&str] = &[
     "user-agent",
 ];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
+    #[schema(example = "https://example.com/webhooks")]
     url: String,
     #[serde(default)]
     description: Option<String>,
+    /// Event type filters: `*`, `prefix.*` or exact types (default `["*"]`).
     #[serde(default)]
     event_types: Option<Vec<String>>,
     #[serde(default)]
     channels: Option<Vec<String>>,
+    /// `whsec_<base64>`; generated when absent.
     #[serde(default)]
     secret: Option<String>,
     #[serde(default)]
@@ -81,7 +85,7 @@ pub struct CreateWebhook {
 }
 
 /// PATCH body: absent fields stay; `null` clears an optional field.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
     #[serde(default)]
@@ -119,7 +123,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookView {
     id: String,
     url: String,
@@ -322,6 +326,23 @@ fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<WebhookRecord, Ap
         .ok_or_else(|| ApiError::not_found("webhook", id))
 }
 
+/// Creates a webhook; the answer is the only one (with rotate-secret) that shows its secret.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    operation_id = "create_webhook",
+    request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "Created; `secret` is included", body = WebhookView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 413, description = "The body is larger than allowed", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "An invalid field (URL, blocked address, filters, headers, limits, secret, plugins)", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -391,12 +412,29 @@ pub async fn create(
     Ok((StatusCode::CREATED, ApiJson(view)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WebhookListQuery {
+    /// Page size, 1-250 (default 50).
     limit: Option<usize>,
+    /// The `iterator` of the previous page.
     iterator: Option<String>,
 }
 
+/// Lists the tenant's webhooks.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    operation_id = "list_webhooks",
+    params(WebhookListQuery),
+    responses(
+        (status = 200, description = "One page of webhooks", body = ListResponse<WebhookView>),
+        (status = 400, description = "Invalid query or iterator", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -412,6 +450,19 @@ pub async fn list(
     Ok(ApiJson(ListResponse::new(data, page.next)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "get_webhook",
+    params(("id" = String, Path, description = "Webhook id (`wh_...`)")),
+    responses(
+        (status = 200, description = "The webhook (without its secret)", body = WebhookView),
+        (status = 404, description = "No such webhook for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -420,6 +471,25 @@ pub async fn get_one(
     Ok(ApiJson(WebhookView::from(load(&state, &tenant, &id)?)))
 }
 
+/// Changes the fields present in the body.
+#[utoipa::path(
+    patch,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "update_webhook",
+    params(("id" = String, Path, description = "Webhook id (`wh_...`)")),
+    request_body = UpdateWebhook,
+    responses(
+        (status = 200, description = "The updated webhook", body = WebhookView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "No such webhook for this tenant", body = ErrorBody),
+        (status = 413, description = "The body is larger than allowed", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "An invalid field", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -513,6 +583,20 @@ pub async fn update(
     Ok(ApiJson(WebhookView::from(updated)))
 }
 
+/// Deletes a webhook and stops its queue.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "delete_webhook",
+    params(("id" = String, Path, description = "Webhook id (`wh_...`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such webhook for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -527,17 +611,37 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Optional body of a test send.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestSend {
+    /// Default `hookd.test`.
     #[serde(default, rename = "type")]
     event_type: Option<String>,
+    /// Any JSON; a short sample message by default.
     #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<Box<RawValue>>,
 }
 
 /// Sends a sample event to the webhook now and answers with what the receiver said.
 /// Nothing is stored or retried; `webhook-id` is a one-off `dlv_test_…` id.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/test",
+    tag = "webhooks",
+    operation_id = "test_webhook",
+    params(("id" = String, Path, description = "Webhook id (`wh_...`)")),
+    request_body(content = Option<TestSend>, description = "Optional; empty means a sample event"),
+    responses(
+        (status = 200, description = "What the receiver answered (also when it failed)", body = TestSendOutcome),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "No such webhook for this tenant", body = ErrorBody),
+        (status = 422, description = "Invalid body or event type", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn test_send(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -572,20 +676,39 @@ pub async fn test_send(
     Ok(ApiJson(outcome))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Optional body of a secret rotation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
+    /// `whsec_<base64>`; generated when absent.
     #[serde(default)]
     secret: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RotatedSecret {
     secret: String,
     /// Until then the previous secret signs too (a second `v1,` signature).
     previous_secret_expires_at: String,
 }
 
+/// Installs a new secret; the previous one keeps signing alongside until it expires.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/rotate-secret",
+    tag = "webhooks",
+    operation_id = "rotate_webhook_secret",
+    params(("id" = String, Path, description = "Webhook id (`wh_...`)")),
+    request_body(content = Option<RotateSecret>, description = "Optional; empty means a generated secret"),
+    responses(
+        (status = 200, description = "The new secret", body = RotatedSecret),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "No such webhook for this tenant", body = ErrorBody),
+        (status = 422, description = "Invalid body or secret", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -631,18 +754,38 @@ pub async fn rotate_secret(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Recover {
+    /// RFC 3339 time or epoch milliseconds.
+    #[schema(example = "2026-11-01T00:00:00Z")]
     since: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Recovered {
     requeued: usize,
 }
 
 /// Re-queues every failed delivery of the webhook created since `since`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/recover",
+    tag = "webhooks",
+    operation_id = "recover_webhook",
+    params(("id" = String, Path, description = "Webhook id (`wh_...`)")),
+    request_body = Recover,
+    responses(
+        (status = 202, description = "The failed deliveries are queued again", body = Recovered),
+        (status = 400, description = "Malformed JSON or time", body = ErrorBody),
+        (status = 404, description = "No such webhook for this tenant", body = ErrorBody),
+        (status = 413, description = "The body is larger than allowed", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "Invalid body", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
 pub async fn recover(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -198,7 +198,7 @@ pub fn generate_api_key() -> (String, String) {
 }
 
 /// The outcome of the last config reload, for `/readyz` and the admin status route.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct ReloadStatus {
     /// `applied` or `refused`; absent before the first reload.
     pub last_result: Option<&'static str>,

@@ -216,6 +216,13 @@ pub async fn prepare(
         .plugins
         .run_chain(&input.tenant.id, &steps, request, &input.tenant.plugins)
         .await;
+    let (chain_outcome, chain_error) = match &run.outcome {
+        ChainOutcome::Deliver(_) => ("deliver", None),
+        ChainOutcome::Filtered { .. } => ("filtered", None),
+        ChainOutcome::Failed { code, .. } => ("failed", Some(code.as_str())),
+    };
+    ctx.metrics
+        .plugin_chain_ran(&input.tenant.id, chain_outcome, chain_error, run.duration);
     let logs = run
         .logs
         .iter()
@@ -462,6 +469,11 @@ async fn try_run(
         filtered_by: verdict.filtered_by.clone(),
     };
     store.record_attempt(tenant, &attempt, &update)?;
+    ctx.metrics
+        .attempt_finished(tenant, result, error_code.as_deref());
+    if matches!(tried, Tried::Http(_)) {
+        ctx.metrics.delivery_latency(tenant, latency);
+    }
     info!(
         tenant,
         delivery_id = %delivery_id,
@@ -665,7 +677,7 @@ fn judge(tried: &Tried, policy: &RetryPolicy, attempt_number: u32) -> Verdict {
 }
 
 /// Result of `POST /v1/webhooks/{id}/test`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TestSendOutcome {
     pub delivered: bool,
     pub webhook_id_header: String,

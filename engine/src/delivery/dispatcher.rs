@@ -337,7 +337,9 @@ impl Dispatcher {
             started += 1;
             let ctx = self.ctx.clone();
             let (tenant, webhook_id) = (tenant.clone(), webhook_id.clone());
+            let in_flight = ctx.metrics.attempt_in_flight();
             self.attempts.spawn(async move {
+                let _in_flight = in_flight;
                 attempt::run(&ctx, &tenant, &webhook_id, &delivery).await;
                 drop(permit);
                 ctx.dispatch.completed(tenant, webhook_id, delivery);

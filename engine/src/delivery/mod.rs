@@ -27,6 +27,7 @@ pub struct DeliveryContext {
     pub plugins: crate::plugin::PluginHost,
     /// For operational events, which take the same durable path as producers' events.
     pub ingest: crate::ingest::Ingest,
+    pub metrics: crate::telemetry::Metrics,
 }
 
 /// A response body as stored in the attempt log: control characters other than whitespace

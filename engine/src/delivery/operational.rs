@@ -4,6 +4,10 @@
 //! (Slack, PagerDuty, the tenant's own service) hears about it through the same durable
 //! delivery path as any event.
 //!
+//! An operational event is stored only when at least one webhook subscribes to it.
+//!
+//! An operational event is stored only when at least one webhook subscribes to it.
+//!
 //! No loops: an operational event is never delivered to the webhook it is about, deliveries of
 //! operational events never cause operational events themselves, and `*` filters do not match
 //! them (see `fanout`).
@@ -44,6 +48,9 @@ pub async fn emit(
         payload,
     };
     let result = match prepare_event(&ctx.store, tenant, event, Some(about)) {
+        // Nobody listens: nothing to store (an outage would otherwise add one durable event
+        // per failed delivery for no reader).
+        Ok(new) if new.deliveries.is_empty() => Ok(()),
         Ok(new) => ctx
             .ingest
             .submit(new, 0)

@@ -91,6 +91,14 @@ pub fn queue_entry(
     key
 }
 
+/// The due time in a whole key made by [`queue_entry`].
+pub fn queue_entry_due(key: &[u8]) -> Option<u64> {
+    let body = key.get(1..)?;
+    let after_tenant = &body[body.iter().position(|b| *b == SEP)? + 1..];
+    let suffix = &after_tenant[after_tenant.iter().position(|b| *b == SEP)? + 1..];
+    Some(u64::from_be_bytes(suffix.get(..8)?.try_into().ok()?))
+}
+
 /// Splits the part of a queue key after [`queue_of`] into due time and delivery id.
 pub fn parse_queue_suffix(suffix: &[u8]) -> Option<(u64, DeliveryId)> {
     let due = u64::from_be_bytes(suffix.get(..8)?.try_into().ok()?);
@@ -173,6 +181,16 @@ mod tests {
         assert!(early_b < late_a && late_a < late_b);
         let prefix_len = queue_of("t", &webhook).len();
         assert_eq!(parse_queue_suffix(&late_a[prefix_len..]), Some((300, a)));
+    }
+
+    #[test]
+    fn a_whole_queue_key_gives_its_due_time_even_when_it_holds_nul_bytes() {
+        let webhook = WebhookId::new();
+        for due in [0, 5, 256, 1 << 40, u64::MAX] {
+            let key = queue_entry("acme", &webhook, due, &DeliveryId::new());
+            assert_eq!(queue_entry_due(&key), Some(due));
+        }
+        assert_eq!(queue_entry_due(&queue_of("acme", &webhook)), None);
     }
 
     #[test]

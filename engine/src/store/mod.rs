@@ -133,6 +133,18 @@ pub struct QueueHead {
     pub next_due: Option<u64>,
 }
 
+/// A count of the schedule (every webhook's queue), for the queue gauges.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleCounts {
+    /// Entries due by the given time (claimed ones included: they leave the queue only when
+    /// their attempt is recorded).
+    pub due: usize,
+    /// All entries read.
+    pub scheduled: usize,
+    /// The count stopped at its limit.
+    pub truncated: bool,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -540,6 +552,24 @@ impl Store {
         Ok(head)
     }
 
+    /// Counts schedule entries across every tenant and webhook, reading at most `max_entries`
+    /// keys. An estimate for metrics only: never used to decide what runs.
+    pub fn schedule_counts(&self, now_ms: u64, max_entries: usize) -> Result<ScheduleCounts> {
+        let mut counts = ScheduleCounts::default();
+        for entry in self.tree.scan_prefix([keys::QUEUE]) {
+            if counts.scheduled >= max_entries {
+                counts.truncated = true;
+                break;
+            }
+            let (key, _) = entry?;
+            counts.scheduled += 1;
+            if keys::queue_entry_due(&key).is_some_and(|due| due <= now_ms) {
+                counts.due += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// Marks a claimed delivery `in_flight` (not flushed: after a crash it is simply due again).
     pub fn mark_in_flight(&self, tenant: &str, id: &DeliveryId) -> Result<Option<DeliveryRecord>> {
         let key = keys::delivery(tenant, id);
@@ -713,4 +743,72 @@ pub enum UpdateError<E> {
     Store(#[from] StoreError),
     #[error("refused")]
     Refused(E),
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    fn delivery(event: &EventRecord, webhook: &WebhookId, due: Option<u64>) -> DeliveryRecord {
+        DeliveryRecord {
+            id: DeliveryId::new(),
+            event_id: event.id.clone(),
+            webhook_id: webhook.clone(),
+            event_type: event.event_type.clone(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            created_at: 1,
+            updated_at: 1,
+            next_attempt_at: due,
+            last_attempt_at: None,
+            last_status_code: None,
+            last_error: None,
+            filtered_by: None,
+        }
+    }
+
+    #[test]
+    fn schedule_counts_cover_every_tenant_and_webhook_and_stop_at_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (WebhookId::new(), WebhookId::new());
+        let news: Vec<NewEvent> = ["acme", "globex"]
+            .into_iter()
+            .map(|tenant| {
+                let event = EventRecord {
+                    id: EventId::new(),
+                    event_type: "user.created".into(),
+                    channel: None,
+                    idempotency_key: None,
+                    created_at: 1,
+                    payload: RawValue::from_string("{}".into()).unwrap(),
+                };
+                let deliveries = vec![
+                    delivery(&event, &a, Some(100)),
+                    delivery(&event, &b, Some(1_000)),
+                    delivery(&event, &b, None),
+                ];
+                NewEvent {
+                    tenant: tenant.into(),
+                    event,
+                    deliveries,
+                }
+            })
+            .collect();
+        store.write_events(&news).unwrap();
+
+        let all = store.schedule_counts(500, usize::MAX).unwrap();
+        assert_eq!(
+            all,
+            ScheduleCounts {
+                due: 2,
+                scheduled: 4,
+                truncated: false
+            }
+        );
+        let capped = store.schedule_counts(5_000, 3).unwrap();
+        assert_eq!((capped.scheduled, capped.truncated), (3, true));
+    }
 }

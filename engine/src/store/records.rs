@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use crate::ids::{AttemptId, DeliveryId, EventId, WebhookId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookStatus {
     Active,
@@ -25,7 +25,7 @@ pub struct WebhookSecret {
 }
 
 /// A plugin attached to a webhook, run in list order at attempt time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PluginAttachment {
     pub name: String,
     #[serde(default)]
@@ -90,7 +90,7 @@ pub struct EventRecord {
     pub payload: Box<RawValue>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     Pending,

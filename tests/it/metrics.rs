@@ -1,0 +1,215 @@
+//! `/metrics`: Prometheus counters, gauges and histograms move by exactly what the engine did,
+//! and each engine in a process keeps its own.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::plugins::wasm;
+use crate::support::{ACME_KEY, Receiver, TestEngine, eventually};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn scrape(engine: &TestEngine) -> String {
+    let response = engine
+        .http
+        .get(engine.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"),
+        "{:?}",
+        response.headers()
+    );
+    response.text().await.unwrap()
+}
+
+/// The value of the sample `name` whose labels include all of `labels`; `None` when absent.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let present: Vec<(&str, &str)> = series_labels
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .filter_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect();
+            (series_name == name && labels.iter().all(|l| present.contains(l)))
+                .then(|| value.parse().unwrap())
+        })
+}
+
+fn count(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(text, name, labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_ingested_events_attempts_latency_and_plugin_runs() {
+    let engine = TestEngine::start().await;
+    let ok = Receiver::start().await;
+    let bad = Receiver::start().await;
+    bad.respond(400);
+
+    // /metrics needs no key, and the series exist before anything happened.
+    let before = scrape(&engine).await;
+    for name in [
+        "hookd_attempts_in_flight",
+        "hookd_queue_due",
+        "hookd_queue_scheduled",
+    ] {
+        assert_eq!(sample(&before, name, &[]), Some(0.0), "{name} in {before}");
+    }
+    assert_eq!(
+        sample(
+            &before,
+            "hookd_config_reloads_total",
+            &[("result", "applied")]
+        ),
+        Some(0.0)
+    );
+
+    let uploaded = engine
+        .http
+        .put(engine.url("/v1/plugins/kind-filter"))
+        .bearer_auth(ACME_KEY)
+        .body(wasm("json-filter"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
+    engine
+        .create_webhook(json!({"url": ok.url, "event_types": ["user.*"]}))
+        .await;
+    engine
+        .create_webhook(json!({"url": bad.url, "event_types": ["order.*"]}))
+        .await;
+    engine
+        .create_webhook(json!({
+            "url": ok.url,
+            "event_types": ["audit.*"],
+            "plugins": [{"name": "kind-filter", "config": {"path": "data.kind", "allowed": ["order"]}}]
+        }))
+        .await;
+
+    let mut deliveries = Vec::new();
+    for (event_type, payload, outcome) in [
+        ("user.created", json!({"n": 1}), "delivered"),
+        ("user.created", json!({"n": 2}), "delivered"),
+        ("order.paid", json!({"n": 3}), "failed"),
+        ("audit.logged", json!({"kind": "noise"}), "filtered"),
+    ] {
+        let event = engine.send_event(event_type, payload).await;
+        let id = event["deliveries"][0]["id"].as_str().unwrap().to_string();
+        deliveries.push((id, outcome));
+    }
+    for (id, outcome) in &deliveries {
+        engine.wait_delivery(id, outcome).await;
+    }
+
+    // The attempt is recorded before its slot is released: wait for the gauge to settle.
+    let text = eventually(WAIT, "no attempt in flight", || async {
+        let text = scrape(&engine).await;
+        (sample(&text, "hookd_attempts_in_flight", &[]) == Some(0.0)).then_some(text)
+    })
+    .await;
+    let acme = ("tenant", "acme");
+    assert_eq!(count(&text, "hookd_events_ingested_total", &[acme]), 4.0);
+    assert_eq!(
+        count(
+            &text,
+            "hookd_attempts_total",
+            &[acme, ("outcome", "delivered"), ("error_code", "none")]
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            &text,
+            "hookd_attempts_total",
+            &[acme, ("outcome", "rejected"), ("error_code", "http_status")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            &text,
+            "hookd_attempts_total",
+            &[acme, ("outcome", "filtered"), ("error_code", "none")]
+        ),
+        1.0,
+        "{text}"
+    );
+    // Three attempts went over HTTP; the filtered one never left the engine.
+    assert_eq!(
+        count(&text, "hookd_delivery_latency_seconds_count", &[acme]),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            &text,
+            "hookd_delivery_latency_seconds_bucket",
+            &[acme, ("le", "+Inf")]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            &text,
+            "hookd_plugin_calls_total",
+            &[acme, ("outcome", "filtered"), ("error_code", "none")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(&text, "hookd_plugin_chain_seconds_count", &[acme]),
+        1.0,
+        "{text}"
+    );
+    // Secrets, keys and URLs never become labels.
+    assert!(!text.contains(ACME_KEY) && !text.contains("whsec_") && !text.contains("http://"));
+
+    // The hook the config reloader calls.
+    let metrics = engine.engine().metrics();
+    metrics.record_config_reload(true);
+    metrics.record_config_reload(false);
+    metrics.record_config_reload(false);
+    let text = scrape(&engine).await;
+    let reloads = |result| count(&text, "hookd_config_reloads_total", &[("result", result)]);
+    assert_eq!((reloads("applied"), reloads("refused")), (1.0, 2.0));
+}
+
+#[tokio::test]
+async fn two_engines_in_one_process_keep_separate_metrics() {
+    let first = TestEngine::start().await;
+    let second = TestEngine::start().await;
+    first.send_event("user.created", json!({})).await;
+    first.send_event("user.created", json!({})).await;
+    second.send_event("user.created", json!({})).await;
+    let acme = [("tenant", "acme")];
+    assert_eq!(
+        count(&scrape(&first).await, "hookd_events_ingested_total", &acme),
+        2.0
+    );
+    assert_eq!(
+        count(&scrape(&second).await, "hookd_events_ingested_total", &acme),
+        1.0
+    );
+}
