@@ -14,13 +14,25 @@ use crate::support::{ACME_KEY, Receiver, eventually, test_config_toml};
 
 /// Starts `hookd serve` on 127.0.0.1:0 and returns it with its base URL (read from its log).
 pub fn spawn_hookd(config: &Path, data: &Path) -> (Child, String) {
+    let (child, base, _) = spawn_hookd_logged(config, data, "info");
+    (child, base)
+}
+
+/// [`spawn_hookd`] at log level `rust_log`, keeping every line it logs.
+pub fn spawn_hookd_logged(
+    config: &Path,
+    data: &Path,
+    rust_log: &str,
+) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let lines = log.clone();
     let mut child = Command::new(env!("CARGO_BIN_EXE_hookd"))
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .arg("--config")
         .arg(config)
         .arg("--data")
         .arg(data)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -31,6 +43,7 @@ pub fn spawn_hookd(config: &Path, data: &Path) -> (Child, String) {
         let mut sent = false;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            lines.lock().unwrap().push(line.clone());
             if !sent && let Some(rest) = line.split("listening on ").nth(1) {
                 let addr: String = rest
                     .chars()
@@ -44,7 +57,7 @@ pub fn spawn_hookd(config: &Path, data: &Path) -> (Child, String) {
     let addr = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("hookd logs its address");
-    (child, format!("http://{addr}"))
+    (child, format!("http://{addr}"), log)
 }
 
 #[tokio::test]
@@ -155,7 +168,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");
 }
 
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {

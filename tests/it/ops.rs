@@ -324,3 +324,70 @@ async fn a_failing_plugin_emits_hookd_plugin_failed_once_per_delivery() {
         "one alert for repeated identical failures"
     );
 }
+
+#[tokio::test]
+async fn secrets_and_api_keys_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("hookd.toml");
+    std::fs::write(&config, test_config_toml(&data, "", true)).unwrap();
+    let receiver = Receiver::start().await;
+    let (mut child, base, log) = crate::crash::spawn_hookd_logged(&config, &data, "debug");
+    let http = reqwest::Client::new();
+    let secret = "whsec_c2VjcmV0LXRoYXQtbXVzdC1uZXZlci1iZS1sb2dnZWQh";
+    let webhook: Value = http
+        .post(format!("{base}/v1/webhooks"))
+        .bearer_auth(ACME_KEY)
+        .json(&json!({"url": receiver.url, "secret": secret}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = webhook["id"].as_str().unwrap();
+    let rotated: Value = http
+        .post(format!("{base}/v1/webhooks/{id}/rotate-secret"))
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_secret = rotated["secret"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        http.post(format!("{base}/v1/events"))
+            .bearer_auth(ACME_KEY)
+            .json(&json!({"type": "user.created", "payload": {}}))
+            .send()
+            .await
+            .unwrap();
+    }
+    // A wrong key is refused without echoing it.
+    let _ = http
+        .get(format!("{base}/v1/webhooks"))
+        .bearer_auth("wrong-key-XYZ")
+        .send()
+        .await;
+    receiver.wait_for(3, WAIT).await;
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    crate::crash::wait_with_timeout(&mut child, Duration::from_secs(30));
+
+    let log = log.lock().unwrap().join("\n");
+    assert!(log.contains("attempt finished"), "debug logs were captured");
+    for needle in [
+        secret,
+        &secret["whsec_".len()..],
+        new_secret.as_str(),
+        &new_secret["whsec_".len()..],
+        ACME_KEY,
+        "wrong-key-XYZ",
+    ] {
+        assert!(!log.contains(needle), "`{needle}` appears in the logs");
+    }
+}
