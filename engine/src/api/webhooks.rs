@@ -34,21 +34,13 @@ const MAX_ATTEMPTS_LIMIT: u32 = 50;
 const MAX_TIMEOUT_MS: u64 = 300_000;
 const MAX_IN_FLIGHT_LIMIT: u32 = 1024;
 
-/// Headers hookd sets itself or that only the HTTP layer may set.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-authorization",
-    "proxy-connection",
-    "user-agent",
-];
+/// Headers a webhook's static headers cannot set: those plugins cannot touch either (framing,
+/// hop-by-hop, `content-type`; `webhook-*` by prefix) plus the user agent hookd sends.
+fn reserved_header(lower: &str) -> bool {
+    lower.starts_with("webhook-")
+        || lower == "user-agent"
+        || crate::plugin::PROTECTED_HEADERS.contains(&lower)
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -239,7 +231,7 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<BTreeMap<String, 
                 ),
             ));
         }
-        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+        if reserved_header(&lower) {
             return Err(ApiError::invalid(
                 "invalid_header",
                 format!("`{name}` is set by hookd and cannot be overridden"),

@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use chain::{ChainOutcome, ChainRun, ChainStep, PluginRequest};
 pub use error::{PluginError, PluginFailureCode, PluginLoadError};
-pub use policy::OutboundRequest;
+pub use policy::{OutboundRequest, PROTECTED_HEADERS};
 pub use registry::{PluginInfo, PluginSource};
 pub use runtime::EPOCH_TICK;
 pub use sandbox::{PluginLog, PluginLogLevel};

@@ -24,7 +24,7 @@ pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
 /// Headers no plugin may set or remove: framing and hop-by-hop headers the HTTP client owns.
 /// `webhook-*` (hookd's own signature headers) are refused by prefix, and `content-type` is
 /// changed through the patch's `content-type` field, never as a header.
-const PROTECTED_HEADERS: &[&str] = &[
+pub const PROTECTED_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "content-type",
