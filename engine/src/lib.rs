@@ -50,12 +50,16 @@ pub enum StartError {
     Listener(std::io::Error),
 }
 
+/// The longest a stop takes once requested (attempts in flight get the first 10 s).
+pub const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A running engine.
 #[derive(Debug)]
 pub struct RunningEngine {
     local_addr: SocketAddr,
     shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    /// Background tasks with a name for shutdown diagnostics.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
     store: Store,
     config: SharedConfig,
     plugins: PluginHost,
@@ -90,13 +94,26 @@ impl RunningEngine {
     }
 
     /// Waits until the engine stops (after `shutdown` or the token passed to [`start`]).
+    ///
+    /// Once stopping, every task gets until [`SHUTDOWN_LIMIT`] in all (attempts in flight get
+    /// [`delivery::dispatcher::SHUTDOWN_GRACE`] of it); a task still running then is logged by
+    /// name and aborted, so a stop is always bounded. The store is flushed last either way.
     pub async fn wait(self) {
-        for task in self.tasks {
-            let _ = task.await;
+        self.shutdown.cancelled().await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_LIMIT;
+        for (name, mut task) in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(_) => tracing::debug!(task = name, "stopped"),
+                Err(_) => {
+                    warn!(task = name, "still running at the shutdown limit; aborted");
+                    task.abort();
+                }
+            }
         }
         if let Err(err) = self.store.flush().await {
             warn!(error = %err, "final flush failed");
         }
+        info!("engine stopped; store flushed");
     }
 }
 
@@ -125,7 +142,10 @@ pub async fn start(
     )?;
     let mut tasks = Vec::new();
     if let Some(dir) = &config.plugins.admin_dir {
-        tasks.push(plugins.watch_dir(dir.clone(), shutdown.clone()));
+        tasks.push((
+            "plugin directory watcher",
+            plugins.watch_dir(dir.clone(), shutdown.clone()),
+        ));
     }
     let config = SharedConfig::new(config);
     let metrics = Metrics::new();
@@ -151,7 +171,7 @@ pub async fn start(
         }
     });
     if let Some(watcher) = config::watch::spawn(config.clone(), shutdown.clone(), on_reload) {
-        tasks.push(watcher);
+        tasks.push(("config watcher", watcher));
     }
     let dispatcher_task = tokio::spawn(dispatcher.run(shutdown.clone()));
 
@@ -175,18 +195,24 @@ pub async fn start(
     info!("listening on {local_addr}");
     // The ingest writer ends when its last handle is dropped: the server's, then the
     // dispatcher's (attempts emit operational events), so all three end after shutdown.
-    tasks.extend([server_task, ingest_task, dispatcher_task]);
+    tasks.extend([
+        ("HTTP server", server_task),
+        ("ingest writer", ingest_task),
+        ("dispatcher", dispatcher_task),
+    ]);
     // Retention purges old finished records every `limits.retention_interval`.
-    tasks.push(retention::spawn(
-        store.clone(),
-        config.clone(),
-        shutdown.clone(),
+    tasks.push((
+        "retention",
+        retention::spawn(store.clone(), config.clone(), shutdown.clone()),
     ));
-    tasks.push(tokio::spawn(telemetry::run_sampler(
-        store.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    )));
+    tasks.push((
+        "queue sampler",
+        tokio::spawn(telemetry::run_sampler(
+            store.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+    ));
     Ok(RunningEngine {
         local_addr,
         shutdown,

@@ -157,8 +157,23 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-#[tokio::main]
-async fn serve(
+/// Runs the engine on a runtime whose own shutdown is bounded too: blocking-pool work still
+/// running after the engine stopped gets 5 s, then the process exits.
+fn serve(
+    config_path: PathBuf,
+    data: Option<PathBuf>,
+    listen: Option<String>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve_async(config_path, data, listen));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
+}
+
+async fn serve_async(
     config_path: PathBuf,
     data: Option<PathBuf>,
     listen: Option<String>,
