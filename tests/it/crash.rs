@@ -173,6 +173,9 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
         "graceful shutdown exits 0; last log lines: {tail:#?}"
     );
     eprintln!("SIGTERM to exit: {:?}", stopping.elapsed());
+    if stopping.elapsed() > Duration::from_secs(1) {
+        eprintln!("slow stop; last log lines: {tail:#?}");
+    }
 }
 
 pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
