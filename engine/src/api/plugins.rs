@@ -376,8 +376,7 @@ pub async fn simulate(
         Some(e) => (e.event_type, e.payload, e.channel),
         None => (
             "hookd.test".to_string(),
-            RawValue::from_string(r#"{"message":"This is a test event from hookd."}"#.to_string())
-                .expect("static JSON is valid"),
+            super::webhooks::sample_payload(),
             None,
         ),
     };

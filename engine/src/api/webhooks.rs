@@ -306,6 +306,24 @@ fn check_limits(
     )
 }
 
+/// A secret the client chose (checked) or a new random one.
+fn given_or_new_secret(given: Option<String>) -> Result<String, ApiError> {
+    match given {
+        Some(secret) => {
+            signing::decode_secret(&secret)
+                .map_err(|err| ApiError::invalid("invalid_secret", err.to_string()))?;
+            Ok(secret)
+        }
+        None => Ok(signing::generate_secret()),
+    }
+}
+
+/// The payload of test sends and simulations when the client gives none.
+pub fn sample_payload() -> Box<RawValue> {
+    RawValue::from_string(r#"{"message":"This is a test event from hookd."}"#.to_string())
+        .expect("static JSON is valid")
+}
+
 fn parse_webhook_id(id: &str) -> Result<WebhookId, ApiError> {
     WebhookId::parse(id).ok_or_else(|| ApiError::not_found("webhook", id))
 }
@@ -356,14 +374,7 @@ pub async fn create(
         body.max_in_flight,
         body.rate_limit_per_sec,
     )?;
-    let secret = match body.secret {
-        Some(secret) => {
-            signing::decode_secret(&secret)
-                .map_err(|err| ApiError::invalid("invalid_secret", err.to_string()))?;
-            secret
-        }
-        None => signing::generate_secret(),
-    };
+    let secret = given_or_new_secret(body.secret)?;
     let plugins = body.plugins.unwrap_or_default();
     super::plugins::check_chain(&state, &tenant, &plugins).await?;
     // Last: it may resolve the host name.
@@ -649,13 +660,7 @@ pub async fn test_send(
             "`type` must be 1-128 of a-z A-Z 0-9 . _ - :",
         ));
     }
-    let payload = match body.payload {
-        Some(payload) => payload,
-        None => {
-            RawValue::from_string(r#"{"message":"This is a test event from hookd."}"#.to_string())
-                .expect("static JSON is valid")
-        }
-    };
+    let payload = body.payload.unwrap_or_else(sample_payload);
     let event = EventRecord {
         id: EventId::new(),
         event_type,
@@ -709,14 +714,7 @@ pub async fn rotate_secret(
 ) -> Result<ApiJson<RotatedSecret>, ApiError> {
     let webhook_id = parse_webhook_id(&id)?;
     let body: RotateSecret = optional_json(&body)?;
-    let new_secret = match body.secret {
-        Some(secret) => {
-            signing::decode_secret(&secret)
-                .map_err(|err| ApiError::invalid("invalid_secret", err.to_string()))?;
-            secret
-        }
-        None => signing::generate_secret(),
-    };
+    let new_secret = given_or_new_secret(body.secret)?;
     let now = now_ms();
     let expires_at = now + tenant.config.limits.secret_rotation_overlap.as_millis() as u64;
     state
