@@ -30,11 +30,13 @@ pub fn type_matches(filter: &str, event_type: &str) -> bool {
 
 /// Whether a webhook subscribes to an event.
 pub fn webhook_matches(webhook: &WebhookRecord, event_type: &str, channel: Option<&str>) -> bool {
-    webhook.status == WebhookStatus::Active
-        && webhook
-            .event_types
-            .iter()
-            .any(|filter| type_matches(filter, event_type))
+    matches!(
+        webhook.status,
+        WebhookStatus::Active | WebhookStatus::Paused
+    ) && webhook
+        .event_types
+        .iter()
+        .any(|filter| type_matches(filter, event_type))
         && match (&webhook.channels, channel) {
             (None, _) => true,
             (Some(channels), Some(channel)) => channels.iter().any(|c| c == channel),

@@ -91,14 +91,14 @@ pub fn prepare_event(
 ) -> Result<NewEvent, StoreError> {
     let now = event.created_at;
     let deliveries = store
-        .webhooks_of(tenant)?
-        .into_iter()
+        .webhooks_shared(tenant)?
+        .iter()
         .filter(|w| Some(&w.id) != skip)
         .filter(|w| fanout::webhook_matches(w, &event.event_type, event.channel.as_deref()))
         .map(|w| DeliveryRecord {
             id: DeliveryId::new(),
             event_id: event.id.clone(),
-            webhook_id: w.id,
+            webhook_id: w.id.clone(),
             event_type: event.event_type.clone(),
             status: DeliveryStatus::Pending,
             attempts: 0,

@@ -128,10 +128,12 @@ pub async fn start(
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = Store::open(&config.data_dir).map_err(|source| StartError::Store {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    let store = Store::open_with_cache(&config.data_dir, config.limits.store_cache_bytes).map_err(
+        |source| StartError::Store {
+            path: config.data_dir.clone(),
+            source,
+        },
+    )?;
     for warning in config.warnings() {
         warn!("{warning}");
     }
@@ -152,11 +154,13 @@ pub async fn start(
 
     let (dispatch, dispatch_rx) = Dispatcher::channel();
     let (ingest, ingest_task) = Ingest::start(store.clone(), dispatch.clone());
+    let (recorder, recorder_task) = delivery::Recorder::start(store.clone());
     let delivery = DeliveryContext {
         store: store.clone(),
         config: config.clone(),
         client: DeliveryClient::new(config.clone()),
         dispatch: dispatch.clone(),
+        recorder,
         plugins: plugins.clone(),
         ingest: ingest.clone(),
         metrics: metrics.clone(),
@@ -194,11 +198,13 @@ pub async fn start(
     });
     info!("listening on {local_addr}");
     // The ingest writer ends when its last handle is dropped: the server's, then the
-    // dispatcher's (attempts emit operational events), so all three end after shutdown.
+    // dispatcher's (attempts emit operational events), so all three end after shutdown; the
+    // attempt recorder likewise ends with the last delivery context (server and dispatcher).
     tasks.extend([
         ("HTTP server", server_task),
         ("ingest writer", ingest_task),
         ("dispatcher", dispatcher_task),
+        ("attempt recorder", recorder_task),
     ]);
     // Retention purges old finished records every `limits.retention_interval`.
     tasks.push((

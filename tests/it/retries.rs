@@ -133,6 +133,52 @@ async fn gone_410_disables_the_webhook_until_it_is_re_enabled() {
 }
 
 #[tokio::test]
+async fn a_paused_webhook_queues_its_events_and_sends_them_when_resumed() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    let webhook = engine.create_webhook(json!({"url": receiver.url})).await;
+    let id = webhook["id"].as_str().unwrap();
+    let patch = |status: &'static str| {
+        let (engine, path) = (&engine, format!("/v1/webhooks/{id}"));
+        async move {
+            engine
+                .call(
+                    "PATCH",
+                    &path,
+                    crate::support::ACME_KEY,
+                    Some(json!({ "status": status })),
+                )
+                .await
+        }
+    };
+    let (status, w) = patch("paused").await;
+    assert_eq!(status, 200);
+    assert_eq!(w["status"], "paused");
+
+    // Paused: events still fan out to it and wait, nothing is sent.
+    let mut deliveries = Vec::new();
+    for n in 0..5 {
+        let event = engine.send_event("user.created", json!({ "n": n })).await;
+        assert_eq!(event["deliveries"].as_array().unwrap().len(), 1);
+        deliveries.push(event["deliveries"][0]["id"].as_str().unwrap().to_string());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 0);
+    let (_, d) = engine
+        .get(&format!("/v1/deliveries/{}", deliveries[0]))
+        .await;
+    assert_eq!(d["status"], "pending");
+
+    let (status, w) = patch("active").await;
+    assert_eq!(status, 200);
+    assert!(w["disabled_reason"].is_null());
+    for id in &deliveries {
+        engine.wait_delivery(id, "delivered").await;
+    }
+    assert_eq!(receiver.received().len(), 5);
+}
+
+#[tokio::test]
 async fn a_webhook_failing_longer_than_disable_after_is_disabled_with_a_reason() {
     let engine = TestEngine::start_with(r#"disable_after = "300ms""#).await;
     let receiver = Receiver::start().await;

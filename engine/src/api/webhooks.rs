@@ -100,7 +100,8 @@ pub struct UpdateWebhook {
     rate_limit_per_sec: Option<Option<u32>>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
-    /// `active` re-enables a disabled webhook (clearing its reason); `disabled` pauses it.
+    /// `active` re-enables a paused or disabled webhook (clearing its reason); `paused` keeps
+    /// queueing its events but sends nothing until `active`; `disabled` stops both.
     #[serde(default)]
     status: Option<WebhookStatus>,
     /// Replaces the plugin chain (`[]` detaches every plugin).
@@ -570,7 +571,11 @@ pub async fn update(
                     w.disabled_reason = None;
                     w.failing_since = None;
                 }
-                Some(WebhookStatus::Disabled) if w.status == WebhookStatus::Active => {
+                Some(WebhookStatus::Paused) if w.status == WebhookStatus::Active => {
+                    w.status = WebhookStatus::Paused;
+                    w.disabled_reason = Some("paused through the API".to_string());
+                }
+                Some(WebhookStatus::Disabled) if w.status != WebhookStatus::Disabled => {
                     w.status = WebhookStatus::Disabled;
                     w.disabled_reason = Some("disabled through the API".to_string());
                 }

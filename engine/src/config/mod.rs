@@ -60,6 +60,8 @@ pub struct LimitsConfig {
     pub retention: Duration,
     /// How often the retention task looks for old records.
     pub retention_interval: Duration,
+    /// Memory sled may use for cached pages (applies at start).
+    pub store_cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -51,6 +51,7 @@ pub struct RawLimits {
     pub retention_days: Option<u32>,
     pub retention: Option<String>,
     pub retention_interval: Option<String>,
+    pub store_cache_mb: Option<u64>,
 }
 
 /// Delivery settings; the same table appears globally (`[delivery]`) and per tenant

@@ -152,7 +152,13 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
             raw.limits.retention_interval.as_ref(),
             DEFAULT_RETENTION_INTERVAL,
         ),
+        store_cache_bytes: raw.limits.store_cache_mb.unwrap_or(DEFAULT_STORE_CACHE_MB)
+            * 1024
+            * 1024,
     };
+    if !(8..=65_536).contains(&raw.limits.store_cache_mb.unwrap_or(DEFAULT_STORE_CACHE_MB)) {
+        c.push("limits.store_cache_mb", "must be between 8 and 65536");
+    }
     if !(Duration::from_millis(10)..=Duration::from_secs(24 * 3600))
         .contains(&limits.retention_interval)
     {
@@ -323,6 +329,9 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
 const DEFAULT_MAX_CHAIN_LENGTH: usize = 8;
 const DEFAULT_RETENTION_DAYS: u32 = 30;
 const MAX_RETENTION_DAYS: u32 = 3650;
+/// sled's page cache: enough for the hot queues and records, small enough that a large
+/// backlog does not grow the process (sled's default is 1 GiB).
+const DEFAULT_STORE_CACHE_MB: u64 = 64;
 const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// `limits.retention_days` (whole days), or `limits.retention` (a duration, for short-lived

@@ -323,7 +323,9 @@ async fn try_run(
     delivery_id: &DeliveryId,
 ) -> Result<(), crate::store::StoreError> {
     let store = &ctx.store;
-    let Some(delivery) = store.mark_in_flight(tenant, delivery_id)? else {
+    // The claim is the dispatcher's (in memory); the record stays `pending` until the
+    // outcome is recorded, so an attempt costs one write, not two.
+    let Some(delivery) = store.delivery(tenant, delivery_id)? else {
         return Ok(());
     };
     if !delivery.status.is_queued() {
@@ -468,7 +470,13 @@ async fn try_run(
         next_attempt_at,
         filtered_by: verdict.filtered_by.clone(),
     };
-    store.record_attempt(tenant, &attempt, &update)?;
+    ctx.recorder
+        .record(crate::store::AttemptOutcome {
+            tenant: tenant.to_string(),
+            attempt,
+            update,
+        })
+        .await?;
     ctx.metrics
         .attempt_finished(tenant, result, error_code.as_deref());
     if matches!(tried, Tried::Http(_)) {

@@ -3,12 +3,14 @@
 //! - `dispatcher.rs` owns the in-memory claims on the durable per-webhook queues and decides
 //!   what runs when (per-webhook in-flight cap and rate limit, global cap).
 //! - `attempt.rs` runs one attempt and records its outcome.
+//! - `recorder.rs` writes attempt outcomes, many per transaction (group commit).
 //! - `retry.rs` is the pure retry policy; `client.rs` the only outbound HTTP client.
 
 pub mod attempt;
 pub mod client;
 pub mod dispatcher;
 pub mod operational;
+pub mod recorder;
 pub mod retry;
 
 use crate::config::SharedConfig;
@@ -16,6 +18,7 @@ use crate::store::Store;
 
 pub use client::DeliveryClient;
 pub use dispatcher::{DispatchHandle, Dispatcher};
+pub use recorder::Recorder;
 
 /// What an attempt needs, shared by all attempts.
 #[derive(Debug, Clone)]
@@ -24,6 +27,8 @@ pub struct DeliveryContext {
     pub config: SharedConfig,
     pub client: DeliveryClient,
     pub dispatch: DispatchHandle,
+    /// Writes attempt outcomes (group commit).
+    pub recorder: Recorder,
     pub plugins: crate::plugin::PluginHost,
     /// For operational events, which take the same durable path as producers' events.
     pub ingest: crate::ingest::Ingest,

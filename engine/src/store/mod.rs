@@ -11,8 +11,9 @@ pub mod records;
 mod retention;
 pub mod stats;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,6 +37,9 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("a stored record could not be decoded: {0}")]
     Corrupt(String),
+    /// A store task (the attempt recorder, a flush on the blocking pool) did not finish.
+    #[error("store operation interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl StoreError {
@@ -145,10 +149,102 @@ pub struct ScheduleCounts {
     pub truncated: bool,
 }
 
+/// One attempt's record and what it does to its delivery, for [`Store::record_attempts`].
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub tenant: String,
+    pub attempt: AttemptRecord,
+    pub update: DeliveryUpdate,
+}
+
+/// Read-modify-write of one delivery inside transaction `tx`. Its schedule entry follows
+/// `next_attempt_at` (removed, moved or added), and `extra` (a key and value) is written in
+/// the same transaction, as are the statistics counters of the state change and of the
+/// attempt's latency (`attempt_latency_ms`, when the change records an attempt). `None` if the
+/// delivery does not exist; a record that does not decode aborts with `Corrupt`.
+fn change_delivery_in(
+    tx: &sled::transaction::TransactionalTree,
+    tenant: &str,
+    id: &DeliveryId,
+    change: impl Fn(&mut DeliveryRecord),
+    extra: Option<(&[u8], &[u8])>,
+    attempt_latency_ms: Option<u64>,
+    now: u64,
+) -> std::result::Result<Option<DeliveryRecord>, ConflictableTransactionError<StoreError>> {
+    let delivery_key = keys::delivery(tenant, id);
+    let Some(bytes) = tx.get(&delivery_key)? else {
+        return Ok(None);
+    };
+    let mut record: DeliveryRecord = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+    let old_due = record.next_attempt_at;
+    let old_status = record.status;
+    change(&mut record);
+    stats::record_transition(tx, tenant, old_status, &record, attempt_latency_ms)?;
+    if old_due != record.next_attempt_at {
+        if let Some(due) = old_due {
+            tx.remove(keys::queue_entry(
+                tenant,
+                &record.webhook_id,
+                due,
+                &record.id,
+            ))?;
+        }
+        if let Some(due) = record.next_attempt_at {
+            tx.insert(
+                keys::queue_entry(tenant, &record.webhook_id, due, &record.id),
+                &[],
+            )?;
+        }
+    }
+    record.updated_at = now;
+    tx.insert(delivery_key.as_slice(), encode(&record))?;
+    if let Some((key, value)) = extra {
+        tx.insert(key, value)?;
+    }
+    Ok(Some(record))
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    webhooks: Arc<WebhookCache>,
+}
+
+/// Every tenant's webhooks, decoded, as last read from the tree. Fan-out reads a tenant's
+/// webhooks per event and every attempt reads its webhook: without this they would scan and
+/// decode JSON each time. Every webhook write goes through `Store`, which drops the tenant's
+/// entry after writing; `generation` makes sure a read that raced with a write never caches
+/// what it read before the write.
+#[derive(Default)]
+struct WebhookCache {
+    inner: Mutex<WebhookCacheInner>,
+}
+
+#[derive(Default)]
+struct WebhookCacheInner {
+    generation: u64,
+    tenants: HashMap<String, Arc<Vec<WebhookRecord>>>,
+}
+
+impl WebhookCache {
+    fn get(&self, tenant: &str) -> (Option<Arc<Vec<WebhookRecord>>>, u64) {
+        let inner = self.inner.lock().expect("webhook cache lock");
+        (inner.tenants.get(tenant).cloned(), inner.generation)
+    }
+
+    fn put(&self, tenant: &str, generation: u64, webhooks: Arc<Vec<WebhookRecord>>) {
+        let mut inner = self.inner.lock().expect("webhook cache lock");
+        if inner.generation == generation {
+            inner.tenants.insert(tenant.to_string(), webhooks);
+        }
+    }
+
+    fn invalidate(&self, tenant: &str) {
+        let mut inner = self.inner.lock().expect("webhook cache lock");
+        inner.generation += 1;
+        inner.tenants.remove(tenant);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -160,21 +256,38 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the store in `dir`. sled takes an exclusive lock on the directory,
     /// so one data dir serves one process.
-    #[allow(clippy::disallowed_methods)] // the one allowed sled::open
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_with_cache(dir, 64 * 1024 * 1024)
+    }
+
+    /// [`Store::open`] with sled's page cache capped at `cache_bytes`.
+    #[allow(clippy::disallowed_methods)] // the one allowed sled::open
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(200))
             .open()?;
         let tree = db.open_tree("hookd/v1")?;
-        Ok(Store { db, tree })
+        Ok(Store {
+            db,
+            tree,
+            webhooks: Arc::default(),
+        })
     }
 
     /// Makes every write so far durable. Concurrent callers should share one flush (ingest's
     /// group commit does); a flush costs an fsync.
+    ///
+    /// The flush runs synchronously on the blocking pool: sled 0.34's `flush_async` can
+    /// deadlock against concurrent transactions (spacejam/sled#1308), which the e2e bench hit
+    /// under load — both runtime workers then sat in `transaction` forever.
     pub async fn flush(&self) -> Result<()> {
-        self.tree.flush_async().await?;
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || tree.flush())
+            .await
+            .map_err(|err| StoreError::Interrupted(format!("the flush task failed: {err}")))??;
         Ok(())
     }
 
@@ -232,13 +345,21 @@ impl Store {
     // ---- webhooks ------------------------------------------------------------------------
 
     pub async fn insert_webhook(&self, tenant: &str, webhook: &WebhookRecord) -> Result<()> {
-        self.tree
-            .insert(keys::webhook(tenant, &webhook.id), encode(webhook))?;
+        let written = self
+            .tree
+            .insert(keys::webhook(tenant, &webhook.id), encode(webhook));
+        self.webhooks.invalidate(tenant);
+        written?;
         self.flush().await
     }
 
+    /// One webhook (from the cache of the tenant's webhooks).
     pub fn webhook(&self, tenant: &str, id: &WebhookId) -> Result<Option<WebhookRecord>> {
-        self.get(&keys::webhook(tenant, id))
+        Ok(self
+            .webhooks_shared(tenant)?
+            .iter()
+            .find(|w| &w.id == id)
+            .cloned())
     }
 
     pub fn list_webhooks(
@@ -255,12 +376,25 @@ impl Store {
         )
     }
 
-    /// Every webhook of a tenant (fan-out reads this per event).
+    /// Every webhook of a tenant.
     pub fn webhooks_of(&self, tenant: &str) -> Result<Vec<WebhookRecord>> {
-        self.tree
+        Ok(self.webhooks_shared(tenant)?.as_ref().clone())
+    }
+
+    /// Every webhook of a tenant, shared from the cache (fan-out reads this per event).
+    pub fn webhooks_shared(&self, tenant: &str) -> Result<Arc<Vec<WebhookRecord>>> {
+        let (cached, generation) = self.webhooks.get(tenant);
+        if let Some(webhooks) = cached {
+            return Ok(webhooks);
+        }
+        let webhooks: Vec<WebhookRecord> = self
+            .tree
             .scan_prefix(keys::tenant_prefix(keys::WEBHOOK, tenant))
             .map(|entry| decode(&entry?.1))
-            .collect()
+            .collect::<Result<_>>()?;
+        let webhooks = Arc::new(webhooks);
+        self.webhooks.put(tenant, generation, webhooks.clone());
+        Ok(webhooks)
     }
 
     /// (tenant, webhook id) of every webhook of every tenant, for the dispatcher's start.
@@ -294,8 +428,9 @@ impl Store {
             change(&mut record).map_err(UpdateError::Refused)?;
             let swapped = self
                 .tree
-                .compare_and_swap(&key, Some(&old), Some(encode(&record)))
-                .map_err(StoreError::from)?;
+                .compare_and_swap(&key, Some(&old), Some(encode(&record)));
+            self.webhooks.invalidate(tenant);
+            let swapped = swapped.map_err(StoreError::from)?;
             if swapped.is_ok() {
                 self.flush().await?;
                 return Ok(Some(record));
@@ -305,7 +440,9 @@ impl Store {
 
     /// Deletes a webhook; its queued deliveries become `failed` with `webhook_deleted`.
     pub async fn delete_webhook(&self, tenant: &str, id: &WebhookId) -> Result<bool> {
-        if self.tree.remove(keys::webhook(tenant, id))?.is_none() {
+        let removed = self.tree.remove(keys::webhook(tenant, id));
+        self.webhooks.invalidate(tenant);
+        if removed?.is_none() {
             return Ok(false);
         }
         let prefix = keys::queue_of(tenant, id);
@@ -570,22 +707,6 @@ impl Store {
         Ok(counts)
     }
 
-    /// Marks a claimed delivery `in_flight` (not flushed: after a crash it is simply due again).
-    pub fn mark_in_flight(&self, tenant: &str, id: &DeliveryId) -> Result<Option<DeliveryRecord>> {
-        let key = keys::delivery(tenant, id);
-        let updated = self.tree.update_and_fetch(&key, |old| {
-            let bytes = old?;
-            match decode::<DeliveryRecord>(bytes) {
-                Ok(mut record) if record.status == DeliveryStatus::Pending => {
-                    record.status = DeliveryStatus::InFlight;
-                    Some(encode(&record))
-                }
-                _ => Some(bytes.to_vec()),
-            }
-        })?;
-        updated.map(|v| decode(&v)).transpose()
-    }
-
     /// Records an attempt and applies its consequence to the delivery and its schedule entry,
     /// atomically. Returns the updated delivery (`None` if it was purged meanwhile).
     pub fn record_attempt(
@@ -594,24 +715,63 @@ impl Store {
         attempt: &AttemptRecord,
         update: &DeliveryUpdate,
     ) -> Result<Option<DeliveryRecord>> {
-        let mut attempt_key = keys::attempts_of(tenant, &attempt.delivery_id);
-        attempt_key.extend_from_slice(attempt.id.as_str().as_bytes());
-        let attempt_value = encode(attempt);
-        self.change_delivery(
-            tenant,
-            &attempt.delivery_id,
-            |record| {
-                record.status = update.status;
-                record.next_attempt_at = update.next_attempt_at;
-                record.attempts = record.attempts.max(attempt.attempt);
-                record.last_attempt_at = Some(attempt.started_at);
-                record.last_status_code = attempt.status_code;
-                record.last_error = attempt.error_code.clone();
-                record.filtered_by = update.filtered_by.clone();
-            },
-            Some((&attempt_key, &attempt_value)),
-            Some(attempt.latency_ms),
-        )
+        let item = AttemptOutcome {
+            tenant: tenant.to_string(),
+            attempt: attempt.clone(),
+            update: update.clone(),
+        };
+        self.record_attempts(std::slice::from_ref(&item))?
+            .pop()
+            .expect("one result per outcome")
+    }
+
+    /// [`Store::record_attempt`] for many attempts in one transaction (the attempt recorder's
+    /// group commit): one result per outcome, in order. A delivery record that does not decode
+    /// fails only its own outcome.
+    pub fn record_attempts(
+        &self,
+        outcomes: &[AttemptOutcome],
+    ) -> Result<Vec<Result<Option<DeliveryRecord>>>> {
+        let now = crate::ids::now_ms();
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = outcomes
+            .iter()
+            .map(|o| {
+                let mut key = keys::attempts_of(&o.tenant, &o.attempt.delivery_id);
+                key.extend_from_slice(o.attempt.id.as_str().as_bytes());
+                (key, encode(&o.attempt))
+            })
+            .collect();
+        self.tree
+            .transaction(|tx| {
+                let mut results = Vec::with_capacity(outcomes.len());
+                for (o, (key, value)) in outcomes.iter().zip(&encoded) {
+                    let (attempt, update) = (&o.attempt, &o.update);
+                    let changed = change_delivery_in(
+                        tx,
+                        &o.tenant,
+                        &attempt.delivery_id,
+                        |record| {
+                            record.status = update.status;
+                            record.next_attempt_at = update.next_attempt_at;
+                            record.attempts = record.attempts.max(attempt.attempt);
+                            record.last_attempt_at = Some(attempt.started_at);
+                            record.last_status_code = attempt.status_code;
+                            record.last_error = attempt.error_code.clone();
+                            record.filtered_by = update.filtered_by.clone();
+                        },
+                        Some((key, value)),
+                        Some(attempt.latency_ms),
+                        now,
+                    );
+                    match changed {
+                        Ok(record) => results.push(Ok(record)),
+                        Err(ConflictableTransactionError::Abort(err)) => results.push(Err(err)),
+                        Err(other) => return Err(other),
+                    }
+                }
+                Ok(results)
+            })
+            .map_err(tx_error)
     }
 
     /// Puts a delivery back on its webhook's queue, due at `due_ms` (manual retry, recover).
@@ -657,11 +817,8 @@ impl Store {
         Ok(())
     }
 
-    /// Read-modify-write of one delivery in a transaction. Its schedule entry follows
-    /// `next_attempt_at` (removed, moved or added), and `extra` (a key and value) is written in
-    /// the same transaction, as are the statistics counters of the state change and of the
-    /// attempt's latency (`attempt_latency_ms`, when the change records an attempt). `None` if
-    /// the delivery does not exist.
+    /// Read-modify-write of one delivery in a transaction (see [`change_delivery_in`]).
+    /// `None` if the delivery does not exist.
     fn change_delivery(
         &self,
         tenant: &str,
@@ -670,42 +827,12 @@ impl Store {
         extra: Option<(&[u8], &[u8])>,
         attempt_latency_ms: Option<u64>,
     ) -> Result<Option<DeliveryRecord>> {
-        let delivery_key = keys::delivery(tenant, id);
         let now = crate::ids::now_ms();
-        let result = self.tree.transaction(|tx| {
-            let Some(bytes) = tx.get(&delivery_key)? else {
-                return Ok(None);
-            };
-            let mut record: DeliveryRecord =
-                decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
-            let old_due = record.next_attempt_at;
-            let old_status = record.status;
-            change(&mut record);
-            stats::record_transition(tx, tenant, old_status, &record, attempt_latency_ms)?;
-            if old_due != record.next_attempt_at {
-                if let Some(due) = old_due {
-                    tx.remove(keys::queue_entry(
-                        tenant,
-                        &record.webhook_id,
-                        due,
-                        &record.id,
-                    ))?;
-                }
-                if let Some(due) = record.next_attempt_at {
-                    tx.insert(
-                        keys::queue_entry(tenant, &record.webhook_id, due, &record.id),
-                        &[],
-                    )?;
-                }
-            }
-            record.updated_at = now;
-            tx.insert(delivery_key.as_slice(), encode(&record))?;
-            if let Some((key, value)) = extra {
-                tx.insert(key, value)?;
-            }
-            Ok(Some(record))
-        });
-        result.map_err(tx_error)
+        self.tree
+            .transaction(|tx| {
+                change_delivery_in(tx, tenant, id, &change, extra, attempt_latency_ms, now)
+            })
+            .map_err(tx_error)
     }
 
     /// Ids of a webhook's deliveries in `status` created at or after `since_ms`, oldest first.

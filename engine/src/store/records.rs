@@ -12,6 +12,10 @@ use crate::ids::{AttemptId, DeliveryId, EventId, WebhookId};
 #[serde(rename_all = "snake_case")]
 pub enum WebhookStatus {
     Active,
+    /// Receives events (its deliveries queue up) but sends nothing until made `active` again:
+    /// for a receiver that is down for maintenance.
+    Paused,
+    /// Receives no new events; deliveries already queued wait until it is `active` again.
     Disabled,
 }
 

@@ -1,0 +1,66 @@
+//! The attempt recorder: group commit for attempt outcomes.
+//!
+//! Every finished attempt hands its record and delivery update to one recorder task, which
+//! writes all outcomes waiting at that moment in one sled transaction (attempt log, delivery
+//! state, schedule entry and statistics counters for each). Under load many attempts share
+//! one transaction, so the hot statistics counters are read and written once per group instead
+//! of once per attempt. Outcomes are not flushed here: a crash before sled's periodic flush
+//! only makes the delivery due again (same `webhook-id`), which the delivery contract allows.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{AttemptOutcome, DeliveryRecord, Store, StoreError};
+
+/// Most outcomes written in one transaction.
+const MAX_GROUP: usize = 512;
+
+type Reply = oneshot::Sender<Result<Option<DeliveryRecord>, StoreError>>;
+
+/// Handle for recording outcomes; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    tx: mpsc::UnboundedSender<(AttemptOutcome, Reply)>,
+}
+
+impl Recorder {
+    /// Starts the recorder task. It ends when every `Recorder` handle is dropped.
+    pub fn start(store: Store) -> (Recorder, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Recorder { tx }, tokio::spawn(record_loop(store, rx)))
+    }
+
+    /// Records one outcome (with whatever else is waiting) and returns the updated delivery,
+    /// or `None` if it no longer exists.
+    pub async fn record(
+        &self,
+        outcome: AttemptOutcome,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((outcome, reply))
+            .map_err(|_| StoreError::Interrupted("the recorder has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Interrupted("the recorder has stopped".into()))?
+    }
+}
+
+async fn record_loop(store: Store, mut rx: mpsc::UnboundedReceiver<(AttemptOutcome, Reply)>) {
+    let mut group = Vec::with_capacity(64);
+    while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let (outcomes, replies): (Vec<AttemptOutcome>, Vec<Reply>) = group.drain(..).unzip();
+        match store.record_attempts(&outcomes) {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Interrupted(message.clone())));
+                }
+            }
+        }
+    }
+}
