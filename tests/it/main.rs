@@ -15,6 +15,7 @@ mod plugins;
 mod restart;
 mod retention;
 mod retries;
+mod secrets;
 mod ssrf;
 mod stats;
 mod support;

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins};
+use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins, RawSecurity};
 use super::{
     Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DeliveryConfig, LimitsConfig, PluginsConfig,
-    SsrfConfig, TenantConfig,
+    SecurityConfig, SsrfConfig, TenantConfig,
 };
 use crate::plugin::PluginSettings;
+use crate::secrets;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +197,8 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
         admin_dir: raw.plugins.admin_dir.as_ref().map(PathBuf::from),
     };
 
+    let security = security_config(&mut c, &raw.security);
+
     let mut admin_keys = Vec::new();
     for (i, hash_text) in raw.admin_api_keys.iter().enumerate() {
         match parse_key_hash(hash_text) {
@@ -313,11 +316,62 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
         delivery,
         ssrf,
         plugins,
+        security,
         tenants,
         api_keys,
         admin_keys,
         source: None,
     })
+}
+
+/// `[security]`: `secret_key` or `secret_key_file` (not both; neither is allowed here because
+/// `HOOKD_SECRET_KEY` may supply the key, and `hookd::start` refuses to run without one).
+fn security_config(c: &mut Collector<'_>, raw: &RawSecurity) -> SecurityConfig {
+    let current = match (&raw.secret_key, &raw.secret_key_file) {
+        (Some(_), Some(_)) => {
+            c.push(
+                "security.secret_key_file",
+                "set security.secret_key or security.secret_key_file, not both",
+            );
+            None
+        }
+        (Some(text), None) => match secrets::parse_key(text) {
+            Ok(key) => Some(key),
+            Err(err) => {
+                // Never echo the value: it may be a real key with a typo.
+                c.push("security.secret_key", err.to_string());
+                None
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => match secrets::parse_key(&text) {
+                Ok(key) => Some(key),
+                Err(err) => {
+                    c.push("security.secret_key_file", format!("{path}: {err}"));
+                    None
+                }
+            },
+            Err(err) => {
+                c.push(
+                    "security.secret_key_file",
+                    format!("cannot read {path}: {err}"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let mut previous = Vec::new();
+    for (i, text) in raw.previous_secret_keys.iter().enumerate() {
+        match secrets::parse_key(text) {
+            Ok(key) => previous.push(key),
+            Err(err) => c.push(
+                format!("security.previous_secret_keys[{i}]"),
+                err.to_string(),
+            ),
+        }
+    }
+    SecurityConfig::new(current, previous)
 }
 
 const DEFAULT_MAX_CHAIN_LENGTH: usize = 8;
