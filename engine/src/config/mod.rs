@@ -202,15 +202,16 @@ impl Config {
 
     /// Whether `api_key` is one of the admin keys.
     pub fn is_admin_key(&self, api_key: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
         let hash = hash_api_key(api_key);
-        // Constant-time over the hash bytes, so a near miss takes as long as a far one.
-        self.admin_keys.iter().any(|known| {
-            known
-                .iter()
-                .zip(hash.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-        })
+        // Constant time over the hash bytes and over every admin key (no early exit), so a
+        // near miss takes as long as a far one.
+        self.admin_keys
+            .iter()
+            .fold(subtle::Choice::from(0), |found, known| {
+                found | known.ct_eq(&hash)
+            })
+            .into()
     }
 
     /// Validates config text; `path` only names the file in error messages.
@@ -219,6 +220,13 @@ impl Config {
     }
 
     /// The tenant owning an API key, if any.
+    ///
+    /// Keys are held only as SHA-256 hashes, and the lookup hashes the presented key first.
+    /// A hash-map probe is not constant time, but what its timing could reveal is how the
+    /// SHA-256 of an attacker's guess relates to a stored hash (bucket under a per-process
+    /// random SipHash key, then a prefix of the hash): walking closer to a stored *hash* this
+    /// way does not bring a guess closer to the *key* (SHA-256 is preimage resistant), so
+    /// timing leaks nothing usable about keys. Admin keys use a constant-time scan anyway.
     pub fn tenant_for_key(&self, api_key: &str) -> Option<&TenantConfig> {
         let id = self.api_keys.get(&hash_api_key(api_key))?;
         self.tenants.get(id)
