@@ -11,6 +11,7 @@ mod isolation;
 mod metrics;
 mod openapi;
 mod ops;
+mod plugin_fairness;
 mod plugins;
 mod restart;
 mod retention;
