@@ -52,12 +52,13 @@ pub enum StartError {
     #[error("{0}")]
     NoSecretKey(String),
     #[error(
-        "the secret key does not open the webhook secrets in {path}: {source}. Was the data directory copied from another installation, or {env} / [security] secret_key changed? Put the old key into [security] previous_secret_keys to re-seal"
+        "the secret key does not open the webhook secrets in {path}: {problem}. Was the data directory copied from another installation, or {env} / [security] secret_key changed? Put the old key into [security] previous_secret_keys to re-seal"
     )]
     WrongSecretKey {
         path: std::path::PathBuf,
         env: &'static str,
-        source: StoreError,
+        // Not a `source`: the message already says it, and `{:#}` would repeat it.
+        problem: StoreError,
     },
 }
 
@@ -154,11 +155,11 @@ pub async fn start(
             webhooks = n,
             "webhook secrets re-sealed with the current secret key"
         ),
-        Err(source @ StoreError::Secret { .. }) => {
+        Err(problem @ StoreError::Secret { .. }) => {
             return Err(StartError::WrongSecretKey {
                 path: config.data_dir.clone(),
                 env: config::SECRET_KEY_ENV,
-                source,
+                problem,
             });
         }
         Err(source) => {
