@@ -45,7 +45,11 @@ fn payload_1k() -> String {
 
 async fn fsync_per_event() -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open(
+        dir.path(),
+        std::sync::Arc::new(hookd::secrets::Keyring::random()),
+    )
+    .unwrap();
     let payload = payload_1k();
     let start = Instant::now();
     let mut n = 0u64;
@@ -59,7 +63,11 @@ async fn fsync_per_event() -> f64 {
 
 async fn group_commit() -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open(
+        dir.path(),
+        std::sync::Arc::new(hookd::secrets::Keyring::random()),
+    )
+    .unwrap();
     let (dispatch, _rx) = Dispatcher::channel();
     let (ingest, _writer) = Ingest::start(store, dispatch);
     let count = Arc::new(AtomicU64::new(0));

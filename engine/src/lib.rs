@@ -13,6 +13,7 @@ pub mod ids;
 pub mod ingest;
 pub mod plugin;
 pub mod retention;
+pub mod secrets;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
@@ -48,6 +49,17 @@ pub enum StartError {
     Plugins(#[from] plugin::PluginError),
     #[error("the listener has no local address: {0}")]
     Listener(std::io::Error),
+    #[error("{0}")]
+    NoSecretKey(String),
+    #[error(
+        "the secret key does not open the webhook secrets in {path}: {problem}. Was the data directory copied from another installation, or {env} / [security] secret_key changed? Put the old key into [security] previous_secret_keys to re-seal"
+    )]
+    WrongSecretKey {
+        path: std::path::PathBuf,
+        env: &'static str,
+        // Not a `source`: the message already says it, and `{:#}` would repeat it.
+        problem: StoreError,
+    },
 }
 
 /// The longest a stop takes once requested (attempts in flight get the first 10 s).
@@ -128,12 +140,38 @@ pub async fn start(
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = Store::open_with_cache(&config.data_dir, config.limits.store_cache_bytes).map_err(
-        |source| StartError::Store {
-            path: config.data_dir.clone(),
-            source,
-        },
-    )?;
+    let keyring = config.security.keyring().map_err(StartError::NoSecretKey)?;
+    let store = Store::open_with_cache(
+        &config.data_dir,
+        std::sync::Arc::new(keyring),
+        config.limits.store_cache_bytes,
+    )
+    .map_err(|source| StartError::Store {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    // Plaintext secrets of older records and secrets under a previous key get the current key;
+    // a key that opens nothing stops the start here instead of producing wrong signatures.
+    match store.reseal_webhooks().await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            webhooks = n,
+            "webhook secrets re-sealed with the current secret key"
+        ),
+        Err(problem @ StoreError::Secret { .. }) => {
+            return Err(StartError::WrongSecretKey {
+                path: config.data_dir.clone(),
+                env: config::SECRET_KEY_ENV,
+                problem,
+            });
+        }
+        Err(source) => {
+            return Err(StartError::Store {
+                path: config.data_dir.clone(),
+                source,
+            });
+        }
+    }
     for warning in config.warnings() {
         warn!("{warning}");
     }

@@ -1,4 +1,4 @@
-//! The `hookd` command line: `serve`, `check-config`, `key`.
+//! The `hookd` command line: `serve`, `check-config`, `key`, `secret-key`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +45,9 @@ enum Command {
     /// Generate a new API key and the hash to paste into a tenant's `api_keys` (or the
     /// top-level `admin_api_keys`).
     Key,
+    /// Generate a new secret key (seals webhook secrets at rest) for `[security] secret_key`,
+    /// a `secret_key_file`, or `HOOKD_SECRET_KEY`.
+    SecretKey,
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -79,7 +82,16 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(mut loaded) => {
+                // The same key resolution as `serve`: the environment wins over the file.
+                if let Err(problem) = loaded
+                    .security
+                    .apply_env()
+                    .and_then(|()| loaded.security.keyring().map(drop))
+                {
+                    eprintln!("{}: {problem}", config.display());
+                    return ExitCode::FAILURE;
+                }
                 eprintln!("{}: configuration is valid", config.display());
                 ExitCode::SUCCESS
             }
@@ -89,6 +101,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Plugin(PluginCommand::Check { file }) => check_plugin(&file),
+        Command::SecretKey => {
+            eprintln!(
+                "Secret key (put it in [security] secret_key, a secret_key_file, or {}; keep a copy: without it stored webhook secrets cannot be opened):",
+                hookd::config::SECRET_KEY_ENV
+            );
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", hookd::secrets::generate_key());
+            }
+            ExitCode::SUCCESS
+        }
         Command::Key => {
             let (key, hash) = generate_api_key();
             eprintln!("API key (give this to the tenant; it is not stored anywhere):");
@@ -179,6 +202,10 @@ async fn serve_async(
     listen: Option<String>,
 ) -> anyhow::Result<()> {
     let mut config = Config::load(&config_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    config
+        .security
+        .apply_env()
+        .map_err(|problem| anyhow::anyhow!(problem))?;
     if let Some(data) = data {
         config.data_dir = data;
     }

@@ -387,6 +387,9 @@ async fn secrets_and_api_keys_never_reach_the_logs() {
         &new_secret["whsec_".len()..],
         ACME_KEY,
         "wrong-key-XYZ",
+        // The key sealing secrets at rest, and the sealed form of a secret.
+        crate::support::TEST_SECRET_KEY,
+        "hks1:",
     ] {
         assert!(!log.contains(needle), "`{needle}` appears in the logs");
     }

@@ -450,11 +450,7 @@ fn sample_webhook(plugins: Vec<PluginAttachment>, now: u64) -> WebhookRecord {
         description: String::new(),
         event_types: vec!["*".into()],
         channels: None,
-        secrets: vec![WebhookSecret {
-            secret: signing::generate_secret(),
-            created_at: now,
-            expires_at: None,
-        }],
+        secrets: vec![WebhookSecret::new(signing::generate_secret(), now)],
         headers: Default::default(),
         status: WebhookStatus::Active,
         disabled_reason: None,

@@ -387,11 +387,7 @@ pub async fn create(
         description,
         event_types,
         channels: body.channels,
-        secrets: vec![WebhookSecret {
-            secret: secret.clone(),
-            created_at: now,
-            expires_at: None,
-        }],
+        secrets: vec![WebhookSecret::new(secret.clone(), now)],
         headers,
         status: if body.disabled == Some(true) {
             WebhookStatus::Disabled
@@ -729,14 +725,8 @@ pub async fn rotate_secret(
             for old in &mut w.secrets {
                 old.expires_at = Some(old.expires_at.map_or(expires_at, |t| t.min(expires_at)));
             }
-            w.secrets.insert(
-                0,
-                WebhookSecret {
-                    secret: new_secret.clone(),
-                    created_at: now,
-                    expires_at: None,
-                },
-            );
+            w.secrets
+                .insert(0, WebhookSecret::new(new_secret.clone(), now));
             w.updated_at = now;
             Ok::<_, Infallible>(())
         })

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use crate::plugin::PluginSettings;
+use crate::secrets;
 
 pub(crate) use validate::valid_event_type;
 pub use validate::{ConfigError, ConfigErrors};
@@ -26,6 +27,13 @@ pub use validate::{ConfigError, ConfigErrors};
 /// The API key shipped in the default config for the `dev` tenant. The engine warns while any
 /// tenant accepts it.
 pub const DEV_API_KEY: &str = "hookd-dev-key";
+
+/// The secret key shipped in the default config (`[security] secret_key`). The engine warns
+/// while it is the current key: anyone can open secrets sealed with it.
+pub const DEV_SECRET_KEY: &str = "aG9va2QtZGV2LXNlY3JldC1rZXktbm90LWZvci11c2U=";
+
+/// Environment variable holding the secret key; it wins over `[security]` in the file.
+pub const SECRET_KEY_ENV: &str = "HOOKD_SECRET_KEY";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -41,6 +49,8 @@ pub struct Config {
     pub ssrf: SsrfConfig,
     /// Global plugin budgets; each tenant has its merged copy in [`TenantConfig::plugins`].
     pub plugins: PluginsConfig,
+    /// The keys sealing webhook secrets (applies at the next start).
+    pub security: SecurityConfig,
     pub tenants: HashMap<String, TenantConfig>,
     /// SHA-256 of an API key → tenant id.
     api_keys: HashMap<[u8; 32], String>,
@@ -100,6 +110,72 @@ pub struct PluginsConfig {
     pub admin_dir: Option<PathBuf>,
 }
 
+/// The secret-sealing keys: the current one (from `[security]` or [`SECRET_KEY_ENV`]) and
+/// previous ones that still open secrets until the startup re-seal has moved them over.
+#[derive(Clone, Default)]
+pub struct SecurityConfig {
+    current: Option<[u8; secrets::SECRET_KEY_BYTES]>,
+    previous: Vec<[u8; secrets::SECRET_KEY_BYTES]>,
+}
+
+impl std::fmt::Debug for SecurityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Key ids only: never key bytes.
+        f.debug_struct("SecurityConfig")
+            .field("current", &self.current.as_ref().map(secrets::key_id))
+            .field(
+                "previous",
+                &self
+                    .previous
+                    .iter()
+                    .map(secrets::key_id)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl SecurityConfig {
+    pub(crate) fn new(
+        current: Option<[u8; secrets::SECRET_KEY_BYTES]>,
+        previous: Vec<[u8; secrets::SECRET_KEY_BYTES]>,
+    ) -> Self {
+        SecurityConfig { current, previous }
+    }
+
+    /// Makes `text` (base64 of 32 bytes, e.g. from [`SECRET_KEY_ENV`]) the current key.
+    pub fn override_secret_key(&mut self, text: &str) -> Result<(), secrets::SecretsError> {
+        self.current = Some(secrets::parse_key(text)?);
+        Ok(())
+    }
+
+    /// Applies [`SECRET_KEY_ENV`] if it is set; the error names the variable.
+    pub fn apply_env(&mut self) -> Result<(), String> {
+        match std::env::var(SECRET_KEY_ENV) {
+            Ok(text) => self
+                .override_secret_key(&text)
+                .map_err(|err| format!("{SECRET_KEY_ENV}: {err}")),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The keyring, or why there is none.
+    pub fn keyring(&self) -> Result<secrets::Keyring, String> {
+        match &self.current {
+            Some(current) => Ok(secrets::Keyring::new(current, &self.previous)),
+            None => Err(format!(
+                "no secret key: webhook secrets are encrypted at rest, so set [security] secret_key or secret_key_file, or {SECRET_KEY_ENV} (generate one with `hookd secret-key`)"
+            )),
+        }
+    }
+
+    fn is_dev_key(&self) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|key| secrets::parse_key(DEV_SECRET_KEY).is_ok_and(|dev| dev == *key))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TenantConfig {
     pub id: String,
@@ -128,15 +204,16 @@ impl Config {
 
     /// Whether `api_key` is one of the admin keys.
     pub fn is_admin_key(&self, api_key: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
         let hash = hash_api_key(api_key);
-        // Constant-time over the hash bytes, so a near miss takes as long as a far one.
-        self.admin_keys.iter().any(|known| {
-            known
-                .iter()
-                .zip(hash.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-        })
+        // Constant time over the hash bytes and over every admin key (no early exit), so a
+        // near miss takes as long as a far one.
+        self.admin_keys
+            .iter()
+            .fold(subtle::Choice::from(0), |found, known| {
+                found | known.ct_eq(&hash)
+            })
+            .into()
     }
 
     /// Validates config text; `path` only names the file in error messages.
@@ -145,6 +222,13 @@ impl Config {
     }
 
     /// The tenant owning an API key, if any.
+    ///
+    /// Keys are held only as SHA-256 hashes, and the lookup hashes the presented key first.
+    /// A hash-map probe is not constant time, but what its timing could reveal is how the
+    /// SHA-256 of an attacker's guess relates to a stored hash (bucket under a per-process
+    /// random SipHash key, then a prefix of the hash): walking closer to a stored *hash* this
+    /// way does not bring a guess closer to the *key* (SHA-256 is preimage resistant), so
+    /// timing leaks nothing usable about keys. Admin keys use a constant-time scan anyway.
     pub fn tenant_for_key(&self, api_key: &str) -> Option<&TenantConfig> {
         let id = self.api_keys.get(&hash_api_key(api_key))?;
         self.tenants.get(id)
@@ -162,6 +246,12 @@ impl Config {
                 "tenant `{}` accepts the development API key `{DEV_API_KEY}`; replace it (see `hookd key`) before exposing hookd",
                 tenant.id
             ));
+        }
+        if self.security.is_dev_key() {
+            warnings.push(
+                "webhook secrets are sealed with the development secret key from config/hookd.toml; set your own (see `hookd secret-key`) before storing real secrets"
+                    .to_string(),
+            );
         }
         let loopback: [std::net::IpAddr; 2] = [
             std::net::Ipv4Addr::LOCALHOST.into(),

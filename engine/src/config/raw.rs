@@ -23,7 +23,19 @@ pub struct RawConfig {
     #[serde(default)]
     pub plugins: RawPlugins,
     #[serde(default)]
+    pub security: RawSecurity,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
+}
+
+/// `[security]`: the key that seals webhook secrets at rest (`HOOKD_SECRET_KEY` overrides).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurity {
+    pub secret_key: Option<String>,
+    pub secret_key_file: Option<String>,
+    #[serde(default)]
+    pub previous_secret_keys: Vec<String>,
 }
 
 /// Plugin budgets; globally (`[plugins]`) and per tenant (`[tenants.plugins]`, budgets only).

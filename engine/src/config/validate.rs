@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins};
+use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins, RawSecurity};
 use super::{
     Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DeliveryConfig, LimitsConfig, PluginsConfig,
-    SsrfConfig, TenantConfig,
+    SecurityConfig, SsrfConfig, TenantConfig,
 };
 use crate::plugin::PluginSettings;
+use crate::secrets;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +203,8 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
         admin_dir: raw.plugins.admin_dir.as_ref().map(PathBuf::from),
     };
 
+    let security = security_config(&mut c, &raw.security);
+
     let mut admin_keys = Vec::new();
     for (i, hash_text) in raw.admin_api_keys.iter().enumerate() {
         match parse_key_hash(hash_text) {
@@ -319,11 +322,62 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
         delivery,
         ssrf,
         plugins,
+        security,
         tenants,
         api_keys,
         admin_keys,
         source: None,
     })
+}
+
+/// `[security]`: `secret_key` or `secret_key_file` (not both; neither is allowed here because
+/// `HOOKD_SECRET_KEY` may supply the key, and `hookd::start` refuses to run without one).
+fn security_config(c: &mut Collector<'_>, raw: &RawSecurity) -> SecurityConfig {
+    let current = match (&raw.secret_key, &raw.secret_key_file) {
+        (Some(_), Some(_)) => {
+            c.push(
+                "security.secret_key_file",
+                "set security.secret_key or security.secret_key_file, not both",
+            );
+            None
+        }
+        (Some(text), None) => match secrets::parse_key(text) {
+            Ok(key) => Some(key),
+            Err(err) => {
+                // Never echo the value: it may be a real key with a typo.
+                c.push("security.secret_key", err.to_string());
+                None
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => match secrets::parse_key(&text) {
+                Ok(key) => Some(key),
+                Err(err) => {
+                    c.push("security.secret_key_file", format!("{path}: {err}"));
+                    None
+                }
+            },
+            Err(err) => {
+                c.push(
+                    "security.secret_key_file",
+                    format!("cannot read {path}: {err}"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let mut previous = Vec::new();
+    for (i, text) in raw.previous_secret_keys.iter().enumerate() {
+        match secrets::parse_key(text) {
+            Ok(key) => previous.push(key),
+            Err(err) => c.push(
+                format!("security.previous_secret_keys[{i}]"),
+                err.to_string(),
+            ),
+        }
+    }
+    SecurityConfig::new(current, previous)
 }
 
 const DEFAULT_MAX_CHAIN_LENGTH: usize = 8;
@@ -723,5 +777,75 @@ mod tests {
         assert_eq!(config.tenant_for_key(&key).unwrap().id, "acme");
         assert!(config.tenant_for_key(&hash).is_none());
         assert!(config.tenant_for_key("hookd-dev-key").is_none());
+    }
+
+    #[test]
+    fn admin_keys_match_by_hash_and_only_exactly() {
+        let (key, hash) = crate::config::generate_api_key();
+        let (other, other_hash) = crate::config::generate_api_key();
+        let config = parse(&format!(
+            "admin_api_keys = [\"{other_hash}\", \"{hash}\"]\n"
+        ))
+        .unwrap();
+        assert!(config.is_admin_key(&key));
+        assert!(config.is_admin_key(&other));
+        // The hash itself, a prefix, and a one-character change are not keys.
+        assert!(!config.is_admin_key(&hash));
+        assert!(!config.is_admin_key(&key[..key.len() - 1]));
+        let mut near = key.clone().into_bytes();
+        let last = near.len() - 1;
+        near[last] = if near[last] == b'A' { b'B' } else { b'A' };
+        assert!(!config.is_admin_key(std::str::from_utf8(&near).unwrap()));
+    }
+
+    #[test]
+    fn the_secret_key_comes_from_one_place_and_a_bad_one_is_not_echoed() {
+        assert!(
+            parse("").unwrap().security.keyring().is_err(),
+            "no key: no keyring"
+        );
+        let key = crate::secrets::generate_key();
+        let both = parse(&format!(
+            "[security]\nsecret_key = \"{key}\"\nsecret_key_file = \"/nonexistent\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(both.0[0].key, "security.secret_key_file");
+        let bad = parse(
+            "[security]\nsecret_key = \"almost-a-real-key\"\nprevious_secret_keys = [\"x\"]\n",
+        )
+        .unwrap_err();
+        let keys: Vec<_> = bad.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["security.secret_key", "security.previous_secret_keys[0]"]
+        );
+        assert!(!bad.to_string().contains("almost-a-real-key"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, format!("{key}\n")).unwrap();
+        let config = parse(&format!(
+            "[security]\nsecret_key_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap();
+        let ring = config.security.keyring().unwrap();
+        let parsed = crate::secrets::parse_key(&key).unwrap();
+        assert_eq!(ring.current_id(), crate::secrets::key_id(&parsed));
+        // Debug output names key ids, never key bytes.
+        assert!(!format!("{config:?}").contains(&key));
+    }
+
+    #[test]
+    fn the_shipped_config_has_the_dev_secret_key_and_warns_about_it() {
+        let text = include_str!("../../../config/hookd.toml");
+        let config = parse(text).unwrap();
+        assert!(config.security.keyring().is_ok());
+        assert!(
+            config
+                .warnings()
+                .iter()
+                .any(|w| w.contains("development secret key"))
+        );
     }
 }

@@ -14,8 +14,21 @@ pub const DEFAULT_MAX_LOG_BYTES: usize = 4 << 10;
 pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 32 << 20;
 /// Default time allowed to compile an uploaded component.
 pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default number of plugin chains one tenant may run at the same time.
+/// Most plugin chains one tenant may run at the same time by default; the default is the
+/// number of cores when that is smaller (see [`default_max_concurrent_calls_per_tenant`]).
 pub const DEFAULT_MAX_CONCURRENT_CALLS_PER_TENANT: usize = 4;
+
+/// The default per-tenant chain cap: the number of cores, at most
+/// [`DEFAULT_MAX_CONCURRENT_CALLS_PER_TENANT`]. A hostile plugin loops until its deadline, so
+/// a tenant's slots are that many busy threads: more than the cores takes CPU from every
+/// other tenant's deliveries. Measured on 2 cores (`tests/it/plugin_fairness.rs`, one tenant
+/// looping at 200 ms deadlines): another tenant's delivery p50 went from ~5 ms to ~28 ms with
+/// 2 slots and to ~53 ms with 4; with 32 slots its p99 reached 0.7–1.25 s.
+pub fn default_max_concurrent_calls_per_tenant() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, DEFAULT_MAX_CONCURRENT_CALLS_PER_TENANT)
+}
 /// Default cap on the payload a transform may produce.
 pub const DEFAULT_MAX_OUTPUT_PAYLOAD_BYTES: usize = 2 << 20;
 
@@ -63,7 +76,7 @@ impl Default for PluginSettings {
             fuel: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
-            max_concurrent_calls_per_tenant: DEFAULT_MAX_CONCURRENT_CALLS_PER_TENANT,
+            max_concurrent_calls_per_tenant: default_max_concurrent_calls_per_tenant(),
             max_output_payload_bytes: DEFAULT_MAX_OUTPUT_PAYLOAD_BYTES,
         }
     }

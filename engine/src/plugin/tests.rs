@@ -607,6 +607,44 @@ async fn the_sandbox_denies_files_env_and_network() {
     assert_eq!(report["all_denied"], true);
 }
 
+/// The default probes could pass for the wrong reason (nothing listens on 127.0.0.1:80, so a
+/// refused connection also reads "denied"): here every target really exists on the host, a
+/// file with known content, a variable set in this process, a socket that accepts, and the
+/// probe must still see none of them.
+#[tokio::test]
+async fn the_sandbox_denies_targets_that_exist_on_the_host() {
+    let host = fixture("sandbox-probe").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("host-secret.txt");
+    std::fs::write(&file, "host-only content").expect("write");
+    assert!(std::env::var("PATH").is_ok(), "PATH is set on the host");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let config = json!({
+        "path": file.display().to_string(),
+        "dir": dir.path().display().to_string(),
+        "env": "PATH",
+        "tcp": listener.local_addr().expect("addr").to_string(),
+        "dns": "localhost",
+    });
+    let result = run(
+        host,
+        &[step("sandbox-probe", config)],
+        request("dlv_sb_real", json!({})),
+    )
+    .await;
+    let report = body_json(delivered(&result));
+    assert_eq!(report["all_denied"], true, "{report}");
+    assert!(
+        !report.to_string().contains("host-only content"),
+        "{report}"
+    );
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the guest's connect reached the host's socket"
+    );
+}
+
 #[tokio::test]
 async fn clocks_and_random_are_deterministic_per_delivery_and_attempt_time() {
     let host = fixture("clock-and-random").await;

@@ -5,6 +5,11 @@
 //! a version byte followed by JSON (see [`encode`]). Multi-record writes are one atomic sled
 //! batch or transaction, so a crash never leaves an event without its deliveries or a delivery
 //! without its schedule entry.
+//!
+//! Webhook secrets are sealed (`secrets.rs`) on every write of a webhook and opened on
+//! [`Store::webhook`] and [`Store::update_webhook`]; listings leave them sealed. At startup
+//! [`Store::reseal_webhooks`] seals plaintext secrets of records written before sealing
+//! existed and re-seals those under a previous key, and refuses a key that opens nothing.
 
 mod keys;
 pub mod records;
@@ -20,6 +25,7 @@ use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::ids::{DeliveryId, EventId, WebhookId};
+use crate::secrets::{Keyring, SecretsError};
 pub use records::{
     AttemptRecord, DeliveryRecord, DeliveryStatus, EventRecord, PluginAttachment, WebhookRecord,
     WebhookSecret, WebhookStatus,
@@ -40,6 +46,12 @@ pub enum StoreError {
     /// A store task (the attempt recorder, a flush on the blocking pool) did not finish.
     #[error("store operation interrupted: {0}")]
     Interrupted(String),
+    #[error("the secrets of webhook {webhook_id} (tenant {tenant}) cannot be opened: {source}")]
+    Secret {
+        tenant: String,
+        webhook_id: String,
+        source: SecretsError,
+    },
 }
 
 impl StoreError {
@@ -209,9 +221,10 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     webhooks: Arc<WebhookCache>,
+    keyring: Arc<Keyring>,
 }
 
-/// Every tenant's webhooks, decoded, as last read from the tree. Fan-out reads a tenant's
+/// Every tenant's webhooks, decoded with secrets opened, as last read from the tree. Fan-out reads a tenant's
 /// webhooks per event and every attempt reads its webhook: without this they would scan and
 /// decode JSON each time. Every webhook write goes through `Store`, which drops the tenant's
 /// entry after writing; `generation` makes sure a read that raced with a write never caches
@@ -256,13 +269,13 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the store in `dir`. sled takes an exclusive lock on the directory,
     /// so one data dir serves one process.
-    pub fn open(dir: &Path) -> Result<Store> {
-        Store::open_with_cache(dir, 64 * 1024 * 1024)
+    pub fn open(dir: &Path, keyring: Arc<Keyring>) -> Result<Store> {
+        Store::open_with_cache(dir, keyring, 64 * 1024 * 1024)
     }
 
     /// [`Store::open`] with sled's page cache capped at `cache_bytes`.
     #[allow(clippy::disallowed_methods)] // the one allowed sled::open
-    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store> {
+    pub fn open_with_cache(dir: &Path, keyring: Arc<Keyring>, cache_bytes: u64) -> Result<Store> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -274,6 +287,7 @@ impl Store {
             db,
             tree,
             webhooks: Arc::default(),
+            keyring,
         })
     }
 
@@ -344,22 +358,94 @@ impl Store {
 
     // ---- webhooks ------------------------------------------------------------------------
 
+    /// The stored form of a webhook: every secret that has its plaintext is sealed afresh
+    /// (bound to this tenant and webhook); secrets read sealed are written as they were.
+    fn encode_webhook(&self, tenant: &str, webhook: &WebhookRecord) -> Vec<u8> {
+        let mut stored = webhook.clone();
+        for secret in &mut stored.secrets {
+            if !secret.secret.is_empty() {
+                secret.sealed = Some(self.keyring.seal(
+                    tenant,
+                    webhook.id.as_str(),
+                    &secret.secret,
+                ));
+            }
+        }
+        encode(&stored)
+    }
+
+    /// Opens every sealed secret of `webhook` (a record written before sealing existed has
+    /// its plaintext already).
+    fn open_secrets(&self, tenant: &str, webhook: &mut WebhookRecord) -> Result<()> {
+        for secret in &mut webhook.secrets {
+            if let Some(sealed) = &secret.sealed {
+                secret.secret = self
+                    .keyring
+                    .open(tenant, webhook.id.as_str(), sealed)
+                    .map_err(|source| StoreError::Secret {
+                        tenant: tenant.to_string(),
+                        webhook_id: webhook.id.to_string(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     pub async fn insert_webhook(&self, tenant: &str, webhook: &WebhookRecord) -> Result<()> {
-        let written = self
-            .tree
-            .insert(keys::webhook(tenant, &webhook.id), encode(webhook));
+        let written = self.tree.insert(
+            keys::webhook(tenant, &webhook.id),
+            self.encode_webhook(tenant, webhook),
+        );
         self.webhooks.invalidate(tenant);
         written?;
         self.flush().await
     }
 
-    /// One webhook (from the cache of the tenant's webhooks).
+    /// A webhook with its secrets opened (plaintext in `secret`): what an attempt signs with.
+    /// Read from the cache of the tenant's webhooks.
     pub fn webhook(&self, tenant: &str, id: &WebhookId) -> Result<Option<WebhookRecord>> {
         Ok(self
             .webhooks_shared(tenant)?
             .iter()
             .find(|w| &w.id == id)
             .cloned())
+    }
+
+    /// Seals every plaintext secret (records from before sealing) and re-seals every secret
+    /// sealed under a previous key with the current one, then flushes; every secret is opened
+    /// on the way, so a wrong key fails here, at startup, naming the webhook and the key id.
+    /// Returns how many webhooks were rewritten.
+    pub async fn reseal_webhooks(&self) -> Result<usize> {
+        let mut rewritten = 0;
+        for entry in self.tree.scan_prefix([keys::WEBHOOK]) {
+            let (key, old) = entry?;
+            let Some((tenant, _)) = keys::split_tenant_key(&key) else {
+                continue;
+            };
+            let mut webhook: WebhookRecord = decode(&old)?;
+            let stale = webhook.secrets.iter().any(|s| {
+                s.sealed
+                    .as_deref()
+                    .is_none_or(|sealed| !self.keyring.is_current(sealed))
+            });
+            self.open_secrets(tenant, &mut webhook)?;
+            if stale {
+                // A concurrent change cannot happen before the API starts; a lost race would
+                // only leave the record for the next start.
+                let _ = self.tree.compare_and_swap(
+                    &key,
+                    Some(&old),
+                    Some(self.encode_webhook(tenant, &webhook)),
+                )?;
+                self.webhooks.invalidate(tenant);
+                rewritten += 1;
+            }
+        }
+        if rewritten > 0 {
+            self.flush().await?;
+        }
+        Ok(rewritten)
     }
 
     pub fn list_webhooks(
@@ -376,7 +462,7 @@ impl Store {
         )
     }
 
-    /// Every webhook of a tenant.
+    /// Every webhook of a tenant, secrets opened (from the cache; views never show them).
     pub fn webhooks_of(&self, tenant: &str) -> Result<Vec<WebhookRecord>> {
         Ok(self.webhooks_shared(tenant)?.as_ref().clone())
     }
@@ -390,7 +476,11 @@ impl Store {
         let webhooks: Vec<WebhookRecord> = self
             .tree
             .scan_prefix(keys::tenant_prefix(keys::WEBHOOK, tenant))
-            .map(|entry| decode(&entry?.1))
+            .map(|entry| {
+                let mut webhook = decode(&entry?.1)?;
+                self.open_secrets(tenant, &mut webhook)?;
+                Ok(webhook)
+            })
             .collect::<Result<_>>()?;
         let webhooks = Arc::new(webhooks);
         self.webhooks.put(tenant, generation, webhooks.clone());
@@ -425,10 +515,13 @@ impl Store {
                 return Ok(None);
             };
             let mut record: WebhookRecord = decode(&old)?;
+            self.open_secrets(tenant, &mut record)?;
             change(&mut record).map_err(UpdateError::Refused)?;
-            let swapped = self
-                .tree
-                .compare_and_swap(&key, Some(&old), Some(encode(&record)));
+            let swapped = self.tree.compare_and_swap(
+                &key,
+                Some(&old),
+                Some(self.encode_webhook(tenant, &record)),
+            );
             self.webhooks.invalidate(tenant);
             let swapped = swapped.map_err(StoreError::from)?;
             if swapped.is_ok() {
@@ -899,7 +992,11 @@ mod tests {
     #[test]
     fn schedule_counts_cover_every_tenant_and_webhook_and_stop_at_their_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            std::sync::Arc::new(crate::secrets::Keyring::random()),
+        )
+        .unwrap();
         let (a, b) = (WebhookId::new(), WebhookId::new());
         let news: Vec<NewEvent> = ["acme", "globex"]
             .into_iter()
@@ -937,5 +1034,84 @@ mod tests {
         );
         let capped = store.schedule_counts(5_000, 3).unwrap();
         assert_eq!((capped.scheduled, capped.truncated), (3, true));
+    }
+
+    fn webhook_record(secret: &str) -> WebhookRecord {
+        WebhookRecord {
+            id: WebhookId::new(),
+            url: "https://receiver.example/hook".into(),
+            description: String::new(),
+            event_types: vec!["*".into()],
+            channels: None,
+            secrets: vec![WebhookSecret::new(secret.into(), 1)],
+            headers: Default::default(),
+            status: WebhookStatus::Active,
+            disabled_reason: None,
+            max_attempts: None,
+            timeout_ms: None,
+            max_in_flight: None,
+            rate_limit_per_sec: None,
+            metadata: Default::default(),
+            plugins: Vec::new(),
+            failing_since: None,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[tokio::test]
+    async fn plaintext_secrets_of_older_records_are_sealed_at_startup_and_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Arc::new(Keyring::random())).unwrap();
+        let webhook = webhook_record(SECRET);
+        // A record as hookd wrote it before sealing: the secret in plaintext JSON.
+        let mut legacy = serde_json::to_value(&webhook).unwrap();
+        legacy["secrets"][0]["secret"] = SECRET.into();
+        let key = keys::webhook("acme", &webhook.id);
+        store.tree.insert(&key, encode(&legacy)).unwrap();
+        assert_eq!(
+            store.webhook("acme", &webhook.id).unwrap().unwrap().secrets[0].secret,
+            SECRET,
+            "an older record reads as before"
+        );
+
+        assert_eq!(store.reseal_webhooks().await.unwrap(), 1);
+        let raw = store.tree.get(&key).unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+        assert_eq!(
+            store.webhook("acme", &webhook.id).unwrap().unwrap().secrets[0].secret,
+            SECRET
+        );
+        // Nothing left to re-seal; listings keep secrets sealed.
+        assert_eq!(store.reseal_webhooks().await.unwrap(), 0);
+        let listed = store.webhooks_of("acme").unwrap();
+        assert!(listed[0].secrets[0].secret.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_sealed_record_moved_to_another_webhook_or_tenant_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Arc::new(Keyring::random())).unwrap();
+        let webhook = webhook_record(SECRET);
+        store.insert_webhook("acme", &webhook).await.unwrap();
+        let sealed = store
+            .tree
+            .get(keys::webhook("acme", &webhook.id))
+            .unwrap()
+            .unwrap();
+        store
+            .tree
+            .insert(keys::webhook("globex", &webhook.id), sealed.clone())
+            .unwrap();
+        assert!(matches!(
+            store.webhook("globex", &webhook.id),
+            Err(StoreError::Secret { .. })
+        ));
+        assert!(matches!(
+            store.reseal_webhooks().await,
+            Err(StoreError::Secret { .. })
+        ));
     }
 }

@@ -19,13 +19,43 @@ pub enum WebhookStatus {
     Disabled,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One signing secret. In memory `secret` is the plaintext `whsec_…`; on disk only `sealed`
+/// is written (`Store` seals on write, see `secrets.rs`). `secret` is never serialised, so a
+/// record that reaches JSON by mistake carries no secret; a record written before secrets were
+/// sealed still decodes (its plaintext `secret`) and is re-sealed at startup.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct WebhookSecret {
+    #[serde(default, skip_serializing)]
     pub secret: String,
+    /// `hks1:<key id>:…`; `None` until the store first writes the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
     pub created_at: u64,
     /// Set on the previous secret when a new one is rotated in; it keeps signing until then.
     #[serde(default)]
     pub expires_at: Option<u64>,
+}
+
+impl WebhookSecret {
+    /// A new secret, sealed when the store writes it.
+    pub fn new(secret: String, created_at: u64) -> Self {
+        WebhookSecret {
+            secret,
+            sealed: None,
+            created_at,
+            expires_at: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSecret")
+            .field("secret", &"<redacted>")
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// A plugin attached to a webhook, run in list order at attempt time.
@@ -72,7 +102,8 @@ pub struct WebhookRecord {
 }
 
 impl WebhookRecord {
-    /// Secrets that sign right now, newest first.
+    /// Secrets that sign right now, newest first. Their plaintext is there when the record
+    /// came from `Store::webhook` or `Store::update_webhook`; listings leave it sealed.
     pub fn live_secrets(&self, now_ms: u64) -> impl Iterator<Item = &WebhookSecret> {
         self.secrets
             .iter()

@@ -318,7 +318,11 @@ mod tests {
     #[test]
     fn finished_records_go_with_every_key_that_points_at_them_and_queued_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            std::sync::Arc::new(crate::secrets::Keyring::random()),
+        )
+        .unwrap();
         let (ok, slow) = (WebhookId::new(), WebhookId::new());
         let events = [
             new_event(&[&ok], Some("key-1")),
@@ -412,7 +416,11 @@ mod tests {
     #[test]
     fn a_delivery_retried_after_it_was_read_is_not_purged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            std::sync::Arc::new(crate::secrets::Keyring::random()),
+        )
+        .unwrap();
         let hook = WebhookId::new();
         let event = new_event(&[&hook], None);
         store.write_events(std::slice::from_ref(&event)).unwrap();
@@ -448,7 +456,11 @@ mod tests {
     #[test]
     fn tenants_with_events_lists_each_tenant_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            std::sync::Arc::new(crate::secrets::Keyring::random()),
+        )
+        .unwrap();
         let mut events = vec![new_event(&[], None), new_event(&[], None)];
         for tenant in ["globex", "a"] {
             events.push(NewEvent {

@@ -628,7 +628,11 @@ mod tests {
     #[test]
     fn counters_follow_ingest_outcomes_and_manual_retries() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            std::sync::Arc::new(crate::secrets::Keyring::random()),
+        )
+        .unwrap();
         let (hook_a, hook_b) = (WebhookId::new(), WebhookId::new());
         let today = 20_400 * MS_PER_DAY + 5;
         let yesterday = today - MS_PER_DAY;
@@ -698,7 +702,11 @@ mod tests {
     #[test]
     fn event_types_beyond_the_daily_cap_count_as_other() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            std::sync::Arc::new(crate::secrets::Keyring::random()),
+        )
+        .unwrap();
         let at = 20_400 * MS_PER_DAY;
         let events: Vec<NewEvent> = (0..MAX_EVENT_TYPES_PER_DAY + 3)
             .map(|i| event("acme", &[], &format!("t.{i}"), at))
@@ -722,7 +730,11 @@ mod tests {
     #[test]
     fn pruning_drops_only_counter_days_before_the_cutoff() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            std::sync::Arc::new(crate::secrets::Keyring::random()),
+        )
+        .unwrap();
         let old = 20_000 * MS_PER_DAY;
         let new = 20_100 * MS_PER_DAY;
         let hook = WebhookId::new();

@@ -18,6 +18,8 @@ pub use receiver::Receiver;
 
 pub const ACME_KEY: &str = "acme-test-key";
 pub const GLOBEX_KEY: &str = "globex-test-key";
+/// `[security] secret_key` of test configs (base64 of 32 bytes).
+pub const TEST_SECRET_KEY: &str = "dGVzdC1zZWNyZXQta2V5LWZvci1ob29rZC10ZXN0cyE=";
 
 /// Polls `check` every 20 ms until it returns `Some`, failing the test after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
@@ -83,6 +85,8 @@ allow_http = true
 [plugins]
 {plugin_defaults}
 {extra_plugins}
+[security]
+secret_key = "{secret_key}"
 [[tenants]]
 id = "acme"
 api_keys = ["sha256:{acme}"]
@@ -94,6 +98,7 @@ api_keys = ["sha256:{globex}"]
         data = data_dir.display(),
         acme = hex::encode(hash_api_key(ACME_KEY)),
         globex = hex::encode(hash_api_key(GLOBEX_KEY)),
+        secret_key = TEST_SECRET_KEY,
     )
 }
 
