@@ -6,6 +6,7 @@
 mod api_errors;
 mod crash;
 mod delivery;
+mod dns;
 mod examples;
 mod isolation;
 mod metrics;

@@ -263,6 +263,12 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
                         "is an engine-wide limit; set it in [delivery] only",
                     );
                 }
+                if overrides.dns_servers.is_some() {
+                    c.push(
+                        format!("{key}.delivery.dns_servers"),
+                        "is engine-wide; set it in [delivery] only",
+                    );
+                }
                 delivery_config(&mut c, &format!("{key}.delivery"), overrides, &delivery)
             }
             None => delivery.clone(),
@@ -452,6 +458,7 @@ impl Default for DeliveryConfig {
             max_retry_after: Duration::from_secs(HOUR),
             disable_after: Duration::from_secs(5 * 24 * HOUR),
             failing_event_after_attempts: 3,
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -545,6 +552,24 @@ fn delivery_config(
             c.push(key("failing_event_after_attempts"), "must be at least 1");
         }
         out.failing_event_after_attempts = n.max(1);
+    }
+    if let Some(servers) = &raw.dns_servers {
+        out.dns_servers = Vec::new();
+        for (i, text) in servers.iter().enumerate() {
+            // "ip:port", "[v6]:port", or a bare address on port 53.
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(addr) => out.dns_servers.push(addr),
+                None => c.push(
+                    format!("{prefix}.dns_servers[{i}]"),
+                    format!("`{text}` is not an IP address or IP:port"),
+                ),
+            }
+        }
     }
     if raw.disable_after.is_some() {
         out.disable_after = c.duration(
