@@ -8,6 +8,7 @@ mod crash;
 mod delivery;
 mod dns;
 mod examples;
+mod faulty;
 mod isolation;
 mod metrics;
 mod openapi;

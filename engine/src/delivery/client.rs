@@ -282,6 +282,9 @@ impl DeliveryClient {
 
 /// Maps a reqwest error to a stable code and a readable message.
 fn classify_error(err: &reqwest::Error) -> (&'static str, String) {
+    // During connect to an https URL, invalid data or an early EOF can only come from the TLS
+    // handshake (rustls errors and "tls handshake eof" surface as these io kinds).
+    let tls_handshake = err.is_connect() && err.url().is_some_and(|url| url.scheme() == "https");
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(current) = source {
         if let Some(blocked) = current.downcast_ref::<BlockedAddress>() {
@@ -298,10 +301,19 @@ fn classify_error(err: &reqwest::Error) -> (&'static str, String) {
                 | ErrorKind::ConnectionAborted
                 | ErrorKind::BrokenPipe => Some("connection_reset"),
                 ErrorKind::TimedOut => Some("timeout"),
+                ErrorKind::InvalidData | ErrorKind::UnexpectedEof if tls_handshake => Some("tls"),
                 _ => None,
             };
             if let Some(code) = code {
                 return (code, io.to_string());
+            }
+            // A wrapped io::Error (the connector wraps the TLS one in `Other`) is not its
+            // wrapper's `source()`; look inside.
+            if let Some(inner) = io.get_ref()
+                && inner.is::<std::io::Error>()
+            {
+                source = Some(inner);
+                continue;
             }
         }
         source = current.source();
