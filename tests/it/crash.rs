@@ -200,8 +200,8 @@ type Acked = Arc<Mutex<HashMap<String, String>>>;
 
 /// Posts events to `base` until the process stops answering; records every 202.
 async fn produce(http: reqwest::Client, base: String, producer: usize, acked: Acked) {
-    for i in 0.. {
-        let event_type = if i % 2 == 0 {
+    for i in 0u64.. {
+        let event_type = if i.is_multiple_of(2) {
             "user.created"
         } else {
             "order.paid"

@@ -27,7 +27,11 @@ fn zone(name: &str, qtype: RecordType, n: usize) -> Option<Vec<IpAddr>> {
     use RecordType::{A, AAAA};
     let answer = match (name.trim_end_matches(".hookd.test."), qtype) {
         // Rebinding: allowed, blocked, allowed, ...
-        ("flip", A) => vec![if n % 2 == 0 { ALLOWED } else { BLOCKED }],
+        ("flip", A) => vec![if n.is_multiple_of(2) {
+            ALLOWED
+        } else {
+            BLOCKED
+        }],
         ("only-blocked", A) => vec![BLOCKED],
         ("only-v6-loopback", AAAA) => vec![BLOCKED6],
         ("both", A) => vec![BLOCKED, ALLOWED],
@@ -340,4 +344,25 @@ async fn a_name_answering_allowed_and_blocked_addresses_connects_only_to_the_all
         0,
         "a blocked address was connected to"
     );
+}
+
+#[tokio::test]
+async fn a_name_that_does_not_resolve_fails_with_dns_and_is_retried() {
+    let dns = DnsServer::start().await;
+    let targets = Targets::start().await;
+    let engine = engine_with(&dns).await;
+    // NXDOMAIN at creation too: accepted (the name may exist later), checked at connect time.
+    engine
+        .create_webhook(json!({"url": targets.url("missing"), "max_attempts": 2}))
+        .await;
+    let event = engine.send_event("user.created", json!({})).await;
+    let d = final_deliveries(&engine, &event).await.remove(0);
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "retried: {d}");
+    assert_eq!(attempts[0]["error_code"], "dns", "{d}");
+    assert_eq!(attempts[0]["result"], "failed", "{d}");
+    assert_eq!(attempts[1]["result"], "exhausted", "{d}");
+    assert!(dns.count("missing", RecordType::A) >= 3, "asked our server");
+    assert_eq!(targets.allowed.load(Ordering::SeqCst), 0);
+    assert_eq!(targets.blocked_hits(), 0);
 }

@@ -658,6 +658,46 @@ mod tests {
     }
 
     #[test]
+    fn dns_servers_take_addresses_with_or_without_a_port_and_only_globally() {
+        let config = parse(
+            r#"
+            [delivery]
+            dns_servers = ["127.0.0.1:5353", "10.0.0.53", "[::1]:53"]
+            "#,
+        )
+        .unwrap();
+        let servers: Vec<String> = config
+            .delivery
+            .dns_servers
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(servers, ["127.0.0.1:5353", "10.0.0.53:53", "[::1]:53"]);
+        assert!(parse("").unwrap().delivery.dns_servers.is_empty());
+
+        let errors = parse(
+            r#"
+            [delivery]
+            dns_servers = ["resolver.example", "127.0.0.1:99999"]
+            [[tenants]]
+            id = "acme"
+            [tenants.delivery]
+            dns_servers = ["127.0.0.1"]
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "delivery.dns_servers[0]",
+                "delivery.dns_servers[1]",
+                "tenants[0].delivery.dns_servers"
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let errors = parse("[delivery]\nretry_shedule = [\"1s\"]\n").unwrap_err();
         assert!(errors.0[0].problem.contains("retry_shedule"), "{errors}");
