@@ -49,7 +49,9 @@ pub enum HttpOutcome {
     },
     Failed {
         /// Stable code: `timeout`, `connect_refused`, `dns`, `blocked_address`,
-        /// `connection_reset`, `tls`, `connect_error`, `request_error`.
+        /// `connection_reset`, `connection_closed` (closed before answering),
+        /// `invalid_response` (not HTTP, or a head over hyper's limit), `tls`, `connect_error`,
+        /// `request_error`.
         code: &'static str,
         message: String,
         latency: Duration,
@@ -292,6 +294,14 @@ fn classify_error(err: &reqwest::Error) -> (&'static str, String) {
         }
         if let Some(dns) = current.downcast_ref::<DnsError>() {
             return ("dns", dns.to_string());
+        }
+        if let Some(http) = current.downcast_ref::<hyper::Error>() {
+            if http.is_parse() || http.is_parse_status() || http.is_parse_too_large() {
+                return ("invalid_response", http.to_string());
+            }
+            if http.is_incomplete_message() {
+                return ("connection_closed", http.to_string());
+            }
         }
         if let Some(io) = current.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind;
