@@ -319,6 +319,29 @@ async fn a_crash_loop_of_20_kill_9s_under_ingest_loses_no_acknowledged_event() {
                 },
             )
             .await;
+            // Nothing is left behind: no delivery stays pending or in flight (a claim that died
+            // with a process is simply due again).
+            eventually(
+                Duration::from_secs(30),
+                "no unfinished delivery",
+                || async {
+                    let mut left = 0;
+                    for status in ["pending", "in_flight", "failed"] {
+                        let page: serde_json::Value = http
+                            .get(format!("{base}/v1/deliveries?status={status}"))
+                            .bearer_auth(ACME_KEY)
+                            .send()
+                            .await
+                            .ok()?
+                            .json()
+                            .await
+                            .ok()?;
+                        left += page["data"].as_array()?.len();
+                    }
+                    (left == 0).then_some(())
+                },
+            )
+            .await;
             child.kill().unwrap();
             child.wait().unwrap();
             break;
