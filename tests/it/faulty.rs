@@ -245,6 +245,34 @@ async fn a_receiver_trickling_its_answer_byte_by_byte_is_cut_by_the_total_timeou
 }
 
 #[tokio::test]
+async fn a_200_whose_body_trickles_forever_is_delivered_and_the_read_is_cut_by_the_timeout() {
+    let (addr, _) = raw_server(|mut stream| async move {
+        read_request(&mut stream).await;
+        // The status decides; the body then comes one byte every 100 ms, never ending.
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n";
+        if stream.write_all(head).await.is_err() {
+            return;
+        }
+        while stream.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let setup = Setup::start(&format!("http://{addr}/hook"), "").await;
+    setup.healthy_latency("200, body trickles").await;
+    let d = setup.first_faulty_delivery(1).await;
+    assert_eq!(d["status"], "delivered", "{d}");
+    let first = &d["attempts"][0];
+    assert_eq!(first["status_code"], 200, "{d}");
+    // The snippet holds what arrived before the total timeout cut the read.
+    let snippet = first["response_snippet"].as_str().unwrap();
+    assert!(
+        !snippet.is_empty() && snippet.len() < 4096 && snippet.bytes().all(|b| b == b'x'),
+        "{d}"
+    );
+}
+
+#[tokio::test]
 async fn a_500_is_recorded_with_its_status_and_retried() {
     let failing = Receiver::start().await;
     failing.respond(500);
