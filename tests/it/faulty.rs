@@ -513,3 +513,38 @@ async fn a_receiver_closing_before_answering_is_connection_closed_and_retried() 
     let d = setup.first_faulty_delivery(2).await;
     assert_retried_failure(&d, "connection_closed");
 }
+
+/// Regression: a webhook allowed more attempts than the engine-wide cap (64 vs 16) filled the
+/// cap with hanging attempts and then re-took every freed slot, so another webhook's
+/// deliveries waited indefinitely (15 of 40 still undelivered 10 s later). Freed slots now go
+/// to waiting webhooks in turn.
+#[tokio::test]
+async fn a_hanging_webhook_holding_every_global_slot_does_not_starve_another() {
+    let hanging = Receiver::start().await;
+    hanging.delay(Duration::from_secs(60));
+    let engine = TestEngine::start_with("max_in_flight = 16").await;
+    let healthy = Receiver::start().await;
+    engine
+        .create_webhook(json!({
+            "url": hanging.url,
+            "timeout_ms": FAULTY_TIMEOUT_MS,
+            "max_in_flight": 64,
+        }))
+        .await;
+    engine.create_webhook(json!({"url": healthy.url})).await;
+    for i in 0..40 {
+        engine.send_event("user.created", json!({"i": i})).await;
+    }
+    hanging.wait_for(16, WAIT).await;
+    let saturated = Instant::now();
+    // The hanging attempts free their slots at each 4 s timeout and the healthy webhook gets
+    // every other freed slot (~8 s here). Bound: 4 timeouts after the cap filled; without
+    // turns the hanging webhook's 40 deliveries x 4 attempts hold the cap for ~40 s.
+    healthy
+        .wait_for(40, Duration::from_millis(FAULTY_TIMEOUT_MS * 4))
+        .await;
+    eprintln!(
+        "global cap taken by a hanging webhook: the healthy one had all 40 after {:?}",
+        saturated.elapsed()
+    );
+}
