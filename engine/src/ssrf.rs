@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use url::{Host, Url};
 
 use crate::config::SsrfConfig;
+use crate::delivery::client::OutboundResolver;
 
 /// Longest webhook URL accepted.
 pub const MAX_URL_BYTES: usize = 2048;
@@ -92,16 +93,20 @@ impl SsrfPolicy {
     /// The create-time check: syntax, then every address the host resolves to right now.
     /// A name that does not resolve is accepted (it may exist later); it is checked again at
     /// connect time.
-    pub async fn check_url(&self, text: &str) -> Result<Url, UrlError> {
+    /// `resolver` is the delivery client's, so both checks ask the same name servers.
+    pub async fn check_url(
+        &self,
+        text: &str,
+        resolver: &OutboundResolver,
+    ) -> Result<Url, UrlError> {
         let url = self.parse_url(text)?;
         match url.host() {
             Some(Host::Ipv4(ip)) => self.check_ip(ip.into()).map_err(UrlError::Blocked)?,
             Some(Host::Ipv6(ip)) => self.check_ip(ip.into()).map_err(UrlError::Blocked)?,
             Some(Host::Domain(domain)) => {
-                let port = url.port_or_known_default().unwrap_or(443);
-                if let Ok(addrs) = tokio::net::lookup_host((domain, port)).await {
-                    for addr in addrs {
-                        self.check_ip(addr.ip()).map_err(UrlError::Blocked)?;
+                if let Ok(addrs) = resolver.lookup(domain).await {
+                    for ip in addrs {
+                        self.check_ip(ip).map_err(UrlError::Blocked)?;
                     }
                 }
             }
@@ -276,7 +281,10 @@ mod tests {
             "http://[0:0:0:0:0:ffff:169.254.169.254]/",
             "http://0xa9fea9fe/",
         ] {
-            let err = p.check_url(url).await.unwrap_err();
+            let err = p
+                .check_url(url, &OutboundResolver::System)
+                .await
+                .unwrap_err();
             assert!(matches!(err, UrlError::Blocked(_)), "{url}: {err}");
         }
     }
@@ -284,7 +292,7 @@ mod tests {
     #[tokio::test]
     async fn localhost_by_name_is_refused_without_an_allow_list_entry() {
         let err = policy(&[])
-            .check_url("http://localhost:1/")
+            .check_url("http://localhost:1/", &OutboundResolver::System)
             .await
             .unwrap_err();
         assert!(matches!(err, UrlError::Blocked(_)), "{err}");

@@ -60,7 +60,10 @@ pub fn spawn_hookd_logged(
     (child, format!("http://{addr}"), log)
 }
 
-#[tokio::test]
+// Multi-threaded: the receivers keep answering while the test thread blocks in
+// `wait_with_timeout` or while spawning (a blocked current-thread runtime stalls them, which
+// made hookd's graceful stop wait on attempts to a receiver that could not answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -190,4 +193,212 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The acknowledged events of the crash loop: event id → type.
+type Acked = Arc<Mutex<HashMap<String, String>>>;
+
+/// Posts events to `base` until the process stops answering; records every 202.
+async fn produce(http: reqwest::Client, base: String, producer: usize, acked: Acked) {
+    for i in 0u64.. {
+        let event_type = if i.is_multiple_of(2) {
+            "user.created"
+        } else {
+            "order.paid"
+        };
+        let sent = http
+            .post(format!("{base}/v1/events"))
+            .bearer_auth(ACME_KEY)
+            .timeout(Duration::from_secs(10))
+            .json(&json!({"type": event_type, "payload": {"producer": producer, "i": i}}))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == 202 => {
+                let Ok(body) = r.json::<serde_json::Value>().await else {
+                    break; // killed between the status line and the body: not counted
+                };
+                acked.lock().unwrap().insert(
+                    body["id"].as_str().unwrap().to_string(),
+                    event_type.to_string(),
+                );
+            }
+            Ok(r) => panic!("unexpected answer {}", r.status()),
+            Err(_) => break, // the process is gone
+        }
+    }
+}
+
+/// Event id → the distinct `webhook-id`s it arrived with, and the number of sends.
+fn arrivals(receiver: &Receiver) -> (HashMap<String, HashSet<String>>, usize) {
+    let received = receiver.received();
+    let mut ids: HashMap<String, HashSet<String>> = HashMap::new();
+    for request in &received {
+        ids.entry(request.json()["id"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(request.header("webhook-id"));
+    }
+    (ids, received.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_of_20_kill_9s_under_ingest_loses_no_acknowledged_event() {
+    const KILLS: usize = 20;
+    let test_started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("hookd.toml");
+    std::fs::write(&config, test_config_toml(&data, "", true)).unwrap();
+    // A small delay keeps attempts in flight when the process dies.
+    let every = Receiver::start().await;
+    every.delay(Duration::from_millis(15));
+    let orders = Receiver::start().await;
+    orders.delay(Duration::from_millis(15));
+    let http = reqwest::Client::new();
+    let acked: Acked = Arc::default();
+    let mut starts = Vec::new();
+
+    for round in 0..=KILLS {
+        let started = Instant::now();
+        let (mut child, base, log) = spawn_hookd_logged(&config, &data, "info");
+        // The store opened cleanly: the process is up, ready, and logged no error.
+        eventually(Duration::from_secs(30), "hookd ready", || async {
+            let r = http.get(format!("{base}/readyz")).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        starts.push(started.elapsed());
+        let errors: Vec<String> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(r#""level":"ERROR""#))
+            .cloned()
+            .collect();
+        assert!(errors.is_empty(), "round {round}: {errors:#?}");
+        assert!(
+            log.lock()
+                .unwrap()
+                .iter()
+                .any(|line| line.contains(r#""level":"INFO""#)),
+            "the log format is the one the error check reads"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "round {round}: hookd exited"
+        );
+        if round == 0 {
+            for body in [
+                json!({"url": every.url}),
+                json!({"url": orders.url, "event_types": ["order.*"]}),
+            ] {
+                let r = http
+                    .post(format!("{base}/v1/webhooks"))
+                    .bearer_auth(ACME_KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        }
+        if round == KILLS {
+            // The last run drains.
+            eventually(
+                Duration::from_secs(60),
+                "every acknowledged event delivered to every matching webhook",
+                || async {
+                    let acked = acked.lock().unwrap().clone();
+                    let (every_ids, _) = arrivals(&every);
+                    let (orders_ids, _) = arrivals(&orders);
+                    let done = acked.iter().all(|(id, event_type)| {
+                        every_ids.contains_key(id)
+                            && (event_type != "order.paid" || orders_ids.contains_key(id))
+                    });
+                    done.then_some(())
+                },
+            )
+            .await;
+            // Nothing is left behind: no delivery stays pending or in flight (a claim that died
+            // with a process is simply due again).
+            eventually(
+                Duration::from_secs(30),
+                "no unfinished delivery",
+                || async {
+                    let mut left = 0;
+                    for status in ["pending", "in_flight", "failed"] {
+                        let page: serde_json::Value = http
+                            .get(format!("{base}/v1/deliveries?status={status}"))
+                            .bearer_auth(ACME_KEY)
+                            .send()
+                            .await
+                            .ok()?
+                            .json()
+                            .await
+                            .ok()?;
+                        left += page["data"].as_array()?.len();
+                    }
+                    (left == 0).then_some(())
+                },
+            )
+            .await;
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break;
+        }
+        let producers: Vec<_> = (0..4)
+            .map(|p| tokio::spawn(produce(http.clone(), base.clone(), p, acked.clone())))
+            .collect();
+        // A random moment: mid-flush, mid-attempt, or right after start.
+        let delay = rand::random_range(50..700);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        for producer in producers {
+            tokio::time::timeout(Duration::from_secs(15), producer)
+                .await
+                .expect("producers stop once the process is gone")
+                .unwrap();
+        }
+    }
+
+    let acked = acked.lock().unwrap().clone();
+    let (every_ids, every_sends) = arrivals(&every);
+    let (orders_ids, orders_sends) = arrivals(&orders);
+    // Matching: only order.* events reach the filtered webhook.
+    let order_events = acked.values().filter(|t| *t == "order.paid").count();
+    for request in orders.received() {
+        assert_eq!(request.json()["type"], "order.paid");
+    }
+    // Duplicates only as resends of the same delivery: one webhook-id per (event, webhook).
+    for ids in [&every_ids, &orders_ids] {
+        assert!(
+            ids.values().all(|webhook_ids| webhook_ids.len() == 1),
+            "one webhook-id per event and webhook"
+        );
+    }
+    let every_webhook_ids: HashSet<&String> = every_ids.values().flatten().collect();
+    assert!(
+        orders_ids
+            .values()
+            .flatten()
+            .all(|id| !every_webhook_ids.contains(id)),
+        "each webhook gets its own delivery ids"
+    );
+    let mut sorted = starts.clone();
+    sorted.sort();
+    eprintln!(
+        "crash loop: {KILLS} kill -9s, {} acknowledged ({order_events} order.paid); delivered: \
+         {} events / {every_sends} sends to `*` ({} duplicates), {} events / {orders_sends} sends \
+         to `order.*` ({} duplicates); start to ready median {:?}, max {:?}; test took {:?}",
+        acked.len(),
+        every_ids.len(),
+        every_sends - every_ids.len(),
+        orders_ids.len(),
+        orders_sends - orders_ids.len(),
+        sorted[sorted.len() / 2],
+        sorted.last().unwrap(),
+        test_started.elapsed(),
+    );
+    assert!(acked.len() >= KILLS, "ingest made progress between kills");
 }

@@ -6,7 +6,9 @@
 mod api_errors;
 mod crash;
 mod delivery;
+mod dns;
 mod examples;
+mod faulty;
 mod isolation;
 mod metrics;
 mod openapi;

@@ -163,9 +163,12 @@ impl From<WebhookRecord> for WebhookView {
     }
 }
 
-async fn check_url(tenant: &Tenant, url: &str) -> Result<String, ApiError> {
+async fn check_url(state: &AppState, tenant: &Tenant, url: &str) -> Result<String, ApiError> {
     let policy = SsrfPolicy::new(&tenant.config.ssrf);
-    match policy.check_url(url).await {
+    match policy
+        .check_url(url, state.delivery.client.resolver())
+        .await
+    {
         Ok(url) => Ok(url.to_string()),
         Err(UrlError::Blocked(blocked)) => {
             Err(ApiError::invalid("blocked_address", blocked.to_string()))
@@ -379,7 +382,7 @@ pub async fn create(
     let plugins = body.plugins.unwrap_or_default();
     super::plugins::check_chain(&state, &tenant, &plugins).await?;
     // Last: it may resolve the host name.
-    let url = check_url(&tenant, &body.url).await?;
+    let url = check_url(&state, &tenant, &body.url).await?;
     let now = now_ms();
     let record = WebhookRecord {
         id: WebhookId::new(),
@@ -521,7 +524,7 @@ pub async fn update(
         super::plugins::check_chain(&state, &tenant, plugins).await?;
     }
     let url = match &body.url {
-        Some(url) => Some(check_url(&tenant, url).await?),
+        Some(url) => Some(check_url(&state, &tenant, url).await?),
         None => None,
     };
     let now = now_ms();

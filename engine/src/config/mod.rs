@@ -91,6 +91,9 @@ pub struct DeliveryConfig {
     pub disable_after: Duration,
     /// After this many failed attempts of one delivery, hookd emits `hookd.delivery.failing`.
     pub failing_event_after_attempts: u32,
+    /// Name servers for webhook host names (global setting only, read at start); empty: the
+    /// system resolver.
+    pub dns_servers: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]

@@ -81,6 +81,7 @@ pub struct RawDelivery {
     pub max_retry_after: Option<String>,
     pub disable_after: Option<String>,
     pub failing_event_after_attempts: Option<u32>,
+    pub dns_servers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

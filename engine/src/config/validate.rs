@@ -272,6 +272,12 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
                         "is an engine-wide limit; set it in [delivery] only",
                     );
                 }
+                if overrides.dns_servers.is_some() {
+                    c.push(
+                        format!("{key}.delivery.dns_servers"),
+                        "is engine-wide; set it in [delivery] only",
+                    );
+                }
                 delivery_config(&mut c, &format!("{key}.delivery"), overrides, &delivery)
             }
             None => delivery.clone(),
@@ -515,6 +521,7 @@ impl Default for DeliveryConfig {
             max_retry_after: Duration::from_secs(HOUR),
             disable_after: Duration::from_secs(5 * 24 * HOUR),
             failing_event_after_attempts: 3,
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -609,6 +616,24 @@ fn delivery_config(
         }
         out.failing_event_after_attempts = n.max(1);
     }
+    if let Some(servers) = &raw.dns_servers {
+        out.dns_servers = Vec::new();
+        for (i, text) in servers.iter().enumerate() {
+            // "ip:port", "[v6]:port", or a bare address on port 53.
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(addr) => out.dns_servers.push(addr),
+                None => c.push(
+                    format!("{prefix}.dns_servers[{i}]"),
+                    format!("`{text}` is not an IP address or IP:port"),
+                ),
+            }
+        }
+    }
     if raw.disable_after.is_some() {
         out.disable_after = c.duration(
             &key("disable_after"),
@@ -691,6 +716,46 @@ mod tests {
                 "tenants[0].id",
                 "tenants[0].api_keys[0]",
                 "tenants[2].id"
+            ]
+        );
+    }
+
+    #[test]
+    fn dns_servers_take_addresses_with_or_without_a_port_and_only_globally() {
+        let config = parse(
+            r#"
+            [delivery]
+            dns_servers = ["127.0.0.1:5353", "10.0.0.53", "[::1]:53"]
+            "#,
+        )
+        .unwrap();
+        let servers: Vec<String> = config
+            .delivery
+            .dns_servers
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(servers, ["127.0.0.1:5353", "10.0.0.53:53", "[::1]:53"]);
+        assert!(parse("").unwrap().delivery.dns_servers.is_empty());
+
+        let errors = parse(
+            r#"
+            [delivery]
+            dns_servers = ["resolver.example", "127.0.0.1:99999"]
+            [[tenants]]
+            id = "acme"
+            [tenants.delivery]
+            dns_servers = ["127.0.0.1"]
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "delivery.dns_servers[0]",
+                "delivery.dns_servers[1]",
+                "tenants[0].delivery.dns_servers"
             ]
         );
     }

@@ -3,16 +3,26 @@
 //! One pooled keep-alive client for all webhooks. Redirects are never followed, every
 //! request has a total timeout, at most `max_response_body_bytes` of a response are read, and
 //! every address a host name resolves to passes the SSRF guard at connect time (IP-literal URLs
-//! are checked by the caller before sending, since they skip DNS).
+//! are checked by the caller before sending, since they skip DNS). Host names resolve through
+//! the system resolver, or through the name servers of `[delivery] dns_servers` when set
+//! ([`OutboundResolver`], also used by the create-time check). The client connects only to
+//! addresses it checked itself, so a name whose answer changes between checks (DNS rebinding)
+//! can never lead it to an address the guard refused.
 
 use std::error::Error as StdError;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 
 use crate::config::SharedConfig;
 use crate::ssrf::{BlockedAddress, SsrfPolicy};
@@ -39,7 +49,9 @@ pub enum HttpOutcome {
     },
     Failed {
         /// Stable code: `timeout`, `connect_refused`, `dns`, `blocked_address`,
-        /// `connection_reset`, `tls`, `connect_error`, `request_error`.
+        /// `connection_reset`, `connection_closed` (closed before answering),
+        /// `invalid_response` (not HTTP, or a head over hyper's limit), `tls`, `connect_error`,
+        /// `request_error`.
         code: &'static str,
         message: String,
         latency: Duration,
@@ -51,19 +63,92 @@ pub enum HttpOutcome {
 #[error("DNS lookup of `{0}` failed: {1}")]
 struct DnsError(String, std::io::Error);
 
-/// Resolves through the system resolver, keeping only addresses the SSRF guard allows.
+/// How hookd resolves the host names of webhook URLs: the system resolver (getaddrinfo), or
+/// a dedicated set of name servers (`[delivery] dns_servers`, UDP with TCP fallback, answers
+/// cached for their TTL). Chosen at start.
+#[derive(Clone)]
+pub enum OutboundResolver {
+    System,
+    Servers(Arc<TokioResolver>),
+}
+
+impl std::fmt::Debug for OutboundResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutboundResolver::System => f.write_str("System"),
+            OutboundResolver::Servers(_) => f.write_str("Servers"),
+        }
+    }
+}
+
+impl OutboundResolver {
+    /// The system resolver when `servers` is empty, else a resolver asking only `servers`.
+    pub fn new(servers: &[SocketAddr]) -> Self {
+        if servers.is_empty() {
+            return OutboundResolver::System;
+        }
+        let name_servers = servers
+            .iter()
+            .map(|addr| {
+                let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                    .into_iter()
+                    .map(|mut connection| {
+                        connection.port = addr.port();
+                        connection
+                    })
+                    .collect();
+                NameServerConfig::new(addr.ip(), true, connections)
+            })
+            .collect();
+        let mut options = ResolverOpts::default();
+        // Both families: the guard filters each address, so a name with one allowed and one
+        // refused family still delivers to the allowed one.
+        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        options.timeout = Duration::from_secs(2);
+        let resolver = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(name_servers),
+            TokioRuntimeProvider::default(),
+        )
+        .with_options(options)
+        .build()
+        .expect("a resolver over fixed name servers builds");
+        OutboundResolver::Servers(Arc::new(resolver))
+    }
+
+    /// Every address `host` resolves to (port 0), unchecked: callers apply the SSRF guard.
+    pub async fn lookup(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
+        match self {
+            OutboundResolver::System => Ok(tokio::net::lookup_host((host, 0))
+                .await?
+                .map(|addr| addr.ip())
+                .collect()),
+            OutboundResolver::Servers(resolver) => resolver
+                .lookup_ip(host)
+                .await
+                .map(|found| found.iter().collect())
+                .map_err(|err| std::io::Error::other(err.to_string())),
+        }
+    }
+}
+
+/// Resolves through the [`OutboundResolver`], keeping only addresses the SSRF guard allows.
 struct GuardedResolver {
     config: SharedConfig,
+    resolver: OutboundResolver,
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let policy = SsrfPolicy::new(&self.config.current().ssrf);
         let host = name.as_str().to_string();
+        let resolver = self.resolver.clone();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            let addrs: Vec<SocketAddr> = resolver
+                .lookup(&host)
                 .await
                 .map_err(|err| DnsError(host.clone(), err))?
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
                 .collect();
             let mut refusal = None;
             let allowed: Vec<SocketAddr> = addrs
@@ -96,6 +181,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 pub struct DeliveryClient {
     http: reqwest::Client,
     config: SharedConfig,
+    resolver: OutboundResolver,
 }
 
 impl std::fmt::Debug for DeliveryClient {
@@ -108,10 +194,12 @@ impl DeliveryClient {
     #[allow(clippy::disallowed_methods)] // the one place a reqwest client is built
     pub fn new(config: SharedConfig) -> Self {
         let connect_timeout = config.current().delivery.connect_timeout;
+        let resolver = OutboundResolver::new(&config.current().delivery.dns_servers);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(GuardedResolver {
                 config: config.clone(),
+                resolver: resolver.clone(),
             }))
             .no_proxy()
             .connect_timeout(connect_timeout)
@@ -121,7 +209,17 @@ impl DeliveryClient {
             .user_agent(concat!("hookd/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client configuration is valid");
-        DeliveryClient { http, config }
+        DeliveryClient {
+            http,
+            config,
+            resolver,
+        }
+    }
+
+    /// The resolver this client uses, for checks that must see the same answers (webhook
+    /// creation).
+    pub fn resolver(&self) -> &OutboundResolver {
+        &self.resolver
     }
 
     /// Sends one request. Checks an IP-literal host against the SSRF guard first.
@@ -186,6 +284,9 @@ impl DeliveryClient {
 
 /// Maps a reqwest error to a stable code and a readable message.
 fn classify_error(err: &reqwest::Error) -> (&'static str, String) {
+    // During connect to an https URL, invalid data or an early EOF can only come from the TLS
+    // handshake (rustls errors and "tls handshake eof" surface as these io kinds).
+    let tls_handshake = err.is_connect() && err.url().is_some_and(|url| url.scheme() == "https");
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(current) = source {
         if let Some(blocked) = current.downcast_ref::<BlockedAddress>() {
@@ -193,6 +294,14 @@ fn classify_error(err: &reqwest::Error) -> (&'static str, String) {
         }
         if let Some(dns) = current.downcast_ref::<DnsError>() {
             return ("dns", dns.to_string());
+        }
+        if let Some(http) = current.downcast_ref::<hyper::Error>() {
+            if http.is_parse() || http.is_parse_status() || http.is_parse_too_large() {
+                return ("invalid_response", http.to_string());
+            }
+            if http.is_incomplete_message() {
+                return ("connection_closed", http.to_string());
+            }
         }
         if let Some(io) = current.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind;
@@ -202,10 +311,19 @@ fn classify_error(err: &reqwest::Error) -> (&'static str, String) {
                 | ErrorKind::ConnectionAborted
                 | ErrorKind::BrokenPipe => Some("connection_reset"),
                 ErrorKind::TimedOut => Some("timeout"),
+                ErrorKind::InvalidData | ErrorKind::UnexpectedEof if tls_handshake => Some("tls"),
                 _ => None,
             };
             if let Some(code) = code {
                 return (code, io.to_string());
+            }
+            // A wrapped io::Error (the connector wraps the TLS one in `Other`) is not its
+            // wrapper's `source()`; look inside.
+            if let Some(inner) = io.get_ref()
+                && inner.is::<std::io::Error>()
+            {
+                source = Some(inner);
+                continue;
             }
         }
         source = current.source();

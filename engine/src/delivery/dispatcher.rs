@@ -194,14 +194,20 @@ impl Dispatcher {
                 if let Some(queue) = self.queues.get_mut(&key) {
                     queue.in_flight.remove(&delivery);
                 }
-                self.wake(key, 0);
-                // A permit was freed: let queues that waited for one try again, in order.
-                for key in std::mem::take(&mut self.waiting_for_permit) {
-                    if let Some(queue) = self.queues.get_mut(&key) {
+                // A permit was freed: queues that waited for one are served first, in the
+                // order they started waiting, while permits last. A served queue that wants
+                // more waits again at the back, so waiters take turns and a webhook whose
+                // attempts hang cannot re-take every freed permit and starve the others.
+                let now = now_ms();
+                while self.permits.available_permits() > 0
+                    && let Some(waiting) = self.waiting_for_permit.pop_front()
+                {
+                    if let Some(queue) = self.queues.get_mut(&waiting) {
                         queue.waiting_for_permit = false;
                     }
-                    self.wake(key, 0);
+                    self.fill(&waiting, now, true);
                 }
+                self.wake(key, 0);
             }
             DispatchMsg::ConfigChanged => {
                 let keys: Vec<QueueKey> = self.queues.keys().cloned().collect();
@@ -254,12 +260,14 @@ impl Dispatcher {
             if let Some(queue) = self.queues.get_mut(&key) {
                 queue.wake_at = None;
             }
-            self.fill(&key, now);
+            self.fill(&key, now, false);
         }
     }
 
-    /// Starts as many due attempts of one webhook as its limits allow.
-    fn fill(&mut self, key: &QueueKey, now: u64) {
+    /// Starts as many due attempts of one webhook as its limits allow. Unless the queue is
+    /// being served from the waiting list (`from_waiting`), it takes no permit while others
+    /// wait for one: it joins them instead.
+    fn fill(&mut self, key: &QueueKey, now: u64, from_waiting: bool) {
         let (tenant, webhook_id) = key;
         let Some(queue) = self.queues.get_mut(key) else {
             return;
@@ -327,7 +335,12 @@ impl Dispatcher {
                 next_wake = Some(now + (wait.as_millis() as u64).max(1));
                 break;
             }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let others_first = !from_waiting && !self.waiting_for_permit.is_empty();
+            let permit = match others_first {
+                true => None,
+                false => self.permits.clone().try_acquire_owned().ok(),
+            };
+            let Some(permit) = permit else {
                 queue.waiting_for_permit = true;
                 self.waiting_for_permit.push_back(key.clone());
                 next_wake = None;
