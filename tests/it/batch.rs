@@ -2,11 +2,13 @@
 //! results in order, idempotency per event, refusals with a JSON code.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{ACME_KEY, GLOBEX_KEY, Receiver, TestEngine};
+use crate::crash::spawn_hookd;
+use crate::support::{ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually, test_config_toml};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -286,4 +288,85 @@ async fn a_batch_reaches_only_its_own_tenants_webhooks_and_keys() {
         .call("GET", &format!("/v1/events/{id}"), GLOBEX_KEY, None)
         .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn kill_9_after_batch_answers_loses_no_accepted_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("hookd.toml");
+    std::fs::write(&config, test_config_toml(&data, "", true)).unwrap();
+    let receiver = Receiver::start().await;
+    let http = reqwest::Client::new();
+    let (mut child, base) = spawn_hookd(&config, &data);
+    let response = http
+        .post(format!("{base}/v1/webhooks"))
+        .bearer_auth(ACME_KEY)
+        .json(&json!({"url": receiver.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    // Producers post batches of 50 until the process dies; only 202 results count.
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut producers = Vec::new();
+    for p in 0..4 {
+        let (http, base, acked) = (http.clone(), base.clone(), acked.clone());
+        producers.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let events: Vec<Value> = (0..50)
+                    .map(|_| {
+                        i += 1;
+                        json!({"type": "user.created", "payload": {"p": p, "i": i}})
+                    })
+                    .collect();
+                let sent = http
+                    .post(format!("{base}/v1/events/batch"))
+                    .bearer_auth(ACME_KEY)
+                    .json(&batch(events))
+                    .send()
+                    .await;
+                let Ok(response) = sent else { break }; // the process is gone
+                let Ok(answer) = response.json::<Value>().await else {
+                    break;
+                };
+                let mut acked = acked.lock().unwrap();
+                for result in answer["results"].as_array().into_iter().flatten() {
+                    if result["status"] == 202 {
+                        acked.insert(result["id"].as_str().unwrap().to_string());
+                    }
+                }
+            }
+        }));
+    }
+    eventually(WAIT, "some batches acknowledged", || async {
+        (acked.lock().unwrap().len() >= 500).then_some(())
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let (mut child, _base) = spawn_hookd(&config, &data);
+    eventually(
+        Duration::from_secs(60),
+        "every accepted event of every batch delivered",
+        || async {
+            let delivered: HashSet<String> = receiver
+                .received()
+                .iter()
+                .map(|r| r.json()["id"].as_str().unwrap().to_string())
+                .collect();
+            acked.is_subset(&delivered).then_some(())
+        },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
