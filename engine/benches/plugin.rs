@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hookd::plugin::{ChainOutcome, ChainStep, PluginHost, PluginRequest, PluginSettings};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+
+#[path = "shared/reshape.rs"]
+mod reshape;
+use reshape::native_reshape;
 
 const COMPONENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -68,43 +72,6 @@ fn request(body: &Bytes) -> PluginRequest {
         body: body.clone(),
         signing_secret: b"secret".to_vec(),
     }
-}
-
-/// What the plugin does for `{"redact": ["password"], "shape": "flat"}`, natively.
-fn native_reshape(body: &[u8]) -> Option<Vec<u8>> {
-    fn redact(value: &mut Value) {
-        match value {
-            Value::Object(map) => {
-                for (key, member) in map.iter_mut() {
-                    if key == "password" {
-                        *member = Value::String("[REDACTED]".into());
-                    } else {
-                        redact(member);
-                    }
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(redact),
-            _ => {}
-        }
-    }
-    let mut doc: Value = serde_json::from_slice(body).ok()?;
-    redact(&mut doc);
-    let data = doc.get("data").cloned().unwrap_or(Value::Null);
-    let mut flat = Map::new();
-    flat.insert("client_id".into(), json!("bench"));
-    flat.insert("message_id".into(), json!("evt_2a9f0c1e6b"));
-    flat.insert(
-        "from".into(),
-        data.get("from").cloned().unwrap_or(Value::Null),
-    );
-    flat.insert("to".into(), data.get("to").cloned().unwrap_or(Value::Null));
-    flat.insert("timestamp".into(), json!(1_735_689_600_000u64));
-    flat.insert("type".into(), json!("order.created"));
-    flat.insert(
-        "content".into(),
-        data.get("content").cloned().unwrap_or(Value::Null),
-    );
-    serde_json::to_vec(&Value::Object(flat)).ok()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

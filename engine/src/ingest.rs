@@ -20,7 +20,8 @@ use crate::store::{DeliveryRecord, DeliveryStatus, EventRecord, NewEvent, Store,
 
 /// Most submissions written and flushed together.
 const MAX_GROUP_COMMIT: usize = 4096;
-/// Submissions that may wait for the writer before handlers wait to submit (backpressure).
+/// Messages (single events or batches) that may wait for the writer before handlers wait to
+/// submit (backpressure).
 const QUEUE_CAPACITY: usize = 16_384;
 
 #[derive(Debug)]
@@ -47,10 +48,12 @@ struct Submission {
     reply: oneshot::Sender<Result<IngestOutcome, IngestError>>,
 }
 
-/// Handle for submitting events; cheap to clone.
+/// Handle for submitting events; cheap to clone. Each message is one request's submissions
+/// (one for `POST /v1/events`, up to a batch for `POST /v1/events/batch`); the writer never
+/// splits a message across two group commits.
 #[derive(Clone, Debug)]
 pub struct Ingest {
-    tx: mpsc::Sender<Submission>,
+    tx: mpsc::Sender<Vec<Submission>>,
 }
 
 impl Ingest {
@@ -69,14 +72,48 @@ impl Ingest {
     ) -> Result<IngestOutcome, IngestError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Submission {
+            .send(vec![Submission {
                 event,
                 idempotency_window_ms,
                 reply,
-            })
+            }])
             .await
             .map_err(|_| IngestError::ShuttingDown)?;
         answer.await.map_err(|_| IngestError::ShuttingDown)?
+    }
+
+    /// Submits several events as one unit: they are written and flushed in the same group
+    /// commit, and idempotency keys repeated among them resolve to the first (in order).
+    /// Answers one outcome per event, in order, once all of them are durable.
+    pub async fn submit_many(
+        &self,
+        events: Vec<NewEvent>,
+        idempotency_window_ms: u64,
+    ) -> Result<Vec<Result<IngestOutcome, IngestError>>, IngestError> {
+        let (submissions, answers): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .map(|event| {
+                let (reply, answer) = oneshot::channel();
+                let submission = Submission {
+                    event,
+                    idempotency_window_ms,
+                    reply,
+                };
+                (submission, answer)
+            })
+            .unzip();
+        if submissions.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.tx
+            .send(submissions)
+            .await
+            .map_err(|_| IngestError::ShuttingDown)?;
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(answer.await.map_err(|_| IngestError::ShuttingDown)?);
+        }
+        Ok(outcomes)
     }
 }
 
@@ -118,10 +155,20 @@ pub fn prepare_event(
     })
 }
 
-async fn write_loop(store: Store, dispatch: DispatchHandle, mut rx: mpsc::Receiver<Submission>) {
-    let mut group = Vec::with_capacity(64);
-    while rx.recv_many(&mut group, MAX_GROUP_COMMIT).await > 0 {
-        commit_group(&store, &dispatch, std::mem::take(&mut group)).await;
+async fn write_loop(
+    store: Store,
+    dispatch: DispatchHandle,
+    mut rx: mpsc::Receiver<Vec<Submission>>,
+) {
+    // A group takes every message waiting; it may pass MAX_GROUP_COMMIT events by at most one
+    // batch, since a batch is never split.
+    while let Some(mut group) = rx.recv().await {
+        while group.len() < MAX_GROUP_COMMIT
+            && let Ok(more) = rx.try_recv()
+        {
+            group.extend(more);
+        }
+        commit_group(&store, &dispatch, group).await;
     }
 }
 

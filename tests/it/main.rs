@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod api_errors;
+mod batch;
 mod crash;
 mod delivery;
 mod dns;

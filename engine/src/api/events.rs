@@ -1,4 +1,5 @@
-//! `/v1/events`: ingest (validate → fan out → `ingest` → 202 after the flush), list, get.
+//! `/v1/events`: ingest (validate → fan out → `ingest` → 202 after the flush), batch ingest
+//! (`/v1/events/batch`: one group commit, per-event results), list, get.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -104,12 +105,54 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateEvent>,
 ) -> Result<Response, ApiError> {
+    let header_key = match headers.get("idempotency-key") {
+        Some(value) => Some(value.to_str().map(str::to_string).map_err(|_| {
+            ApiError::bad_request("invalid_idempotency_key", "`Idempotency-Key` must be ASCII")
+        })?),
+        None => None,
+    };
     let limits = &tenant.config.limits;
-    if body.payload.get().len() > limits.max_payload_bytes {
+    let record = validate(body, header_key, limits.max_payload_bytes)?;
+    let new = crate::ingest::prepare_event(&state.store, &tenant.id, record, None)?;
+    let (event, deliveries) = (new.event.clone(), new.deliveries.clone());
+    let window_ms = limits.idempotency_window.as_millis() as u64;
+    match state.ingest.submit(new, window_ms).await? {
+        IngestOutcome::Created => {
+            state.metrics.event_ingested(&tenant.id);
+            info!(tenant = %tenant.id, event_id = %event.id, deliveries = deliveries.len(), "event accepted");
+            Ok((
+                StatusCode::ACCEPTED,
+                ApiJson(EventView::new(event, Some(deliveries))),
+            )
+                .into_response())
+        }
+        IngestOutcome::Duplicate(original) => {
+            let event = state
+                .store
+                .event(&tenant.id, &original)?
+                .ok_or_else(|| ApiError::not_found("event", original.as_str()))?;
+            let deliveries = state.store.deliveries_of_event(&tenant.id, &original)?;
+            Ok((
+                StatusCode::OK,
+                [("idempotent-replayed", "true")],
+                ApiJson(EventView::new(event, Some(deliveries))),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// Checks one event of `POST /v1/events` or of a batch and makes its record (new id, now).
+fn validate(
+    body: CreateEvent,
+    header_key: Option<String>,
+    max_payload_bytes: usize,
+) -> Result<EventRecord, ApiError> {
+    if body.payload.get().len() > max_payload_bytes {
         return Err(ApiError::payload_too_large(format!(
             "the payload is {} bytes; the limit is {}",
             body.payload.get().len(),
-            limits.max_payload_bytes
+            max_payload_bytes
         )));
     }
     if json_depth(body.payload.get()) > MAX_PAYLOAD_DEPTH {
@@ -138,12 +181,6 @@ pub async fn create(
             "`channel` must be 1-128 of a-z A-Z 0-9 . _ - :",
         ));
     }
-    let header_key = match headers.get("idempotency-key") {
-        Some(value) => Some(value.to_str().map(str::to_string).map_err(|_| {
-            ApiError::bad_request("invalid_idempotency_key", "`Idempotency-Key` must be ASCII")
-        })?),
-        None => None,
-    };
     let idempotency_key = match (body.id, header_key) {
         (Some(id), Some(header)) if id != header => {
             return Err(ApiError::invalid(
@@ -162,46 +199,169 @@ pub async fn create(
             format!("an idempotency key is 1-{MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
         ));
     }
+    Ok(EventRecord {
+        id: EventId::new(),
+        event_type: body.event_type,
+        channel: body.channel,
+        idempotency_key,
+        created_at: now_ms(),
+        payload: body.payload,
+    })
+}
 
-    let new = crate::ingest::prepare_event(
-        &state.store,
-        &tenant.id,
-        EventRecord {
-            id: EventId::new(),
-            event_type: body.event_type,
-            channel: body.channel,
-            idempotency_key,
-            created_at: now_ms(),
-            payload: body.payload,
-        },
-        None,
-    )?;
-    let (event, deliveries) = (new.event.clone(), new.deliveries.clone());
-    let window_ms = limits.idempotency_window.as_millis() as u64;
-    match state.ingest.submit(new, window_ms).await? {
-        IngestOutcome::Created => {
-            state.metrics.event_ingested(&tenant.id);
-            info!(tenant = %tenant.id, event_id = %event.id, deliveries = deliveries.len(), "event accepted");
-            Ok((
-                StatusCode::ACCEPTED,
-                ApiJson(EventView::new(event, Some(deliveries))),
-            )
-                .into_response())
-        }
-        IngestOutcome::Duplicate(original) => {
-            let event = state
-                .store
-                .event(&tenant.id, &original)?
-                .ok_or_else(|| ApiError::not_found("event", original.as_str()))?;
-            let deliveries = state.store.deliveries_of_event(&tenant.id, &original)?;
-            Ok((
-                StatusCode::OK,
-                [("idempotent-replayed", "true")],
-                ApiJson(EventView::new(event, Some(deliveries))),
-            )
-                .into_response())
+/// Most events in one `POST /v1/events/batch`.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEventBatch {
+    /// 1-1000 events, each shaped like the body of `POST /v1/events` (idempotency by each
+    /// event's `id`; the `Idempotency-Key` header is not accepted here).
+    #[schema(value_type = Vec<CreateEvent>)]
+    events: Vec<Box<RawValue>>,
+}
+
+/// The outcome of one event of a batch, at the event's position.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItemResult {
+    /// 202 stored, 200 a repeat of an idempotency key (the original event's id), or the 4xx
+    /// that `POST /v1/events` would have answered for this event alone.
+    #[schema(example = 202)]
+    status: u16,
+    /// The event id (202 and 200 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// Why the event was refused (4xx only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<BatchItemError>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItemError {
+    /// The same stable code `POST /v1/events` uses.
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    /// One result per submitted event, in order.
+    results: Vec<BatchItemResult>,
+}
+
+impl BatchItemResult {
+    fn refused(err: ApiError) -> Self {
+        BatchItemResult {
+            status: err.status.as_u16(),
+            id: None,
+            error: Some(BatchItemError {
+                code: err.code,
+                message: err.message,
+            }),
         }
     }
+}
+
+/// Ingests up to 1000 events in one request and one durable write. Each event is validated
+/// on its own: a refused event gets its 4xx in its result and does not refuse the others
+/// (the request answers 200 with per-event results, like Stripe's and Svix's batch calls).
+/// Only a failure of the whole write (503) or an invalid envelope refuses the request.
+#[utoipa::path(
+    post,
+    path = "/v1/events/batch",
+    tag = "events",
+    operation_id = "create_event_batch",
+    request_body = CreateEventBatch,
+    responses(
+        (status = 200, description = "Every accepted event is stored durably; one result per event, in order",
+            body = BatchResponse),
+        (status = 400, description = "Malformed JSON, or an `Idempotency-Key` header", body = ErrorBody),
+        (status = 413, description = "More than 1000 events (`batch_too_large`), or a body over the limit", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "No events (`empty_batch`) or no `events` array", body = ErrorBody),
+        (status = 500, description = "Internal storage error", body = ErrorBody),
+        (status = 503, description = "The store cannot take writes, or hookd is shutting down", body = ErrorBody),
+    ),
+)]
+pub async fn create_batch(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateEventBatch>,
+) -> Result<ApiJson<BatchResponse>, ApiError> {
+    if headers.contains_key("idempotency-key") {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "a batch takes no `Idempotency-Key` header; give each event its own `id`",
+        ));
+    }
+    if body.events.is_empty() {
+        return Err(ApiError::invalid("empty_batch", "`events` holds no event"));
+    }
+    if body.events.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "the batch holds {} events; the limit is {MAX_BATCH_EVENTS}",
+                body.events.len()
+            ),
+        ));
+    }
+    let limits = &tenant.config.limits;
+    // Per event: a refusal, or the index of its submission.
+    let mut slots: Vec<Result<usize, ApiError>> = Vec::with_capacity(body.events.len());
+    let mut prepared = Vec::with_capacity(body.events.len());
+    for raw in &body.events {
+        let checked = serde_json::from_str::<CreateEvent>(raw.get())
+            .map_err(|err| ApiError::invalid("invalid_body", err.to_string()))
+            .and_then(|event| validate(event, None, limits.max_payload_bytes));
+        match checked {
+            Ok(record) => {
+                prepared.push(crate::ingest::prepare_event(
+                    &state.store,
+                    &tenant.id,
+                    record,
+                    None,
+                )?);
+                slots.push(Ok(prepared.len() - 1));
+            }
+            Err(err) => slots.push(Err(err)),
+        }
+    }
+    let ids: Vec<String> = prepared.iter().map(|n| n.event.id.to_string()).collect();
+    let window_ms = limits.idempotency_window.as_millis() as u64;
+    let outcomes = state.ingest.submit_many(prepared, window_ms).await?;
+    let created = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(IngestOutcome::Created)))
+        .count();
+    let mut outcomes: Vec<Option<_>> = outcomes.into_iter().map(Some).collect();
+    let mut results = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let result = match slot {
+            Err(err) => BatchItemResult::refused(err),
+            Ok(index) => match outcomes[index].take().expect("one outcome per submission") {
+                Ok(IngestOutcome::Created) => {
+                    state.metrics.event_ingested(&tenant.id);
+                    BatchItemResult {
+                        status: 202,
+                        id: Some(ids[index].clone()),
+                        error: None,
+                    }
+                }
+                Ok(IngestOutcome::Duplicate(original)) => BatchItemResult {
+                    status: 200,
+                    id: Some(original.to_string()),
+                    error: None,
+                },
+                Err(err) => BatchItemResult::refused(err.into()),
+            },
+        };
+        results.push(result);
+    }
+    info!(tenant = %tenant.id, events = results.len(), created, "event batch accepted");
+    Ok(ApiJson(BatchResponse { results }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -42,6 +42,8 @@ pub use error::{ApiError, ErrorBody};
 
 /// Headroom above the payload limit for the rest of an event's JSON.
 const ENVELOPE_BYTES: usize = 64 * 1024;
+/// Body limit of `POST /v1/events/batch` (unless one event's own limit is larger).
+const BATCH_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 250;
 
@@ -59,9 +61,10 @@ pub struct AppState {
 
 /// Every route of the API, each registered with its OpenAPI operation. Paths, methods,
 /// parameters, bodies and answers come from the handlers' `#[utoipa::path]` attributes.
-fn routes(upload_limit: usize) -> OpenApiRouter<AppState> {
+fn routes(upload_limit: usize, batch_limit: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ops::document_base())
         .routes(routes!(events::create, events::list))
+        .routes(routes!(events::create_batch).layer(DefaultBodyLimit::max(batch_limit)))
         .routes(routes!(events::get_one))
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(
@@ -93,14 +96,17 @@ fn routes(upload_limit: usize) -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document that `GET /openapi.json` serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ops::finish_document(routes(0).into_openapi())
+    ops::finish_document(routes(0, 0).into_openapi())
 }
 
 pub fn router(state: AppState) -> Router {
     let config = state.config.current();
     let body_limit = config.limits.max_payload_bytes + ENVELOPE_BYTES;
     let upload_limit = config.plugins.settings.max_upload_bytes;
-    let (router, document) = routes(upload_limit).split_for_parts();
+    // A batch may carry MAX_BATCH_EVENTS events; its body may reach 32 MiB (each payload
+    // still within `max_payload_bytes`), or one event's limit if that is larger.
+    let batch_limit = body_limit.max(BATCH_BODY_BYTES);
+    let (router, document) = routes(upload_limit, batch_limit).split_for_parts();
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

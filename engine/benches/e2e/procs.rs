@@ -1,0 +1,190 @@
+//! Child processes of the bench (the real release `hookd` and the receiver role), killed by
+//! pid when dropped, and what `/proc` says about them (CPU seconds, peak RSS).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hookd::config::hash_api_key;
+
+pub const API_KEY: &str = "bench-key";
+
+/// A child process killed (SIGKILL, by its pid) and reaped when dropped.
+pub struct Proc {
+    pub child: Child,
+    _stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// kill -9 and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts this bench binary again in the receiver role; returns it with its base URL.
+pub fn spawn_receiver() -> (Proc, String) {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = Command::new(exe)
+        .arg("--receiver")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("receiver starts");
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("receiver prints its address");
+    let addr = line
+        .trim()
+        .strip_prefix("RECEIVER ")
+        .unwrap_or_else(|| panic!("unexpected receiver line {line:?}"))
+        .to_string();
+    (
+        Proc {
+            child,
+            _stdin: stdin,
+        },
+        format!("http://{addr}"),
+    )
+}
+
+/// The engine's config: one tenant, loopback allowed, limits generous enough that the bench
+/// measures the engine rather than its default caps (64 in flight per webhook, 1024 overall).
+pub fn write_config(dir: &Path, data: &Path, attempt_timeout: &str) -> PathBuf {
+    let text = format!(
+        r#"
+data_dir = "{data}"
+[delivery]
+retry_schedule = ["1s", "2s", "5s", "10s"]
+attempt_timeout = "{attempt_timeout}"
+max_in_flight_per_webhook = 64
+max_in_flight = 1024
+[ssrf]
+allow_http = true
+allow = ["127.0.0.1/32"]
+[[tenants]]
+id = "bench"
+api_keys = ["sha256:{key}"]
+"#,
+        data = data.display(),
+        key = hex::encode(hash_api_key(API_KEY)),
+    );
+    let path = dir.join("hookd.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Starts the release `hookd serve` on a free loopback port and waits until `/healthz`
+/// answers (at most 60 s). Its log (level warn) goes to `<dir>/hookd.log`.
+pub async fn spawn_engine(
+    dir: &Path,
+    config: &Path,
+    data: &Path,
+    http: &reqwest::Client,
+) -> (Proc, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("hookd.log"))
+        .expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(config)
+        .arg("--data")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("hookd starts");
+    let proc = Proc {
+        child,
+        _stdin: None,
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return (proc, base);
+        }
+        if Instant::now() > deadline {
+            let tail = std::fs::read_to_string(dir.join("hookd.log")).unwrap_or_default();
+            panic!("hookd did not answer /healthz within 60 s; log:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// utime + stime of a process in seconds (clock ticks of 100 Hz, Linux's USER_HZ).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields after "(comm)": state is index 0, utime is field 14 overall → index 11.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// A `Vm*` line of /proc/<pid>/status in MiB (VmHWM = peak RSS, VmRSS = now).
+pub fn vm_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Disk space a directory tree uses, in MiB (allocated blocks).
+pub fn dir_mib(path: &Path) -> f64 {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(path: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path()),
+                Ok(m) => m.blocks() * 512,
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    walk(path) as f64 / (1024.0 * 1024.0)
+}
