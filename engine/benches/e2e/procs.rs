@@ -78,6 +78,8 @@ max_in_flight = 1024
 [ssrf]
 allow_http = true
 allow = ["127.0.0.1/32"]
+[security]
+secret_key = "ZTJlLWJlbmNoLXNlY3JldC1rZXktZm9yLWhvb2tkISE="
 [[tenants]]
 id = "bench"
 api_keys = ["sha256:{key}"]
