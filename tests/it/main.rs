@@ -7,6 +7,7 @@ mod api_errors;
 mod crash;
 mod delivery;
 mod examples;
+mod hostile_http;
 mod isolation;
 mod metrics;
 mod openapi;

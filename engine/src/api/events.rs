@@ -21,7 +21,7 @@ use crate::store::{DeliveryRecord, EventFilter, EventRecord};
 
 /// Deepest nesting of arrays and objects accepted in a payload; receivers' parsers often
 /// recurse, so hookd refuses what would crash them.
-const MAX_PAYLOAD_DEPTH: usize = 64;
+pub(crate) const MAX_PAYLOAD_DEPTH: usize = 64;
 
 /// Longest accepted idempotency key.
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
@@ -241,6 +241,14 @@ pub async fn list(
     tenant: Tenant,
     ApiQuery(query): ApiQuery<EventListQuery>,
 ) -> Result<ApiJson<ListResponse<EventView>>, ApiError> {
+    if let Some(channel) = &query.channel
+        && !valid_channel(channel)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`channel` must be 1-128 of a-z A-Z 0-9 . _ - :",
+        ));
+    }
     let filter = EventFilter {
         event_type: query.event_type,
         channel: query.channel,
@@ -291,7 +299,7 @@ pub async fn get_one(
 }
 
 /// Maximum nesting depth of arrays and objects in valid JSON text.
-fn json_depth(json: &str) -> usize {
+pub(crate) fn json_depth(json: &str) -> usize {
     let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
     for byte in json.bytes() {
         if in_string {

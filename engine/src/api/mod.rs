@@ -15,6 +15,7 @@ mod events;
 mod ops;
 mod plugins;
 mod retention;
+pub mod serve;
 mod stats;
 mod webhooks;
 
@@ -235,6 +236,20 @@ impl<T: Serialize> IntoResponse for ApiJson<T> {
     }
 }
 
+/// Raw body extractor whose rejections (too large, stalled, broken) are [`ApiError`]s.
+pub struct ApiBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(request, state)
+            .await
+            .map(ApiBody)
+            .map_err(ApiError::from)
+    }
+}
+
 /// Query-string extractor whose rejections are [`ApiError`]s.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
@@ -327,18 +342,21 @@ pub fn parse_time(field: &str, text: &str) -> Result<u64, ApiError> {
         })
 }
 
-/// An optional JSON body: empty means `T::default()`.
+/// An optional JSON body: empty or `null` means `T::default()` (the document marks these
+/// bodies optional and nullable).
 pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|err| {
-        if err.is_data() {
-            ApiError::invalid("invalid_body", err.to_string())
-        } else {
-            ApiError::bad_request("invalid_json", err.to_string())
-        }
-    })
+    serde_json::from_slice::<Option<T>>(body)
+        .map(Option::unwrap_or_default)
+        .map_err(|err| {
+            if err.is_data() {
+                ApiError::invalid("invalid_body", err.to_string())
+            } else {
+                ApiError::bad_request("invalid_json", err.to_string())
+            }
+        })
 }
 
 /// An optional time filter (`after`, `before`, `since`).
