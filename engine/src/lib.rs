@@ -132,6 +132,7 @@ pub async fn start(
         path: config.data_dir.clone(),
         source,
     })?;
+    store.set_min_free_bytes(config.limits.min_free_disk_bytes);
     for warning in config.warnings() {
         warn!("{warning}");
     }

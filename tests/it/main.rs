@@ -6,6 +6,7 @@
 mod api_errors;
 mod crash;
 mod delivery;
+mod disk;
 mod examples;
 mod hostile_http;
 mod isolation;

@@ -11,7 +11,7 @@ use tracing::error;
 use utoipa::ToSchema;
 
 use crate::ingest::IngestError;
-use crate::store::{StoreError, UpdateError};
+use crate::store::{SpaceProblem, StoreError, UpdateError};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -69,6 +69,20 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
+    /// 503 for a data dir that cannot take events now: `storage_full` (below the free-space
+    /// reserve) or `storage_read_only`. Nothing was written; retry once space returns.
+    pub fn storage(problem: SpaceProblem) -> Self {
+        let code = match problem {
+            SpaceProblem::Full { .. } => "storage_full",
+            SpaceProblem::ReadOnly => "storage_read_only",
+        };
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            format!("the event was not accepted: the data dir {problem}; retry later"),
+        )
+    }
+
     /// 408: the client stopped sending its body for longer than `limits.body_read_timeout`.
     pub fn request_timeout() -> Self {
         Self::new(
@@ -104,6 +118,9 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
+        if let StoreError::Space(problem) = err {
+            return ApiError::storage(problem);
+        }
         if err.is_unavailable() {
             error!(error = %err, "store unavailable");
             return ApiError::new(

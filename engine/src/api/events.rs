@@ -95,7 +95,7 @@ impl EventView {
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Invalid type, channel, payload depth or idempotency key", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
-        (status = 503, description = "The store cannot take writes, or hookd is shutting down", body = ErrorBody),
+        (status = 503, description = "Not accepted: the data dir is short of space (`storage_full`) or read-only (`storage_read_only`), the store cannot take writes (`store_unavailable`), or hookd is shutting down (`shutting_down`)", body = ErrorBody),
     ),
 )]
 pub async fn create(

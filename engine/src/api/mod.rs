@@ -146,11 +146,26 @@ async fn healthz() -> Json<Health> {
     operation_id = "readyz",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "The store is not readable (`not_ready`)", body = ErrorBody),
+        (status = 503, description = "The store is not readable (`not_ready`), or the data dir \
+            is short of space (`storage_full`) or read-only (`storage_read_only`)", body = ErrorBody),
     ),
 )]
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    // Ready when the store answers a read.
+    // Ready when the store answers a read and the data dir can take events.
+    match state.store.check_space() {
+        Err(crate::store::StoreError::Space(problem)) => {
+            return ApiError::storage(problem).into_response();
+        }
+        Err(err) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                err.to_string(),
+            )
+            .into_response();
+        }
+        Ok(()) => {}
+    }
     match state.store.webhooks_of("") {
         Ok(_) => Json(Health {
             status: "ready",
