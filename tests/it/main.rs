@@ -8,6 +8,7 @@ mod crash;
 mod delivery;
 mod disk;
 mod examples;
+mod fuzz;
 mod hostile_http;
 mod isolation;
 mod metrics;

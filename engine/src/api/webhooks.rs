@@ -418,6 +418,7 @@ pub async fn create(
 #[into_params(parameter_in = Query)]
 pub struct WebhookListQuery {
     /// Page size, 1-250 (default 50).
+    #[param(minimum = 1, maximum = 250)]
     limit: Option<usize>,
     /// The `iterator` of the previous page.
     iterator: Option<String>,
