@@ -216,7 +216,12 @@ async fn commit_group(store: &Store, dispatch: &DispatchHandle, group: Vec<Submi
         warn!(error = %err, events = to_write.len(), "ingest write failed; the events were refused");
         let message = err.to_string();
         for (reply, _) in replies {
-            let _ = reply.send(Err(IngestError::Unavailable(message.clone())));
+            let refusal = match &err {
+                // Refused before writing (full or read-only data dir): its own code.
+                StoreError::Space(problem) => IngestError::Store(StoreError::Space(*problem)),
+                _ => IngestError::Unavailable(message.clone()),
+            };
+            let _ = reply.send(Err(refusal));
         }
         return;
     }

@@ -172,6 +172,7 @@ pub async fn start(
             });
         }
     }
+    store.set_min_free_bytes(config.limits.min_free_disk_bytes);
     for warning in config.warnings() {
         warn!("{warning}");
     }
@@ -226,14 +227,19 @@ pub async fn start(
         started: std::time::Instant::now(),
         metrics: metrics.clone(),
     });
-    let server_shutdown = shutdown.clone();
-    let server_task = tokio::spawn(async move {
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
-        if let Err(err) = server.await {
-            warn!(error = %err, "HTTP server stopped with an error");
+    let serve_limits = {
+        let limits = &config.current().limits;
+        api::serve::ServeLimits {
+            header_read_timeout: limits.header_read_timeout,
+            body_read_timeout: limits.body_read_timeout,
         }
-    });
+    };
+    let server_task = tokio::spawn(api::serve::serve(
+        listener,
+        app,
+        serve_limits,
+        shutdown.clone(),
+    ));
     info!("listening on {local_addr}");
     // The ingest writer ends when its last handle is dropped: the server's, then the
     // dispatcher's (attempts emit operational events), so all three end after shutdown; the

@@ -96,6 +96,7 @@ impl From<AttemptRecord> for AttemptView {
 #[into_params(parameter_in = Query)]
 pub struct DeliveryListQuery {
     /// Page size, 1-250 (default 50).
+    #[param(minimum = 1, maximum = 250)]
     limit: Option<usize>,
     /// The `iterator` of the previous page.
     iterator: Option<String>,

@@ -3,7 +3,7 @@
 //! through it, so no plain-text rejection reaches a client.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -11,7 +11,7 @@ use tracing::error;
 use utoipa::ToSchema;
 
 use crate::ingest::IngestError;
-use crate::store::{StoreError, UpdateError};
+use crate::store::{SpaceProblem, StoreError, UpdateError};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -68,6 +68,42 @@ impl ApiError {
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
+
+    /// 503 for a data dir that cannot take events now: `storage_full` (below the free-space
+    /// reserve) or `storage_read_only`. Nothing was written; retry once space returns.
+    pub fn storage(problem: SpaceProblem) -> Self {
+        let code = match problem {
+            SpaceProblem::Full { .. } => "storage_full",
+            SpaceProblem::ReadOnly => "storage_read_only",
+        };
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            format!("the event was not accepted: the data dir {problem}; retry later"),
+        )
+    }
+
+    /// 408: the client stopped sending its body for longer than `limits.body_read_timeout`.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body stalled; send it without long pauses",
+        )
+    }
+}
+
+/// Whether a body read failed because the serve loop's body timeout fired
+/// (`api/serve.rs` wraps every request body in a `TimeoutBody`).
+fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 impl IntoResponse for ApiError {
@@ -82,6 +118,9 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
+        if let StoreError::Space(problem) = err {
+            return ApiError::storage(problem);
+        }
         if err.is_unavailable() {
             error!(error = %err, "store unavailable");
             return ApiError::new(
@@ -129,8 +168,27 @@ impl From<IngestError> for ApiError {
     }
 }
 
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        match &rejection {
+            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                ApiError::payload_too_large("the request body is larger than allowed")
+            }
+            BytesRejection::FailedToBufferBody(FailedToBufferBody::UnknownBodyError(err))
+                if is_body_timeout(err) =>
+            {
+                ApiError::request_timeout()
+            }
+            _ => ApiError::bad_request("body_read_failed", rejection.body_text()),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if let JsonRejection::BytesRejection(rejection) = rejection {
+            return rejection.into();
+        }
         let message = rejection.body_text();
         match rejection.status() {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(

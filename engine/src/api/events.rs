@@ -22,7 +22,7 @@ use crate::store::{DeliveryRecord, EventFilter, EventRecord};
 
 /// Deepest nesting of arrays and objects accepted in a payload; receivers' parsers often
 /// recurse, so hookd refuses what would crash them.
-const MAX_PAYLOAD_DEPTH: usize = 64;
+pub(crate) const MAX_PAYLOAD_DEPTH: usize = 64;
 
 /// Longest accepted idempotency key.
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
@@ -96,7 +96,7 @@ impl EventView {
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Invalid type, channel, payload depth or idempotency key", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
-        (status = 503, description = "The store cannot take writes, or hookd is shutting down", body = ErrorBody),
+        (status = 503, description = "Not accepted: the data dir is short of space (`storage_full`) or read-only (`storage_read_only`), the store cannot take writes (`store_unavailable`), or hookd is shutting down (`shutting_down`)", body = ErrorBody),
     ),
 )]
 pub async fn create(
@@ -368,6 +368,7 @@ pub async fn create_batch(
 #[into_params(parameter_in = Query)]
 pub struct EventListQuery {
     /// Page size, 1-250 (default 50).
+    #[param(minimum = 1, maximum = 250)]
     limit: Option<usize>,
     /// The `iterator` of the previous page.
     iterator: Option<String>,
@@ -401,6 +402,14 @@ pub async fn list(
     tenant: Tenant,
     ApiQuery(query): ApiQuery<EventListQuery>,
 ) -> Result<ApiJson<ListResponse<EventView>>, ApiError> {
+    if let Some(channel) = &query.channel
+        && !valid_channel(channel)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`channel` must be 1-128 of a-z A-Z 0-9 . _ - :",
+        ));
+    }
     let filter = EventFilter {
         event_type: query.event_type,
         channel: query.channel,
@@ -451,7 +460,7 @@ pub async fn get_one(
 }
 
 /// Maximum nesting depth of arrays and objects in valid JSON text.
-fn json_depth(json: &str) -> usize {
+pub(crate) fn json_depth(json: &str) -> usize {
     let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
     for byte in json.bytes() {
         if in_string {

@@ -15,6 +15,7 @@ mod events;
 mod ops;
 mod plugins;
 mod retention;
+pub mod serve;
 mod stats;
 mod webhooks;
 
@@ -151,11 +152,26 @@ async fn healthz() -> Json<Health> {
     operation_id = "readyz",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "The store is not readable (`not_ready`)", body = ErrorBody),
+        (status = 503, description = "The store is not readable (`not_ready`), or the data dir \
+            is short of space (`storage_full`) or read-only (`storage_read_only`)", body = ErrorBody),
     ),
 )]
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    // Ready when the store answers a read.
+    // Ready when the store answers a read and the data dir can take events.
+    match state.store.check_space() {
+        Err(crate::store::StoreError::Space(problem)) => {
+            return ApiError::storage(problem).into_response();
+        }
+        Err(err) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                err.to_string(),
+            )
+            .into_response();
+        }
+        Ok(()) => {}
+    }
     match state.store.webhooks_of("") {
         Ok(_) => Json(Health {
             status: "ready",
@@ -238,6 +254,20 @@ pub struct ApiJson<T>(pub T);
 impl<T: Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {
         Json(self.0).into_response()
+    }
+}
+
+/// Raw body extractor whose rejections (too large, stalled, broken) are [`ApiError`]s.
+pub struct ApiBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(request, state)
+            .await
+            .map(ApiBody)
+            .map_err(ApiError::from)
     }
 }
 
@@ -333,18 +363,21 @@ pub fn parse_time(field: &str, text: &str) -> Result<u64, ApiError> {
         })
 }
 
-/// An optional JSON body: empty means `T::default()`.
+/// An optional JSON body: empty or `null` means `T::default()` (the document marks these
+/// bodies optional and nullable).
 pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|err| {
-        if err.is_data() {
-            ApiError::invalid("invalid_body", err.to_string())
-        } else {
-            ApiError::bad_request("invalid_json", err.to_string())
-        }
-    })
+    serde_json::from_slice::<Option<T>>(body)
+        .map(Option::unwrap_or_default)
+        .map_err(|err| {
+            if err.is_data() {
+                ApiError::invalid("invalid_body", err.to_string())
+            } else {
+                ApiError::bad_request("invalid_json", err.to_string())
+            }
+        })
 }
 
 /// An optional time filter (`after`, `before`, `since`).

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use super::{ApiError, ApiJson, ApiPath, AppState, ErrorBody, Tenant, optional_json, rfc3339};
+use super::{
+    ApiBody, ApiError, ApiJson, ApiPath, AppState, ErrorBody, Tenant, optional_json, rfc3339,
+};
 use crate::delivery::attempt::{self, AttemptInput, Prepared};
 use crate::ids::{EventId, WebhookId, now_ms};
 use crate::plugin::{PluginInfo, PluginLoadError, PluginSource};
@@ -140,7 +142,7 @@ pub async fn put(
                 ),
             )
         } else {
-            ApiError::bad_request("invalid_body", rejection.body_text())
+            ApiError::from(rejection)
         }
     })?;
     let existed = state.delivery.plugins.info(&tenant.id, &name).is_some();
@@ -340,7 +342,7 @@ pub async fn simulate(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(name): ApiPath<String>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<ApiJson<SimulateOutcome>, ApiError> {
     let body: Simulate = optional_json(&body)?;
     let now = now_ms();

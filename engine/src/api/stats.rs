@@ -25,7 +25,10 @@ const DEFAULT_DAYS: u32 = 7;
 const TOP_EVENT_TYPES: usize = 10;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatsQuery {
+    /// UTC days to cover, ending today: 1-90 (default 7).
+    #[param(minimum = 1, maximum = 90)]
     days: Option<u32>,
 }
 

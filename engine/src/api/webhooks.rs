@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::{HeaderName, HeaderValue};
@@ -13,8 +12,8 @@ use tracing::info;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, ListResponse, Tenant, optional_json,
-    page_limit, parse_iterator, parse_time, rfc3339, valid_channel,
+    ApiBody, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, ListResponse, Tenant,
+    optional_json, page_limit, parse_iterator, parse_time, rfc3339, valid_channel,
 };
 use crate::delivery::attempt::{self, TestSendOutcome};
 use crate::fanout;
@@ -419,6 +418,7 @@ pub async fn create(
 #[into_params(parameter_in = Query)]
 pub struct WebhookListQuery {
     /// Page size, 1-250 (default 50).
+    #[param(minimum = 1, maximum = 250)]
     limit: Option<usize>,
     /// The `iterator` of the previous page.
     iterator: Option<String>,
@@ -653,7 +653,7 @@ pub async fn test_send(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(id): ApiPath<String>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<ApiJson<TestSendOutcome>, ApiError> {
     let webhook = load(&state, &tenant, &id)?;
     let body: TestSend = optional_json(&body)?;
@@ -665,6 +665,17 @@ pub async fn test_send(
         ));
     }
     let payload = body.payload.unwrap_or_else(sample_payload);
+    // The same depth limit as ingest: a test send must not hand receivers and plugins a
+    // document that no event could carry.
+    if super::events::json_depth(payload.get()) > super::events::MAX_PAYLOAD_DEPTH {
+        return Err(ApiError::invalid(
+            "payload_too_deep",
+            format!(
+                "the payload nests arrays and objects deeper than {} levels",
+                super::events::MAX_PAYLOAD_DEPTH
+            ),
+        ));
+    }
     let event = EventRecord {
         id: EventId::new(),
         event_type,
@@ -714,7 +725,7 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(id): ApiPath<String>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<ApiJson<RotatedSecret>, ApiError> {
     let webhook_id = parse_webhook_id(&id)?;
     let body: RotateSecret = optional_json(&body)?;

@@ -72,6 +72,14 @@ pub struct LimitsConfig {
     pub retention_interval: Duration,
     /// Memory sled may use for cached pages (applies at start).
     pub store_cache_bytes: u64,
+    /// How long a client may take to send a request's head (slow-loris guard); on an idle
+    /// keep-alive connection it also bounds the wait for the next request.
+    pub header_read_timeout: Duration,
+    /// Longest pause while a request body is being read; a stalled body gets `408`.
+    pub body_read_timeout: Duration,
+    /// Ingest refuses events (`503 storage_full`) while the data dir's file system has less
+    /// free space than this, so sled never meets a full disk mid-write.
+    pub min_free_disk_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

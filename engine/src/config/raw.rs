@@ -64,6 +64,9 @@ pub struct RawLimits {
     pub retention: Option<String>,
     pub retention_interval: Option<String>,
     pub store_cache_mb: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub min_free_disk_bytes: Option<u64>,
 }
 
 /// Delivery settings; the same table appears globally (`[delivery]`) and per tenant

@@ -156,9 +156,31 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
         store_cache_bytes: raw.limits.store_cache_mb.unwrap_or(DEFAULT_STORE_CACHE_MB)
             * 1024
             * 1024,
+        header_read_timeout: c.duration(
+            "limits.header_read_timeout",
+            raw.limits.header_read_timeout.as_ref(),
+            DEFAULT_HEADER_READ_TIMEOUT,
+        ),
+        body_read_timeout: c.duration(
+            "limits.body_read_timeout",
+            raw.limits.body_read_timeout.as_ref(),
+            DEFAULT_BODY_READ_TIMEOUT,
+        ),
+        min_free_disk_bytes: raw
+            .limits
+            .min_free_disk_bytes
+            .unwrap_or(DEFAULT_MIN_FREE_DISK_BYTES),
     };
     if !(8..=65_536).contains(&raw.limits.store_cache_mb.unwrap_or(DEFAULT_STORE_CACHE_MB)) {
         c.push("limits.store_cache_mb", "must be between 8 and 65536");
+    }
+    for (key, value) in [
+        ("limits.header_read_timeout", limits.header_read_timeout),
+        ("limits.body_read_timeout", limits.body_read_timeout),
+    ] {
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&value) {
+            c.push(key, "must be between 100ms and 1h");
+        }
     }
     if !(Duration::from_millis(10)..=Duration::from_secs(24 * 3600))
         .contains(&limits.retention_interval)
@@ -393,6 +415,13 @@ const MAX_RETENTION_DAYS: u32 = 3650;
 /// backlog does not grow the process (sled's default is 1 GiB).
 const DEFAULT_STORE_CACHE_MB: u64 = 64;
 const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// A request head arrives in milliseconds from any real client; 10 s leaves room for slow
+/// mobile links and still frees a slow-loris connection quickly.
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest gap between two chunks of a request body (not the whole upload).
+const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// 64 MiB: room for sled's segment growth and a final flush after ingest stops.
+const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `limits.retention_days` (whole days), or `limits.retention` (a duration, for short-lived
 /// setups and tests); not both.

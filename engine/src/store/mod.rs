@@ -17,7 +17,8 @@ mod retention;
 pub mod stats;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -52,13 +53,29 @@ pub enum StoreError {
         webhook_id: String,
         source: SecretsError,
     },
+    #[error("the data dir {0}")]
+    Space(SpaceProblem),
+    #[error("the store met an I/O error earlier and takes no writes until hookd restarts: {0}")]
+    Failed(String),
+}
+
+/// Why the data dir cannot take an event now (see [`Store::check_space`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SpaceProblem {
+    #[error("has {free} bytes free, below the {min} bytes kept in reserve")]
+    Full { free: u64, min: u64 },
+    #[error("is on a read-only file system")]
+    ReadOnly,
 }
 
 impl StoreError {
     /// Whether the failure is the disk refusing writes (full, read-only), which callers
     /// report as "unavailable" rather than as a bug.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Sled(sled::Error::Io(_)))
+        matches!(
+            self,
+            StoreError::Sled(sled::Error::Io(_)) | StoreError::Space(_) | StoreError::Failed(_)
+        )
     }
 }
 
@@ -222,6 +239,7 @@ pub struct Store {
     tree: sled::Tree,
     webhooks: Arc<WebhookCache>,
     keyring: Arc<Keyring>,
+    space: Arc<SpaceWatermark>,
 }
 
 /// Every tenant's webhooks, decoded with secrets opened, as last read from the tree. Fan-out reads a tenant's
@@ -260,6 +278,25 @@ impl WebhookCache {
     }
 }
 
+/// The free-space reserve of the data dir. sled 0.34 keeps a failed write's I/O error and
+/// fails every later write with it until the process reopens the store, so a disk that
+/// fills up under sled needs a restart; refusing events while the reserve is short keeps
+/// sled from ever meeting a full disk, and taking them again needs nothing but space.
+///
+/// When sled does meet an I/O error on a write or flush anyway, the first one is kept here:
+/// later flushes would wait forever (seen on a full tmpfs), so every later ingest is refused
+/// at once and `/readyz` reports it until a restart.
+#[derive(Debug)]
+struct SpaceWatermark {
+    dir: PathBuf,
+    min_free_bytes: AtomicU64,
+    failure: std::sync::OnceLock<String>,
+}
+
+/// The longest a caller waits for a flush (a healthy one takes milliseconds; sled 0.34 never
+/// finishes one after an I/O error, which is recorded when it is reported).
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
@@ -283,12 +320,45 @@ impl Store {
             .flush_every_ms(Some(200))
             .open()?;
         let tree = db.open_tree("hookd/v1")?;
+        let space = Arc::new(SpaceWatermark {
+            dir: dir.to_path_buf(),
+            min_free_bytes: AtomicU64::new(0),
+            failure: std::sync::OnceLock::new(),
+        });
         Ok(Store {
             db,
             tree,
             webhooks: Arc::default(),
             keyring,
+            space,
         })
+    }
+
+    /// Sets the free space [`Store::write_events`] keeps in reserve (`limits.min_free_disk_bytes`).
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.space.min_free_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether the data dir can take new events: writable, with the reserve free. One
+    /// `statvfs` call (a few microseconds; measured in `tests/it/disk.rs`).
+    pub fn check_space(&self) -> Result<()> {
+        if let Some(failure) = self.space.failure.get() {
+            return Err(StoreError::Failed(failure.clone()));
+        }
+        let min = self.space.min_free_bytes.load(Ordering::Relaxed);
+        let stat = match rustix::fs::statvfs(&self.space.dir) {
+            Ok(stat) => stat,
+            // Cannot tell: let the write itself find out.
+            Err(_) => return Ok(()),
+        };
+        if stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+            return Err(StoreError::Space(SpaceProblem::ReadOnly));
+        }
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < min {
+            return Err(StoreError::Space(SpaceProblem::Full { free, min }));
+        }
+        Ok(())
     }
 
     /// Makes every write so far durable. Concurrent callers should share one flush (ingest's
@@ -299,10 +369,35 @@ impl Store {
     /// under load — both runtime workers then sat in `transaction` forever.
     pub async fn flush(&self) -> Result<()> {
         let tree = self.tree.clone();
-        tokio::task::spawn_blocking(move || tree.flush())
-            .await
-            .map_err(|err| StoreError::Interrupted(format!("the flush task failed: {err}")))??;
-        Ok(())
+        let flush = tokio::task::spawn_blocking(move || tree.flush());
+        match tokio::time::timeout(FLUSH_TIMEOUT, flush).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(err))) => Err(self.failed(err.into())),
+            Ok(Err(join)) => Err(StoreError::Interrupted(format!(
+                "the flush task failed: {join}"
+            ))),
+            // Not recorded as a failure: a slow disk may still finish it. The caller answers
+            // 503 (never a 202 it cannot back), and a retry with the same idempotency key
+            // finds the event if it did land.
+            Err(_) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("a flush took longer than {FLUSH_TIMEOUT:?}"),
+            )))),
+        }
+    }
+
+    /// Records the first I/O failure of a write (see [`SpaceWatermark`]).
+    ///
+    /// It also leaks one handle of the database on purpose: dropping sled's last handle runs
+    /// a blocking flush, which after such a failure never returns (seen on a full tmpfs), so
+    /// a failed store would hang shutdown forever. Leaked, the process stops in bounded time
+    /// and the next start recovers from the log like after a crash (acknowledged events were
+    /// flushed before their 202).
+    fn failed(&self, err: StoreError) -> StoreError {
+        if err.is_unavailable() && self.space.failure.set(err.to_string()).is_ok() {
+            std::mem::forget(self.db.clone());
+        }
+        err
     }
 
     /// Bytes on disk.
@@ -576,6 +671,12 @@ impl Store {
     /// Writes accepted events, their deliveries, index and schedule entries and the statistics
     /// counters they add to, atomically (one transaction). Not durable until [`Store::flush`].
     pub fn write_events(&self, events: &[NewEvent]) -> Result<()> {
+        self.check_space()?;
+        self.write_events_unchecked(events)
+            .map_err(|err| self.failed(err))
+    }
+
+    fn write_events_unchecked(&self, events: &[NewEvent]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for new in events {
             let tenant = new.tenant.as_str();
