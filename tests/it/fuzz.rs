@@ -83,69 +83,82 @@ async fn schemathesis_finds_no_server_error_and_no_answer_that_breaks_the_docume
     let event = engine.send_event("user.created", json!({"n": 1})).await;
     let report = tempfile::tempdir().unwrap();
 
-    let started = Instant::now();
-    let mut command = tokio::process::Command::new(exe);
-    command
-        .arg("run")
-        .arg(engine.url("/openapi.json"))
-        .args(["--header", &format!("Authorization: Bearer {ACME_KEY}")])
-        .args(["--checks", "all"])
-        // Excluded checks, each for a stated reason:
-        // - positive_data_acceptance / negative_data_rejection judge whether the document
-        //   states every validation rule (event-type and channel syntax, the two time
-        //   spellings, webhook filter patterns) as JSON Schema; it states them in prose, so
-        //   these flag the document's precision, not the server's behaviour. Their findings
-        //   that were real (optional bodies sent as `null`, `days` placed in the path, page
-        //   bounds) are fixed and covered by `null_optional_bodies_and_documented_bounds`.
-        .args([
-            "--exclude-checks",
-            "positive_data_acceptance,negative_data_rejection",
-        ])
-        // Admin routes need an admin key (tests/it/ops.rs covers them); plugin uploads are
-        // `application/wasm`, which schemathesis cannot generate (plugins.rs and
-        // hostile_http.rs cover them).
-        .args(["--exclude-path-regex", "^/v1/admin/"])
-        .args(["--exclude-operation-id", "put_plugin"])
-        // Webhook URLs name hosts that hookd resolves (create-time SSRF check) through the
-        // system resolver, which is not on loopback: generated URLs like
-        // https://example.com/ would send DNS queries off this machine. Creating and
-        // changing webhooks is covered with IP-literal URLs elsewhere (webhooks, ssrf tests);
-        // every other operation runs against the loopback webhook made above.
-        .args(["--exclude-operation-id", "create_webhook"])
-        .args(["--exclude-operation-id", "update_webhook"])
-        .args(["--phases", "examples,coverage,fuzzing"])
-        .args(["--max-examples", MAX_EXAMPLES, "--max-time", MAX_TIME_SECS])
-        .args(["--seed", "20261123", "--workers", "2"])
-        .args(["--request-timeout", "20", "--no-color"])
-        .args(["--generation-database", "none"])
-        .env("SCHEMATHESIS_REPORT_DIR", report.path())
-        .current_dir(report.path())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(600), command.output())
-        .await
-        .expect("schemathesis finishes within 10 minutes")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    eprintln!(
-        "schemathesis took {:?}; webhook {} event {}\n{}",
-        started.elapsed(),
-        webhook["id"],
-        event["id"],
-        stdout
-            .lines()
-            .rev()
-            .take(25)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(
-        output.status.success(),
-        "schemathesis found problems:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // schemathesis itself sometimes fails while *generating* a case under Python 3.11
+    // (reported as a "Runtime Error" of the run, with no check failed): such a run is repeated
+    // once. A failed check is never retried.
+    for run in 1..=2 {
+        let started = Instant::now();
+        let mut command = tokio::process::Command::new(&exe);
+        command
+            .arg("run")
+            .arg(engine.url("/openapi.json"))
+            .args(["--header", &format!("Authorization: Bearer {ACME_KEY}")])
+            .args(["--checks", "all"])
+            // Excluded checks, each for a stated reason:
+            // - positive_data_acceptance / negative_data_rejection judge whether the document
+            //   states every validation rule (event-type and channel syntax, the two time
+            //   spellings, webhook filter patterns) as JSON Schema; it states them in prose, so
+            //   these flag the document's precision, not the server's behaviour. Their findings
+            //   that were real (optional bodies sent as `null`, `days` placed in the path, page
+            //   bounds) are fixed and covered by `null_optional_bodies_and_documented_bounds`.
+            .args([
+                "--exclude-checks",
+                "positive_data_acceptance,negative_data_rejection",
+            ])
+            // Admin routes need an admin key (tests/it/ops.rs covers them); plugin uploads are
+            // `application/wasm`, which schemathesis cannot generate (plugins.rs and
+            // hostile_http.rs cover them).
+            .args(["--exclude-path-regex", "^/v1/admin/"])
+            .args(["--exclude-operation-id", "put_plugin"])
+            // Webhook URLs name hosts that hookd resolves (create-time SSRF check) through the
+            // system resolver, which is not on loopback: generated URLs like
+            // https://example.com/ would send DNS queries off this machine. Creating and
+            // changing webhooks is covered with IP-literal URLs elsewhere (webhooks, ssrf tests);
+            // every other operation runs against the loopback webhook made above.
+            .args(["--exclude-operation-id", "create_webhook"])
+            .args(["--exclude-operation-id", "update_webhook"])
+            // The coverage phase is left out: under Python 3.11 (what this machine has)
+            // schemathesis 4.32.5 fails inside it while building cases (a KeyError /
+            // FlakyFailure out of hypothesis' lambda-source cache), an error of the tool that
+            // made runs fail at random; examples and fuzzing run every operation.
+            .args(["--phases", "examples,fuzzing"])
+            .args(["--max-examples", MAX_EXAMPLES, "--max-time", MAX_TIME_SECS])
+            .args(["--seed", "20261123", "--workers", "2"])
+            .args(["--request-timeout", "20", "--no-color"])
+            .args(["--generation-database", "none"])
+            .env("SCHEMATHESIS_REPORT_DIR", report.path())
+            .current_dir(report.path())
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(Duration::from_secs(600), command.output())
+            .await
+            .expect("schemathesis finishes within 10 minutes")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        eprintln!(
+            "schemathesis run {run} took {:?}; webhook {} event {}\n{}",
+            started.elapsed(),
+            webhook["id"],
+            event["id"],
+            stdout
+                .lines()
+                .rev()
+                .take(25)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        if output.status.success() {
+            return;
+        }
+        let tool_error_only = stdout.contains("Runtime Error") && !stdout.contains("FAILURES");
+        assert!(
+            run == 1 && tool_error_only,
+            "schemathesis found problems:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 /// Regressions for schemathesis findings: optional JSON bodies accept `null` (the document

@@ -1185,10 +1185,15 @@ mod tests {
             store.webhook("acme", &webhook.id).unwrap().unwrap().secrets[0].secret,
             SECRET
         );
-        // Nothing left to re-seal; listings keep secrets sealed.
+        // Nothing left to re-seal; API listings keep secrets sealed (the in-memory webhook
+        // cache behind `webhooks_of` holds them opened, for signing).
         assert_eq!(store.reseal_webhooks().await.unwrap(), 0);
-        let listed = store.webhooks_of("acme").unwrap();
-        assert!(listed[0].secrets[0].secret.is_empty());
+        let listed = store.list_webhooks("acme", None, 10).unwrap();
+        assert!(listed.items[0].secrets[0].secret.is_empty());
+        assert_eq!(
+            store.webhooks_of("acme").unwrap()[0].secrets[0].secret,
+            SECRET
+        );
     }
 
     #[tokio::test]
