@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::crash::spawn_hookd;
-use crate::support::{ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually, test_config_toml};
+use crate::crash::{RealEngine, spawn_hookd, spawn_with_webhook};
+use crate::support::{ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -292,21 +292,15 @@ async fn a_batch_reaches_only_its_own_tenants_webhooks_and_keys() {
 
 #[tokio::test]
 async fn kill_9_after_batch_answers_loses_no_accepted_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("hookd.toml");
-    std::fs::write(&config, test_config_toml(&data, "", true)).unwrap();
     let receiver = Receiver::start().await;
     let http = reqwest::Client::new();
-    let (mut child, base) = spawn_hookd(&config, &data);
-    let response = http
-        .post(format!("{base}/v1/webhooks"))
-        .bearer_auth(ACME_KEY)
-        .json(&json!({"url": receiver.url}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    let RealEngine {
+        dir: _dir,
+        config,
+        data,
+        mut child,
+        base,
+    } = spawn_with_webhook(&http, &receiver.url).await;
 
     // Producers post batches of 50 until the process dies; only 202 results count.
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();

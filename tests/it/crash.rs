@@ -60,27 +60,53 @@ pub fn spawn_hookd_logged(
     (child, format!("http://{addr}"), log)
 }
 
+/// The real binary on a fresh data dir (test config, loopback allowed) with one webhook to
+/// `receiver_url`; `dir` holds the config and the data dir for restarts.
+pub struct RealEngine {
+    pub dir: tempfile::TempDir,
+    pub config: std::path::PathBuf,
+    pub data: std::path::PathBuf,
+    pub child: Child,
+    pub base: String,
+}
+
+pub async fn spawn_with_webhook(http: &reqwest::Client, receiver_url: &str) -> RealEngine {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("hookd.toml");
+    std::fs::write(&config, test_config_toml(&data, "", true)).unwrap();
+    let (child, base) = spawn_hookd(&config, &data);
+    let response = http
+        .post(format!("{base}/v1/webhooks"))
+        .bearer_auth(ACME_KEY)
+        .json(&json!({ "url": receiver_url }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    RealEngine {
+        dir,
+        config,
+        data,
+        child,
+        base,
+    }
+}
+
 // Multi-threaded: the receivers keep answering while the test thread blocks in
 // `wait_with_timeout` or while spawning (a blocked current-thread runtime stalls them, which
 // made hookd's graceful stop wait on attempts to a receiver that could not answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("hookd.toml");
-    std::fs::write(&config, test_config_toml(&data, "", true)).unwrap();
     let receiver = Receiver::start().await;
     let http = reqwest::Client::new();
-
-    let (mut child, base) = spawn_hookd(&config, &data);
-    let response = http
-        .post(format!("{base}/v1/webhooks"))
-        .bearer_auth(ACME_KEY)
-        .json(&json!({"url": receiver.url}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    let RealEngine {
+        dir: _dir,
+        config,
+        data,
+        mut child,
+        base,
+    } = spawn_with_webhook(&http, &receiver.url).await;
 
     // Producers post events until the process dies; only 202s count as acknowledged.
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
