@@ -207,9 +207,11 @@ pub async fn start(
     let dispatcher = Dispatcher::new(delivery.clone(), dispatch_rx);
     let reload_dispatch = dispatch.clone();
     let reload_metrics = metrics.clone();
+    let (reload_store, reload_config) = (store.clone(), config.clone());
     let on_reload: config::watch::ReloadHook = Box::new(move |applied| {
         reload_metrics.record_config_reload(applied);
         if applied {
+            reload_store.set_min_free_bytes(reload_config.current().limits.min_free_disk_bytes);
             reload_dispatch.config_changed();
         }
     });

@@ -36,6 +36,65 @@ async fn status_with(engine: &TestEngine, key: &str) -> u16 {
 }
 
 #[tokio::test]
+async fn the_free_space_reserve_follows_a_reload_and_start_only_keys_keep_their_values() {
+    let (engine, path) = engine_from_file().await;
+    let original = std::fs::read_to_string(&path).unwrap();
+    let post = || async {
+        engine
+            .call(
+                "POST",
+                "/v1/events",
+                ACME_KEY,
+                Some(json!({"type": "user.created", "payload": {}})),
+            )
+            .await
+    };
+    assert_eq!(post().await.0, 202);
+    let dns_before = engine
+        .engine()
+        .config()
+        .current()
+        .delivery
+        .dns_servers
+        .clone();
+
+    // A reserve larger than any disk: ingest is refused at once, no restart. The same edit
+    // changes a start-only key, which keeps its running value.
+    let limits = "[limits]\nmin_free_disk_bytes = 9000000000000000000\n";
+    let edited = if original.contains("[limits]\n") {
+        original.replacen("[limits]\n", limits, 1)
+    } else {
+        format!("{original}\n{limits}")
+    };
+    let edited = if edited.contains("[delivery]\n") {
+        edited.replacen(
+            "[delivery]\n",
+            "[delivery]\ndns_servers = [\"127.0.0.1:5353\"]\n",
+            1,
+        )
+    } else {
+        format!("{edited}\n[delivery]\ndns_servers = [\"127.0.0.1:5353\"]\n")
+    };
+    std::fs::write(&path, &edited).unwrap();
+    let refused = eventually(WAIT, "ingest refused for space", || async {
+        let (status, body) = post().await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert_eq!(refused["code"], "storage_full", "{refused}");
+    assert_eq!(
+        engine.engine().config().current().delivery.dns_servers,
+        dns_before
+    );
+
+    std::fs::write(&path, &original).unwrap();
+    eventually(WAIT, "ingest accepted again", || async {
+        (post().await.0 == 202).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_valid_config_edit_applies_live_and_an_invalid_one_is_refused_and_reported() {
     let (engine, path) = engine_from_file().await;
     let original = std::fs::read_to_string(&path).unwrap();

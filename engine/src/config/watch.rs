@@ -3,7 +3,9 @@
 //! valid. An invalid edit is refused with every problem logged, the running config stays, and
 //! the refusal is recorded for `/readyz`.
 //!
-//! `listen` and `data_dir` apply at the next start only; a reload keeps the running values.
+//! Settings read once at start (`listen`, `data_dir`, `limits.store_cache_mb`, the server's read
+//! timeouts, `delivery.dns_servers`, `delivery.max_in_flight`) apply at the next start only: a
+//! reload keeps their running values and logs which ones changed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,18 +79,54 @@ pub fn spawn(
     }))
 }
 
+/// Settings read once at start (the listener, the store, the HTTP server's timeouts, the
+/// outbound resolver, the global in-flight cap): a reload keeps their running values, so the
+/// live config never claims what the engine does not do, and names the keys that changed.
+fn keep_start_only(config: &mut Config, running: &Config) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    if config.listen != running.listen {
+        kept.push("listen");
+        config.listen = running.listen;
+    }
+    if config.data_dir != running.data_dir {
+        kept.push("data_dir");
+        config.data_dir = running.data_dir.clone();
+    }
+    if config.limits.store_cache_bytes != running.limits.store_cache_bytes {
+        kept.push("limits.store_cache_mb");
+        config.limits.store_cache_bytes = running.limits.store_cache_bytes;
+    }
+    if config.limits.header_read_timeout != running.limits.header_read_timeout {
+        kept.push("limits.header_read_timeout");
+        config.limits.header_read_timeout = running.limits.header_read_timeout;
+    }
+    if config.limits.body_read_timeout != running.limits.body_read_timeout {
+        kept.push("limits.body_read_timeout");
+        config.limits.body_read_timeout = running.limits.body_read_timeout;
+    }
+    if config.delivery.dns_servers != running.delivery.dns_servers {
+        kept.push("delivery.dns_servers");
+        config.delivery.dns_servers = running.delivery.dns_servers.clone();
+    }
+    if config.delivery.max_in_flight != running.delivery.max_in_flight {
+        kept.push("delivery.max_in_flight");
+        config.delivery.max_in_flight = running.delivery.max_in_flight;
+    }
+    kept
+}
+
 /// Reads the file now and applies it if valid. Returns whether it was applied.
 pub fn reload(shared: &SharedConfig, path: &std::path::Path) -> bool {
     match Config::load(path) {
         Ok(mut config) => {
             let running = shared.current();
-            if config.listen != running.listen || config.data_dir != running.data_dir {
+            let kept = keep_start_only(&mut config, &running);
+            if !kept.is_empty() {
                 warn!(
-                    "`listen` and `data_dir` changes apply at the next start; keeping the running values"
+                    keys = kept.join(", "),
+                    "these settings apply at the next start; keeping their running values"
                 );
             }
-            config.listen = running.listen;
-            config.data_dir = running.data_dir.clone();
             config.source = running.source.clone();
             shared.replace(config);
             shared.record_reload(Ok(()));
@@ -106,5 +144,57 @@ pub fn reload(shared: &SharedConfig, path: &std::path::Path) -> bool {
             shared.record_reload(Err(&errors));
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Config {
+        let text = format!(
+            "data_dir = \"/tmp/hookd-watch-test\"\n[security]\nsecret_key = \"dGVzdC1zZWNyZXQta2V5LWZvci1ob29rZC10ZXN0cyE=\"\n{extra}"
+        );
+        Config::parse(std::path::Path::new("hookd.toml"), &text).expect("valid")
+    }
+
+    #[test]
+    fn a_reload_keeps_start_only_settings_and_names_them() {
+        let running = parse("");
+        let mut edited = parse(
+            "[limits]\nstore_cache_mb = 128\nheader_read_timeout = \"3s\"\nretention_days = 7\n\
+             [delivery]\ndns_servers = [\"127.0.0.1:5353\"]\nmax_in_flight = 8\nattempt_timeout = \"2s\"\n",
+        );
+        let kept = keep_start_only(&mut edited, &running);
+        assert_eq!(
+            kept,
+            [
+                "limits.store_cache_mb",
+                "limits.header_read_timeout",
+                "delivery.dns_servers",
+                "delivery.max_in_flight"
+            ]
+        );
+        assert_eq!(
+            edited.limits.store_cache_bytes,
+            running.limits.store_cache_bytes
+        );
+        assert_eq!(edited.delivery.dns_servers, running.delivery.dns_servers);
+        assert_eq!(
+            edited.delivery.max_in_flight,
+            running.delivery.max_in_flight
+        );
+        // Live settings take the new values.
+        assert_eq!(
+            edited.delivery.attempt_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(
+            edited.limits.retention,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        // Nothing changed, nothing named.
+        let mut same = parse("");
+        assert!(keep_start_only(&mut same, &running).is_empty());
     }
 }
