@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{ACME_KEY, TestEngine, parse_config, test_config_toml_with};
@@ -38,7 +38,7 @@ async fn connect(engine: &TestEngine) -> TcpStream {
 
 /// Reads one HTTP/1.1 response (head plus a `content-length` body), or what arrived before
 /// the server closed. Returns `None` on a close or reset without a response.
-async fn read_response(stream: &mut TcpStream) -> Option<(u16, String)> {
+async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<(u16, String)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -96,34 +96,9 @@ async fn exchange(
         let _ = write.write_all(&body).await;
         write
     });
-    let mut buf = Vec::new();
-    let answer = tokio::time::timeout(Duration::from_secs(30), async {
-        let mut chunk = [0u8; 8192];
-        loop {
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + length {
-                    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]);
-                    return Some((status, body.to_string()));
-                }
-            }
-            match read.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await
-    .expect("the server answers or closes within 30 s");
+    let answer = tokio::time::timeout(Duration::from_secs(30), read_response(&mut read))
+        .await
+        .expect("the server answers or closes within 30 s");
     writer.abort();
     answer
 }

@@ -902,8 +902,10 @@ impl Store {
     }
 
     /// Records an attempt and applies its consequence to the delivery and its schedule entry,
-    /// atomically. Returns the updated delivery (`None` if it was purged meanwhile).
-    pub fn record_attempt(
+    /// atomically. Returns the updated delivery (`None` if it was purged meanwhile). The engine
+    /// records through the attempt recorder ([`Store::record_attempts`]); this one is for tests.
+    #[cfg(test)]
+    pub(crate) fn record_attempt(
         &self,
         tenant: &str,
         attempt: &AttemptRecord,
