@@ -172,8 +172,8 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
         }
         Ok(()) => {}
     }
-    match state.store.webhooks_of("") {
-        Ok(_) => Json(Health {
+    match state.store.check_readable() {
+        Ok(()) => Json(Health {
             status: "ready",
             config: Some(state.config.reload_status()),
         })

@@ -557,6 +557,13 @@ impl Store {
         )
     }
 
+    /// Whether the store answers a read (for `/readyz`): one read from the tree itself, never
+    /// from the webhook cache.
+    pub fn check_readable(&self) -> Result<()> {
+        self.tree.get([keys::WEBHOOK])?;
+        Ok(())
+    }
+
     /// Every webhook of a tenant, secrets opened (from the cache; views never show them).
     pub fn webhooks_of(&self, tenant: &str) -> Result<Vec<WebhookRecord>> {
         Ok(self.webhooks_shared(tenant)?.as_ref().clone())
