@@ -289,12 +289,20 @@ pub struct SampleEvent {
     channel: Option<String>,
 }
 
+/// One HTTP header (an object rather than a `[name, value]` pair: client generators handle
+/// objects well and tuples badly).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct HeaderField {
+    pub name: String,
+    pub value: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SimulatedRequest {
     url: String,
     method: String,
-    /// `[name, value]` pairs, in order.
-    headers: Vec<(String, String)>,
+    /// The headers, in order (a name may repeat).
+    headers: Vec<HeaderField>,
     /// The body as text when it is UTF-8…
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<String>,
@@ -418,11 +426,9 @@ pub async fn simulate(
                 headers: request
                     .headers
                     .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
+                    .map(|(k, v)| HeaderField {
+                        name: k.to_string(),
+                        value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
                     })
                     .collect(),
                 body_base64: text
@@ -460,6 +466,7 @@ fn sample_webhook(plugins: Vec<PluginAttachment>, now: u64) -> WebhookRecord {
         timeout_ms: None,
         max_in_flight: None,
         rate_limit_per_sec: None,
+        retry_schedule_ms: None,
         metadata: Default::default(),
         plugins,
         failing_since: None,

@@ -100,8 +100,12 @@ pub struct RawTenant {
     pub id: String,
     #[serde(default)]
     pub api_keys: Vec<String>,
+    /// Declared event types: names, or tables with a description, schema and example.
     #[serde(default)]
-    pub event_types: Vec<String>,
+    pub event_types: Vec<super::event_types::RawEventType>,
+    /// Refuse events of undeclared types and payloads failing their type's schema.
+    #[serde(default)]
+    pub strict_event_types: bool,
     pub delivery: Option<RawDelivery>,
     pub plugins: Option<RawPlugins>,
 }

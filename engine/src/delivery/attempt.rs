@@ -394,7 +394,7 @@ async fn try_run(
         },
     };
 
-    let policy = RetryPolicy::new(&tenant_config.delivery, webhook.max_attempts);
+    let policy = RetryPolicy::for_webhook(&tenant_config.delivery, &webhook);
     let verdict = judge(&tried, &policy, attempt_number);
     let (status_code, error_code, error_message, snippet, latency) = match &tried {
         Tried::Http(HttpOutcome::Response {

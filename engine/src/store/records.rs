@@ -90,6 +90,9 @@ pub struct WebhookRecord {
     pub max_in_flight: Option<u32>,
     #[serde(default)]
     pub rate_limit_per_sec: Option<u32>,
+    /// Delays before each retry, in ms, replacing the tenant's schedule (`None`: the tenant's).
+    #[serde(default)]
+    pub retry_schedule_ms: Option<Vec<u64>>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
