@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::plugin::PluginSettings;
 use crate::secrets;
 
+pub use validate::DEFAULT_QUOTAS;
 pub(crate) use validate::valid_event_type;
 pub use validate::{ConfigError, ConfigErrors};
 
@@ -51,6 +52,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// The keys sealing webhook secrets (applies at the next start).
     pub security: SecurityConfig,
+    /// Default quotas; each tenant has its merged copy in [`TenantConfig::quotas`].
+    pub quotas: QuotasConfig,
     pub tenants: HashMap<String, TenantConfig>,
     /// SHA-256 of an API key → tenant id.
     api_keys: HashMap<[u8; 32], String>,
@@ -194,6 +197,36 @@ pub struct TenantConfig {
     pub delivery: DeliveryConfig,
     /// Plugin budgets of this tenant's attempts.
     pub plugins: PluginSettings,
+    /// What this tenant may hold and do (`[quotas]` merged with `[tenants.quotas]`).
+    pub quotas: QuotasConfig,
+}
+
+/// What one tenant may hold and do. Over a quota the API answers `429 quota_exceeded` naming
+/// it (or `429 rate_limited` for the request rate) and writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotasConfig {
+    /// Webhooks the tenant may have.
+    pub webhooks: u64,
+    /// Secrets that sign at once (the current one plus those still in their rotation overlap);
+    /// a rotation beyond it expires the oldest at once.
+    pub secrets_per_webhook: u64,
+    /// Deliveries one event may fan out to.
+    pub deliveries_per_event: u64,
+    /// Deliveries not yet final (pending or in flight) the tenant may have queued.
+    pub pending_deliveries: u64,
+    /// Bytes of event payloads the tenant may have stored.
+    pub stored_bytes: u64,
+    /// API requests per second (token bucket refilled at this rate)...
+    pub api_requests_per_sec: u64,
+    /// ...holding at most this many (a burst after a quiet second).
+    pub api_burst: u64,
+    /// Plugins the tenant may have installed (enforced by the plugin host).
+    pub plugins: u64,
+    /// Bytes of plugin components the tenant may have installed (enforced by the plugin host).
+    pub plugin_bytes: u64,
+    /// The tenant's weight in the fair sharing of the engine-wide delivery permits: while
+    /// tenants compete, each gets permits in proportion to its weight.
+    pub delivery_weight: u64,
 }
 
 impl Config {

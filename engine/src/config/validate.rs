@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins, RawSecurity};
+use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins, RawQuotas, RawSecurity};
 use super::{
     Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DeliveryConfig, LimitsConfig, PluginsConfig,
-    SecurityConfig, SsrfConfig, TenantConfig,
+    QuotasConfig, SecurityConfig, SsrfConfig, TenantConfig,
 };
 use crate::plugin::PluginSettings;
 use crate::secrets;
@@ -226,6 +226,7 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
     };
 
     let security = security_config(&mut c, &raw.security);
+    let global_quotas = quotas(&mut c, "quotas", &raw.quotas, &DEFAULT_QUOTAS);
 
     let mut admin_keys = Vec::new();
     for (i, hash_text) in raw.admin_api_keys.iter().enumerate() {
@@ -329,6 +330,10 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
             }
             None => global_plugins.clone(),
         };
+        let tenant_quotas = match &raw_tenant.quotas {
+            Some(overrides) => quotas(&mut c, &format!("{key}.quotas"), overrides, &global_quotas),
+            None => global_quotas.clone(),
+        };
         tenants.insert(
             raw_tenant.id.clone(),
             TenantConfig {
@@ -336,6 +341,7 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
                 event_types: raw_tenant.event_types.clone(),
                 delivery: tenant_delivery,
                 plugins: tenant_plugins,
+                quotas: tenant_quotas,
             },
         );
     }
@@ -351,6 +357,7 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
         ssrf,
         plugins,
         security,
+        quotas: global_quotas,
         tenants,
         api_keys,
         admin_keys,
@@ -459,6 +466,119 @@ fn retention(c: &mut Collector<'_>, raw: &RawLimits) -> Duration {
         }
         (None, None) => default,
     }
+}
+
+/// The quotas every tenant gets unless `[quotas]` or its `[tenants.quotas]` say otherwise.
+/// Generous for one service's traffic, small enough that one tenant cannot take the engine's
+/// disk, queue or CPU from the others (`config/hookd.toml` explains each).
+pub const DEFAULT_QUOTAS: QuotasConfig = QuotasConfig {
+    webhooks: 100,
+    secrets_per_webhook: 3,
+    deliveries_per_event: 100,
+    pending_deliveries: 1_000_000,
+    stored_bytes: 10 << 30,
+    api_requests_per_sec: 1000,
+    api_burst: 2000,
+    plugins: 20,
+    plugin_bytes: 128 << 20,
+    delivery_weight: 1,
+};
+
+/// `[quotas]` or `[tenants.quotas]` over `base`; every key has a range.
+fn quotas(
+    c: &mut Collector<'_>,
+    prefix: &str,
+    raw: &RawQuotas,
+    base: &QuotasConfig,
+) -> QuotasConfig {
+    let mut out = base.clone();
+    let fields: [(&str, Option<u64>, &mut u64, u64, u64); 10] = [
+        ("webhooks", raw.webhooks, &mut out.webhooks, 1, 1_000_000),
+        (
+            "secrets_per_webhook",
+            raw.secrets_per_webhook,
+            &mut out.secrets_per_webhook,
+            1,
+            16,
+        ),
+        (
+            "deliveries_per_event",
+            raw.deliveries_per_event,
+            &mut out.deliveries_per_event,
+            1,
+            1_000_000,
+        ),
+        (
+            "pending_deliveries",
+            raw.pending_deliveries,
+            &mut out.pending_deliveries,
+            1,
+            u64::MAX,
+        ),
+        (
+            "stored_bytes",
+            raw.stored_bytes,
+            &mut out.stored_bytes,
+            1,
+            u64::MAX,
+        ),
+        (
+            "api_requests_per_sec",
+            raw.api_requests_per_sec,
+            &mut out.api_requests_per_sec,
+            1,
+            1_000_000,
+        ),
+        (
+            "api_burst",
+            raw.api_burst,
+            &mut out.api_burst,
+            1,
+            10_000_000,
+        ),
+        ("plugins", raw.plugins, &mut out.plugins, 0, 10_000),
+        (
+            "plugin_bytes",
+            raw.plugin_bytes,
+            &mut out.plugin_bytes,
+            0,
+            u64::MAX,
+        ),
+        (
+            "delivery_weight",
+            raw.delivery_weight,
+            &mut out.delivery_weight,
+            1,
+            100,
+        ),
+    ];
+    for (name, value, slot, min, max) in fields {
+        if let Some(value) = value {
+            if !(min..=max).contains(&value) {
+                c.push(
+                    format!("{prefix}.{name}"),
+                    if max == u64::MAX {
+                        format!("must be at least {min}")
+                    } else {
+                        format!("must be between {min} and {max}")
+                    },
+                );
+            }
+            *slot = value.clamp(min, max);
+        }
+    }
+    // A burst below the rate would refuse a steady client at exactly the rate; without an
+    // explicit burst, a changed rate keeps the default's ratio (two seconds' worth).
+    if raw.api_requests_per_sec.is_some() && raw.api_burst.is_none() {
+        out.api_burst = out.api_requests_per_sec.saturating_mul(2).min(10_000_000);
+    }
+    if out.api_burst < out.api_requests_per_sec {
+        c.push(
+            format!("{prefix}.api_burst"),
+            "must be at least api_requests_per_sec",
+        );
+    }
+    out
 }
 
 fn plugin_settings(
@@ -839,6 +959,70 @@ mod tests {
         let errors = parse("[[tenants]]\nid = \"a\"\n[tenants.plugins]\nmax_upload_bytes = 5\n")
             .unwrap_err();
         assert_eq!(errors.0[0].key, "tenants[0].plugins.max_upload_bytes");
+    }
+
+    #[test]
+    fn quotas_default_for_every_tenant_and_are_overridden_per_tenant() {
+        let config = parse(
+            r#"
+            [quotas]
+            webhooks = 10
+            api_requests_per_sec = 50
+            [[tenants]]
+            id = "acme"
+            [tenants.quotas]
+            webhooks = 2
+            secrets_per_webhook = 5
+            [[tenants]]
+            id = "globex"
+            "#,
+        )
+        .unwrap();
+        let acme = &config.tenant("acme").unwrap().quotas;
+        assert_eq!((acme.webhooks, acme.secrets_per_webhook), (2, 5));
+        assert_eq!((acme.api_requests_per_sec, acme.api_burst), (50, 100));
+        let globex = &config.tenant("globex").unwrap().quotas;
+        assert_eq!(globex.webhooks, 10);
+        assert_eq!(globex.secrets_per_webhook, 3);
+        assert_eq!(parse("").unwrap().quotas, DEFAULT_QUOTAS);
+
+        let errors = parse(
+            r#"
+            [quotas]
+            secrets_per_webhook = 0
+            delivery_weight = 1000
+            [[tenants]]
+            id = "a"
+            [tenants.quotas]
+            api_requests_per_sec = 10
+            api_burst = 5
+            webhook = 3
+            "#,
+        )
+        .unwrap_err();
+        assert!(errors.0[0].problem.contains("webhook"), "{errors}");
+        let errors = parse(
+            r#"
+            [quotas]
+            secrets_per_webhook = 0
+            delivery_weight = 1000
+            [[tenants]]
+            id = "a"
+            [tenants.quotas]
+            api_requests_per_sec = 10
+            api_burst = 5
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "quotas.secrets_per_webhook",
+                "quotas.delivery_weight",
+                "tenants[0].quotas.api_burst"
+            ]
+        );
     }
 
     #[test]
