@@ -20,7 +20,7 @@ mod stats;
 mod webhooks;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
@@ -39,6 +39,7 @@ use crate::ingest::Ingest;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
+pub use crate::ids::rfc3339;
 pub use error::{ApiError, ErrorBody};
 
 /// Headroom above the payload limit for the rest of an event's JSON.
@@ -339,11 +340,6 @@ impl<T> ListResponse<T> {
             iterator: next,
         }
     }
-}
-
-/// Milliseconds as an RFC 3339 timestamp.
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// A time in a query or body: RFC 3339 (`2026-11-23T10:00:00Z`) or milliseconds since the epoch.

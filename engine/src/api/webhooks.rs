@@ -170,7 +170,12 @@ async fn check_url(state: &AppState, tenant: &Tenant, url: &str) -> Result<Strin
     {
         Ok(url) => Ok(url.to_string()),
         Err(UrlError::Blocked(blocked)) => {
-            Err(ApiError::invalid("blocked_address", blocked.to_string()))
+            // The tenant learns only that the address is refused; operators see which.
+            tracing::warn!(tenant = %tenant.id, address = %blocked.ip, kind = blocked.kind, "webhook URL refused: non-public address");
+            Err(ApiError::invalid(
+                "blocked_address",
+                crate::ssrf::BLOCKED_ADDRESS_MESSAGE,
+            ))
         }
         Err(err) => Err(ApiError::invalid("invalid_url", err.to_string())),
     }
