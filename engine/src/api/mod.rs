@@ -125,9 +125,11 @@ pub struct Health {
     /// `ok` (alive) or `ready` (the store answers).
     #[schema(example = "ok")]
     status: &'static str,
-    /// `/readyz` only: the outcome of the last config reload.
+    /// `/readyz` only: the outcome of the last config reload (the problems of a refused one
+    /// are on `GET /v1/admin/status`: a probe needs no key, so it says nothing about config
+    /// contents).
     #[serde(skip_serializing_if = "Option::is_none")]
-    config: Option<crate::config::ReloadStatus>,
+    config: Option<crate::config::ReloadSummary>,
 }
 
 /// Liveness: the process answers HTTP.
@@ -176,7 +178,7 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
     match state.store.check_readable() {
         Ok(()) => Json(Health {
             status: "ready",
-            config: Some(state.config.reload_status()),
+            config: Some(state.config.reload_status().into()),
         })
         .into_response(),
         Err(err) => ApiError::new(

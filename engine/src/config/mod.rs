@@ -333,17 +333,40 @@ pub fn generate_api_key() -> (String, String) {
     (key, hash)
 }
 
-/// The outcome of the last config reload, for `/readyz` and the admin status route.
+/// The outcome of the last config reload, for the admin status route.
 #[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct ReloadStatus {
     /// `applied` or `refused`; absent before the first reload.
     pub last_result: Option<&'static str>,
     /// When it happened, ms since the epoch.
     pub last_at_ms: Option<u64>,
-    /// Every problem of a refused reload (file, key, problem).
+    /// Every problem of a refused reload: file, line, key path and what is wrong, with any
+    /// value from the file redacted.
     pub errors: Vec<String>,
     pub applied: u64,
     pub refused: u64,
+}
+
+/// What `/readyz` (no key) says about reloads: the result, never the problems.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct ReloadSummary {
+    /// `applied` or `refused`; absent before the first reload.
+    pub last_result: Option<&'static str>,
+    /// When it happened, ms since the epoch.
+    pub last_at_ms: Option<u64>,
+    pub applied: u64,
+    pub refused: u64,
+}
+
+impl From<ReloadStatus> for ReloadSummary {
+    fn from(status: ReloadStatus) -> Self {
+        ReloadSummary {
+            last_result: status.last_result,
+            last_at_ms: status.last_at_ms,
+            applied: status.applied,
+            refused: status.refused,
+        }
+    }
 }
 
 /// The running configuration, swapped atomically on reload.

@@ -18,28 +18,55 @@ use crate::plugin::PluginSettings;
 use crate::secrets;
 
 /// One problem in a config file.
+///
+/// Its `Display` (what logs, `hookd check-config` and the admin route show) names the file, the
+/// line and the key path, and never a value from the file: anything the problem quotes is
+/// redacted, because the value may be a secret with a typo (`secret_kye = "<the key>"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: PathBuf,
+    /// 1-based line of the problem, when it can be located.
+    pub line: Option<usize>,
     /// Dotted key path, e.g. `tenants[1].delivery.attempt_timeout`; empty for the whole file.
     pub key: String,
+    /// What is wrong; may quote the offending value, so show it only through `Display`.
     pub problem: String,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.problem)
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": `{}`", self.key)?;
+        }
+        write!(f, ": {}", redact(&self.problem))
+    }
+}
+
+/// `problem` with every quoted part (`` `…` ``, `"…"`, `'…'`) replaced by `…`: problems quote
+/// the values they refuse, and a refused value may be a secret.
+pub fn redact(problem: &str) -> String {
+    let mut out = String::with_capacity(problem.len());
+    let mut chars = problem.chars();
+    while let Some(c) = chars.next() {
+        if matches!(c, '`' | '"' | '\'') {
+            // Skip to the closing quote (or the end: an unterminated quote hides the rest).
+            for inner in chars.by_ref() {
+                if inner == c {
+                    break;
+                }
+            }
+            out.push(c);
+            out.push('…');
+            out.push(c);
         } else {
-            write!(
-                f,
-                "{}: `{}`: {}",
-                self.file.display(),
-                self.key,
-                self.problem
-            )
+            out.push(c);
         }
     }
+    out
 }
 
 /// Every problem found in one config file.
@@ -50,6 +77,7 @@ impl ConfigErrors {
     pub fn single(file: &Path, key: &str, problem: String) -> Self {
         ConfigErrors(vec![ConfigError {
             file: file.to_path_buf(),
+            line: None,
             key: key.to_string(),
             problem,
         }])
@@ -79,6 +107,7 @@ impl Collector<'_> {
     fn push(&mut self, key: impl Into<String>, problem: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
+            line: None,
             key: key.into(),
             problem: problem.into(),
         });
@@ -87,27 +116,149 @@ impl Collector<'_> {
     fn duration(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
         match value {
             None => default,
-            Some(text) => {
-                match humantime::parse_duration(text) {
-                    Ok(duration) => duration,
-                    Err(err) => {
-                        self.push(
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(duration) => duration,
+                Err(err) => {
+                    self.push(
                         key,
-                        format!("`{text}` is not a duration ({err}); write e.g. \"15s\", \"5m\", \"2h\""),
+                        format!("`{text}` is not a duration ({err}); write e.g. 15s, 5m or 2h"),
                     );
-                        default
-                    }
+                    default
                 }
-            }
+            },
         }
     }
 }
 
 pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let raw: RawConfig = toml::from_str(text).map_err(|err| {
-        // toml's message names the key and the line; keep it whole.
-        ConfigErrors::single(file, "", err.to_string().trim_end().to_string())
-    })?;
+    validate(file, text).map_err(|mut errors| {
+        for error in &mut errors.0 {
+            if error.line.is_none() {
+                error.line = locate(text, &error.key);
+            }
+        }
+        errors
+    })
+}
+
+/// A TOML syntax or shape error as a [`ConfigError`]: the line and the table it is in, and
+/// toml's message without the source line it would quote. The key written on that line is not
+/// named: on a line that does not parse, what looks like a key may be a pasted value.
+fn toml_error(file: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let line = err
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let key = line
+        .and_then(|line| table_at(text, line))
+        .unwrap_or_default();
+    let message = err.message().trim_end();
+    // "unknown field `secret_kye`, expected one of `secret_key`, ...": the line names the
+    // field; the expected names are hookd's own.
+    let problem = match message.strip_prefix("unknown field `") {
+        Some(rest) => match rest.split_once("`, ") {
+            Some((_, expected)) => format!("unknown key, {}", expected.replace('`', "")),
+            None => "unknown key".to_string(),
+        },
+        None => message.to_string(),
+    };
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        key,
+        problem,
+    }
+}
+
+/// The table path (`tenants[1].delivery`, `ssrf`) that `line` (1-based) of `text` is in;
+/// `None` at the top level.
+fn table_at(text: &str, line: usize) -> Option<String> {
+    let mut table = None;
+    let mut array_counts: HashMap<String, usize> = HashMap::new();
+    for raw_line in text.lines().take(line) {
+        if let Some(header) = table_header(raw_line.trim(), &mut array_counts) {
+            table = Some(header);
+        }
+    }
+    table
+}
+
+/// The table path that `line` (1-based) of `text` is in and the key written on that line,
+/// joined (`tenants[1].delivery.attempt_timeout`); for locating the keys validation names.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut array_counts: HashMap<String, usize> = HashMap::new();
+    for (index, raw_line) in text.lines().enumerate().take(line) {
+        let trimmed = raw_line.trim();
+        if let Some(header) = table_header(trimmed, &mut array_counts) {
+            table = header;
+            if index + 1 == line {
+                return Some(table);
+            }
+            continue;
+        }
+        if index + 1 == line {
+            let key = trimmed
+                .split_once('=')
+                .map(|(key, _)| key.trim().trim_matches('"').to_string())
+                .filter(|key| !key.is_empty() && !key.starts_with('#'));
+            return match (table.is_empty(), key) {
+                (_, None) => (!table.is_empty()).then_some(table),
+                (true, Some(key)) => Some(key),
+                (false, Some(key)) => Some(format!("{table}.{key}")),
+            };
+        }
+    }
+    None
+}
+
+/// The path of a `[table]` or `[[array]]` header line, with array tables numbered
+/// (`tenants[0]`, then `tenants[0].delivery` for a sub-table of the last one).
+fn table_header(line: &str, array_counts: &mut HashMap<String, usize>) -> Option<String> {
+    let line = line.split('#').next().unwrap_or_default().trim();
+    if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+        let name = name.trim().to_string();
+        let count = array_counts.entry(name.clone()).or_insert(0);
+        *count += 1;
+        return Some(format!("{name}[{}]", *count - 1));
+    }
+    let name = line.strip_prefix('[')?.strip_suffix(']')?.trim();
+    // A sub-table of an array table belongs to its last element.
+    for (array, count) in array_counts.iter() {
+        if let Some(rest) = name.strip_prefix(&format!("{array}.")) {
+            return Some(format!("{array}[{}].{rest}", count - 1));
+        }
+    }
+    Some(name.to_string())
+}
+
+/// The line (1-based) where `key_path` (as validation reports it, e.g.
+/// `tenants[1].delivery.retry_schedule[2]`) is written, if it is on a line of its own.
+fn locate(text: &str, key_path: &str) -> Option<usize> {
+    if key_path.is_empty() {
+        return None;
+    }
+    // An element of an array value is on the line of its key.
+    let key_path = match key_path.strip_suffix(']') {
+        Some(rest) if !rest.ends_with(']') => match rest.rsplit_once('[') {
+            Some((path, index)) if index.bytes().all(|b| b.is_ascii_digit()) => {
+                // `tenants[0]` itself is a table: keep it.
+                if text.contains(&format!("[[{path}]]")) {
+                    key_path
+                } else {
+                    path
+                }
+            }
+            _ => key_path,
+        },
+        _ => key_path,
+    };
+    let line_count = text.lines().count();
+    (1..=line_count).find(|line| key_at(text, *line).as_deref() == Some(key_path))
+}
+
+fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|err| ConfigErrors(vec![toml_error(file, text, &err)]))?;
     let mut c = Collector {
         file,
         errors: Vec::new(),
@@ -910,9 +1061,66 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
+    fn unknown_keys_are_refused_by_file_line_and_key_path() {
         let errors = parse("[delivery]\nretry_shedule = [\"1s\"]\n").unwrap_err();
-        assert!(errors.0[0].problem.contains("retry_shedule"), "{errors}");
+        assert_eq!(errors.0[0].key, "delivery", "{errors}");
+        assert_eq!(errors.0[0].line, Some(2));
+        assert!(
+            errors
+                .to_string()
+                .contains("hookd.toml:2: `delivery`: unknown key, expected one of retry_schedule"),
+            "{errors}"
+        );
+    }
+
+    /// The refusal of the issue: a renamed `secret_key` line must not print the key.
+    #[test]
+    fn a_refused_line_is_named_never_quoted() {
+        let secret = "c2VjcmV0LXZhbHVlLXRoYXQtbXVzdC1ub3QtbGVhayE=";
+        let cases = [
+            format!("[security]\nsecret_kye = \"{secret}\"\n"),
+            format!("listen = \"127.0.0.1:80\"\n[limits]\nmax_payload_bytes = \"{secret}\"\n"),
+            format!("[delivery]\nattempt_timeout = \"{secret}\"\n"),
+            format!("[[tenants]]\nid = \"{secret}\"\n"),
+            format!("[security]\nsecret_key = \"{secret}\n"),
+            format!("{secret}\n"),
+            format!("[ssrf]\nallow = [\"{secret}\"]\n"),
+        ];
+        for text in cases {
+            let errors = parse(&text).unwrap_err();
+            let shown = errors.to_string();
+            assert!(!shown.contains(&secret[..12]), "{text:?} → {shown}");
+            assert!(
+                errors.0.iter().all(|e| e.line.is_some()),
+                "{text:?} → {shown}"
+            );
+        }
+        let errors = parse(&format!("[security]\nsecret_kye = \"{secret}\"\n")).unwrap_err();
+        assert_eq!(
+            (errors.0[0].line, errors.0[0].key.as_str()),
+            (Some(2), "security")
+        );
+        let errors = parse(&format!(
+            "[[tenants]]\nid = \"a\"\n[[tenants]]\nid = \"b\"\n[tenants.delivery]\nattempt_timeout = \"{secret}\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (errors.0[0].line, errors.0[0].key.as_str()),
+            (Some(6), "tenants[1].delivery.attempt_timeout")
+        );
+    }
+
+    #[test]
+    fn redaction_keeps_the_sentence_and_drops_the_quoted_values() {
+        assert_eq!(
+            redact("`x1` is not a duration (\"bad\"); write e.g. 15s"),
+            "`…` is not a duration (\"…\"); write e.g. 15s"
+        );
+        assert_eq!(
+            redact("must be between 1 and 16"),
+            "must be between 1 and 16"
+        );
+        assert_eq!(redact("unterminated `secret"), "unterminated `…`");
     }
 
     #[test]
