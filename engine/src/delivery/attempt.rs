@@ -21,7 +21,8 @@ use crate::plugin::{ChainOutcome, ChainStep, PluginRequest};
 use crate::signing;
 use crate::ssrf::SsrfPolicy;
 use crate::store::{
-    AttemptRecord, DeliveryStatus, DeliveryUpdate, EventRecord, WebhookRecord, WebhookStatus,
+    AttemptRecord, Claim, DeliveryStatus, DeliveryUpdate, EventRecord, WebhookRecord,
+    WebhookStatus, WorkListener,
 };
 use serde_json::json;
 
@@ -305,14 +306,9 @@ fn sign(
 
 /// Runs one attempt of a claimed delivery. Failures of hookd itself (store errors) are
 /// logged; the delivery stays queued and is tried again.
-pub async fn run(
-    ctx: &DeliveryContext,
-    tenant: &str,
-    webhook_id: &WebhookId,
-    delivery_id: &DeliveryId,
-) {
-    if let Err(err) = try_run(ctx, tenant, webhook_id, delivery_id).await {
-        warn!(tenant, webhook_id = %webhook_id, delivery_id = %delivery_id, error = %err, "attempt could not be completed; it stays queued");
+pub async fn run(ctx: &DeliveryContext, tenant: &str, webhook_id: &WebhookId, claim: &Claim) {
+    if let Err(err) = try_run(ctx, tenant, webhook_id, claim).await {
+        warn!(tenant, webhook_id = %webhook_id, delivery_id = %claim.delivery_id, error = %err, "attempt could not be completed; it stays queued");
     }
 }
 
@@ -320,12 +316,13 @@ async fn try_run(
     ctx: &DeliveryContext,
     tenant: &str,
     webhook_id: &WebhookId,
-    delivery_id: &DeliveryId,
+    claim: &Claim,
 ) -> Result<(), crate::store::StoreError> {
     let store = &ctx.store;
-    // The claim is the dispatcher's (in memory); the record stays `pending` until the
-    // outcome is recorded, so an attempt costs one write, not two.
-    let Some(delivery) = store.delivery(tenant, delivery_id)? else {
+    let delivery_id = &claim.delivery_id;
+    // The claim is the dispatcher's; the record stays `pending` until the outcome is
+    // recorded, so an attempt costs one write, not two.
+    let Some(delivery) = store.delivery(tenant, delivery_id).await? else {
         return Ok(());
     };
     if !delivery.status.is_queued() {
@@ -335,33 +332,34 @@ async fn try_run(
     let Some(tenant_config) = config.tenant(tenant) else {
         // The tenant was removed from config; its deliveries wait (it may come back).
         debug!(tenant, "tenant not in config; delivery waits");
-        store.requeue(
-            tenant,
-            delivery_id,
-            now_ms() + TENANT_MISSING_RECHECK.as_millis() as u64,
-        )?;
+        store
+            .requeue(
+                tenant,
+                delivery_id,
+                now_ms() + TENANT_MISSING_RECHECK.as_millis() as u64,
+            )
+            .await?;
         return Ok(());
     };
-    let Some(webhook) = store.webhook(tenant, webhook_id)? else {
-        store.settle(
-            tenant,
-            delivery_id,
-            DeliveryStatus::Failed,
-            "webhook_deleted",
-        )?;
+    let Some(webhook) = store.webhook(tenant, webhook_id).await? else {
+        store
+            .settle(
+                tenant,
+                delivery_id,
+                DeliveryStatus::Failed,
+                "webhook_deleted",
+            )
+            .await?;
         return Ok(());
     };
-    let Some(event) = store.event(tenant, &delivery.event_id)? else {
-        store.settle(tenant, delivery_id, DeliveryStatus::Failed, "event_missing")?;
+    let Some(event) = store.event(tenant, &delivery.event_id).await? else {
+        store
+            .settle(tenant, delivery_id, DeliveryStatus::Failed, "event_missing")
+            .await?;
         return Ok(());
     };
     if webhook.status != WebhookStatus::Active {
-        // Parked: the dispatcher learns the webhook is disabled and stops claiming from it.
-        store.requeue(
-            tenant,
-            delivery_id,
-            delivery.next_attempt_at.unwrap_or_else(now_ms),
-        )?;
+        // Parked: the dispatcher learns the webhook is not active and stops claiming from it.
         ctx.dispatch.webhook_changed(tenant, webhook_id);
         return Ok(());
     }
@@ -473,6 +471,7 @@ async fn try_run(
     ctx.recorder
         .record(crate::store::AttemptOutcome {
             tenant: tenant.to_string(),
+            lease: claim.lease,
             attempt,
             update,
         })
@@ -546,10 +545,10 @@ async fn try_run(
     if needs_update {
         let disable_after = tenant_config.delivery.disable_after.as_millis() as u64;
         let changed = store
-            .update_webhook(tenant, webhook_id, |w| {
+            .update_webhook(tenant, webhook_id, &|w| {
                 if succeeded {
                     w.failing_since = None;
-                    return Ok::<_, std::convert::Infallible>(());
+                    return;
                 }
                 let since = *w.failing_since.get_or_insert(now);
                 let reason = disable_reason.clone().or_else(|| {
@@ -567,7 +566,6 @@ async fn try_run(
                     w.disabled_reason = Some(reason);
                     w.updated_at = now;
                 }
-                Ok(())
             })
             .await;
         match changed {
@@ -576,7 +574,6 @@ async fn try_run(
                     && webhook.status == WebhookStatus::Active =>
             {
                 warn!(tenant, webhook_id = %webhook_id, reason = ?w.disabled_reason, "webhook disabled");
-                ctx.dispatch.webhook_changed(tenant, webhook_id);
                 let about = json!({
                     "webhook_id": webhook_id,
                     "webhook_url": w.url,

@@ -13,6 +13,8 @@ pub mod operational;
 pub mod recorder;
 pub mod retry;
 
+use std::sync::Arc;
+
 use crate::config::SharedConfig;
 use crate::store::Store;
 
@@ -23,7 +25,7 @@ pub use recorder::Recorder;
 /// What an attempt needs, shared by all attempts.
 #[derive(Debug, Clone)]
 pub struct DeliveryContext {
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     pub config: SharedConfig,
     pub client: DeliveryClient,
     pub dispatch: DispatchHandle,

@@ -6,8 +6,6 @@
 //!
 //! An operational event is stored only when at least one webhook subscribes to it.
 //!
-//! An operational event is stored only when at least one webhook subscribes to it.
-//!
 //! No loops: an operational event is never delivered to the webhook it is about, deliveries of
 //! operational events never cause operational events themselves, and `*` filters do not match
 //! them (see `fanout`).
@@ -16,9 +14,8 @@ use serde_json::value::RawValue;
 use tracing::warn;
 
 use super::DeliveryContext;
-use crate::ids::{EventId, WebhookId, now_ms};
-use crate::ingest::prepare_event;
-use crate::store::EventRecord;
+use crate::ids::{WebhookId, now_ms};
+use crate::ingest::{EventInput, prepare_event};
 
 pub const DELIVERY_FAILING: &str = "hookd.delivery.failing";
 pub const DELIVERY_EXHAUSTED: &str = "hookd.delivery.exhausted";
@@ -39,21 +36,20 @@ pub async fn emit(
         Ok(payload) => payload,
         Err(_) => return,
     };
-    let event = EventRecord {
-        id: EventId::new(),
+    let input = EventInput {
         event_type: event_type.to_string(),
         channel: None,
         idempotency_key: None,
         created_at: now_ms(),
         payload,
     };
-    let result = match prepare_event(&ctx.store, tenant, event, Some(about)) {
+    let result = match prepare_event(ctx.store.as_ref(), tenant, input, 0, Some(about)).await {
         // Nobody listens: nothing to store (an outage would otherwise add one durable event
         // per failed delivery for no reader).
-        Ok(new) if new.deliveries.is_empty() => Ok(()),
+        Ok(new) if new.webhooks.is_empty() => Ok(()),
         Ok(new) => ctx
             .ingest
-            .submit(new, 0)
+            .submit(new)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string()),
