@@ -123,6 +123,9 @@ impl RunningEngine {
                 }
             }
         }
+        if let Err(err) = self.store.release_claims().await {
+            warn!(error = %err, "could not release claims; they return when their lease ends");
+        }
         if let Err(err) = self.store.flush().await {
             warn!(error = %err, "final flush failed");
         }

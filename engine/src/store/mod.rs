@@ -64,6 +64,10 @@ pub enum StoreError {
     /// restarting); the caller answers 503 and may try again.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// An attempt's outcome came back under a claim the store no longer holds for this process
+    /// (its lease expired and another node may have the delivery): nothing was recorded.
+    #[error("the claim on delivery {0} was lost before its outcome was recorded")]
+    LeaseLost(String),
 }
 
 /// Why the data dir cannot take an event now.
@@ -249,6 +253,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Makes every write so far durable (at shutdown).
     async fn flush(&self) -> Result<()>;
 
+    /// Gives up the claims this process still holds (at shutdown, after attempts stopped), so
+    /// that other processes sharing the store take them at once rather than when their lease
+    /// runs out. A backend whose claims live only in the process has nothing to do.
+    async fn release_claims(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether the store can take events now: `Space` when the data dir is full or
     /// read-only, another error when it cannot be read or written (for `/readyz`).
     async fn check_ready(&self) -> Result<()>;
@@ -338,7 +349,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn attempts(&self, tenant: &str, delivery: &DeliveryId) -> Result<Vec<AttemptRecord>>;
 
     /// Claims up to `limit` due deliveries of a webhook, skipping `in_flight` (claims the
-    /// caller holds already).
+    /// caller holds already). A claim the caller did not start may come back from a later call.
+    /// A backend shared by several processes may return fewer than `limit` (the webhook's
+    /// in-flight cap and rate limit hold across them) and then sets `next_due` to when to ask
+    /// again.
     async fn claim_due(
         &self,
         tenant: &str,
