@@ -38,6 +38,7 @@ use crate::delivery::{DeliveryContext, DispatchHandle};
 use crate::ingest::Ingest;
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use std::sync::Arc as StdArc;
 
 pub use crate::ids::rfc3339;
 pub use error::{ApiError, ErrorBody};
@@ -51,7 +52,7 @@ pub const MAX_PAGE_SIZE: usize = 250;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub store: Store,
+    pub store: StdArc<dyn Store>,
     pub config: SharedConfig,
     pub ingest: Ingest,
     pub dispatch: DispatchHandle,
@@ -161,30 +162,17 @@ async fn healthz() -> Json<Health> {
 )]
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     // Ready when the store answers a read and the data dir can take events.
-    match state.store.check_space() {
-        Err(crate::store::StoreError::Space(problem)) => {
-            return ApiError::storage(problem).into_response();
-        }
-        Err(err) => {
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                err.to_string(),
-            )
-            .into_response();
-        }
-        Ok(()) => {}
-    }
-    match state.store.check_readable() {
+    match state.store.check_ready().await {
         Ok(()) => Json(Health {
             status: "ready",
             config: Some(state.config.reload_status().into()),
         })
         .into_response(),
+        Err(crate::store::StoreError::Space(problem)) => ApiError::storage(problem).into_response(),
         Err(err) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            format!("the store is not readable: {err}"),
+            format!("the store is not ready: {err}"),
         )
         .into_response(),
     }

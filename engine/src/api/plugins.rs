@@ -239,8 +239,9 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let users: Vec<String> = state
         .store
-        .webhooks_of(&tenant.id)?
-        .into_iter()
+        .webhooks_of(&tenant.id)
+        .await?
+        .iter()
         .filter(|w| w.plugins.iter().any(|p| p.name == name))
         .map(|w| w.id.to_string())
         .collect();
@@ -353,7 +354,8 @@ pub async fn simulate(
                 WebhookId::parse(id).ok_or_else(|| ApiError::not_found("webhook", id))?;
             state
                 .store
-                .webhook(&tenant.id, &webhook_id)?
+                .webhook(&tenant.id, &webhook_id)
+                .await?
                 .ok_or_else(|| ApiError::not_found("webhook", id))?
         }
         None => {

@@ -29,8 +29,8 @@ use crate::config::{Config, TenantConfig};
 use crate::ids::{AttemptId, DeliveryId, WebhookId, now_ms};
 use crate::outbound::OutboundRequest;
 use crate::store::{
-    AttemptOutcome, AttemptRecord, DeliveryRecord, DeliveryStatus, DeliveryUpdate, EventRecord,
-    StoreError, WebhookRecord, WebhookStatus,
+    AttemptOutcome, AttemptRecord, Claim, DeliveryRecord, DeliveryStatus, DeliveryUpdate,
+    EventRecord, StoreError, WebhookRecord, WebhookStatus, WorkListener,
 };
 
 /// How long a delivery of a tenant that vanished from config waits before it is looked at again.
@@ -38,15 +38,10 @@ const TENANT_MISSING_RECHECK: Duration = Duration::from_secs(60);
 
 /// Runs one attempt of a claimed delivery. Failures of hookd itself (store errors) are
 /// logged; the delivery stays queued and is tried again.
-pub async fn run(
-    ctx: &DeliveryContext,
-    tenant: &str,
-    webhook_id: &WebhookId,
-    delivery_id: &DeliveryId,
-) {
-    let span = info_span!("attempt", tenant, webhook_id = %webhook_id, delivery_id = %delivery_id);
+pub async fn run(ctx: &DeliveryContext, tenant: &str, webhook_id: &WebhookId, claim: &Claim) {
+    let span = info_span!("attempt", tenant, webhook_id = %webhook_id, delivery_id = %claim.delivery_id);
     async {
-        if let Err(err) = try_run(ctx, tenant, webhook_id, delivery_id).await {
+        if let Err(err) = try_run(ctx, tenant, webhook_id, claim).await {
             warn!(error = %err, "attempt could not be completed; it stays queued");
         }
     }
@@ -58,8 +53,9 @@ async fn try_run(
     ctx: &DeliveryContext,
     tenant: &str,
     webhook_id: &WebhookId,
-    delivery_id: &DeliveryId,
+    claim: &Claim,
 ) -> Result<(), StoreError> {
+    let delivery_id = &claim.delivery_id;
     let Some(loaded) = load(ctx, tenant, webhook_id, delivery_id).await? else {
         return Ok(());
     };
@@ -87,7 +83,7 @@ async fn try_run(
     let verdict = judge::judge(&tried, &policy, input.attempt, None);
     let attempt = attempt_record(&loaded, &input, &tried, &verdict, plugin_logs, chain_time);
     let facts = delivery_facts(&loaded, &attempt, &tried);
-    record(ctx, &loaded, attempt, &verdict, tried.reached_receiver()).await?;
+    record(ctx, &loaded, claim, attempt, &verdict, tried.reached_receiver()).await?;
     consequences::apply(
         ctx,
         Recorded {
@@ -129,9 +125,9 @@ async fn load(
     delivery_id: &DeliveryId,
 ) -> Result<Option<Loaded>, StoreError> {
     let store = &ctx.store;
-    // The claim is the dispatcher's (in memory); the record stays `pending` until the
-    // outcome is recorded, so an attempt costs one write, not two.
-    let Some(delivery) = store.delivery(tenant, delivery_id)? else {
+    // The claim is the dispatcher's; the record stays `pending` until the outcome is
+    // recorded, so an attempt costs one write, not two.
+    let Some(delivery) = store.delivery(tenant, delivery_id).await? else {
         return Ok(None);
     };
     if !delivery.status.is_queued() {
@@ -142,29 +138,28 @@ async fn load(
         // The tenant was removed from config; its deliveries wait (it may come back).
         debug!("tenant not in config; delivery waits");
         let recheck = now_ms() + TENANT_MISSING_RECHECK.as_millis() as u64;
-        store.requeue(tenant, delivery_id, recheck)?;
+        store.requeue(tenant, delivery_id, recheck).await?;
         return Ok(None);
     }
-    let Some(webhook) = store.webhook(tenant, webhook_id)? else {
-        store.settle(
-            tenant,
-            delivery_id,
-            DeliveryStatus::Failed,
-            "webhook_deleted",
-        )?;
+    let Some(webhook) = store.webhook(tenant, webhook_id).await? else {
+        store
+            .settle(
+                tenant,
+                delivery_id,
+                DeliveryStatus::Failed,
+                "webhook_deleted",
+            )
+            .await?;
         return Ok(None);
     };
-    let Some(event) = store.event(tenant, &delivery.event_id)? else {
-        store.settle(tenant, delivery_id, DeliveryStatus::Failed, "event_missing")?;
+    let Some(event) = store.event(tenant, &delivery.event_id).await? else {
+        store
+            .settle(tenant, delivery_id, DeliveryStatus::Failed, "event_missing")
+            .await?;
         return Ok(None);
     };
     if webhook.status != WebhookStatus::Active {
         // Parked: the dispatcher learns the webhook is not active and stops claiming from it.
-        store.requeue(
-            tenant,
-            delivery_id,
-            delivery.next_attempt_at.unwrap_or_else(now_ms),
-        )?;
         ctx.dispatch.webhook_changed(tenant, webhook_id);
         return Ok(None);
     }
@@ -263,6 +258,7 @@ fn delivery_facts(loaded: &Loaded, attempt: &AttemptRecord, tried: &Tried) -> De
 async fn record(
     ctx: &DeliveryContext,
     loaded: &Loaded,
+    claim: &Claim,
     attempt: AttemptRecord,
     verdict: &Verdict,
     reached_receiver: bool,
@@ -280,6 +276,7 @@ async fn record(
     ctx.recorder
         .record(AttemptOutcome {
             tenant: tenant.to_string(),
+            lease: claim.lease,
             attempt,
             update,
         })

@@ -121,7 +121,7 @@ async fn update_health(ctx: &DeliveryContext, recorded: &Recorded<'_>) -> Option
     let change = health_change(webhook, recorded.verdict, disable_after, now)?;
     let changed = ctx
         .store
-        .update_webhook(tenant, &webhook.id, |w| {
+        .update_webhook(tenant, &webhook.id, &|w| {
             match &change {
                 HealthChange::Recovered => w.failing_since = None,
                 HealthChange::Failed { disable } => {
@@ -135,15 +135,14 @@ async fn update_health(ctx: &DeliveryContext, recorded: &Recorded<'_>) -> Option
                     }
                 }
             }
-            Ok::<_, std::convert::Infallible>(())
         })
         .await;
     match changed {
         Ok(Some(w))
             if w.status == WebhookStatus::Disabled && webhook.status == WebhookStatus::Active =>
         {
+            // The store tells the dispatcher, which stops claiming from the webhook.
             warn!(tenant, webhook_id = %webhook.id, reason = ?w.disabled_reason, "webhook disabled");
-            ctx.dispatch.webhook_changed(tenant, &webhook.id);
             Some(OperationalEvent::WebhookDisabled {
                 webhook_id: webhook.id.clone(),
                 webhook_url: w.url,

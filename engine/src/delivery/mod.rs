@@ -18,6 +18,8 @@ pub mod prepare;
 pub mod recorder;
 pub mod retry;
 
+use std::sync::Arc;
+
 use crate::config::SharedConfig;
 use crate::store::Store;
 
@@ -28,7 +30,7 @@ pub use recorder::Recorder;
 /// What an attempt needs, shared by all attempts.
 #[derive(Debug, Clone)]
 pub struct DeliveryContext {
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     pub config: SharedConfig,
     pub client: DeliveryClient,
     pub dispatch: DispatchHandle,

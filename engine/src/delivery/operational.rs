@@ -17,8 +17,7 @@ use tracing::warn;
 
 use super::DeliveryContext;
 use crate::ids::{EventId, WebhookId, now_ms};
-use crate::ingest::prepare_event;
-use crate::store::EventRecord;
+use crate::ingest::{EventInput, prepare_event};
 
 /// The facts about one delivery's attempt that every delivery event carries.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -126,21 +125,20 @@ pub async fn emit(ctx: &DeliveryContext, tenant: &str, event: OperationalEvent) 
         Ok(payload) => payload,
         Err(_) => return,
     };
-    let record = EventRecord {
-        id: EventId::new(),
+    let input = EventInput {
         event_type: event_type.to_string(),
         channel: None,
         idempotency_key: None,
         created_at: now_ms(),
         payload,
     };
-    let result = match prepare_event(&ctx.store, tenant, record, Some(&about)) {
+    let result = match prepare_event(ctx.store.as_ref(), tenant, input, 0, Some(&about)).await {
         // Nobody listens: nothing to store (an outage would otherwise add one durable event
         // per failed delivery for no reader).
-        Ok(new) if new.deliveries.is_empty() => Ok(()),
+        Ok(new) if new.webhooks.is_empty() => Ok(()),
         Ok(new) => ctx
             .ingest
-            .submit(new, 0)
+            .submit(new)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string()),
