@@ -39,7 +39,8 @@ const TENANT_MISSING_RECHECK: Duration = Duration::from_secs(60);
 /// Runs one attempt of a claimed delivery. Failures of hookd itself (store errors) are
 /// logged; the delivery stays queued and is tried again.
 pub async fn run(ctx: &DeliveryContext, tenant: &str, webhook_id: &WebhookId, claim: &Claim) {
-    let span = info_span!("attempt", tenant, webhook_id = %webhook_id, delivery_id = %claim.delivery_id);
+    let span =
+        info_span!("attempt", tenant, webhook_id = %webhook_id, delivery_id = %claim.delivery_id);
     async {
         if let Err(err) = try_run(ctx, tenant, webhook_id, claim).await {
             warn!(error = %err, "attempt could not be completed; it stays queued");
@@ -83,7 +84,15 @@ async fn try_run(
     let verdict = judge::judge(&tried, &policy, input.attempt, None);
     let attempt = attempt_record(&loaded, &input, &tried, &verdict, plugin_logs, chain_time);
     let facts = delivery_facts(&loaded, &attempt, &tried);
-    record(ctx, &loaded, claim, attempt, &verdict, tried.reached_receiver()).await?;
+    record(
+        ctx,
+        &loaded,
+        claim,
+        attempt,
+        &verdict,
+        tried.reached_receiver(),
+    )
+    .await?;
     consequences::apply(
         ctx,
         Recorded {

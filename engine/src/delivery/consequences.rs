@@ -121,18 +121,16 @@ async fn update_health(ctx: &DeliveryContext, recorded: &Recorded<'_>) -> Option
     let change = health_change(webhook, recorded.verdict, disable_after, now)?;
     let changed = ctx
         .store
-        .update_webhook(tenant, &webhook.id, &|w| {
-            match &change {
-                HealthChange::Recovered => w.failing_since = None,
-                HealthChange::Failed { disable } => {
-                    w.failing_since.get_or_insert(now);
-                    if let Some(reason) = disable
-                        && w.status == WebhookStatus::Active
-                    {
-                        w.status = WebhookStatus::Disabled;
-                        w.disabled_reason = Some(reason.clone());
-                        w.updated_at = now;
-                    }
+        .update_webhook(tenant, &webhook.id, &|w| match &change {
+            HealthChange::Recovered => w.failing_since = None,
+            HealthChange::Failed { disable } => {
+                w.failing_since.get_or_insert(now);
+                if let Some(reason) = disable
+                    && w.status == WebhookStatus::Active
+                {
+                    w.status = WebhookStatus::Disabled;
+                    w.disabled_reason = Some(reason.clone());
+                    w.updated_at = now;
                 }
             }
         })
