@@ -85,12 +85,13 @@ pub async fn tenants(
     let mut data = Vec::new();
     for id in ids {
         let tenant = &admin.config.tenants[id];
+        let usage = state.store.tenant_usage(id).await?;
         data.push(TenantSummary {
             id: id.clone(),
             declared_event_types: tenant.event_types.iter().map(|t| t.name.clone()).collect(),
-            webhooks: state.store.webhooks_of(id)?.len(),
+            webhooks: usage.webhooks as usize,
             plugins: state.delivery.plugins.list(id).len(),
-            events: state.store.count_events(id)?,
+            events: usage.events as usize,
         });
     }
     Ok(ApiJson(TenantList { data }))

@@ -63,12 +63,15 @@ pub async fn list(
     tenant: Tenant,
 ) -> Result<ApiJson<EventTypeList>, ApiError> {
     let today = day_of(now_ms());
-    let rows = state.store.stats_days(
-        &tenant.id,
-        StatsScope::Tenant,
-        today.saturating_sub(SEEN_WINDOW_DAYS - 1),
-        today,
-    )?;
+    let rows = state
+        .store
+        .stats_days(
+            &tenant.id,
+            StatsScope::Tenant,
+            today.saturating_sub(SEEN_WINDOW_DAYS - 1),
+            today,
+        )
+        .await?;
     // Per type: events in the window and the last day seen.
     let mut seen: std::collections::BTreeMap<String, (u64, u32)> = Default::default();
     for row in &rows {

@@ -23,7 +23,7 @@ mod stats;
 mod webhooks;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
@@ -41,7 +41,9 @@ use crate::delivery::{DeliveryContext, DispatchHandle};
 use crate::ingest::Ingest;
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use std::sync::Arc as StdArc;
 
+pub use crate::ids::rfc3339;
 pub use error::{ApiError, ErrorBody};
 
 /// Headroom above the payload limit for the rest of an event's JSON.
@@ -53,7 +55,7 @@ pub const MAX_PAGE_SIZE: usize = 250;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub store: Store,
+    pub store: StdArc<dyn Store>,
     pub config: SharedConfig,
     pub ingest: Ingest,
     pub dispatch: DispatchHandle,
@@ -141,9 +143,11 @@ pub struct Health {
     /// `ok` (alive) or `ready` (the store answers).
     #[schema(example = "ok")]
     status: &'static str,
-    /// `/readyz` only: the outcome of the last config reload.
+    /// `/readyz` only: the outcome of the last config reload (the problems of a refused one
+    /// are on `GET /v1/admin/status`: a probe needs no key, so it says nothing about config
+    /// contents).
     #[serde(skip_serializing_if = "Option::is_none")]
-    config: Option<crate::config::ReloadStatus>,
+    config: Option<crate::config::ReloadSummary>,
 }
 
 /// Liveness: the process answers HTTP.
@@ -175,30 +179,17 @@ async fn healthz() -> Json<Health> {
 )]
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     // Ready when the store answers a read and the data dir can take events.
-    match state.store.check_space() {
-        Err(crate::store::StoreError::Space(problem)) => {
-            return ApiError::storage(problem).into_response();
-        }
-        Err(err) => {
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                err.to_string(),
-            )
-            .into_response();
-        }
-        Ok(()) => {}
-    }
-    match state.store.check_readable() {
+    match state.store.check_ready().await {
         Ok(()) => Json(Health {
             status: "ready",
-            config: Some(state.config.reload_status()),
+            config: Some(state.config.reload_status().into()),
         })
         .into_response(),
+        Err(crate::store::StoreError::Space(problem)) => ApiError::storage(problem).into_response(),
         Err(err) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            format!("the store is not readable: {err}"),
+            format!("the store is not ready: {err}"),
         )
         .into_response(),
     }
@@ -398,11 +389,6 @@ impl<T> ListResponse<T> {
             iterator: next,
         }
     }
-}
-
-/// Milliseconds as an RFC 3339 timestamp.
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// A time in a query or body: RFC 3339 (`2026-11-23T10:00:00Z`) or milliseconds since the epoch.

@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{ApiError, ApiJson, ApiQuery, AppState, ErrorBody, Tenant, parse_time};
-use crate::retention;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -58,14 +57,10 @@ pub async fn purge(
     let before_ms = parse_time("before", before)?;
     // If the client goes away the purge stops after the batch in progress; each batch is
     // complete on its own.
-    let outcome = retention::purge_tenant(
-        &state.store,
-        &tenant.id,
-        before_ms,
-        &CancellationToken::new(),
-    )
-    .await?;
-    state.store.flush().await?;
+    let outcome = state
+        .store
+        .purge(Some(&tenant.id), before_ms, &CancellationToken::new())
+        .await?;
     info!(tenant = %tenant.id, events = outcome.events, deliveries = outcome.deliveries, attempts = outcome.attempts, "deliveries purged on request");
     Ok(ApiJson(PurgeView {
         deliveries: outcome.deliveries,

@@ -1,7 +1,6 @@
 //! `/v1/webhooks`: create, list, get, update, delete, test send, secret rotation, recover.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,9 +19,7 @@ use crate::fanout;
 use crate::ids::{EventId, WebhookId, now_ms};
 use crate::signing;
 use crate::ssrf::{SsrfPolicy, UrlError};
-use crate::store::{
-    DeliveryStatus, EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, WebhookStatus,
-};
+use crate::store::{EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, WebhookStatus};
 
 const MAX_EVENT_TYPE_FILTERS: usize = 100;
 const MAX_CHANNELS: usize = 100;
@@ -188,7 +185,12 @@ async fn check_url(state: &AppState, tenant: &Tenant, url: &str) -> Result<Strin
     {
         Ok(url) => Ok(url.to_string()),
         Err(UrlError::Blocked(blocked)) => {
-            Err(ApiError::invalid("blocked_address", blocked.to_string()))
+            // The tenant learns only that the address is refused; operators see which.
+            tracing::warn!(tenant = %tenant.id, address = %blocked.ip, kind = blocked.kind, "webhook URL refused: non-public address");
+            Err(ApiError::invalid(
+                "blocked_address",
+                crate::ssrf::BLOCKED_ADDRESS_MESSAGE,
+            ))
         }
         Err(err) => Err(ApiError::invalid("invalid_url", err.to_string())),
     }
@@ -363,11 +365,12 @@ fn parse_webhook_id(id: &str) -> Result<WebhookId, ApiError> {
     WebhookId::parse(id).ok_or_else(|| ApiError::not_found("webhook", id))
 }
 
-fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<WebhookRecord, ApiError> {
+async fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<WebhookRecord, ApiError> {
     let webhook_id = parse_webhook_id(id)?;
     state
         .store
-        .webhook(&tenant.id, &webhook_id)?
+        .webhook(&tenant.id, &webhook_id)
+        .await?
         .ok_or_else(|| ApiError::not_found("webhook", id))
 }
 
@@ -482,11 +485,14 @@ pub async fn list(
     ApiQuery(query): ApiQuery<WebhookListQuery>,
 ) -> Result<ApiJson<ListResponse<WebhookView>>, ApiError> {
     let cursor = parse_iterator(query.iterator.as_deref(), WebhookId::parse)?;
-    let page = state.store.list_webhooks(
-        &tenant.id,
-        cursor.as_ref().map(WebhookId::as_str),
-        page_limit(query.limit)?,
-    )?;
+    let page = state
+        .store
+        .list_webhooks(
+            &tenant.id,
+            cursor.as_ref().map(WebhookId::as_str),
+            page_limit(query.limit)?,
+        )
+        .await?;
     let data = page.items.into_iter().map(WebhookView::from).collect();
     Ok(ApiJson(ListResponse::new(data, page.next)))
 }
@@ -509,7 +515,9 @@ pub async fn get_one(
     tenant: Tenant,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<WebhookView>, ApiError> {
-    Ok(ApiJson(WebhookView::from(load(&state, &tenant, &id)?)))
+    Ok(ApiJson(WebhookView::from(
+        load(&state, &tenant, &id).await?,
+    )))
 }
 
 /// Changes the fields present in the body.
@@ -573,7 +581,7 @@ pub async fn update(
     let now = now_ms();
     let updated = state
         .store
-        .update_webhook(&tenant.id, &webhook_id, |w| {
+        .update_webhook(&tenant.id, &webhook_id, &|w| {
             if let Some(url) = &url {
                 w.url = url.clone();
             }
@@ -627,11 +635,9 @@ pub async fn update(
                 _ => {}
             }
             w.updated_at = now;
-            Ok::<_, Infallible>(())
         })
         .await?
         .ok_or_else(|| ApiError::not_found("webhook", &id))?;
-    state.dispatch.webhook_changed(&tenant.id, &webhook_id);
     info!(tenant = %tenant.id, webhook_id = %webhook_id, "webhook updated");
     Ok(ApiJson(WebhookView::from(updated)))
 }
@@ -659,7 +665,6 @@ pub async fn delete(
     if !state.store.delete_webhook(&tenant.id, &webhook_id).await? {
         return Err(ApiError::not_found("webhook", &id));
     }
-    state.dispatch.webhook_changed(&tenant.id, &webhook_id);
     info!(tenant = %tenant.id, webhook_id = %webhook_id, "webhook deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -702,7 +707,7 @@ pub async fn test_send(
     ApiPath(id): ApiPath<String>,
     ApiBody(body): ApiBody,
 ) -> Result<ApiJson<TestSendOutcome>, ApiError> {
-    let webhook = load(&state, &tenant, &id)?;
+    let webhook = load(&state, &tenant, &id).await?;
     let body: TestSend = optional_json(&body)?;
     let event_type = body.event_type.unwrap_or_else(|| "hookd.test".to_string());
     if !crate::config::valid_event_type(&event_type) {
@@ -787,7 +792,7 @@ pub async fn rotate_secret(
     let expires_at = now + tenant.config.limits.secret_rotation_overlap.as_millis() as u64;
     state
         .store
-        .update_webhook(&tenant.id, &webhook_id, |w| {
+        .update_webhook(&tenant.id, &webhook_id, &|w| {
             w.secrets.retain(|s| s.expires_at.is_none_or(|t| t > now));
             for old in &mut w.secrets {
                 old.expires_at = Some(old.expires_at.map_or(expires_at, |t| t.min(expires_at)));
@@ -795,7 +800,6 @@ pub async fn rotate_secret(
             w.secrets
                 .insert(0, WebhookSecret::new(new_secret.clone(), now));
             w.updated_at = now;
-            Ok::<_, Infallible>(())
         })
         .await?
         .ok_or_else(|| ApiError::not_found("webhook", &id))?;
@@ -844,27 +848,9 @@ pub async fn recover(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Recover>,
 ) -> Result<(StatusCode, ApiJson<Recovered>), ApiError> {
-    let webhook = load(&state, &tenant, &id)?;
+    let webhook = load(&state, &tenant, &id).await?;
     let since = parse_time("since", &body.since)?;
-    let failed = state.store.webhook_deliveries_with_status(
-        &tenant.id,
-        &webhook.id,
-        DeliveryStatus::Failed,
-        since,
-    )?;
-    let now = now_ms();
-    for delivery_id in &failed {
-        state.store.requeue(&tenant.id, delivery_id, now)?;
-    }
-    state.store.flush().await?;
-    if !failed.is_empty() {
-        state.dispatch.enqueued(&tenant.id, &webhook.id, now);
-    }
-    info!(tenant = %tenant.id, webhook_id = %webhook.id, requeued = failed.len(), "failed deliveries recovered");
-    Ok((
-        StatusCode::ACCEPTED,
-        ApiJson(Recovered {
-            requeued: failed.len(),
-        }),
-    ))
+    let requeued = state.store.recover(&tenant.id, &webhook.id, since).await?;
+    info!(tenant = %tenant.id, webhook_id = %webhook.id, requeued, "failed deliveries recovered");
+    Ok((StatusCode::ACCEPTED, ApiJson(Recovered { requeued })))
 }

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::plugin::PluginSettings;
 use crate::secrets;
 
+pub use validate::DEFAULT_QUOTAS;
 pub(crate) use validate::valid_event_type;
 pub use validate::{ConfigError, ConfigErrors, MAX_RETRY_SCHEDULE_LEN, parse_retry_schedule};
 
@@ -52,6 +53,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// The keys sealing webhook secrets (applies at the next start).
     pub security: SecurityConfig,
+    /// Default quotas; each tenant has its merged copy in [`TenantConfig::quotas`].
+    pub quotas: QuotasConfig,
     pub tenants: HashMap<String, TenantConfig>,
     /// SHA-256 of an API key → tenant id.
     api_keys: HashMap<[u8; 32], String>,
@@ -211,6 +214,36 @@ pub struct TenantConfig {
     pub delivery: DeliveryConfig,
     /// Plugin budgets of this tenant's attempts.
     pub plugins: PluginSettings,
+    /// What this tenant may hold and do (`[quotas]` merged with `[tenants.quotas]`).
+    pub quotas: QuotasConfig,
+}
+
+/// What one tenant may hold and do. Over a quota the API answers `429 quota_exceeded` naming
+/// it (or `429 rate_limited` for the request rate) and writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotasConfig {
+    /// Webhooks the tenant may have.
+    pub webhooks: u64,
+    /// Secrets that sign at once (the current one plus those still in their rotation overlap);
+    /// a rotation beyond it expires the oldest at once.
+    pub secrets_per_webhook: u64,
+    /// Deliveries one event may fan out to.
+    pub deliveries_per_event: u64,
+    /// Deliveries not yet final (pending or in flight) the tenant may have queued.
+    pub pending_deliveries: u64,
+    /// Bytes of event payloads the tenant may have stored.
+    pub stored_bytes: u64,
+    /// API requests per second (token bucket refilled at this rate)...
+    pub api_requests_per_sec: u64,
+    /// ...holding at most this many (a burst after a quiet second).
+    pub api_burst: u64,
+    /// Plugins the tenant may have installed (enforced by the plugin host).
+    pub plugins: u64,
+    /// Bytes of plugin components the tenant may have installed (enforced by the plugin host).
+    pub plugin_bytes: u64,
+    /// The tenant's weight in the fair sharing of the engine-wide delivery permits: while
+    /// tenants compete, each gets permits in proportion to its weight.
+    pub delivery_weight: u64,
 }
 
 impl TenantConfig {
@@ -335,17 +368,40 @@ pub fn generate_api_key() -> (String, String) {
     (key, hash)
 }
 
-/// The outcome of the last config reload, for `/readyz` and the admin status route.
+/// The outcome of the last config reload, for the admin status route.
 #[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct ReloadStatus {
     /// `applied` or `refused`; absent before the first reload.
     pub last_result: Option<&'static str>,
     /// When it happened, ms since the epoch.
     pub last_at_ms: Option<u64>,
-    /// Every problem of a refused reload (file, key, problem).
+    /// Every problem of a refused reload: file, line, key path and what is wrong, with any
+    /// value from the file redacted.
     pub errors: Vec<String>,
     pub applied: u64,
     pub refused: u64,
+}
+
+/// What `/readyz` (no key) says about reloads: the result, never the problems.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct ReloadSummary {
+    /// `applied` or `refused`; absent before the first reload.
+    pub last_result: Option<&'static str>,
+    /// When it happened, ms since the epoch.
+    pub last_at_ms: Option<u64>,
+    pub applied: u64,
+    pub refused: u64,
+}
+
+impl From<ReloadStatus> for ReloadSummary {
+    fn from(status: ReloadStatus) -> Self {
+        ReloadSummary {
+            last_result: status.last_result,
+            last_at_ms: status.last_at_ms,
+            applied: status.applied,
+            refused: status.refused,
+        }
+    }
 }
 
 /// The running configuration, swapped atomically on reload.

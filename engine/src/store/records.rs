@@ -162,6 +162,9 @@ pub struct DeliveryRecord {
     pub event_id: EventId,
     pub webhook_id: WebhookId,
     pub event_type: String,
+    /// The event's channel.
+    #[serde(default)]
+    pub channel: Option<String>,
     pub status: DeliveryStatus,
     /// Attempts made so far.
     pub attempts: u32,
