@@ -153,6 +153,13 @@ async fn a_tenant_signs_in_creates_a_webhook_tests_it_and_follows_its_deliveries
     wait_count(&b, "details.attempt", 1).await;
     let attempt = b.text("details.attempt[data-attempt='1']").await;
     assert!(attempt.contains("HTTP 200"), "{attempt}");
+    // What was sent: headers with the signature hidden, the body as text.
+    assert!(
+        attempt.contains("webhook-signature") && attempt.contains("hidden"),
+        "{attempt}"
+    );
+    assert!(!attempt.contains("v1,"), "{attempt}");
+    assert!(attempt.contains(XSS), "{attempt}");
     b.shot("delivery").await;
     b.assert_clean("the delivery page", &[]).await;
 
