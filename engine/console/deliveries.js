@@ -199,7 +199,7 @@ async function retry(d, outcome) {
 async function replay(d, outcome) {
   try {
     const r = await post(`/v1/events/${encodeURIComponent(d.event_id)}/replay`, { webhook_id: d.webhook_id });
-    const created = r.deliveries || [];
+    const created = (r.event && r.event.deliveries) || [];
     clear(outcome).append(h('p', {}, `Replayed as ${created.length} new deliver${created.length === 1 ? 'y' : 'ies'}: `,
       created.map((n) => h('a', { href: `#/deliveries/${encodeURIComponent(n.id)}` }, n.id))));
   } catch (err) {
