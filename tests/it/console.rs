@@ -365,7 +365,9 @@ async fn the_console_fits_360_px_works_by_keyboard_and_has_an_admin_view() {
         .map(|c| c.as_str().unwrap())
         .collect();
     assert_eq!(
-        (cells[0], cells[1], cells[2], cells[3], cells[5], cells[6], cells[7]),
+        (
+            cells[0], cells[1], cells[2], cells[3], cells[5], cells[6], cells[7]
+        ),
         ("acme", "1", "0", "1", "0", "1", "1"),
         "{cells:?}"
     );
