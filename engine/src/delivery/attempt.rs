@@ -221,8 +221,13 @@ pub async fn prepare(
         ChainOutcome::Filtered { .. } => ("filtered", None),
         ChainOutcome::Failed { code, .. } => ("failed", Some(code.as_str())),
     };
-    ctx.metrics
-        .plugin_chain_ran(&input.tenant.id, chain_outcome, chain_error, run.duration);
+    ctx.metrics.plugin_chain_ran(
+        &input.tenant.id,
+        chain_outcome,
+        chain_error,
+        run.duration,
+        run.waited,
+    );
     let logs = run
         .logs
         .iter()
@@ -277,7 +282,7 @@ pub async fn prepare(
             retryable: code.is_retryable(),
         },
     };
-    (prepared, logs, run.duration)
+    (prepared, logs, run.waited + run.duration)
 }
 
 fn sign(
