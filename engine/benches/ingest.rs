@@ -1,7 +1,8 @@
 //! Ingest throughput: group commit (the engine's path) against one fsync per event.
 //!
 //! `cargo bench --bench ingest` prints medians of three runs each:
-//! - `fsync_per_event`: one writer, `write_events` + `flush` per event (the naive baseline);
+//! - `fsync_per_event`: one writer, one `append_events` (one durable write) per event (the
+//!   naive baseline);
 //! - `group_commit`: 64 concurrent submitters through `Ingest` (one flush per group);
 //! - `http_ingest`: 64 concurrent HTTP producers against a real engine on 127.0.0.1
 //!   (JSON parsing, auth, fan-out to one webhook, durable write, 202), with accept latency.
@@ -15,10 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hookd::delivery::Dispatcher;
-use hookd::ids::{EventId, now_ms};
+use hookd::ids::now_ms;
 use hookd::ingest::Ingest;
-use hookd::store::{EventRecord, NewEvent, Store};
+use hookd::store::{NewEvent, Store};
 use serde_json::value::RawValue;
 
 const RUN: Duration = Duration::from_secs(3);
@@ -27,16 +27,23 @@ const CONCURRENCY: usize = 64;
 fn event(payload: &str) -> NewEvent {
     NewEvent {
         tenant: "bench".into(),
-        event: EventRecord {
-            id: EventId::new(),
-            event_type: "bench.event".into(),
-            channel: None,
-            idempotency_key: None,
-            created_at: now_ms(),
-            payload: RawValue::from_string(payload.to_string()).unwrap(),
-        },
-        deliveries: Vec::new(),
+        event_type: "bench.event".into(),
+        channel: None,
+        idempotency_key: None,
+        idempotency_window_ms: 0,
+        created_at: now_ms(),
+        payload: RawValue::from_string(payload.to_string()).unwrap(),
+        webhooks: Vec::new(),
     }
+}
+
+fn open_store(dir: &std::path::Path) -> Arc<dyn Store> {
+    hookd::store::open(
+        dir,
+        Arc::new(hookd::secrets::Keyring::random()),
+        64 * 1024 * 1024,
+    )
+    .unwrap()
 }
 
 fn payload_1k() -> String {
@@ -45,17 +52,12 @@ fn payload_1k() -> String {
 
 async fn fsync_per_event() -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        std::sync::Arc::new(hookd::secrets::Keyring::random()),
-    )
-    .unwrap();
+    let store = open_store(dir.path());
     let payload = payload_1k();
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < RUN {
-        store.write_events(&[event(&payload)]).unwrap();
-        store.flush().await.unwrap();
+        store.append_events(vec![event(&payload)]).await.unwrap();
         n += 1;
     }
     n as f64 / start.elapsed().as_secs_f64()
@@ -63,13 +65,8 @@ async fn fsync_per_event() -> f64 {
 
 async fn group_commit() -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        std::sync::Arc::new(hookd::secrets::Keyring::random()),
-    )
-    .unwrap();
-    let (dispatch, _rx) = Dispatcher::channel();
-    let (ingest, _writer) = Ingest::start(store, dispatch);
+    let store = open_store(dir.path());
+    let (ingest, _writer) = Ingest::start(store);
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let payload = payload_1k();
@@ -80,7 +77,7 @@ async fn group_commit() -> f64 {
             (ingest.clone(), count.clone(), stop.clone(), payload.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                ingest.submit(event(&payload), 0).await.unwrap();
+                ingest.submit(event(&payload)).await.unwrap();
                 count.fetch_add(1, Ordering::Relaxed);
             }
         }));

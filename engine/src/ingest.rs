@@ -1,22 +1,20 @@
-//! Ingest: makes accepted events durable with group commit, then hands their deliveries to
-//! the dispatcher.
+//! Ingest: group commit for accepted events.
 //!
-//! Request handlers prepare a [`NewEvent`] (validated, fanned out, ids assigned) and submit it.
-//! One writer task takes every submission waiting at that moment, resolves idempotency keys
-//! among them and against the store, writes all of them in one sled batch and flushes once.
-//! Only after that flush does any of them get its answer (the API's 202), so an acknowledged
+//! Request handlers prepare a [`NewEvent`] (validated, fanned out) and submit it. One writer
+//! task takes every submission waiting at that moment and hands them to the store as one group
+//! ([`Store::append_events`]: ids assigned, idempotency keys resolved, one durable write).
+//! Only after that write does any of them get its answer (the API's 202), so an acknowledged
 //! event survives kill -9, and concurrent requests share one fsync instead of queueing behind
-//! one fsync each.
+//! one fsync each. The store tells the dispatcher about the new deliveries itself.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::delivery::DispatchHandle;
 use crate::fanout;
-use crate::ids::{DeliveryId, EventId, WebhookId, now_ms};
-use crate::store::{DeliveryRecord, DeliveryStatus, EventRecord, NewEvent, Store, StoreError};
+use crate::ids::{EventId, WebhookId};
+use crate::store::{Appended, DeliveryRecord, EventRecord, NewEvent, Store, StoreError};
 
 /// Most submissions written and flushed together.
 const MAX_GROUP_COMMIT: usize = 4096;
@@ -26,8 +24,11 @@ const QUEUE_CAPACITY: usize = 16_384;
 
 #[derive(Debug)]
 pub enum IngestOutcome {
-    /// Written and flushed.
-    Created,
+    /// Written durably, with the ids the store gave the event and its deliveries.
+    Created {
+        event: EventRecord,
+        deliveries: Vec<DeliveryRecord>,
+    },
     /// The idempotency key already names this event; nothing new was written.
     Duplicate(EventId),
 }
@@ -44,7 +45,6 @@ pub enum IngestError {
 
 struct Submission {
     event: NewEvent,
-    idempotency_window_ms: u64,
     reply: oneshot::Sender<Result<IngestOutcome, IngestError>>,
 }
 
@@ -58,25 +58,17 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the writer task. It ends when every `Ingest` handle is dropped.
-    pub fn start(store: Store, dispatch: DispatchHandle) -> (Ingest, tokio::task::JoinHandle<()>) {
+    pub fn start(store: Arc<dyn Store>) -> (Ingest, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = tokio::spawn(write_loop(store, dispatch, rx));
+        let writer = tokio::spawn(write_loop(store, rx));
         (Ingest { tx }, writer)
     }
 
     /// Submits one event and waits until it is durable (or known to be a duplicate).
-    pub async fn submit(
-        &self,
-        event: NewEvent,
-        idempotency_window_ms: u64,
-    ) -> Result<IngestOutcome, IngestError> {
+    pub async fn submit(&self, event: NewEvent) -> Result<IngestOutcome, IngestError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(vec![Submission {
-                event,
-                idempotency_window_ms,
-                reply,
-            }])
+            .send(vec![Submission { event, reply }])
             .await
             .map_err(|_| IngestError::ShuttingDown)?;
         answer.await.map_err(|_| IngestError::ShuttingDown)?
@@ -88,18 +80,12 @@ impl Ingest {
     pub async fn submit_many(
         &self,
         events: Vec<NewEvent>,
-        idempotency_window_ms: u64,
     ) -> Result<Vec<Result<IngestOutcome, IngestError>>, IngestError> {
         let (submissions, answers): (Vec<_>, Vec<_>) = events
             .into_iter()
             .map(|event| {
                 let (reply, answer) = oneshot::channel();
-                let submission = Submission {
-                    event,
-                    idempotency_window_ms,
-                    reply,
-                };
-                (submission, answer)
+                (Submission { event, reply }, answer)
             })
             .unzip();
         if submissions.is_empty() {
@@ -117,49 +103,47 @@ impl Ingest {
     }
 }
 
-/// An event with its fan-out: one pending delivery, due now, per active webhook of the tenant
-/// that subscribes to it, except `skip` (an operational event is never sent to the webhook it
-/// is about).
-pub fn prepare_event(
-    store: &Store,
+/// What a producer sent, validated, before fan-out.
+#[derive(Debug, Clone)]
+pub struct EventInput {
+    pub event_type: String,
+    pub channel: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub created_at: u64,
+    pub payload: Box<serde_json::value::RawValue>,
+}
+
+/// An event with its fan-out: one delivery, due now, per active webhook of the tenant that
+/// subscribes to it, except `skip` (an operational event is never sent to the webhook it is
+/// about).
+pub async fn prepare_event(
+    store: &dyn Store,
     tenant: &str,
-    event: EventRecord,
+    input: EventInput,
+    idempotency_window_ms: u64,
     skip: Option<&WebhookId>,
 ) -> Result<NewEvent, StoreError> {
-    let now = event.created_at;
-    let deliveries = store
-        .webhooks_shared(tenant)?
+    let webhooks = store
+        .webhooks_of(tenant)
+        .await?
         .iter()
         .filter(|w| Some(&w.id) != skip)
-        .filter(|w| fanout::webhook_matches(w, &event.event_type, event.channel.as_deref()))
-        .map(|w| DeliveryRecord {
-            id: DeliveryId::new(),
-            event_id: event.id.clone(),
-            webhook_id: w.id.clone(),
-            event_type: event.event_type.clone(),
-            status: DeliveryStatus::Pending,
-            attempts: 0,
-            created_at: now,
-            updated_at: now,
-            next_attempt_at: Some(now),
-            last_attempt_at: None,
-            last_status_code: None,
-            last_error: None,
-            filtered_by: None,
-        })
+        .filter(|w| fanout::webhook_matches(w, &input.event_type, input.channel.as_deref()))
+        .map(|w| w.id.clone())
         .collect();
     Ok(NewEvent {
         tenant: tenant.to_string(),
-        event,
-        deliveries,
+        event_type: input.event_type,
+        channel: input.channel,
+        idempotency_key: input.idempotency_key,
+        idempotency_window_ms,
+        created_at: input.created_at,
+        payload: input.payload,
+        webhooks,
     })
 }
 
-async fn write_loop(
-    store: Store,
-    dispatch: DispatchHandle,
-    mut rx: mpsc::Receiver<Vec<Submission>>,
-) {
+async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Vec<Submission>>) {
     // A group takes every message waiting; it may pass MAX_GROUP_COMMIT events by at most one
     // batch, since a batch is never split.
     while let Some(mut group) = rx.recv().await {
@@ -168,74 +152,36 @@ async fn write_loop(
         {
             group.extend(more);
         }
-        commit_group(&store, &dispatch, group).await;
+        commit_group(store.as_ref(), group).await;
     }
 }
 
-async fn commit_group(store: &Store, dispatch: &DispatchHandle, group: Vec<Submission>) {
-    let now = now_ms();
-    let mut to_write = Vec::with_capacity(group.len());
-    let mut replies = Vec::with_capacity(group.len());
-    // (tenant, idempotency key) → event id, for keys seen earlier in this same group.
-    let mut seen: HashMap<(String, String), EventId> = HashMap::new();
-    for submission in group {
-        let Submission {
-            event,
-            idempotency_window_ms,
-            reply,
-        } = submission;
-        if let Some(key) = &event.event.idempotency_key {
-            let seen_key = (event.tenant.clone(), key.clone());
-            let existing = match seen.get(&seen_key) {
-                Some(id) => Ok(Some(id.clone())),
-                None => store.idempotent_event(&event.tenant, key, idempotency_window_ms, now),
-            };
-            match existing {
-                Ok(Some(id)) => {
-                    replies.push((reply, Some(id)));
-                    continue;
-                }
-                Ok(None) => {
-                    seen.insert(seen_key, event.event.id.clone());
-                }
-                Err(err) => {
-                    let _ = reply.send(Err(err.into()));
-                    continue;
-                }
+async fn commit_group(store: &dyn Store, group: Vec<Submission>) {
+    let (events, replies): (Vec<NewEvent>, Vec<_>) =
+        group.into_iter().map(|s| (s.event, s.reply)).unzip();
+    let count = events.len();
+    match store.append_events(events).await {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let outcome = match outcome {
+                    Appended::Created { event, deliveries } => {
+                        IngestOutcome::Created { event, deliveries }
+                    }
+                    Appended::Duplicate(id) => IngestOutcome::Duplicate(id),
+                };
+                let _ = reply.send(Ok(outcome));
             }
         }
-        to_write.push(event);
-        replies.push((reply, None));
-    }
-
-    let written = match store.write_events(&to_write) {
-        Ok(()) => store.flush().await,
-        Err(err) => Err(err),
-    };
-    if let Err(err) = written {
-        warn!(error = %err, events = to_write.len(), "ingest write failed; the events were refused");
-        let message = err.to_string();
-        for (reply, _) in replies {
-            let refusal = match &err {
-                // Refused before writing (full or read-only data dir): its own code.
-                StoreError::Space(problem) => IngestError::Store(StoreError::Space(*problem)),
-                _ => IngestError::Unavailable(message.clone()),
-            };
-            let _ = reply.send(Err(refusal));
-        }
-        return;
-    }
-    for (reply, duplicate) in replies {
-        let outcome = match duplicate {
-            Some(id) => IngestOutcome::Duplicate(id),
-            None => IngestOutcome::Created,
-        };
-        let _ = reply.send(Ok(outcome));
-    }
-    for new in &to_write {
-        for delivery in &new.deliveries {
-            if let Some(due) = delivery.next_attempt_at {
-                dispatch.enqueued(&new.tenant, &delivery.webhook_id, due);
+        Err(err) => {
+            warn!(error = %err, events = count, "ingest write failed; the events were refused");
+            let message = err.to_string();
+            for reply in replies {
+                let refusal = match &err {
+                    // Refused before writing (full or read-only data dir): its own code.
+                    StoreError::Space(problem) => IngestError::Store(StoreError::Space(*problem)),
+                    _ => IngestError::Unavailable(message.clone()),
+                };
+                let _ = reply.send(Err(refusal));
             }
         }
     }

@@ -11,7 +11,9 @@ pub mod delivery;
 pub mod fanout;
 pub mod ids;
 pub mod ingest;
+pub mod outbound;
 pub mod plugin;
+pub mod resolver;
 pub mod retention;
 pub mod secrets;
 pub mod signing;
@@ -32,6 +34,7 @@ use crate::ingest::Ingest;
 use crate::plugin::PluginHost;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -72,7 +75,7 @@ pub struct RunningEngine {
     shutdown: CancellationToken,
     /// Background tasks with a name for shutdown diagnostics.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
-    store: Store,
+    store: Arc<dyn Store>,
     config: SharedConfig,
     plugins: PluginHost,
     metrics: Metrics,
@@ -122,6 +125,9 @@ impl RunningEngine {
                 }
             }
         }
+        if let Err(err) = self.store.release_claims().await {
+            warn!(error = %err, "could not release claims; they return when their lease ends");
+        }
         if let Err(err) = self.store.flush().await {
             warn!(error = %err, "final flush failed");
         }
@@ -141,9 +147,9 @@ pub async fn start(
         source,
     })?;
     let keyring = config.security.keyring().map_err(StartError::NoSecretKey)?;
-    let store = Store::open_with_cache(
+    let store = store::open(
         &config.data_dir,
-        std::sync::Arc::new(keyring),
+        Arc::new(keyring),
         config.limits.store_cache_bytes,
     )
     .map_err(|source| StartError::Store {
@@ -188,11 +194,15 @@ pub async fn start(
             plugins.watch_dir(dir.clone(), shutdown.clone()),
         ));
     }
+    let sessions = api::console::Sessions::from_config(&config)
+        .ok_or_else(|| StartError::NoSecretKey("no secret key for console sessions".into()))?;
     let config = SharedConfig::new(config);
     let metrics = Metrics::new();
 
     let (dispatch, dispatch_rx) = Dispatcher::channel();
-    let (ingest, ingest_task) = Ingest::start(store.clone(), dispatch.clone());
+    // The store tells the dispatcher about work it made due, once it is durable.
+    store.set_listener(Arc::new(dispatch.clone()));
+    let (ingest, ingest_task) = Ingest::start(store.clone());
     let (recorder, recorder_task) = delivery::Recorder::start(store.clone());
     let delivery = DeliveryContext {
         store: store.clone(),
@@ -228,6 +238,7 @@ pub async fn start(
         delivery,
         started: std::time::Instant::now(),
         metrics: metrics.clone(),
+        sessions,
     });
     let serve_limits = {
         let limits = &config.current().limits;

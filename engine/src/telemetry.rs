@@ -249,21 +249,20 @@ impl Drop for InFlight {
 }
 
 /// Samples the schedule into the queue gauges every [`QUEUE_SAMPLE_INTERVAL`] (reading at most
-/// [`MAX_QUEUE_SAMPLE_ENTRIES`] keys, off the async threads) and keeps the recorder tidy, until
-/// `shutdown`. Scrapes never scan the store.
-pub async fn run_sampler(store: Store, metrics: Metrics, shutdown: CancellationToken) {
+/// [`MAX_QUEUE_SAMPLE_ENTRIES`] entries) and keeps the recorder tidy, until `shutdown`. Scrapes
+/// never scan the store.
+pub async fn run_sampler(
+    store: std::sync::Arc<dyn Store>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
     loop {
-        let sample = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || {
-                store.schedule_counts(now_ms(), MAX_QUEUE_SAMPLE_ENTRIES)
-            })
+        match store
+            .schedule_counts(now_ms(), MAX_QUEUE_SAMPLE_ENTRIES)
             .await
-        };
-        match sample {
-            Ok(Ok(counts)) => metrics.set_queue(counts.due, counts.scheduled),
-            Ok(Err(err)) => warn!(error = %err, "could not sample the delivery queues"),
-            Err(err) => warn!(error = %err, "the queue sample task failed"),
+        {
+            Ok(counts) => metrics.set_queue(counts.due, counts.scheduled),
+            Err(err) => warn!(error = %err, "could not sample the delivery queues"),
         }
         metrics.run_upkeep();
         tokio::select! {

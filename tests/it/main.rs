@@ -5,10 +5,12 @@
 
 mod api_errors;
 mod batch;
+mod console;
 mod crash;
 mod delivery;
 mod disk;
 mod dns;
+mod event_types;
 mod examples;
 mod faulty;
 mod fuzz;
@@ -19,6 +21,7 @@ mod openapi;
 mod ops;
 mod plugin_fairness;
 mod plugins;
+mod query_params;
 mod restart;
 mod retention;
 mod retries;

@@ -152,16 +152,20 @@ pub async fn list(
         webhook_id,
         status,
         event_type: query.event_type,
+        channel: None,
         after_ms: parse_optional_time("after", query.after.as_deref())?,
         before_ms: parse_optional_time("before", query.before.as_deref())?,
     };
     let cursor = parse_iterator(query.iterator.as_deref(), DeliveryId::parse)?;
-    let page = state.store.list_deliveries(
-        &tenant.id,
-        &filter,
-        cursor.as_ref().map(DeliveryId::as_str),
-        page_limit(query.limit)?,
-    )?;
+    let page = state
+        .store
+        .list_deliveries(
+            &tenant.id,
+            &filter,
+            cursor.as_ref().map(DeliveryId::as_str),
+            page_limit(query.limit)?,
+        )
+        .await?;
     let data = page.items.into_iter().map(DeliveryView::from).collect();
     Ok(ApiJson(ListResponse::new(data, page.next)))
 }
@@ -192,9 +196,10 @@ pub async fn get_one(
     let delivery_id = parse_delivery_id(&id)?;
     let delivery = state
         .store
-        .delivery(&tenant.id, &delivery_id)?
+        .delivery(&tenant.id, &delivery_id)
+        .await?
         .ok_or_else(|| ApiError::not_found("delivery", &id))?;
-    let attempts = state.store.attempts(&tenant.id, &delivery_id)?;
+    let attempts = state.store.attempts(&tenant.id, &delivery_id).await?;
     let mut view = DeliveryView::from(delivery);
     view.attempts = Some(attempts.into_iter().map(AttemptView::from).collect());
     Ok(ApiJson(view))
@@ -224,11 +229,8 @@ pub async fn retry(
     let now = now_ms();
     let delivery = state
         .store
-        .requeue(&tenant.id, &delivery_id, now)?
+        .requeue(&tenant.id, &delivery_id, now)
+        .await?
         .ok_or_else(|| ApiError::not_found("delivery", &id))?;
-    state.store.flush().await?;
-    state
-        .dispatch
-        .enqueued(&tenant.id, &delivery.webhook_id, now);
     Ok((StatusCode::ACCEPTED, ApiJson(DeliveryView::from(delivery))))
 }

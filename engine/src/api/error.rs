@@ -11,7 +11,7 @@ use tracing::error;
 use utoipa::ToSchema;
 
 use crate::ingest::IngestError;
-use crate::store::{SpaceProblem, StoreError, UpdateError};
+use crate::store::{SpaceProblem, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -135,15 +135,6 @@ impl From<StoreError> for ApiError {
             "internal",
             "internal storage error; it has been logged",
         )
-    }
-}
-
-impl From<UpdateError<std::convert::Infallible>> for ApiError {
-    fn from(err: UpdateError<std::convert::Infallible>) -> Self {
-        match err {
-            UpdateError::Store(err) => err.into(),
-            UpdateError::Refused(never) => match never {},
-        }
     }
 }
 

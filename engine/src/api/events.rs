@@ -17,7 +17,7 @@ use super::{
 use crate::config::valid_event_type;
 use crate::fanout;
 use crate::ids::{EventId, now_ms};
-use crate::ingest::IngestOutcome;
+use crate::ingest::{EventInput, IngestOutcome, prepare_event};
 use crate::store::{DeliveryRecord, EventFilter, EventRecord};
 
 /// Deepest nesting of arrays and objects accepted in a payload; receivers' parsers often
@@ -94,7 +94,7 @@ impl EventView {
         (status = 400, description = "Malformed JSON or idempotency key", body = ErrorBody),
         (status = 413, description = "The payload is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "Invalid type, channel, payload depth or idempotency key", body = ErrorBody),
+        (status = 422, description = "Invalid type, channel, payload depth or idempotency key; with `strict_event_types`, an undeclared type (`unknown_event_type`) or a payload failing its type's schema (`payload_schema`, naming the failing path)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "Not accepted: the data dir is short of space (`storage_full`) or read-only (`storage_read_only`), the store cannot take writes (`store_unavailable`), or hookd is shutting down (`shutting_down`)", body = ErrorBody),
     ),
@@ -112,12 +112,12 @@ pub async fn create(
         None => None,
     };
     let limits = &tenant.config.limits;
-    let record = validate(body, header_key, limits.max_payload_bytes)?;
-    let new = crate::ingest::prepare_event(&state.store, &tenant.id, record, None)?;
-    let (event, deliveries) = (new.event.clone(), new.deliveries.clone());
+    let input = validate(body, header_key, limits.max_payload_bytes)?;
+    check_catalogue(tenant.settings(), &input)?;
     let window_ms = limits.idempotency_window.as_millis() as u64;
-    match state.ingest.submit(new, window_ms).await? {
-        IngestOutcome::Created => {
+    let new = prepare_event(state.store.as_ref(), &tenant.id, input, window_ms, None).await?;
+    match state.ingest.submit(new).await? {
+        IngestOutcome::Created { event, deliveries } => {
             state.metrics.event_ingested(&tenant.id);
             info!(tenant = %tenant.id, event_id = %event.id, deliveries = deliveries.len(), "event accepted");
             Ok((
@@ -129,9 +129,13 @@ pub async fn create(
         IngestOutcome::Duplicate(original) => {
             let event = state
                 .store
-                .event(&tenant.id, &original)?
+                .event(&tenant.id, &original)
+                .await?
                 .ok_or_else(|| ApiError::not_found("event", original.as_str()))?;
-            let deliveries = state.store.deliveries_of_event(&tenant.id, &original)?;
+            let deliveries = state
+                .store
+                .deliveries_of_event(&tenant.id, &original)
+                .await?;
             Ok((
                 StatusCode::OK,
                 [("idempotent-replayed", "true")],
@@ -142,12 +146,12 @@ pub async fn create(
     }
 }
 
-/// Checks one event of `POST /v1/events` or of a batch and makes its record (new id, now).
+/// Checks one event of `POST /v1/events` or of a batch (accepted now).
 fn validate(
     body: CreateEvent,
     header_key: Option<String>,
     max_payload_bytes: usize,
-) -> Result<EventRecord, ApiError> {
+) -> Result<EventInput, ApiError> {
     if body.payload.get().len() > max_payload_bytes {
         return Err(ApiError::payload_too_large(format!(
             "the payload is {} bytes; the limit is {}",
@@ -199,13 +203,54 @@ fn validate(
             format!("an idempotency key is 1-{MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
         ));
     }
-    Ok(EventRecord {
-        id: EventId::new(),
+    Ok(EventInput {
         event_type: body.event_type,
         channel: body.channel,
         idempotency_key,
         created_at: now_ms(),
         payload: body.payload,
+    })
+}
+
+/// A tenant with `strict_event_types` takes only declared types, with payloads that match
+/// the type's schema; other tenants' events pass (their schemas only document).
+fn check_catalogue(
+    tenant: &crate::config::TenantConfig,
+    event: &crate::ingest::EventInput,
+) -> Result<(), ApiError> {
+    if !tenant.strict_event_types {
+        return Ok(());
+    }
+    let Some(declared) = tenant.event_type(&event.event_type) else {
+        let names: Vec<&str> = tenant.event_types.iter().map(|t| t.name.as_str()).collect();
+        return Err(ApiError::invalid(
+            "unknown_event_type",
+            format!(
+                "`{}` is not a declared event type of this tenant (strict_event_types); declared: {}",
+                event.event_type,
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        ));
+    };
+    if declared.schema.is_none() {
+        return Ok(());
+    }
+    let payload: serde_json::Value = serde_json::from_str(event.payload.get())
+        .map_err(|err| ApiError::invalid("invalid_body", err.to_string()))?;
+    declared.check(&payload).map_err(|violations| {
+        let places: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        ApiError::invalid(
+            "payload_schema",
+            format!(
+                "the payload does not match the schema of `{}`: {}",
+                event.event_type,
+                places.join("; ")
+            ),
+        )
     })
 }
 
@@ -309,32 +354,32 @@ pub async fn create_batch(
         ));
     }
     let limits = &tenant.config.limits;
+    let window_ms = limits.idempotency_window.as_millis() as u64;
     // Per event: a refusal, or the index of its submission.
     let mut slots: Vec<Result<usize, ApiError>> = Vec::with_capacity(body.events.len());
     let mut prepared = Vec::with_capacity(body.events.len());
     for raw in &body.events {
         let checked = serde_json::from_str::<CreateEvent>(raw.get())
             .map_err(|err| ApiError::invalid("invalid_body", err.to_string()))
-            .and_then(|event| validate(event, None, limits.max_payload_bytes));
+            .and_then(|event| validate(event, None, limits.max_payload_bytes))
+            .and_then(|record| {
+                check_catalogue(tenant.settings(), &record)?;
+                Ok(record)
+            });
         match checked {
-            Ok(record) => {
-                prepared.push(crate::ingest::prepare_event(
-                    &state.store,
-                    &tenant.id,
-                    record,
-                    None,
-                )?);
+            Ok(input) => {
+                prepared.push(
+                    prepare_event(state.store.as_ref(), &tenant.id, input, window_ms, None).await?,
+                );
                 slots.push(Ok(prepared.len() - 1));
             }
             Err(err) => slots.push(Err(err)),
         }
     }
-    let ids: Vec<String> = prepared.iter().map(|n| n.event.id.to_string()).collect();
-    let window_ms = limits.idempotency_window.as_millis() as u64;
-    let outcomes = state.ingest.submit_many(prepared, window_ms).await?;
+    let outcomes = state.ingest.submit_many(prepared).await?;
     let created = outcomes
         .iter()
-        .filter(|o| matches!(o, Ok(IngestOutcome::Created)))
+        .filter(|o| matches!(o, Ok(IngestOutcome::Created { .. })))
         .count();
     let mut outcomes: Vec<Option<_>> = outcomes.into_iter().map(Some).collect();
     let mut results = Vec::with_capacity(slots.len());
@@ -342,11 +387,11 @@ pub async fn create_batch(
         let result = match slot {
             Err(err) => BatchItemResult::refused(err),
             Ok(index) => match outcomes[index].take().expect("one outcome per submission") {
-                Ok(IngestOutcome::Created) => {
+                Ok(IngestOutcome::Created { event, .. }) => {
                     state.metrics.event_ingested(&tenant.id);
                     BatchItemResult {
                         status: 202,
-                        id: Some(ids[index].clone()),
+                        id: Some(event.id.to_string()),
                         error: None,
                     }
                 }
@@ -417,12 +462,15 @@ pub async fn list(
         before_ms: parse_optional_time("before", query.before.as_deref())?,
     };
     let cursor = parse_iterator(query.iterator.as_deref(), EventId::parse)?;
-    let page = state.store.list_events(
-        &tenant.id,
-        &filter,
-        cursor.as_ref().map(EventId::as_str),
-        page_limit(query.limit)?,
-    )?;
+    let page = state
+        .store
+        .list_events(
+            &tenant.id,
+            &filter,
+            cursor.as_ref().map(EventId::as_str),
+            page_limit(query.limit)?,
+        )
+        .await?;
     let data = page
         .items
         .into_iter()
@@ -453,9 +501,13 @@ pub async fn get_one(
     let event_id = EventId::parse(&id).ok_or_else(|| ApiError::not_found("event", &id))?;
     let event = state
         .store
-        .event(&tenant.id, &event_id)?
+        .event(&tenant.id, &event_id)
+        .await?
         .ok_or_else(|| ApiError::not_found("event", &id))?;
-    let deliveries = state.store.deliveries_of_event(&tenant.id, &event_id)?;
+    let deliveries = state
+        .store
+        .deliveries_of_event(&tenant.id, &event_id)
+        .await?;
     Ok(ApiJson(EventView::new(event, Some(deliveries))))
 }
 

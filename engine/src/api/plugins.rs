@@ -12,7 +12,8 @@ use utoipa::ToSchema;
 use super::{
     ApiBody, ApiError, ApiJson, ApiPath, AppState, ErrorBody, Tenant, optional_json, rfc3339,
 };
-use crate::delivery::attempt::{self, AttemptInput, Prepared};
+use crate::delivery::judge::Tried;
+use crate::delivery::prepare::{self, AttemptInput, Prepared};
 use crate::ids::{EventId, WebhookId, now_ms};
 use crate::plugin::{PluginInfo, PluginLoadError, PluginSource};
 use crate::signing;
@@ -238,8 +239,9 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let users: Vec<String> = state
         .store
-        .webhooks_of(&tenant.id)?
-        .into_iter()
+        .webhooks_of(&tenant.id)
+        .await?
+        .iter()
         .filter(|w| w.plugins.iter().any(|p| p.name == name))
         .map(|w| w.id.to_string())
         .collect();
@@ -289,12 +291,20 @@ pub struct SampleEvent {
     channel: Option<String>,
 }
 
+/// One HTTP header (an object rather than a `[name, value]` pair: client generators handle
+/// objects well and tuples badly).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct HeaderField {
+    pub name: String,
+    pub value: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SimulatedRequest {
     url: String,
     method: String,
-    /// `[name, value]` pairs, in order.
-    headers: Vec<(String, String)>,
+    /// The headers, in order (a name may repeat).
+    headers: Vec<HeaderField>,
     /// The body as text when it is UTF-8…
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<String>,
@@ -352,7 +362,8 @@ pub async fn simulate(
                 WebhookId::parse(id).ok_or_else(|| ApiError::not_found("webhook", id))?;
             state
                 .store
-                .webhook(&tenant.id, &webhook_id)?
+                .webhook(&tenant.id, &webhook_id)
+                .await?
                 .ok_or_else(|| ApiError::not_found("webhook", id))?
         }
         None => {
@@ -399,31 +410,27 @@ pub async fn simulate(
         attempt: 1,
         now_ms: now,
     };
-    let (prepared, logs, duration) = attempt::prepare(&state.delivery, &input).await;
+    let preparation = prepare::prepare(&state.delivery, &input).await;
     let mut outcome = SimulateOutcome {
         decision: "deliver",
         request: None,
         filtered_by: None,
         error_code: None,
         error_message: None,
-        logs,
-        duration_ms: duration.as_secs_f64() * 1000.0,
+        logs: preparation.plugin_logs,
+        duration_ms: preparation.chain_time.as_secs_f64() * 1000.0,
     };
-    match prepared {
+    match preparation.prepared {
         Prepared::Send(request) => {
             let text = std::str::from_utf8(&request.body).ok().map(str::to_string);
+            let mut headers = request.headers;
+            headers.push(("content-type".to_string(), request.content_type));
             outcome.request = Some(SimulatedRequest {
-                url: request.url.to_string(),
-                method: request.method.to_string(),
-                headers: request
-                    .headers
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
+                url: request.url,
+                method: request.method,
+                headers: headers
+                    .into_iter()
+                    .map(|(name, value)| HeaderField { name, value })
                     .collect(),
                 body_base64: text
                     .is_none()
@@ -431,14 +438,16 @@ pub async fn simulate(
                 body: text,
             });
         }
-        Prepared::Filtered { plugin } => {
+        Prepared::NotSent(Tried::Filtered { plugin }) => {
             outcome.decision = "filtered";
             outcome.filtered_by = Some(plugin);
         }
-        Prepared::Failed { code, message, .. } => {
+        Prepared::NotSent(tried) => {
             outcome.decision = "failed";
-            outcome.error_code = Some(code);
-            outcome.error_message = Some(message);
+            outcome.error_code = tried.error().map(|e| e.code().to_string());
+            if let Tried::PluginFailed { message, .. } = tried {
+                outcome.error_message = Some(message);
+            }
         }
     }
     Ok(ApiJson(outcome))
@@ -460,6 +469,7 @@ fn sample_webhook(plugins: Vec<PluginAttachment>, now: u64) -> WebhookRecord {
         timeout_ms: None,
         max_in_flight: None,
         rate_limit_per_sec: None,
+        retry_schedule_ms: None,
         metadata: Default::default(),
         plugins,
         failing_since: None,

@@ -10,11 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{ApiError, ApiJson, ApiQuery, AppState, ErrorBody, Tenant, parse_time};
-use crate::retention;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PurgeQuery {
     /// Purge finished deliveries created before this time (RFC 3339 or epoch ms). Required.
+    // `Option` so that a missing value gets this API's own 400, not the extractor's.
+    #[param(required = true, value_type = String)]
     before: Option<String>,
 }
 
@@ -55,14 +57,10 @@ pub async fn purge(
     let before_ms = parse_time("before", before)?;
     // If the client goes away the purge stops after the batch in progress; each batch is
     // complete on its own.
-    let outcome = retention::purge_tenant(
-        &state.store,
-        &tenant.id,
-        before_ms,
-        &CancellationToken::new(),
-    )
-    .await?;
-    state.store.flush().await?;
+    let outcome = state
+        .store
+        .purge(Some(&tenant.id), before_ms, &CancellationToken::new())
+        .await?;
     info!(tenant = %tenant.id, events = outcome.events, deliveries = outcome.deliveries, attempts = outcome.attempts, "deliveries purged on request");
     Ok(ApiJson(PurgeView {
         deliveries: outcome.deliveries,

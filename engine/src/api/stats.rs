@@ -98,7 +98,7 @@ pub struct StatsView {
 }
 
 /// A UTC day (days since the epoch) as `YYYY-MM-DD`.
-fn date(day: u32) -> String {
+pub(super) fn date(day: u32) -> String {
     let mut text = super::rfc3339(u64::from(day) * MS_PER_DAY);
     text.truncate(10);
     text
@@ -169,7 +169,8 @@ pub async fn tenant_stats(
     let (first, last) = day_range(days);
     let rows = state
         .store
-        .stats_days(&tenant.id, StatsScope::Tenant, first, last)?;
+        .stats_days(&tenant.id, StatsScope::Tenant, first, last)
+        .await?;
     Ok(ApiJson(view(None, days, &rows)))
 }
 
@@ -195,14 +196,20 @@ pub async fn webhook_stats(
     ApiQuery(query): ApiQuery<StatsQuery>,
 ) -> Result<ApiJson<StatsView>, ApiError> {
     let webhook_id = WebhookId::parse(&id).ok_or_else(|| ApiError::not_found("webhook", &id))?;
-    if state.store.webhook(&tenant.id, &webhook_id)?.is_none() {
+    if state
+        .store
+        .webhook(&tenant.id, &webhook_id)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::not_found("webhook", &id));
     }
     let days = window(&query)?;
     let (first, last) = day_range(days);
     let rows = state
         .store
-        .stats_days(&tenant.id, StatsScope::Webhook(&webhook_id), first, last)?;
+        .stats_days(&tenant.id, StatsScope::Webhook(&webhook_id), first, last)
+        .await?;
     Ok(ApiJson(view(Some(webhook_id.to_string()), days, &rows)))
 }
 

@@ -1,7 +1,6 @@
 //! `/v1/webhooks`: create, list, get, update, delete, test send, secret rotation, recover.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,9 +19,7 @@ use crate::fanout;
 use crate::ids::{EventId, WebhookId, now_ms};
 use crate::signing;
 use crate::ssrf::{SsrfPolicy, UrlError};
-use crate::store::{
-    DeliveryStatus, EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, WebhookStatus,
-};
+use crate::store::{EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, WebhookStatus};
 
 const MAX_EVENT_TYPE_FILTERS: usize = 100;
 const MAX_CHANNELS: usize = 100;
@@ -66,6 +63,11 @@ pub struct CreateWebhook {
     max_in_flight: Option<u32>,
     #[serde(default)]
     rate_limit_per_sec: Option<u32>,
+    /// Delays before each retry (`["10s", "1m", "1h"]`, at most 50), replacing the tenant's
+    /// schedule; `[]` means no retries. Absent: the tenant's schedule.
+    #[serde(default)]
+    #[schema(example = json!(["10s", "1m", "1h"]))]
+    retry_schedule: Option<Vec<String>>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
     #[serde(default)]
@@ -97,6 +99,9 @@ pub struct UpdateWebhook {
     max_in_flight: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
     rate_limit_per_sec: Option<Option<u32>>,
+    /// Replaces the webhook's retry schedule; `null` goes back to the tenant's.
+    #[serde(default, deserialize_with = "present")]
+    retry_schedule: Option<Option<Vec<String>>>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
     /// `active` re-enables a paused or disabled webhook (clearing its reason); `paused` keeps
@@ -129,6 +134,8 @@ pub struct WebhookView {
     timeout_ms: Option<u64>,
     max_in_flight: Option<u32>,
     rate_limit_per_sec: Option<u32>,
+    /// The webhook's own retry delays; `null` when it follows the tenant's schedule.
+    retry_schedule: Option<Vec<String>>,
     metadata: BTreeMap<String, String>,
     plugins: Vec<PluginAttachment>,
     created_at: String,
@@ -153,6 +160,14 @@ impl From<WebhookRecord> for WebhookView {
             timeout_ms: w.timeout_ms,
             max_in_flight: w.max_in_flight,
             rate_limit_per_sec: w.rate_limit_per_sec,
+            retry_schedule: w.retry_schedule_ms.map(|delays| {
+                delays
+                    .into_iter()
+                    .map(|ms| {
+                        humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+                    })
+                    .collect()
+            }),
             metadata: w.metadata,
             plugins: w.plugins,
             created_at: rfc3339(w.created_at),
@@ -170,7 +185,12 @@ async fn check_url(state: &AppState, tenant: &Tenant, url: &str) -> Result<Strin
     {
         Ok(url) => Ok(url.to_string()),
         Err(UrlError::Blocked(blocked)) => {
-            Err(ApiError::invalid("blocked_address", blocked.to_string()))
+            // The tenant learns only that the address is refused; operators see which.
+            tracing::warn!(tenant = %tenant.id, address = %blocked.ip, kind = blocked.kind, "webhook URL refused: non-public address");
+            Err(ApiError::invalid(
+                "blocked_address",
+                crate::ssrf::BLOCKED_ADDRESS_MESSAGE,
+            ))
         }
         Err(err) => Err(ApiError::invalid("invalid_url", err.to_string())),
     }
@@ -309,6 +329,20 @@ fn check_limits(
     )
 }
 
+/// A webhook's retry schedule, checked like the config's; in ms.
+fn check_retry_schedule(schedule: &[String]) -> Result<Vec<u64>, ApiError> {
+    crate::config::parse_retry_schedule(schedule)
+        .map(|delays| delays.iter().map(|d| d.as_millis() as u64).collect())
+        .map_err(|problems| {
+            let (index, problem) = &problems[0];
+            let place = index.map_or_else(
+                || "`retry_schedule`".to_string(),
+                |i| format!("`retry_schedule[{i}]`"),
+            );
+            ApiError::invalid("invalid_retry_schedule", format!("{place}: {problem}"))
+        })
+}
+
 /// A secret the client chose (checked) or a new random one.
 fn given_or_new_secret(given: Option<String>) -> Result<String, ApiError> {
     match given {
@@ -331,11 +365,12 @@ fn parse_webhook_id(id: &str) -> Result<WebhookId, ApiError> {
     WebhookId::parse(id).ok_or_else(|| ApiError::not_found("webhook", id))
 }
 
-fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<WebhookRecord, ApiError> {
+async fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<WebhookRecord, ApiError> {
     let webhook_id = parse_webhook_id(id)?;
     state
         .store
-        .webhook(&tenant.id, &webhook_id)?
+        .webhook(&tenant.id, &webhook_id)
+        .await?
         .ok_or_else(|| ApiError::not_found("webhook", id))
 }
 
@@ -351,7 +386,7 @@ fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<WebhookRecord, Ap
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 413, description = "The body is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "An invalid field (URL, blocked address, filters, headers, limits, secret, plugins)", body = ErrorBody),
+        (status = 422, description = "An invalid field (URL, blocked address, filters, headers, limits, retry schedule, secret, plugins)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ),
@@ -377,6 +412,11 @@ pub async fn create(
         body.max_in_flight,
         body.rate_limit_per_sec,
     )?;
+    let retry_schedule_ms = body
+        .retry_schedule
+        .as_deref()
+        .map(check_retry_schedule)
+        .transpose()?;
     let secret = given_or_new_secret(body.secret)?;
     let plugins = body.plugins.unwrap_or_default();
     super::plugins::check_chain(&state, &tenant, &plugins).await?;
@@ -401,6 +441,7 @@ pub async fn create(
         timeout_ms: body.timeout_ms,
         max_in_flight: body.max_in_flight,
         rate_limit_per_sec: body.rate_limit_per_sec,
+        retry_schedule_ms,
         metadata,
         plugins,
         failing_since: None,
@@ -444,11 +485,14 @@ pub async fn list(
     ApiQuery(query): ApiQuery<WebhookListQuery>,
 ) -> Result<ApiJson<ListResponse<WebhookView>>, ApiError> {
     let cursor = parse_iterator(query.iterator.as_deref(), WebhookId::parse)?;
-    let page = state.store.list_webhooks(
-        &tenant.id,
-        cursor.as_ref().map(WebhookId::as_str),
-        page_limit(query.limit)?,
-    )?;
+    let page = state
+        .store
+        .list_webhooks(
+            &tenant.id,
+            cursor.as_ref().map(WebhookId::as_str),
+            page_limit(query.limit)?,
+        )
+        .await?;
     let data = page.items.into_iter().map(WebhookView::from).collect();
     Ok(ApiJson(ListResponse::new(data, page.next)))
 }
@@ -471,7 +515,9 @@ pub async fn get_one(
     tenant: Tenant,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<WebhookView>, ApiError> {
-    Ok(ApiJson(WebhookView::from(load(&state, &tenant, &id)?)))
+    Ok(ApiJson(WebhookView::from(
+        load(&state, &tenant, &id).await?,
+    )))
 }
 
 /// Changes the fields present in the body.
@@ -520,6 +566,11 @@ pub async fn update(
         body.max_in_flight.flatten(),
         body.rate_limit_per_sec.flatten(),
     )?;
+    let retry_schedule_ms = match &body.retry_schedule {
+        Some(Some(schedule)) => Some(Some(check_retry_schedule(schedule)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
     if let Some(plugins) = &body.plugins {
         super::plugins::check_chain(&state, &tenant, plugins).await?;
     }
@@ -530,7 +581,7 @@ pub async fn update(
     let now = now_ms();
     let updated = state
         .store
-        .update_webhook(&tenant.id, &webhook_id, |w| {
+        .update_webhook(&tenant.id, &webhook_id, &|w| {
             if let Some(url) = &url {
                 w.url = url.clone();
             }
@@ -558,6 +609,9 @@ pub async fn update(
             if let Some(v) = body.rate_limit_per_sec {
                 w.rate_limit_per_sec = v;
             }
+            if let Some(v) = &retry_schedule_ms {
+                w.retry_schedule_ms = v.clone();
+            }
             if let Some(metadata) = &body.metadata {
                 w.metadata = metadata.clone();
             }
@@ -581,11 +635,9 @@ pub async fn update(
                 _ => {}
             }
             w.updated_at = now;
-            Ok::<_, Infallible>(())
         })
         .await?
         .ok_or_else(|| ApiError::not_found("webhook", &id))?;
-    state.dispatch.webhook_changed(&tenant.id, &webhook_id);
     info!(tenant = %tenant.id, webhook_id = %webhook_id, "webhook updated");
     Ok(ApiJson(WebhookView::from(updated)))
 }
@@ -613,7 +665,6 @@ pub async fn delete(
     if !state.store.delete_webhook(&tenant.id, &webhook_id).await? {
         return Err(ApiError::not_found("webhook", &id));
     }
-    state.dispatch.webhook_changed(&tenant.id, &webhook_id);
     info!(tenant = %tenant.id, webhook_id = %webhook_id, "webhook deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -625,7 +676,8 @@ pub struct TestSend {
     /// Default `hookd.test`.
     #[serde(default, rename = "type")]
     event_type: Option<String>,
-    /// Any JSON; a short sample message by default.
+    /// Any JSON; by default the example payload of the type if the tenant declares one, else
+    /// a short sample message.
     #[serde(default)]
     #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<Box<RawValue>>,
@@ -655,7 +707,7 @@ pub async fn test_send(
     ApiPath(id): ApiPath<String>,
     ApiBody(body): ApiBody,
 ) -> Result<ApiJson<TestSendOutcome>, ApiError> {
-    let webhook = load(&state, &tenant, &id)?;
+    let webhook = load(&state, &tenant, &id).await?;
     let body: TestSend = optional_json(&body)?;
     let event_type = body.event_type.unwrap_or_else(|| "hookd.test".to_string());
     if !crate::config::valid_event_type(&event_type) {
@@ -664,7 +716,13 @@ pub async fn test_send(
             "`type` must be 1-128 of a-z A-Z 0-9 . _ - :",
         ));
     }
-    let payload = body.payload.unwrap_or_else(sample_payload);
+    // A declared type sends its example payload unless the body gives one.
+    let example = tenant
+        .settings()
+        .event_type(&event_type)
+        .and_then(|t| t.example.as_ref())
+        .and_then(|example| serde_json::value::to_raw_value(example).ok());
+    let payload = body.payload.or(example).unwrap_or_else(sample_payload);
     // The same depth limit as ingest: a test send must not hand receivers and plugins a
     // document that no event could carry.
     if super::events::json_depth(payload.get()) > super::events::MAX_PAYLOAD_DEPTH {
@@ -734,7 +792,7 @@ pub async fn rotate_secret(
     let expires_at = now + tenant.config.limits.secret_rotation_overlap.as_millis() as u64;
     state
         .store
-        .update_webhook(&tenant.id, &webhook_id, |w| {
+        .update_webhook(&tenant.id, &webhook_id, &|w| {
             w.secrets.retain(|s| s.expires_at.is_none_or(|t| t > now));
             for old in &mut w.secrets {
                 old.expires_at = Some(old.expires_at.map_or(expires_at, |t| t.min(expires_at)));
@@ -742,7 +800,6 @@ pub async fn rotate_secret(
             w.secrets
                 .insert(0, WebhookSecret::new(new_secret.clone(), now));
             w.updated_at = now;
-            Ok::<_, Infallible>(())
         })
         .await?
         .ok_or_else(|| ApiError::not_found("webhook", &id))?;
@@ -791,27 +848,9 @@ pub async fn recover(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Recover>,
 ) -> Result<(StatusCode, ApiJson<Recovered>), ApiError> {
-    let webhook = load(&state, &tenant, &id)?;
+    let webhook = load(&state, &tenant, &id).await?;
     let since = parse_time("since", &body.since)?;
-    let failed = state.store.webhook_deliveries_with_status(
-        &tenant.id,
-        &webhook.id,
-        DeliveryStatus::Failed,
-        since,
-    )?;
-    let now = now_ms();
-    for delivery_id in &failed {
-        state.store.requeue(&tenant.id, delivery_id, now)?;
-    }
-    state.store.flush().await?;
-    if !failed.is_empty() {
-        state.dispatch.enqueued(&tenant.id, &webhook.id, now);
-    }
-    info!(tenant = %tenant.id, webhook_id = %webhook.id, requeued = failed.len(), "failed deliveries recovered");
-    Ok((
-        StatusCode::ACCEPTED,
-        ApiJson(Recovered {
-            requeued: failed.len(),
-        }),
-    ))
+    let requeued = state.store.recover(&tenant.id, &webhook.id, since).await?;
+    info!(tenant = %tenant.id, webhook_id = %webhook.id, requeued, "failed deliveries recovered");
+    Ok((StatusCode::ACCEPTED, ApiJson(Recovered { requeued })))
 }

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use super::DeliveryContext;
 use super::attempt;
 use crate::ids::{DeliveryId, WebhookId, now_ms};
-use crate::store::WebhookStatus;
+use crate::store::{WebhookStatus, WorkListener};
 
 /// How long shutdown waits for attempts in flight before abandoning them (they stay queued).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -51,12 +51,13 @@ enum DispatchMsg {
     ConfigChanged,
 }
 
-/// Cheap handle for telling the dispatcher about new work.
+/// Cheap handle for telling the dispatcher about new work. The store holds one as its
+/// [`WorkListener`]: the write that makes work due tells the dispatcher.
 #[derive(Debug, Clone)]
 pub struct DispatchHandle(mpsc::UnboundedSender<DispatchMsg>);
 
-impl DispatchHandle {
-    pub fn enqueued(&self, tenant: &str, webhook: &WebhookId, due_ms: u64) {
+impl WorkListener for DispatchHandle {
+    fn due(&self, tenant: &str, webhook: &WebhookId, due_ms: u64) {
         let _ = self.0.send(DispatchMsg::Enqueued {
             tenant: tenant.to_string(),
             webhook: webhook.clone(),
@@ -64,13 +65,15 @@ impl DispatchHandle {
         });
     }
 
-    pub fn webhook_changed(&self, tenant: &str, webhook: &WebhookId) {
+    fn webhook_changed(&self, tenant: &str, webhook: &WebhookId) {
         let _ = self.0.send(DispatchMsg::WebhookChanged {
             tenant: tenant.to_string(),
             webhook: webhook.clone(),
         });
     }
+}
 
+impl DispatchHandle {
     pub fn config_changed(&self) {
         let _ = self.0.send(DispatchMsg::ConfigChanged);
     }
@@ -134,7 +137,7 @@ impl Dispatcher {
     /// Runs until `shutdown`, then lets attempts in flight finish for up to
     /// [`SHUTDOWN_GRACE`] and abandons the rest (they stay queued and run after restart).
     pub async fn run(mut self, shutdown: CancellationToken) {
-        match self.ctx.store.all_webhook_ids() {
+        match self.ctx.store.all_webhook_ids().await {
             Ok(ids) => {
                 for key in ids {
                     self.wake(key, 0);
@@ -143,7 +146,7 @@ impl Dispatcher {
             Err(err) => warn!(error = %err, "could not list webhooks; queues start on first event"),
         }
         loop {
-            self.run_due();
+            self.run_due().await;
             let next_wake = self.timers.first().map(|(at, _)| *at);
             let sleep = async {
                 match next_wake {
@@ -158,14 +161,14 @@ impl Dispatcher {
                 biased;
                 _ = shutdown.cancelled() => break,
                 msg = self.rx.recv() => match msg {
-                    Some(msg) => self.handle(msg),
+                    Some(msg) => self.handle(msg).await,
                     None => break,
                 },
                 Some(_) = self.attempts.join_next(), if !self.attempts.is_empty() => {}
                 _ = sleep => {}
             }
             while let Ok(msg) = self.rx.try_recv() {
-                self.handle(msg);
+                self.handle(msg).await;
             }
         }
         let drain = async { while self.attempts.join_next().await.is_some() {} };
@@ -178,7 +181,7 @@ impl Dispatcher {
         }
     }
 
-    fn handle(&mut self, msg: DispatchMsg) {
+    async fn handle(&mut self, msg: DispatchMsg) {
         match msg {
             DispatchMsg::Enqueued {
                 tenant,
@@ -205,7 +208,7 @@ impl Dispatcher {
                     if let Some(queue) = self.queues.get_mut(&waiting) {
                         queue.waiting_for_permit = false;
                     }
-                    self.fill(&waiting, now, true);
+                    self.fill(&waiting, now, true).await;
                 }
                 self.wake(key, 0);
             }
@@ -251,7 +254,7 @@ impl Dispatcher {
         }
     }
 
-    fn run_due(&mut self) {
+    async fn run_due(&mut self) {
         let now = now_ms();
         while let Some((at, _)) = self.timers.first()
             && *at <= now
@@ -260,20 +263,24 @@ impl Dispatcher {
             if let Some(queue) = self.queues.get_mut(&key) {
                 queue.wake_at = None;
             }
-            self.fill(&key, now, false);
+            self.fill(&key, now, false).await;
         }
     }
 
     /// Starts as many due attempts of one webhook as its limits allow. Unless the queue is
     /// being served from the waiting list (`from_waiting`), it takes no permit while others
     /// wait for one: it joins them instead.
-    fn fill(&mut self, key: &QueueKey, now: u64, from_waiting: bool) {
+    async fn fill(&mut self, key: &QueueKey, now: u64, from_waiting: bool) {
         let (tenant, webhook_id) = key;
-        let Some(queue) = self.queues.get_mut(key) else {
+        let Some(queue) = self.queues.get(key) else {
             return;
         };
         if queue.settings.is_none() {
-            match self.ctx.store.webhook(tenant, webhook_id) {
+            let read = self.ctx.store.webhook(tenant, webhook_id).await;
+            let Some(queue) = self.queues.get_mut(key) else {
+                return;
+            };
+            match read {
                 Ok(Some(webhook)) => {
                     let config = self.ctx.config.current();
                     let default_cap = config
@@ -303,6 +310,9 @@ impl Dispatcher {
                 }
             }
         }
+        let Some(queue) = self.queues.get(key) else {
+            return;
+        };
         let settings = queue.settings.as_ref().expect("loaded above");
         if !settings.active || queue.waiting_for_permit {
             return;
@@ -311,13 +321,12 @@ impl Dispatcher {
         if capacity == 0 {
             return; // a completion wakes the queue
         }
-        let head = match self.ctx.store.queue_head(
-            tenant,
-            webhook_id,
-            &queue.in_flight,
-            now,
-            capacity,
-        ) {
+        let claimed = self
+            .ctx
+            .store
+            .claim_due(tenant, webhook_id, &queue.in_flight, now, capacity)
+            .await;
+        let head = match claimed {
             Ok(head) => head,
             Err(err) => {
                 warn!(tenant, webhook_id = %webhook_id, error = %err, "could not read queue; retrying in 1s");
@@ -325,9 +334,13 @@ impl Dispatcher {
                 return;
             }
         };
+        let Some(queue) = self.queues.get_mut(key) else {
+            return;
+        };
+        let settings = queue.settings.as_ref().expect("loaded above");
         let mut next_wake = head.next_due.filter(|next| *next > now);
         let mut started = 0;
-        for delivery in head.due {
+        for claim in head.due {
             if let Some(limiter) = &settings.limiter
                 && let Err(not_until) = limiter.check()
             {
@@ -346,16 +359,17 @@ impl Dispatcher {
                 next_wake = None;
                 break;
             };
-            queue.in_flight.insert(delivery.clone());
+            queue.in_flight.insert(claim.delivery_id.clone());
             started += 1;
             let ctx = self.ctx.clone();
             let (tenant, webhook_id) = (tenant.clone(), webhook_id.clone());
             let in_flight = ctx.metrics.attempt_in_flight();
             self.attempts.spawn(async move {
                 let _in_flight = in_flight;
-                attempt::run(&ctx, &tenant, &webhook_id, &delivery).await;
+                attempt::run(&ctx, &tenant, &webhook_id, &claim).await;
                 drop(permit);
-                ctx.dispatch.completed(tenant, webhook_id, delivery);
+                ctx.dispatch
+                    .completed(tenant, webhook_id, claim.delivery_id);
             });
         }
         if started > 0 {

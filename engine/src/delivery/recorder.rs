@@ -1,20 +1,22 @@
 //! The attempt recorder: group commit for attempt outcomes.
 //!
 //! Every finished attempt hands its record and delivery update to one recorder task, which
-//! writes all outcomes waiting at that moment in one sled transaction (attempt log, delivery
-//! state, schedule entry and statistics counters for each). Under load many attempts share
-//! one transaction, so the hot statistics counters are read and written once per group instead
-//! of once per attempt. Outcomes are not flushed here: a crash before sled's periodic flush
-//! only makes the delivery due again (same `webhook-id`), which the delivery contract allows.
+//! gives all outcomes waiting at that moment to the store as one group
+//! ([`Store::record_attempts`]: attempt log, delivery state, schedule entry and statistics
+//! counters for each). Under load many attempts share one write. Outcomes are not flushed
+//! here: a crash before the store's periodic flush only makes the delivery due again (same
+//! `webhook-id`), which the delivery contract allows.
+
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{AttemptOutcome, DeliveryRecord, Store, StoreError};
+use crate::store::{AttemptOutcome, Store, StoreError};
 
 /// Most outcomes written in one transaction.
 const MAX_GROUP: usize = 512;
 
-type Reply = oneshot::Sender<Result<Option<DeliveryRecord>, StoreError>>;
+type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 /// Handle for recording outcomes; cheap to clone.
 #[derive(Clone, Debug)]
@@ -24,17 +26,13 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the recorder task. It ends when every `Recorder` handle is dropped.
-    pub fn start(store: Store) -> (Recorder, tokio::task::JoinHandle<()>) {
+    pub fn start(store: Arc<dyn Store>) -> (Recorder, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Recorder { tx }, tokio::spawn(record_loop(store, rx)))
     }
 
-    /// Records one outcome (with whatever else is waiting) and returns the updated delivery,
-    /// or `None` if it no longer exists.
-    pub async fn record(
-        &self,
-        outcome: AttemptOutcome,
-    ) -> Result<Option<DeliveryRecord>, StoreError> {
+    /// Records one outcome (with whatever else is waiting).
+    pub async fn record(&self, outcome: AttemptOutcome) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((outcome, reply))
@@ -45,11 +43,14 @@ impl Recorder {
     }
 }
 
-async fn record_loop(store: Store, mut rx: mpsc::UnboundedReceiver<(AttemptOutcome, Reply)>) {
+async fn record_loop(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<(AttemptOutcome, Reply)>,
+) {
     let mut group = Vec::with_capacity(64);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         let (outcomes, replies): (Vec<AttemptOutcome>, Vec<Reply>) = group.drain(..).unzip();
-        match store.record_attempts(&outcomes) {
+        match store.record_attempts(outcomes).await {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);

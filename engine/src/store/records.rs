@@ -90,6 +90,9 @@ pub struct WebhookRecord {
     pub max_in_flight: Option<u32>,
     #[serde(default)]
     pub rate_limit_per_sec: Option<u32>,
+    /// Delays before each retry, in ms, replacing the tenant's schedule (`None`: the tenant's).
+    #[serde(default)]
+    pub retry_schedule_ms: Option<Vec<u64>>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
@@ -159,6 +162,9 @@ pub struct DeliveryRecord {
     pub event_id: EventId,
     pub webhook_id: WebhookId,
     pub event_type: String,
+    /// The event's channel.
+    #[serde(default)]
+    pub channel: Option<String>,
     pub status: DeliveryStatus,
     /// Attempts made so far.
     pub attempts: u32,

@@ -8,31 +8,16 @@
 //! entry, and never holds the store for longer than one batch. Statistics counters are not
 //! touched: they are aggregates, not rows (see `stats.rs`).
 
-use serde::Serialize;
 use sled::IVec;
 
-use super::{DeliveryRecord, EventRecord, IdempotencyEntry, Result, Store, decode, keys, tx_error};
+use super::{
+    DeliveryRecord, EventRecord, IdempotencyEntry, PurgeOutcome, Result, SledStore, decode, keys,
+    tx_error,
+};
 use crate::ids::{DeliveryId, EventId};
 
-/// What a purge removed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PurgeOutcome {
-    pub events: u64,
-    pub deliveries: u64,
-    pub attempts: u64,
-}
-
-impl PurgeOutcome {
-    pub fn add(&mut self, other: PurgeOutcome) {
-        self.events += other.events;
-        self.deliveries += other.deliveries;
-        self.attempts += other.attempts;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == PurgeOutcome::default()
-    }
-}
+/// Keys one purge batch removes at most (one sled transaction).
+pub const PURGE_BATCH_KEYS: usize = 2_000;
 
 /// A delivery of a candidate event, as read before the transaction.
 struct DeliveryCandidate {
@@ -58,7 +43,7 @@ fn event_id_bound(ms: u64) -> String {
     format!("{}{:012x}", EventId::PREFIX, ms.min(0xffff_ffff_ffff))
 }
 
-impl Store {
+impl SledStore {
     /// Tenants that have at least one event stored (whether or not still in the config).
     pub fn tenants_with_events(&self) -> Result<Vec<String>> {
         let mut tenants = Vec::new();
@@ -227,9 +212,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::super::StoredEvent as NewEvent;
     use super::*;
     use crate::ids::{AttemptId, WebhookId};
-    use crate::store::{AttemptRecord, DeliveryStatus, DeliveryUpdate, NewEvent};
+    use crate::store::{AttemptRecord, DeliveryStatus, DeliveryUpdate};
     use std::collections::HashSet;
 
     fn new_event(webhooks: &[&WebhookId], idempotency_key: Option<&str>) -> NewEvent {
@@ -252,6 +238,7 @@ mod tests {
                     event_id: id.clone(),
                     webhook_id: (*w).clone(),
                     event_type: "order.paid".into(),
+                    channel: None,
                     status: DeliveryStatus::Pending,
                     attempts: 0,
                     created_at: at,
@@ -266,7 +253,7 @@ mod tests {
         }
     }
 
-    fn finish(store: &Store, delivery: &DeliveryRecord, status: DeliveryStatus) {
+    fn finish(store: &SledStore, delivery: &DeliveryRecord, status: DeliveryStatus) {
         let attempt = AttemptRecord {
             id: AttemptId::new(),
             delivery_id: delivery.id.clone(),
@@ -291,7 +278,7 @@ mod tests {
         store.record_attempt("acme", &attempt, &update).unwrap();
     }
 
-    fn purge_all(store: &Store, tenant: &str, before_ms: u64, max_keys: usize) -> PurgeOutcome {
+    fn purge_all(store: &SledStore, tenant: &str, before_ms: u64, max_keys: usize) -> PurgeOutcome {
         let mut total = PurgeOutcome::default();
         let mut after = None;
         loop {
@@ -306,7 +293,7 @@ mod tests {
         }
     }
 
-    fn all_keys(store: &Store) -> Vec<Vec<u8>> {
+    fn all_keys(store: &SledStore) -> Vec<Vec<u8>> {
         store
             .tree
             .iter()
@@ -318,7 +305,7 @@ mod tests {
     #[test]
     fn finished_records_go_with_every_key_that_points_at_them_and_queued_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
+        let store = SledStore::open(
             dir.path(),
             std::sync::Arc::new(crate::secrets::Keyring::random()),
         )
@@ -416,7 +403,7 @@ mod tests {
     #[test]
     fn a_delivery_retried_after_it_was_read_is_not_purged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
+        let store = SledStore::open(
             dir.path(),
             std::sync::Arc::new(crate::secrets::Keyring::random()),
         )
@@ -456,7 +443,7 @@ mod tests {
     #[test]
     fn tenants_with_events_lists_each_tenant_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
+        let store = SledStore::open(
             dir.path(),
             std::sync::Arc::new(crate::secrets::Keyring::random()),
         )
