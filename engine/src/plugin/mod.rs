@@ -2,7 +2,7 @@
 //! `hookd:plugin@0.1.0`, see `wit/`) loaded, checked, stored and run under hard budgets.
 //!
 //! [`PluginHost`] is the only entry point. It owns:
-//! - one wasmtime engine (cranelift, pooling allocator, epoch deadlines from a ~10 ms ticker,
+//! - one wasmtime engine (cranelift, pooling allocator, epoch deadlines from a 1 ms ticker,
 //!   optional fuel) and the compile cache on disk (`runtime.rs`);
 //! - the load pipeline shared by uploads, restarts and the admin directory: size → component
 //!   check → compile on the blocking pool with a timeout → import allow-list → link → export
