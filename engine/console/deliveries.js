@@ -2,7 +2,7 @@
 // attempt (request as sent, response, latency, error, plugin logs), retry and replay.
 
 import { get, post } from './api.js';
-import { h, clear, time, badge, facts, table, field, toast, errorBox, json } from './dom.js';
+import { h, clear, time, badge, facts, table, field, toast, errorBox, json, dialog } from './dom.js';
 import { go, href } from './nav.js';
 
 const STATUSES = ['', 'pending', 'in_flight', 'delivered', 'failed', 'filtered'];
@@ -94,8 +94,34 @@ async function renderList(main, params) {
     }
   };
   more.addEventListener('click', load);
-  main.append(wrap, status, more);
+  const replayAll = h('button', { type: 'button', class: 'secondary', id: 'replay-matching', onclick: () => replayMatching(filters) },
+    'Replay matching…');
+  main.append(wrap, status, h('div', { class: 'actions wrap' }, more, replayAll));
   await load();
+}
+
+/** Bulk replay of the filtered deliveries: a dry-run count first, then up to 1000 per click. */
+async function replayMatching(filters) {
+  try {
+    const count = await post('/v1/deliveries/replay', { ...filters, dry_run: true });
+    const n = count.matched;
+    const choice = await dialog('Replay matching deliveries?',
+      h('p', {}, n === 0 ? 'No delivery matches these filters.'
+        : `${n}${count.truncated ? '+' : ''} deliveries match. Each one's event is sent again to its webhook as a new delivery.`),
+      n === 0 ? [{ label: 'Close', value: 'close' }] : [{ label: 'Replay', value: 'replay' }, { label: 'Cancel', value: 'cancel' }]);
+    if (choice !== 'replay') return;
+    // 1000 per request, each going on where the previous one stopped.
+    let replayed = 0;
+    let iterator = null;
+    do {
+      const r = await post('/v1/deliveries/replay', { ...filters, limit: 1000, iterator });
+      replayed += r.replayed;
+      iterator = r.iterator;
+      toast(`Replayed ${replayed} deliveries${iterator ? '…' : '.'}`);
+    } while (iterator);
+  } catch (err) {
+    toast(`${err.code}: ${err.message}`, 'error');
+  }
 }
 
 function headersTable(headers) {
@@ -116,7 +142,9 @@ function attemptView(a, open) {
       ['Error', a.error_code ? `${a.error_code}${a.error_message ? `: ${a.error_message}` : ''}` : '—'],
       ['Next attempt', time(a.next_attempt_at)],
       ['Request headers', req ? headersTable(req.headers) : '—'],
-      ['Request body', req ? h('pre', { class: 'body' }, req.body ?? '', req.body_truncated ? h('em', {}, `\n… truncated (${req.body_bytes} bytes sent)`) : null) : '—'],
+      ['Request', req ? `${req.method} ${req.url}` : 'nothing was sent'],
+      ['Request body', req ? h('pre', { class: 'body' }, req.body_base64 ? `(base64) ${req.body}` : req.body,
+        req.body_truncated ? h('em', {}, `\n… truncated: ${req.body_bytes} bytes were sent`) : null) : '—'],
       ['Response', a.response_snippet ? h('pre', { class: 'body' }, a.response_snippet) : '—'],
       ['Plugin logs', a.plugin_logs && a.plugin_logs.length ? h('pre', {}, a.plugin_logs.join('\n')) : '—'],
     ]));
@@ -171,7 +199,7 @@ async function retry(d, outcome) {
 async function replay(d, outcome) {
   try {
     const r = await post(`/v1/events/${encodeURIComponent(d.event_id)}/replay`, { webhook_id: d.webhook_id });
-    const created = r.deliveries || [];
+    const created = (r.event && r.event.deliveries) || [];
     clear(outcome).append(h('p', {}, `Replayed as ${created.length} new deliver${created.length === 1 ? 'y' : 'ies'}: `,
       created.map((n) => h('a', { href: `#/deliveries/${encodeURIComponent(n.id)}` }, n.id))));
   } catch (err) {

@@ -5,8 +5,6 @@ import { get, call, patch, del } from './api.js';
 import { h, clear, time, table, field, toast, errorBox, json, facts, badge, dialog } from './dom.js';
 import { go } from './nav.js';
 
-const NAME = /^[a-z0-9][a-z0-9_.-]{0,63}$/i;
-
 export async function render(main) {
   const [plugins, webhooks] = await Promise.all([
     get('/v1/plugins'),
@@ -42,7 +40,7 @@ async function remove(name) {
 }
 
 function uploadForm() {
-  const name = h('input', { id: 'plugin-name', required: true, pattern: NAME.source });
+  const name = h('input', { id: 'plugin-name', required: true, autocomplete: 'off' });
   const file = h('input', { id: 'plugin-file', type: 'file', accept: '.wasm,application/wasm', required: true });
   const out = h('div', { 'aria-live': 'polite' });
   const form = h('form', { class: 'card', id: 'upload-form' }, h('h2', {}, 'Upload a plugin'),

@@ -55,7 +55,7 @@ async fn wait_count(b: &Browser, css: &str, n: usize) {
 async fn a_tenant_signs_in_creates_a_webhook_tests_it_and_follows_its_deliveries() {
     let engine = TestEngine::start().await;
     let receiver = Receiver::start().await;
-    let mut b = Browser::start("tenant_flow", 1280, 900).await;
+    let b = Browser::start("tenant_flow", 1280, 900).await;
     b.goto(&engine.url("/console")).await;
     b.find("#sign-in").await;
     b.shot("sign-in").await;
@@ -153,6 +153,13 @@ async fn a_tenant_signs_in_creates_a_webhook_tests_it_and_follows_its_deliveries
     wait_count(&b, "details.attempt", 1).await;
     let attempt = b.text("details.attempt[data-attempt='1']").await;
     assert!(attempt.contains("HTTP 200"), "{attempt}");
+    // What was sent: headers with the signature hidden, the body as text.
+    assert!(
+        attempt.contains("webhook-signature") && attempt.contains("hidden"),
+        "{attempt}"
+    );
+    assert!(!attempt.contains("v1,"), "{attempt}");
+    assert!(attempt.contains(XSS), "{attempt}");
     b.shot("delivery").await;
     b.assert_clean("the delivery page", &[]).await;
 
@@ -282,7 +289,7 @@ async fn the_console_fits_360_px_works_by_keyboard_and_has_an_admin_view() {
         .wait_delivery(event["deliveries"][0]["id"].as_str().unwrap(), "delivered")
         .await;
 
-    let mut b = Browser::start("narrow_keyboard_admin", 360, 800).await;
+    let b = Browser::start("narrow_keyboard_admin", 360, 800).await;
     b.goto(&engine.url("/console")).await;
     // The key field has the focus: type and press Enter.
     b.wait_until(
@@ -355,5 +362,91 @@ async fn the_console_fits_360_px_works_by_keyboard_and_has_an_admin_view() {
     );
     b.shot("admin").await;
     b.assert_clean("the admin view", &[]).await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_uploaded_attached_and_simulated_on_a_past_event_and_events_replayed() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    let webhook = engine.create_webhook(json!({"url": receiver.url})).await;
+    let event = engine
+        .send_event("user.created", json!({"kind": "order", "n": 1}))
+        .await;
+    let delivery_id = event["deliveries"][0]["id"].as_str().unwrap().to_string();
+    engine.wait_delivery(&delivery_id, "delivered").await;
+
+    let b = Browser::start("plugins_replay", 1280, 900).await;
+    b.goto(&engine.url("/console")).await;
+    sign_in(&b, ACME_KEY).await;
+    b.wait_heading("Webhooks").await;
+
+    // Upload a real component through the file input.
+    b.click("#nav a[href='#/plugins']").await;
+    b.wait_heading("Plugins").await;
+    b.type_into("#plugin-name", "only-orders").await;
+    let component = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/dist/json-filter.wasm")
+        .canonicalize()
+        .expect("plugins/dist is built (scripts/test.sh)");
+    b.find("#plugin-file")
+        .await
+        .send_keys(component.to_str().unwrap())
+        .await
+        .unwrap();
+    b.click("#upload-form button[type=submit]").await;
+    b.find("tr[data-plugin='only-orders']").await;
+    b.shot("plugin-uploaded").await;
+
+    // Simulate it on the past event: kind "order" is allowed, so it would deliver.
+    let config = r#"{"path": "data.kind", "allowed": ["order"]}"#;
+    b.type_into("#simulate-config", config).await;
+    b.find("#simulate-source option[value='event']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.type_into("#simulate-event", event["id"].as_str().unwrap())
+        .await;
+    b.click("#simulate-form button[type=submit]").await;
+    b.wait_until(
+        "the simulation",
+        "const b = document.querySelector('#simulate-outcome .badge'); return b && b.textContent;",
+    )
+    .await;
+    assert_eq!(b.text("#simulate-outcome .badge").await, "deliver");
+    assert!(
+        b.text("#simulate-outcome")
+            .await
+            .contains("\"kind\":\"order\"")
+    );
+    b.shot("simulated").await;
+
+    // Attach it to the webhook.
+    b.type_into(
+        "#attach-config",
+        r#"{"path": "data.kind", "allowed": ["invoice"]}"#,
+    )
+    .await;
+    b.click("#attach-form button[type=submit]").await;
+    b.wait_heading("Webhook").await;
+    let (_, attached) = engine
+        .get(&format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(attached["plugins"][0]["name"], "only-orders");
+    b.assert_clean("plugins", &[]).await;
+
+    // Replay the delivered event: the new delivery is filtered by the plugin now attached.
+    b.goto(&engine.url(&format!("/console#/deliveries/{delivery_id}")))
+        .await;
+    b.wait_heading("Delivery").await;
+    b.click("#replay-event").await;
+    let link = b.find("#delivery-action-outcome a").await;
+    let replayed = link.text().await.unwrap();
+    assert!(replayed.starts_with("dlv_") && replayed != delivery_id);
+    engine.wait_delivery(&replayed, "filtered").await;
+    assert_eq!(receiver.count(), 1);
+    b.shot("replayed").await;
+    b.assert_clean("replay", &[]).await;
     b.close().await;
 }

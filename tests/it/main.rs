@@ -3,8 +3,10 @@
 // Tests play producers and API clients, so they build plain HTTP clients of their own.
 #![allow(clippy::disallowed_methods)]
 
+mod api_clients;
 mod api_errors;
 mod batch;
+mod capture;
 mod console;
 mod crash;
 mod delivery;
@@ -22,6 +24,7 @@ mod ops;
 mod plugin_fairness;
 mod plugins;
 mod query_params;
+mod replay;
 mod restart;
 mod retention;
 mod retries;

@@ -63,7 +63,7 @@ pub struct EventView {
 }
 
 impl EventView {
-    fn new(event: EventRecord, deliveries: Option<Vec<DeliveryRecord>>) -> Self {
+    pub(super) fn new(event: EventRecord, deliveries: Option<Vec<DeliveryRecord>>) -> Self {
         EventView {
             id: event.id.to_string(),
             event_type: event.event_type,

@@ -17,6 +17,7 @@ mod events;
 mod ops;
 mod plugins;
 mod query_rules;
+mod replay;
 mod retention;
 pub mod serve;
 mod stats;
@@ -75,6 +76,8 @@ fn routes(upload_limit: usize, batch_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(events::create_batch).layer(DefaultBodyLimit::max(batch_limit)))
         .routes(routes!(events::get_one))
         .routes(routes!(event_types::list))
+        .routes(routes!(replay::replay_event))
+        .routes(routes!(replay::replay_deliveries))
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(
             webhooks::get_one,

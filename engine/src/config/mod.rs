@@ -98,6 +98,8 @@ pub struct DeliveryConfig {
     /// Engine-wide cap on concurrent attempts (global setting only).
     pub max_in_flight: usize,
     pub max_response_body_bytes: usize,
+    /// Bytes of each sent request body kept in the attempt log (0: none).
+    pub max_request_capture_bytes: usize,
     pub max_retry_after: Duration,
     /// A webhook failing without a single success for this long is disabled.
     pub disable_after: Duration,

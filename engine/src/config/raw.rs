@@ -100,6 +100,7 @@ pub struct RawDelivery {
     pub max_in_flight_per_webhook: Option<u32>,
     pub max_in_flight: Option<usize>,
     pub max_response_body_bytes: Option<usize>,
+    pub max_request_capture_bytes: Option<usize>,
     pub max_retry_after: Option<String>,
     pub disable_after: Option<String>,
     pub failing_event_after_attempts: Option<u32>,

@@ -841,6 +841,7 @@ impl Default for DeliveryConfig {
             max_in_flight_per_webhook: 8,
             max_in_flight: 256,
             max_response_body_bytes: 4096,
+            max_request_capture_bytes: 64 * 1024,
             max_retry_after: Duration::from_secs(HOUR),
             disable_after: Duration::from_secs(5 * 24 * HOUR),
             failing_event_after_attempts: 3,
@@ -920,6 +921,15 @@ fn delivery_config(
             c.push(key("max_response_body_bytes"), "must be at most 1048576");
         }
         out.max_response_body_bytes = n.min(1024 * 1024);
+    }
+    if let Some(n) = raw.max_request_capture_bytes {
+        if n > 16 * 1024 * 1024 {
+            c.push(
+                key("max_request_capture_bytes"),
+                "must be at most 16777216 (16 MiB)",
+            );
+        }
+        out.max_request_capture_bytes = n.min(16 * 1024 * 1024);
     }
     if raw.max_retry_after.is_some() {
         out.max_retry_after = c.duration(

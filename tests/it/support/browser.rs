@@ -55,7 +55,7 @@ pub struct Browser {
     driver_pid: u32,
     _profile: tempfile::TempDir,
     test: String,
-    shots: Vec<(String, Vec<u8>)>,
+    shots: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
 }
 
 impl Browser {
@@ -117,7 +117,7 @@ impl Browser {
             driver_pid,
             _profile: profile,
             test: test.to_string(),
-            shots: Vec::new(),
+            shots: Default::default(),
         }
     }
 
@@ -132,10 +132,10 @@ impl Browser {
             if let Ok(element) = self.client.find(Locator::Css(css)).await {
                 return element;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no element `{css}` after {WAIT:?}"
-            );
+            if Instant::now() >= deadline {
+                self.shot("no-such-element").await;
+                panic!("no element `{css}` after {WAIT:?}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -160,7 +160,10 @@ impl Browser {
             {
                 return value;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            if Instant::now() >= deadline {
+                self.shot("timed-out").await;
+                panic!("timed out waiting for {what}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -201,9 +204,9 @@ impl Browser {
     }
 
     /// Keeps a screenshot of the current page under `name` (written only if the test fails).
-    pub async fn shot(&mut self, name: &str) {
+    pub async fn shot(&self, name: &str) {
         if let Ok(png) = self.client.screenshot().await {
-            self.shots.push((name.to_string(), png));
+            self.shots.lock().unwrap().push((name.to_string(), png));
         }
     }
 
@@ -242,12 +245,13 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         let keep = std::thread::panicking() || std::env::var_os("HOOKD_KEEP_SCREENSHOTS").is_some();
-        if keep && !self.shots.is_empty() {
+        let shots = std::mem::take(&mut *self.shots.lock().unwrap_or_else(|e| e.into_inner()));
+        if keep && !shots.is_empty() {
             let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("../target/console-screenshots")
                 .join(&self.test);
             let _ = std::fs::create_dir_all(&dir);
-            for (i, (name, png)) in self.shots.iter().enumerate() {
+            for (i, (name, png)) in shots.iter().enumerate() {
                 let _ = std::fs::write(dir.join(format!("{i:02}-{name}.png")), png);
             }
             eprintln!("screenshots of {} written to {}", self.test, dir.display());
