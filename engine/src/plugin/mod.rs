@@ -28,6 +28,7 @@
 
 mod bindings;
 mod chain;
+mod cputime;
 mod error;
 mod persist;
 mod policy;
@@ -423,7 +424,7 @@ impl PluginHost {
     ) -> ChainRun {
         let started = Instant::now();
         let mut waited = Duration::ZERO;
-        let finish = |outcome, logs: Option<sandbox::LogBuffer>, waited: Duration| {
+        let finish = |outcome, logs: Option<sandbox::LogBuffer>, waited: Duration, cpu| {
             let (logs, logs_truncated) = match logs {
                 Some(buffer) => {
                     let truncated = buffer.truncated();
@@ -437,6 +438,7 @@ impl PluginHost {
                 logs_truncated,
                 duration: started.elapsed().saturating_sub(waited),
                 waited,
+                cpu,
             }
         };
 
@@ -450,12 +452,17 @@ impl PluginHost {
                         code: PluginFailureCode::NotFound,
                         message: format!("plugin {:?} is not installed", step.name),
                     };
-                    return finish(outcome, None, waited);
+                    return finish(outcome, None, waited, Duration::ZERO);
                 }
             }
         }
         if steps.is_empty() {
-            return finish(ChainOutcome::Deliver(request.into_outbound()), None, waited);
+            return finish(
+                ChainOutcome::Deliver(request.into_outbound()),
+                None,
+                waited,
+                Duration::ZERO,
+            );
         }
 
         let slots = self.tenant_slots(tenant, settings.max_concurrent_calls_per_tenant);
@@ -472,7 +479,7 @@ impl PluginHost {
                 code: PluginFailureCode::Error,
                 message: "plugin host is shutting down".into(),
             };
-            return finish(outcome, None, waited);
+            return finish(outcome, None, waited, Duration::ZERO);
         };
         let inner = self.inner.clone();
         let settings = settings.clone();
@@ -480,8 +487,9 @@ impl PluginHost {
             let _permit = permit;
             chain::run(&inner.runtime, &steps, request, &settings).await
         };
-        match self.run_job(job).await {
-            Ok((outcome, logs)) => finish(outcome, Some(logs), waited),
+        let cpu = Arc::new(cputime::CpuTime::default());
+        match self.run_job(cputime::measured(job, cpu.clone())).await {
+            Ok((outcome, logs)) => finish(outcome, Some(logs), waited, cpu.total()),
             Err(error) => {
                 tracing::error!(%tenant, %error, "plugin chain panicked");
                 let outcome = ChainOutcome::Failed {
@@ -489,7 +497,7 @@ impl PluginHost {
                     code: PluginFailureCode::Error,
                     message: "the plugin host failed while running the chain".into(),
                 };
-                finish(outcome, None, waited)
+                finish(outcome, None, waited, cpu.total())
             }
         }
     }

@@ -17,7 +17,6 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::types::ComponentItem;
@@ -171,24 +170,85 @@ pub(crate) fn classify(
     CallFailure::new(code, message)
 }
 
-/// Stops the epoch ticker thread when dropped.
-struct EpochTicker {
-    _stop: mpsc::Sender<()>,
+/// Ticks the engine's epoch every [`EPOCH_TICK`] while guest code may be running, and sleeps
+/// (parked) once no plugin store has existed for [`IDLE_TICKS_BEFORE_PARKING`] ticks: a 1 ms
+/// timer wake-up costs ~25 µs of CPU on this kind of VM (2.5 % of a core measured with perf on
+/// an engine without any plugin), which an idle engine should not pay. Creating a store wakes
+/// it ([`EpochTicker::store_created`]), before the store's first call can need a tick. Stops
+/// when dropped.
+pub(crate) struct EpochTicker {
+    shared: Arc<TickerShared>,
+    thread: std::thread::Thread,
 }
+
+struct TickerShared {
+    /// Plugin stores alive now (each one may be running guest code).
+    live_stores: std::sync::atomic::AtomicUsize,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// Ticks without any live store after which the ticker parks.
+const IDLE_TICKS_BEFORE_PARKING: u32 = 100;
 
 impl EpochTicker {
     fn start(engine: Engine) -> Result<Self, PluginError> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        std::thread::Builder::new()
+        let shared = Arc::new(TickerShared {
+            live_stores: std::sync::atomic::AtomicUsize::new(0),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        });
+        let ticking = shared.clone();
+        let handle = std::thread::Builder::new()
             .name("hookd-plugin-epoch".into())
             .spawn(move || {
-                // Ends when the sender is dropped (Disconnected), i.e. with the host.
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                let mut idle_ticks = 0;
+                while !ticking.stop.load(Ordering::Acquire) {
+                    std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
+                    if ticking.live_stores.load(Ordering::Acquire) > 0 {
+                        idle_ticks = 0;
+                    } else if idle_ticks < IDLE_TICKS_BEFORE_PARKING {
+                        idle_ticks += 1;
+                    } else {
+                        // Woken by `store_created` (an unpark before the park makes it return
+                        // at once, so a store created in between is never missed) or by drop.
+                        std::thread::park();
+                        idle_ticks = 0;
+                    }
                 }
             })
             .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Self { _stop: stop })
+        Ok(Self {
+            thread: handle.thread().clone(),
+            shared,
+        })
+    }
+
+    /// A plugin store was created: tick while it lives (the guard's drop ends that).
+    pub(crate) fn store_created(&self) -> LiveStore {
+        self.shared.live_stores.fetch_add(1, Ordering::AcqRel);
+        // Cheap when the ticker is awake (an atomic swap); a futex wake when it is parked.
+        self.thread.unpark();
+        LiveStore {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+/// Held by a plugin store while it lives: keeps the epoch ticker awake.
+pub(crate) struct LiveStore {
+    shared: Arc<TickerShared>,
+}
+
+impl Drop for LiveStore {
+    fn drop(&mut self) {
+        self.shared.live_stores.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -200,7 +260,7 @@ pub(crate) struct Runtime {
     component_builds: AtomicU64,
     fuel_enabled: bool,
     pool: PluginPool,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 /// The small dedicated thread pool (one thread per core, at most [`MAX_POOL_THREADS`]) where
@@ -309,7 +369,7 @@ impl Runtime {
             component_builds: AtomicU64::new(0),
             fuel_enabled,
             pool: PluginPool::new()?,
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -522,6 +582,7 @@ impl Runtime {
                 logs: Arc::new(std::sync::Mutex::new(LogBuffer::new(0))),
                 signing_secret: Arc::from(&b""[..]),
             }),
+            self.ticker.store_created(),
         );
         self.arm(&mut store, settings);
         store
@@ -529,7 +590,11 @@ impl Runtime {
 
     /// A store for one plugin of one delivery attempt.
     pub(crate) fn call_store(&self, params: SandboxParams<'_>) -> Store<StoreState> {
-        sandbox::new_store(&self.engine, StoreState::new(params))
+        sandbox::new_store(
+            &self.engine,
+            StoreState::new(params),
+            self.ticker.store_created(),
+        )
     }
 
     /// Gives the next call its own deadline (and fuel budget, if fuel is on). The store's

@@ -307,6 +307,8 @@ pub(crate) struct StoreState {
     call_deadline: Option<Instant>,
     /// When the running call started.
     call_started: Instant,
+    /// Keeps the epoch ticker awake while this store lives (set by [`new_store`]).
+    _live: Option<super::runtime::LiveStore>,
 }
 
 /// What the sandbox of one plugin call needs to know about the attempt.
@@ -370,6 +372,7 @@ impl StoreState {
             clock,
             call_deadline: None,
             call_started: Instant::now(),
+            _live: None,
         }
     }
 
@@ -409,7 +412,14 @@ impl StoreState {
 /// The callback runs at every epoch tick while guest code runs: once the call has run for a
 /// tick it yields to the executor (the guest resumes on the next poll, possibly on another
 /// thread); past the call's deadline it interrupts the call.
-pub(crate) fn new_store(engine: &wasmtime::Engine, state: StoreState) -> Store<StoreState> {
+///
+/// `live` keeps the epoch ticker running while the store exists.
+pub(crate) fn new_store(
+    engine: &wasmtime::Engine,
+    mut state: StoreState,
+    live: super::runtime::LiveStore,
+) -> Store<StoreState> {
+    state._live = Some(live);
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     store.epoch_deadline_callback(|context| Ok(context.data().at_tick()));
