@@ -13,6 +13,7 @@ pub mod ids;
 pub mod ingest;
 pub mod outbound;
 pub mod plugin;
+pub mod quota;
 pub mod resolver;
 pub mod retention;
 pub mod secrets;
@@ -206,6 +207,7 @@ pub async fn start(
         store: store.clone(),
         config: config.clone(),
         client: DeliveryClient::new(config.clone()),
+        permits: delivery::permits::FairPermits::new(config.current().delivery.max_in_flight),
         dispatch: dispatch.clone(),
         recorder,
         plugins: plugins.clone(),
@@ -235,6 +237,7 @@ pub async fn start(
         dispatch,
         delivery,
         started: std::time::Instant::now(),
+        quotas: quota::Quotas::new(store.clone()),
         metrics: metrics.clone(),
     });
     let serve_limits = {

@@ -19,6 +19,7 @@ mod openapi;
 mod ops;
 mod plugin_fairness;
 mod plugins;
+mod quotas;
 mod restart;
 mod retention;
 mod retries;

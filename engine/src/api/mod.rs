@@ -59,6 +59,8 @@ pub struct AppState {
     pub delivery: DeliveryContext,
     /// When the engine started (for the admin status route).
     pub started: std::time::Instant,
+    /// Per-tenant quota state: request rates, usage estimates.
+    pub quotas: crate::quota::Quotas,
     pub metrics: Metrics,
 }
 
@@ -212,10 +214,17 @@ impl FromRequestParts<AppState> for Tenant {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let key = bearer_key(parts)?;
         let config = state.config.current();
-        let id = config
+        let tenant = config
             .tenant_for_key(key)
-            .map(|t| t.id.clone())
             .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
+        // Every authenticated request counts against the tenant's request rate.
+        if let Err(wait) = state.quotas.admit_request(&tenant.id, &tenant.quotas) {
+            return Err(ApiError::rate_limited(
+                wait,
+                tenant.quotas.api_requests_per_sec,
+            ));
+        }
+        let id = tenant.id.clone();
         Ok(Tenant { id, config })
     }
 }
