@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod fanout;
 pub mod ids;
 pub mod ingest;
+pub mod offload;
 pub mod outbound;
 pub mod plugin;
 pub mod quota;
@@ -208,6 +209,7 @@ pub async fn start(
         config: config.clone(),
         client: DeliveryClient::new(config.clone()),
         permits: delivery::permits::FairPermits::new(config.current().delivery.max_in_flight),
+        offload: offload::Offload::new(),
         dispatch: dispatch.clone(),
         recorder,
         plugins: plugins.clone(),

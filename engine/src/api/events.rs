@@ -114,7 +114,15 @@ pub async fn create(
         None => None,
     };
     let limits = &tenant.config.limits;
-    let input = validate(body, header_key, limits.max_payload_bytes)?;
+    // The depth scan reads the whole payload: off the async workers when it is large.
+    let max_payload_bytes = limits.max_payload_bytes;
+    let input = state
+        .delivery
+        .offload
+        .by_size(&tenant.id, body.payload.get().len(), move || {
+            validate(body, header_key, max_payload_bytes)
+        })
+        .await?;
     let window_ms = limits.idempotency_window.as_millis() as u64;
     let new = prepare_event(state.store.as_ref(), &tenant.id, input, window_ms, None).await?;
     let reservation = admit(&state, &tenant, &new).await?;
@@ -338,10 +346,26 @@ pub async fn create_batch(
     let mut slots: Vec<Result<usize, ApiError>> = Vec::with_capacity(body.events.len());
     let mut prepared = Vec::with_capacity(body.events.len());
     let mut reservations = Vec::with_capacity(body.events.len());
-    for raw in &body.events {
-        let checked = serde_json::from_str::<CreateEvent>(raw.get())
-            .map_err(|err| ApiError::invalid("invalid_body", err.to_string()))
-            .and_then(|event| validate(event, None, limits.max_payload_bytes));
+    // Parsing and checking every event reads the whole batch (up to 32 MiB): off the async
+    // workers when it is large.
+    let size = body.events.iter().map(|raw| raw.get().len()).sum();
+    let max_payload_bytes = limits.max_payload_bytes;
+    let events = body.events;
+    let checked_events: Vec<Result<EventInput, ApiError>> = state
+        .delivery
+        .offload
+        .by_size(&tenant.id, size, move || {
+            events
+                .iter()
+                .map(|raw| {
+                    serde_json::from_str::<CreateEvent>(raw.get())
+                        .map_err(|err| ApiError::invalid("invalid_body", err.to_string()))
+                        .and_then(|event| validate(event, None, max_payload_bytes))
+                })
+                .collect()
+        })
+        .await;
+    for checked in checked_events {
         let input = match checked {
             Ok(input) => input,
             Err(err) => {

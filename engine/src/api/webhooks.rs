@@ -676,7 +676,7 @@ pub async fn test_send(
     ApiBody(body): ApiBody,
 ) -> Result<ApiJson<TestSendOutcome>, ApiError> {
     let webhook = load(&state, &tenant, &id).await?;
-    let body: TestSend = optional_json(&body)?;
+    let body: TestSend = optional_json(&state, &tenant, body).await?;
     let event_type = body.event_type.unwrap_or_else(|| "hookd.test".to_string());
     if !crate::config::valid_event_type(&event_type) {
         return Err(ApiError::invalid(
@@ -751,7 +751,7 @@ pub async fn rotate_secret(
     ApiBody(body): ApiBody,
 ) -> Result<ApiJson<RotatedSecret>, ApiError> {
     let webhook_id = parse_webhook_id(&id)?;
-    let body: RotateSecret = optional_json(&body)?;
+    let body: RotateSecret = optional_json(&state, &tenant, body).await?;
     let new_secret = given_or_new_secret(body.secret)?;
     let now = now_ms();
     let expires_at = now + tenant.config.limits.secret_rotation_overlap.as_millis() as u64;

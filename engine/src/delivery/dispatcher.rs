@@ -3,12 +3,12 @@
 //! Each webhook has a durable queue in the store (entries ordered by due time). The dispatcher
 //! keeps, per webhook, the set of deliveries it has claimed (in flight) and one wake-up time,
 //! and starts attempts while the webhook is under its in-flight cap and rate limit and its
-//! tenant under the tenant's cap on attempts in progress (`[delivery] max_in_flight`, the same
-//! number as the engine-wide delivery permits: a tenant alone can use all of them). Attempts in
-//! progress wait for their plugin slot and their delivery permit themselves (`permits.rs`
-//! shares the permits fairly between tenants); the per-tenant cap only bounds how much of a
-//! tenant's backlog is in memory at once, and it is per tenant so one tenant's hung attempts
-//! never keep another's from starting. A queue entry is removed only when its attempt's outcome is
+//! tenant under the tenant's cap on attempts in progress ([`TENANT_CAP_FACTOR`] × `[delivery]
+//! max_in_flight`: a tenant alone can fill every delivery permit even while some of its
+//! attempts wait in its plugin queue). Attempts in progress wait for their plugin slot and
+//! their delivery permit themselves (`permits.rs` shares the permits fairly between tenants);
+//! the per-tenant cap only bounds how much of a tenant's backlog is in memory at once, and it
+//! is per tenant so one tenant's hung attempts never keep another's from starting. A queue entry is removed only when its attempt's outcome is
 //! recorded, so claims live only in memory: sled admits one process per data dir, and after a
 //! crash every unfinished claim is simply due again (same delivery id, so the same
 //! `webhook-id`). Work per wake-up is bounded by the webhook's cap, never by its backlog, so
@@ -32,6 +32,9 @@ use crate::store::{WebhookStatus, WorkListener};
 
 /// How long shutdown waits for attempts in flight before abandoning them (they stay queued).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A tenant may have this many times `[delivery] max_in_flight` attempts in progress.
+pub const TENANT_CAP_FACTOR: usize = 2;
 
 type QueueKey = (String, WebhookId);
 
@@ -136,7 +139,7 @@ impl Dispatcher {
     }
 
     pub fn new(ctx: DeliveryContext, rx: DispatchReceiver) -> Self {
-        let tenant_cap = ctx.config.current().delivery.max_in_flight.max(1);
+        let tenant_cap = ctx.config.current().delivery.max_in_flight.max(1) * TENANT_CAP_FACTOR;
         Dispatcher {
             ctx,
             rx: rx.0,

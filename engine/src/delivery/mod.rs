@@ -38,6 +38,8 @@ pub struct DeliveryContext {
     pub client: DeliveryClient,
     /// The engine-wide delivery permits (`[delivery] max_in_flight`), held only while sending.
     pub permits: permits::FairPermits,
+    /// Turns for CPU work on large bodies (signing here, parsing and rendering in the API).
+    pub offload: crate::offload::Offload,
     pub dispatch: DispatchHandle,
     /// Writes attempt outcomes (group commit).
     pub recorder: Recorder,
