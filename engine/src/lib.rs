@@ -196,6 +196,8 @@ pub async fn start(
             plugins.watch_dir(dir.clone(), shutdown.clone()),
         ));
     }
+    let sessions = api::console::Sessions::from_config(&config)
+        .ok_or_else(|| StartError::NoSecretKey("no secret key for console sessions".into()))?;
     let config = SharedConfig::new(config);
     let metrics = Metrics::new();
 
@@ -241,6 +243,7 @@ pub async fn start(
         started: std::time::Instant::now(),
         quotas: quota::Quotas::new(store.clone()),
         metrics: metrics.clone(),
+        sessions,
     });
     let serve_limits = {
         let limits = &config.current().limits;

@@ -64,7 +64,7 @@ pub struct EventView {
 }
 
 impl EventView {
-    fn new(event: EventRecord, deliveries: Option<Vec<DeliveryRecord>>) -> Self {
+    pub(super) fn new(event: EventRecord, deliveries: Option<Vec<DeliveryRecord>>) -> Self {
         EventView {
             id: event.id.to_string(),
             event_type: event.event_type,
@@ -95,7 +95,7 @@ impl EventView {
         (status = 400, description = "Malformed JSON or idempotency key", body = ErrorBody),
         (status = 413, description = "The payload is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "Invalid type, channel, payload depth or idempotency key", body = ErrorBody),
+        (status = 422, description = "Invalid type, channel, payload depth or idempotency key; with `strict_event_types`, an undeclared type (`unknown_event_type`) or a payload failing its type's schema (`payload_schema`, naming the failing path)", body = ErrorBody),
         (status = 429, description = "Over a quota (`quota_exceeded`, naming `deliveries_per_event`, `pending_deliveries` or `stored_bytes` with its limit and the current use; nothing was written), or over the request rate (`rate_limited`, with Retry-After)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "Not accepted: the data dir is short of space (`storage_full`) or read-only (`storage_read_only`), the store cannot take writes (`store_unavailable`), or hookd is shutting down (`shutting_down`)", body = ErrorBody),
@@ -114,13 +114,17 @@ pub async fn create(
         None => None,
     };
     let limits = &tenant.config.limits;
-    // The depth scan reads the whole payload: off the async workers when it is large.
+    // The depth scan (and a strict tenant's schema check) read the whole payload: off the
+    // async workers when it is large.
     let max_payload_bytes = limits.max_payload_bytes;
+    let (config, id) = (tenant.config.clone(), tenant.id.clone());
     let input = state
         .delivery
         .offload
         .by_size(&tenant.id, body.payload.get().len(), move || {
-            validate(body, header_key, max_payload_bytes)
+            let input = validate(body, header_key, max_payload_bytes)?;
+            check_catalogue(config.tenant(&id).expect("authenticated"), &input)?;
+            Ok::<_, ApiError>(input)
         })
         .await?;
     let window_ms = limits.idempotency_window.as_millis() as u64;
@@ -159,7 +163,11 @@ pub async fn create(
 
 /// Checks an event against its tenant's quotas (fan-out, pending deliveries, stored bytes) and
 /// reserves its room until the store answers: commit the reservation if the event was written.
-async fn admit(state: &AppState, tenant: &Tenant, new: &NewEvent) -> Result<Reservation, ApiError> {
+pub(super) async fn admit(
+    state: &AppState,
+    tenant: &Tenant,
+    new: &NewEvent,
+) -> Result<Reservation, ApiError> {
     let quotas = &tenant.settings().quotas;
     let fanout = new.webhooks.len() as u64;
     QuotaExceeded::check_each("deliveries_per_event", quotas.deliveries_per_event, fanout)
@@ -234,6 +242,48 @@ fn validate(
         idempotency_key,
         created_at: now_ms(),
         payload: body.payload,
+    })
+}
+
+/// A tenant with `strict_event_types` takes only declared types, with payloads that match
+/// the type's schema; other tenants' events pass (their schemas only document).
+fn check_catalogue(
+    tenant: &crate::config::TenantConfig,
+    event: &crate::ingest::EventInput,
+) -> Result<(), ApiError> {
+    if !tenant.strict_event_types {
+        return Ok(());
+    }
+    let Some(declared) = tenant.event_type(&event.event_type) else {
+        let names: Vec<&str> = tenant.event_types.iter().map(|t| t.name.as_str()).collect();
+        return Err(ApiError::invalid(
+            "unknown_event_type",
+            format!(
+                "`{}` is not a declared event type of this tenant (strict_event_types); declared: {}",
+                event.event_type,
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        ));
+    };
+    if declared.schema.is_none() {
+        return Ok(());
+    }
+    let payload: serde_json::Value = serde_json::from_str(event.payload.get())
+        .map_err(|err| ApiError::invalid("invalid_body", err.to_string()))?;
+    declared.check(&payload).map_err(|violations| {
+        let places: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        ApiError::invalid(
+            "payload_schema",
+            format!(
+                "the payload does not match the schema of `{}`: {}",
+                event.event_type,
+                places.join("; ")
+            ),
+        )
     })
 }
 
@@ -351,6 +401,7 @@ pub async fn create_batch(
     let size = body.events.iter().map(|raw| raw.get().len()).sum();
     let max_payload_bytes = limits.max_payload_bytes;
     let events = body.events;
+    let (config, id) = (tenant.config.clone(), tenant.id.clone());
     let checked_events: Vec<Result<EventInput, ApiError>> = state
         .delivery
         .offload
@@ -361,6 +412,10 @@ pub async fn create_batch(
                     serde_json::from_str::<CreateEvent>(raw.get())
                         .map_err(|err| ApiError::invalid("invalid_body", err.to_string()))
                         .and_then(|event| validate(event, None, max_payload_bytes))
+                        .and_then(|input| {
+                            check_catalogue(config.tenant(&id).expect("authenticated"), &input)?;
+                            Ok(input)
+                        })
                 })
                 .collect()
         })

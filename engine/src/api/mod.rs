@@ -9,11 +9,15 @@
 //! drift (`clippy.toml` forbids plain `Router::route`).
 
 mod admin;
+pub mod console;
 mod deliveries;
 mod error;
+mod event_types;
 mod events;
 mod ops;
 mod plugins;
+mod query_rules;
+mod replay;
 mod retention;
 pub mod serve;
 mod stats;
@@ -62,6 +66,8 @@ pub struct AppState {
     /// Per-tenant quota state: request rates, usage estimates.
     pub quotas: crate::quota::Quotas,
     pub metrics: Metrics,
+    /// Seals and opens the console's session cookies.
+    pub sessions: console::Sessions,
 }
 
 /// Every route of the API, each registered with its OpenAPI operation. Paths, methods,
@@ -71,6 +77,9 @@ fn routes(upload_limit: usize, batch_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(events::create, events::list))
         .routes(routes!(events::create_batch).layer(DefaultBodyLimit::max(batch_limit)))
         .routes(routes!(events::get_one))
+        .routes(routes!(event_types::list))
+        .routes(routes!(replay::replay_event))
+        .routes(routes!(replay::replay_deliveries))
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(
             webhooks::get_one,
@@ -97,6 +106,13 @@ fn routes(upload_limit: usize, batch_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi_json))
+        .routes(routes!(console::page))
+        .routes(routes!(console::asset))
+        .routes(routes!(
+            console::sign_in,
+            console::current,
+            console::sign_out
+        ))
 }
 
 /// The OpenAPI document that `GET /openapi.json` serves.
@@ -112,13 +128,17 @@ pub fn router(state: AppState) -> Router {
     // still within `max_payload_bytes`), or one event's limit if that is larger.
     let batch_limit = body_limit.max(BATCH_BODY_BYTES);
     let (router, document) = routes(upload_limit, batch_limit).split_for_parts();
+    let document = ops::finish_document(document);
+    let query_rules = query_rules::QueryRules::from_document(&document);
     router
+        .route_layer(axum::middleware::from_fn_with_state(
+            query_rules,
+            query_rules::refuse_unknown_parameters,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(Extension(ops::OpenApiJson::new(ops::finish_document(
-            document,
-        ))))
+        .layer(Extension(ops::OpenApiJson::new(document)))
         .with_state(state)
 }
 
@@ -212,22 +232,65 @@ impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = bearer_key(parts)?;
         let config = state.config.current();
-        let tenant = config
-            .tenant_for_key(key)
-            .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
+        let id = match credential(parts, state, &config)? {
+            Credential::Key(key) => config
+                .tenant_for_key(key)
+                .map(|t| t.id.clone())
+                .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?,
+            Credential::Session(claims) => match (claims.role, claims.tenant) {
+                (console::Role::Tenant, Some(tenant)) => tenant,
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "an admin session reaches only the admin routes",
+                    ));
+                }
+            },
+        };
+        let quotas = &config
+            .tenant(&id)
+            .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?
+            .quotas;
         // Every authenticated request counts against the tenant's request rate.
-        if let Err(wait) = state.quotas.admit_request(&tenant.id, &tenant.quotas) {
-            return Err(ApiError::rate_limited(
-                wait,
-                tenant.quotas.api_requests_per_sec,
-            ));
+        if let Err(wait) = state.quotas.admit_request(&id, quotas) {
+            return Err(ApiError::rate_limited(wait, quotas.api_requests_per_sec));
         }
-        let id = tenant.id.clone();
         parts.extensions.insert(TenantId(id.clone()));
         Ok(Tenant { id, config })
     }
+}
+
+/// How a request authenticates: an API key (`Authorization: Bearer`), or the console's
+/// session cookie with the console header (`api/console/session.rs`), checked here against
+/// the running config.
+pub enum Credential<'a> {
+    Key(&'a str),
+    Session(console::session::Claims),
+}
+
+/// The request's credential; a bearer key wins over a session cookie.
+pub fn credential<'a>(
+    parts: &'a Parts,
+    state: &AppState,
+    config: &Config,
+) -> Result<Credential<'a>, ApiError> {
+    if !parts
+        .headers
+        .contains_key(axum::http::header::AUTHORIZATION)
+        && let Some(session) = state.sessions.from_headers(&parts.headers)
+    {
+        return match session {
+            Some(claims) if claims.is_valid(config, crate::ids::now_ms()) => {
+                Ok(Credential::Session(claims))
+            }
+            _ => Err(ApiError::unauthorized(
+                "the console session has ended; sign in again",
+            )),
+        };
+    }
+    bearer_key(parts).map(Credential::Key)
 }
 
 /// The key of an `Authorization: Bearer <key>` header.

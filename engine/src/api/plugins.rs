@@ -115,8 +115,9 @@ pub async fn check_chain(
     tag = "plugins",
     operation_id = "put_plugin",
     params(("name" = String, Path, description = "The plugin's name within the tenant")),
-    request_body(description = "The raw bytes of a WebAssembly component of the `hookd:plugin` world",
-        content(("application/wasm"))),
+    request_body(description = "The raw bytes of a WebAssembly component of the `hookd:plugin` world \
+        (any content type is taken; `application/wasm` or `application/octet-stream`)",
+        content((WasmComponent = "application/octet-stream"))),
     responses(
         (status = 201, description = "Installed", body = PluginView),
         (status = 200, description = "Replaced an existing plugin", body = PluginView),
@@ -278,6 +279,10 @@ pub struct Simulate {
     /// The event to run on (a sample event by default).
     #[serde(default)]
     event: Option<SampleEvent>,
+    /// Or a past event of the tenant (`evt_...`), run exactly as it was stored (its id and
+    /// time too); not with `event`.
+    #[serde(default)]
+    event_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -291,12 +296,26 @@ pub struct SampleEvent {
     channel: Option<String>,
 }
 
+/// A plugin upload's body: the raw bytes of a component (`format: binary`, so client
+/// generators take a file or bytes).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct WasmComponent(#[allow(dead_code)] Vec<u8>);
+
+/// One HTTP header (an object rather than a `[name, value]` pair: client generators handle
+/// objects well and tuples badly).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct HeaderField {
+    pub name: String,
+    pub value: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SimulatedRequest {
     url: String,
     method: String,
-    /// `[name, value]` pairs, in order.
-    headers: Vec<(String, String)>,
+    /// The headers, in order (a name may repeat).
+    headers: Vec<HeaderField>,
     /// The body as text when it is UTF-8…
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<String>,
@@ -334,7 +353,7 @@ pub struct SimulateOutcome {
     responses(
         (status = 200, description = "What an attempt would send, or why it would not", body = SimulateOutcome),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 404, description = "No such plugin or webhook for this tenant", body = ErrorBody),
+        (status = 404, description = "No such plugin, webhook or event for this tenant", body = ErrorBody),
         (status = 422, description = "Invalid body or plugin config", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
@@ -379,21 +398,39 @@ pub async fn simulate(
             sample_webhook(chain, now)
         }
     };
-    let (event_type, payload, channel) = match body.event {
-        Some(e) => (e.event_type, e.payload, e.channel),
-        None => (
-            "hookd.test".to_string(),
-            super::webhooks::sample_payload(),
-            None,
-        ),
-    };
-    let event = EventRecord {
-        id: EventId::new(),
-        event_type,
-        channel,
-        idempotency_key: None,
-        created_at: now,
-        payload,
+    let event = match (body.event, body.event_id) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "invalid_body",
+                "give `event` or `event_id`, not both",
+            ));
+        }
+        (None, Some(id)) => {
+            let event_id = EventId::parse(&id).ok_or_else(|| ApiError::not_found("event", &id))?;
+            state
+                .store
+                .event(&tenant.id, &event_id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("event", &id))?
+        }
+        (event, None) => {
+            let (event_type, payload, channel) = match event {
+                Some(e) => (e.event_type, e.payload, e.channel),
+                None => (
+                    "hookd.test".to_string(),
+                    super::webhooks::sample_payload(),
+                    None,
+                ),
+            };
+            EventRecord {
+                id: EventId::new(),
+                event_type,
+                channel,
+                idempotency_key: None,
+                created_at: now,
+                payload,
+            }
+        }
     };
     let delivery_id = format!("dlv_simulate_{}", uuid::Uuid::now_v7().simple());
     let input = AttemptInput {
@@ -422,7 +459,10 @@ pub async fn simulate(
             outcome.request = Some(SimulatedRequest {
                 url: request.url,
                 method: request.method,
-                headers,
+                headers: headers
+                    .into_iter()
+                    .map(|(name, value)| HeaderField { name, value })
+                    .collect(),
                 body_base64: text
                     .is_none()
                     .then(|| base64::engine::general_purpose::STANDARD.encode(&request.body)),
@@ -460,6 +500,7 @@ fn sample_webhook(plugins: Vec<PluginAttachment>, now: u64) -> WebhookRecord {
         timeout_ms: None,
         max_in_flight: None,
         rate_limit_per_sec: None,
+        retry_schedule_ms: None,
         metadata: Default::default(),
         plugins,
         failing_since: None,

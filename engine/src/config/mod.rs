@@ -4,6 +4,7 @@
 //! everything else reads it. The running config lives in a [`SharedConfig`] so a reload can swap
 //! it atomically while requests and deliveries keep reading a consistent snapshot.
 
+pub mod event_types;
 mod raw;
 mod validate;
 pub mod watch;
@@ -23,7 +24,7 @@ use crate::secrets;
 
 pub use validate::DEFAULT_QUOTAS;
 pub(crate) use validate::valid_event_type;
-pub use validate::{ConfigError, ConfigErrors};
+pub use validate::{ConfigError, ConfigErrors, MAX_RETRY_SCHEDULE_LEN, parse_retry_schedule};
 
 /// The API key shipped in the default config for the `dev` tenant. The engine warns while any
 /// tenant accepts it.
@@ -97,6 +98,8 @@ pub struct DeliveryConfig {
     /// Engine-wide cap on concurrent attempts (global setting only).
     pub max_in_flight: usize,
     pub max_response_body_bytes: usize,
+    /// Bytes of each sent request body kept in the attempt log (0: none).
+    pub max_request_capture_bytes: usize,
     pub max_retry_after: Duration,
     /// A webhook failing without a single success for this long is disabled.
     pub disable_after: Duration,
@@ -183,6 +186,18 @@ impl SecurityConfig {
         }
     }
 
+    /// A key for `purpose` derived from the current secret key (HMAC-SHA256 of the purpose
+    /// under it), so every node sharing the secret key derives the same one and a new secret
+    /// key replaces it. `None` without a current key.
+    pub fn derived_key(&self, purpose: &str) -> Option<[u8; 32]> {
+        use hmac::{Hmac, Mac};
+        let current = self.current.as_ref()?;
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(current).expect("HMAC takes any key length");
+        mac.update(purpose.as_bytes());
+        Some(mac.finalize().into_bytes().into())
+    }
+
     fn is_dev_key(&self) -> bool {
         self.current
             .as_ref()
@@ -193,7 +208,11 @@ impl SecurityConfig {
 #[derive(Debug, Clone)]
 pub struct TenantConfig {
     pub id: String,
-    pub event_types: Vec<String>,
+    /// The declared event types (the catalogue of `GET /v1/event-types`), in config order.
+    pub event_types: Vec<event_types::EventTypeConfig>,
+    /// Ingest refuses undeclared types (`422 unknown_event_type`) and payloads failing their
+    /// type's schema (`422 payload_schema`).
+    pub strict_event_types: bool,
     pub delivery: DeliveryConfig,
     /// Plugin budgets of this tenant's attempts.
     pub plugins: PluginSettings,
@@ -229,6 +248,13 @@ pub struct QuotasConfig {
     pub delivery_weight: u64,
 }
 
+impl TenantConfig {
+    /// The declared event type `name`, if any.
+    pub fn event_type(&self, name: &str) -> Option<&event_types::EventTypeConfig> {
+        self.event_types.iter().find(|t| t.name == name)
+    }
+}
+
 impl Config {
     /// Reads and validates a config file (or `hookd.toml` in a directory); every problem is
     /// reported at once.
@@ -248,16 +274,9 @@ impl Config {
 
     /// Whether `api_key` is one of the admin keys.
     pub fn is_admin_key(&self, api_key: &str) -> bool {
-        use subtle::ConstantTimeEq as _;
-        let hash = hash_api_key(api_key);
         // Constant time over the hash bytes and over every admin key (no early exit), so a
         // near miss takes as long as a far one.
-        self.admin_keys
-            .iter()
-            .fold(subtle::Choice::from(0), |found, known| {
-                found | known.ct_eq(&hash)
-            })
-            .into()
+        self.is_admin_key_hash(&hash_api_key(api_key))
     }
 
     /// Validates config text; `path` only names the file in error messages.
@@ -276,6 +295,24 @@ impl Config {
     pub fn tenant_for_key(&self, api_key: &str) -> Option<&TenantConfig> {
         let id = self.api_keys.get(&hash_api_key(api_key))?;
         self.tenants.get(id)
+    }
+
+    /// The tenant owning the API key whose SHA-256 is `hash` (a console session carries the
+    /// hash of the key it was opened with, so removing the key ends the session).
+    pub fn tenant_for_key_hash(&self, hash: &[u8; 32]) -> Option<&TenantConfig> {
+        let id = self.api_keys.get(hash)?;
+        self.tenants.get(id)
+    }
+
+    /// Whether `hash` is the SHA-256 of an admin key (constant time over the admin keys).
+    pub fn is_admin_key_hash(&self, hash: &[u8; 32]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.admin_keys
+            .iter()
+            .fold(subtle::Choice::from(0), |found, known| {
+                found | known.ct_eq(hash)
+            })
+            .into()
     }
 
     pub fn tenant(&self, id: &str) -> Option<&TenantConfig> {

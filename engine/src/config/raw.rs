@@ -100,6 +100,7 @@ pub struct RawDelivery {
     pub max_in_flight_per_webhook: Option<u32>,
     pub max_in_flight: Option<usize>,
     pub max_response_body_bytes: Option<usize>,
+    pub max_request_capture_bytes: Option<usize>,
     pub max_retry_after: Option<String>,
     pub disable_after: Option<String>,
     pub failing_event_after_attempts: Option<u32>,
@@ -119,8 +120,12 @@ pub struct RawTenant {
     pub id: String,
     #[serde(default)]
     pub api_keys: Vec<String>,
+    /// Declared event types: names, or tables with a description, schema and example.
     #[serde(default)]
-    pub event_types: Vec<String>,
+    pub event_types: Vec<super::event_types::RawEventType>,
+    /// Refuse events of undeclared types and payloads failing their type's schema.
+    #[serde(default)]
+    pub strict_event_types: bool,
     pub delivery: Option<RawDelivery>,
     pub plugins: Option<RawPlugins>,
     pub quotas: Option<RawQuotas>,

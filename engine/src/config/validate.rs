@@ -430,14 +430,7 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 );
             }
         }
-        for (k, event_type) in raw_tenant.event_types.iter().enumerate() {
-            if !valid_event_type(event_type) {
-                c.push(
-                    format!("{key}.event_types[{k}]"),
-                    format!("`{event_type}` is not an event type (1-128 of a-z A-Z 0-9 . _ - :)"),
-                );
-            }
-        }
+        let event_types = event_catalogue(&mut c, &key, &raw_tenant.event_types);
         let tenant_delivery = match &raw_tenant.delivery {
             Some(overrides) => {
                 if overrides.max_in_flight.is_some() {
@@ -489,7 +482,8 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             raw_tenant.id.clone(),
             TenantConfig {
                 id: raw_tenant.id.clone(),
-                event_types: raw_tenant.event_types.clone(),
+                event_types,
+                strict_event_types: raw_tenant.strict_event_types,
                 delivery: tenant_delivery,
                 plugins: tenant_plugins,
                 quotas: tenant_quotas,
@@ -514,6 +508,35 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         admin_keys,
         source: None,
     })
+}
+
+/// A tenant's `event_types`: each entry checked (name, schema, example against the schema),
+/// names unique.
+fn event_catalogue(
+    c: &mut Collector<'_>,
+    tenant_key: &str,
+    raw: &[super::event_types::RawEventType],
+) -> Vec<super::event_types::EventTypeConfig> {
+    let mut out: Vec<super::event_types::EventTypeConfig> = Vec::new();
+    for (k, entry) in raw.iter().enumerate() {
+        let key = format!("{tenant_key}.event_types[{k}]");
+        match super::event_types::EventTypeConfig::from_raw(entry) {
+            Ok(entry) if out.iter().any(|e| e.name == entry.name) => {
+                c.push(key, format!("`{}` is declared twice", entry.name));
+            }
+            Ok(entry) => out.push(entry),
+            Err(problems) => {
+                for (sub, problem) in problems {
+                    let key = match entry {
+                        super::event_types::RawEventType::Name(_) => key.clone(),
+                        super::event_types::RawEventType::Full(_) => format!("{key}.{sub}"),
+                    };
+                    c.push(key, problem);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `[security]`: `secret_key` or `secret_key_file` (not both; neither is allowed here because
@@ -818,6 +841,7 @@ impl Default for DeliveryConfig {
             max_in_flight_per_webhook: 8,
             max_in_flight: 256,
             max_response_body_bytes: 4096,
+            max_request_capture_bytes: 64 * 1024,
             max_retry_after: Duration::from_secs(HOUR),
             disable_after: Duration::from_secs(5 * 24 * HOUR),
             failing_event_after_attempts: 3,
@@ -834,22 +858,17 @@ fn delivery_config(
 ) -> DeliveryConfig {
     let mut out = base.clone();
     if let Some(schedule) = &raw.retry_schedule {
-        out.retry_schedule = schedule
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                c.duration(
-                    &format!("{prefix}.retry_schedule[{i}]"),
-                    Some(text),
-                    Duration::ZERO,
-                )
-            })
-            .collect();
-        if schedule.len() > 50 {
-            c.push(
-                format!("{prefix}.retry_schedule"),
-                "at most 50 retries are allowed",
-            );
+        match parse_retry_schedule(schedule) {
+            Ok(delays) => out.retry_schedule = delays,
+            Err(problems) => {
+                for (index, problem) in problems {
+                    let key = match index {
+                        Some(i) => format!("{prefix}.retry_schedule[{i}]"),
+                        None => format!("{prefix}.retry_schedule"),
+                    };
+                    c.push(key, problem);
+                }
+            }
         }
     }
     if let Some(jitter) = raw.retry_jitter_percent {
@@ -903,6 +922,15 @@ fn delivery_config(
         }
         out.max_response_body_bytes = n.min(1024 * 1024);
     }
+    if let Some(n) = raw.max_request_capture_bytes {
+        if n > 16 * 1024 * 1024 {
+            c.push(
+                key("max_request_capture_bytes"),
+                "must be at most 16777216 (16 MiB)",
+            );
+        }
+        out.max_request_capture_bytes = n.min(16 * 1024 * 1024);
+    }
     if raw.max_retry_after.is_some() {
         out.max_retry_after = c.duration(
             &key("max_retry_after"),
@@ -942,6 +970,39 @@ fn delivery_config(
         );
     }
     out
+}
+
+/// Most retries a schedule may list.
+pub const MAX_RETRY_SCHEDULE_LEN: usize = 50;
+
+/// A retry schedule (`["5s", "5m", …]`), as config and webhooks write it: durations, at most
+/// [`MAX_RETRY_SCHEDULE_LEN`]; empty means no retries. Every problem, with the index of the
+/// entry it concerns (`None` for the whole list).
+pub fn parse_retry_schedule(
+    schedule: &[String],
+) -> Result<Vec<Duration>, Vec<(Option<usize>, String)>> {
+    let mut problems = Vec::new();
+    if schedule.len() > MAX_RETRY_SCHEDULE_LEN {
+        problems.push((
+            None,
+            format!("at most {MAX_RETRY_SCHEDULE_LEN} retries are allowed"),
+        ));
+    }
+    let mut delays = Vec::with_capacity(schedule.len());
+    for (i, text) in schedule.iter().enumerate() {
+        match humantime::parse_duration(text) {
+            Ok(delay) => delays.push(delay),
+            Err(err) => problems.push((
+                Some(i),
+                format!("`{text}` is not a duration ({err}); write e.g. \"15s\", \"5m\", \"2h\""),
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(delays)
+    } else {
+        Err(problems)
+    }
 }
 
 fn parse_net(text: &str) -> Option<IpNet> {

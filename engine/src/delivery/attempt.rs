@@ -76,13 +76,18 @@ async fn try_run(
         plugin_logs,
         chain_time,
     } = preparation;
-    let tried = match prepared {
-        Prepared::Send(request) => Tried::Sent(send(ctx, tenant, request, input.timeout()).await),
-        Prepared::NotSent(tried) => tried,
+    let (tried, sent) = match prepared {
+        Prepared::Send(request) => {
+            let sent = super::capture::capture(&request, tenant.delivery.max_request_capture_bytes);
+            let outcome = send(ctx, tenant, request, input.timeout()).await;
+            (Tried::Sent(outcome), Some(sent))
+        }
+        Prepared::NotSent(tried) => (tried, None),
     };
-    let policy = RetryPolicy::new(&tenant.delivery, loaded.webhook.max_attempts);
+    let policy = RetryPolicy::for_webhook(&tenant.delivery, &loaded.webhook);
     let verdict = judge::judge(&tried, &policy, input.attempt, None);
-    let attempt = attempt_record(&loaded, &input, &tried, &verdict, plugin_logs, chain_time);
+    let mut attempt = attempt_record(&loaded, &input, &tried, &verdict, plugin_logs, chain_time);
+    attempt.request = sent;
     let facts = delivery_facts(&loaded, &attempt, &tried);
     record(
         ctx,
@@ -249,6 +254,7 @@ fn attempt_record(
         response_snippet: snippet,
         next_attempt_at,
         plugin_logs,
+        request: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //! - `retry.rs` is the pure retry policy.
 
 pub mod attempt;
+pub mod capture;
 pub mod client;
 pub mod consequences;
 pub mod dispatcher;
