@@ -57,6 +57,13 @@ pub struct TenantSummary {
     webhooks: usize,
     plugins: usize,
     events: usize,
+    /// Deliveries not final yet (pending or in flight).
+    pending_deliveries: u64,
+    /// Bytes of event payloads stored.
+    stored_bytes: u64,
+    /// Events ingested today and over the last 7 UTC days (statistics counters).
+    events_today: u64,
+    events_7d: u64,
     /// Requests of this tenant being sent now (engine-wide delivery permits it holds).
     sending: usize,
     /// Use against each quota (`[quotas]` / `[tenants.quotas]`).
@@ -102,7 +109,7 @@ pub struct TenantList {
     tag = "admin",
     operation_id = "admin_list_tenants",
     responses(
-        (status = 200, description = "Tenants with what they own, the requests they are sending now and their use against each quota", body = TenantList),
+        (status = 200, description = "Tenants with what they hold (webhooks, plugins, events, pending deliveries, stored bytes), send (events today and in 7 days, requests being sent now) and their use against each quota", body = TenantList),
         (status = 403, description = "A tenant key: admin routes need an admin key", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
@@ -127,12 +134,26 @@ pub async fn tenants(
         let (plugins, plugin_bytes) = plugin_usage(&state, id);
         let q = &tenant.quotas;
         let quota = |limit: u64, used: Option<u64>| QuotaUse { limit, used };
+        let today = crate::store::stats::day_of(crate::ids::now_ms());
+        let week = state
+            .store
+            .stats_days(
+                id,
+                crate::store::stats::StatsScope::Tenant,
+                today.saturating_sub(6),
+                today,
+            )
+            .await?;
         data.push(TenantSummary {
             id: id.clone(),
             declared_event_types: tenant.event_types.iter().map(|t| t.name.clone()).collect(),
             webhooks: usage.webhooks as usize,
             plugins: plugins as usize,
             events: usage.events as usize,
+            pending_deliveries: usage.pending_deliveries,
+            stored_bytes: usage.stored_bytes,
+            events_today: week.last().map_or(0, |d| d.counts.events),
+            events_7d: week.iter().map(|d| d.counts.events).sum(),
             sending: state.delivery.permits.held(id),
             quotas: TenantQuotas {
                 webhooks: quota(q.webhooks, Some(usage.webhooks)),
