@@ -215,6 +215,7 @@ pub(crate) async fn run(
                             memory_limit_bytes: settings.memory_limit_bytes,
                             logs: logs.clone(),
                             signing_secret: secret.clone(),
+                            random_key: runtime.random_key(),
                         };
                         match instantiate(runtime, plugin, params, settings).await {
                             Ok(instance) => slot.insert(instance),

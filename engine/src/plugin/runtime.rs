@@ -45,9 +45,6 @@ const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 const TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 /// Table elements per pooled table (componentized Python/JS guests have large tables).
 const POOL_TABLE_ELEMENTS: usize = 100_000;
-/// Compiles that may run at once; an abandoned (timed-out) compile keeps its slot until it
-/// really ends, so slow uploads cannot pile up compiles on the blocking pool.
-pub const MAX_CONCURRENT_COMPILES: usize = 2;
 
 /// hookd interfaces a plugin may import.
 const HOOKD_IMPORTS: &[&str] = &["types", "host", "signing-key"];
@@ -261,6 +258,7 @@ pub(crate) struct Runtime {
     fuel_enabled: bool,
     pool: PluginPool,
     ticker: EpochTicker,
+    random_key: [u8; 32],
 }
 
 /// The small dedicated thread pool (one thread per core, at most [`MAX_POOL_THREADS`]) where
@@ -313,36 +311,65 @@ impl Drop for PluginPool {
     }
 }
 
+/// The wasmtime engine of a host, and its compile cache in `cache_dir`. The compile worker
+/// (`compile.rs`) builds its engine here too: the cache keys entries by the engine's settings,
+/// so both must build it the same way for the host to find what the worker compiled.
+pub(crate) fn build_engine(cache_dir: &Path, fuel: bool) -> Result<(Engine, Cache), PluginError> {
+    let engine_err = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
+
+    let mut cache_config = CacheConfig::new();
+    cache_config
+        .with_directory(cache_dir)
+        // Never rewrite an entry (wasmtime would otherwise recompress hot entries).
+        .with_optimized_compression_usage_counter_threshold(u64::MAX);
+    let cache = Cache::new(cache_config).map_err(engine_err)?;
+
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES)
+        .table_elements(POOL_TABLE_ELEMENTS)
+        // PAGEMAP_SCAN makes resetting a slot cheaper but needs Linux >= 6.7: use it when
+        // the kernel has it, instead of failing to start where it does not.
+        .pagemap_scan(Enabled::Auto);
+
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        // One thread per compile: a compile must not take every core (compile.rs bounds how
+        // many run at once).
+        .parallel_compilation(false)
+        .epoch_interruption(true)
+        .consume_fuel(fuel)
+        .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool))
+        .cache(Some(cache.clone()));
+    let engine = Engine::new(&config).map_err(engine_err)?;
+    Ok((engine, cache))
+}
+
+/// The compile worker's entry point (`hookd plugin compile-worker`): compiles the component on
+/// stdin into the compile cache at `cache_dir`. `Err` is the reason to report.
+pub fn compile_worker(cache_dir: &Path, fuel: bool) -> Result<(), String> {
+    let (engine, _cache) = build_engine(cache_dir, fuel).map_err(|e| e.to_string())?;
+    super::compile::run_worker(&engine, std::io::stdin().lock())
+}
+
+/// Cache misses of the compile cache so far (a load after the worker compiled must not miss).
+pub(crate) fn cache_misses(cache: &Cache) -> u64 {
+    cache.cache_misses() as u64
+}
+
 impl Runtime {
-    /// Builds the engine with its compile cache in `cache_dir` (absolute).
-    pub(crate) fn new(cache_dir: &Path, settings: &PluginSettings) -> Result<Self, PluginError> {
+    /// Builds the engine with its compile cache in `cache_dir` (absolute), and the key that
+    /// seeds plugins' random numbers (see `sandbox`).
+    pub(crate) fn new(
+        cache_dir: &Path,
+        settings: &PluginSettings,
+        random_key: [u8; 32],
+    ) -> Result<Self, PluginError> {
         let engine_err = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
-
-        let mut cache_config = CacheConfig::new();
-        cache_config
-            .with_directory(cache_dir)
-            // Never rewrite an entry (wasmtime would otherwise recompress hot entries).
-            .with_optimized_compression_usage_counter_threshold(u64::MAX);
-        let cache = Cache::new(cache_config).map_err(engine_err)?;
-
-        let mut pool = wasmtime::PoolingAllocationConfig::new();
-        pool.linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
-            .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES)
-            .table_elements(POOL_TABLE_ELEMENTS)
-            // PAGEMAP_SCAN makes resetting a slot cheaper but needs Linux >= 6.7: use it when
-            // the kernel has it, instead of failing to start where it does not.
-            .pagemap_scan(Enabled::Auto);
-
         let fuel_enabled = settings.fuel.is_some();
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .cranelift_opt_level(OptLevel::Speed)
-            .epoch_interruption(true)
-            .consume_fuel(fuel_enabled)
-            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool))
-            .cache(Some(cache.clone()));
-        let engine = Engine::new(&config).map_err(engine_err)?;
+        let (engine, cache) = build_engine(cache_dir, fuel_enabled)?;
 
         let mut linker = Linker::<StoreState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
@@ -370,12 +397,28 @@ impl Runtime {
             fuel_enabled,
             pool: PluginPool::new()?,
             ticker,
+            random_key,
         })
+    }
+
+    /// The key plugins' random numbers are derived from (with the delivery id).
+    pub(crate) fn random_key(&self) -> &[u8; 32] {
+        &self.random_key
     }
 
     /// The thread pool guest calls finish on.
     pub(crate) fn pool(&self) -> &PluginPool {
         &self.pool
+    }
+
+    /// Compile cache misses so far (each one a compile whose result was stored).
+    pub(crate) fn cache_misses(&self) -> u64 {
+        cache_misses(&self.cache)
+    }
+
+    /// Whether fuel metering is compiled in (the compile worker must build the same engine).
+    pub(crate) fn fuel_enabled(&self) -> bool {
+        self.fuel_enabled
     }
 
     /// How many components cranelift really compiled (builds that were not cache hits).
@@ -581,6 +624,7 @@ impl Runtime {
                 memory_limit_bytes: settings.memory_limit_bytes,
                 logs: Arc::new(std::sync::Mutex::new(LogBuffer::new(0))),
                 signing_secret: Arc::from(&b""[..]),
+                random_key: &self.random_key,
             }),
             self.ticker.store_created(),
         );
@@ -633,7 +677,7 @@ pub(crate) fn export_name(interface: &str) -> String {
 }
 
 /// Refuses bytes that are not a binary WebAssembly component (a core module, text, junk).
-fn check_component_header(wasm: &[u8]) -> Result<(), PluginLoadError> {
+pub(crate) fn check_component_header(wasm: &[u8]) -> Result<(), PluginLoadError> {
     match wasm {
         [0x00, 0x61, 0x73, 0x6d, _, _, 0x01, 0x00, ..] => Ok(()),
         [0x00, 0x61, 0x73, 0x6d, ..] => Err(PluginLoadError::invalid(
