@@ -25,7 +25,20 @@ pub struct RawConfig {
     #[serde(default)]
     pub security: RawSecurity,
     #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
+}
+
+/// `[store]`: which backend keeps the data (`HOOKD_POSTGRES_URL` overrides `postgres_url`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub backend: Option<String>,
+    pub postgres_url: Option<String>,
+    pub pool_size: Option<usize>,
+    pub lease_duration: Option<String>,
+    pub poll_interval: Option<String>,
 }
 
 /// `[security]`: the key that seals webhook secrets at rest (`HOOKD_SECRET_KEY` overrides).
