@@ -5,6 +5,7 @@
 #                                             free port; prints the URL of database `postgres`.
 #                                             Without `durable`, fsync is off (tests never crash
 #                                             the machine, only hookd and PostgreSQL itself).
+#   scripts/postgres.sh restart DIR SECONDS   fast shutdown, SECONDS down, start again (same port).
 #   scripts/postgres.sh stop DIR              stop it (fast shutdown) and remove DIR.
 #
 # Installs Debian's `postgresql` when its binaries are missing. initdb refuses to run as root,
@@ -33,11 +34,17 @@ start)
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     durability="-c fsync=off -c synchronous_commit=on -c full_page_writes=off"
     if [ "${3:-}" = durable ]; then durability=""; fi
-    as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
-        -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=400 -c shared_buffers=256MB $durability" \
+    echo "-h 127.0.0.1 -p $port -k $dir -c max_connections=400 -c shared_buffers=256MB $durability" >"$dir/opts"
+    as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$(cat "$dir/opts")" \
         >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
     echo "$port" >"$dir/port"
     echo "postgres://postgres@127.0.0.1:$port/postgres"
+    ;;
+restart)
+    as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null
+    sleep "${3:?seconds down}"
+    as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$(cat "$dir/opts")" \
+        >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
     ;;
 stop)
     if [ -d "$dir/data" ]; then
@@ -46,7 +53,7 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: $0 start|stop DIR" >&2
+    echo "usage: $0 start|restart|stop DIR" >&2
     exit 2
     ;;
 esac

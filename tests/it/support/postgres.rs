@@ -76,8 +76,46 @@ pub fn store_section(data_dir: &Path) -> String {
     }
     let database = database_for(data_dir);
     create_database(&database);
+    section(&database_url(&database), "10s")
+}
+
+/// A `[store]` section for PostgreSQL at `url`.
+pub fn section(url: &str, lease_duration: &str) -> String {
     format!(
-        "[store]\nbackend = \"postgres\"\npostgres_url = \"{}\"\npool_size = 8\nlease_duration = \"10s\"\npoll_interval = \"500ms\"\n",
-        database_url(&database)
+        "[store]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\npool_size = 8\nlease_duration = \"{lease_duration}\"\npoll_interval = \"500ms\"\n"
     )
+}
+
+/// `config` (a test config's text) on PostgreSQL at `url`, whichever backend the suite runs on.
+pub fn on_postgres(config: &str, url: &str, lease_duration: &str) -> String {
+    let mut text = config.to_string();
+    if let Some(start) = text.find("[store]\n") {
+        let end = text[start + 1..]
+            .find("\n[")
+            .map_or(text.len(), |i| start + 2 + i);
+        text.replace_range(start..end, "");
+    }
+    let section = section(url, lease_duration);
+    match text.find("\n[") {
+        Some(at) => text.insert_str(at + 1, &section),
+        None => text.push_str(&section),
+    }
+    text
+}
+
+/// A fresh database on the test server (the suite's backend notwithstanding); its URL.
+pub fn fresh_database() -> String {
+    let database = format!("hookd_test_{:016x}", rand::random::<u64>());
+    create_database(&database);
+    database_url(&database)
+}
+
+/// Runs `sql` on the database at `url` and returns the rows (a test's look at what the
+/// backend wrote).
+pub async fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL server answers");
+    tokio::spawn(connection);
+    client.query(sql, &[]).await.expect("the query runs")
 }
