@@ -3,12 +3,16 @@
 // Tests play producers and API clients, so they build plain HTTP clients of their own.
 #![allow(clippy::disallowed_methods)]
 
+mod api_clients;
 mod api_errors;
 mod batch;
+mod capture;
+mod console;
 mod crash;
 mod delivery;
 mod disk;
 mod dns;
+mod event_types;
 mod examples;
 mod faulty;
 mod fuzz;
@@ -19,6 +23,8 @@ mod openapi;
 mod ops;
 mod plugin_fairness;
 mod plugins;
+mod query_params;
+mod replay;
 mod restart;
 mod retention;
 mod retries;

@@ -21,8 +21,20 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = super::bearer_key(parts)?;
         let config = state.config.current();
+        let key = match super::credential(parts, state, &config)? {
+            super::Credential::Key(key) => key,
+            super::Credential::Session(claims) if claims.role == super::console::Role::Admin => {
+                return Ok(Admin { config });
+            }
+            super::Credential::Session(_) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "admin routes need an admin key; a tenant session cannot use them",
+                ));
+            }
+        };
         if config.is_admin_key(key) {
             return Ok(Admin { config });
         }
@@ -76,7 +88,7 @@ pub async fn tenants(
         let usage = state.store.tenant_usage(id).await?;
         data.push(TenantSummary {
             id: id.clone(),
-            declared_event_types: tenant.event_types.clone(),
+            declared_event_types: tenant.event_types.iter().map(|t| t.name.clone()).collect(),
             webhooks: usage.webhooks as usize,
             plugins: state.delivery.plugins.list(id).len(),
             events: usage.events as usize,

@@ -63,6 +63,11 @@ pub struct CreateWebhook {
     max_in_flight: Option<u32>,
     #[serde(default)]
     rate_limit_per_sec: Option<u32>,
+    /// Delays before each retry (`["10s", "1m", "1h"]`, at most 50), replacing the tenant's
+    /// schedule; `[]` means no retries. Absent: the tenant's schedule.
+    #[serde(default)]
+    #[schema(example = json!(["10s", "1m", "1h"]))]
+    retry_schedule: Option<Vec<String>>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
     #[serde(default)]
@@ -94,6 +99,9 @@ pub struct UpdateWebhook {
     max_in_flight: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
     rate_limit_per_sec: Option<Option<u32>>,
+    /// Replaces the webhook's retry schedule; `null` goes back to the tenant's.
+    #[serde(default, deserialize_with = "present")]
+    retry_schedule: Option<Option<Vec<String>>>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
     /// `active` re-enables a paused or disabled webhook (clearing its reason); `paused` keeps
@@ -126,6 +134,8 @@ pub struct WebhookView {
     timeout_ms: Option<u64>,
     max_in_flight: Option<u32>,
     rate_limit_per_sec: Option<u32>,
+    /// The webhook's own retry delays; `null` when it follows the tenant's schedule.
+    retry_schedule: Option<Vec<String>>,
     metadata: BTreeMap<String, String>,
     plugins: Vec<PluginAttachment>,
     created_at: String,
@@ -150,6 +160,14 @@ impl From<WebhookRecord> for WebhookView {
             timeout_ms: w.timeout_ms,
             max_in_flight: w.max_in_flight,
             rate_limit_per_sec: w.rate_limit_per_sec,
+            retry_schedule: w.retry_schedule_ms.map(|delays| {
+                delays
+                    .into_iter()
+                    .map(|ms| {
+                        humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+                    })
+                    .collect()
+            }),
             metadata: w.metadata,
             plugins: w.plugins,
             created_at: rfc3339(w.created_at),
@@ -167,7 +185,12 @@ async fn check_url(state: &AppState, tenant: &Tenant, url: &str) -> Result<Strin
     {
         Ok(url) => Ok(url.to_string()),
         Err(UrlError::Blocked(blocked)) => {
-            Err(ApiError::invalid("blocked_address", blocked.to_string()))
+            // The tenant learns only that the address is refused; operators see which.
+            tracing::warn!(tenant = %tenant.id, address = %blocked.ip, kind = blocked.kind, "webhook URL refused: non-public address");
+            Err(ApiError::invalid(
+                "blocked_address",
+                crate::ssrf::BLOCKED_ADDRESS_MESSAGE,
+            ))
         }
         Err(err) => Err(ApiError::invalid("invalid_url", err.to_string())),
     }
@@ -306,6 +329,20 @@ fn check_limits(
     )
 }
 
+/// A webhook's retry schedule, checked like the config's; in ms.
+fn check_retry_schedule(schedule: &[String]) -> Result<Vec<u64>, ApiError> {
+    crate::config::parse_retry_schedule(schedule)
+        .map(|delays| delays.iter().map(|d| d.as_millis() as u64).collect())
+        .map_err(|problems| {
+            let (index, problem) = &problems[0];
+            let place = index.map_or_else(
+                || "`retry_schedule`".to_string(),
+                |i| format!("`retry_schedule[{i}]`"),
+            );
+            ApiError::invalid("invalid_retry_schedule", format!("{place}: {problem}"))
+        })
+}
+
 /// A secret the client chose (checked) or a new random one.
 fn given_or_new_secret(given: Option<String>) -> Result<String, ApiError> {
     match given {
@@ -349,7 +386,7 @@ async fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<WebhookReco
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 413, description = "The body is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "An invalid field (URL, blocked address, filters, headers, limits, secret, plugins)", body = ErrorBody),
+        (status = 422, description = "An invalid field (URL, blocked address, filters, headers, limits, retry schedule, secret, plugins)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ),
@@ -375,6 +412,11 @@ pub async fn create(
         body.max_in_flight,
         body.rate_limit_per_sec,
     )?;
+    let retry_schedule_ms = body
+        .retry_schedule
+        .as_deref()
+        .map(check_retry_schedule)
+        .transpose()?;
     let secret = given_or_new_secret(body.secret)?;
     let plugins = body.plugins.unwrap_or_default();
     super::plugins::check_chain(&state, &tenant, &plugins).await?;
@@ -399,6 +441,7 @@ pub async fn create(
         timeout_ms: body.timeout_ms,
         max_in_flight: body.max_in_flight,
         rate_limit_per_sec: body.rate_limit_per_sec,
+        retry_schedule_ms,
         metadata,
         plugins,
         failing_since: None,
@@ -523,6 +566,11 @@ pub async fn update(
         body.max_in_flight.flatten(),
         body.rate_limit_per_sec.flatten(),
     )?;
+    let retry_schedule_ms = match &body.retry_schedule {
+        Some(Some(schedule)) => Some(Some(check_retry_schedule(schedule)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
     if let Some(plugins) = &body.plugins {
         super::plugins::check_chain(&state, &tenant, plugins).await?;
     }
@@ -560,6 +608,9 @@ pub async fn update(
             }
             if let Some(v) = body.rate_limit_per_sec {
                 w.rate_limit_per_sec = v;
+            }
+            if let Some(v) = &retry_schedule_ms {
+                w.retry_schedule_ms = v.clone();
             }
             if let Some(metadata) = &body.metadata {
                 w.metadata = metadata.clone();
@@ -625,7 +676,8 @@ pub struct TestSend {
     /// Default `hookd.test`.
     #[serde(default, rename = "type")]
     event_type: Option<String>,
-    /// Any JSON; a short sample message by default.
+    /// Any JSON; by default the example payload of the type if the tenant declares one, else
+    /// a short sample message.
     #[serde(default)]
     #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<Box<RawValue>>,
@@ -664,7 +716,13 @@ pub async fn test_send(
             "`type` must be 1-128 of a-z A-Z 0-9 . _ - :",
         ));
     }
-    let payload = body.payload.unwrap_or_else(sample_payload);
+    // A declared type sends its example payload unless the body gives one.
+    let example = tenant
+        .settings()
+        .event_type(&event_type)
+        .and_then(|t| t.example.as_ref())
+        .and_then(|example| serde_json::value::to_raw_value(example).ok());
+    let payload = body.payload.or(example).unwrap_or_else(sample_payload);
     // The same depth limit as ingest: a test send must not hand receivers and plugins a
     // document that no event could carry.
     if super::events::json_depth(payload.get()) > super::events::MAX_PAYLOAD_DEPTH {

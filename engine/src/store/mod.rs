@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use crate::ids::{DeliveryId, EventId, WebhookId};
 use crate::secrets::{Keyring, SecretsError};
 pub use records::{
-    AttemptRecord, DeliveryRecord, DeliveryStatus, EventRecord, PluginAttachment, WebhookRecord,
-    WebhookSecret, WebhookStatus,
+    AttemptRecord, DeliveryRecord, DeliveryStatus, EventRecord, PluginAttachment, SentHeader,
+    SentRequest, WebhookRecord, WebhookSecret, WebhookStatus,
 };
 pub use sled_store::SledStore;
 use stats::{DayStats, StatsScope};

@@ -1389,6 +1389,7 @@ mod tests {
             timeout_ms: None,
             max_in_flight: None,
             rate_limit_per_sec: None,
+            retry_schedule_ms: None,
             metadata: Default::default(),
             plugins: Vec::new(),
             failing_since: None,

@@ -269,6 +269,7 @@ mod tests {
             response_snippet: None,
             next_attempt_at: None,
             plugin_logs: Vec::new(),
+            request: None,
         };
         let update = DeliveryUpdate {
             status,
