@@ -29,7 +29,6 @@ struct Node {
 
 /// Nodes on one database; every process still running is killed when the test ends.
 struct Cluster {
-    url: String,
     nodes: Vec<Node>,
 }
 
@@ -54,10 +53,7 @@ impl Cluster {
                 }
             })
             .collect();
-        Cluster {
-            url: url.to_string(),
-            nodes,
-        }
+        Cluster { nodes }
     }
 
     fn base(&self, node: usize) -> &str {

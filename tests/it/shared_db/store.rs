@@ -46,6 +46,7 @@ fn webhook(max_in_flight: Option<u32>, rate: Option<u32>) -> WebhookRecord {
         status: WebhookStatus::Active,
         disabled_reason: None,
         max_attempts: None,
+        retry_schedule_ms: None,
         timeout_ms: None,
         max_in_flight,
         rate_limit_per_sec: rate,
@@ -111,6 +112,7 @@ fn delivered(claim: &Claim, webhook: &WebhookId) -> AttemptOutcome {
             response_snippet: None,
             next_attempt_at: None,
             plugin_logs: Vec::new(),
+            request: None,
         },
         update: DeliveryUpdate {
             status: DeliveryStatus::Delivered,

@@ -344,13 +344,11 @@ impl Store for PostgresStore {
     }
 
     async fn reseal_webhooks(&self) -> Result<usize> {
-        webhooks::reseal(self).await.map_err(Into::into)
+        webhooks::reseal(self).await
     }
 
     async fn insert_webhook(&self, tenant: &str, webhook: &WebhookRecord) -> Result<()> {
-        webhooks::insert(self, tenant, webhook)
-            .await
-            .map_err(Into::into)
+        webhooks::insert(self, tenant, webhook).await
     }
 
     async fn webhook(&self, tenant: &str, id: &WebhookId) -> Result<Option<WebhookRecord>> {
@@ -383,13 +381,11 @@ impl Store for PostgresStore {
         id: &WebhookId,
         change: WebhookChange<'_>,
     ) -> Result<Option<WebhookRecord>> {
-        webhooks::update(self, tenant, id, change)
-            .await
-            .map_err(Into::into)
+        webhooks::update(self, tenant, id, change).await
     }
 
     async fn delete_webhook(&self, tenant: &str, id: &WebhookId) -> Result<bool> {
-        webhooks::delete(self, tenant, id).await.map_err(Into::into)
+        webhooks::delete(self, tenant, id).await
     }
 
     async fn all_webhook_ids(&self) -> Result<Vec<(String, WebhookId)>> {
@@ -397,7 +393,7 @@ impl Store for PostgresStore {
     }
 
     async fn append_events(&self, group: Vec<NewEvent>) -> Result<Vec<Appended>> {
-        events::append(self, group).await.map_err(Into::into)
+        events::append(self, group).await
     }
 
     async fn event(&self, tenant: &str, id: &EventId) -> Result<Option<EventRecord>> {
@@ -462,7 +458,7 @@ impl Store for PostgresStore {
     }
 
     async fn record_attempts(&self, outcomes: Vec<AttemptOutcome>) -> Result<Vec<Result<()>>> {
-        queue::record(self, outcomes).await.map_err(Into::into)
+        queue::record(self, outcomes).await
     }
 
     async fn requeue(
@@ -471,9 +467,7 @@ impl Store for PostgresStore {
         id: &DeliveryId,
         due_ms: u64,
     ) -> Result<Option<DeliveryRecord>> {
-        queue::requeue(self, tenant, id, due_ms)
-            .await
-            .map_err(Into::into)
+        queue::requeue(self, tenant, id, due_ms).await
     }
 
     async fn settle(
@@ -483,15 +477,11 @@ impl Store for PostgresStore {
         status: DeliveryStatus,
         error: &str,
     ) -> Result<()> {
-        queue::settle(self, tenant, id, status, error)
-            .await
-            .map_err(Into::into)
+        queue::settle(self, tenant, id, status, error).await
     }
 
     async fn recover(&self, tenant: &str, webhook: &WebhookId, since_ms: u64) -> Result<usize> {
-        queue::recover(self, tenant, webhook, since_ms)
-            .await
-            .map_err(Into::into)
+        queue::recover(self, tenant, webhook, since_ms).await
     }
 
     async fn schedule_counts(&self, now_ms: u64, max_entries: usize) -> Result<ScheduleCounts> {
