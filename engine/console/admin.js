@@ -26,12 +26,15 @@ export async function render(main) {
       ['Data dir', bytes(status.data_dir_bytes)],
       ['Last config reload', status.config.last_result || 'none'],
     ]),
-    table('Tenants', ['Tenant', 'Webhooks', 'Plugins', 'Events', 'Deliveries pending', 'Declared event types'],
+    table('Tenants', ['Tenant', 'Webhooks', 'Plugins', 'Events stored', 'Stored', 'Pending deliveries', 'Events today', 'Events (7 days)', 'Declared event types'],
       tenants.data.map((t) => h('tr', { dataset: { tenant: t.id } },
         h('td', {}, h('code', {}, t.id)),
         h('td', {}, String(t.webhooks)),
         h('td', {}, String(t.plugins)),
         h('td', {}, String(t.events)),
-        h('td', {}, t.pending_deliveries === undefined ? '—' : String(t.pending_deliveries)),
+        h('td', {}, bytes(t.stored_bytes)),
+        h('td', {}, String(t.pending_deliveries)),
+        h('td', {}, String(t.events_today)),
+        h('td', {}, String(t.events_7d)),
         h('td', {}, t.declared_event_types.join(', ') || '—')))));
 }

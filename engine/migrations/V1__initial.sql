@@ -122,6 +122,15 @@ CREATE TABLE stats_event_types (
     PRIMARY KEY (tenant, scope, day, event_type)
 );
 
+-- A webhook's health (store/health.rs: last success and failure, the current run of failures,
+-- hourly counts of the last 24 h) as JSON, written with each group of attempt outcomes.
+CREATE TABLE webhook_health (
+    tenant     text  NOT NULL,
+    webhook_id uuid  NOT NULL,
+    record     jsonb NOT NULL,
+    PRIMARY KEY (tenant, webhook_id)
+);
+
 -- What a tenant holds, kept by ingest and retention (admin views, quotas).
 CREATE TABLE tenant_totals (
     tenant       text   PRIMARY KEY,

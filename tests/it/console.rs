@@ -354,8 +354,23 @@ async fn the_console_fits_360_px_works_by_keyboard_and_has_an_admin_view() {
     b.wait_heading("Tenants").await;
     b.find("tr[data-tenant='acme']").await;
     b.find("tr[data-tenant='globex']").await;
-    let acme = b.text("tr[data-tenant='acme']").await;
-    assert!(acme.contains("acme"), "{acme}");
+    // acme: 1 webhook, 0 plugins, 1 event stored, 0 pending, 1 event today and this week.
+    let cells: Value = b
+        .eval("return [...document.querySelectorAll(\"tr[data-tenant='acme'] td\")].map(td => td.textContent);")
+        .await;
+    let cells: Vec<&str> = cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (
+            cells[0], cells[1], cells[2], cells[3], cells[5], cells[6], cells[7]
+        ),
+        ("acme", "1", "0", "1", "0", "1", "1"),
+        "{cells:?}"
+    );
     assert!(
         !overflows(&b).await,
         "the tenants view is wider than 360 px"

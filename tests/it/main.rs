@@ -16,6 +16,7 @@ mod event_types;
 mod examples;
 mod faulty;
 mod fuzz;
+mod health;
 mod hostile_http;
 mod isolation;
 mod metrics;

@@ -138,11 +138,62 @@ pub struct WebhookView {
     retry_schedule: Option<Vec<String>>,
     metadata: BTreeMap<String, String>,
     plugins: Vec<PluginAttachment>,
+    /// How the receiver has been doing (from the attempt log).
+    health: WebhookHealthView,
     created_at: String,
     updated_at: String,
     /// Only in the answers to create and rotate-secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
+}
+
+/// A webhook's health: attempts that reached for the receiver (plugin verdicts left out).
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct WebhookHealthView {
+    last_success_at: Option<String>,
+    last_failure_at: Option<String>,
+    /// Error code of the last failed attempt (`http_status`, `timeout`, `connect_refused`…).
+    last_error_code: Option<String>,
+    /// Failed attempts since the last success.
+    consecutive_failures: u32,
+    /// When the current run of failures began; `null` once an attempt succeeds.
+    failing_since: Option<String>,
+    /// Delivered / (delivered + failed) attempts of the last 24 hours; `null` without any.
+    success_rate_24h: Option<f64>,
+    /// Attempts of the last 24 hours.
+    attempts_24h: u64,
+}
+
+impl From<crate::store::health::WebhookHealth> for WebhookHealthView {
+    fn from(h: crate::store::health::WebhookHealth) -> Self {
+        let now = now_ms();
+        let (ok, bad) = h.last_24h(now);
+        WebhookHealthView {
+            last_success_at: h.last_success_at.map(rfc3339),
+            last_failure_at: h.last_failure_at.map(rfc3339),
+            last_error_code: h.last_error_code.clone(),
+            consecutive_failures: h.consecutive_failures,
+            failing_since: h.failing_since.map(rfc3339),
+            success_rate_24h: h
+                .success_rate_24h(now)
+                .map(|r| (r * 10_000.0).round() / 10_000.0),
+            attempts_24h: ok + bad,
+        }
+    }
+}
+
+impl WebhookView {
+    /// The view of `w` with its health read from the store.
+    async fn with_health(
+        state: &AppState,
+        tenant: &str,
+        w: WebhookRecord,
+    ) -> Result<Self, ApiError> {
+        let health = state.store.webhook_health(tenant, &w.id).await?;
+        let mut view = WebhookView::from(w);
+        view.health = WebhookHealthView::from(health);
+        Ok(view)
+    }
 }
 
 impl From<WebhookRecord> for WebhookView {
@@ -170,6 +221,7 @@ impl From<WebhookRecord> for WebhookView {
             }),
             metadata: w.metadata,
             plugins: w.plugins,
+            health: WebhookHealthView::default(),
             created_at: rfc3339(w.created_at),
             updated_at: rfc3339(w.updated_at),
             secret: None,
@@ -493,7 +545,10 @@ pub async fn list(
             page_limit(query.limit)?,
         )
         .await?;
-    let data = page.items.into_iter().map(WebhookView::from).collect();
+    let mut data = Vec::with_capacity(page.items.len());
+    for webhook in page.items {
+        data.push(WebhookView::with_health(&state, &tenant.id, webhook).await?);
+    }
     Ok(ApiJson(ListResponse::new(data, page.next)))
 }
 
@@ -515,9 +570,10 @@ pub async fn get_one(
     tenant: Tenant,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<WebhookView>, ApiError> {
-    Ok(ApiJson(WebhookView::from(
-        load(&state, &tenant, &id).await?,
-    )))
+    let webhook = load(&state, &tenant, &id).await?;
+    Ok(ApiJson(
+        WebhookView::with_health(&state, &tenant.id, webhook).await?,
+    ))
 }
 
 /// Changes the fields present in the body.
@@ -639,7 +695,9 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::not_found("webhook", &id))?;
     info!(tenant = %tenant.id, webhook_id = %webhook_id, "webhook updated");
-    Ok(ApiJson(WebhookView::from(updated)))
+    Ok(ApiJson(
+        WebhookView::with_health(&state, &tenant.id, updated).await?,
+    ))
 }
 
 /// Deletes a webhook and stops its queue.

@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub security: RawSecurity,
     #[serde(default)]
     pub store: RawStore,
+    #[serde(default)]
     pub quotas: RawQuotas,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,

@@ -201,8 +201,13 @@ async fn run_chain(
         ChainOutcome::Filtered { .. } => ("filtered", None),
         ChainOutcome::Failed { code, .. } => ("failed", Some(code.as_str())),
     };
-    ctx.metrics
-        .plugin_chain_ran(&input.tenant.id, chain_outcome, chain_error, run.duration);
+    ctx.metrics.plugin_chain_ran(
+        &input.tenant.id,
+        chain_outcome,
+        chain_error,
+        run.duration,
+        run.waited,
+    );
     let logs = run
         .logs
         .iter()
@@ -216,7 +221,7 @@ async fn run_chain(
             format!("{} [{}] {}", log.plugin, log.level.as_str(), log.message)
         })
         .collect();
-    (run.outcome, logs, run.duration)
+    (run.outcome, logs, run.waited + run.duration)
 }
 
 /// A URL a plugin chose passes the same syntax checks as one a tenant entered; the address

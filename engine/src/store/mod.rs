@@ -18,6 +18,7 @@
 //!   [`Store::webhooks_of`] open them, listings leave them sealed.
 
 pub mod cache;
+pub mod health;
 pub mod postgres;
 pub mod records;
 pub mod sled_store;
@@ -406,6 +407,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<DayStats>>;
 
     async fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage>;
+
+    /// A webhook's health (`health.rs`), kept up to date by [`Store::record_attempts`] in the
+    /// same write as each attempt (applying [`health::WebhookHealth::record`]); default for a
+    /// webhook with no attempt yet. Removed with the webhook.
+    async fn webhook_health(
+        &self,
+        tenant: &str,
+        webhook: &WebhookId,
+    ) -> Result<health::WebhookHealth>;
 
     // ---- retention --------------------------------------------------------------------------
 

@@ -49,6 +49,15 @@ impl WebDriverCompatibleCommand for BrowserLog {
     }
 }
 
+/// Whether a command failed because its element left the page (a re-render replaced it).
+fn is_stale(err: &fantoccini::error::CmdError) -> bool {
+    matches!(
+        err,
+        fantoccini::error::CmdError::Standard(e)
+            if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+    )
+}
+
 pub struct Browser {
     pub client: Client,
     driver: tokio::process::Child,
@@ -188,8 +197,17 @@ impl Browser {
         self.client.perform_actions(actions).await.unwrap();
     }
 
+    /// Clicks the element matching `css`. Pages re-render after each action, so an element
+    /// found a moment ago may have been replaced: then the new one is found and clicked.
     pub async fn click(&self, css: &str) {
-        self.find(css).await.click().await.unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.find(css).await.click().await {
+                Ok(()) => return,
+                Err(err) if is_stale(&err) && Instant::now() < deadline => {}
+                Err(err) => panic!("clicking `{css}`: {err}"),
+            }
+        }
     }
 
     /// Replaces the value of the input matching `css` with `text` (typed as keys).
@@ -199,8 +217,16 @@ impl Browser {
         element.send_keys(text).await.unwrap();
     }
 
+    /// The visible text of the element matching `css` (found again if it was re-rendered).
     pub async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.unwrap()
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.find(css).await.text().await {
+                Ok(text) => return text,
+                Err(err) if is_stale(&err) && Instant::now() < deadline => {}
+                Err(err) => panic!("reading `{css}`: {err}"),
+            }
+        }
     }
 
     /// Keeps a screenshot of the current page under `name` (written only if the test fails).

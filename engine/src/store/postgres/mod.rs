@@ -502,6 +502,16 @@ impl Store for PostgresStore {
             .map_err(Into::into)
     }
 
+    async fn webhook_health(
+        &self,
+        tenant: &str,
+        webhook: &WebhookId,
+    ) -> Result<super::health::WebhookHealth> {
+        queue::health(self, tenant, webhook)
+            .await
+            .map_err(Into::into)
+    }
+
     async fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage> {
         stats::usage(self, tenant).await.map_err(Into::into)
     }

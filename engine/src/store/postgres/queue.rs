@@ -15,6 +15,7 @@ use super::codec::{self, Filtered, ms, status_text, unms};
 use super::stats::{self, Transition};
 use super::{PgResult, PostgresStore, notify, retry_tx};
 use crate::ids::{DeliveryId, WebhookId};
+use crate::store::health::WebhookHealth;
 use crate::store::{
     AttemptOutcome, AttemptRecord, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, Page,
     QueueHead, Result, ScheduleCounts, StoreError,
@@ -175,6 +176,7 @@ async fn record_tx(store: &PostgresStore, outcomes: &[AttemptOutcome]) -> PgResu
         stats::add_transitions(&tx, &transitions),
         notify::send_due(&tx, &store.inner.node, retries),
     )?;
+    record_health(&tx, &recorded).await?;
     tx.commit().await?;
     Ok(Recorded { written, lost })
 }
@@ -285,6 +287,96 @@ async fn apply_outcomes(
             })
         })
         .collect()
+}
+
+/// Applies the recorded attempts to their webhooks' health, in the outcome transaction: the
+/// health rows are read locked (in key order) and written back once per webhook.
+async fn record_health(tx: &Transaction<'_>, outcomes: &[&AttemptOutcome]) -> PgResult<()> {
+    let mut by_webhook: std::collections::BTreeMap<(&str, Uuid), Vec<&AttemptRecord>> =
+        std::collections::BTreeMap::new();
+    for outcome in outcomes {
+        by_webhook
+            .entry((
+                outcome.tenant.as_str(),
+                codec::uuid(&outcome.attempt.webhook_id),
+            ))
+            .or_default()
+            .push(&outcome.attempt);
+    }
+    if by_webhook.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<&str> = by_webhook.keys().map(|(t, _)| *t).collect();
+    let webhooks: Vec<Uuid> = by_webhook.keys().map(|(_, w)| *w).collect();
+    let statement = tx
+        .prepare_cached(
+            "SELECT h.tenant, h.webhook_id, h.record::text FROM webhook_health h
+               JOIN unnest($1::text[], $2::uuid[]) AS u(tenant, webhook_id)
+                 ON h.tenant = u.tenant AND h.webhook_id = u.webhook_id
+              ORDER BY h.tenant, h.webhook_id
+                FOR UPDATE OF h",
+        )
+        .await?;
+    let mut current: HashMap<(String, Uuid), WebhookHealth> = HashMap::new();
+    for row in tx.query(&statement, &[&tenants, &webhooks]).await? {
+        let text: String = row.try_get(2)?;
+        let health = serde_json::from_str(&text).unwrap_or_default();
+        current.insert((row.try_get(0)?, row.try_get(1)?), health);
+    }
+    let mut changed: Vec<(&str, Uuid, String)> = Vec::new();
+    for ((tenant, webhook), mut attempts) in by_webhook {
+        attempts.sort_by_key(|a| a.started_at);
+        let mut health = current
+            .remove(&(tenant.to_string(), webhook))
+            .unwrap_or_default();
+        let mut any = false;
+        for attempt in attempts {
+            any |= health.record(attempt);
+        }
+        if any {
+            let text = serde_json::to_string(&health).expect("health serialises");
+            changed.push((tenant, webhook, text));
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<&str> = changed.iter().map(|(t, _, _)| *t).collect();
+    let webhooks: Vec<Uuid> = changed.iter().map(|(_, w, _)| *w).collect();
+    let records: Vec<&str> = changed.iter().map(|(_, _, r)| r.as_str()).collect();
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO webhook_health AS h (tenant, webhook_id, record)
+             SELECT t, w, r::jsonb FROM unnest($1::text[], $2::uuid[], $3::text[])
+                    WITH ORDINALITY AS u(t, w, r, n)
+              ORDER BY n
+             ON CONFLICT (tenant, webhook_id) DO UPDATE SET record = excluded.record",
+        )
+        .await?;
+    tx.execute(&statement, &[&tenants, &webhooks, &records])
+        .await?;
+    Ok(())
+}
+
+/// A webhook's health; the default before its first attempt.
+pub(super) async fn health(
+    store: &PostgresStore,
+    tenant: &str,
+    webhook: &WebhookId,
+) -> PgResult<WebhookHealth> {
+    let client = store.client().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT record::text FROM webhook_health WHERE tenant = $1 AND webhook_id = $2",
+        )
+        .await?;
+    match client
+        .query_opt(&statement, &[&tenant, &codec::uuid(webhook)])
+        .await?
+    {
+        Some(row) => serde_json::from_str(&row.try_get::<_, String>(0)?).map_err(codec::corrupt),
+        None => Ok(WebhookHealth::default()),
+    }
 }
 
 /// Which of `outcomes`' deliveries exist (those not written lost their lease).

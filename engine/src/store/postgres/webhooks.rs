@@ -180,11 +180,13 @@ pub(super) async fn delete(store: &PostgresStore, tenant: &str, id: &WebhookId) 
             return PgResult::Ok(false);
         }
         end_queue(&tx, tenant, id).await?;
-        tx.execute(
-            "DELETE FROM webhook_rate WHERE tenant = $1 AND webhook_id = $2",
-            &[&tenant, &codec::uuid(id)],
-        )
-        .await?;
+        for table in ["webhook_rate", "webhook_health"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE tenant = $1 AND webhook_id = $2"),
+                &[&tenant, &codec::uuid(id)],
+            )
+            .await?;
+        }
         notify::send_webhook_changed(&tx, &store.inner.node, tenant, id).await?;
         tx.commit().await?;
         PgResult::Ok(true)

@@ -22,6 +22,9 @@ pub const IDEMPOTENCY: u8 = b'I';
 /// counts, `o` outcome counts, `t` followed by an event type: that type's count).
 pub const STATS: u8 = b'S';
 
+/// Webhook health (`store/health.rs`): tenant, webhook id → its health record.
+pub const HEALTH: u8 = b'H';
+
 const SEP: u8 = 0;
 
 pub fn tenant_prefix(kind: u8, tenant: &str) -> Vec<u8> {
@@ -45,6 +48,10 @@ fn with_parts(kind: u8, tenant: &str, parts: &[&[u8]]) -> Vec<u8> {
 
 pub fn webhook(tenant: &str, id: &WebhookId) -> Vec<u8> {
     with_parts(WEBHOOK, tenant, &[id.as_str().as_bytes()])
+}
+
+pub fn health(tenant: &str, id: &WebhookId) -> Vec<u8> {
+    with_parts(HEALTH, tenant, &[id.as_str().as_bytes()])
 }
 
 pub fn event(tenant: &str, id: &EventId) -> Vec<u8> {

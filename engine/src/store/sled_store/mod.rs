@@ -23,6 +23,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::WebhookCache;
+use super::health::WebhookHealth;
 use super::stats::{DayStats, StatsScope};
 use super::{
     Appended, AttemptOutcome, AttemptRecord, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus,
@@ -93,6 +94,24 @@ struct IdempotencyEntry {
 /// the same transaction, as are the statistics counters of the state change and of the
 /// attempt's latency (`attempt_latency_ms`, when the change records an attempt). `None` if the
 /// delivery does not exist; a record that does not decode aborts with `Corrupt`.
+/// Applies an attempt to its webhook's health record inside transaction `tx`.
+fn record_health(
+    tx: &sled::transaction::TransactionalTree,
+    tenant: &str,
+    attempt: &AttemptRecord,
+) -> std::result::Result<(), ConflictableTransactionError<StoreError>> {
+    let key = keys::health(tenant, &attempt.webhook_id);
+    let mut health: WebhookHealth = match tx.get(&key)? {
+        // A record that does not decode is started afresh rather than failing the attempt.
+        Some(bytes) => decode(&bytes).unwrap_or_default(),
+        None => WebhookHealth::default(),
+    };
+    if health.record(attempt) {
+        tx.insert(key, encode(&health))?;
+    }
+    Ok(())
+}
+
 fn change_delivery_in(
     tx: &sled::transaction::TransactionalTree,
     tenant: &str,
@@ -518,6 +537,7 @@ impl SledStore {
     pub async fn delete_webhook(&self, tenant: &str, id: &WebhookId) -> Result<bool> {
         let removed = self.tree.remove(keys::webhook(tenant, id));
         self.webhooks.invalidate(tenant);
+        self.tree.remove(keys::health(tenant, id))?;
         if removed?.is_none() {
             return Ok(false);
         }
@@ -868,6 +888,9 @@ impl SledStore {
                         Some(attempt.latency_ms),
                         now,
                     );
+                    if matches!(changed, Ok(Some(_))) {
+                        record_health(tx, &o.tenant, attempt)?;
+                    }
                     match changed {
                         Ok(record) => results.push(Ok(record)),
                         Err(ConflictableTransactionError::Abort(err)) => results.push(Err(err)),
@@ -1228,6 +1251,13 @@ impl Store for SledStore {
         last_day: u32,
     ) -> Result<Vec<DayStats>> {
         SledStore::stats_days(self, tenant, scope, first_day, last_day)
+    }
+
+    async fn webhook_health(&self, tenant: &str, webhook: &WebhookId) -> Result<WebhookHealth> {
+        match self.tree.get(keys::health(tenant, webhook))? {
+            Some(bytes) => decode(&bytes),
+            None => Ok(WebhookHealth::default()),
+        }
     }
 
     async fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage> {
