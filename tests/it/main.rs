@@ -25,6 +25,7 @@ mod ops;
 mod plugin_fairness;
 mod plugins;
 mod query_params;
+mod quotas;
 mod replay;
 mod restart;
 mod retention;
