@@ -3,8 +3,9 @@
 //! outcomes, webhooks, reads and listings, statistics, retention — and nothing about how a
 //! backend keeps it. The engine and the API hold an `Arc<dyn Store>` and never name a backend.
 //!
-//! Backends: `sled_store` (embedded, the default; the only module that names sled). A second
-//! backend implements [`Store`] and is chosen in [`open`]; see `ARCHITECTURE.md`.
+//! Backends: `sled_store` (embedded, the default; the only module that names sled) and
+//! `postgres` (several nodes sharing one database; the only module that names tokio-postgres).
+//! [`open`] picks one from `[store] backend`; see `ARCHITECTURE.md`.
 //!
 //! Rules every backend keeps:
 //! - Every read and write takes the tenant id; no call crosses tenants.
@@ -18,12 +19,12 @@
 
 pub mod cache;
 pub mod health;
+pub mod postgres;
 pub mod records;
 pub mod sled_store;
 pub mod stats;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -434,11 +435,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn prune_stats(&self, before_day: u32) -> Result<usize>;
 }
 
-/// Opens the configured backend on `data_dir`.
-pub fn open(data_dir: &Path, keyring: Arc<Keyring>, cache_bytes: u64) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(SledStore::open_with_cache(
-        data_dir,
-        keyring,
-        cache_bytes,
-    )?))
+/// Opens the configured backend: sled on `config.data_dir`, or PostgreSQL at
+/// `config.store`'s URL (connecting and migrating the schema first).
+pub async fn open(config: &crate::config::Config, keyring: Arc<Keyring>) -> Result<Arc<dyn Store>> {
+    match config.store.backend {
+        crate::config::StoreBackend::Sled => Ok(Arc::new(SledStore::open_with_cache(
+            &config.data_dir,
+            keyring,
+            config.limits.store_cache_bytes,
+        )?)),
+        crate::config::StoreBackend::Postgres => Ok(Arc::new(
+            postgres::PostgresStore::open(&config.store, keyring).await?,
+        )),
+    }
 }
