@@ -65,7 +65,8 @@ pub fn spawn_receiver() -> (Proc, String) {
 }
 
 /// The engine's config: one tenant, loopback allowed, limits generous enough that the bench
-/// measures the engine rather than its default caps (64 in flight per webhook, 1024 overall).
+/// measures the engine rather than its default caps (64 in flight per webhook, 1024 overall,
+/// the API rate quota).
 pub fn write_config(dir: &Path, data: &Path, attempt_timeout: &str) -> PathBuf {
     let text = format!(
         r#"
@@ -78,6 +79,10 @@ max_in_flight = 1024
 [ssrf]
 allow_http = true
 allow = ["127.0.0.1/32"]
+[quotas]
+# The bench measures the engine, not the tenant's API request rate (1000/s by default).
+api_requests_per_sec = 1000000
+api_burst = 10000000
 [security]
 secret_key = "ZTJlLWJlbmNoLXNlY3JldC1rZXktZm9yLWhvb2tkISE="
 [[tenants]]
