@@ -37,12 +37,13 @@ fn event(payload: &str) -> NewEvent {
     }
 }
 
-fn open_store(dir: &std::path::Path) -> Arc<dyn Store> {
+async fn open_store(dir: &std::path::Path) -> Arc<dyn Store> {
     hookd::store::open(
         dir,
         Arc::new(hookd::secrets::Keyring::random()),
         64 * 1024 * 1024,
     )
+    .await
     .unwrap()
 }
 
@@ -52,7 +53,7 @@ fn payload_1k() -> String {
 
 async fn fsync_per_event() -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
+    let store = open_store(dir.path()).await;
     let payload = payload_1k();
     let start = Instant::now();
     let mut n = 0u64;
@@ -65,7 +66,7 @@ async fn fsync_per_event() -> f64 {
 
 async fn group_commit() -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
+    let store = open_store(dir.path()).await;
     let (ingest, _writer) = Ingest::start(store);
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

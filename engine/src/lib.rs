@@ -123,8 +123,8 @@ impl RunningEngine {
                 }
             }
         }
-        if let Err(err) = self.store.flush().await {
-            warn!(error = %err, "final flush failed");
+        if let Err(err) = self.store.close().await {
+            warn!(error = %err, "closing the store failed");
         }
         info!("engine stopped; store flushed");
     }
@@ -147,6 +147,7 @@ pub async fn start(
         Arc::new(keyring),
         config.limits.store_cache_bytes,
     )
+    .await
     .map_err(|source| StartError::Store {
         path: config.data_dir.clone(),
         source,

@@ -246,8 +246,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Sets who hears about due work (the dispatcher). Called once, at start.
     fn set_listener(&self, listener: Arc<dyn WorkListener>);
 
-    /// Makes every write so far durable (at shutdown).
+    /// Makes every write so far durable.
     async fn flush(&self) -> Result<()>;
+
+    /// Makes everything durable and releases the store (at shutdown): nothing may be called
+    /// after it.
+    async fn close(&self) -> Result<()>;
 
     /// Whether the store can take events now: `Space` when the data dir is full or
     /// read-only, another error when it cannot be read or written (for `/readyz`).
@@ -410,11 +414,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn prune_stats(&self, before_day: u32) -> Result<usize>;
 }
 
-/// Opens the configured backend on `data_dir`.
-pub fn open(data_dir: &Path, keyring: Arc<Keyring>, cache_bytes: u64) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(SledStore::open_with_cache(
-        data_dir,
-        keyring,
-        cache_bytes,
-    )?))
+/// Opens the configured backend on `data_dir` (migrating a data dir of an older layout).
+pub async fn open(
+    data_dir: &Path,
+    keyring: Arc<Keyring>,
+    cache_bytes: u64,
+) -> Result<Arc<dyn Store>> {
+    let dir = data_dir.to_path_buf();
+    let store = tokio::task::spawn_blocking(move || {
+        SledStore::open_with_cache(&dir, keyring, cache_bytes)
+    })
+    .await
+    .map_err(|err| StoreError::Interrupted(err.to_string()))??;
+    store.migrate_if_needed().await?;
+    Ok(Arc::new(store))
 }
