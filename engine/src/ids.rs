@@ -4,7 +4,7 @@
 //! built from them keep listings in time order without a separate index.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,12 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch as an RFC 3339 timestamp (`2026-11-23T10:00:00.000Z`),
+/// the form every time takes in the API, delivered bodies and operational events.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 macro_rules! prefixed_id {

@@ -11,7 +11,9 @@ pub mod delivery;
 pub mod fanout;
 pub mod ids;
 pub mod ingest;
+pub mod outbound;
 pub mod plugin;
+pub mod resolver;
 pub mod retention;
 pub mod secrets;
 pub mod signing;
@@ -123,6 +125,9 @@ impl RunningEngine {
                 }
             }
         }
+        if let Err(err) = self.store.release_claims().await {
+            warn!(error = %err, "could not release claims; they return when their lease ends");
+        }
         if let Err(err) = self.store.close().await {
             warn!(error = %err, "closing the store failed");
         }
@@ -190,6 +195,8 @@ pub async fn start(
             plugins.watch_dir(dir.clone(), shutdown.clone()),
         ));
     }
+    let sessions = api::console::Sessions::from_config(&config)
+        .ok_or_else(|| StartError::NoSecretKey("no secret key for console sessions".into()))?;
     let config = SharedConfig::new(config);
     let metrics = Metrics::new();
 
@@ -232,6 +239,7 @@ pub async fn start(
         delivery,
         started: std::time::Instant::now(),
         metrics: metrics.clone(),
+        sessions,
     });
     let serve_limits = {
         let limits = &config.current().limits;

@@ -9,6 +9,16 @@ use hookd::config::{Config, DEFAULT_LISTEN, generate_api_key};
 use hookd::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc instead of glibc malloc. Measured (issue 14, release binary, one webhook with the
+/// `reshape-transform` plugin, 8 producers of 1 KiB events): with glibc the resident set grew
+/// by ~20 KiB per delivery without bound (35 → 525 MiB over 24k deliveries) while heaptrack
+/// showed at most ~92 MiB of live heap. The first large free (a plugin compile's multi-MiB
+/// buffers) raises glibc's dynamic mmap threshold to that size, after which the engine's
+/// transient 512 KiB buffers come from the arenas and fragment them. With jemalloc the same
+/// run stays flat (~160 MiB after 32k deliveries); without plugins both allocators stay flat.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// hookd: durable, signed, retried webhook delivery with WebAssembly plugins.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use url::{Host, Url};
 
 use crate::config::SsrfConfig;
-use crate::delivery::client::OutboundResolver;
+use crate::resolver::OutboundResolver;
 
 /// Longest webhook URL accepted.
 pub const MAX_URL_BYTES: usize = 2048;
@@ -29,11 +29,17 @@ pub enum UrlError {
     Credentials,
     #[error("the URL is longer than {MAX_URL_BYTES} bytes")]
     TooLong,
-    #[error("{0}")]
+    /// Displays without the address: the message reaches the tenant.
+    #[error("{BLOCKED_ADDRESS_MESSAGE}")]
     Blocked(BlockedAddress),
 }
 
-/// The refusal of a non-public address.
+/// What a tenant is told about a refused address, at webhook creation and in the attempt log:
+/// never the address a name resolved to, or hookd would answer questions about internal names.
+/// Operators find the address and its kind in the log.
+pub const BLOCKED_ADDRESS_MESSAGE: &str = "the URL's host is not a public address; hookd delivers only to public addresses unless the admin allow-list permits the network";
+
+/// The refusal of a non-public address. Its `Display` names the address: for logs only.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error(
     "{ip} is a {kind} address; hookd only delivers to public addresses unless the admin allow-list permits it"
@@ -176,6 +182,11 @@ fn non_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
         let v4 = Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]);
         return non_public_v4(v4);
     }
+    // The local-use NAT64 prefix (RFC 8215, 64:ff9b:1::/48) translates into networks of the
+    // operator's choosing, with the IPv4 address at a prefix-dependent position: refuse it all.
+    if segments[0] == 0x64 && segments[1] == 0xff9b && segments[2] == 0x0001 {
+        return Some("NAT64 local-use");
+    }
     let kind = if ip.is_loopback() {
         "loopback"
     } else if ip.is_unspecified() {
@@ -188,8 +199,9 @@ fn non_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "link-local"
     } else if segments[0] == 0x2001 && segments[1] == 0x0db8 {
         "documentation"
-    } else if segments[0] == 0 {
-        // ::/8 leftovers, including deprecated IPv4-compatible addresses (::a.b.c.d).
+    } else if segments[0] < 0x100 {
+        // ::/8 leftovers, including deprecated IPv4-compatible addresses (::a.b.c.d) and the
+        // rest of 64:ff9b::/32 beyond the two NAT64 prefixes.
         "reserved"
     } else if segments[0] == 0x2002 || (segments[0] == 0x2001 && segments[1] == 0) {
         // 6to4 and Teredo tunnel to arbitrary IPv4 addresses.
@@ -239,6 +251,13 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "::127.0.0.1",
             "2002:7f00:1::",
+            // RFC 8215 local-use NAT64: the IPv4 target may sit anywhere in the low bits.
+            "64:ff9b:1::a9fe:a9fe",
+            "64:ff9b:1:7f00:1::",
+            "64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
+            // ::/8 is reserved around the NAT64 prefixes too.
+            "64:ff9b:2::1",
+            "ff::1",
         ] {
             let ip: IpAddr = text.parse().unwrap();
             assert!(p.check_ip(ip).is_err(), "{text} should be refused");
@@ -253,6 +272,8 @@ mod tests {
             "1.1.1.1",
             "2606:4700:4700::1111",
             "::ffff:8.8.8.8",
+            // The well-known NAT64 prefix in front of a public address.
+            "64:ff9b::808:808",
         ] {
             let ip: IpAddr = text.parse().unwrap();
             assert_eq!(p.check_ip(ip), Ok(()), "{text} should pass");
@@ -286,6 +307,10 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(err, UrlError::Blocked(_)), "{url}: {err}");
+            // What the tenant reads never names the address.
+            for address in ["127", "169.254", "7f00", "a9fe"] {
+                assert!(!err.to_string().contains(address), "{url}: {err}");
+            }
         }
     }
 

@@ -48,6 +48,8 @@ pub const QUEUE_DUE: &str = "hookd_queue_due";
 pub const QUEUE_SCHEDULED: &str = "hookd_queue_scheduled";
 pub const PLUGIN_CALLS: &str = "hookd_plugin_calls_total";
 pub const PLUGIN_CHAIN: &str = "hookd_plugin_chain_seconds";
+pub const PLUGIN_SLOT_WAIT: &str = "hookd_plugin_slot_wait_seconds";
+pub const ATTEMPT_SLOT: &str = "hookd_attempt_slot_seconds";
 pub const CONFIG_RELOADS: &str = "hookd_config_reloads_total";
 
 /// Bucket bounds of the HTTP latency of attempts, in seconds.
@@ -91,6 +93,18 @@ impl Metrics {
                     PLUGIN_CHAIN_BUCKETS,
                 )
             })
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full(PLUGIN_SLOT_WAIT.to_string()),
+                    PLUGIN_CHAIN_BUCKETS,
+                )
+            })
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full(ATTEMPT_SLOT.to_string()),
+                    PLUGIN_CHAIN_BUCKETS,
+                )
+            })
             .expect("bucket lists are not empty")
             .build_recorder();
         let metrics = Metrics {
@@ -109,6 +123,11 @@ impl Metrics {
                 "HTTP latency of delivery attempts, by tenant"
             );
             describe_gauge!(ATTEMPTS_IN_FLIGHT, "Delivery attempts running now");
+            describe_histogram!(
+                ATTEMPT_SLOT,
+                Unit::Seconds,
+                "How long an attempt held one of its webhook's in-flight slots: from the claim until its outcome was recorded, by tenant (compare with the HTTP latency)"
+            );
             describe_gauge!(
                 QUEUE_DUE,
                 "Queued deliveries due now, including those in flight (sampled every 10 s)"
@@ -124,7 +143,12 @@ impl Metrics {
             describe_histogram!(
                 PLUGIN_CHAIN,
                 Unit::Seconds,
-                "Wall time of plugin chain runs, by tenant"
+                "Wall time of plugin chain runs once their plugin slots were granted, by tenant"
+            );
+            describe_histogram!(
+                PLUGIN_SLOT_WAIT,
+                Unit::Seconds,
+                "Time plugin chains waited for a plugin slot before running, by tenant"
             );
             describe_counter!(CONFIG_RELOADS, "Config reloads by result (applied, refused)");
             // Series that exist before their first event, so dashboards and alerts see zeros.
@@ -179,6 +203,13 @@ impl Metrics {
         });
     }
 
+    /// How long an attempt held its webhook's in-flight slot.
+    pub fn attempt_slot(&self, tenant: &str, held: Duration) {
+        self.with(|| {
+            histogram!(ATTEMPT_SLOT, "tenant" => tenant.to_string()).record(held.as_secs_f64());
+        });
+    }
+
     /// Counts an attempt as in flight until the guard is dropped (also when its task is
     /// aborted at shutdown).
     pub fn attempt_in_flight(&self) -> InFlight {
@@ -187,13 +218,15 @@ impl Metrics {
         InFlight(gauge)
     }
 
-    /// A plugin chain ran: `outcome` is `deliver`, `filtered` or `failed`.
+    /// A plugin chain ran for `duration` after waiting `waited` for its plugin slots:
+    /// `outcome` is `deliver`, `filtered` or `failed`.
     pub fn plugin_chain_ran(
         &self,
         tenant: &str,
         outcome: &'static str,
         error_code: Option<&'static str>,
         duration: Duration,
+        waited: Duration,
     ) {
         self.with(|| {
             counter!(
@@ -204,6 +237,8 @@ impl Metrics {
             )
             .increment(1);
             histogram!(PLUGIN_CHAIN, "tenant" => tenant.to_string()).record(duration.as_secs_f64());
+            histogram!(PLUGIN_SLOT_WAIT, "tenant" => tenant.to_string())
+                .record(waited.as_secs_f64());
         });
     }
 

@@ -3,15 +3,20 @@
 // Tests play producers and API clients, so they build plain HTTP clients of their own.
 #![allow(clippy::disallowed_methods)]
 
+mod api_clients;
 mod api_errors;
 mod batch;
+mod capture;
+mod console;
 mod crash;
 mod delivery;
 mod disk;
 mod dns;
+mod event_types;
 mod examples;
 mod faulty;
 mod fuzz;
+mod health;
 mod hostile_http;
 mod isolation;
 mod metrics;
@@ -19,10 +24,13 @@ mod openapi;
 mod ops;
 mod plugin_fairness;
 mod plugins;
+mod query_params;
+mod replay;
 mod restart;
 mod retention;
 mod retries;
 mod secrets;
 mod ssrf;
 mod stats;
+mod upgrade;
 mod support;

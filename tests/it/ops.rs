@@ -122,10 +122,16 @@ async fn a_valid_config_edit_applies_live_and_an_invalid_one_is_refused_and_repo
         (ready["config"]["last_result"] == "refused").then_some(ready)
     })
     .await;
-    let errors = ready["config"]["errors"].to_string();
+    // The probe (no key) says only that the edit was refused; the admin route lists why.
+    assert!(ready["config"].get("errors").is_none(), "{ready}");
+    let (status, admin) = engine
+        .call("GET", "/v1/admin/status", ADMIN_KEY, None)
+        .await;
+    assert_eq!(status, 200, "{admin}");
+    let errors = admin["config"]["errors"].to_string();
     assert!(
         errors.contains("limits.max_payload_bytes") && errors.contains("limits.idempotency_window"),
-        "every problem listed: {ready}"
+        "every problem listed: {admin}"
     );
     assert_eq!(
         status_with(&engine, "new-key").await,
@@ -141,6 +147,126 @@ async fn a_valid_config_edit_applies_live_and_an_invalid_one_is_refused_and_repo
     .await;
     let (_, ready) = engine.call("GET", "/readyz", ACME_KEY, None).await;
     assert_eq!(ready["config"]["last_result"], "applied");
+}
+
+/// Issue 12: renaming `secret_key` to `secret_kye` in the watched file made `/readyz` print the
+/// TOML error with its source line (the sealing key) to anyone, and log it seven times.
+#[tokio::test]
+async fn a_refused_reload_never_shows_its_values_on_the_probe_or_in_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = dir.path().join("hookd.toml");
+    let original = with_admin(&test_config_toml(&data, "", true));
+    std::fs::write(&path, &original).unwrap();
+    let (mut child, base, log) = crate::crash::spawn_hookd_logged(&path, &data, "info");
+    let http = reqwest::Client::new();
+    let readyz = || async {
+        let text = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (serde_json::from_str::<Value>(&text).unwrap(), text)
+    };
+
+    let admin_errors = || async {
+        let admin: Value = http
+            .get(format!("{base}/v1/admin/status"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        admin["config"]["errors"].to_string()
+    };
+
+    // A secret-looking value that validation refuses...
+    let leaked = "c2VjcmV0LWxvb2tpbmctdmFsdWUtdGhhdC1tdXN0LW5vdC1sZWFrIQ==";
+    let bad_value = original.replace(
+        "[delivery]\n",
+        &format!("[delivery]\nconnect_timeout = \"{leaked}\"\n"),
+    );
+    assert_ne!(bad_value, original);
+    std::fs::write(&path, &bad_value).unwrap();
+    let (_, text) = eventually(WAIT, "the first refusal is reported", || async {
+        let (ready, text) = readyz().await;
+        (ready["config"]["refused"] == 1).then_some((ready, text))
+    })
+    .await;
+    assert!(!text.contains(leaked), "/readyz shows the value: {text}");
+    let errors = admin_errors().await;
+    assert!(errors.contains("`delivery.connect_timeout`"), "{errors}");
+    assert!(!errors.contains(leaked), "{errors}");
+
+    // ...and the issue's edit: the sealing key's line no longer parses as a known key.
+    let edited = original.replace("secret_key = ", "secret_kye = ");
+    assert_ne!(edited, original);
+    std::fs::write(&path, &edited).unwrap();
+    let (ready, text) = eventually(WAIT, "the second refusal is reported", || async {
+        let (ready, text) = readyz().await;
+        (ready["config"]["refused"] == 2).then_some((ready, text))
+    })
+    .await;
+    assert_eq!(
+        (
+            ready["status"].as_str(),
+            ready["config"]["last_result"].as_str()
+        ),
+        (Some("ready"), Some("refused")),
+        "{text}"
+    );
+    for needle in [crate::support::TEST_SECRET_KEY, "secret_kye"] {
+        assert!(!text.contains(needle), "/readyz shows `{needle}`: {text}");
+    }
+    // The admin route names file, line and table, without the value.
+    let errors = admin_errors().await;
+    assert!(errors.contains("hookd.toml:"), "{errors}");
+    assert!(
+        errors.contains("`security`") && errors.contains("unknown key"),
+        "{errors}"
+    );
+    assert!(
+        !errors.contains(crate::support::TEST_SECRET_KEY),
+        "{errors}"
+    );
+
+    // Touching the file again without changing it logs nothing new.
+    let before = log.lock().unwrap().len();
+    std::fs::write(&path, &edited).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (ready, _) = readyz().await;
+    assert_eq!(
+        ready["config"]["refused"], 2,
+        "one edit, one refusal: {ready}"
+    );
+
+    std::fs::write(&path, &original).unwrap();
+    eventually(WAIT, "the fixed file applies", || async {
+        (readyz().await.0["config"]["last_result"] == "applied").then_some(())
+    })
+    .await;
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    crate::crash::wait_with_timeout(&mut child, Duration::from_secs(30));
+    let lines = log.lock().unwrap().clone();
+    assert!(lines.len() > before, "the fix was logged");
+    let all = lines.join("\n");
+    for needle in [crate::support::TEST_SECRET_KEY, leaked] {
+        assert!(!all.contains(needle), "the log shows `{needle}`");
+    }
+    let refusals = lines
+        .iter()
+        .filter(|l| l.contains("config reload refused") && l.contains("`security`"))
+        .count();
+    assert_eq!(refusals, 1, "one refused edit is logged once:\n{all}");
 }
 
 #[tokio::test]

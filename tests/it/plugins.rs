@@ -357,7 +357,7 @@ async fn simulate_shows_the_decision_request_and_logs_without_sending() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|h| h[0] == "webhook-signature")
+            .any(|h| h["name"] == "webhook-signature")
     );
     assert!(out["duration_ms"].as_f64().unwrap() > 0.0);
 

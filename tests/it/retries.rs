@@ -334,3 +334,59 @@ async fn a_webhook_rate_limit_spaces_out_its_deliveries() {
         "10 deliveries in {span:?} at 5/s"
     );
 }
+
+#[tokio::test]
+async fn a_webhook_retry_schedule_replaces_the_tenants_and_is_validated_like_config() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    receiver.respond(503);
+    // The tenant's schedule is 50 ms, 100 ms, 150 ms; this webhook waits 400 ms, once.
+    let webhook = engine
+        .create_webhook(json!({"url": receiver.url, "retry_schedule": ["400ms"]}))
+        .await;
+    assert_eq!(webhook["retry_schedule"], json!(["400ms"]));
+    let event = engine.send_event("user.created", json!({})).await;
+    let delivery_id = event["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let delivery = engine.wait_delivery(&delivery_id, "failed").await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 2, "one retry: the schedule has one delay");
+    assert!(got[1].at.duration_since(got[0].at) >= Duration::from_millis(390));
+    assert_eq!(delivery["attempts"][1]["result"], "exhausted");
+
+    // null goes back to the tenant's schedule; [] means no retries.
+    let id = webhook["id"].as_str().unwrap();
+    let (status, w) = engine
+        .call(
+            "PATCH",
+            &format!("/v1/webhooks/{id}"),
+            crate::support::ACME_KEY,
+            Some(json!({"retry_schedule": null})),
+        )
+        .await;
+    assert_eq!((status, &w["retry_schedule"]), (200, &json!(null)));
+    let (status, w) = engine
+        .call(
+            "PATCH",
+            &format!("/v1/webhooks/{id}"),
+            crate::support::ACME_KEY,
+            Some(json!({"retry_schedule": []})),
+        )
+        .await;
+    assert_eq!((status, &w["retry_schedule"]), (200, &json!([])));
+
+    // The same rules as config: durations, at most 50.
+    for (schedule, place) in [
+        (json!(["5s", "soon"]), "`retry_schedule[1]`"),
+        (json!(vec!["1s"; 51]), "`retry_schedule`"),
+    ] {
+        let (status, err) = engine
+            .post(
+                "/v1/webhooks",
+                json!({"url": receiver.url, "retry_schedule": schedule}),
+            )
+            .await;
+        assert_eq!(status, 422, "{err}");
+        assert_eq!(err["code"], "invalid_retry_schedule");
+        assert!(err["message"].as_str().unwrap().contains(place), "{err}");
+    }
+}

@@ -27,10 +27,20 @@ async fn private_link_local_and_odd_spellings_are_refused_when_a_webhook_is_crea
         "http://0251.0376.0251.0376/",
         "http://0.0.0.0/",
         "http://127.0.0.2/",
+        // RFC 8215 local-use NAT64: translated into networks of the operator's choosing.
+        "http://[64:ff9b:1::a9fe:a9fe]/",
+        "http://[64:ff9b:1:7f00:1::]/",
     ] {
         let (status, err) = engine.post("/v1/webhooks", json!({"url": url})).await;
         assert_eq!(status, 422, "{url}: {err}");
         assert_eq!(err["code"], "blocked_address", "{url}: {err}");
+        // The tenant is told the address is refused, not what it is.
+        let message = err["message"].as_str().unwrap();
+        for leak in [
+            "10.0", "192.168", "172.16", "169.254", "::1", "fd00", "64:ff9b", "127.0",
+        ] {
+            assert!(!message.contains(leak), "{url}: {message}");
+        }
     }
     for url in [
         "ftp://example.com/",
@@ -84,6 +94,11 @@ async fn the_connect_time_check_refuses_loopback_when_it_is_no_longer_allowed() 
             .await;
         assert_eq!(d["attempts"][0]["error_code"], "blocked_address", "{d}");
         assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "not retried");
+        let message = d["attempts"][0]["error_message"].as_str().unwrap();
+        assert!(
+            !message.contains("127.0.0"),
+            "the address is not echoed: {message}"
+        );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(receiver.count(), 0, "nothing reached the receiver");

@@ -21,8 +21,20 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = super::bearer_key(parts)?;
         let config = state.config.current();
+        let key = match super::credential(parts, state, &config)? {
+            super::Credential::Key(key) => key,
+            super::Credential::Session(claims) if claims.role == super::console::Role::Admin => {
+                return Ok(Admin { config });
+            }
+            super::Credential::Session(_) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "admin routes need an admin key; a tenant session cannot use them",
+                ));
+            }
+        };
         if config.is_admin_key(key) {
             return Ok(Admin { config });
         }
@@ -44,6 +56,13 @@ pub struct TenantSummary {
     webhooks: usize,
     plugins: usize,
     events: usize,
+    /// Deliveries not final yet (pending or in flight).
+    pending_deliveries: u64,
+    /// Bytes of event payloads stored.
+    stored_bytes: u64,
+    /// Events ingested today and over the last 7 UTC days (statistics counters).
+    events_today: u64,
+    events_7d: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -58,7 +77,7 @@ pub struct TenantList {
     tag = "admin",
     operation_id = "admin_list_tenants",
     responses(
-        (status = 200, description = "Tenants with their counts of webhooks, plugins and events", body = TenantList),
+        (status = 200, description = "Tenants with what they hold (webhooks, plugins, events, pending deliveries, stored bytes) and send (events today and in 7 days)", body = TenantList),
         (status = 403, description = "A tenant key: admin routes need an admin key", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
@@ -74,12 +93,26 @@ pub async fn tenants(
     for id in ids {
         let tenant = &admin.config.tenants[id];
         let usage = state.store.tenant_usage(id).await?;
+        let today = crate::store::stats::day_of(crate::ids::now_ms());
+        let week = state
+            .store
+            .stats_days(
+                id,
+                crate::store::stats::StatsScope::Tenant,
+                today.saturating_sub(6),
+                today,
+            )
+            .await?;
         data.push(TenantSummary {
             id: id.clone(),
-            declared_event_types: tenant.event_types.clone(),
+            declared_event_types: tenant.event_types.iter().map(|t| t.name.clone()).collect(),
             webhooks: usage.webhooks as usize,
             plugins: state.delivery.plugins.list(id).len(),
             events: usage.events as usize,
+            pending_deliveries: usage.pending_deliveries,
+            stored_bytes: usage.stored_bytes,
+            events_today: week.last().map_or(0, |d| d.counts.events),
+            events_7d: week.iter().map(|d| d.counts.events).sum(),
         });
     }
     Ok(ApiJson(TenantList { data }))

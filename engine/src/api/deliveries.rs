@@ -10,7 +10,7 @@ use super::{
     parse_iterator, parse_optional_time, rfc3339,
 };
 use crate::ids::{DeliveryId, WebhookId, now_ms};
-use crate::store::{AttemptRecord, DeliveryFilter, DeliveryRecord, DeliveryStatus};
+use crate::store::{AttemptRecord, DeliveryFilter, DeliveryRecord, DeliveryStatus, SentRequest};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryView {
@@ -18,6 +18,9 @@ pub struct DeliveryView {
     event_id: String,
     webhook_id: String,
     event_type: String,
+    /// The event's channel, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<String>,
     status: DeliveryStatus,
     attempt_count: u32,
     created_at: String,
@@ -40,6 +43,7 @@ impl From<DeliveryRecord> for DeliveryView {
             event_id: d.event_id.to_string(),
             webhook_id: d.webhook_id.to_string(),
             event_type: d.event_type,
+            channel: d.channel,
             status: d.status,
             attempt_count: d.attempts,
             created_at: rfc3339(d.created_at),
@@ -71,6 +75,10 @@ pub struct AttemptView {
     next_attempt_at: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     plugin_logs: Vec<String>,
+    /// The request as sent (after plugins, signed): secrets and signatures by name only, the
+    /// body up to `max_request_capture_bytes`. Absent when nothing was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<SentRequest>,
 }
 
 impl From<AttemptRecord> for AttemptView {
@@ -88,6 +96,7 @@ impl From<AttemptRecord> for AttemptView {
             response_snippet: a.response_snippet,
             next_attempt_at: a.next_attempt_at.map(rfc3339),
             plugin_logs: a.plugin_logs,
+            request: a.request,
         }
     }
 }
@@ -107,6 +116,8 @@ pub struct DeliveryListQuery {
     status: Option<String>,
     /// Only deliveries of events of this type.
     event_type: Option<String>,
+    /// Only deliveries of events on this channel (a phone number, an instance…).
+    channel: Option<String>,
     /// Only deliveries created after this time (RFC 3339 or epoch milliseconds).
     after: Option<String>,
     /// Only deliveries created before this time (RFC 3339 or epoch milliseconds).
@@ -133,29 +144,14 @@ pub async fn list(
     tenant: Tenant,
     ApiQuery(query): ApiQuery<DeliveryListQuery>,
 ) -> Result<ApiJson<ListResponse<DeliveryView>>, ApiError> {
-    let webhook_id = match query.webhook_id.as_deref() {
-        Some(text) => {
-            Some(WebhookId::parse(text).ok_or_else(|| ApiError::not_found("webhook", text))?)
-        }
-        None => None,
-    };
-    let status = match query.status.as_deref() {
-        Some(text) => Some(DeliveryStatus::parse(text).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_query",
-                "`status` is one of pending, in_flight, delivered, failed, filtered",
-            )
-        })?),
-        None => None,
-    };
-    let filter = DeliveryFilter {
-        webhook_id,
-        status,
+    let filter = delivery_filter(FilterFields {
+        webhook_id: query.webhook_id,
+        status: query.status,
         event_type: query.event_type,
-        channel: None,
-        after_ms: parse_optional_time("after", query.after.as_deref())?,
-        before_ms: parse_optional_time("before", query.before.as_deref())?,
-    };
+        channel: query.channel,
+        after: query.after,
+        before: query.before,
+    })?;
     let cursor = parse_iterator(query.iterator.as_deref(), DeliveryId::parse)?;
     let page = state
         .store
@@ -168,6 +164,52 @@ pub async fn list(
         .await?;
     let data = page.items.into_iter().map(DeliveryView::from).collect();
     Ok(ApiJson(ListResponse::new(data, page.next)))
+}
+
+/// The filter fields of a delivery listing or a bulk replay, as the client sent them.
+#[derive(Debug, Default)]
+pub struct FilterFields {
+    pub webhook_id: Option<String>,
+    pub status: Option<String>,
+    pub event_type: Option<String>,
+    pub channel: Option<String>,
+    pub after: Option<String>,
+    pub before: Option<String>,
+}
+
+/// Checks filter fields; a `webhook_id` that names nothing is a 404.
+pub fn delivery_filter(fields: FilterFields) -> Result<DeliveryFilter, ApiError> {
+    let webhook_id = match fields.webhook_id.as_deref() {
+        Some(text) => {
+            Some(WebhookId::parse(text).ok_or_else(|| ApiError::not_found("webhook", text))?)
+        }
+        None => None,
+    };
+    let status = match fields.status.as_deref() {
+        Some(text) => Some(DeliveryStatus::parse(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                "`status` is one of pending, in_flight, delivered, failed, filtered",
+            )
+        })?),
+        None => None,
+    };
+    if let Some(channel) = &fields.channel
+        && !super::valid_channel(channel)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`channel` must be 1-128 of a-z A-Z 0-9 . _ - :",
+        ));
+    }
+    Ok(DeliveryFilter {
+        webhook_id,
+        status,
+        event_type: fields.event_type,
+        channel: fields.channel,
+        after_ms: parse_optional_time("after", fields.after.as_deref())?,
+        before_ms: parse_optional_time("before", fields.before.as_deref())?,
+    })
 }
 
 fn parse_delivery_id(id: &str) -> Result<DeliveryId, ApiError> {

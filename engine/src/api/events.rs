@@ -63,7 +63,7 @@ pub struct EventView {
 }
 
 impl EventView {
-    fn new(event: EventRecord, deliveries: Option<Vec<DeliveryRecord>>) -> Self {
+    pub(super) fn new(event: EventRecord, deliveries: Option<Vec<DeliveryRecord>>) -> Self {
         EventView {
             id: event.id.to_string(),
             event_type: event.event_type,
@@ -94,7 +94,7 @@ impl EventView {
         (status = 400, description = "Malformed JSON or idempotency key", body = ErrorBody),
         (status = 413, description = "The payload is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "Invalid type, channel, payload depth or idempotency key", body = ErrorBody),
+        (status = 422, description = "Invalid type, channel, payload depth or idempotency key; with `strict_event_types`, an undeclared type (`unknown_event_type`) or a payload failing its type's schema (`payload_schema`, naming the failing path)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "Not accepted: the data dir is short of space (`storage_full`) or read-only (`storage_read_only`), the store cannot take writes (`store_unavailable`), or hookd is shutting down (`shutting_down`)", body = ErrorBody),
     ),
@@ -113,6 +113,7 @@ pub async fn create(
     };
     let limits = &tenant.config.limits;
     let input = validate(body, header_key, limits.max_payload_bytes)?;
+    check_catalogue(tenant.settings(), &input)?;
     let window_ms = limits.idempotency_window.as_millis() as u64;
     let new = prepare_event(state.store.as_ref(), &tenant.id, input, window_ms, None).await?;
     match state.ingest.submit(new).await? {
@@ -208,6 +209,48 @@ fn validate(
         idempotency_key,
         created_at: now_ms(),
         payload: body.payload,
+    })
+}
+
+/// A tenant with `strict_event_types` takes only declared types, with payloads that match
+/// the type's schema; other tenants' events pass (their schemas only document).
+fn check_catalogue(
+    tenant: &crate::config::TenantConfig,
+    event: &crate::ingest::EventInput,
+) -> Result<(), ApiError> {
+    if !tenant.strict_event_types {
+        return Ok(());
+    }
+    let Some(declared) = tenant.event_type(&event.event_type) else {
+        let names: Vec<&str> = tenant.event_types.iter().map(|t| t.name.as_str()).collect();
+        return Err(ApiError::invalid(
+            "unknown_event_type",
+            format!(
+                "`{}` is not a declared event type of this tenant (strict_event_types); declared: {}",
+                event.event_type,
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        ));
+    };
+    if declared.schema.is_none() {
+        return Ok(());
+    }
+    let payload: serde_json::Value = serde_json::from_str(event.payload.get())
+        .map_err(|err| ApiError::invalid("invalid_body", err.to_string()))?;
+    declared.check(&payload).map_err(|violations| {
+        let places: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        ApiError::invalid(
+            "payload_schema",
+            format!(
+                "the payload does not match the schema of `{}`: {}",
+                event.event_type,
+                places.join("; ")
+            ),
+        )
     })
 }
 
@@ -318,7 +361,11 @@ pub async fn create_batch(
     for raw in &body.events {
         let checked = serde_json::from_str::<CreateEvent>(raw.get())
             .map_err(|err| ApiError::invalid("invalid_body", err.to_string()))
-            .and_then(|event| validate(event, None, limits.max_payload_bytes));
+            .and_then(|event| validate(event, None, limits.max_payload_bytes))
+            .and_then(|record| {
+                check_catalogue(tenant.settings(), &record)?;
+                Ok(record)
+            });
         match checked {
             Ok(input) => {
                 prepared.push(

@@ -9,18 +9,22 @@
 //! drift (`clippy.toml` forbids plain `Router::route`).
 
 mod admin;
+pub mod console;
 mod deliveries;
 mod error;
+mod event_types;
 mod events;
 mod ops;
 mod plugins;
+mod query_rules;
+mod replay;
 mod retention;
 pub mod serve;
 mod stats;
 mod webhooks;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
@@ -40,6 +44,7 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 use std::sync::Arc as StdArc;
 
+pub use crate::ids::rfc3339;
 pub use error::{ApiError, ErrorBody};
 
 /// Headroom above the payload limit for the rest of an event's JSON.
@@ -59,6 +64,8 @@ pub struct AppState {
     /// When the engine started (for the admin status route).
     pub started: std::time::Instant,
     pub metrics: Metrics,
+    /// Seals and opens the console's session cookies.
+    pub sessions: console::Sessions,
 }
 
 /// Every route of the API, each registered with its OpenAPI operation. Paths, methods,
@@ -68,6 +75,9 @@ fn routes(upload_limit: usize, batch_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(events::create, events::list))
         .routes(routes!(events::create_batch).layer(DefaultBodyLimit::max(batch_limit)))
         .routes(routes!(events::get_one))
+        .routes(routes!(event_types::list))
+        .routes(routes!(replay::replay_event))
+        .routes(routes!(replay::replay_deliveries))
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(
             webhooks::get_one,
@@ -94,6 +104,13 @@ fn routes(upload_limit: usize, batch_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi_json))
+        .routes(routes!(console::page))
+        .routes(routes!(console::asset))
+        .routes(routes!(
+            console::sign_in,
+            console::current,
+            console::sign_out
+        ))
 }
 
 /// The OpenAPI document that `GET /openapi.json` serves.
@@ -109,13 +126,17 @@ pub fn router(state: AppState) -> Router {
     // still within `max_payload_bytes`), or one event's limit if that is larger.
     let batch_limit = body_limit.max(BATCH_BODY_BYTES);
     let (router, document) = routes(upload_limit, batch_limit).split_for_parts();
+    let document = ops::finish_document(document);
+    let query_rules = query_rules::QueryRules::from_document(&document);
     router
+        .route_layer(axum::middleware::from_fn_with_state(
+            query_rules,
+            query_rules::refuse_unknown_parameters,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(Extension(ops::OpenApiJson::new(ops::finish_document(
-            document,
-        ))))
+        .layer(Extension(ops::OpenApiJson::new(document)))
         .with_state(state)
 }
 
@@ -125,9 +146,11 @@ pub struct Health {
     /// `ok` (alive) or `ready` (the store answers).
     #[schema(example = "ok")]
     status: &'static str,
-    /// `/readyz` only: the outcome of the last config reload.
+    /// `/readyz` only: the outcome of the last config reload (the problems of a refused one
+    /// are on `GET /v1/admin/status`: a probe needs no key, so it says nothing about config
+    /// contents).
     #[serde(skip_serializing_if = "Option::is_none")]
-    config: Option<crate::config::ReloadStatus>,
+    config: Option<crate::config::ReloadSummary>,
 }
 
 /// Liveness: the process answers HTTP.
@@ -162,7 +185,7 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
     match state.store.check_ready().await {
         Ok(()) => Json(Health {
             status: "ready",
-            config: Some(state.config.reload_status()),
+            config: Some(state.config.reload_status().into()),
         })
         .into_response(),
         Err(crate::store::StoreError::Space(problem)) => ApiError::storage(problem).into_response(),
@@ -207,14 +230,56 @@ impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = bearer_key(parts)?;
         let config = state.config.current();
-        let id = config
-            .tenant_for_key(key)
-            .map(|t| t.id.clone())
-            .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
+        let id = match credential(parts, state, &config)? {
+            Credential::Key(key) => config
+                .tenant_for_key(key)
+                .map(|t| t.id.clone())
+                .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?,
+            Credential::Session(claims) => match (claims.role, claims.tenant) {
+                (console::Role::Tenant, Some(tenant)) => tenant,
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "an admin session reaches only the admin routes",
+                    ));
+                }
+            },
+        };
         Ok(Tenant { id, config })
     }
+}
+
+/// How a request authenticates: an API key (`Authorization: Bearer`), or the console's
+/// session cookie with the console header (`api/console/session.rs`), checked here against
+/// the running config.
+pub enum Credential<'a> {
+    Key(&'a str),
+    Session(console::session::Claims),
+}
+
+/// The request's credential; a bearer key wins over a session cookie.
+pub fn credential<'a>(
+    parts: &'a Parts,
+    state: &AppState,
+    config: &Config,
+) -> Result<Credential<'a>, ApiError> {
+    if !parts
+        .headers
+        .contains_key(axum::http::header::AUTHORIZATION)
+        && let Some(session) = state.sessions.from_headers(&parts.headers)
+    {
+        return match session {
+            Some(claims) if claims.is_valid(config, crate::ids::now_ms()) => {
+                Ok(Credential::Session(claims))
+            }
+            _ => Err(ApiError::unauthorized(
+                "the console session has ended; sign in again",
+            )),
+        };
+    }
+    bearer_key(parts).map(Credential::Key)
 }
 
 /// The key of an `Authorization: Bearer <key>` header.
@@ -327,11 +392,6 @@ impl<T> ListResponse<T> {
             iterator: next,
         }
     }
-}
-
-/// Milliseconds as an RFC 3339 timestamp.
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// A time in a query or body: RFC 3339 (`2026-11-23T10:00:00Z`) or milliseconds since the epoch.

@@ -10,7 +10,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi as _;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 
 use super::{AppState, ErrorBody};
 
@@ -34,6 +34,7 @@ const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8"
         (name = "deliveries", description = "The delivery log and manual retries"),
         (name = "plugins", description = "WebAssembly plugins: upload, inspect, delete, simulate"),
         (name = "operations", description = "Unauthenticated health, metrics and this document"),
+        (name = "console", description = "The web console: its page, assets and session cookie"),
     )
 )]
 struct ApiDoc;
@@ -43,8 +44,8 @@ pub fn document_base() -> OpenApi {
     ApiDoc::openapi()
 }
 
-/// Adds the bearer scheme, and to every `/v1` operation its security requirement and the 401
-/// answer of the `Tenant` extractor.
+/// Adds the bearer scheme, and to every `/v1` operation its security requirement, the 401
+/// answer of the `Tenant` extractor and the 400 of an unknown query parameter.
 pub fn finish_document(mut document: OpenApi) -> OpenApi {
     let components = document.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
@@ -88,9 +89,33 @@ pub fn finish_document(mut document: OpenApi) -> OpenApi {
                 .responses
                 .responses
                 .insert("401".to_string(), unauthorized.into());
+            add_unknown_parameter_answer(operation);
         }
     }
     document
+}
+
+/// Every `/v1` operation refuses undocumented query parameters (`api/query_rules.rs`): its
+/// 400 answer says so, added to the handler's own 400 when it has one.
+fn add_unknown_parameter_answer(operation: &mut utoipa::openapi::path::Operation) {
+    const UNKNOWN: &str = "an undocumented query parameter (`unknown_parameter`, naming it)";
+    let description = match operation.responses.responses.get("400") {
+        Some(RefOr::T(existing)) => format!("{}; or {UNKNOWN}", existing.description),
+        _ => format!("A request with {UNKNOWN}"),
+    };
+    let answer = ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
+    operation
+        .responses
+        .responses
+        .insert("400".to_string(), answer.into());
 }
 
 /// The serialised document, made once per router.

@@ -12,7 +12,8 @@ use utoipa::ToSchema;
 use super::{
     ApiBody, ApiError, ApiJson, ApiPath, AppState, ErrorBody, Tenant, optional_json, rfc3339,
 };
-use crate::delivery::attempt::{self, AttemptInput, Prepared};
+use crate::delivery::judge::Tried;
+use crate::delivery::prepare::{self, AttemptInput, Prepared};
 use crate::ids::{EventId, WebhookId, now_ms};
 use crate::plugin::{PluginInfo, PluginLoadError, PluginSource};
 use crate::signing;
@@ -114,8 +115,9 @@ pub async fn check_chain(
     tag = "plugins",
     operation_id = "put_plugin",
     params(("name" = String, Path, description = "The plugin's name within the tenant")),
-    request_body(description = "The raw bytes of a WebAssembly component of the `hookd:plugin` world",
-        content(("application/wasm"))),
+    request_body(description = "The raw bytes of a WebAssembly component of the `hookd:plugin` world \
+        (any content type is taken; `application/wasm` or `application/octet-stream`)",
+        content((WasmComponent = "application/octet-stream"))),
     responses(
         (status = 201, description = "Installed", body = PluginView),
         (status = 200, description = "Replaced an existing plugin", body = PluginView),
@@ -277,6 +279,10 @@ pub struct Simulate {
     /// The event to run on (a sample event by default).
     #[serde(default)]
     event: Option<SampleEvent>,
+    /// Or a past event of the tenant (`evt_...`), run exactly as it was stored (its id and
+    /// time too); not with `event`.
+    #[serde(default)]
+    event_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -290,12 +296,26 @@ pub struct SampleEvent {
     channel: Option<String>,
 }
 
+/// A plugin upload's body: the raw bytes of a component (`format: binary`, so client
+/// generators take a file or bytes).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct WasmComponent(#[allow(dead_code)] Vec<u8>);
+
+/// One HTTP header (an object rather than a `[name, value]` pair: client generators handle
+/// objects well and tuples badly).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct HeaderField {
+    pub name: String,
+    pub value: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SimulatedRequest {
     url: String,
     method: String,
-    /// `[name, value]` pairs, in order.
-    headers: Vec<(String, String)>,
+    /// The headers, in order (a name may repeat).
+    headers: Vec<HeaderField>,
     /// The body as text when it is UTF-8…
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<String>,
@@ -333,7 +353,7 @@ pub struct SimulateOutcome {
     responses(
         (status = 200, description = "What an attempt would send, or why it would not", body = SimulateOutcome),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 404, description = "No such plugin or webhook for this tenant", body = ErrorBody),
+        (status = 404, description = "No such plugin, webhook or event for this tenant", body = ErrorBody),
         (status = 422, description = "Invalid body or plugin config", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
@@ -376,21 +396,39 @@ pub async fn simulate(
             sample_webhook(chain, now)
         }
     };
-    let (event_type, payload, channel) = match body.event {
-        Some(e) => (e.event_type, e.payload, e.channel),
-        None => (
-            "hookd.test".to_string(),
-            super::webhooks::sample_payload(),
-            None,
-        ),
-    };
-    let event = EventRecord {
-        id: EventId::new(),
-        event_type,
-        channel,
-        idempotency_key: None,
-        created_at: now,
-        payload,
+    let event = match (body.event, body.event_id) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "invalid_body",
+                "give `event` or `event_id`, not both",
+            ));
+        }
+        (None, Some(id)) => {
+            let event_id = EventId::parse(&id).ok_or_else(|| ApiError::not_found("event", &id))?;
+            state
+                .store
+                .event(&tenant.id, &event_id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("event", &id))?
+        }
+        (event, None) => {
+            let (event_type, payload, channel) = match event {
+                Some(e) => (e.event_type, e.payload, e.channel),
+                None => (
+                    "hookd.test".to_string(),
+                    super::webhooks::sample_payload(),
+                    None,
+                ),
+            };
+            EventRecord {
+                id: EventId::new(),
+                event_type,
+                channel,
+                idempotency_key: None,
+                created_at: now,
+                payload,
+            }
+        }
     };
     let delivery_id = format!("dlv_simulate_{}", uuid::Uuid::now_v7().simple());
     let input = AttemptInput {
@@ -401,31 +439,27 @@ pub async fn simulate(
         attempt: 1,
         now_ms: now,
     };
-    let (prepared, logs, duration) = attempt::prepare(&state.delivery, &input).await;
+    let preparation = prepare::prepare(&state.delivery, &input).await;
     let mut outcome = SimulateOutcome {
         decision: "deliver",
         request: None,
         filtered_by: None,
         error_code: None,
         error_message: None,
-        logs,
-        duration_ms: duration.as_secs_f64() * 1000.0,
+        logs: preparation.plugin_logs,
+        duration_ms: preparation.chain_time.as_secs_f64() * 1000.0,
     };
-    match prepared {
+    match preparation.prepared {
         Prepared::Send(request) => {
             let text = std::str::from_utf8(&request.body).ok().map(str::to_string);
+            let mut headers = request.headers;
+            headers.push(("content-type".to_string(), request.content_type));
             outcome.request = Some(SimulatedRequest {
-                url: request.url.to_string(),
-                method: request.method.to_string(),
-                headers: request
-                    .headers
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
+                url: request.url,
+                method: request.method,
+                headers: headers
+                    .into_iter()
+                    .map(|(name, value)| HeaderField { name, value })
                     .collect(),
                 body_base64: text
                     .is_none()
@@ -433,14 +467,16 @@ pub async fn simulate(
                 body: text,
             });
         }
-        Prepared::Filtered { plugin } => {
+        Prepared::NotSent(Tried::Filtered { plugin }) => {
             outcome.decision = "filtered";
             outcome.filtered_by = Some(plugin);
         }
-        Prepared::Failed { code, message, .. } => {
+        Prepared::NotSent(tried) => {
             outcome.decision = "failed";
-            outcome.error_code = Some(code);
-            outcome.error_message = Some(message);
+            outcome.error_code = tried.error().map(|e| e.code().to_string());
+            if let Tried::PluginFailed { message, .. } = tried {
+                outcome.error_message = Some(message);
+            }
         }
     }
     Ok(ApiJson(outcome))
@@ -462,6 +498,7 @@ fn sample_webhook(plugins: Vec<PluginAttachment>, now: u64) -> WebhookRecord {
         timeout_ms: None,
         max_in_flight: None,
         rate_limit_per_sec: None,
+        retry_schedule_ms: None,
         metadata: Default::default(),
         plugins,
         failing_since: None,

@@ -12,8 +12,11 @@ use tracing::info;
 use super::{ApiError, ApiJson, ApiQuery, AppState, ErrorBody, Tenant, parse_time};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PurgeQuery {
     /// Purge finished deliveries created before this time (RFC 3339 or epoch ms). Required.
+    // `Option` so that a missing value gets this API's own 400, not the extractor's.
+    #[param(required = true, value_type = String)]
     before: Option<String>,
 }
 

@@ -98,7 +98,7 @@ pub struct StatsView {
 }
 
 /// A UTC day (days since the epoch) as `YYYY-MM-DD`.
-fn date(day: u32) -> String {
+pub(super) fn date(day: u32) -> String {
     let mut text = super::rfc3339(u64::from(day) * MS_PER_DAY);
     text.truncate(10);
     text

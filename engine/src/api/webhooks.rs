@@ -63,6 +63,11 @@ pub struct CreateWebhook {
     max_in_flight: Option<u32>,
     #[serde(default)]
     rate_limit_per_sec: Option<u32>,
+    /// Delays before each retry (`["10s", "1m", "1h"]`, at most 50), replacing the tenant's
+    /// schedule; `[]` means no retries. Absent: the tenant's schedule.
+    #[serde(default)]
+    #[schema(example = json!(["10s", "1m", "1h"]))]
+    retry_schedule: Option<Vec<String>>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
     #[serde(default)]
@@ -94,6 +99,9 @@ pub struct UpdateWebhook {
     max_in_flight: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
     rate_limit_per_sec: Option<Option<u32>>,
+    /// Replaces the webhook's retry schedule; `null` goes back to the tenant's.
+    #[serde(default, deserialize_with = "present")]
+    retry_schedule: Option<Option<Vec<String>>>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
     /// `active` re-enables a paused or disabled webhook (clearing its reason); `paused` keeps
@@ -126,13 +134,66 @@ pub struct WebhookView {
     timeout_ms: Option<u64>,
     max_in_flight: Option<u32>,
     rate_limit_per_sec: Option<u32>,
+    /// The webhook's own retry delays; `null` when it follows the tenant's schedule.
+    retry_schedule: Option<Vec<String>>,
     metadata: BTreeMap<String, String>,
     plugins: Vec<PluginAttachment>,
+    /// How the receiver has been doing (from the attempt log).
+    health: WebhookHealthView,
     created_at: String,
     updated_at: String,
     /// Only in the answers to create and rotate-secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
+}
+
+/// A webhook's health: attempts that reached for the receiver (plugin verdicts left out).
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct WebhookHealthView {
+    last_success_at: Option<String>,
+    last_failure_at: Option<String>,
+    /// Error code of the last failed attempt (`http_status`, `timeout`, `connect_refused`…).
+    last_error_code: Option<String>,
+    /// Failed attempts since the last success.
+    consecutive_failures: u32,
+    /// When the current run of failures began; `null` once an attempt succeeds.
+    failing_since: Option<String>,
+    /// Delivered / (delivered + failed) attempts of the last 24 hours; `null` without any.
+    success_rate_24h: Option<f64>,
+    /// Attempts of the last 24 hours.
+    attempts_24h: u64,
+}
+
+impl From<crate::store::health::WebhookHealth> for WebhookHealthView {
+    fn from(h: crate::store::health::WebhookHealth) -> Self {
+        let now = now_ms();
+        let (ok, bad) = h.last_24h(now);
+        WebhookHealthView {
+            last_success_at: h.last_success_at.map(rfc3339),
+            last_failure_at: h.last_failure_at.map(rfc3339),
+            last_error_code: h.last_error_code.clone(),
+            consecutive_failures: h.consecutive_failures,
+            failing_since: h.failing_since.map(rfc3339),
+            success_rate_24h: h
+                .success_rate_24h(now)
+                .map(|r| (r * 10_000.0).round() / 10_000.0),
+            attempts_24h: ok + bad,
+        }
+    }
+}
+
+impl WebhookView {
+    /// The view of `w` with its health read from the store.
+    async fn with_health(
+        state: &AppState,
+        tenant: &str,
+        w: WebhookRecord,
+    ) -> Result<Self, ApiError> {
+        let health = state.store.webhook_health(tenant, &w.id).await?;
+        let mut view = WebhookView::from(w);
+        view.health = WebhookHealthView::from(health);
+        Ok(view)
+    }
 }
 
 impl From<WebhookRecord> for WebhookView {
@@ -150,8 +211,17 @@ impl From<WebhookRecord> for WebhookView {
             timeout_ms: w.timeout_ms,
             max_in_flight: w.max_in_flight,
             rate_limit_per_sec: w.rate_limit_per_sec,
+            retry_schedule: w.retry_schedule_ms.map(|delays| {
+                delays
+                    .into_iter()
+                    .map(|ms| {
+                        humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+                    })
+                    .collect()
+            }),
             metadata: w.metadata,
             plugins: w.plugins,
+            health: WebhookHealthView::default(),
             created_at: rfc3339(w.created_at),
             updated_at: rfc3339(w.updated_at),
             secret: None,
@@ -167,7 +237,12 @@ async fn check_url(state: &AppState, tenant: &Tenant, url: &str) -> Result<Strin
     {
         Ok(url) => Ok(url.to_string()),
         Err(UrlError::Blocked(blocked)) => {
-            Err(ApiError::invalid("blocked_address", blocked.to_string()))
+            // The tenant learns only that the address is refused; operators see which.
+            tracing::warn!(tenant = %tenant.id, address = %blocked.ip, kind = blocked.kind, "webhook URL refused: non-public address");
+            Err(ApiError::invalid(
+                "blocked_address",
+                crate::ssrf::BLOCKED_ADDRESS_MESSAGE,
+            ))
         }
         Err(err) => Err(ApiError::invalid("invalid_url", err.to_string())),
     }
@@ -306,6 +381,20 @@ fn check_limits(
     )
 }
 
+/// A webhook's retry schedule, checked like the config's; in ms.
+fn check_retry_schedule(schedule: &[String]) -> Result<Vec<u64>, ApiError> {
+    crate::config::parse_retry_schedule(schedule)
+        .map(|delays| delays.iter().map(|d| d.as_millis() as u64).collect())
+        .map_err(|problems| {
+            let (index, problem) = &problems[0];
+            let place = index.map_or_else(
+                || "`retry_schedule`".to_string(),
+                |i| format!("`retry_schedule[{i}]`"),
+            );
+            ApiError::invalid("invalid_retry_schedule", format!("{place}: {problem}"))
+        })
+}
+
 /// A secret the client chose (checked) or a new random one.
 fn given_or_new_secret(given: Option<String>) -> Result<String, ApiError> {
     match given {
@@ -349,7 +438,7 @@ async fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<WebhookReco
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 413, description = "The body is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "An invalid field (URL, blocked address, filters, headers, limits, secret, plugins)", body = ErrorBody),
+        (status = 422, description = "An invalid field (URL, blocked address, filters, headers, limits, retry schedule, secret, plugins)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ),
@@ -375,6 +464,11 @@ pub async fn create(
         body.max_in_flight,
         body.rate_limit_per_sec,
     )?;
+    let retry_schedule_ms = body
+        .retry_schedule
+        .as_deref()
+        .map(check_retry_schedule)
+        .transpose()?;
     let secret = given_or_new_secret(body.secret)?;
     let plugins = body.plugins.unwrap_or_default();
     super::plugins::check_chain(&state, &tenant, &plugins).await?;
@@ -399,6 +493,7 @@ pub async fn create(
         timeout_ms: body.timeout_ms,
         max_in_flight: body.max_in_flight,
         rate_limit_per_sec: body.rate_limit_per_sec,
+        retry_schedule_ms,
         metadata,
         plugins,
         failing_since: None,
@@ -450,7 +545,10 @@ pub async fn list(
             page_limit(query.limit)?,
         )
         .await?;
-    let data = page.items.into_iter().map(WebhookView::from).collect();
+    let mut data = Vec::with_capacity(page.items.len());
+    for webhook in page.items {
+        data.push(WebhookView::with_health(&state, &tenant.id, webhook).await?);
+    }
     Ok(ApiJson(ListResponse::new(data, page.next)))
 }
 
@@ -472,9 +570,10 @@ pub async fn get_one(
     tenant: Tenant,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<WebhookView>, ApiError> {
-    Ok(ApiJson(WebhookView::from(
-        load(&state, &tenant, &id).await?,
-    )))
+    let webhook = load(&state, &tenant, &id).await?;
+    Ok(ApiJson(
+        WebhookView::with_health(&state, &tenant.id, webhook).await?,
+    ))
 }
 
 /// Changes the fields present in the body.
@@ -523,6 +622,11 @@ pub async fn update(
         body.max_in_flight.flatten(),
         body.rate_limit_per_sec.flatten(),
     )?;
+    let retry_schedule_ms = match &body.retry_schedule {
+        Some(Some(schedule)) => Some(Some(check_retry_schedule(schedule)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
     if let Some(plugins) = &body.plugins {
         super::plugins::check_chain(&state, &tenant, plugins).await?;
     }
@@ -561,6 +665,9 @@ pub async fn update(
             if let Some(v) = body.rate_limit_per_sec {
                 w.rate_limit_per_sec = v;
             }
+            if let Some(v) = &retry_schedule_ms {
+                w.retry_schedule_ms = v.clone();
+            }
             if let Some(metadata) = &body.metadata {
                 w.metadata = metadata.clone();
             }
@@ -588,7 +695,9 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::not_found("webhook", &id))?;
     info!(tenant = %tenant.id, webhook_id = %webhook_id, "webhook updated");
-    Ok(ApiJson(WebhookView::from(updated)))
+    Ok(ApiJson(
+        WebhookView::with_health(&state, &tenant.id, updated).await?,
+    ))
 }
 
 /// Deletes a webhook and stops its queue.
@@ -625,7 +734,8 @@ pub struct TestSend {
     /// Default `hookd.test`.
     #[serde(default, rename = "type")]
     event_type: Option<String>,
-    /// Any JSON; a short sample message by default.
+    /// Any JSON; by default the example payload of the type if the tenant declares one, else
+    /// a short sample message.
     #[serde(default)]
     #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<Box<RawValue>>,
@@ -664,7 +774,13 @@ pub async fn test_send(
             "`type` must be 1-128 of a-z A-Z 0-9 . _ - :",
         ));
     }
-    let payload = body.payload.unwrap_or_else(sample_payload);
+    // A declared type sends its example payload unless the body gives one.
+    let example = tenant
+        .settings()
+        .event_type(&event_type)
+        .and_then(|t| t.example.as_ref())
+        .and_then(|example| serde_json::value::to_raw_value(example).ok());
+    let payload = body.payload.or(example).unwrap_or_else(sample_payload);
     // The same depth limit as ingest: a test send must not hand receivers and plugins a
     // document that no event could carry.
     if super::events::json_depth(payload.get()) > super::events::MAX_PAYLOAD_DEPTH {

@@ -4,6 +4,7 @@
 //! everything else reads it. The running config lives in a [`SharedConfig`] so a reload can swap
 //! it atomically while requests and deliveries keep reading a consistent snapshot.
 
+pub mod event_types;
 mod raw;
 mod validate;
 pub mod watch;
@@ -21,8 +22,9 @@ use sha2::{Digest, Sha256};
 use crate::plugin::PluginSettings;
 use crate::secrets;
 
+pub use validate::DEFAULT_QUOTAS;
 pub(crate) use validate::valid_event_type;
-pub use validate::{ConfigError, ConfigErrors};
+pub use validate::{ConfigError, ConfigErrors, MAX_RETRY_SCHEDULE_LEN, parse_retry_schedule};
 
 /// The API key shipped in the default config for the `dev` tenant. The engine warns while any
 /// tenant accepts it.
@@ -51,6 +53,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// The keys sealing webhook secrets (applies at the next start).
     pub security: SecurityConfig,
+    /// Default quotas; each tenant has its merged copy in [`TenantConfig::quotas`].
+    pub quotas: QuotasConfig,
     pub tenants: HashMap<String, TenantConfig>,
     /// SHA-256 of an API key → tenant id.
     api_keys: HashMap<[u8; 32], String>,
@@ -94,6 +98,8 @@ pub struct DeliveryConfig {
     /// Engine-wide cap on concurrent attempts (global setting only).
     pub max_in_flight: usize,
     pub max_response_body_bytes: usize,
+    /// Bytes of each sent request body kept in the attempt log (0: none).
+    pub max_request_capture_bytes: usize,
     pub max_retry_after: Duration,
     /// A webhook failing without a single success for this long is disabled.
     pub disable_after: Duration,
@@ -180,6 +186,18 @@ impl SecurityConfig {
         }
     }
 
+    /// A key for `purpose` derived from the current secret key (HMAC-SHA256 of the purpose
+    /// under it), so every node sharing the secret key derives the same one and a new secret
+    /// key replaces it. `None` without a current key.
+    pub fn derived_key(&self, purpose: &str) -> Option<[u8; 32]> {
+        use hmac::{Hmac, Mac};
+        let current = self.current.as_ref()?;
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(current).expect("HMAC takes any key length");
+        mac.update(purpose.as_bytes());
+        Some(mac.finalize().into_bytes().into())
+    }
+
     fn is_dev_key(&self) -> bool {
         self.current
             .as_ref()
@@ -190,10 +208,51 @@ impl SecurityConfig {
 #[derive(Debug, Clone)]
 pub struct TenantConfig {
     pub id: String,
-    pub event_types: Vec<String>,
+    /// The declared event types (the catalogue of `GET /v1/event-types`), in config order.
+    pub event_types: Vec<event_types::EventTypeConfig>,
+    /// Ingest refuses undeclared types (`422 unknown_event_type`) and payloads failing their
+    /// type's schema (`422 payload_schema`).
+    pub strict_event_types: bool,
     pub delivery: DeliveryConfig,
     /// Plugin budgets of this tenant's attempts.
     pub plugins: PluginSettings,
+    /// What this tenant may hold and do (`[quotas]` merged with `[tenants.quotas]`).
+    pub quotas: QuotasConfig,
+}
+
+/// What one tenant may hold and do. Over a quota the API answers `429 quota_exceeded` naming
+/// it (or `429 rate_limited` for the request rate) and writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotasConfig {
+    /// Webhooks the tenant may have.
+    pub webhooks: u64,
+    /// Secrets that sign at once (the current one plus those still in their rotation overlap);
+    /// a rotation beyond it expires the oldest at once.
+    pub secrets_per_webhook: u64,
+    /// Deliveries one event may fan out to.
+    pub deliveries_per_event: u64,
+    /// Deliveries not yet final (pending or in flight) the tenant may have queued.
+    pub pending_deliveries: u64,
+    /// Bytes of event payloads the tenant may have stored.
+    pub stored_bytes: u64,
+    /// API requests per second (token bucket refilled at this rate)...
+    pub api_requests_per_sec: u64,
+    /// ...holding at most this many (a burst after a quiet second).
+    pub api_burst: u64,
+    /// Plugins the tenant may have installed (enforced by the plugin host).
+    pub plugins: u64,
+    /// Bytes of plugin components the tenant may have installed (enforced by the plugin host).
+    pub plugin_bytes: u64,
+    /// The tenant's weight in the fair sharing of the engine-wide delivery permits: while
+    /// tenants compete, each gets permits in proportion to its weight.
+    pub delivery_weight: u64,
+}
+
+impl TenantConfig {
+    /// The declared event type `name`, if any.
+    pub fn event_type(&self, name: &str) -> Option<&event_types::EventTypeConfig> {
+        self.event_types.iter().find(|t| t.name == name)
+    }
 }
 
 impl Config {
@@ -215,16 +274,9 @@ impl Config {
 
     /// Whether `api_key` is one of the admin keys.
     pub fn is_admin_key(&self, api_key: &str) -> bool {
-        use subtle::ConstantTimeEq as _;
-        let hash = hash_api_key(api_key);
         // Constant time over the hash bytes and over every admin key (no early exit), so a
         // near miss takes as long as a far one.
-        self.admin_keys
-            .iter()
-            .fold(subtle::Choice::from(0), |found, known| {
-                found | known.ct_eq(&hash)
-            })
-            .into()
+        self.is_admin_key_hash(&hash_api_key(api_key))
     }
 
     /// Validates config text; `path` only names the file in error messages.
@@ -243,6 +295,24 @@ impl Config {
     pub fn tenant_for_key(&self, api_key: &str) -> Option<&TenantConfig> {
         let id = self.api_keys.get(&hash_api_key(api_key))?;
         self.tenants.get(id)
+    }
+
+    /// The tenant owning the API key whose SHA-256 is `hash` (a console session carries the
+    /// hash of the key it was opened with, so removing the key ends the session).
+    pub fn tenant_for_key_hash(&self, hash: &[u8; 32]) -> Option<&TenantConfig> {
+        let id = self.api_keys.get(hash)?;
+        self.tenants.get(id)
+    }
+
+    /// Whether `hash` is the SHA-256 of an admin key (constant time over the admin keys).
+    pub fn is_admin_key_hash(&self, hash: &[u8; 32]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.admin_keys
+            .iter()
+            .fold(subtle::Choice::from(0), |found, known| {
+                found | known.ct_eq(hash)
+            })
+            .into()
     }
 
     pub fn tenant(&self, id: &str) -> Option<&TenantConfig> {
@@ -300,17 +370,40 @@ pub fn generate_api_key() -> (String, String) {
     (key, hash)
 }
 
-/// The outcome of the last config reload, for `/readyz` and the admin status route.
+/// The outcome of the last config reload, for the admin status route.
 #[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct ReloadStatus {
     /// `applied` or `refused`; absent before the first reload.
     pub last_result: Option<&'static str>,
     /// When it happened, ms since the epoch.
     pub last_at_ms: Option<u64>,
-    /// Every problem of a refused reload (file, key, problem).
+    /// Every problem of a refused reload: file, line, key path and what is wrong, with any
+    /// value from the file redacted.
     pub errors: Vec<String>,
     pub applied: u64,
     pub refused: u64,
+}
+
+/// What `/readyz` (no key) says about reloads: the result, never the problems.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct ReloadSummary {
+    /// `applied` or `refused`; absent before the first reload.
+    pub last_result: Option<&'static str>,
+    /// When it happened, ms since the epoch.
+    pub last_at_ms: Option<u64>,
+    pub applied: u64,
+    pub refused: u64,
+}
+
+impl From<ReloadStatus> for ReloadSummary {
+    fn from(status: ReloadStatus) -> Self {
+        ReloadSummary {
+            last_result: status.last_result,
+            last_at_ms: status.last_at_ms,
+            applied: status.applied,
+            refused: status.refused,
+        }
+    }
 }
 
 /// The running configuration, swapped atomically on reload.

@@ -25,7 +25,26 @@ pub struct RawConfig {
     #[serde(default)]
     pub security: RawSecurity,
     #[serde(default)]
+    pub quotas: RawQuotas,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
+}
+
+/// Per-tenant quotas; the defaults for every tenant (`[quotas]`) and one tenant's overrides
+/// (`[tenants.quotas]`), where every key is optional and falls back to `[quotas]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuotas {
+    pub webhooks: Option<u64>,
+    pub secrets_per_webhook: Option<u64>,
+    pub deliveries_per_event: Option<u64>,
+    pub pending_deliveries: Option<u64>,
+    pub stored_bytes: Option<u64>,
+    pub api_requests_per_sec: Option<u64>,
+    pub api_burst: Option<u64>,
+    pub plugins: Option<u64>,
+    pub plugin_bytes: Option<u64>,
+    pub delivery_weight: Option<u64>,
 }
 
 /// `[security]`: the key that seals webhook secrets at rest (`HOOKD_SECRET_KEY` overrides).
@@ -81,6 +100,7 @@ pub struct RawDelivery {
     pub max_in_flight_per_webhook: Option<u32>,
     pub max_in_flight: Option<usize>,
     pub max_response_body_bytes: Option<usize>,
+    pub max_request_capture_bytes: Option<usize>,
     pub max_retry_after: Option<String>,
     pub disable_after: Option<String>,
     pub failing_event_after_attempts: Option<u32>,
@@ -100,8 +120,13 @@ pub struct RawTenant {
     pub id: String,
     #[serde(default)]
     pub api_keys: Vec<String>,
+    /// Declared event types: names, or tables with a description, schema and example.
     #[serde(default)]
-    pub event_types: Vec<String>,
+    pub event_types: Vec<super::event_types::RawEventType>,
+    /// Refuse events of undeclared types and payloads failing their type's schema.
+    #[serde(default)]
+    pub strict_event_types: bool,
     pub delivery: Option<RawDelivery>,
     pub plugins: Option<RawPlugins>,
+    pub quotas: Option<RawQuotas>,
 }

@@ -9,37 +9,64 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins, RawSecurity};
+use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins, RawQuotas, RawSecurity};
 use super::{
     Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DeliveryConfig, LimitsConfig, PluginsConfig,
-    SecurityConfig, SsrfConfig, TenantConfig,
+    QuotasConfig, SecurityConfig, SsrfConfig, TenantConfig,
 };
 use crate::plugin::PluginSettings;
 use crate::secrets;
 
 /// One problem in a config file.
+///
+/// Its `Display` (what logs, `hookd check-config` and the admin route show) names the file, the
+/// line and the key path, and never a value from the file: anything the problem quotes is
+/// redacted, because the value may be a secret with a typo (`secret_kye = "<the key>"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: PathBuf,
+    /// 1-based line of the problem, when it can be located.
+    pub line: Option<usize>,
     /// Dotted key path, e.g. `tenants[1].delivery.attempt_timeout`; empty for the whole file.
     pub key: String,
+    /// What is wrong; may quote the offending value, so show it only through `Display`.
     pub problem: String,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.problem)
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": `{}`", self.key)?;
+        }
+        write!(f, ": {}", redact(&self.problem))
+    }
+}
+
+/// `problem` with every quoted part (`` `…` ``, `"…"`, `'…'`) replaced by `…`: problems quote
+/// the values they refuse, and a refused value may be a secret.
+pub fn redact(problem: &str) -> String {
+    let mut out = String::with_capacity(problem.len());
+    let mut chars = problem.chars();
+    while let Some(c) = chars.next() {
+        if matches!(c, '`' | '"' | '\'') {
+            // Skip to the closing quote (or the end: an unterminated quote hides the rest).
+            for inner in chars.by_ref() {
+                if inner == c {
+                    break;
+                }
+            }
+            out.push(c);
+            out.push('…');
+            out.push(c);
         } else {
-            write!(
-                f,
-                "{}: `{}`: {}",
-                self.file.display(),
-                self.key,
-                self.problem
-            )
+            out.push(c);
         }
     }
+    out
 }
 
 /// Every problem found in one config file.
@@ -50,6 +77,7 @@ impl ConfigErrors {
     pub fn single(file: &Path, key: &str, problem: String) -> Self {
         ConfigErrors(vec![ConfigError {
             file: file.to_path_buf(),
+            line: None,
             key: key.to_string(),
             problem,
         }])
@@ -79,6 +107,7 @@ impl Collector<'_> {
     fn push(&mut self, key: impl Into<String>, problem: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
+            line: None,
             key: key.into(),
             problem: problem.into(),
         });
@@ -87,27 +116,149 @@ impl Collector<'_> {
     fn duration(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
         match value {
             None => default,
-            Some(text) => {
-                match humantime::parse_duration(text) {
-                    Ok(duration) => duration,
-                    Err(err) => {
-                        self.push(
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(duration) => duration,
+                Err(err) => {
+                    self.push(
                         key,
-                        format!("`{text}` is not a duration ({err}); write e.g. \"15s\", \"5m\", \"2h\""),
+                        format!("`{text}` is not a duration ({err}); write e.g. 15s, 5m or 2h"),
                     );
-                        default
-                    }
+                    default
                 }
-            }
+            },
         }
     }
 }
 
 pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let raw: RawConfig = toml::from_str(text).map_err(|err| {
-        // toml's message names the key and the line; keep it whole.
-        ConfigErrors::single(file, "", err.to_string().trim_end().to_string())
-    })?;
+    validate(file, text).map_err(|mut errors| {
+        for error in &mut errors.0 {
+            if error.line.is_none() {
+                error.line = locate(text, &error.key);
+            }
+        }
+        errors
+    })
+}
+
+/// A TOML syntax or shape error as a [`ConfigError`]: the line and the table it is in, and
+/// toml's message without the source line it would quote. The key written on that line is not
+/// named: on a line that does not parse, what looks like a key may be a pasted value.
+fn toml_error(file: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let line = err
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let key = line
+        .and_then(|line| table_at(text, line))
+        .unwrap_or_default();
+    let message = err.message().trim_end();
+    // "unknown field `secret_kye`, expected one of `secret_key`, ...": the line names the
+    // field; the expected names are hookd's own.
+    let problem = match message.strip_prefix("unknown field `") {
+        Some(rest) => match rest.split_once("`, ") {
+            Some((_, expected)) => format!("unknown key, {}", expected.replace('`', "")),
+            None => "unknown key".to_string(),
+        },
+        None => message.to_string(),
+    };
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        key,
+        problem,
+    }
+}
+
+/// The table path (`tenants[1].delivery`, `ssrf`) that `line` (1-based) of `text` is in;
+/// `None` at the top level.
+fn table_at(text: &str, line: usize) -> Option<String> {
+    let mut table = None;
+    let mut array_counts: HashMap<String, usize> = HashMap::new();
+    for raw_line in text.lines().take(line) {
+        if let Some(header) = table_header(raw_line.trim(), &mut array_counts) {
+            table = Some(header);
+        }
+    }
+    table
+}
+
+/// The table path that `line` (1-based) of `text` is in and the key written on that line,
+/// joined (`tenants[1].delivery.attempt_timeout`); for locating the keys validation names.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut array_counts: HashMap<String, usize> = HashMap::new();
+    for (index, raw_line) in text.lines().enumerate().take(line) {
+        let trimmed = raw_line.trim();
+        if let Some(header) = table_header(trimmed, &mut array_counts) {
+            table = header;
+            if index + 1 == line {
+                return Some(table);
+            }
+            continue;
+        }
+        if index + 1 == line {
+            let key = trimmed
+                .split_once('=')
+                .map(|(key, _)| key.trim().trim_matches('"').to_string())
+                .filter(|key| !key.is_empty() && !key.starts_with('#'));
+            return match (table.is_empty(), key) {
+                (_, None) => (!table.is_empty()).then_some(table),
+                (true, Some(key)) => Some(key),
+                (false, Some(key)) => Some(format!("{table}.{key}")),
+            };
+        }
+    }
+    None
+}
+
+/// The path of a `[table]` or `[[array]]` header line, with array tables numbered
+/// (`tenants[0]`, then `tenants[0].delivery` for a sub-table of the last one).
+fn table_header(line: &str, array_counts: &mut HashMap<String, usize>) -> Option<String> {
+    let line = line.split('#').next().unwrap_or_default().trim();
+    if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+        let name = name.trim().to_string();
+        let count = array_counts.entry(name.clone()).or_insert(0);
+        *count += 1;
+        return Some(format!("{name}[{}]", *count - 1));
+    }
+    let name = line.strip_prefix('[')?.strip_suffix(']')?.trim();
+    // A sub-table of an array table belongs to its last element.
+    for (array, count) in array_counts.iter() {
+        if let Some(rest) = name.strip_prefix(&format!("{array}.")) {
+            return Some(format!("{array}[{}].{rest}", count - 1));
+        }
+    }
+    Some(name.to_string())
+}
+
+/// The line (1-based) where `key_path` (as validation reports it, e.g.
+/// `tenants[1].delivery.retry_schedule[2]`) is written, if it is on a line of its own.
+fn locate(text: &str, key_path: &str) -> Option<usize> {
+    if key_path.is_empty() {
+        return None;
+    }
+    // An element of an array value is on the line of its key.
+    let key_path = match key_path.strip_suffix(']') {
+        Some(rest) if !rest.ends_with(']') => match rest.rsplit_once('[') {
+            Some((path, index)) if index.bytes().all(|b| b.is_ascii_digit()) => {
+                // `tenants[0]` itself is a table: keep it.
+                if text.contains(&format!("[[{path}]]")) {
+                    key_path
+                } else {
+                    path
+                }
+            }
+            _ => key_path,
+        },
+        _ => key_path,
+    };
+    let line_count = text.lines().count();
+    (1..=line_count).find(|line| key_at(text, *line).as_deref() == Some(key_path))
+}
+
+fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|err| ConfigErrors(vec![toml_error(file, text, &err)]))?;
     let mut c = Collector {
         file,
         errors: Vec::new(),
@@ -226,6 +377,7 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
     };
 
     let security = security_config(&mut c, &raw.security);
+    let global_quotas = quotas(&mut c, "quotas", &raw.quotas, &DEFAULT_QUOTAS);
 
     let mut admin_keys = Vec::new();
     for (i, hash_text) in raw.admin_api_keys.iter().enumerate() {
@@ -278,14 +430,7 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
                 );
             }
         }
-        for (k, event_type) in raw_tenant.event_types.iter().enumerate() {
-            if !valid_event_type(event_type) {
-                c.push(
-                    format!("{key}.event_types[{k}]"),
-                    format!("`{event_type}` is not an event type (1-128 of a-z A-Z 0-9 . _ - :)"),
-                );
-            }
-        }
+        let event_types = event_catalogue(&mut c, &key, &raw_tenant.event_types);
         let tenant_delivery = match &raw_tenant.delivery {
             Some(overrides) => {
                 if overrides.max_in_flight.is_some() {
@@ -329,13 +474,19 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
             }
             None => global_plugins.clone(),
         };
+        let tenant_quotas = match &raw_tenant.quotas {
+            Some(overrides) => quotas(&mut c, &format!("{key}.quotas"), overrides, &global_quotas),
+            None => global_quotas.clone(),
+        };
         tenants.insert(
             raw_tenant.id.clone(),
             TenantConfig {
                 id: raw_tenant.id.clone(),
-                event_types: raw_tenant.event_types.clone(),
+                event_types,
+                strict_event_types: raw_tenant.strict_event_types,
                 delivery: tenant_delivery,
                 plugins: tenant_plugins,
+                quotas: tenant_quotas,
             },
         );
     }
@@ -351,11 +502,41 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
         ssrf,
         plugins,
         security,
+        quotas: global_quotas,
         tenants,
         api_keys,
         admin_keys,
         source: None,
     })
+}
+
+/// A tenant's `event_types`: each entry checked (name, schema, example against the schema),
+/// names unique.
+fn event_catalogue(
+    c: &mut Collector<'_>,
+    tenant_key: &str,
+    raw: &[super::event_types::RawEventType],
+) -> Vec<super::event_types::EventTypeConfig> {
+    let mut out: Vec<super::event_types::EventTypeConfig> = Vec::new();
+    for (k, entry) in raw.iter().enumerate() {
+        let key = format!("{tenant_key}.event_types[{k}]");
+        match super::event_types::EventTypeConfig::from_raw(entry) {
+            Ok(entry) if out.iter().any(|e| e.name == entry.name) => {
+                c.push(key, format!("`{}` is declared twice", entry.name));
+            }
+            Ok(entry) => out.push(entry),
+            Err(problems) => {
+                for (sub, problem) in problems {
+                    let key = match entry {
+                        super::event_types::RawEventType::Name(_) => key.clone(),
+                        super::event_types::RawEventType::Full(_) => format!("{key}.{sub}"),
+                    };
+                    c.push(key, problem);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `[security]`: `secret_key` or `secret_key_file` (not both; neither is allowed here because
@@ -461,6 +642,119 @@ fn retention(c: &mut Collector<'_>, raw: &RawLimits) -> Duration {
     }
 }
 
+/// The quotas every tenant gets unless `[quotas]` or its `[tenants.quotas]` say otherwise.
+/// Generous for one service's traffic, small enough that one tenant cannot take the engine's
+/// disk, queue or CPU from the others (`config/hookd.toml` explains each).
+pub const DEFAULT_QUOTAS: QuotasConfig = QuotasConfig {
+    webhooks: 100,
+    secrets_per_webhook: 3,
+    deliveries_per_event: 100,
+    pending_deliveries: 1_000_000,
+    stored_bytes: 10 << 30,
+    api_requests_per_sec: 1000,
+    api_burst: 2000,
+    plugins: 20,
+    plugin_bytes: 128 << 20,
+    delivery_weight: 1,
+};
+
+/// `[quotas]` or `[tenants.quotas]` over `base`; every key has a range.
+fn quotas(
+    c: &mut Collector<'_>,
+    prefix: &str,
+    raw: &RawQuotas,
+    base: &QuotasConfig,
+) -> QuotasConfig {
+    let mut out = base.clone();
+    let fields: [(&str, Option<u64>, &mut u64, u64, u64); 10] = [
+        ("webhooks", raw.webhooks, &mut out.webhooks, 1, 1_000_000),
+        (
+            "secrets_per_webhook",
+            raw.secrets_per_webhook,
+            &mut out.secrets_per_webhook,
+            1,
+            16,
+        ),
+        (
+            "deliveries_per_event",
+            raw.deliveries_per_event,
+            &mut out.deliveries_per_event,
+            1,
+            1_000_000,
+        ),
+        (
+            "pending_deliveries",
+            raw.pending_deliveries,
+            &mut out.pending_deliveries,
+            1,
+            u64::MAX,
+        ),
+        (
+            "stored_bytes",
+            raw.stored_bytes,
+            &mut out.stored_bytes,
+            1,
+            u64::MAX,
+        ),
+        (
+            "api_requests_per_sec",
+            raw.api_requests_per_sec,
+            &mut out.api_requests_per_sec,
+            1,
+            1_000_000,
+        ),
+        (
+            "api_burst",
+            raw.api_burst,
+            &mut out.api_burst,
+            1,
+            10_000_000,
+        ),
+        ("plugins", raw.plugins, &mut out.plugins, 0, 10_000),
+        (
+            "plugin_bytes",
+            raw.plugin_bytes,
+            &mut out.plugin_bytes,
+            0,
+            u64::MAX,
+        ),
+        (
+            "delivery_weight",
+            raw.delivery_weight,
+            &mut out.delivery_weight,
+            1,
+            100,
+        ),
+    ];
+    for (name, value, slot, min, max) in fields {
+        if let Some(value) = value {
+            if !(min..=max).contains(&value) {
+                c.push(
+                    format!("{prefix}.{name}"),
+                    if max == u64::MAX {
+                        format!("must be at least {min}")
+                    } else {
+                        format!("must be between {min} and {max}")
+                    },
+                );
+            }
+            *slot = value.clamp(min, max);
+        }
+    }
+    // A burst below the rate would refuse a steady client at exactly the rate; without an
+    // explicit burst, a changed rate keeps the default's ratio (two seconds' worth).
+    if raw.api_requests_per_sec.is_some() && raw.api_burst.is_none() {
+        out.api_burst = out.api_requests_per_sec.saturating_mul(2).min(10_000_000);
+    }
+    if out.api_burst < out.api_requests_per_sec {
+        c.push(
+            format!("{prefix}.api_burst"),
+            "must be at least api_requests_per_sec",
+        );
+    }
+    out
+}
+
 fn plugin_settings(
     c: &mut Collector<'_>,
     prefix: &str,
@@ -547,6 +841,7 @@ impl Default for DeliveryConfig {
             max_in_flight_per_webhook: 8,
             max_in_flight: 256,
             max_response_body_bytes: 4096,
+            max_request_capture_bytes: 64 * 1024,
             max_retry_after: Duration::from_secs(HOUR),
             disable_after: Duration::from_secs(5 * 24 * HOUR),
             failing_event_after_attempts: 3,
@@ -563,22 +858,17 @@ fn delivery_config(
 ) -> DeliveryConfig {
     let mut out = base.clone();
     if let Some(schedule) = &raw.retry_schedule {
-        out.retry_schedule = schedule
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                c.duration(
-                    &format!("{prefix}.retry_schedule[{i}]"),
-                    Some(text),
-                    Duration::ZERO,
-                )
-            })
-            .collect();
-        if schedule.len() > 50 {
-            c.push(
-                format!("{prefix}.retry_schedule"),
-                "at most 50 retries are allowed",
-            );
+        match parse_retry_schedule(schedule) {
+            Ok(delays) => out.retry_schedule = delays,
+            Err(problems) => {
+                for (index, problem) in problems {
+                    let key = match index {
+                        Some(i) => format!("{prefix}.retry_schedule[{i}]"),
+                        None => format!("{prefix}.retry_schedule"),
+                    };
+                    c.push(key, problem);
+                }
+            }
         }
     }
     if let Some(jitter) = raw.retry_jitter_percent {
@@ -632,6 +922,15 @@ fn delivery_config(
         }
         out.max_response_body_bytes = n.min(1024 * 1024);
     }
+    if let Some(n) = raw.max_request_capture_bytes {
+        if n > 16 * 1024 * 1024 {
+            c.push(
+                key("max_request_capture_bytes"),
+                "must be at most 16777216 (16 MiB)",
+            );
+        }
+        out.max_request_capture_bytes = n.min(16 * 1024 * 1024);
+    }
     if raw.max_retry_after.is_some() {
         out.max_retry_after = c.duration(
             &key("max_retry_after"),
@@ -671,6 +970,39 @@ fn delivery_config(
         );
     }
     out
+}
+
+/// Most retries a schedule may list.
+pub const MAX_RETRY_SCHEDULE_LEN: usize = 50;
+
+/// A retry schedule (`["5s", "5m", …]`), as config and webhooks write it: durations, at most
+/// [`MAX_RETRY_SCHEDULE_LEN`]; empty means no retries. Every problem, with the index of the
+/// entry it concerns (`None` for the whole list).
+pub fn parse_retry_schedule(
+    schedule: &[String],
+) -> Result<Vec<Duration>, Vec<(Option<usize>, String)>> {
+    let mut problems = Vec::new();
+    if schedule.len() > MAX_RETRY_SCHEDULE_LEN {
+        problems.push((
+            None,
+            format!("at most {MAX_RETRY_SCHEDULE_LEN} retries are allowed"),
+        ));
+    }
+    let mut delays = Vec::with_capacity(schedule.len());
+    for (i, text) in schedule.iter().enumerate() {
+        match humantime::parse_duration(text) {
+            Ok(delay) => delays.push(delay),
+            Err(err) => problems.push((
+                Some(i),
+                format!("`{text}` is not a duration ({err}); write e.g. \"15s\", \"5m\", \"2h\""),
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(delays)
+    } else {
+        Err(problems)
+    }
 }
 
 fn parse_net(text: &str) -> Option<IpNet> {
@@ -790,9 +1122,66 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
+    fn unknown_keys_are_refused_by_file_line_and_key_path() {
         let errors = parse("[delivery]\nretry_shedule = [\"1s\"]\n").unwrap_err();
-        assert!(errors.0[0].problem.contains("retry_shedule"), "{errors}");
+        assert_eq!(errors.0[0].key, "delivery", "{errors}");
+        assert_eq!(errors.0[0].line, Some(2));
+        assert!(
+            errors
+                .to_string()
+                .contains("hookd.toml:2: `delivery`: unknown key, expected one of retry_schedule"),
+            "{errors}"
+        );
+    }
+
+    /// The refusal of the issue: a renamed `secret_key` line must not print the key.
+    #[test]
+    fn a_refused_line_is_named_never_quoted() {
+        let secret = "c2VjcmV0LXZhbHVlLXRoYXQtbXVzdC1ub3QtbGVhayE=";
+        let cases = [
+            format!("[security]\nsecret_kye = \"{secret}\"\n"),
+            format!("listen = \"127.0.0.1:80\"\n[limits]\nmax_payload_bytes = \"{secret}\"\n"),
+            format!("[delivery]\nattempt_timeout = \"{secret}\"\n"),
+            format!("[[tenants]]\nid = \"{secret}\"\n"),
+            format!("[security]\nsecret_key = \"{secret}\n"),
+            format!("{secret}\n"),
+            format!("[ssrf]\nallow = [\"{secret}\"]\n"),
+        ];
+        for text in cases {
+            let errors = parse(&text).unwrap_err();
+            let shown = errors.to_string();
+            assert!(!shown.contains(&secret[..12]), "{text:?} → {shown}");
+            assert!(
+                errors.0.iter().all(|e| e.line.is_some()),
+                "{text:?} → {shown}"
+            );
+        }
+        let errors = parse(&format!("[security]\nsecret_kye = \"{secret}\"\n")).unwrap_err();
+        assert_eq!(
+            (errors.0[0].line, errors.0[0].key.as_str()),
+            (Some(2), "security")
+        );
+        let errors = parse(&format!(
+            "[[tenants]]\nid = \"a\"\n[[tenants]]\nid = \"b\"\n[tenants.delivery]\nattempt_timeout = \"{secret}\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (errors.0[0].line, errors.0[0].key.as_str()),
+            (Some(6), "tenants[1].delivery.attempt_timeout")
+        );
+    }
+
+    #[test]
+    fn redaction_keeps_the_sentence_and_drops_the_quoted_values() {
+        assert_eq!(
+            redact("`x1` is not a duration (\"bad\"); write e.g. 15s"),
+            "`…` is not a duration (\"…\"); write e.g. 15s"
+        );
+        assert_eq!(
+            redact("must be between 1 and 16"),
+            "must be between 1 and 16"
+        );
+        assert_eq!(redact("unterminated `secret"), "unterminated `…`");
     }
 
     #[test]
@@ -839,6 +1228,70 @@ mod tests {
         let errors = parse("[[tenants]]\nid = \"a\"\n[tenants.plugins]\nmax_upload_bytes = 5\n")
             .unwrap_err();
         assert_eq!(errors.0[0].key, "tenants[0].plugins.max_upload_bytes");
+    }
+
+    #[test]
+    fn quotas_default_for_every_tenant_and_are_overridden_per_tenant() {
+        let config = parse(
+            r#"
+            [quotas]
+            webhooks = 10
+            api_requests_per_sec = 50
+            [[tenants]]
+            id = "acme"
+            [tenants.quotas]
+            webhooks = 2
+            secrets_per_webhook = 5
+            [[tenants]]
+            id = "globex"
+            "#,
+        )
+        .unwrap();
+        let acme = &config.tenant("acme").unwrap().quotas;
+        assert_eq!((acme.webhooks, acme.secrets_per_webhook), (2, 5));
+        assert_eq!((acme.api_requests_per_sec, acme.api_burst), (50, 100));
+        let globex = &config.tenant("globex").unwrap().quotas;
+        assert_eq!(globex.webhooks, 10);
+        assert_eq!(globex.secrets_per_webhook, 3);
+        assert_eq!(parse("").unwrap().quotas, DEFAULT_QUOTAS);
+
+        let errors = parse(
+            r#"
+            [quotas]
+            secrets_per_webhook = 0
+            delivery_weight = 1000
+            [[tenants]]
+            id = "a"
+            [tenants.quotas]
+            api_requests_per_sec = 10
+            api_burst = 5
+            webhook = 3
+            "#,
+        )
+        .unwrap_err();
+        assert!(errors.0[0].problem.contains("webhook"), "{errors}");
+        let errors = parse(
+            r#"
+            [quotas]
+            secrets_per_webhook = 0
+            delivery_weight = 1000
+            [[tenants]]
+            id = "a"
+            [tenants.quotas]
+            api_requests_per_sec = 10
+            api_burst = 5
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "quotas.secrets_per_webhook",
+                "quotas.delivery_weight",
+                "tenants[0].quotas.api_burst"
+            ]
+        );
     }
 
     #[test]

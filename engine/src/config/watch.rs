@@ -1,7 +1,10 @@
 //! Config hot reload: watches the config file (through its directory, since editors replace
 //! files by rename), debounces bursts of changes, and swaps in a new [`Config`] when it is
-//! valid. An invalid edit is refused with every problem logged, the running config stays, and
-//! the refusal is recorded for `/readyz`.
+//! valid. An invalid edit is refused with every problem logged (file, line, key path, never a
+//! value), the running config stays, and the refusal is recorded for `/readyz` (its result) and
+//! `GET /v1/admin/status` (its problems). A file whose contents did not change since the last
+//! reload is not read again, so one edit is applied or refused (and logged) once, however many
+//! file-system events the editor's save produced.
 //!
 //! Settings read once at start (`listen`, `data_dir`, `limits.store_cache_mb`, the server's read
 //! timeouts, `delivery.dns_servers`, `delivery.max_in_flight`) apply at the next start only: a
@@ -60,6 +63,9 @@ pub fn spawn(
     }
     Some(tokio::spawn(async move {
         let _watcher = watcher; // dropped (stops watching) when the task ends
+        // What the file held at start or at the last reload: events that leave it unchanged
+        // (an editor's temp file, a touch, a burst longer than the debounce) do nothing.
+        let mut last_seen = file_digest(&path);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -73,10 +79,24 @@ pub fn spawn(
                     _ = rx.recv() => continue,
                 }
             }
+            let digest = file_digest(&path);
+            if digest.is_some() && digest == last_seen {
+                continue;
+            }
+            last_seen = digest;
             let applied = reload(&shared, &path);
             on_reload(applied);
         }
     }))
+}
+
+/// SHA-256 of the file's contents, or `None` if it cannot be read now (then the reload runs
+/// and reports why).
+fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
+    use sha2::Digest as _;
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| sha2::Sha256::digest(&bytes).into())
 }
 
 /// Settings read once at start (the listener, the store, the HTTP server's timeouts, the
@@ -135,7 +155,8 @@ pub fn reload(shared: &SharedConfig, path: &std::path::Path) -> bool {
         }
         Err(errors) => {
             for problem in &errors.0 {
-                error!(file = %problem.file.display(), key = %problem.key, problem = %problem.problem, "config reload refused");
+                // `Display` names file, line and key path and redacts values.
+                error!(problem = %problem, "config reload refused");
             }
             warn!(
                 problems = errors.0.len(),

@@ -1,315 +1,59 @@
-//! One attempt of one delivery: load → build the signed request → send → classify the
-//! outcome → record it (attempt log, delivery state and next schedule entry in one write) →
-//! apply consequences to the webhook (410 disables it; so does failing for too long).
+//! One attempt of one delivery, as typed stages:
+//!
+//! 1. **load** ([`load`]): the delivery, its webhook and event; a delivery that cannot be tried
+//!    (gone, its webhook deleted or paused, its tenant out of config) is settled or parked here.
+//! 2. **prepare** (`prepare.rs`): render, plugin chain, sign → a request to send, or a [`Tried`]
+//!    that ends the attempt without sending.
+//! 3. **send** ([`send`]): the only stage that holds a delivery permit (`permits.rs`), taken
+//!    just before the request goes out and released as soon as the answer is read.
+//! 4. **judge** (`judge.rs`): what the try means for the delivery ([`Verdict`]).
+//! 5. **record** ([`record`]): attempt log, delivery state and next schedule entry in one write
+//!    (through the recorder's group commit).
+//! 6. **consequences** (`consequences.rs`): operational events and webhook health.
+//!
+//! Test sends (`POST /v1/webhooks/{id}/test`) run prepare and send, outside the queue.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, Url};
 use serde::Serialize;
-use serde_json::value::RawValue;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::client::{HttpOutcome, OutboundRequest};
-use super::retry::{RetryPolicy, StatusClass, classify_status, parse_retry_after};
-use super::{DeliveryContext, operational, sanitize_snippet};
-use crate::config::TenantConfig;
-use crate::fanout;
+use super::client::HttpOutcome;
+use super::consequences::{self, Recorded};
+use super::judge::{self, AttemptError, Tried, Verdict};
+use super::operational::DeliveryFacts;
+use super::prepare::{self, AttemptInput, Preparation, Prepared};
+use super::retry::{RetryPolicy, StatusClass, classify_status};
+use super::{DeliveryContext, sanitize_snippet};
+use crate::config::{Config, TenantConfig};
 use crate::ids::{AttemptId, DeliveryId, WebhookId, now_ms};
-use crate::plugin::{ChainOutcome, ChainStep, PluginRequest};
-use crate::signing;
-use crate::ssrf::SsrfPolicy;
+use crate::outbound::OutboundRequest;
 use crate::store::{
-    AttemptRecord, Claim, DeliveryStatus, DeliveryUpdate, EventRecord, WebhookRecord,
-    WebhookStatus, WorkListener,
+    AttemptOutcome, AttemptRecord, Claim, DeliveryRecord, DeliveryStatus, DeliveryUpdate,
+    EventRecord, StoreError, WebhookRecord, WebhookStatus, WorkListener,
 };
-use serde_json::json;
 
 /// How long a delivery of a tenant that vanished from config waits before it is looked at again.
 const TENANT_MISSING_RECHECK: Duration = Duration::from_secs(60);
 
-/// The Standard Webhooks body: `{"id","type","timestamp","channel"?,"data"}`.
-#[derive(Serialize)]
-struct DeliveredBody<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    timestamp: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channel: Option<&'a str>,
-    data: &'a RawValue,
-}
-
-/// The JSON body delivered for an event (the payload is copied byte for byte).
-pub fn render_body(event: &EventRecord) -> Bytes {
-    let created = SystemTime::UNIX_EPOCH + Duration::from_millis(event.created_at);
-    let body = DeliveredBody {
-        id: event.id.as_str(),
-        event_type: &event.event_type,
-        timestamp: humantime::format_rfc3339_millis(created).to_string(),
-        channel: event.channel.as_deref(),
-        data: &event.payload,
-    };
-    Bytes::from(serde_json::to_vec(&body).expect("the body serialises"))
-}
-
-/// The request of an attempt before hookd signs it: what the webhook says, or what its
-/// plugin chain made of it.
-#[derive(Debug, Clone)]
-pub struct RequestParts {
-    pub url: String,
-    pub method: String,
-    pub content_type: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-}
-
-impl RequestParts {
-    /// The request as the webhook defines it (no plugins).
-    pub fn for_webhook(webhook: &WebhookRecord, body: Bytes) -> Self {
-        RequestParts {
-            url: webhook.url.clone(),
-            method: "POST".to_string(),
-            content_type: "application/json".to_string(),
-            headers: webhook
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            body,
-        }
-    }
-}
-
-/// Signs `parts` with the webhook's live secrets (Standard Webhooks headers on the final
-/// bytes) and makes the request to send.
-pub fn build_request(
-    webhook: &WebhookRecord,
-    parts: RequestParts,
-    webhook_id_header: &str,
-    timeout: Duration,
-    now_ms: u64,
-) -> Result<OutboundRequest, (&'static str, String)> {
-    let url = Url::parse(&parts.url)
-        .map_err(|err| ("invalid_url", format!("the URL is not valid: {err}")))?;
-    let method = Method::from_bytes(parts.method.as_bytes()).map_err(|_| {
-        (
-            "invalid_method",
-            format!("`{}` is not an HTTP method", parts.method),
-        )
-    })?;
-    let mut headers = HeaderMap::new();
-    for (name, value) in &parts.headers {
-        // Validated when set (API or plugin output policy); skip anything that does not parse.
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.append(name, value);
-        }
-    }
-    let content_type = HeaderValue::from_str(&parts.content_type)
-        .unwrap_or_else(|_| HeaderValue::from_static("application/json"));
-    headers.insert(CONTENT_TYPE, content_type);
-    let timestamp = now_ms / 1000;
-    let keys: Vec<Vec<u8>> = webhook
-        .live_secrets(now_ms)
-        .filter_map(|s| signing::decode_secret(&s.secret).ok())
-        .collect();
-    let signature = signing::signature_header(
-        keys.iter().map(Vec::as_slice),
-        webhook_id_header,
-        timestamp,
-        &parts.body,
-    );
-    let header = |value: &str| {
-        HeaderValue::from_str(value).expect("ids, digits and base64 are valid header values")
-    };
-    headers.insert("webhook-id", header(webhook_id_header));
-    headers.insert("webhook-timestamp", header(&timestamp.to_string()));
-    headers.insert("webhook-signature", header(&signature));
-    Ok(OutboundRequest {
-        url,
-        method,
-        headers,
-        body: parts.body,
-        timeout,
-    })
-}
-
-/// An attempt's request after the plugin chain, or why there is none.
-#[derive(Debug)]
-pub enum Prepared {
-    Send(Box<OutboundRequest>),
-    /// A plugin dropped the delivery.
-    Filtered {
-        plugin: String,
-    },
-    /// The chain (or building the request) failed.
-    Failed {
-        code: String,
-        message: String,
-        retryable: bool,
-    },
-}
-
-/// Everything an attempt needs to know about what it sends.
-pub struct AttemptInput<'a> {
-    pub tenant: &'a TenantConfig,
-    pub webhook: &'a WebhookRecord,
-    pub event: &'a EventRecord,
-    /// The `webhook-id` header: the delivery id (or a one-off id for test sends).
-    pub webhook_id_header: &'a str,
-    pub attempt: u32,
-    pub now_ms: u64,
-}
-
-/// Renders, runs the webhook's plugin chain (if any), re-checks a URL a plugin changed, and
-/// signs: the request to send, with the plugins' logs and how long the chain took.
-pub async fn prepare(
-    ctx: &DeliveryContext,
-    input: &AttemptInput<'_>,
-) -> (Prepared, Vec<String>, Duration) {
-    let webhook = input.webhook;
-    let timeout = webhook
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(input.tenant.delivery.attempt_timeout);
-    let parts = RequestParts::for_webhook(webhook, render_body(input.event));
-    if webhook.plugins.is_empty() {
-        return (
-            sign(webhook, parts, input, timeout),
-            Vec::new(),
-            Duration::ZERO,
-        );
-    }
-    let steps: Vec<ChainStep> = webhook
-        .plugins
-        .iter()
-        .map(|p| ChainStep {
-            name: p.name.clone(),
-            config: p.config.to_string(),
-        })
-        .collect();
-    let signing_secret = webhook
-        .live_secrets(input.now_ms)
-        .next()
-        .and_then(|s| signing::decode_secret(&s.secret).ok())
-        .unwrap_or_default();
-    let request = PluginRequest {
-        delivery_id: input.webhook_id_header.to_string(),
-        event_id: input.event.id.to_string(),
-        event_type: input.event.event_type.clone(),
-        tenant: input.tenant.id.clone(),
-        channel: input.event.channel.clone(),
-        timestamp_ms: input.event.created_at,
-        attempt_time_ms: input.now_ms,
-        attempt: input.attempt,
-        url: parts.url,
-        method: parts.method,
-        content_type: parts.content_type,
-        headers: parts.headers,
-        body: parts.body,
-        signing_secret,
-    };
-    let run = ctx
-        .plugins
-        .run_chain(&input.tenant.id, &steps, request, &input.tenant.plugins)
-        .await;
-    let (chain_outcome, chain_error) = match &run.outcome {
-        ChainOutcome::Deliver(_) => ("deliver", None),
-        ChainOutcome::Filtered { .. } => ("filtered", None),
-        ChainOutcome::Failed { code, .. } => ("failed", Some(code.as_str())),
-    };
-    ctx.metrics
-        .plugin_chain_ran(&input.tenant.id, chain_outcome, chain_error, run.duration);
-    let logs = run
-        .logs
-        .iter()
-        .map(|log| {
-            tracing::debug!(
-                tenant = %input.tenant.id,
-                delivery_id = input.webhook_id_header,
-                plugin = %log.plugin,
-                level = log.level.as_str(),
-                "plugin log: {}",
-                log.message
-            );
-            format!("{} [{}] {}", log.plugin, log.level.as_str(), log.message)
-        })
-        .collect();
-    let prepared = match run.outcome {
-        ChainOutcome::Deliver(out) => {
-            let checked = if out.url == webhook.url {
-                Ok(())
-            } else {
-                // A URL a plugin chose passes the same checks as one a tenant entered; the
-                // address itself is checked at connect time by the client.
-                let policy = SsrfPolicy::new(&ctx.config.current().ssrf);
-                policy.parse_url(&out.url).map(|_| ())
-            };
-            match checked {
-                Ok(()) => {
-                    let parts = RequestParts {
-                        url: out.url,
-                        method: out.method,
-                        content_type: out.content_type,
-                        headers: out.headers,
-                        body: out.body,
-                    };
-                    sign(webhook, parts, input, timeout)
-                }
-                Err(err) => Prepared::Failed {
-                    code: "plugin_invalid_output".into(),
-                    message: format!("a plugin set the URL `{}`: {err}", out.url),
-                    retryable: true,
-                },
-            }
-        }
-        ChainOutcome::Filtered { plugin } => Prepared::Filtered { plugin },
-        ChainOutcome::Failed {
-            plugin,
-            code,
-            message,
-        } => Prepared::Failed {
-            code: code.as_str().to_string(),
-            message: format!("plugin `{plugin}`: {message}"),
-            retryable: code.is_retryable(),
-        },
-    };
-    (prepared, logs, run.duration)
-}
-
-fn sign(
-    webhook: &WebhookRecord,
-    parts: RequestParts,
-    input: &AttemptInput<'_>,
-    timeout: Duration,
-) -> Prepared {
-    match build_request(
-        webhook,
-        parts,
-        input.webhook_id_header,
-        timeout,
-        input.now_ms,
-    ) {
-        Ok(request) => Prepared::Send(Box::new(request)),
-        Err((code, message)) => Prepared::Failed {
-            code: code.to_string(),
-            message,
-            // The stored URL or method no longer parses: trying again will not help.
-            retryable: false,
-        },
-    }
-}
-
 /// Runs one attempt of a claimed delivery. Failures of hookd itself (store errors) are
 /// logged; the delivery stays queued and is tried again.
-pub async fn run(ctx: &DeliveryContext, tenant: &str, webhook_id: &WebhookId, claim: &Claim) {
-    if let Err(err) = try_run(ctx, tenant, webhook_id, claim).await {
-        warn!(tenant, webhook_id = %webhook_id, delivery_id = %claim.delivery_id, error = %err, "attempt could not be completed; it stays queued");
+pub async fn run(
+    ctx: &DeliveryContext,
+    tenant: &str,
+    webhook_id: &WebhookId,
+    claim: &Claim,
+    slot: super::dispatcher::Slot,
+) {
+    let span =
+        info_span!("attempt", tenant, webhook_id = %webhook_id, delivery_id = %claim.delivery_id);
+    async {
+        if let Err(err) = try_run(ctx, tenant, webhook_id, claim, slot).await {
+            warn!(error = %err, "attempt could not be completed; it stays queued");
+        }
     }
+    .instrument(span)
+    .await
 }
 
 async fn try_run(
@@ -317,30 +61,109 @@ async fn try_run(
     tenant: &str,
     webhook_id: &WebhookId,
     claim: &Claim,
-) -> Result<(), crate::store::StoreError> {
-    let store = &ctx.store;
+    slot: super::dispatcher::Slot,
+) -> Result<(), StoreError> {
     let delivery_id = &claim.delivery_id;
+    let Some(loaded) = load(ctx, tenant, webhook_id, delivery_id).await? else {
+        return Ok(());
+    };
+    let tenant = loaded.tenant();
+    let started_at = now_ms();
+    let input = AttemptInput {
+        tenant,
+        webhook: &loaded.webhook,
+        event: &loaded.event,
+        webhook_id_header: delivery_id.as_str(),
+        attempt: loaded.delivery.attempts + 1,
+        now_ms: started_at,
+    };
+    let preparation = prepare::prepare(ctx, &input).await;
+    let Preparation {
+        prepared,
+        plugin_logs,
+        chain_time,
+    } = preparation;
+    let (tried, sent) = match prepared {
+        Prepared::Send(request) => {
+            let sent = super::capture::capture(&request, tenant.delivery.max_request_capture_bytes);
+            let outcome = send(ctx, tenant, request, input.timeout()).await;
+            (Tried::Sent(outcome), Some(sent))
+        }
+        Prepared::NotSent(tried) => (tried, None),
+    };
+    let policy = RetryPolicy::for_webhook(&tenant.delivery, &loaded.webhook);
+    let verdict = judge::judge(&tried, &policy, input.attempt, None);
+    let mut attempt = attempt_record(&loaded, &input, &tried, &verdict, plugin_logs, chain_time);
+    attempt.request = sent;
+    let facts = delivery_facts(&loaded, &attempt, &tried);
+    record(
+        ctx,
+        &loaded,
+        claim,
+        attempt,
+        &verdict,
+        tried.reached_receiver(),
+    )
+    .await?;
+    // Recorded: the webhook's slot is free for its next delivery while consequences run.
+    drop(slot);
+    consequences::apply(
+        ctx,
+        Recorded {
+            tenant,
+            webhook: &loaded.webhook,
+            delivery: &loaded.delivery,
+            facts,
+            tried: &tried,
+            verdict: &verdict,
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// What the load stage found: everything the later stages read.
+struct Loaded {
+    config: std::sync::Arc<Config>,
+    tenant_id: String,
+    delivery: DeliveryRecord,
+    webhook: WebhookRecord,
+    event: EventRecord,
+}
+
+impl Loaded {
+    fn tenant(&self) -> &TenantConfig {
+        self.config
+            .tenant(&self.tenant_id)
+            .expect("load checked the tenant is in this config")
+    }
+}
+
+/// The load stage: `None` when there is nothing to try (the delivery is gone or final, or it
+/// was settled or parked here because its webhook, event or tenant is gone or inactive).
+async fn load(
+    ctx: &DeliveryContext,
+    tenant: &str,
+    webhook_id: &WebhookId,
+    delivery_id: &DeliveryId,
+) -> Result<Option<Loaded>, StoreError> {
+    let store = &ctx.store;
     // The claim is the dispatcher's; the record stays `pending` until the outcome is
     // recorded, so an attempt costs one write, not two.
     let Some(delivery) = store.delivery(tenant, delivery_id).await? else {
-        return Ok(());
+        return Ok(None);
     };
     if !delivery.status.is_queued() {
-        return Ok(());
+        return Ok(None);
     }
     let config = ctx.config.current();
-    let Some(tenant_config) = config.tenant(tenant) else {
+    if config.tenant(tenant).is_none() {
         // The tenant was removed from config; its deliveries wait (it may come back).
-        debug!(tenant, "tenant not in config; delivery waits");
-        store
-            .requeue(
-                tenant,
-                delivery_id,
-                now_ms() + TENANT_MISSING_RECHECK.as_millis() as u64,
-            )
-            .await?;
-        return Ok(());
-    };
+        debug!("tenant not in config; delivery waits");
+        let recheck = now_ms() + TENANT_MISSING_RECHECK.as_millis() as u64;
+        store.requeue(tenant, delivery_id, recheck).await?;
+        return Ok(None);
+    }
     let Some(webhook) = store.webhook(tenant, webhook_id).await? else {
         store
             .settle(
@@ -350,126 +173,132 @@ async fn try_run(
                 "webhook_deleted",
             )
             .await?;
-        return Ok(());
+        return Ok(None);
     };
     let Some(event) = store.event(tenant, &delivery.event_id).await? else {
         store
             .settle(tenant, delivery_id, DeliveryStatus::Failed, "event_missing")
             .await?;
-        return Ok(());
+        return Ok(None);
     };
     if webhook.status != WebhookStatus::Active {
         // Parked: the dispatcher learns the webhook is not active and stops claiming from it.
         ctx.dispatch.webhook_changed(tenant, webhook_id);
-        return Ok(());
+        return Ok(None);
     }
-    let attempt_number = delivery.attempts + 1;
-    let started_at = now_ms();
-    let input = AttemptInput {
-        tenant: tenant_config,
-        webhook: &webhook,
-        event: &event,
-        webhook_id_header: delivery_id.as_str(),
-        attempt: attempt_number,
-        now_ms: started_at,
-    };
-    let (prepared, plugin_logs, chain_time) = prepare(ctx, &input).await;
-    let tried = match prepared {
-        Prepared::Send(request) => Tried::Http(
-            ctx.client
-                .send(*request, tenant_config.delivery.max_response_body_bytes)
-                .await,
-        ),
-        Prepared::Filtered { plugin } => Tried::Filtered { plugin },
-        Prepared::Failed {
-            code,
-            message,
-            retryable,
-        } => Tried::Failed {
-            code,
-            message,
-            retryable,
-        },
-    };
+    Ok(Some(Loaded {
+        config,
+        tenant_id: tenant.to_string(),
+        delivery,
+        webhook,
+        event,
+    }))
+}
 
-    let policy = RetryPolicy::new(&tenant_config.delivery, webhook.max_attempts);
-    let verdict = judge(&tried, &policy, attempt_number);
-    let (status_code, error_code, error_message, snippet, latency) = match &tried {
-        Tried::Http(HttpOutcome::Response {
+/// The send stage: the only time an attempt holds one of the engine's delivery permits. It
+/// waits for the permit here (after its plugin chain, never during it) and gives it back as
+/// soon as the answer is read, before the outcome is recorded.
+async fn send(
+    ctx: &DeliveryContext,
+    tenant: &TenantConfig,
+    request: OutboundRequest,
+    timeout: Duration,
+) -> HttpOutcome {
+    ctx.client
+        .send(request, timeout, tenant.delivery.max_response_body_bytes)
+        .await
+}
+
+/// The attempt log entry of a judged try.
+fn attempt_record(
+    loaded: &Loaded,
+    input: &AttemptInput<'_>,
+    tried: &Tried,
+    verdict: &Verdict,
+    plugin_logs: Vec<String>,
+    chain_time: Duration,
+) -> AttemptRecord {
+    let (status_code, error_message, snippet, latency) = match tried {
+        Tried::Sent(HttpOutcome::Response {
             status,
             snippet,
             latency,
             ..
         }) => (
             Some(*status),
-            (verdict.status != DeliveryStatus::Delivered).then(|| "http_status".to_string()),
             None,
             Some(sanitize_snippet(snippet)),
             *latency,
         ),
-        Tried::Http(HttpOutcome::Failed {
-            code,
-            message,
-            latency,
-        }) => (
-            None,
-            Some(code.to_string()),
-            Some(message.clone()),
-            None,
-            *latency,
-        ),
+        Tried::Sent(HttpOutcome::Failed {
+            message, latency, ..
+        }) => (None, Some(message.clone()), None, *latency),
         Tried::Filtered { plugin } => (
-            None,
             None,
             Some(format!("dropped by plugin `{plugin}`")),
             None,
             chain_time,
         ),
-        Tried::Failed { code, message, .. } => (
-            None,
-            Some(code.clone()),
-            Some(message.clone()),
-            None,
-            chain_time,
-        ),
+        Tried::PluginFailed { message, .. } => (None, Some(message.clone()), None, chain_time),
     };
     let next_attempt_at = verdict
         .retry_in
         .map(|delay| now_ms() + delay.as_millis() as u64);
-    let result = match (verdict.status, next_attempt_at) {
-        (DeliveryStatus::Delivered, _) => "delivered",
-        (DeliveryStatus::Filtered, _) => "filtered",
-        (_, Some(_)) => "failed",
-        _ if verdict.retryable => "exhausted",
-        _ => "rejected",
-    };
-    let attempt = AttemptRecord {
+    AttemptRecord {
         id: AttemptId::new(),
-        delivery_id: delivery_id.clone(),
-        webhook_id: webhook_id.clone(),
-        attempt: attempt_number,
-        started_at,
-        url: webhook.url.clone(),
+        delivery_id: loaded.delivery.id.clone(),
+        webhook_id: loaded.webhook.id.clone(),
+        attempt: input.attempt,
+        started_at: input.now_ms,
+        url: loaded.webhook.url.clone(),
         latency_ms: latency.as_millis() as u64,
-        result: result.to_string(),
+        result: verdict.result.as_str().to_string(),
         status_code,
-        error_code: error_code.clone(),
+        error_code: tried.error().map(|e| e.code().to_string()),
         error_message,
         response_snippet: snippet,
         next_attempt_at,
         plugin_logs,
-    };
+        request: None,
+    }
+}
+
+fn delivery_facts(loaded: &Loaded, attempt: &AttemptRecord, tried: &Tried) -> DeliveryFacts {
+    DeliveryFacts {
+        delivery_id: loaded.delivery.id.to_string(),
+        webhook_id: loaded.webhook.id.clone(),
+        webhook_url: loaded.webhook.url.clone(),
+        event_id: loaded.event.id.clone(),
+        event_type: loaded.event.event_type.clone(),
+        attempt: attempt.attempt,
+        status_code: attempt.status_code,
+        error_code: tried.error().map(AttemptError::code),
+        next_attempt_at: attempt.next_attempt_at.map(crate::ids::rfc3339),
+    }
+}
+
+/// The record stage: the attempt log entry, the delivery's new state and its next schedule
+/// entry, written together through the recorder.
+async fn record(
+    ctx: &DeliveryContext,
+    loaded: &Loaded,
+    claim: &Claim,
+    attempt: AttemptRecord,
+    verdict: &Verdict,
+    reached_receiver: bool,
+) -> Result<(), StoreError> {
+    let tenant = loaded.tenant_id.as_str();
+    let result = verdict.result;
+    let error_code = attempt.error_code.clone();
     let update = DeliveryUpdate {
-        status: if next_attempt_at.is_some() {
-            DeliveryStatus::Pending
-        } else {
-            verdict.status
-        },
-        next_attempt_at,
+        status: result.delivery_status(),
+        next_attempt_at: attempt.next_attempt_at,
         filtered_by: verdict.filtered_by.clone(),
     };
+    let (status_code, latency_ms, number) =
+        (attempt.status_code, attempt.latency_ms, attempt.attempt);
     ctx.recorder
-        .record(crate::store::AttemptOutcome {
+        .record(AttemptOutcome {
             tenant: tenant.to_string(),
             lease: claim.lease,
             attempt,
@@ -477,208 +306,19 @@ async fn try_run(
         })
         .await?;
     ctx.metrics
-        .attempt_finished(tenant, result, error_code.as_deref());
-    if matches!(tried, Tried::Http(_)) {
-        ctx.metrics.delivery_latency(tenant, latency);
+        .attempt_finished(tenant, result.as_str(), error_code.as_deref());
+    if reached_receiver {
+        ctx.metrics
+            .delivery_latency(tenant, Duration::from_millis(latency_ms));
     }
     info!(
-        tenant,
-        delivery_id = %delivery_id,
-        webhook_id = %webhook_id,
-        attempt = attempt_number,
+        attempt = number,
         status = ?status_code,
         error = ?error_code,
-        result,
+        result = result.as_str(),
         "attempt finished"
     );
-    if !fanout::is_operational(&event.event_type) {
-        let about = json!({
-            "delivery_id": delivery_id,
-            "webhook_id": webhook_id,
-            "webhook_url": webhook.url,
-            "event_id": event.id,
-            "event_type": event.event_type,
-            "attempt": attempt_number,
-            "status_code": status_code,
-            "error_code": error_code,
-            "next_attempt_at": next_attempt_at.map(crate::api::rfc3339),
-        });
-        let failing_after = tenant_config.delivery.failing_event_after_attempts;
-        let kind = match result {
-            "failed" if attempt_number == failing_after => Some(operational::DELIVERY_FAILING),
-            "exhausted" | "rejected" => Some(operational::DELIVERY_EXHAUSTED),
-            "delivered" if attempt_number > failing_after => Some(operational::DELIVERY_RECOVERED),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            operational::emit(ctx, tenant, kind, webhook_id, about.clone()).await;
-        }
-        if let Tried::Failed { code, message, .. } = &tried
-            && code.starts_with("plugin_")
-            && delivery.last_error.as_deref() != Some(code.as_str())
-        {
-            let mut about = about;
-            about["message"] = json!(message);
-            operational::emit(ctx, tenant, operational::PLUGIN_FAILED, webhook_id, about).await;
-        }
-    }
-    if !matches!(tried, Tried::Http(_)) {
-        // Plugins' verdicts say nothing about the receiver's health.
-        return Ok(());
-    }
-
-    // Consequences for the webhook.
-    let now = now_ms();
-    let disable_reason = if verdict.gone {
-        Some("the receiver answered 410 Gone".to_string())
-    } else {
-        None
-    };
-    let succeeded = verdict.status == DeliveryStatus::Delivered;
-    let needs_update = disable_reason.is_some()
-        || (succeeded && webhook.failing_since.is_some())
-        || (!succeeded && webhook.failing_since.is_none())
-        || (!succeeded
-            && webhook.failing_since.is_some_and(|since| {
-                now.saturating_sub(since) >= tenant_config.delivery.disable_after.as_millis() as u64
-            }));
-    if needs_update {
-        let disable_after = tenant_config.delivery.disable_after.as_millis() as u64;
-        let changed = store
-            .update_webhook(tenant, webhook_id, &|w| {
-                if succeeded {
-                    w.failing_since = None;
-                    return;
-                }
-                let since = *w.failing_since.get_or_insert(now);
-                let reason = disable_reason.clone().or_else(|| {
-                    (now.saturating_sub(since) >= disable_after).then(|| {
-                        format!(
-                            "every attempt failed for {}",
-                            humantime::format_duration(Duration::from_secs(disable_after / 1000))
-                        )
-                    })
-                });
-                if let Some(reason) = reason
-                    && w.status == WebhookStatus::Active
-                {
-                    w.status = WebhookStatus::Disabled;
-                    w.disabled_reason = Some(reason);
-                    w.updated_at = now;
-                }
-            })
-            .await;
-        match changed {
-            Ok(Some(w))
-                if w.status == WebhookStatus::Disabled
-                    && webhook.status == WebhookStatus::Active =>
-            {
-                warn!(tenant, webhook_id = %webhook_id, reason = ?w.disabled_reason, "webhook disabled");
-                let about = json!({
-                    "webhook_id": webhook_id,
-                    "webhook_url": w.url,
-                    "reason": w.disabled_reason,
-                });
-                operational::emit(
-                    ctx,
-                    tenant,
-                    operational::WEBHOOK_DISABLED,
-                    webhook_id,
-                    about,
-                )
-                .await;
-            }
-            Ok(_) => {}
-            Err(err) => {
-                warn!(tenant, webhook_id = %webhook_id, error = %err, "could not update webhook health")
-            }
-        }
-    }
     Ok(())
-}
-
-/// What an attempt did.
-#[derive(Debug)]
-enum Tried {
-    Http(HttpOutcome),
-    Filtered {
-        plugin: String,
-    },
-    Failed {
-        code: String,
-        message: String,
-        retryable: bool,
-    },
-}
-
-/// The delivery-level meaning of one attempt's outcome.
-#[derive(Debug, PartialEq)]
-struct Verdict {
-    status: DeliveryStatus,
-    retry_in: Option<Duration>,
-    retryable: bool,
-    gone: bool,
-    filtered_by: Option<String>,
-}
-
-fn judge(tried: &Tried, policy: &RetryPolicy, attempt_number: u32) -> Verdict {
-    let (class, retry_after) = match tried {
-        Tried::Http(HttpOutcome::Response {
-            status,
-            retry_after,
-            ..
-        }) => (
-            classify_status(*status),
-            retry_after
-                .as_deref()
-                .and_then(|v| parse_retry_after(v, SystemTime::now())),
-        ),
-        // Refusing a blocked address again later would not change anything.
-        Tried::Http(HttpOutcome::Failed {
-            code: "blocked_address" | "invalid_url",
-            ..
-        }) => (StatusClass::Rejected, None),
-        Tried::Http(HttpOutcome::Failed { .. }) => (StatusClass::Retryable, None),
-        Tried::Filtered { plugin } => {
-            return Verdict {
-                status: DeliveryStatus::Filtered,
-                retry_in: None,
-                retryable: false,
-                gone: false,
-                filtered_by: Some(plugin.clone()),
-            };
-        }
-        Tried::Failed { retryable, .. } => {
-            let class = if *retryable {
-                StatusClass::Retryable
-            } else {
-                StatusClass::Rejected
-            };
-            (class, None)
-        }
-    };
-    let verdict = |status, retry_in, retryable, gone| Verdict {
-        status,
-        retry_in,
-        retryable,
-        gone,
-        filtered_by: None,
-    };
-    match class {
-        StatusClass::Delivered => verdict(DeliveryStatus::Delivered, None, false, false),
-        StatusClass::Retryable => verdict(
-            DeliveryStatus::Failed,
-            policy.next_delay(attempt_number, retry_after, &mut rand::rng()),
-            true,
-            false,
-        ),
-        StatusClass::Rejected | StatusClass::Gone => verdict(
-            DeliveryStatus::Failed,
-            None,
-            false,
-            class == StatusClass::Gone,
-        ),
-    }
 }
 
 /// Result of `POST /v1/webhooks/{id}/test`.
@@ -696,7 +336,7 @@ pub struct TestSendOutcome {
 }
 
 /// Sends a sample event to a webhook now, through its plugin chain, outside the queue:
-/// nothing is stored or retried.
+/// nothing is stored or retried. It takes a delivery permit like any attempt.
 pub async fn test_send(
     ctx: &DeliveryContext,
     tenant: &TenantConfig,
@@ -716,56 +356,45 @@ pub async fn test_send(
         attempt: 1,
         now_ms: now_ms(),
     };
-    let (prepared, plugin_logs, chain_time) = prepare(ctx, &input).await;
+    let preparation = prepare::prepare(ctx, &input).await;
     let mut outcome = TestSendOutcome {
         delivered: false,
         webhook_id_header: webhook_id_header.clone(),
         status_code: None,
-        latency_ms: chain_time.as_millis() as u64,
+        latency_ms: preparation.chain_time.as_millis() as u64,
         error_code: None,
         error_message: None,
         response_snippet: None,
-        plugin_logs,
+        plugin_logs: preparation.plugin_logs,
     };
-    let request = match prepared {
-        Prepared::Send(request) => request,
-        Prepared::Filtered { plugin } => {
-            outcome.error_code = Some("filtered".into());
-            outcome.error_message = Some(format!("dropped by plugin `{plugin}`"));
-            return outcome;
-        }
-        Prepared::Failed { code, message, .. } => {
-            outcome.error_code = Some(code);
-            outcome.error_message = Some(message);
-            return outcome;
-        }
+    let tried = match preparation.prepared {
+        Prepared::Send(request) => Tried::Sent(send(ctx, tenant, request, input.timeout()).await),
+        Prepared::NotSent(tried) => tried,
     };
-    match ctx
-        .client
-        .send(*request, tenant.delivery.max_response_body_bytes)
-        .await
-    {
-        HttpOutcome::Response {
+    outcome.error_code = tried.error().map(|e| e.code().to_string());
+    match tried {
+        Tried::Sent(HttpOutcome::Response {
             status,
             snippet,
             latency,
             ..
-        } => {
+        }) => {
             outcome.delivered = classify_status(status) == StatusClass::Delivered;
             outcome.status_code = Some(status);
             outcome.latency_ms = latency.as_millis() as u64;
-            outcome.error_code = (!outcome.delivered).then(|| "http_status".to_string());
             outcome.response_snippet = Some(sanitize_snippet(&snippet));
         }
-        HttpOutcome::Failed {
-            code,
-            message,
-            latency,
-        } => {
+        Tried::Sent(HttpOutcome::Failed {
+            message, latency, ..
+        }) => {
             outcome.latency_ms = latency.as_millis() as u64;
-            outcome.error_code = Some(code.to_string());
             outcome.error_message = Some(message);
         }
+        Tried::Filtered { plugin } => {
+            outcome.error_code = Some("filtered".into());
+            outcome.error_message = Some(format!("dropped by plugin `{plugin}`"));
+        }
+        Tried::PluginFailed { message, .. } => outcome.error_message = Some(message),
     }
     outcome
 }

@@ -10,32 +10,17 @@
 //! can never lead it to an address the guard refused.
 
 use std::error::Error as StdError;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use reqwest::header::HeaderMap;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
-use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
-};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-
 use crate::config::SharedConfig;
+use crate::outbound::OutboundRequest;
+use crate::resolver::OutboundResolver;
 use crate::ssrf::{BlockedAddress, SsrfPolicy};
-
-/// A request ready to send.
-#[derive(Debug, Clone)]
-pub struct OutboundRequest {
-    pub url: Url,
-    pub method: Method,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub timeout: Duration,
-}
 
 /// What came back (or didn't): a value, never an error.
 #[derive(Debug, Clone)]
@@ -48,88 +33,69 @@ pub enum HttpOutcome {
         latency: Duration,
     },
     Failed {
-        /// Stable code: `timeout`, `connect_refused`, `dns`, `blocked_address`,
-        /// `connection_reset`, `connection_closed` (closed before answering),
-        /// `invalid_response` (not HTTP, or a head over hyper's limit), `tls`, `connect_error`,
-        /// `request_error`.
-        code: &'static str,
+        failure: SendFailure,
+        /// For the attempt log, which the tenant reads: never names a refused address.
         message: String,
         latency: Duration,
     },
+}
+
+/// Why a request got no HTTP response. Each has a stable code (the attempt's `error_code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// The attempt's total timeout passed.
+    Timeout,
+    ConnectRefused,
+    /// The host name has no usable address.
+    Dns,
+    /// Every address is one the SSRF guard refuses.
+    BlockedAddress,
+    ConnectionReset,
+    /// The connection closed before a whole response arrived.
+    ConnectionClosed,
+    /// Not HTTP, or a head over hyper's limit.
+    InvalidResponse,
+    Tls,
+    ConnectError,
+    RequestError,
+    /// The URL does not parse (a stored URL that no longer does, or a plugin's).
+    InvalidUrl,
+    /// The method is not an HTTP method.
+    InvalidMethod,
+}
+
+impl SendFailure {
+    pub fn code(self) -> &'static str {
+        match self {
+            SendFailure::Timeout => "timeout",
+            SendFailure::ConnectRefused => "connect_refused",
+            SendFailure::Dns => "dns",
+            SendFailure::BlockedAddress => "blocked_address",
+            SendFailure::ConnectionReset => "connection_reset",
+            SendFailure::ConnectionClosed => "connection_closed",
+            SendFailure::InvalidResponse => "invalid_response",
+            SendFailure::Tls => "tls",
+            SendFailure::ConnectError => "connect_error",
+            SendFailure::RequestError => "request_error",
+            SendFailure::InvalidUrl => "invalid_url",
+            SendFailure::InvalidMethod => "invalid_method",
+        }
+    }
+
+    /// Whether trying again later cannot help: the request itself is refused before any
+    /// connection (a blocked address stays blocked, a bad URL stays bad).
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            SendFailure::BlockedAddress | SendFailure::InvalidUrl | SendFailure::InvalidMethod
+        )
+    }
 }
 
 /// Refusal from the resolver: the name has no usable address.
 #[derive(Debug, thiserror::Error)]
 #[error("DNS lookup of `{0}` failed: {1}")]
 struct DnsError(String, std::io::Error);
-
-/// How hookd resolves the host names of webhook URLs: the system resolver (getaddrinfo), or
-/// a dedicated set of name servers (`[delivery] dns_servers`, UDP with TCP fallback, answers
-/// cached for their TTL). Chosen at start.
-#[derive(Clone)]
-pub enum OutboundResolver {
-    System,
-    Servers(Arc<TokioResolver>),
-}
-
-impl std::fmt::Debug for OutboundResolver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OutboundResolver::System => f.write_str("System"),
-            OutboundResolver::Servers(_) => f.write_str("Servers"),
-        }
-    }
-}
-
-impl OutboundResolver {
-    /// The system resolver when `servers` is empty, else a resolver asking only `servers`.
-    pub fn new(servers: &[SocketAddr]) -> Self {
-        if servers.is_empty() {
-            return OutboundResolver::System;
-        }
-        let name_servers = servers
-            .iter()
-            .map(|addr| {
-                let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                    .into_iter()
-                    .map(|mut connection| {
-                        connection.port = addr.port();
-                        connection
-                    })
-                    .collect();
-                NameServerConfig::new(addr.ip(), true, connections)
-            })
-            .collect();
-        let mut options = ResolverOpts::default();
-        // Both families: the guard filters each address, so a name with one allowed and one
-        // refused family still delivers to the allowed one.
-        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        options.timeout = Duration::from_secs(2);
-        let resolver = TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(name_servers),
-            TokioRuntimeProvider::default(),
-        )
-        .with_options(options)
-        .build()
-        .expect("a resolver over fixed name servers builds");
-        OutboundResolver::Servers(Arc::new(resolver))
-    }
-
-    /// Every address `host` resolves to (port 0), unchecked: callers apply the SSRF guard.
-    pub async fn lookup(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
-        match self {
-            OutboundResolver::System => Ok(tokio::net::lookup_host((host, 0))
-                .await?
-                .map(|addr| addr.ip())
-                .collect()),
-            OutboundResolver::Servers(resolver) => resolver
-                .lookup_ip(host)
-                .await
-                .map(|found| found.iter().collect())
-                .map_err(|err| std::io::Error::other(err.to_string())),
-        }
-    }
-}
 
 /// Resolves through the [`OutboundResolver`], keeping only addresses the SSRF guard allows.
 struct GuardedResolver {
@@ -222,36 +188,54 @@ impl DeliveryClient {
         &self.resolver
     }
 
-    /// Sends one request. Checks an IP-literal host against the SSRF guard first.
-    pub async fn send(&self, request: OutboundRequest, max_body_bytes: usize) -> HttpOutcome {
+    /// Sends one request within `timeout`, reading at most `max_body_bytes` of the answer.
+    /// Checks an IP-literal host against the SSRF guard first.
+    pub async fn send(
+        &self,
+        request: OutboundRequest,
+        timeout: Duration,
+        max_body_bytes: usize,
+    ) -> HttpOutcome {
         let started = Instant::now();
-        if let Some(ip) = SsrfPolicy::literal_ip(&request.url) {
+        let failed = |failure: SendFailure, message: String| HttpOutcome::Failed {
+            failure,
+            message,
+            latency: started.elapsed(),
+        };
+        let url = match Url::parse(&request.url) {
+            Ok(url) => url,
+            Err(err) => {
+                return failed(
+                    SendFailure::InvalidUrl,
+                    format!("the URL is not valid: {err}"),
+                );
+            }
+        };
+        let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
+            return failed(
+                SendFailure::InvalidMethod,
+                format!("`{}` is not an HTTP method", request.method),
+            );
+        };
+        if let Some(ip) = SsrfPolicy::literal_ip(&url) {
             let policy = SsrfPolicy::new(&self.config.current().ssrf);
             if let Err(blocked) = policy.check_ip(ip) {
-                return HttpOutcome::Failed {
-                    code: "blocked_address",
-                    message: blocked.to_string(),
-                    latency: started.elapsed(),
-                };
+                return failed(SendFailure::BlockedAddress, blocked_for_tenant(&blocked));
             }
         }
         let response = self
             .http
-            .request(request.method, request.url)
-            .headers(request.headers)
+            .request(method, url)
+            .headers(header_map(&request))
             .body(request.body)
-            .timeout(request.timeout)
+            .timeout(timeout)
             .send()
             .await;
         let mut response = match response {
             Ok(response) => response,
             Err(err) => {
-                let (code, message) = classify_error(&err);
-                return HttpOutcome::Failed {
-                    code,
-                    message,
-                    latency: started.elapsed(),
-                };
+                let (failure, message) = classify_error(&err);
+                return failed(failure, message);
             }
         };
         let status = response.status().as_u16();
@@ -282,36 +266,69 @@ impl DeliveryClient {
     }
 }
 
+/// The request's headers as HTTP headers, with `content-type` from its field. Names and values
+/// were validated when set (API or plugin output policy); anything that does not parse is left
+/// out rather than failing the attempt.
+fn header_map(request: &OutboundRequest) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &request.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let content_type = HeaderValue::from_str(&request.content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/json"));
+    headers.insert(CONTENT_TYPE, content_type);
+    headers
+}
+
+/// What the tenant reads about a refused address (the attempt log is theirs): that it was
+/// refused, not which address a name resolved to (that would make delivery a resolver oracle
+/// for internal names). Operators get the address in the log.
+fn blocked_for_tenant(blocked: &BlockedAddress) -> String {
+    tracing::warn!(
+        address = %blocked.ip,
+        kind = blocked.kind,
+        "refused to connect to a non-public address"
+    );
+    crate::ssrf::BLOCKED_ADDRESS_MESSAGE.to_string()
+}
+
 /// Maps a reqwest error to a stable code and a readable message.
-fn classify_error(err: &reqwest::Error) -> (&'static str, String) {
+fn classify_error(err: &reqwest::Error) -> (SendFailure, String) {
     // During connect to an https URL, invalid data or an early EOF can only come from the TLS
     // handshake (rustls errors and "tls handshake eof" surface as these io kinds).
     let tls_handshake = err.is_connect() && err.url().is_some_and(|url| url.scheme() == "https");
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(current) = source {
         if let Some(blocked) = current.downcast_ref::<BlockedAddress>() {
-            return ("blocked_address", blocked.to_string());
+            return (SendFailure::BlockedAddress, blocked_for_tenant(blocked));
         }
         if let Some(dns) = current.downcast_ref::<DnsError>() {
-            return ("dns", dns.to_string());
+            return (SendFailure::Dns, dns.to_string());
         }
         if let Some(http) = current.downcast_ref::<hyper::Error>() {
             if http.is_parse() || http.is_parse_status() || http.is_parse_too_large() {
-                return ("invalid_response", http.to_string());
+                return (SendFailure::InvalidResponse, http.to_string());
             }
             if http.is_incomplete_message() {
-                return ("connection_closed", http.to_string());
+                return (SendFailure::ConnectionClosed, http.to_string());
             }
         }
         if let Some(io) = current.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind;
             let code = match io.kind() {
-                ErrorKind::ConnectionRefused => Some("connect_refused"),
+                ErrorKind::ConnectionRefused => Some(SendFailure::ConnectRefused),
                 ErrorKind::ConnectionReset
                 | ErrorKind::ConnectionAborted
-                | ErrorKind::BrokenPipe => Some("connection_reset"),
-                ErrorKind::TimedOut => Some("timeout"),
-                ErrorKind::InvalidData | ErrorKind::UnexpectedEof if tls_handshake => Some("tls"),
+                | ErrorKind::BrokenPipe => Some(SendFailure::ConnectionReset),
+                ErrorKind::TimedOut => Some(SendFailure::Timeout),
+                ErrorKind::InvalidData | ErrorKind::UnexpectedEof if tls_handshake => {
+                    Some(SendFailure::Tls)
+                }
                 _ => None,
             };
             if let Some(code) = code {
@@ -329,11 +346,11 @@ fn classify_error(err: &reqwest::Error) -> (&'static str, String) {
         source = current.source();
     }
     let code = if err.is_timeout() {
-        "timeout"
+        SendFailure::Timeout
     } else if err.is_connect() {
-        "connect_error"
+        SendFailure::ConnectError
     } else {
-        "request_error"
+        SendFailure::RequestError
     };
     let mut message = err.to_string();
     let mut source = err.source();

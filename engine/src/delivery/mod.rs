@@ -1,15 +1,21 @@
 //! Delivery: getting each queued delivery to its webhook's URL.
 //!
 //! - `dispatcher.rs` owns the in-memory claims on the durable per-webhook queues and decides
-//!   what runs when (per-webhook in-flight cap and rate limit, global cap).
-//! - `attempt.rs` runs one attempt and records its outcome.
-//! - `recorder.rs` writes attempt outcomes, many per transaction (group commit).
-//! - `retry.rs` is the pure retry policy; `client.rs` the only outbound HTTP client.
+//!   what runs when (per-webhook in-flight cap and rate limit, per-tenant cap).
+//! - `attempt.rs` runs one attempt through its stages: load, `prepare.rs` (render, plugins,
+//!   sign), send (`client.rs`, the only outbound HTTP client), `judge.rs` (what the try means),
+//!   record (`recorder.rs`, group commit), `consequences.rs` (`operational.rs` events, webhook
+//!   health).
+//! - `retry.rs` is the pure retry policy.
 
 pub mod attempt;
+pub mod capture;
 pub mod client;
+pub mod consequences;
 pub mod dispatcher;
+pub mod judge;
 pub mod operational;
+pub mod prepare;
 pub mod recorder;
 pub mod retry;
 

@@ -52,6 +52,25 @@ impl RetryPolicy {
         }
     }
 
+    /// The policy of `webhook`: its own retry schedule if it sets one (with the tenant's
+    /// jitter and `Retry-After` cap), else the tenant's; its `max_attempts` if set.
+    pub fn for_webhook(config: &DeliveryConfig, webhook: &crate::store::WebhookRecord) -> Self {
+        match &webhook.retry_schedule_ms {
+            None => RetryPolicy::new(config, webhook.max_attempts),
+            Some(schedule) => {
+                let config = DeliveryConfig {
+                    retry_schedule: schedule
+                        .iter()
+                        .copied()
+                        .map(Duration::from_millis)
+                        .collect(),
+                    ..config.clone()
+                };
+                RetryPolicy::new(&config, webhook.max_attempts)
+            }
+        }
+    }
+
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
     }

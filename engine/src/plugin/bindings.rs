@@ -5,10 +5,15 @@
 //! accepted and an absent interface means "hook not implemented". The world-level
 //! `Plugin::add_to_linker` provides the imports (`types`, `host`, `signing-key`), implemented in
 //! `sandbox.rs`.
+//!
+//! Exports are called asynchronously: guest code runs on a wasmtime fiber that yields to the
+//! executor at every epoch tick, so a long call can be moved off the thread that started it
+//! (see `PluginHost::run_chain`). Imports stay synchronous: they never wait.
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
     // `mac` traps when called outside a sign hook: the secret is lent for that call only.
     imports: { "hookd:plugin/signing-key.mac": trappable },
+    exports: { default: async },
 });

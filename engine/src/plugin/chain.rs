@@ -107,8 +107,10 @@ pub struct ChainRun {
     pub logs: Vec<PluginLog>,
     /// Whether logs were dropped because of the cap (the last entry then says so).
     pub logs_truncated: bool,
-    /// Wall time of the whole chain, including the wait for a tenant slot.
+    /// Wall time of running the chain, from the moment its plugin slots were granted.
     pub duration: Duration,
+    /// Time spent waiting for plugin slots (the tenant's and the host's) before running.
+    pub waited: Duration,
 }
 
 /// Which hook a chain phase calls.
@@ -158,9 +160,10 @@ struct Live {
     instance: wasmtime::component::Instance,
 }
 
-/// Runs the chain synchronously (call from a blocking thread: guest code runs here).
-/// Returns the outcome and the captured logs.
-pub(crate) fn run(
+/// Runs the chain. Guest code runs inside the returned future's polls and yields at every
+/// epoch tick, so whoever polls it decides where a long call continues. Returns the outcome
+/// and the captured logs.
+pub(crate) async fn run(
     runtime: &Runtime,
     steps: &[(ChainStep, Arc<LoadedPlugin>)],
     request: PluginRequest,
@@ -209,7 +212,7 @@ pub(crate) fn run(
                             logs: logs.clone(),
                             signing_secret: secret.clone(),
                         };
-                        match instantiate(runtime, plugin, params, settings) {
+                        match instantiate(runtime, plugin, params, settings).await {
                             Ok(instance) => slot.insert(instance),
                             Err(f) => break 'chain failed(f),
                         }
@@ -217,25 +220,33 @@ pub(crate) fn run(
                 };
                 let event = attempt.event(&outbound);
                 let step_outcome = match hook {
-                    Hook::Filter => call_filter(runtime, instance, plugin, step, &event, settings),
-                    Hook::Transform => call_transform(
-                        runtime,
-                        instance,
-                        plugin,
-                        step,
-                        &event,
-                        settings,
-                        &mut outbound,
-                    ),
-                    Hook::Sign => call_sign(
-                        runtime,
-                        instance,
-                        plugin,
-                        step,
-                        &event,
-                        settings,
-                        &mut outbound,
-                    ),
+                    Hook::Filter => {
+                        call_filter(runtime, instance, plugin, step, &event, settings).await
+                    }
+                    Hook::Transform => {
+                        call_transform(
+                            runtime,
+                            instance,
+                            plugin,
+                            step,
+                            &event,
+                            settings,
+                            &mut outbound,
+                        )
+                        .await
+                    }
+                    Hook::Sign => {
+                        call_sign(
+                            runtime,
+                            instance,
+                            plugin,
+                            step,
+                            &event,
+                            settings,
+                            &mut outbound,
+                        )
+                        .await
+                    }
                 };
                 match step_outcome {
                     Ok(Step::Continue) => {}
@@ -261,7 +272,7 @@ enum Step {
     Stop,
 }
 
-fn instantiate(
+async fn instantiate(
     runtime: &Runtime,
     plugin: &LoadedPlugin,
     params: SandboxParams<'_>,
@@ -269,7 +280,7 @@ fn instantiate(
 ) -> Result<Live, CallFailure> {
     let mut store = runtime.call_store(params);
     runtime.arm(&mut store, settings);
-    match plugin.pre.instantiate(&mut store) {
+    match plugin.pre.instantiate_async(&mut store).await {
         Ok(instance) => Ok(Live { store, instance }),
         Err(e) => Err(classify(&e, &store, CallPhase::Instantiate)),
     }
@@ -297,7 +308,7 @@ fn bind_failure(e: &wasmtime::Error) -> CallFailure {
     CallFailure::new(PluginFailureCode::Error, format!("cannot bind hook: {e:#}"))
 }
 
-fn call_filter(
+async fn call_filter(
     runtime: &Runtime,
     live: &mut Live,
     plugin: &LoadedPlugin,
@@ -312,7 +323,10 @@ fn call_filter(
         .load(&mut live.store, &live.instance)
         .map_err(|e| bind_failure(&e))?;
     runtime.arm(&mut live.store, settings);
-    match guest.call_filter(&mut live.store, &step.config, event) {
+    match guest
+        .call_filter(&mut live.store, &step.config, event)
+        .await
+    {
         Ok(Ok(Verdict::Deliver)) => Ok(Step::Continue),
         Ok(Ok(Verdict::Drop)) => Ok(Step::Stop),
         Ok(Err(e)) => Err(guest_error(e)),
@@ -320,7 +334,7 @@ fn call_filter(
     }
 }
 
-fn call_transform(
+async fn call_transform(
     runtime: &Runtime,
     live: &mut Live,
     plugin: &LoadedPlugin,
@@ -336,7 +350,10 @@ fn call_transform(
         .load(&mut live.store, &live.instance)
         .map_err(|e| bind_failure(&e))?;
     runtime.arm(&mut live.store, settings);
-    match guest.call_transform(&mut live.store, &step.config, event) {
+    match guest
+        .call_transform(&mut live.store, &step.config, event)
+        .await
+    {
         Ok(Ok(patch)) => {
             match policy::apply_patch(outbound, patch, settings.max_output_payload_bytes) {
                 Ok(PatchEffect::Continue) => Ok(Step::Continue),
@@ -349,7 +366,7 @@ fn call_transform(
     }
 }
 
-fn call_sign(
+async fn call_sign(
     runtime: &Runtime,
     live: &mut Live,
     plugin: &LoadedPlugin,
@@ -366,7 +383,7 @@ fn call_sign(
         .map_err(|e| bind_failure(&e))?;
     runtime.arm(&mut live.store, settings);
     live.store.data_mut().set_signing(true);
-    let signed = guest.call_sign(&mut live.store, &step.config, event);
+    let signed = guest.call_sign(&mut live.store, &step.config, event).await;
     live.store.data_mut().set_signing(false);
     match signed {
         Ok(Ok(headers)) => policy::apply_sign_headers(outbound, headers)

@@ -2,14 +2,16 @@
 //! `hookd:plugin@0.1.0`, see `wit/`) loaded, checked, stored and run under hard budgets.
 //!
 //! [`PluginHost`] is the only entry point. It owns:
-//! - one wasmtime engine (cranelift, pooling allocator, epoch deadlines from a ~10 ms ticker,
+//! - one wasmtime engine (cranelift, pooling allocator, epoch deadlines from a 1 ms ticker,
 //!   optional fuel) and the compile cache on disk (`runtime.rs`);
 //! - the load pipeline shared by uploads, restarts and the admin directory: size → component
 //!   check → compile on the blocking pool with a timeout → import allow-list → link → export
 //!   check → `meta.describe` + validation → persist → publish by atomic swap (`runtime.rs`,
 //!   `persist.rs`, `registry.rs`); a failed load leaves the previous version live;
-//! - the per-attempt chain runner, off the async reactor under a per-tenant concurrency quota,
-//!   with a fresh sandboxed store per plugin per attempt (`chain.rs`, `sandbox.rs`);
+//! - the per-attempt chain runner under a per-tenant concurrency quota, with a fresh sandboxed
+//!   store per plugin per attempt (`chain.rs`, `sandbox.rs`): guest code runs as async wasmtime
+//!   calls that yield at every 1 ms epoch tick, first on the caller's thread and, past one
+//!   tick, on a small dedicated thread pool (`runtime.rs`);
 //! - the output policy every transform patch and sign header passes (`policy.rs`);
 //! - the admin plugin directory watcher (`watch.rs`).
 //!
@@ -39,9 +41,11 @@ mod watch;
 mod tests;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
@@ -383,26 +387,29 @@ impl PluginHost {
             .ok_or(PluginLoadError::NotFound)?;
         let inner = self.inner.clone();
         let config = config.to_owned();
-        tokio::task::spawn_blocking(move || {
+        let job = async move {
             inner
                 .runtime
                 .validate_config(&plugin, &config, &inner.settings)
-        })
-        .await
-        .map_err(|e| PluginLoadError::InvalidConfig(format!("validate-config failed: {e}")))?
+                .await
+        };
+        self.run_job(job)
+            .await
+            .map_err(|e| PluginLoadError::InvalidConfig(format!("validate-config failed: {e}")))?
     }
 
     /// Runs a webhook's chain for one attempt: all filters in chain order, then all transforms
     /// in chain order, then all sign hooks on the final bytes.
     ///
     /// Each step gets one fresh store and instance for the attempt (never reused: a trap
-    /// poisons an instance), created under `settings` (the tenant's budgets). The chain runs
-    /// on the blocking pool under the tenant's concurrency quota
-    /// (`max_concurrent_calls_per_tenant`; further attempts wait). Plugins are resolved once at
-    /// the start, so an upload during the attempt does not affect it. At most
-    /// [`MAX_CONCURRENT_CHAINS`] chains run at once across tenants; the engine should keep
-    /// chains short (a handful of plugins). An empty chain delivers
-    /// the request unchanged. A missing plugin fails with
+    /// poisons an instance), created under `settings` (the tenant's budgets) from the plugin
+    /// version's `InstancePre`. The chain first waits for a slot under the tenant's
+    /// concurrency quota (`max_concurrent_calls_per_tenant`) and the host's
+    /// ([`MAX_CONCURRENT_CHAINS`]); it then runs on the caller's thread for at most one epoch
+    /// tick and, if the guests are still running, finishes on the plugin thread pool (see
+    /// `run_job`). [`ChainRun::waited`] and [`ChainRun::duration`] report the two parts.
+    /// Plugins are resolved once at the start, so an upload during the attempt does not affect
+    /// it. An empty chain delivers the request unchanged. A missing plugin fails with
     /// [`PluginFailureCode::NotFound`] (retryable: it may be re-uploaded).
     ///
     /// If the outcome's url differs from `request.url`, the engine must run its SSRF guard on
@@ -415,7 +422,8 @@ impl PluginHost {
         settings: &PluginSettings,
     ) -> ChainRun {
         let started = Instant::now();
-        let finish = |outcome, logs: Option<sandbox::LogBuffer>| {
+        let mut waited = Duration::ZERO;
+        let finish = |outcome, logs: Option<sandbox::LogBuffer>, waited: Duration| {
             let (logs, logs_truncated) = match logs {
                 Some(buffer) => {
                     let truncated = buffer.truncated();
@@ -427,7 +435,8 @@ impl PluginHost {
                 outcome,
                 logs,
                 logs_truncated,
-                duration: started.elapsed(),
+                duration: started.elapsed().saturating_sub(waited),
+                waited,
             }
         };
 
@@ -441,12 +450,12 @@ impl PluginHost {
                         code: PluginFailureCode::NotFound,
                         message: format!("plugin {:?} is not installed", step.name),
                     };
-                    return finish(outcome, None);
+                    return finish(outcome, None, waited);
                 }
             }
         }
         if steps.is_empty() {
-            return finish(ChainOutcome::Deliver(request.into_outbound()), None);
+            return finish(ChainOutcome::Deliver(request.into_outbound()), None, waited);
         }
 
         let slots = self.tenant_slots(tenant, settings.max_concurrent_calls_per_tenant);
@@ -455,31 +464,64 @@ impl PluginHost {
             let global_permit = self.inner.chain_slots.clone().acquire_owned().await?;
             Ok::<_, tokio::sync::AcquireError>((tenant_permit, global_permit))
         };
-        let Ok(permit) = permits.await else {
+        let permits = permits.await;
+        waited = started.elapsed();
+        let Ok(permit) = permits else {
             let outcome = ChainOutcome::Failed {
                 plugin: "hookd".into(),
                 code: PluginFailureCode::Error,
                 message: "plugin host is shutting down".into(),
             };
-            return finish(outcome, None);
+            return finish(outcome, None, waited);
         };
         let inner = self.inner.clone();
         let settings = settings.clone();
-        let job = tokio::task::spawn_blocking(move || {
+        let job = async move {
             let _permit = permit;
-            chain::run(&inner.runtime, &steps, request, &settings)
-        });
-        match job.await {
-            Ok((outcome, logs)) => finish(outcome, Some(logs)),
-            Err(join) => {
-                tracing::error!(%tenant, error = %join, "plugin chain panicked");
+            chain::run(&inner.runtime, &steps, request, &settings).await
+        };
+        match self.run_job(job).await {
+            Ok((outcome, logs)) => finish(outcome, Some(logs), waited),
+            Err(error) => {
+                tracing::error!(%tenant, %error, "plugin chain panicked");
                 let outcome = ChainOutcome::Failed {
                     plugin: "hookd".into(),
                     code: PluginFailureCode::Error,
                     message: "the plugin host failed while running the chain".into(),
                 };
-                finish(outcome, None)
+                finish(outcome, None, waited)
             }
+        }
+    }
+
+    /// Runs guest work: first here, on the caller's thread, for at most one epoch tick (most
+    /// chains finish well within it, and then cost no thread hop at all); if the guest is
+    /// still running at the tick it yields, and the rest of the job moves to the plugin
+    /// thread pool, so a slow or looping guest never holds an engine worker longer than one
+    /// tick. A panic in the job becomes an `Err`.
+    async fn run_job<F>(&self, job: F) -> Result<F::Output, String>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let mut job = Box::pin(job);
+        let first = std::future::poll_fn(|cx| {
+            let polled =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.as_mut().poll(cx)));
+            Poll::Ready(polled)
+        })
+        .await;
+        match first {
+            Ok(Poll::Ready(output)) => Ok(output),
+            Ok(Poll::Pending) => self
+                .inner
+                .runtime
+                .pool()
+                .handle()
+                .spawn(job)
+                .await
+                .map_err(|join| join.to_string()),
+            Err(_) => Err("the job panicked".into()),
         }
     }
 
@@ -492,13 +534,14 @@ impl PluginHost {
             .tenant_slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = slots
-            .entry(tenant.to_owned())
-            .or_insert_with(|| (quota, Arc::new(Semaphore::new(quota))));
-        if entry.0 != quota {
-            *entry = (quota, Arc::new(Semaphore::new(quota)));
+        if let Some((size, semaphore)) = slots.get(tenant)
+            && *size == quota
+        {
+            return semaphore.clone();
         }
-        entry.1.clone()
+        let semaphore = Arc::new(Semaphore::new(quota));
+        slots.insert(tenant.to_owned(), (quota, semaphore.clone()));
+        semaphore
     }
 
     /// Watches the admin plugin directory `dir` (one folder per tenant, `<name>.wasm` files):

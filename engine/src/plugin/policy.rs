@@ -43,25 +43,10 @@ pub const PROTECTED_HEADERS: &[&str] = &[
 /// Methods a plugin may choose.
 const ALLOWED_METHODS: &[&str] = &["POST", "PUT", "PATCH"];
 
-/// The HTTP request hookd will send, as the plugin chain leaves it.
-///
-/// If no transform replaced the payload, `body` is the very `Bytes` the engine passed in (not
-/// a copy). A `url` different from the request's must go through the engine's SSRF check
-/// again before it is used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboundRequest {
-    /// Target url (syntax-checked here if a plugin changed it; SSRF is the engine's job).
-    pub url: String,
-    /// Upper-case HTTP method: `POST`, `PUT` or `PATCH`.
-    pub method: String,
-    /// Content type of `body`.
-    pub content_type: String,
-    /// Request headers (static webhook headers plus those plugins set), in order, without
-    /// hookd's `webhook-*` signature headers, which the engine adds afterwards.
-    pub headers: Vec<(String, String)>,
-    /// Request body.
-    pub body: Bytes,
-}
+/// The request being built (shared with the rest of the engine: `crate::outbound`). Here it
+/// is the request as the plugin chain leaves it, before hookd adds its `webhook-*` signature
+/// headers.
+pub use crate::outbound::OutboundRequest;
 
 /// Checks a header name a plugin wants to set or remove.
 pub fn check_header_name(name: &str) -> Result<(), String> {

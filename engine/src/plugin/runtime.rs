@@ -1,13 +1,19 @@
 //! The wasmtime side of the host: the one [`Engine`] (cranelift, pooling allocator, epoch
-//! interruption with a ~10 ms ticker thread, fuel only if asked for, compile cache on disk),
-//! the [`Linker`] with exactly the imports plugins may use, and the load pipeline every new
-//! component goes through (component check → compile → import allow-list → link → export
-//! check → `meta.describe` + validation), producing a [`LoadedPlugin`] that keeps its
-//! `InstancePre` and per-interface export indices for every later call.
+//! interruption with a 1 ms ticker thread, fuel only if asked for, compile cache on disk),
+//! the [`Linker`] with exactly the imports plugins may use, the small dedicated thread pool
+//! guest code moves to when it runs longer than one tick ([`PluginPool`]), and the load
+//! pipeline every new component goes through (component check → compile → import allow-list →
+//! link → export check → `meta.describe` + validation), producing a [`LoadedPlugin`] that keeps
+//! its `InstancePre` and per-interface export indices for every later call.
+//!
+//! Every call into a guest is asynchronous: it runs on a wasmtime fiber, and at each epoch tick
+//! the store's deadline callback either yields to the executor (so the caller can move the call
+//! elsewhere, and other tasks get the thread) or, past the call's deadline, interrupts it.
 //!
 //! It also owns the mapping of wasmtime errors to [`PluginFailureCode`]s, by downcasting
 //! [`wasmtime::Trap`] and consulting the store's memory limiter.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +31,9 @@ use super::policy::truncate;
 use super::sandbox::{self, LogBuffer, SandboxParams, StoreState, VirtualClocks};
 use super::settings::PluginSettings;
 
-/// Interval of the epoch ticker: the granularity of call deadlines.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Interval of the epoch ticker: the granularity of call deadlines, and the longest a guest runs
+/// on the thread that called it before yielding (see `PluginHost::run_chain`).
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// WIT package every plugin export and hookd import belongs to.
 pub const PACKAGE: &str = "hookd:plugin";
 /// Package version this host binds.
@@ -35,6 +42,8 @@ pub const PACKAGE_VERSION: &str = "0.1.0";
 const MAX_FAILURE_MESSAGE_BYTES: usize = 1024;
 /// Linear memory kept resident in a pool slot between instances (faster fresh instances).
 const KEEP_RESIDENT_BYTES: usize = 4 << 20;
+/// Table bytes kept resident in a pool slot between instances (reset by memset, not madvise).
+const TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 /// Table elements per pooled table (componentized Python/JS guests have large tables).
 const POOL_TABLE_ELEMENTS: usize = 100_000;
 /// Compiles that may run at once; an abandoned (timed-out) compile keeps its slot until it
@@ -190,7 +199,58 @@ pub(crate) struct Runtime {
     cache: Cache,
     component_builds: AtomicU64,
     fuel_enabled: bool,
+    pool: PluginPool,
     _ticker: EpochTicker,
+}
+
+/// The small dedicated thread pool (one thread per core, at most [`MAX_POOL_THREADS`]) where
+/// guest calls that outlast one epoch tick finish, and where `meta` calls run. Its own tokio
+/// runtime, so a busy guest never occupies the engine's async workers; calls on it yield at
+/// every tick, so they share its threads in turn.
+pub(crate) struct PluginPool {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Most threads of the [`PluginPool`].
+const MAX_POOL_THREADS: usize = 4;
+
+impl PluginPool {
+    fn new() -> Result<Self, PluginError> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, MAX_POOL_THREADS);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("hookd-plugin")
+            .enable_time()
+            .build()
+            .map_err(|e| PluginError::Engine(format!("cannot start the plugin threads: {e}")))?;
+        Ok(Self {
+            runtime: Some(runtime),
+        })
+    }
+
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime
+            .as_ref()
+            .expect("the pool's runtime lives until drop")
+            .handle()
+    }
+
+    /// Runs `job` on the pool and waits for it on this thread. Only for threads that are not
+    /// async workers (the blocking pool, plain threads).
+    pub(crate) fn block_on<F: Future>(&self, job: F) -> F::Output {
+        self.handle().block_on(job)
+    }
+}
+
+impl Drop for PluginPool {
+    fn drop(&mut self) {
+        // The host may be dropped inside an async context, where a blocking shutdown panics.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Runtime {
@@ -207,6 +267,7 @@ impl Runtime {
 
         let mut pool = wasmtime::PoolingAllocationConfig::new();
         pool.linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES)
             .table_elements(POOL_TABLE_ELEMENTS)
             // PAGEMAP_SCAN makes resetting a slot cheaper but needs Linux >= 6.7: use it when
             // the kernel has it, instead of failing to start where it does not.
@@ -224,7 +285,7 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(engine_err)?;
 
         let mut linker = Linker::<StoreState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
         Plugin::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
             &mut linker,
             |state| state,
@@ -247,8 +308,14 @@ impl Runtime {
             cache,
             component_builds: AtomicU64::new(0),
             fuel_enabled,
+            pool: PluginPool::new()?,
             _ticker: ticker,
         })
+    }
+
+    /// The thread pool guest calls finish on.
+    pub(crate) fn pool(&self) -> &PluginPool {
+        &self.pool
     }
 
     /// How many components cranelift really compiled (builds that were not cache hits).
@@ -332,13 +399,13 @@ impl Runtime {
             transform,
             sign,
         };
-        plugin.description = self.describe(&plugin, settings)?;
+        plugin.description = self.pool.block_on(self.describe(&plugin, settings))?;
         Ok(plugin)
     }
 
     /// Instantiates the plugin once, type-checks every exported hook and calls
     /// `meta.describe`, checking its answer against the real exports.
-    fn describe(
+    async fn describe(
         &self,
         plugin: &LoadedPlugin,
         settings: &PluginSettings,
@@ -348,12 +415,16 @@ impl Runtime {
         };
         let settings = &meta_settings(settings);
         let mut store = self.meta_store(settings);
-        let instance = plugin.pre.instantiate(&mut store).map_err(|e| {
-            fail(
-                "instantiation",
-                classify(&e, &store, CallPhase::Instantiate),
-            )
-        })?;
+        let instance = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| {
+                fail(
+                    "instantiation",
+                    classify(&e, &store, CallPhase::Instantiate),
+                )
+            })?;
         let wrong_type = |hook: &str, e: wasmtime::Error| {
             PluginLoadError::invalid(format!(
                 "export {} does not match {PACKAGE}@{PACKAGE_VERSION}: {e:#}",
@@ -382,6 +453,7 @@ impl Runtime {
         self.arm(&mut store, settings);
         let raw = guest
             .call_describe(&mut store)
+            .await
             .map_err(|e| fail("meta.describe", classify(&e, &store, CallPhase::Call)))?;
 
         let exported: Vec<String> = [
@@ -402,7 +474,7 @@ impl Runtime {
     }
 
     /// Runs `meta.validate-config` in a fresh instance.
-    pub(crate) fn validate_config(
+    pub(crate) async fn validate_config(
         &self,
         plugin: &LoadedPlugin,
         config: &str,
@@ -418,14 +490,15 @@ impl Runtime {
         let mut store = self.meta_store(settings);
         let instance = plugin
             .pre
-            .instantiate(&mut store)
+            .instantiate_async(&mut store)
+            .await
             .map_err(|e| fail(classify(&e, &store, CallPhase::Instantiate)))?;
         let guest = plugin
             .meta
             .load(&mut store, &instance)
             .map_err(|e| fail(classify(&e, &store, CallPhase::Instantiate)))?;
         self.arm(&mut store, settings);
-        match guest.call_validate_config(&mut store, config) {
+        match guest.call_validate_config(&mut store, config).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(PluginLoadError::InvalidConfig(
                 truncate(&message, MAX_FAILURE_MESSAGE_BYTES).to_owned(),
@@ -459,9 +532,12 @@ impl Runtime {
         sandbox::new_store(&self.engine, StoreState::new(params))
     }
 
-    /// Gives the next call its own deadline (and fuel budget, if fuel is on).
+    /// Gives the next call its own deadline (and fuel budget, if fuel is on). The store's
+    /// deadline callback (`sandbox::new_store`) runs at every epoch tick: it yields until the
+    /// deadline has passed, then interrupts the call (`Trap::Interrupt`, `plugin_timeout`).
     pub(crate) fn arm(&self, store: &mut Store<StoreState>, settings: &PluginSettings) {
-        store.set_epoch_deadline(deadline_ticks(settings.deadline));
+        store.data_mut().start_call(settings.deadline);
+        store.set_epoch_deadline(1);
         if self.fuel_enabled {
             // A fuel-enabled engine traps at once with no fuel: "no budget" means unlimited.
             // Setting fuel cannot fail on a fuel-enabled engine.
@@ -469,9 +545,6 @@ impl Runtime {
         }
     }
 }
-
-/// Longest deadline in ticks (about 3 years at 10 ms): effectively none.
-const MAX_DEADLINE_TICKS: u64 = 1 << 33;
 
 /// Smallest deadline of a `meta` call (upload and attach time, off the hot path).
 const META_MIN_DEADLINE: Duration = Duration::from_secs(1);
@@ -487,15 +560,6 @@ fn meta_settings(settings: &PluginSettings) -> PluginSettings {
         memory_limit_bytes: settings.memory_limit_bytes.max(META_MIN_MEMORY_BYTES),
         ..settings.clone()
     }
-}
-
-/// Epoch ticks for `deadline`: rounded up, plus one because the current tick may be about to
-/// end, so a call always gets at least its deadline and at most one tick more.
-pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos().max(1);
-    let ticks = deadline.as_nanos().div_ceil(tick).max(1);
-    // Capped far below u64::MAX: wasmtime adds the current epoch to it.
-    u64::try_from(ticks).map_or(MAX_DEADLINE_TICKS, |t| t.min(MAX_DEADLINE_TICKS)) + 1
 }
 
 /// The full export name of a hookd interface, e.g. `hookd:plugin/filter@0.1.0`.
@@ -628,14 +692,6 @@ mod tests {
         ] {
             assert!(!import_allowed(bad), "{bad} allowed");
         }
-    }
-
-    #[test]
-    fn deadline_ticks_round_up_and_add_one() {
-        assert_eq!(deadline_ticks(Duration::from_millis(100)), 11);
-        assert_eq!(deadline_ticks(Duration::from_millis(101)), 12);
-        assert_eq!(deadline_ticks(Duration::ZERO), 2);
-        assert!(deadline_ticks(Duration::MAX) < u64::MAX);
     }
 
     #[test]

@@ -12,14 +12,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac as _};
 use rand_wasi::SeedableRng as _;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256, Sha512};
 use wasmtime::component::{HasData, Resource, ResourceTable};
-use wasmtime::{ResourceLimiter, Store};
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult, subscribe};
@@ -303,6 +303,10 @@ pub(crate) struct StoreState {
     /// Whether a sign hook is running: `signing-key.mac` works only then.
     signing: bool,
     clock: VirtualClock,
+    /// When the running call must stop (`None`: never).
+    call_deadline: Option<Instant>,
+    /// When the running call started.
+    call_started: Instant,
 }
 
 /// What the sandbox of one plugin call needs to know about the attempt.
@@ -364,6 +368,29 @@ impl StoreState {
             signing_secret: params.signing_secret,
             signing: false,
             clock,
+            call_deadline: None,
+            call_started: Instant::now(),
+        }
+    }
+
+    /// Starts the clock of the next call: it must stop `budget` from now (never if `None`).
+    pub(crate) fn start_call(&mut self, budget: Duration) {
+        let now = Instant::now();
+        self.call_started = now;
+        self.call_deadline = now.checked_add(budget);
+    }
+
+    /// What to do at an epoch tick: interrupt a call past its deadline; let a call that has
+    /// run for less than one tick go on (most calls end well within a tick, and yielding would
+    /// send them to another thread for nothing); yield otherwise.
+    fn at_tick(&self) -> UpdateDeadline {
+        let now = Instant::now();
+        if self.call_deadline.is_some_and(|deadline| now >= deadline) {
+            UpdateDeadline::Interrupt
+        } else if now.duration_since(self.call_started) < super::runtime::EPOCH_TICK {
+            UpdateDeadline::Continue(1)
+        } else {
+            UpdateDeadline::Yield(1)
         }
     }
 
@@ -377,10 +404,15 @@ impl StoreState {
     }
 }
 
-/// Creates a store for `state` with the memory limiter installed.
+/// Creates a store for `state` with the memory limiter and the deadline callback installed.
+///
+/// The callback runs at every epoch tick while guest code runs: once the call has run for a
+/// tick it yields to the executor (the guest resumes on the next poll, possibly on another
+/// thread); past the call's deadline it interrupts the call.
 pub(crate) fn new_store(engine: &wasmtime::Engine, state: StoreState) -> Store<StoreState> {
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
+    store.epoch_deadline_callback(|context| Ok(context.data().at_tick()));
     store
 }
 

@@ -42,7 +42,7 @@ pub const DEFAULT_MAX_OUTPUT_PAYLOAD_BYTES: usize = 2 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginSettings {
     /// Wall-clock deadline of each plugin call (one hook invocation, instantiation included),
-    /// enforced by epoch interruption with a ~10 ms ticker: a call is stopped between the
+    /// enforced by epoch interruption with a 1 ms ticker: a call is stopped between the
     /// deadline and one tick after it. Exceeding it fails the attempt with `plugin_timeout`.
     pub deadline: Duration,
     /// Linear-memory cap of one plugin instance, summed over its memories. A guest that grows

@@ -41,4 +41,11 @@ impl WebhookCache {
         inner.generation += 1;
         inner.tenants.remove(tenant);
     }
+
+    /// Drops every tenant's entry (when writes of other processes may have been missed).
+    pub fn invalidate_all(&self) {
+        let mut inner = self.inner.lock().expect("webhook cache lock");
+        inner.generation += 1;
+        inner.tenants.clear();
+    }
 }

@@ -17,6 +17,7 @@
 //!   [`Store::webhooks_of`] open them, listings leave them sealed.
 
 pub mod cache;
+pub mod health;
 pub mod records;
 pub mod sled_store;
 pub mod stats;
@@ -32,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use crate::ids::{DeliveryId, EventId, WebhookId};
 use crate::secrets::{Keyring, SecretsError};
 pub use records::{
-    AttemptRecord, DeliveryRecord, DeliveryStatus, EventRecord, PluginAttachment, WebhookRecord,
-    WebhookSecret, WebhookStatus,
+    AttemptRecord, DeliveryRecord, DeliveryStatus, EventRecord, PluginAttachment, SentHeader,
+    SentRequest, WebhookRecord, WebhookSecret, WebhookStatus,
 };
 pub use sled_store::SledStore;
 use stats::{DayStats, StatsScope};
@@ -64,6 +65,10 @@ pub enum StoreError {
     /// restarting); the caller answers 503 and may try again.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// An attempt's outcome came back under a claim the store no longer holds for this process
+    /// (its lease expired and another node may have the delivery): nothing was recorded.
+    #[error("the claim on delivery {0} was lost before its outcome was recorded")]
+    LeaseLost(String),
 }
 
 /// Why the data dir cannot take an event now.
@@ -250,8 +255,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn flush(&self) -> Result<()>;
 
     /// Makes everything durable and releases the store (at shutdown): nothing may be called
-    /// after it.
-    async fn close(&self) -> Result<()>;
+    /// after it. By default a last flush.
+    async fn close(&self) -> Result<()> {
+        self.flush().await
+    }
+
+    /// Gives up the claims this process still holds (at shutdown, after attempts stopped), so
+    /// that other processes sharing the store take them at once rather than when their lease
+    /// runs out. A backend whose claims live only in the process has nothing to do.
+    async fn release_claims(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Whether the store can take events now: `Space` when the data dir is full or
     /// read-only, another error when it cannot be read or written (for `/readyz`).
@@ -342,7 +356,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn attempts(&self, tenant: &str, delivery: &DeliveryId) -> Result<Vec<AttemptRecord>>;
 
     /// Claims up to `limit` due deliveries of a webhook, skipping `in_flight` (claims the
-    /// caller holds already).
+    /// caller holds already). A claim the caller did not start may come back from a later call.
+    /// A backend shared by several processes may return fewer than `limit` (the webhook's
+    /// in-flight cap and rate limit hold across them) and then sets `next_due` to when to ask
+    /// again.
     async fn claim_due(
         &self,
         tenant: &str,
@@ -395,6 +412,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<DayStats>>;
 
     async fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage>;
+
+    /// A webhook's health (`health.rs`), kept up to date by [`Store::record_attempts`] in the
+    /// same write as each attempt (applying [`health::WebhookHealth::record`]); default for a
+    /// webhook with no attempt yet. Removed with the webhook.
+    async fn webhook_health(
+        &self,
+        tenant: &str,
+        webhook: &WebhookId,
+    ) -> Result<health::WebhookHealth>;
 
     // ---- retention --------------------------------------------------------------------------
 

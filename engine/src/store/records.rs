@@ -90,6 +90,9 @@ pub struct WebhookRecord {
     pub max_in_flight: Option<u32>,
     #[serde(default)]
     pub rate_limit_per_sec: Option<u32>,
+    /// Delays before each retry, in ms, replacing the tenant's schedule (`None`: the tenant's).
+    #[serde(default)]
+    pub retry_schedule_ms: Option<Vec<u64>>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
@@ -209,4 +212,33 @@ pub struct AttemptRecord {
     /// Log lines plugins wrote during this attempt.
     #[serde(default)]
     pub plugin_logs: Vec<String>,
+    /// The request as sent (after plugins, signed), when one was sent; secrets by name only
+    /// (`delivery/capture.rs`).
+    #[serde(default)]
+    pub request: Option<SentRequest>,
+}
+
+/// What the attempt log keeps of a sent request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SentRequest {
+    pub url: String,
+    pub method: String,
+    /// In the order sent; secrets and signatures with `value: null`.
+    pub headers: Vec<SentHeader>,
+    /// The body (its first `max_request_capture_bytes`): text, or base64 when `body_base64`.
+    pub body: String,
+    #[serde(default)]
+    pub body_base64: bool,
+    /// Size of the whole body as sent.
+    pub body_bytes: u64,
+    /// Only the first part of the body is kept.
+    #[serde(default)]
+    pub body_truncated: bool,
+}
+
+/// One header of a sent request; `value` is `null` for secrets and signatures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SentHeader {
+    pub name: String,
+    pub value: Option<String>,
 }

@@ -682,19 +682,6 @@ pub struct TransitionMeta {
     pub latency_ms: Option<u64>,
     /// The delivery's previous attempt (attempts only).
     pub previous_attempt: Option<Locator>,
-    /// What the attempt says about the receiver's health (attempts only).
-    pub health: HealthMark,
-    /// The attempt's error code, if any (attempts only).
-    pub error_code: Option<String>,
-}
-
-/// What an attempt says about its webhook's receiver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HealthMark {
-    /// Not an answer of the receiver (a plugin's verdict, a change without an attempt).
-    None,
-    Success,
-    Failure,
 }
 
 impl TransitionMeta {
@@ -709,12 +696,6 @@ impl TransitionMeta {
         w.buf.extend_from_slice(&self.new.encode());
         w.u64(self.latency_ms.map_or(u64::MAX, |l| l.min(u64::MAX - 1)));
         w.u64(self.previous_attempt.map_or(0, |l| l.pack()));
-        w.u8(match self.health {
-            HealthMark::None => 0,
-            HealthMark::Success => 1,
-            HealthMark::Failure => 2,
-        });
-        w.opt_str(self.error_code.as_deref());
         w.buf
     }
 
@@ -729,12 +710,6 @@ impl TransitionMeta {
         let new = Slot::decode(r.take(SLOT_BYTES)?)?;
         let latency = r.u64()?;
         let previous = r.u64()?;
-        let health = match r.u8()? {
-            1 => HealthMark::Success,
-            2 => HealthMark::Failure,
-            _ => HealthMark::None,
-        };
-        let error_code = r.opt_str()?;
         Ok(TransitionMeta {
             tenant,
             delivery,
@@ -745,8 +720,6 @@ impl TransitionMeta {
             new,
             latency_ms: (latency != u64::MAX).then_some(latency),
             previous_attempt: (previous != 0).then(|| Locator::unpack(previous)),
-            health,
-            error_code,
         })
     }
 }
@@ -976,8 +949,6 @@ mod tests {
             new: Slot::pending(6),
             latency_ms: Some(12),
             previous_attempt: None,
-            health: HealthMark::Failure,
-            error_code: Some("timeout".into()),
         };
         assert_eq!(TransitionMeta::decode(&t.encode()).unwrap(), t);
         let p = PurgeMeta {

@@ -491,6 +491,17 @@ impl Store for SledStore {
         SledStore::tenant_usage(self, tenant)
     }
 
+    async fn webhook_health(
+        &self,
+        tenant: &str,
+        webhook: &WebhookId,
+    ) -> Result<super::health::WebhookHealth> {
+        match self.shared.tree.get(keys::health(tenant, webhook))? {
+            Some(bytes) => stats::decode(&bytes),
+            None => Ok(super::health::WebhookHealth::default()),
+        }
+    }
+
     async fn purge(
         &self,
         tenant: Option<&str>,
@@ -507,3 +518,5 @@ impl Store for SledStore {
         self.prune_counters(before_day).await
     }
 }
+#[cfg(test)]
+mod tests;

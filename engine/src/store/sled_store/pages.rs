@@ -1,5 +1,5 @@
 //! The values of the sled tree that gather many small facts into one key: schedule pages,
-//! listing pages, idempotency buckets, usage, the segment catalogue and webhook health. Each is
+//! listing pages, idempotency buckets, usage and the segment catalogue. Each is
 //! a version byte and packed little-endian fields; a page holds up to a few hundred entries, so
 //! the writer rewrites one value per page per group instead of one key per delivery.
 
@@ -225,40 +225,6 @@ impl SegmentInfo {
     }
 }
 
-/// How a webhook's deliveries have been going, kept per attempt by the writer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Health {
-    pub last_success_at: Option<u64>,
-    pub last_failure_at: Option<u64>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: u64,
-}
-
-impl Health {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(32);
-        w.u8(VERSION);
-        w.varint(self.last_success_at.unwrap_or(0));
-        w.varint(self.last_failure_at.unwrap_or(0));
-        w.opt_str(self.last_error.as_deref());
-        w.varint(self.consecutive_failures);
-        w.buf
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Health, StoreError> {
-        let mut r = Reader::new(bytes);
-        check_version(&mut r, "a health record")?;
-        let success = r.varint()?;
-        let failure = r.varint()?;
-        Ok(Health {
-            last_success_at: (success != 0).then_some(success),
-            last_failure_at: (failure != 0).then_some(failure),
-            last_error: r.opt_str()?,
-            consecutive_failures: r.varint()?,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,13 +281,6 @@ mod tests {
             events: 7,
         };
         assert_eq!(SegmentInfo::decode(&info.encode()).unwrap(), info);
-        let health = Health {
-            last_success_at: Some(1),
-            last_failure_at: None,
-            last_error: Some("timeout".into()),
-            consecutive_failures: 4,
-        };
-        assert_eq!(Health::decode(&health.encode()).unwrap(), health);
         assert!(decode_queue_page(&[9, 0]).is_err());
     }
 }

@@ -23,21 +23,22 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::codec::{
-    self, DeliveryRef, EventMeta, HealthMark, Locator, MAX_FAN_OUT, PurgeMeta, PurgedEvent,
-    RecordKind, Slot, SlotError, TransitionMeta, WebhookMeta, encode_record,
+    self, DeliveryRef, EventMeta, Locator, MAX_FAN_OUT, PurgeMeta, PurgedEvent, RecordKind, Slot,
+    SlotError, TransitionMeta, WebhookMeta, encode_record,
 };
 use super::keys;
 use super::log::{LogWriter, RawRecord};
 use super::pages::{
-    self, DeliveryEntry, EventEntry, Health, IdempotencyEntry, QUEUE_PAGE_ENTRIES, QueueEntry,
+    self, DeliveryEntry, EventEntry, IdempotencyEntry, QUEUE_PAGE_ENTRIES, QueueEntry,
     SegmentInfo, Usage,
 };
-use super::stats::StatsDeltas;
+use super::stats::{self, StatsDeltas};
 use super::{Shared, StoredAttempt};
 use crate::ids::{WebhookId, now_ms};
+use crate::store::health::WebhookHealth;
 use crate::store::{
-    Appended, AttemptOutcome, DeliveryRecord, DeliveryStatus, EventRecord, NewEvent, Result,
-    StoreError,
+    Appended, AttemptOutcome, AttemptRecord, DeliveryRecord, DeliveryStatus, EventRecord,
+    NewEvent, Result, StoreError,
 };
 
 /// How often written but unsynced records (outcomes, slot rewrites) are synced, with sled.
@@ -160,7 +161,7 @@ pub(super) struct Batch {
     buckets: HashMap<Vec<u8>, Vec<IdempotencyEntry>>,
     usage: HashMap<String, Usage>,
     segments: HashMap<u32, Option<SegmentInfo>>,
-    health: HashMap<Vec<u8>, Health>,
+    health: HashMap<Vec<u8>, WebhookHealth>,
     /// Webhook records written (`Some`) or removed, in order.
     raw: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     stats: StatsDeltas,
@@ -493,7 +494,7 @@ impl WriterState {
             }
         }
         for (key, health) in batch.health.drain() {
-            out.insert(key, health.encode());
+            out.insert(key, stats::encode(&health));
         }
         for (key, value) in batch.raw.drain(..) {
             match value {
@@ -632,17 +633,6 @@ impl WriterState {
             last_error: SlotError::of(attempt.error_code.as_deref()),
             last_attempt: None,
         };
-        let receiver_answered = attempt.status_code.is_some()
-            || attempt
-                .error_code
-                .as_deref()
-                .is_some_and(|code| !code.starts_with("plugin_"));
-        let health = match update.status {
-            DeliveryStatus::Delivered => HealthMark::Success,
-            DeliveryStatus::Filtered => HealthMark::None,
-            _ if receiver_answered => HealthMark::Failure,
-            _ => HealthMark::None,
-        };
         let transition = TransitionMeta {
             tenant: outcome.tenant.clone(),
             delivery,
@@ -653,8 +643,6 @@ impl WriterState {
             new,
             latency_ms: Some(attempt.latency_ms),
             previous_attempt: slot.last_attempt,
-            health,
-            error_code: attempt.error_code.clone(),
         };
         let stored = StoredAttempt {
             attempt: attempt.clone(),
@@ -663,7 +651,7 @@ impl WriterState {
         let json = serde_json::to_vec(&stored).expect("attempts serialise to JSON");
         let record = encode_record(RecordKind::Attempt, &[], &transition.encode(), &json);
         let loc = self.log.append(&record)?;
-        self.apply_transition(batch, loc, RecordKind::Attempt, &transition)
+        self.apply_transition(batch, loc, &transition, Some(attempt))
     }
 
     fn requeue(
@@ -732,12 +720,10 @@ impl WriterState {
             new,
             latency_ms: None,
             previous_attempt: None,
-            health: HealthMark::None,
-            error_code: None,
         };
         let record = encode_record(RecordKind::Transition, &[], &transition.encode(), &[]);
         let loc = self.log.append(&record)?;
-        self.apply_transition(batch, loc, RecordKind::Transition, &transition)
+        self.apply_transition(batch, loc, &transition, None)
     }
 
     fn recover(
@@ -989,9 +975,15 @@ impl WriterState {
                 let meta = EventMeta::decode(&record.meta)?;
                 self.apply_event(batch, loc, &meta, u64::from(record.header.payload_len))
             }
-            kind @ (RecordKind::Attempt | RecordKind::Transition) => {
+            RecordKind::Attempt => {
                 let meta = TransitionMeta::decode(&record.meta)?;
-                self.apply_transition(batch, loc, kind, &meta)
+                let stored: super::StoredAttempt = serde_json::from_slice(&record.payload)
+                    .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+                self.apply_transition(batch, loc, &meta, Some(&stored.attempt))
+            }
+            RecordKind::Transition => {
+                let meta = TransitionMeta::decode(&record.meta)?;
+                self.apply_transition(batch, loc, &meta, None)
             }
             RecordKind::WebhookPut => {
                 let meta = WebhookMeta::decode(&record.meta)?;
@@ -1080,15 +1072,17 @@ impl WriterState {
         Ok(())
     }
 
+    /// A delivery's change; `attempt` when the record is an attempt (it becomes the slot's
+    /// last attempt and counts in the webhook's health).
     fn apply_transition(
         &mut self,
         batch: &mut Batch,
         loc: Locator,
-        kind: RecordKind,
         meta: &TransitionMeta,
+        attempt: Option<&AttemptRecord>,
     ) -> Result<()> {
         let mut new = meta.new.clone();
-        if kind == RecordKind::Attempt {
+        if attempt.is_some() {
             new.last_attempt = Some(loc);
         }
         let tenant = meta.tenant.as_str();
@@ -1133,30 +1127,24 @@ impl WriterState {
             batch.usage.insert(tenant.to_string(), usage);
             batch.segments.insert(meta.delivery.event.segment, Some(info));
         }
-        if meta.health != HealthMark::None {
+        if let Some(attempt) = attempt {
             let key = keys::health(tenant, &meta.webhook);
             let mut health = match batch.health.get(&key) {
                 Some(health) => health.clone(),
                 None => match self.tree().get(&key)? {
-                    Some(bytes) => Health::decode(&bytes).unwrap_or_default(),
-                    None => Health::default(),
+                    // A record that does not decode starts afresh rather than failing the attempt.
+                    Some(bytes) => stats::decode(&bytes).unwrap_or_default(),
+                    None => WebhookHealth::default(),
                 },
             };
-            let at = new.last_attempt_at.unwrap_or(new.updated_at);
-            if meta.health == HealthMark::Success {
-                health.last_success_at = Some(at);
-                health.consecutive_failures = 0;
-            } else {
-                health.last_failure_at = Some(at);
-                health.last_error = meta.error_code.clone();
-                health.consecutive_failures += 1;
+            if health.record(attempt) {
+                batch.health.insert(key, health);
             }
-            batch.health.insert(key, health);
         }
-        // The segment of an attempt record must stay known to the catalogue.
-        if self.segment_info(batch, loc.segment)?.is_none() {
-            batch.segments.insert(loc.segment, Some(SegmentInfo::default()));
-        }
+        // The segment of the record stays known to the catalogue, with its time.
+        let mut info = self.segment_info(batch, loc.segment)?.unwrap_or_default();
+        info.last_ms = info.last_ms.max(new.updated_at);
+        batch.segments.insert(loc.segment, Some(info));
         batch.slots.insert(meta.delivery, new);
         Ok(())
     }

@@ -1,0 +1,270 @@
+//! The prepare stage of an attempt: the signed request to send, or why nothing is sent.
+//!
+//! Renders the Standard Webhooks body, runs the webhook's plugin chain (if any; the plugin host
+//! queues it under the tenant's plugin slots), re-checks a URL a plugin changed, and signs the
+//! final bytes with the webhook's live secrets. Shared by queued attempts, test sends and
+//! `simulate`, so all three produce exactly the same request.
+//!
+//! Signing costs one HMAC over the whole body per live secret: at most the tenant's
+//! `secrets_per_webhook` quota of them, and, for a body over [`INLINE_SIGN_BYTES`], on the
+//! blocking pool, so a large body cannot stall an async worker.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tracing::debug;
+
+use super::DeliveryContext;
+use super::judge::Tried;
+use crate::config::TenantConfig;
+use crate::outbound::OutboundRequest;
+use crate::plugin::{ChainOutcome, ChainStep, PluginFailureCode, PluginRequest};
+use crate::signing;
+use crate::ssrf::SsrfPolicy;
+use crate::store::{EventRecord, WebhookRecord};
+
+/// Bodies up to this size are signed on the async worker (a few microseconds per secret);
+/// larger ones on the blocking pool.
+pub const INLINE_SIGN_BYTES: usize = 64 * 1024;
+
+/// The Standard Webhooks body: `{"id","type","timestamp","channel"?,"data"}`.
+#[derive(Serialize)]
+struct DeliveredBody<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    data: &'a RawValue,
+}
+
+/// The JSON body delivered for an event (the payload is copied byte for byte).
+pub fn render_body(event: &EventRecord) -> Bytes {
+    let body = DeliveredBody {
+        id: event.id.as_str(),
+        event_type: &event.event_type,
+        timestamp: crate::ids::rfc3339(event.created_at),
+        channel: event.channel.as_deref(),
+        data: &event.payload,
+    };
+    Bytes::from(serde_json::to_vec(&body).expect("the body serialises"))
+}
+
+/// The request as the webhook defines it, before plugins: its URL and static headers, `POST`,
+/// JSON.
+pub fn webhook_request(webhook: &WebhookRecord, body: Bytes) -> OutboundRequest {
+    OutboundRequest {
+        url: webhook.url.clone(),
+        method: "POST".to_string(),
+        content_type: "application/json".to_string(),
+        headers: webhook
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        body,
+    }
+}
+
+/// Everything an attempt needs to know about what it sends.
+pub struct AttemptInput<'a> {
+    pub tenant: &'a TenantConfig,
+    pub webhook: &'a WebhookRecord,
+    pub event: &'a EventRecord,
+    /// The `webhook-id` header: the delivery id (or a one-off id for test sends).
+    pub webhook_id_header: &'a str,
+    pub attempt: u32,
+    pub now_ms: u64,
+}
+
+impl AttemptInput<'_> {
+    /// The attempt's total time: the webhook's `timeout_ms`, else the tenant's default.
+    pub fn timeout(&self) -> Duration {
+        self.webhook
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.tenant.delivery.attempt_timeout)
+    }
+
+    /// The decoded keys that sign this attempt: the live secrets, newest first, at most the
+    /// tenant's `secrets_per_webhook` (a rotation keeps no more, and this bounds the HMAC work
+    /// for records written before the quota existed).
+    fn signing_keys(&self) -> Vec<Vec<u8>> {
+        self.webhook
+            .live_secrets(self.now_ms)
+            .take(self.tenant.quotas.secrets_per_webhook as usize)
+            .filter_map(|s| signing::decode_secret(&s.secret).ok())
+            .collect()
+    }
+}
+
+/// What the prepare stage leaves for the next one.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Send this signed request.
+    Send(OutboundRequest),
+    /// Nothing is sent: a plugin dropped the delivery or failed.
+    NotSent(Tried),
+}
+
+/// The prepared attempt with what the plugin chain said along the way.
+#[derive(Debug)]
+pub struct Preparation {
+    pub prepared: Prepared,
+    /// `<plugin> [<level>] <message>` lines.
+    pub plugin_logs: Vec<String>,
+    /// How long the plugin chain took (including its wait for a plugin slot).
+    pub chain_time: Duration,
+}
+
+/// Renders, runs the plugin chain, re-checks a URL a plugin changed, and signs.
+pub async fn prepare(ctx: &DeliveryContext, input: &AttemptInput<'_>) -> Preparation {
+    let request = webhook_request(input.webhook, render_body(input.event));
+    if input.webhook.plugins.is_empty() {
+        return Preparation {
+            prepared: Prepared::Send(sign(input, request).await),
+            plugin_logs: Vec::new(),
+            chain_time: Duration::ZERO,
+        };
+    }
+    let (outcome, plugin_logs, chain_time) = run_chain(ctx, input, request).await;
+    let prepared = match outcome {
+        ChainOutcome::Deliver(request) => match check_plugin_url(ctx, input, &request) {
+            Ok(()) => Prepared::Send(sign(input, request).await),
+            Err(tried) => Prepared::NotSent(tried),
+        },
+        ChainOutcome::Filtered { plugin } => Prepared::NotSent(Tried::Filtered { plugin }),
+        ChainOutcome::Failed {
+            plugin,
+            code,
+            message,
+        } => Prepared::NotSent(Tried::PluginFailed {
+            message: format!("plugin `{plugin}`: {message}"),
+            plugin,
+            code,
+        }),
+    };
+    Preparation {
+        prepared,
+        plugin_logs,
+        chain_time,
+    }
+}
+
+/// Runs the webhook's chain on `request`: its outcome, its log lines, how long it took.
+async fn run_chain(
+    ctx: &DeliveryContext,
+    input: &AttemptInput<'_>,
+    request: OutboundRequest,
+) -> (ChainOutcome, Vec<String>, Duration) {
+    let steps: Vec<ChainStep> = input
+        .webhook
+        .plugins
+        .iter()
+        .map(|p| ChainStep {
+            name: p.name.clone(),
+            config: p.config.to_string(),
+        })
+        .collect();
+    // A sign hook computes `signing-key.mac` with the current secret (it never enters the guest).
+    let signing_secret = input.signing_keys().into_iter().next().unwrap_or_default();
+    let plugin_request = PluginRequest {
+        delivery_id: input.webhook_id_header.to_string(),
+        event_id: input.event.id.to_string(),
+        event_type: input.event.event_type.clone(),
+        tenant: input.tenant.id.clone(),
+        channel: input.event.channel.clone(),
+        timestamp_ms: input.event.created_at,
+        attempt_time_ms: input.now_ms,
+        attempt: input.attempt,
+        url: request.url,
+        method: request.method,
+        content_type: request.content_type,
+        headers: request.headers,
+        body: request.body,
+        signing_secret,
+    };
+    let run = ctx
+        .plugins
+        .run_chain(
+            &input.tenant.id,
+            &steps,
+            plugin_request,
+            &input.tenant.plugins,
+        )
+        .await;
+    let (chain_outcome, chain_error) = match &run.outcome {
+        ChainOutcome::Deliver(_) => ("deliver", None),
+        ChainOutcome::Filtered { .. } => ("filtered", None),
+        ChainOutcome::Failed { code, .. } => ("failed", Some(code.as_str())),
+    };
+    ctx.metrics.plugin_chain_ran(
+        &input.tenant.id,
+        chain_outcome,
+        chain_error,
+        run.duration,
+        run.waited,
+    );
+    let logs = run
+        .logs
+        .iter()
+        .map(|log| {
+            debug!(
+                plugin = %log.plugin,
+                level = log.level.as_str(),
+                "plugin log: {}",
+                log.message
+            );
+            format!("{} [{}] {}", log.plugin, log.level.as_str(), log.message)
+        })
+        .collect();
+    (run.outcome, logs, run.waited + run.duration)
+}
+
+/// A URL a plugin chose passes the same syntax checks as one a tenant entered; the address
+/// itself is checked at connect time by the client.
+fn check_plugin_url(
+    ctx: &DeliveryContext,
+    input: &AttemptInput<'_>,
+    request: &OutboundRequest,
+) -> Result<(), Tried> {
+    if request.url == input.webhook.url {
+        return Ok(());
+    }
+    let policy = SsrfPolicy::new(&ctx.config.current().ssrf);
+    policy
+        .parse_url(&request.url)
+        .map(|_| ())
+        .map_err(|err| Tried::PluginFailed {
+            plugin: "hookd".to_string(),
+            code: PluginFailureCode::InvalidOutput,
+            message: format!("a plugin set the URL `{}`: {err}", request.url),
+        })
+}
+
+/// Adds the Standard Webhooks headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`
+/// with one `v1,` signature per signing key) for the final bytes.
+async fn sign(input: &AttemptInput<'_>, mut request: OutboundRequest) -> OutboundRequest {
+    let timestamp = input.now_ms / 1000;
+    let keys = input.signing_keys();
+    let id = input.webhook_id_header.to_string();
+    let body = request.body.clone();
+    let compute =
+        move || signing::signature_header(keys.iter().map(Vec::as_slice), &id, timestamp, &body);
+    let signature = if request.body.len() <= INLINE_SIGN_BYTES {
+        compute()
+    } else {
+        // Off the async workers; if the blocking pool is gone (shutdown), sign here.
+        let fallback = compute.clone();
+        tokio::task::spawn_blocking(compute)
+            .await
+            .unwrap_or_else(|_| fallback())
+    };
+    request.set_header("webhook-id", input.webhook_id_header.to_string());
+    request.set_header("webhook-timestamp", timestamp.to_string());
+    request.set_header("webhook-signature", signature);
+    request
+}
