@@ -557,7 +557,10 @@ async fn histogram_totals(http: &reqwest::Client, base: &str, name: &str) -> (f6
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    (sum_of(&format!("{name}_sum")), sum_of(&format!("{name}_count")))
+    (
+        sum_of(&format!("{name}_sum")),
+        sum_of(&format!("{name}_count")),
+    )
 }
 
 /// Mean time an attempt held its webhook's slot, and mean HTTP exchange, in ms (an engine
@@ -715,10 +718,7 @@ impl Bench {
         let first = generate(&self.http, &target, tenth, None).await;
         let pid = engine.proc.pid();
         let rss_tenth = vm_mib(pid, "VmRSS:");
-        println!(
-            "  s5: {} pending: RSS {rss_tenth:.1} MiB",
-            first.accepted
-        );
+        println!("  s5: {} pending: RSS {rss_tenth:.1} MiB", first.accepted);
         let mut ingest = generate(&self.http, &target, events - tenth, None).await;
         ingest.accepted += first.accepted;
         ingest.refused += first.refused;
@@ -857,8 +857,13 @@ impl Bench {
             let engine = &engine;
             async move {
                 let e0 = cpu_seconds(engine.proc.pid());
-                let mut ingest =
-                    generate(&self.http, &Target::Single(engine.base.clone()), events, None).await;
+                let mut ingest = generate(
+                    &self.http,
+                    &Target::Single(engine.base.clone()),
+                    events,
+                    None,
+                )
+                .await;
                 let mut f = Figures {
                     name: name.into(),
                     ..Default::default()
@@ -994,9 +999,7 @@ fn main() {
             .unwrap_or(240),
     );
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(run(
-        scenarios, events, backlog, history, s5_budget, smoke,
-    ));
+    runtime.block_on(run(scenarios, events, backlog, history, s5_budget, smoke));
 }
 
 async fn run(

@@ -6,6 +6,12 @@
 //! Only after that write does any of them get its answer (the API's 202), so an acknowledged
 //! event survives kill -9, and concurrent requests share one fsync instead of queueing behind
 //! one fsync each. The store tells the dispatcher about the new deliveries itself.
+//!
+//! Groups are bounded and fair between tenants ([`FairQueue`]): the writer takes submissions
+//! round-robin across the tenants waiting, one at a time, until a group holds
+//! [`MAX_GROUP_WORK`] events plus deliveries. A batch larger than that spans several groups,
+//! written in order (the request is answered once all of them are durable), so one tenant's
+//! huge batch delays another tenant's single event by at most one bounded group.
 
 use std::sync::Arc;
 
@@ -16,8 +22,12 @@ use crate::fanout;
 use crate::ids::{EventId, WebhookId};
 use crate::store::{Appended, DeliveryRecord, EventRecord, NewEvent, Store, StoreError};
 
-/// Most submissions written and flushed together.
-const MAX_GROUP_COMMIT: usize = 4096;
+/// Most work in one group: events plus their deliveries (a group's write grows with both).
+/// A single event with more deliveries than this is written alone.
+pub const MAX_GROUP_WORK: usize = 16_384;
+/// Most events the writer holds taken from the channel and not yet written; beyond it,
+/// handlers wait to submit (backpressure), as they do when the channel is full.
+const MAX_BUFFERED_EVENTS: usize = 65_536;
 /// Messages (single events or batches) that may wait for the writer before handlers wait to
 /// submit (backpressure).
 const QUEUE_CAPACITY: usize = 16_384;
@@ -49,8 +59,7 @@ struct Submission {
 }
 
 /// Handle for submitting events; cheap to clone. Each message is one request's submissions
-/// (one for `POST /v1/events`, up to a batch for `POST /v1/events/batch`); the writer never
-/// splits a message across two group commits.
+/// (one for `POST /v1/events`, up to a batch for `POST /v1/events/batch`), written in order.
 #[derive(Clone, Debug)]
 pub struct Ingest {
     tx: mpsc::Sender<Vec<Submission>>,
@@ -74,9 +83,9 @@ impl Ingest {
         answer.await.map_err(|_| IngestError::ShuttingDown)?
     }
 
-    /// Submits several events as one unit: they are written and flushed in the same group
-    /// commit, and idempotency keys repeated among them resolve to the first (in order).
-    /// Answers one outcome per event, in order, once all of them are durable.
+    /// Submits several events as one unit: they are written in order (in one group commit
+    /// unless they pass [`MAX_GROUP_WORK`]), and idempotency keys repeated among them resolve
+    /// to the first. Answers one outcome per event, in order, once all of them are durable.
     pub async fn submit_many(
         &self,
         events: Vec<NewEvent>,
@@ -144,15 +153,82 @@ pub async fn prepare_event(
 }
 
 async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Vec<Submission>>) {
-    // A group takes every message waiting; it may pass MAX_GROUP_COMMIT events by at most one
-    // batch, since a batch is never split.
-    while let Some(mut group) = rx.recv().await {
-        while group.len() < MAX_GROUP_COMMIT
-            && let Ok(more) = rx.try_recv()
-        {
-            group.extend(more);
+    let mut waiting = FairQueue::default();
+    loop {
+        if waiting.is_empty() {
+            match rx.recv().await {
+                Some(message) => waiting.push(message),
+                None => break,
+            }
         }
-        commit_group(store.as_ref(), group).await;
+        // Everything waiting now, so every tenant with a submission gets its turn.
+        while waiting.len() < MAX_BUFFERED_EVENTS
+            && let Ok(message) = rx.try_recv()
+        {
+            waiting.push(message);
+        }
+        commit_group(store.as_ref(), waiting.next_group(MAX_GROUP_WORK)).await;
+    }
+}
+
+/// Submissions waiting for the writer, one queue per tenant, taken round-robin.
+#[derive(Default)]
+struct FairQueue {
+    tenants: std::collections::HashMap<String, std::collections::VecDeque<Submission>>,
+    /// Tenants with submissions, in turn order.
+    turns: std::collections::VecDeque<String>,
+    len: usize,
+}
+
+impl FairQueue {
+    fn push(&mut self, message: Vec<Submission>) {
+        for submission in message {
+            let tenant = submission.event.tenant.clone();
+            let queue = self.tenants.entry(tenant.clone()).or_default();
+            if queue.is_empty() {
+                self.turns.push_back(tenant);
+            }
+            queue.push_back(submission);
+            self.len += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// One submission per tenant per turn until the group holds `max_work` events plus
+    /// deliveries (at least one submission, however large).
+    fn next_group(&mut self, max_work: usize) -> Vec<Submission> {
+        let mut group = Vec::new();
+        let mut work = 0;
+        while let Some(tenant) = self.turns.pop_front() {
+            let queue = self
+                .tenants
+                .get_mut(&tenant)
+                .expect("a tenant in turn has a queue");
+            let next_work = queue.front().map_or(0, |s| 1 + s.event.webhooks.len());
+            if !group.is_empty() && work + next_work > max_work {
+                self.turns.push_front(tenant);
+                break;
+            }
+            let submission = queue
+                .pop_front()
+                .expect("a tenant in turn has a submission");
+            if queue.is_empty() {
+                self.tenants.remove(&tenant);
+            } else {
+                self.turns.push_back(tenant);
+            }
+            self.len -= 1;
+            work += next_work;
+            group.push(submission);
+        }
+        group
     }
 }
 
@@ -184,5 +260,72 @@ async fn commit_group(store: &dyn Store, group: Vec<Submission>) {
                 let _ = reply.send(Err(refusal));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(tenant: &str, deliveries: usize) -> Submission {
+        let (reply, _) = oneshot::channel();
+        let event = NewEvent {
+            tenant: tenant.to_string(),
+            event_type: "t".into(),
+            channel: None,
+            idempotency_key: None,
+            idempotency_window_ms: 0,
+            created_at: 0,
+            payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            webhooks: (0..deliveries).map(|_| WebhookId::new()).collect(),
+        };
+        Submission { event, reply }
+    }
+
+    fn tenants(group: &[Submission]) -> Vec<&str> {
+        group.iter().map(|s| s.event.tenant.as_str()).collect()
+    }
+
+    #[test]
+    fn a_huge_batch_delays_another_tenants_event_by_at_most_one_bounded_group() {
+        let mut queue = FairQueue::default();
+        // A's batch: 1000 events × 99 deliveries = 100,000 units of work.
+        queue.push((0..1000).map(|_| submission("a", 99)).collect());
+        queue.push(vec![submission("b", 1)]);
+        let first = queue.next_group(1000);
+        // A's first event and B's event share the first group; A's work stays bounded.
+        assert_eq!(tenants(&first)[..2], ["a", "b"]);
+        assert!(first.len() <= 11, "{}", first.len());
+        let mut rest = 0;
+        while !queue.is_empty() {
+            let group = queue.next_group(1000);
+            let work: usize = group.iter().map(|s| 1 + s.event.webhooks.len()).sum();
+            assert!(work <= 1000 && !group.is_empty());
+            rest += group.len();
+        }
+        assert_eq!(
+            first.len() - 1 + rest,
+            1000,
+            "every event of A, in order, once"
+        );
+    }
+
+    #[test]
+    fn tenants_take_turns_and_keep_their_order() {
+        let mut queue = FairQueue::default();
+        let mut batch = vec![submission("a", 0), submission("a", 0), submission("a", 0)];
+        batch[1].event.event_type = "second".into();
+        queue.push(batch);
+        queue.push(vec![submission("b", 0)]);
+        queue.push(vec![submission("c", 0)]);
+        let group = queue.next_group(3);
+        assert_eq!(tenants(&group), ["a", "b", "c"]);
+        let group = queue.next_group(100);
+        assert_eq!(tenants(&group), ["a", "a"]);
+        assert_eq!(group[0].event.event_type, "second");
+        // One event larger than the bound is written alone.
+        queue.push(vec![submission("a", 50)]);
+        assert_eq!(queue.next_group(10).len(), 1);
+        assert!(queue.is_empty());
     }
 }

@@ -11,8 +11,10 @@ pub mod delivery;
 pub mod fanout;
 pub mod ids;
 pub mod ingest;
+pub mod offload;
 pub mod outbound;
 pub mod plugin;
+pub mod quota;
 pub mod resolver;
 pub mod retention;
 pub mod secrets;
@@ -209,6 +211,8 @@ pub async fn start(
         store: store.clone(),
         config: config.clone(),
         client: DeliveryClient::new(config.clone()),
+        permits: delivery::permits::FairPermits::new(config.current().delivery.max_in_flight),
+        offload: offload::Offload::new(),
         dispatch: dispatch.clone(),
         recorder,
         plugins: plugins.clone(),
@@ -238,6 +242,7 @@ pub async fn start(
         dispatch,
         delivery,
         started: std::time::Instant::now(),
+        quotas: quota::Quotas::new(store.clone()),
         metrics: metrics.clone(),
         sessions,
     });

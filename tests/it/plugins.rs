@@ -1,7 +1,6 @@
 //! Plugins end to end: real components from `plugins/dist` (built by `plugins/build.sh`),
 //! uploaded over the API, attached to webhooks, run at attempt time, against a real receiver.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -14,23 +13,7 @@ use crate::support::{
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The bytes of `plugins/dist/<name>.wasm`, building the components once if needed.
-pub fn wasm(name: &str) -> Vec<u8> {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    let dist = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/dist");
-    BUILT.get_or_init(|| {
-        if !std::path::Path::new(&format!("{dist}/json-filter.wasm")).exists() {
-            let status = std::process::Command::new(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../plugins/build.sh"
-            ))
-            .status()
-            .expect("plugins/build.sh runs");
-            assert!(status.success(), "plugins/build.sh failed");
-        }
-    });
-    std::fs::read(format!("{dist}/{name}.wasm")).unwrap_or_else(|e| panic!("{name}.wasm: {e}"))
-}
+pub use crate::support::wasm;
 
 async fn upload(engine: &TestEngine, key: &str, name: &str, bytes: Vec<u8>) -> (u16, Value) {
     let response = engine

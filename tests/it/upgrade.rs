@@ -18,7 +18,8 @@ fn fixture() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v1-datadir")
 }
 
-/// Extracts the old data dir into a temp dir (the archive holds `data/`).
+/// Extracts the old data dir into a temp dir (the archive holds `data/`; its contents become
+/// the temp dir's, so a restart of the test engine opens the same store).
 fn old_data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("tar")
@@ -26,6 +27,7 @@ fn old_data_dir() -> tempfile::TempDir {
         .arg(fixture().join("datadir.tar.gz"))
         .arg("-C")
         .arg(dir.path())
+        .arg("--strip-components=1")
         .status()
         .expect("tar runs");
     assert!(status.success());
@@ -34,8 +36,7 @@ fn old_data_dir() -> tempfile::TempDir {
 
 async fn start_on_old_data() -> TestEngine {
     let dir = old_data_dir();
-    let data = dir.path().join("data");
-    let config = parse_config(&test_config_toml(&data, "", true));
+    let config = parse_config(&test_config_toml(dir.path(), "", true));
     TestEngine::start_in(dir, config).await
 }
 
@@ -102,7 +103,11 @@ async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_los
         for delivery in page {
             let id = delivery["id"].as_str().unwrap();
             let (_, one) = engine.get(&format!("/v1/deliveries/{id}")).await;
-            assert_eq!(one["attempts"].as_array().unwrap().len() as u64, attempts.as_u64().unwrap(), "{name}: {one}");
+            assert_eq!(
+                one["attempts"].as_array().unwrap().len() as u64,
+                attempts.as_u64().unwrap(),
+                "{name}: {one}"
+            );
         }
     }
     let (_, stats) = engine.get("/v1/stats?days=90").await;
@@ -141,10 +146,14 @@ async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_los
             .verify(&got.body, &got.headers)
             .expect("signed with the old secret");
     }
-    eventually(Duration::from_secs(10), "the resumed deliveries recorded", || async {
-        let now = statuses(&engine).await;
-        (now["pending"] == 0 && now["delivered"] == 20).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the resumed deliveries recorded",
+        || async {
+            let now = statuses(&engine).await;
+            (now["pending"] == 0 && now["delivered"] == 20).then_some(())
+        },
+    )
     .await;
 
     // A restart opens the migrated store as it is (nothing migrated twice).

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use super::{ApiError, ApiJson, AppState, ErrorBody};
 use crate::config::{Config, ReloadStatus};
+use crate::ids::now_ms;
 
 /// An authenticated operator.
 pub struct Admin {
@@ -63,6 +64,37 @@ pub struct TenantSummary {
     /// Events ingested today and over the last 7 UTC days (statistics counters).
     events_today: u64,
     events_7d: u64,
+    /// Requests of this tenant being sent now (engine-wide delivery permits it holds).
+    sending: usize,
+    /// Use against each quota (`[quotas]` / `[tenants.quotas]`).
+    quotas: TenantQuotas,
+}
+
+/// One quota: its limit and, where the tenant has one running total, its use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaUse {
+    limit: u64,
+    /// Absent for per-request quotas (`deliveries_per_event`, `api_requests_per_sec`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    used: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantQuotas {
+    webhooks: QuotaUse,
+    /// `used`: the most secrets signing on one of its webhooks now.
+    secrets_per_webhook: QuotaUse,
+    deliveries_per_event: QuotaUse,
+    pending_deliveries: QuotaUse,
+    stored_bytes: QuotaUse,
+    api_requests_per_sec: QuotaUse,
+    api_burst: QuotaUse,
+    /// Counted by the plugin host (which enforces this quota).
+    plugins: QuotaUse,
+    /// Bytes of the installed components, counted by the plugin host.
+    plugin_bytes: QuotaUse,
+    /// The tenant's weight in sharing delivery permits (`used` absent).
+    delivery_weight: QuotaUse,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -77,7 +109,7 @@ pub struct TenantList {
     tag = "admin",
     operation_id = "admin_list_tenants",
     responses(
-        (status = 200, description = "Tenants with what they hold (webhooks, plugins, events, pending deliveries, stored bytes) and send (events today and in 7 days)", body = TenantList),
+        (status = 200, description = "Tenants with what they hold (webhooks, plugins, events, pending deliveries, stored bytes), send (events today and in 7 days, requests being sent now) and their use against each quota", body = TenantList),
         (status = 403, description = "A tenant key: admin routes need an admin key", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
@@ -92,7 +124,16 @@ pub async fn tenants(
     let mut data = Vec::new();
     for id in ids {
         let tenant = &admin.config.tenants[id];
-        let usage = state.store.tenant_usage(id).await?;
+        let usage = state.quotas.usage(id).await?;
+        let webhooks = state.store.webhooks_of(id).await?;
+        let most_secrets = webhooks
+            .iter()
+            .map(|w| w.live_secrets(now_ms()).count() as u64)
+            .max()
+            .unwrap_or(0);
+        let (plugins, plugin_bytes) = plugin_usage(&state, id);
+        let q = &tenant.quotas;
+        let quota = |limit: u64, used: Option<u64>| QuotaUse { limit, used };
         let today = crate::store::stats::day_of(crate::ids::now_ms());
         let week = state
             .store
@@ -107,15 +148,36 @@ pub async fn tenants(
             id: id.clone(),
             declared_event_types: tenant.event_types.iter().map(|t| t.name.clone()).collect(),
             webhooks: usage.webhooks as usize,
-            plugins: state.delivery.plugins.list(id).len(),
+            plugins: plugins as usize,
             events: usage.events as usize,
             pending_deliveries: usage.pending_deliveries,
             stored_bytes: usage.stored_bytes,
             events_today: week.last().map_or(0, |d| d.counts.events),
             events_7d: week.iter().map(|d| d.counts.events).sum(),
+            sending: state.delivery.permits.held(id),
+            quotas: TenantQuotas {
+                webhooks: quota(q.webhooks, Some(usage.webhooks)),
+                secrets_per_webhook: quota(q.secrets_per_webhook, Some(most_secrets)),
+                deliveries_per_event: quota(q.deliveries_per_event, None),
+                pending_deliveries: quota(q.pending_deliveries, Some(usage.pending_deliveries)),
+                stored_bytes: quota(q.stored_bytes, Some(usage.stored_bytes)),
+                api_requests_per_sec: quota(q.api_requests_per_sec, None),
+                api_burst: quota(q.api_burst, None),
+                plugins: quota(q.plugins, Some(plugins)),
+                plugin_bytes: quota(q.plugin_bytes, Some(plugin_bytes)),
+                delivery_weight: quota(q.delivery_weight, None),
+            },
         });
     }
     Ok(ApiJson(TenantList { data }))
+}
+
+/// The tenant's plugins and their total size, as the plugin host counts them (the seam for the
+/// plugin quotas the plugin host enforces).
+fn plugin_usage(state: &AppState, tenant: &str) -> (u64, u64) {
+    let plugins = state.delivery.plugins.list(tenant);
+    let bytes = plugins.iter().map(|p| p.size_bytes as u64).sum();
+    (plugins.len() as u64, bytes)
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -10,7 +10,10 @@ use serde::Serialize;
 use tracing::error;
 use utoipa::ToSchema;
 
+use std::time::Duration;
+
 use crate::ingest::IngestError;
+use crate::quota::{QuotaError, QuotaExceeded};
 use crate::store::{SpaceProblem, StoreError};
 
 #[derive(Debug, Clone)]
@@ -18,6 +21,10 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// For `quota_exceeded`: which quota, its limit and the current use.
+    pub quota: Option<QuotaExceeded>,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    pub retry_after: Option<Duration>,
 }
 
 /// The body of every error answer (the `ErrorBody` schema of `/openapi.json`).
@@ -28,6 +35,10 @@ pub struct ErrorBody {
     code: &'static str,
     /// A sentence for people; it may change between versions.
     message: String,
+    /// `quota_exceeded` only: the quota, its limit, the current use and what the request
+    /// needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<QuotaExceeded>,
 }
 
 impl ApiError {
@@ -36,7 +47,37 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            quota: None,
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After` header (whole seconds, at least 1) to the answer.
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// 429 `quota_exceeded`: the request would pass one of the tenant's quotas; nothing was
+    /// written.
+    pub fn quota_exceeded(exceeded: QuotaExceeded) -> Self {
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            format!("{exceeded}; nothing was written (an admin can raise it in [quotas])"),
+        );
+        err.quota = Some(exceeded);
+        err
+    }
+
+    /// 429 `rate_limited`: over the tenant's `api_requests_per_sec`; retry after `wait`.
+    pub fn rate_limited(wait: Duration, per_sec: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("more than {per_sec} requests per second; retry after the Retry-After delay"),
+        )
+        .with_retry_after(wait)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -111,8 +152,17 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             code: self.code,
             message: self.message,
+            quota: self.quota,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
+        response
     }
 }
 
@@ -135,6 +185,15 @@ impl From<StoreError> for ApiError {
             "internal",
             "internal storage error; it has been logged",
         )
+    }
+}
+
+impl From<QuotaError> for ApiError {
+    fn from(err: QuotaError) -> Self {
+        match err {
+            QuotaError::Exceeded(exceeded) => ApiError::quota_exceeded(exceeded),
+            QuotaError::Store(err) => err.into(),
+        }
     }
 }
 

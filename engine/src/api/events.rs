@@ -18,7 +18,8 @@ use crate::config::valid_event_type;
 use crate::fanout;
 use crate::ids::{EventId, now_ms};
 use crate::ingest::{EventInput, IngestOutcome, prepare_event};
-use crate::store::{DeliveryRecord, EventFilter, EventRecord};
+use crate::quota::{QuotaExceeded, Reservation};
+use crate::store::{DeliveryRecord, EventFilter, EventRecord, NewEvent};
 
 /// Deepest nesting of arrays and objects accepted in a payload; receivers' parsers often
 /// recurse, so hookd refuses what would crash them.
@@ -95,6 +96,7 @@ impl EventView {
         (status = 413, description = "The payload is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Invalid type, channel, payload depth or idempotency key; with `strict_event_types`, an undeclared type (`unknown_event_type`) or a payload failing its type's schema (`payload_schema`, naming the failing path)", body = ErrorBody),
+        (status = 429, description = "Over a quota (`quota_exceeded`, naming `deliveries_per_event`, `pending_deliveries` or `stored_bytes` with its limit and the current use; nothing was written), or over the request rate (`rate_limited`, with Retry-After)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "Not accepted: the data dir is short of space (`storage_full`) or read-only (`storage_read_only`), the store cannot take writes (`store_unavailable`), or hookd is shutting down (`shutting_down`)", body = ErrorBody),
     ),
@@ -112,12 +114,25 @@ pub async fn create(
         None => None,
     };
     let limits = &tenant.config.limits;
-    let input = validate(body, header_key, limits.max_payload_bytes)?;
-    check_catalogue(tenant.settings(), &input)?;
+    // The depth scan (and a strict tenant's schema check) read the whole payload: off the
+    // async workers when it is large.
+    let max_payload_bytes = limits.max_payload_bytes;
+    let (config, id) = (tenant.config.clone(), tenant.id.clone());
+    let input = state
+        .delivery
+        .offload
+        .by_size(&tenant.id, body.payload.get().len(), move || {
+            let input = validate(body, header_key, max_payload_bytes)?;
+            check_catalogue(config.tenant(&id).expect("authenticated"), &input)?;
+            Ok::<_, ApiError>(input)
+        })
+        .await?;
     let window_ms = limits.idempotency_window.as_millis() as u64;
     let new = prepare_event(state.store.as_ref(), &tenant.id, input, window_ms, None).await?;
+    let reservation = admit(&state, &tenant, &new).await?;
     match state.ingest.submit(new).await? {
         IngestOutcome::Created { event, deliveries } => {
+            reservation.commit();
             state.metrics.event_ingested(&tenant.id);
             info!(tenant = %tenant.id, event_id = %event.id, deliveries = deliveries.len(), "event accepted");
             Ok((
@@ -144,6 +159,24 @@ pub async fn create(
                 .into_response())
         }
     }
+}
+
+/// Checks an event against its tenant's quotas (fan-out, pending deliveries, stored bytes) and
+/// reserves its room until the store answers: commit the reservation if the event was written.
+pub(super) async fn admit(
+    state: &AppState,
+    tenant: &Tenant,
+    new: &NewEvent,
+) -> Result<Reservation, ApiError> {
+    let quotas = &tenant.settings().quotas;
+    let fanout = new.webhooks.len() as u64;
+    QuotaExceeded::check_each("deliveries_per_event", quotas.deliveries_per_event, fanout)
+        .map_err(ApiError::quota_exceeded)?;
+    let bytes = new.payload.get().len() as u64;
+    Ok(state
+        .quotas
+        .reserve_ingest(&tenant.id, quotas, fanout, bytes)
+        .await?)
 }
 
 /// Checks one event of `POST /v1/events` or of a batch (accepted now).
@@ -286,6 +319,9 @@ pub struct BatchItemError {
     /// The same stable code `POST /v1/events` uses.
     code: &'static str,
     message: String,
+    /// `quota_exceeded` only: which quota, its limit and the current use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<QuotaExceeded>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -302,6 +338,7 @@ impl BatchItemResult {
             error: Some(BatchItemError {
                 code: err.code,
                 message: err.message,
+                quota: err.quota,
             }),
         }
     }
@@ -358,22 +395,49 @@ pub async fn create_batch(
     // Per event: a refusal, or the index of its submission.
     let mut slots: Vec<Result<usize, ApiError>> = Vec::with_capacity(body.events.len());
     let mut prepared = Vec::with_capacity(body.events.len());
-    for raw in &body.events {
-        let checked = serde_json::from_str::<CreateEvent>(raw.get())
-            .map_err(|err| ApiError::invalid("invalid_body", err.to_string()))
-            .and_then(|event| validate(event, None, limits.max_payload_bytes))
-            .and_then(|record| {
-                check_catalogue(tenant.settings(), &record)?;
-                Ok(record)
-            });
-        match checked {
-            Ok(input) => {
-                prepared.push(
-                    prepare_event(state.store.as_ref(), &tenant.id, input, window_ms, None).await?,
-                );
+    let mut reservations = Vec::with_capacity(body.events.len());
+    // Parsing and checking every event reads the whole batch (up to 32 MiB): off the async
+    // workers when it is large.
+    let size = body.events.iter().map(|raw| raw.get().len()).sum();
+    let max_payload_bytes = limits.max_payload_bytes;
+    let events = body.events;
+    let (config, id) = (tenant.config.clone(), tenant.id.clone());
+    let checked_events: Vec<Result<EventInput, ApiError>> = state
+        .delivery
+        .offload
+        .by_size(&tenant.id, size, move || {
+            events
+                .iter()
+                .map(|raw| {
+                    serde_json::from_str::<CreateEvent>(raw.get())
+                        .map_err(|err| ApiError::invalid("invalid_body", err.to_string()))
+                        .and_then(|event| validate(event, None, max_payload_bytes))
+                        .and_then(|input| {
+                            check_catalogue(config.tenant(&id).expect("authenticated"), &input)?;
+                            Ok(input)
+                        })
+                })
+                .collect()
+        })
+        .await;
+    for checked in checked_events {
+        let input = match checked {
+            Ok(input) => input,
+            Err(err) => {
+                slots.push(Err(err));
+                continue;
+            }
+        };
+        let new = prepare_event(state.store.as_ref(), &tenant.id, input, window_ms, None).await?;
+        // An event over a quota is refused in its slot; the events before it keep their room.
+        match admit(&state, &tenant, &new).await {
+            Ok(reservation) => {
+                prepared.push(new);
+                reservations.push(Some(reservation));
                 slots.push(Ok(prepared.len() - 1));
             }
-            Err(err) => slots.push(Err(err)),
+            Err(err) if err.code == "quota_exceeded" => slots.push(Err(err)),
+            Err(err) => return Err(err),
         }
     }
     let outcomes = state.ingest.submit_many(prepared).await?;
@@ -388,6 +452,9 @@ pub async fn create_batch(
             Err(err) => BatchItemResult::refused(err),
             Ok(index) => match outcomes[index].take().expect("one outcome per submission") {
                 Ok(IngestOutcome::Created { event, .. }) => {
+                    if let Some(reservation) = reservations[index].take() {
+                        reservation.commit();
+                    }
                     state.metrics.event_ingested(&tenant.id);
                     BatchItemResult {
                         status: 202,

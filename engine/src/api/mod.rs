@@ -63,6 +63,8 @@ pub struct AppState {
     pub delivery: DeliveryContext,
     /// When the engine started (for the admin status route).
     pub started: std::time::Instant,
+    /// Per-tenant quota state: request rates, usage estimates.
+    pub quotas: crate::quota::Quotas,
     pub metrics: Metrics,
     /// Seals and opens the console's session cookies.
     pub sessions: console::Sessions,
@@ -247,6 +249,15 @@ impl FromRequestParts<AppState> for Tenant {
                 }
             },
         };
+        let quotas = &config
+            .tenant(&id)
+            .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?
+            .quotas;
+        // Every authenticated request counts against the tenant's request rate.
+        if let Err(wait) = state.quotas.admit_request(&id, quotas) {
+            return Err(ApiError::rate_limited(wait, quotas.api_requests_per_sec));
+        }
+        parts.extensions.insert(TenantId(id.clone()));
         Ok(Tenant { id, config })
     }
 }
@@ -299,14 +310,78 @@ pub fn bearer_key(parts: &Parts) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <key>`"))
 }
 
-/// JSON body extractor (and response) whose rejections are [`ApiError`]s.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// JSON body extractor (and response) whose rejections are [`ApiError`]s. A body over
+/// `offload::INLINE_BYTES` is parsed on the blocking pool (batches reach 32 MiB).
 pub struct ApiJson<T>(pub T);
+
+impl<T> FromRequest<AppState> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        if !json_content_type(request.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        // The `Tenant` extractor (which runs before any body extractor) left its id here.
+        let tenant = request
+            .extensions()
+            .get::<TenantId>()
+            .map_or(crate::offload::ENGINE.to_string(), |id| id.0.clone());
+        let ApiBody(bytes) = ApiBody::from_request(request, state).await?;
+        let parsed = state
+            .delivery
+            .offload
+            .by_size(&tenant, bytes.len(), move || Json::<T>::from_bytes(&bytes))
+            .await?;
+        Ok(ApiJson(parsed.0))
+    }
+}
+
+/// The authenticated tenant's id, in the request's extensions for the body extractors.
+#[derive(Clone, Debug)]
+struct TenantId(String);
+
+/// Whether the request says its body is JSON (`application/json` or `application/*+json`),
+/// as axum's `Json` requires.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json") || subtype.to_ascii_lowercase().ends_with("+json"))
+}
 
 impl<T: Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {
         Json(self.0).into_response()
+    }
+}
+
+impl<T: Serialize + Send + 'static> ApiJson<T> {
+    /// The answer, rendered off the async workers in the tenant's turn when it carries about
+    /// `size` bytes (a large body echoed back, as `simulate` does).
+    pub async fn rendered(self, state: &AppState, tenant: &Tenant, size: usize) -> Response {
+        state
+            .delivery
+            .offload
+            .by_size(&tenant.id, size, move || Json(self.0).into_response())
+            .await
     }
 }
 
@@ -412,20 +487,33 @@ pub fn parse_time(field: &str, text: &str) -> Result<u64, ApiError> {
 }
 
 /// An optional JSON body: empty or `null` means `T::default()` (the document marks these
-/// bodies optional and nullable).
-pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice::<Option<T>>(body)
-        .map(Option::unwrap_or_default)
-        .map_err(|err| {
-            if err.is_data() {
-                ApiError::invalid("invalid_body", err.to_string())
-            } else {
-                ApiError::bad_request("invalid_json", err.to_string())
+/// bodies optional and nullable). A large body is parsed off the async workers, in the tenant's
+/// turn.
+pub async fn optional_json<T>(
+    state: &AppState,
+    tenant: &Tenant,
+    body: axum::body::Bytes,
+) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned + Default + Send + 'static,
+{
+    let offload = &state.delivery.offload;
+    offload
+        .by_size(&tenant.id, body.len(), move || {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(T::default());
             }
+            serde_json::from_slice::<Option<T>>(&body)
+                .map(Option::unwrap_or_default)
+                .map_err(|err| {
+                    if err.is_data() {
+                        ApiError::invalid("invalid_body", err.to_string())
+                    } else {
+                        ApiError::bad_request("invalid_json", err.to_string())
+                    }
+                })
         })
+        .await
 }
 
 /// An optional time filter (`after`, `before`, `since`).

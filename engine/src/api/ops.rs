@@ -90,6 +90,37 @@ pub fn finish_document(mut document: OpenApi) -> OpenApi {
                 .responses
                 .insert("401".to_string(), unauthorized.into());
             add_unknown_parameter_answer(operation);
+            // Every tenant route counts against the tenant's request rate (admin routes do
+            // not); routes with quotas describe their own 429.
+            if !path.starts_with("/v1/admin/") && !operation.responses.responses.contains_key("429")
+            {
+                let limited = ResponseBuilder::new()
+                    .description(
+                        "Over the tenant's `api_requests_per_sec` (`rate_limited`); retry after \
+                         the `Retry-After` header's seconds",
+                    )
+                    .header(
+                        "Retry-After",
+                        utoipa::openapi::HeaderBuilder::new()
+                            .schema(Some(
+                                utoipa::openapi::ObjectBuilder::new()
+                                    .schema_type(utoipa::openapi::schema::Type::Integer),
+                            ))
+                            .description(Some("Seconds to wait"))
+                            .build(),
+                    )
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build();
+                operation
+                    .responses
+                    .responses
+                    .insert("429".to_string(), limited.into());
+            }
         }
     }
     document

@@ -364,8 +364,10 @@ pub async fn simulate(
     tenant: Tenant,
     ApiPath(name): ApiPath<String>,
     ApiBody(body): ApiBody,
-) -> Result<ApiJson<SimulateOutcome>, ApiError> {
-    let body: Simulate = optional_json(&body)?;
+) -> Result<axum::response::Response, ApiError> {
+    // The answer echoes the request's body: render it off the async workers when large.
+    let size = body.len();
+    let body: Simulate = optional_json(&state, &tenant, body).await?;
     let now = now_ms();
     let webhook = match &body.webhook_id {
         Some(id) => {
@@ -479,7 +481,7 @@ pub async fn simulate(
             }
         }
     }
-    Ok(ApiJson(outcome))
+    Ok(ApiJson(outcome).rendered(&state, &tenant, size).await)
 }
 
 /// A stand-in webhook for simulating one plugin: nothing is sent to its URL.

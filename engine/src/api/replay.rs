@@ -91,6 +91,7 @@ fn to_one(tenant: &str, event: &EventRecord, webhook: WebhookId) -> NewEvent {
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 404, description = "No such event (or webhook) for this tenant", body = ErrorBody),
         (status = 422, description = "Invalid body", body = ErrorBody),
+        (status = 429, description = "The replays would pass a quota (`quota_exceeded`: `pending_deliveries`, `stored_bytes` or `deliveries_per_event`, with its limit and the current use; nothing was written), or over the request rate (`rate_limited`, with Retry-After)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store cannot take writes, or hookd is shutting down", body = ErrorBody),
     ),
@@ -101,7 +102,7 @@ pub async fn replay_event(
     ApiPath(id): ApiPath<String>,
     ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, ApiJson<ReplayedEvent>), ApiError> {
-    let body: ReplayEvent = optional_json(&body)?;
+    let body: ReplayEvent = optional_json(&state, &tenant, body).await?;
     let event_id = EventId::parse(&id).ok_or_else(|| ApiError::not_found("event", &id))?;
     let original = state
         .store
@@ -133,8 +134,11 @@ pub async fn replay_event(
             .await?
         }
     };
+    // A replay is a new event: the tenant's quotas apply as to any.
+    let reservation = super::events::admit(&state, &tenant, &new).await?;
     match state.ingest.submit(new).await? {
         IngestOutcome::Created { event, deliveries } => {
+            reservation.commit();
             info!(tenant = %tenant.id, event_id = %event.id, replay_of = %original.id, deliveries = deliveries.len(), "event replayed");
             Ok((
                 StatusCode::ACCEPTED,
@@ -242,6 +246,7 @@ async fn matching(
         (status = 413, description = "The body is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Invalid body or `limit` out of range", body = ErrorBody),
+        (status = 429, description = "The replays would pass a quota (`quota_exceeded`: `pending_deliveries`, `stored_bytes` or `deliveries_per_event`, with its limit and the current use; nothing was written), or over the request rate (`rate_limited`, with Retry-After)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store cannot take writes, or hookd is shutting down", body = ErrorBody),
     ),
@@ -301,7 +306,20 @@ pub async fn replay_deliveries(
             origins.push(delivery.id.to_string());
         }
     }
+    // The replays are new events: the group fits the tenant's quotas whole, or nothing is
+    // written.
+    let bytes = group.iter().map(|e| e.payload.get().len() as u64).sum();
+    let reservation = state
+        .quotas
+        .reserve_ingest(
+            &tenant.id,
+            &tenant.settings().quotas,
+            group.len() as u64,
+            bytes,
+        )
+        .await?;
     let outcomes = state.ingest.submit_many(group).await?;
+    reservation.commit();
     let mut replays = Vec::with_capacity(outcomes.len());
     for (outcome, origin) in outcomes.into_iter().zip(origins) {
         if let IngestOutcome::Created { event, deliveries } = outcome? {

@@ -17,6 +17,7 @@ use super::{
 use crate::delivery::attempt::{self, TestSendOutcome};
 use crate::fanout;
 use crate::ids::{EventId, WebhookId, now_ms};
+use crate::quota::QuotaExceeded;
 use crate::signing;
 use crate::ssrf::{SsrfPolicy, UrlError};
 use crate::store::{EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, WebhookStatus};
@@ -426,6 +427,13 @@ async fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<WebhookReco
         .ok_or_else(|| ApiError::not_found("webhook", id))
 }
 
+/// `429 quota_exceeded` when the tenant has as many webhooks as its `webhooks` quota.
+async fn check_webhook_quota(state: &AppState, tenant: &Tenant) -> Result<(), ApiError> {
+    let count = state.store.webhooks_of(&tenant.id).await?.len() as u64;
+    QuotaExceeded::check("webhooks", tenant.settings().quotas.webhooks, count, 1)
+        .map_err(ApiError::quota_exceeded)
+}
+
 /// Creates a webhook; the answer is the only one (with rotate-secret) that shows its secret.
 #[utoipa::path(
     post,
@@ -439,6 +447,7 @@ async fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<WebhookReco
         (status = 413, description = "The body is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "An invalid field (URL, blocked address, filters, headers, limits, retry schedule, secret, plugins)", body = ErrorBody),
+        (status = 429, description = "The tenant has as many webhooks as its `webhooks` quota (`quota_exceeded`, naming it), or is over its request rate (`rate_limited`, with Retry-After)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ),
@@ -469,6 +478,9 @@ pub async fn create(
         .as_deref()
         .map(check_retry_schedule)
         .transpose()?;
+    // Early, so a tenant at its quota gets its answer without a DNS lookup; again below,
+    // under the tenant's creation lock, right before the write.
+    check_webhook_quota(&state, &tenant).await?;
     let secret = given_or_new_secret(body.secret)?;
     let plugins = body.plugins.unwrap_or_default();
     super::plugins::check_chain(&state, &tenant, &plugins).await?;
@@ -500,7 +512,10 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
+    let creating = state.quotas.webhook_creation(&tenant.id).await;
+    check_webhook_quota(&state, &tenant).await?;
     state.store.insert_webhook(&tenant.id, &record).await?;
+    drop(creating);
     info!(tenant = %tenant.id, webhook_id = %record.id, "webhook created");
     let mut view = WebhookView::from(record);
     view.secret = Some(secret);
@@ -766,7 +781,7 @@ pub async fn test_send(
     ApiBody(body): ApiBody,
 ) -> Result<ApiJson<TestSendOutcome>, ApiError> {
     let webhook = load(&state, &tenant, &id).await?;
-    let body: TestSend = optional_json(&body)?;
+    let body: TestSend = optional_json(&state, &tenant, body).await?;
     let event_type = body.event_type.unwrap_or_else(|| "hookd.test".to_string());
     if !crate::config::valid_event_type(&event_type) {
         return Err(ApiError::invalid(
@@ -816,8 +831,11 @@ pub struct RotateSecret {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RotatedSecret {
     secret: String,
-    /// Until then the previous secret signs too (a second `v1,` signature).
+    /// Until then the previous secrets sign too (one `v1,` signature each).
     previous_secret_expires_at: String,
+    /// How many secrets sign now, this one included: at most the tenant's
+    /// `secrets_per_webhook` quota (a rotation beyond it expires the oldest at once).
+    signing_secrets: usize,
 }
 
 /// Installs a new secret; the previous one keeps signing alongside until it expires.
@@ -844,11 +862,12 @@ pub async fn rotate_secret(
     ApiBody(body): ApiBody,
 ) -> Result<ApiJson<RotatedSecret>, ApiError> {
     let webhook_id = parse_webhook_id(&id)?;
-    let body: RotateSecret = optional_json(&body)?;
+    let body: RotateSecret = optional_json(&state, &tenant, body).await?;
     let new_secret = given_or_new_secret(body.secret)?;
     let now = now_ms();
     let expires_at = now + tenant.config.limits.secret_rotation_overlap.as_millis() as u64;
-    state
+    let max_live = tenant.settings().quotas.secrets_per_webhook.max(1) as usize;
+    let updated = state
         .store
         .update_webhook(&tenant.id, &webhook_id, &|w| {
             w.secrets.retain(|s| s.expires_at.is_none_or(|t| t > now));
@@ -857,6 +876,8 @@ pub async fn rotate_secret(
             }
             w.secrets
                 .insert(0, WebhookSecret::new(new_secret.clone(), now));
+            // At most `secrets_per_webhook` sign at once: the oldest beyond it expire now.
+            w.secrets.truncate(max_live);
             w.updated_at = now;
         })
         .await?
@@ -865,6 +886,7 @@ pub async fn rotate_secret(
     Ok(ApiJson(RotatedSecret {
         secret: new_secret,
         previous_secret_expires_at: rfc3339(expires_at),
+        signing_secrets: updated.secrets.len(),
     }))
 }
 

@@ -204,6 +204,10 @@ async fn send(
     request: OutboundRequest,
     timeout: Duration,
 ) -> HttpOutcome {
+    let _permit = ctx
+        .permits
+        .acquire(&tenant.id, tenant.quotas.delivery_weight)
+        .await;
     ctx.client
         .send(request, timeout, tenant.delivery.max_response_body_bytes)
         .await

@@ -2,8 +2,13 @@
 //!
 //! Each webhook has a durable queue in the store (entries ordered by due time). The dispatcher
 //! keeps, per webhook, the set of deliveries it has claimed (in flight) and one wake-up time,
-//! and starts attempts while the webhook is under its in-flight cap and rate limit and the
-//! engine under its global cap. A queue entry is removed only when its attempt's outcome is
+//! and starts attempts while the webhook is under its in-flight cap and rate limit and its
+//! tenant under the tenant's cap on attempts in progress ([`TENANT_CAP_FACTOR`] × `[delivery]
+//! max_in_flight`: a tenant alone can fill every delivery permit even while some of its
+//! attempts wait in its plugin queue). Attempts in progress wait for their plugin slot and
+//! their delivery permit themselves (`permits.rs` shares the permits fairly between tenants);
+//! the per-tenant cap only bounds how much of a tenant's backlog is in memory at once, and it
+//! is per tenant so one tenant's hung attempts never keep another's from starting. A queue entry is removed only when its attempt's outcome is
 //! recorded, so claims live only in memory: sled admits one process per data dir, and after a
 //! crash every unfinished claim is simply due again (same delivery id, so the same
 //! `webhook-id`). Work per wake-up is bounded by the webhook's cap, never by its backlog, so
@@ -11,12 +16,11 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -28,6 +32,9 @@ use crate::store::{WebhookStatus, WorkListener};
 
 /// How long shutdown waits for attempts in flight before abandoning them (they stay queued).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A tenant may have this many times `[delivery] max_in_flight` attempts in progress.
+pub const TENANT_CAP_FACTOR: usize = 2;
 
 type QueueKey = (String, WebhookId);
 
@@ -94,8 +101,17 @@ struct QueueState {
     settings: Option<QueueSettings>,
     /// The wake-up registered in `timers`, if any.
     wake_at: Option<u64>,
-    /// Waiting for a global permit.
-    waiting_for_permit: bool,
+    /// Waiting for room under its tenant's cap.
+    waiting_for_room: bool,
+}
+
+/// Per-tenant dispatch state: attempts in progress and the queues waiting for room.
+#[derive(Default)]
+struct TenantState {
+    in_progress: usize,
+    /// Served in turn as the tenant's attempts complete, so one of its webhooks whose attempts
+    /// hang cannot take every freed place from its other webhooks.
+    waiting: VecDeque<QueueKey>,
 }
 
 struct QueueSettings {
@@ -109,8 +125,9 @@ pub struct Dispatcher {
     rx: mpsc::UnboundedReceiver<DispatchMsg>,
     queues: HashMap<QueueKey, QueueState>,
     timers: BTreeSet<(u64, QueueKey)>,
-    waiting_for_permit: VecDeque<QueueKey>,
-    permits: Arc<Semaphore>,
+    tenants: HashMap<String, TenantState>,
+    /// Most attempts one tenant may have in progress (read at start).
+    tenant_cap: usize,
     attempts: JoinSet<()>,
 }
 
@@ -122,14 +139,14 @@ impl Dispatcher {
     }
 
     pub fn new(ctx: DeliveryContext, rx: DispatchReceiver) -> Self {
-        let global = ctx.config.current().delivery.max_in_flight;
+        let tenant_cap = ctx.config.current().delivery.max_in_flight.max(1) * TENANT_CAP_FACTOR;
         Dispatcher {
             ctx,
             rx: rx.0,
             queues: HashMap::new(),
             timers: BTreeSet::new(),
-            waiting_for_permit: VecDeque::new(),
-            permits: Arc::new(Semaphore::new(global)),
+            tenants: HashMap::new(),
+            tenant_cap,
             attempts: JoinSet::new(),
         }
     }
@@ -193,24 +210,34 @@ impl Dispatcher {
                 webhook,
                 delivery,
             } => {
-                let key = (tenant, webhook);
-                if let Some(queue) = self.queues.get_mut(&key) {
+                if let Some(queue) = self.queues.get_mut(&(tenant.clone(), webhook.clone())) {
                     queue.in_flight.remove(&delivery);
                 }
-                // A permit was freed: queues that waited for one are served first, in the
-                // order they started waiting, while permits last. A served queue that wants
-                // more waits again at the back, so waiters take turns and a webhook whose
-                // attempts hang cannot re-take every freed permit and starve the others.
+                // Room was freed for this tenant: its queues that waited for room are served
+                // first, in the order they started waiting, while room lasts. A served queue
+                // that wants more waits again at the back, so they take turns.
                 let now = now_ms();
-                while self.permits.available_permits() > 0
-                    && let Some(waiting) = self.waiting_for_permit.pop_front()
+                if let Some(state) = self.tenants.get_mut(&tenant) {
+                    state.in_progress = state.in_progress.saturating_sub(1);
+                }
+                while self.has_room(&tenant)
+                    && let Some(waiting) = self
+                        .tenants
+                        .get_mut(&tenant)
+                        .and_then(|state| state.waiting.pop_front())
                 {
                     if let Some(queue) = self.queues.get_mut(&waiting) {
-                        queue.waiting_for_permit = false;
+                        queue.waiting_for_room = false;
                     }
                     self.fill(&waiting, now, true).await;
                 }
-                self.wake(key, 0);
+                if let Some(state) = self.tenants.get(&tenant)
+                    && state.in_progress == 0
+                    && state.waiting.is_empty()
+                {
+                    self.tenants.remove(&tenant);
+                }
+                self.wake((tenant, webhook), 0);
             }
             DispatchMsg::ConfigChanged => {
                 let keys: Vec<QueueKey> = self.queues.keys().cloned().collect();
@@ -240,7 +267,7 @@ impl Dispatcher {
                 in_flight: HashSet::new(),
                 settings: None,
                 wake_at: None,
-                waiting_for_permit: false,
+                waiting_for_room: false,
             });
         match queue.wake_at {
             Some(existing) if existing <= at_ms => {}
@@ -267,9 +294,16 @@ impl Dispatcher {
         }
     }
 
+    /// Whether `tenant` may start another attempt.
+    fn has_room(&self, tenant: &str) -> bool {
+        self.tenants
+            .get(tenant)
+            .is_none_or(|state| state.in_progress < self.tenant_cap)
+    }
+
     /// Starts as many due attempts of one webhook as its limits allow. Unless the queue is
-    /// being served from the waiting list (`from_waiting`), it takes no permit while others
-    /// wait for one: it joins them instead.
+    /// being served from its tenant's waiting list (`from_waiting`), it takes no room while
+    /// other queues of the tenant wait for some: it joins them instead.
     async fn fill(&mut self, key: &QueueKey, now: u64, from_waiting: bool) {
         let (tenant, webhook_id) = key;
         let Some(queue) = self.queues.get(key) else {
@@ -314,13 +348,25 @@ impl Dispatcher {
             return;
         };
         let settings = queue.settings.as_ref().expect("loaded above");
-        if !settings.active || queue.waiting_for_permit {
+        if !settings.active || queue.waiting_for_room {
             return;
         }
         let capacity = settings.max_in_flight.saturating_sub(queue.in_flight.len());
         if capacity == 0 {
             return; // a completion wakes the queue
         }
+        let tenant_state = self.tenants.entry(tenant.clone()).or_default();
+        let others_first = !from_waiting && !tenant_state.waiting.is_empty();
+        let room = self.tenant_cap.saturating_sub(tenant_state.in_progress);
+        if room == 0 || others_first {
+            // Claim nothing now: a completion of this tenant serves the queue in its turn.
+            tenant_state.waiting.push_back(key.clone());
+            if let Some(queue) = self.queues.get_mut(key) {
+                queue.waiting_for_room = true;
+            }
+            return;
+        }
+        let capacity = capacity.min(room);
         let claimed = self
             .ctx
             .store
@@ -348,17 +394,6 @@ impl Dispatcher {
                 next_wake = Some(now + (wait.as_millis() as u64).max(1));
                 break;
             }
-            let others_first = !from_waiting && !self.waiting_for_permit.is_empty();
-            let permit = match others_first {
-                true => None,
-                false => self.permits.clone().try_acquire_owned().ok(),
-            };
-            let Some(permit) = permit else {
-                queue.waiting_for_permit = true;
-                self.waiting_for_permit.push_back(key.clone());
-                next_wake = None;
-                break;
-            };
             queue.in_flight.insert(claim.delivery_id.clone());
             started += 1;
             let ctx = self.ctx.clone();
@@ -371,7 +406,6 @@ impl Dispatcher {
                 webhook: webhook_id.clone(),
                 delivery: claim.delivery_id.clone(),
                 claimed: std::time::Instant::now(),
-                permit: Some(permit),
             };
             self.attempts.spawn(async move {
                 let _in_flight = in_flight;
@@ -379,6 +413,7 @@ impl Dispatcher {
             });
         }
         if started > 0 {
+            self.tenants.entry(tenant.clone()).or_default().in_progress += started;
             debug!(tenant, webhook_id = %webhook_id, started, "attempts started");
         }
         if let Some(at) = next_wake {
@@ -387,10 +422,9 @@ impl Dispatcher {
     }
 }
 
-/// A claimed delivery's place in its webhook's in-flight set, with the engine permit it took.
-/// Dropping it gives both back and tells the dispatcher; the attempt drops it as soon as its
-/// outcome is recorded, so consequences (operational events, webhook health) run outside the
-/// webhook's slots.
+/// A claimed delivery's place in its webhook's in-flight set (and its tenant's attempts in
+/// progress). Dropping it tells the dispatcher; the attempt drops it as soon as its outcome is
+/// recorded, so consequences (operational events) run outside the webhook's slots.
 pub struct Slot {
     dispatch: DispatchHandle,
     metrics: crate::telemetry::Metrics,
@@ -398,13 +432,10 @@ pub struct Slot {
     webhook: WebhookId,
     delivery: DeliveryId,
     claimed: std::time::Instant,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // The permit first: the dispatcher hands it on when it hears of the completion.
-        drop(self.permit.take());
         self.metrics
             .attempt_slot(&self.tenant, self.claimed.elapsed());
         self.dispatch.completed(

@@ -3,7 +3,9 @@
 //! - `dispatcher.rs` owns the in-memory claims on the durable per-webhook queues and decides
 //!   what runs when (per-webhook in-flight cap and rate limit, per-tenant cap).
 //! - `attempt.rs` runs one attempt through its stages: load, `prepare.rs` (render, plugins,
-//!   sign), send (`client.rs`, the only outbound HTTP client), `judge.rs` (what the try means),
+//!   sign), send (`client.rs`, the only outbound HTTP client, under one of the engine-wide
+//!   delivery permits that `permits.rs` shares fairly between tenants), `judge.rs` (what the
+//!   try means),
 //!   record (`recorder.rs`, group commit), `consequences.rs` (`operational.rs` events, webhook
 //!   health).
 //! - `retry.rs` is the pure retry policy.
@@ -15,6 +17,7 @@ pub mod consequences;
 pub mod dispatcher;
 pub mod judge;
 pub mod operational;
+pub mod permits;
 pub mod prepare;
 pub mod recorder;
 pub mod retry;
@@ -34,6 +37,10 @@ pub struct DeliveryContext {
     pub store: Arc<dyn Store>,
     pub config: SharedConfig,
     pub client: DeliveryClient,
+    /// The engine-wide delivery permits (`[delivery] max_in_flight`), held only while sending.
+    pub permits: permits::FairPermits,
+    /// Turns for CPU work on large bodies (signing here, parsing and rendering in the API).
+    pub offload: crate::offload::Offload,
     pub dispatch: DispatchHandle,
     /// Writes attempt outcomes (group commit).
     pub recorder: Recorder,

@@ -6,8 +6,8 @@
 //! `simulate`, so all three produce exactly the same request.
 //!
 //! Signing costs one HMAC over the whole body per live secret: at most the tenant's
-//! `secrets_per_webhook` quota of them, and, for a body over [`INLINE_SIGN_BYTES`], on the
-//! blocking pool, so a large body cannot stall an async worker.
+//! `secrets_per_webhook` quota of them, and, for a large body, on the blocking pool
+//! (`crate::offload`), so it cannot stall an async worker.
 
 use std::time::Duration;
 
@@ -24,10 +24,6 @@ use crate::plugin::{ChainOutcome, ChainStep, PluginFailureCode, PluginRequest};
 use crate::signing;
 use crate::ssrf::SsrfPolicy;
 use crate::store::{EventRecord, WebhookRecord};
-
-/// Bodies up to this size are signed on the async worker (a few microseconds per secret);
-/// larger ones on the blocking pool.
-pub const INLINE_SIGN_BYTES: usize = 64 * 1024;
 
 /// The Standard Webhooks body: `{"id","type","timestamp","channel"?,"data"}`.
 #[derive(Serialize)]
@@ -125,7 +121,7 @@ pub async fn prepare(ctx: &DeliveryContext, input: &AttemptInput<'_>) -> Prepara
     let request = webhook_request(input.webhook, render_body(input.event));
     if input.webhook.plugins.is_empty() {
         return Preparation {
-            prepared: Prepared::Send(sign(input, request).await),
+            prepared: Prepared::Send(sign(ctx, input, request).await),
             plugin_logs: Vec::new(),
             chain_time: Duration::ZERO,
         };
@@ -133,7 +129,7 @@ pub async fn prepare(ctx: &DeliveryContext, input: &AttemptInput<'_>) -> Prepara
     let (outcome, plugin_logs, chain_time) = run_chain(ctx, input, request).await;
     let prepared = match outcome {
         ChainOutcome::Deliver(request) => match check_plugin_url(ctx, input, &request) {
-            Ok(()) => Prepared::Send(sign(input, request).await),
+            Ok(()) => Prepared::Send(sign(ctx, input, request).await),
             Err(tried) => Prepared::NotSent(tried),
         },
         ChainOutcome::Filtered { plugin } => Prepared::NotSent(Tried::Filtered { plugin }),
@@ -247,22 +243,21 @@ fn check_plugin_url(
 
 /// Adds the Standard Webhooks headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`
 /// with one `v1,` signature per signing key) for the final bytes.
-async fn sign(input: &AttemptInput<'_>, mut request: OutboundRequest) -> OutboundRequest {
+async fn sign(
+    ctx: &DeliveryContext,
+    input: &AttemptInput<'_>,
+    mut request: OutboundRequest,
+) -> OutboundRequest {
     let timestamp = input.now_ms / 1000;
     let keys = input.signing_keys();
     let id = input.webhook_id_header.to_string();
     let body = request.body.clone();
-    let compute =
-        move || signing::signature_header(keys.iter().map(Vec::as_slice), &id, timestamp, &body);
-    let signature = if request.body.len() <= INLINE_SIGN_BYTES {
-        compute()
-    } else {
-        // Off the async workers; if the blocking pool is gone (shutdown), sign here.
-        let fallback = compute.clone();
-        tokio::task::spawn_blocking(compute)
-            .await
-            .unwrap_or_else(|_| fallback())
-    };
+    let signature = ctx
+        .offload
+        .by_size(&input.tenant.id, body.len(), move || {
+            signing::signature_header(keys.iter().map(Vec::as_slice), &id, timestamp, &body)
+        })
+        .await;
     request.set_header("webhook-id", input.webhook_id_header.to_string());
     request.set_header("webhook-timestamp", timestamp.to_string());
     request.set_header("webhook-signature", signature);

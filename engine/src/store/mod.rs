@@ -447,11 +447,10 @@ pub async fn open(
     cache_bytes: u64,
 ) -> Result<Arc<dyn Store>> {
     let dir = data_dir.to_path_buf();
-    let store = tokio::task::spawn_blocking(move || {
-        SledStore::open_with_cache(&dir, keyring, cache_bytes)
-    })
-    .await
-    .map_err(|err| StoreError::Interrupted(err.to_string()))??;
+    let store =
+        tokio::task::spawn_blocking(move || SledStore::open_with_cache(&dir, keyring, cache_bytes))
+            .await
+            .map_err(|err| StoreError::Interrupted(err.to_string()))??;
     store.migrate_if_needed().await?;
     Ok(Arc::new(store))
 }

@@ -22,6 +22,24 @@ pub const GLOBEX_KEY: &str = "globex-test-key";
 /// `[security] secret_key` of test configs (base64 of 32 bytes).
 pub const TEST_SECRET_KEY: &str = "dGVzdC1zZWNyZXQta2V5LWZvci1ob29rZC10ZXN0cyE=";
 
+/// The bytes of `plugins/dist/<name>.wasm`, building the components once if needed.
+pub fn wasm(name: &str) -> Vec<u8> {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let dist = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/dist");
+    BUILT.get_or_init(|| {
+        if !std::path::Path::new(&format!("{dist}/json-filter.wasm")).exists() {
+            let status = std::process::Command::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../plugins/build.sh"
+            ))
+            .status()
+            .expect("plugins/build.sh runs");
+            assert!(status.success(), "plugins/build.sh failed");
+        }
+    });
+    std::fs::read(format!("{dist}/{name}.wasm")).unwrap_or_else(|e| panic!("{name}.wasm: {e}"))
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, failing the test after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

@@ -89,7 +89,11 @@ fn hex_of(value: u128) -> String {
 }
 
 pub fn event_id(loc: Locator, created_ms: u64) -> EventId {
-    let id = format!("{}{}", EventId::PREFIX, hex_of(uuid_for(created_ms, loc, 0, KIND_EVENT)));
+    let id = format!(
+        "{}{}",
+        EventId::PREFIX,
+        hex_of(uuid_for(created_ms, loc, 0, KIND_EVENT))
+    );
     EventId::parse(&id).expect("a well-formed event id")
 }
 
@@ -130,7 +134,11 @@ pub fn webhook_bytes(id: &WebhookId) -> [u8; 16] {
 }
 
 pub fn webhook_from_bytes(bytes: [u8; 16]) -> WebhookId {
-    let id = format!("{}{}", WebhookId::PREFIX, hex_of(u128::from_be_bytes(bytes)));
+    let id = format!(
+        "{}{}",
+        WebhookId::PREFIX,
+        hex_of(u128::from_be_bytes(bytes))
+    );
     WebhookId::parse(&id).expect("a well-formed webhook id")
 }
 
@@ -580,7 +588,9 @@ impl Slot {
         let bytes = bytes.get(..SLOT_BYTES).ok_or_else(short)?;
         let sum = u32::from_le_bytes(bytes[44..48].try_into().expect("4"));
         if crc(&bytes[..44]) != sum {
-            return Err(StoreError::Corrupt("a delivery slot fails its checksum".into()));
+            return Err(StoreError::Corrupt(
+                "a delivery slot fails its checksum".into(),
+            ));
         }
         let mut r = Reader::new(&bytes[..44]);
         let status = status_from_byte(r.u8()?)?;
@@ -898,7 +908,10 @@ mod tests {
         torn[10] ^= 0xff;
         assert!(Slot::decode(&torn).is_err());
         assert_eq!(SlotError::of(Some("something_new")), SlotError::Other);
-        assert_eq!(Slot::decode(&Slot::pending(7).encode()).unwrap(), Slot::pending(7));
+        assert_eq!(
+            Slot::decode(&Slot::pending(7).encode()).unwrap(),
+            Slot::pending(7)
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 
-use super::codec::{self, DeliveryRef, EventMeta, Locator, RecordKind, SLOT_BYTES, Slot, SlotError};
+use super::codec::{
+    self, DeliveryRef, EventMeta, Locator, RecordKind, SLOT_BYTES, Slot, SlotError,
+};
 use super::keys;
 use super::log::RawRecord;
 use super::pages;
@@ -41,8 +43,8 @@ impl SledStore {
     ) -> Result<DeliveryRecord> {
         let webhook = &meta.webhooks[usize::from(delivery.index)];
         let mut record = delivery_record(delivery, meta, webhook, slot);
-        let needs_attempt = slot.last_error == SlotError::Other
-            || slot.status == DeliveryStatus::Filtered;
+        let needs_attempt =
+            slot.last_error == SlotError::Other || slot.status == DeliveryStatus::Filtered;
         if needs_attempt
             && let Some(loc) = slot.last_attempt
             && let Some((_, stored)) = self.read_attempt(tenant, delivery, loc)?
@@ -172,13 +174,9 @@ impl SledStore {
             Some(webhook) => lister.by_webhook(webhook, before)?,
             None => lister.by_event(before)?,
         };
-        let next = match done {
-            Some(last) => Some(last),
-            None => None,
-        };
         Ok(Page {
             items: lister.items,
-            next,
+            next: done,
         })
     }
 
@@ -194,7 +192,11 @@ impl SledStore {
     ) -> Result<QueueHead> {
         let durable = self.shared.log.durable_end();
         let mut head = QueueHead::default();
-        for page in self.shared.tree.scan_prefix(keys::queue_of(tenant, webhook)) {
+        for page in self
+            .shared
+            .tree
+            .scan_prefix(keys::queue_of(tenant, webhook))
+        {
             let (_, value) = page?;
             for entry in pages::decode_queue_page(&value)? {
                 if entry.delivery.event >= durable {
@@ -217,7 +219,11 @@ impl SledStore {
         Ok(head)
     }
 
-    pub(super) fn schedule_counts(&self, now_ms: u64, max_entries: usize) -> Result<ScheduleCounts> {
+    pub(super) fn schedule_counts(
+        &self,
+        now_ms: u64,
+        max_entries: usize,
+    ) -> Result<ScheduleCounts> {
         let mut counts = ScheduleCounts::default();
         for page in self.shared.tree.scan_prefix([keys::QUEUE]) {
             let (_, value) = page?;
@@ -321,7 +327,11 @@ impl Lister<'_> {
     ) -> Result<Option<String>> {
         let prefix = keys::webhook_deliveries(self.tenant, webhook);
         let end = match before {
-            Some(d) => [keys::webhook_deliveries_page(self.tenant, webhook, d), vec![0]].concat(),
+            Some(d) => [
+                keys::webhook_deliveries_page(self.tenant, webhook, d),
+                vec![0],
+            ]
+            .concat(),
             None => keys::prefix_end(&prefix),
         };
         for page in self.store.shared.tree.range(prefix.clone()..end).rev() {

@@ -224,7 +224,10 @@ mod tests {
         let end = prefix_end(&prefix);
         for other in ["ab", "a-", "b", "", "a_"] {
             let key = events_page(other, Locator::ZERO);
-            assert!(!(key >= prefix && key < end), "tenant {other:?} leaks into a");
+            assert!(
+                !(key >= prefix && key < end),
+                "tenant {other:?} leaks into a"
+            );
             assert_eq!(tenant_of(&key), Some(other));
         }
     }

@@ -292,11 +292,10 @@ impl Log {
                 }
                 let bytes = self.read_at(&file, offset, total)?;
                 let meta = &bytes[header.meta_offset()..header.payload_offset()];
-                let payload =
-                    &bytes[header.payload_offset()..header.payload_offset() + header.payload_len as usize];
+                let payload = &bytes[header.payload_offset()
+                    ..header.payload_offset() + header.payload_len as usize];
                 let purged = header.flags & FLAG_PURGED != 0;
-                if crc(meta) != header.crc_meta || (!purged && crc(payload) != header.crc_payload)
-                {
+                if crc(meta) != header.crc_meta || (!purged && crc(payload) != header.crc_payload) {
                     return Ok(end);
                 }
                 let record = RawRecord {
@@ -318,7 +317,8 @@ impl Log {
 }
 
 fn slot_offset(delivery: DeliveryRef) -> u64 {
-    u64::from(delivery.event.offset) + (HEADER_BYTES + usize::from(delivery.index) * SLOT_BYTES) as u64
+    u64::from(delivery.event.offset)
+        + (HEADER_BYTES + usize::from(delivery.index) * SLOT_BYTES) as u64
 }
 
 /// The write side of the log: owned by the store's single writer.
@@ -397,7 +397,9 @@ impl LogWriter {
             self.rotate()?;
         }
         if u64::from(self.end) + record.len() as u64 > u64::from(u32::MAX) {
-            return Err(StoreError::Io("a group is larger than a segment can hold".into()));
+            return Err(StoreError::Io(
+                "a group is larger than a segment can hold".into(),
+            ));
         }
         let loc = self.end();
         self.buffer.extend_from_slice(record);
@@ -450,7 +452,6 @@ impl LogWriter {
         self.log.set_durable_end(self.end());
         Ok(())
     }
-
 }
 
 fn create_segment(log: &Log, segment: u32) -> Result<Arc<File>, StoreError> {
@@ -485,7 +486,12 @@ mod tests {
     use super::*;
 
     fn record(n: usize) -> Vec<u8> {
-        encode_record(RecordKind::Event, &[Slot::pending(1)], b"meta", &vec![b'x'; n])
+        encode_record(
+            RecordKind::Event,
+            &[Slot::pending(1)],
+            b"meta",
+            &vec![b'x'; n],
+        )
     }
 
     #[test]
@@ -496,7 +502,11 @@ mod tests {
         let mut writer = LogWriter::resume(log.clone(), None).unwrap();
         let a = writer.append(&record(10)).unwrap();
         let b = writer.append(&record(20)).unwrap();
-        assert_eq!(log.read(a, true).unwrap().map(|r| r.payload.len()), None, "not yet durable");
+        assert_eq!(
+            log.read(a, true).unwrap().map(|r| r.payload.len()),
+            None,
+            "not yet durable"
+        );
         writer.sync().unwrap();
         assert_eq!(log.read(b, true).unwrap().unwrap().payload, vec![b'x'; 20]);
         let end = writer.end();

@@ -222,7 +222,10 @@ async fn migrate_event(
         idempotency_window_ms: IDEMPOTENCY_WINDOW_MS,
         created_at: event.created_at,
         payload: event.payload,
-        webhooks: deliveries.iter().map(|(d, _)| d.webhook_id.clone()).collect(),
+        webhooks: deliveries
+            .iter()
+            .map(|(d, _)| d.webhook_id.clone())
+            .collect(),
     };
     let appended = store
         .ask(|reply| Command::Append {

@@ -12,7 +12,7 @@
 //! - sled (`keys.rs`, `pages.rs`): webhooks, each webhook's schedule as pages sorted by due
 //!   time, listing pages, idempotency buckets, statistics counters (`stats.rs`), usage, the
 //!   segment catalogue and the log checkpoint.
-//! - `writer.rs`: one thread owns every write — log, slots and sled keys — and commits groups
+//! - `writer/`: one thread owns every write — log, slots and sled keys — and commits groups
 //!   (group commit; one `fdatasync` before any 202). Readers never wait for it.
 //! - At open, the log after the checkpoint is replayed into sled (`WriterState::replay_from`),
 //!   so sled is flushed only every 200 ms and never before an acknowledgement. Open never
@@ -169,7 +169,7 @@ impl SledStore {
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            // The writer flushes sled itself, right after the log (see `writer.rs`).
+            // The writer flushes sled itself, right after the log (see `writer/mod.rs`).
             .flush_every_ms(None)
             .open()?;
         let migrating = migrate::prepare(&db, dir)?;
@@ -279,7 +279,10 @@ fn recover(shared: Arc<Shared>) -> Result<WriterState> {
     let mut state = WriterState::new(shared.clone(), writer)?;
     let replayed = state.replay_from(from)?;
     if replayed > 0 {
-        info!(records = replayed, "log records replayed into the store after an unclean stop");
+        info!(
+            records = replayed,
+            "log records replayed into the store after an unclean stop"
+        );
     }
     shared.tree.insert(keys::meta(keys::FORMAT), FORMAT)?;
     shared.db.flush()?;

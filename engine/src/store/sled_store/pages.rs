@@ -248,13 +248,19 @@ mod tests {
                 created_at: 7,
             })
             .collect();
-        assert_eq!(decode_queue_page(&encode_queue_page(&queue)).unwrap(), queue);
+        assert_eq!(
+            decode_queue_page(&encode_queue_page(&queue)).unwrap(),
+            queue
+        );
         assert_eq!(queue_page_len(&encode_queue_page(&queue)).unwrap(), 5);
         let events = vec![EventEntry {
             event: delivery(1).event,
             created_at: 9,
         }];
-        assert_eq!(decode_events_page(&encode_events_page(&events)).unwrap(), events);
+        assert_eq!(
+            decode_events_page(&encode_events_page(&events)).unwrap(),
+            events
+        );
         let deliveries = vec![DeliveryEntry {
             delivery: delivery(2),
             created_at: 9,

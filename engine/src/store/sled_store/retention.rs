@@ -50,7 +50,10 @@ impl SledStore {
                 }
                 candidates.push(entry.event);
                 if candidates.len() >= PURGE_BATCH_EVENTS {
-                    total.add(self.purge_events(tenant, &mut candidates, before_ms).await?);
+                    total.add(
+                        self.purge_events(tenant, &mut candidates, before_ms)
+                            .await?,
+                    );
                     if stop.is_cancelled() {
                         break 'pages;
                     }
@@ -58,7 +61,10 @@ impl SledStore {
             }
         }
         if !candidates.is_empty() {
-            total.add(self.purge_events(tenant, &mut candidates, before_ms).await?);
+            total.add(
+                self.purge_events(tenant, &mut candidates, before_ms)
+                    .await?,
+            );
         }
         Ok(total)
     }
@@ -190,7 +196,8 @@ impl SledStore {
         }
         for keys in dead.chunks(PRUNE_BATCH_KEYS) {
             let keys = keys.to_vec();
-            self.ask(|reply| Command::RemoveKeys { keys, reply }).await?;
+            self.ask(|reply| Command::RemoveKeys { keys, reply })
+                .await?;
         }
         Ok(())
     }

@@ -284,6 +284,9 @@ pub(super) fn stats_days(
     Ok(days)
 }
 
+/// Keys found by a bounded scan, and the key to go on after (None: the scan is complete).
+pub(super) type ScanPart = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
 /// The keys of counter days before `before_day`, of every tenant (at most `max_keys`, after
 /// `cursor`), and where to go on.
 pub(super) fn stale_counters(
@@ -291,7 +294,7 @@ pub(super) fn stale_counters(
     before_day: u32,
     cursor: Option<&[u8]>,
     max_keys: usize,
-) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+) -> Result<ScanPart> {
     let start = match cursor {
         Some(key) => [key, &[0]].concat(),
         None => vec![keys::STATS],

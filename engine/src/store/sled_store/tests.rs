@@ -17,7 +17,12 @@ use crate::store::{
     EventFilter, NewEvent, Store, WebhookRecord, WebhookSecret, WebhookStatus,
 };
 
-const NOW: u64 = 1_764_547_200_000;
+/// The tests' clock: one instant per test binary (idempotency windows are measured against the
+/// real clock, so a fixed date would expire them).
+fn now() -> u64 {
+    static START: std::sync::LazyLock<u64> = std::sync::LazyLock::new(crate::ids::now_ms);
+    *START
+}
 
 fn keyring() -> Arc<Keyring> {
     Arc::new(Keyring::random())
@@ -100,7 +105,7 @@ fn outcome(
             delivery_id: delivery.clone(),
             webhook_id: webhook.clone(),
             attempt,
-            started_at: NOW + u64::from(attempt),
+            started_at: now() + u64::from(attempt),
             url: "https://receiver.example/hook".into(),
             latency_ms: 7,
             result: match status {
@@ -140,7 +145,7 @@ async fn events_deliveries_and_attempts_round_trip_through_the_log() {
     let hook = webhook();
     store.insert_webhook("acme", &hook).await.unwrap();
     let appended = store
-        .append_events(vec![event("acme", &[&hook.id], None, NOW)])
+        .append_events(vec![event("acme", &[&hook.id], None, now())])
         .await
         .unwrap();
     let (event_id, deliveries) = created(&appended[0]);
@@ -149,7 +154,7 @@ async fn events_deliveries_and_attempts_round_trip_through_the_log() {
     assert_eq!(read.channel.as_deref(), Some("+15550100"));
 
     let head = store
-        .claim_due("acme", &hook.id, &HashSet::new(), NOW + 1, 8)
+        .claim_due("acme", &hook.id, &HashSet::new(), now() + 1, 8)
         .await
         .unwrap();
     assert_eq!(head.due.len(), 1);
@@ -162,25 +167,26 @@ async fn events_deliveries_and_attempts_round_trip_through_the_log() {
             &hook.id,
             1,
             DeliveryStatus::Failed,
-            Some(NOW + 5_000),
+            Some(now() + 5_000),
         )])
         .await
         .unwrap();
     assert!(results[0].is_ok());
-    let pending = store.delivery("acme", &deliveries[0])
+    let pending = store
+        .delivery("acme", &deliveries[0])
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
         (pending.status, pending.attempts, pending.next_attempt_at),
-        (DeliveryStatus::Pending, 1, Some(NOW + 5_000))
+        (DeliveryStatus::Pending, 1, Some(now() + 5_000))
     );
     let head = store
-        .claim_due("acme", &hook.id, &HashSet::new(), NOW + 1, 8)
+        .claim_due("acme", &hook.id, &HashSet::new(), now() + 1, 8)
         .await
         .unwrap();
     assert!(head.due.is_empty());
-    assert_eq!(head.next_due, Some(NOW + 5_000));
+    assert_eq!(head.next_due, Some(now() + 5_000));
 
     store
         .record_attempts(vec![outcome(
@@ -198,20 +204,24 @@ async fn events_deliveries_and_attempts_round_trip_through_the_log() {
     assert_eq!((attempts[0].attempt, attempts[1].attempt), (1, 2));
     assert!(attempts[0].id.as_str().starts_with("att_"));
     assert_ne!(attempts[0].id, attempts[1].id);
-    let done = store.delivery("acme", &deliveries[0])
+    let done = store
+        .delivery("acme", &deliveries[0])
         .await
         .unwrap()
         .unwrap();
     assert_eq!(done.status, DeliveryStatus::Delivered);
     assert_eq!(done.last_status_code, Some(200));
 
-    let day = day_of(NOW);
+    let day = day_of(now());
     let stats = store
         .stats_days("acme", StatsScope::Tenant, day, day)
         .await
         .unwrap();
     let counts = &stats[0].counts;
-    assert_eq!((counts.events, counts.deliveries, counts.delivered), (1, 1, 1));
+    assert_eq!(
+        (counts.events, counts.deliveries, counts.delivered),
+        (1, 1, 1)
+    );
     assert_eq!(counts.latency.count, 2);
     let usage = store.tenant_usage("acme").await.unwrap();
     assert_eq!((usage.events, usage.pending_deliveries), (1, 0));
@@ -227,17 +237,20 @@ async fn idempotency_keys_resolve_within_a_group_and_across_groups() {
     let store = open(dir.path(), keyring()).await;
     let first = store
         .append_events(vec![
-            event("acme", &[], Some("k1"), NOW),
-            event("acme", &[], Some("k1"), NOW),
-            event("globex", &[], Some("k1"), NOW),
+            event("acme", &[], Some("k1"), now()),
+            event("acme", &[], Some("k1"), now()),
+            event("globex", &[], Some("k1"), now()),
         ])
         .await
         .unwrap();
     let (original, _) = created(&first[0]);
     assert!(matches!(&first[1], Appended::Duplicate(id) if *id == original));
-    assert!(matches!(first[2], Appended::Created { .. }), "keys are per tenant");
+    assert!(
+        matches!(first[2], Appended::Created { .. }),
+        "keys are per tenant"
+    );
     let later = store
-        .append_events(vec![event("acme", &[], Some("k1"), NOW + 10)])
+        .append_events(vec![event("acme", &[], Some("k1"), now() + 10)])
         .await
         .unwrap();
     assert!(matches!(&later[0], Appended::Duplicate(id) if *id == original));
@@ -252,18 +265,18 @@ async fn the_schedule_keeps_due_order_through_page_splits() {
     // 700 deliveries (pages of 256 fill, split and continue), then every third moved to a
     // pseudo-random later due time.
     let group: Vec<NewEvent> = (0..700)
-        .map(|i| event("acme", &[&hook.id], None, NOW + i))
+        .map(|i| event("acme", &[&hook.id], None, now() + i))
         .collect();
     let appended = store.append_events(group).await.unwrap();
     let ids: Vec<DeliveryId> = appended.iter().map(|a| created(a).1[0].clone()).collect();
     let mut expected: Vec<(u64, DeliveryId)> = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let due = if i % 3 == 0 {
-            let moved = NOW + 1_000 + (i as u64 * 7919) % 5_000;
+            let moved = now() + 1_000 + (i as u64 * 7919) % 5_000;
             store.requeue("acme", id, moved).await.unwrap().unwrap();
             moved
         } else {
-            NOW + i as u64
+            now() + i as u64
         };
         expected.push((due, id.clone()));
     }
@@ -276,7 +289,8 @@ async fn the_schedule_keeps_due_order_through_page_splits() {
     let mut dues: Vec<u64> = Vec::new();
     for id in &claimed {
         dues.push(
-            store.delivery("acme", id)
+            store
+                .delivery("acme", id)
                 .await
                 .unwrap()
                 .unwrap()
@@ -285,7 +299,10 @@ async fn the_schedule_keeps_due_order_through_page_splits() {
         );
     }
     assert_eq!(claimed.len(), 700);
-    assert!(dues.windows(2).all(|w| w[0] <= w[1]), "claims come in due order");
+    assert!(
+        dues.windows(2).all(|w| w[0] <= w[1]),
+        "claims come in due order"
+    );
     assert_eq!(
         claimed.iter().collect::<HashSet<_>>(),
         expected.iter().map(|(_, id)| id).collect::<HashSet<_>>()
@@ -317,7 +334,7 @@ async fn an_empty_sled_is_rebuilt_from_the_log_alone() {
     let appended = store
         .append_events(
             (0..50)
-                .map(|i| event("acme", &[&hook.id], Some(&format!("k{i}")), NOW + i))
+                .map(|i| event("acme", &[&hook.id], Some(&format!("k{i}")), now() + i))
                 .collect(),
         )
         .await
@@ -332,7 +349,7 @@ async fn an_empty_sled_is_rebuilt_from_the_log_alone() {
         )
         .await
         .unwrap();
-    store.requeue("acme", &ids[3], NOW + 99).await.unwrap();
+    store.requeue("acme", &ids[3], now() + 99).await.unwrap();
     let before = snapshot(store.as_ref(), &hook.id).await;
     store.close().await.unwrap();
     drop(store);
@@ -343,15 +360,22 @@ async fn an_empty_sled_is_rebuilt_from_the_log_alone() {
     std::fs::create_dir(copy.path().join("log")).unwrap();
     for entry in std::fs::read_dir(dir.path().join("log")).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copy.path().join("log").join(entry.file_name())).unwrap();
+        std::fs::copy(
+            entry.path(),
+            copy.path().join("log").join(entry.file_name()),
+        )
+        .unwrap();
     }
     let rebuilt = open(copy.path(), keys).await;
     assert_eq!(snapshot(rebuilt.as_ref(), &hook.id).await, before);
     let again = rebuilt
-        .append_events(vec![event("acme", &[], Some("k7"), NOW + 500)])
+        .append_events(vec![event("acme", &[], Some("k7"), now() + 500)])
         .await
         .unwrap();
-    assert!(matches!(again[0], Appended::Duplicate(_)), "idempotency keys replayed");
+    assert!(
+        matches!(again[0], Appended::Duplicate(_)),
+        "idempotency keys replayed"
+    );
 }
 
 /// What a client could observe of a store, as text.
@@ -364,7 +388,7 @@ async fn snapshot(store: &dyn Store, hook: &WebhookId) -> String {
         .list_events("acme", &EventFilter::default(), None, 250)
         .await
         .unwrap();
-    let day = day_of(NOW);
+    let day = day_of(now());
     let stats = store
         .stats_days("acme", StatsScope::Webhook(hook), day, day)
         .await
@@ -385,10 +409,7 @@ async fn snapshot(store: &dyn Store, hook: &WebhookId) -> String {
         head.due,
         store.tenant_usage("acme").await.unwrap(),
         store.webhook_health("acme", hook).await.unwrap(),
-        store.webhook("acme", hook)
-            .await
-            .unwrap()
-            .map(|w| w.url)
+        store.webhook("acme", hook).await.unwrap().map(|w| w.url)
     )
 }
 
@@ -403,7 +424,7 @@ async fn deleting_a_webhook_fails_its_queued_deliveries_in_the_same_step() {
     let appended = store
         .append_events(
             (0..300)
-                .map(|i| event("acme", &[&gone.id, &kept.id], None, NOW + i))
+                .map(|i| event("acme", &[&gone.id, &kept.id], None, now() + i))
                 .collect(),
         )
         .await
@@ -411,14 +432,14 @@ async fn deleting_a_webhook_fails_its_queued_deliveries_in_the_same_step() {
     assert!(store.delete_webhook("acme", &gone.id).await.unwrap());
     assert!(!store.delete_webhook("acme", &gone.id).await.unwrap());
     let (_, first) = created(&appended[0]);
-    let failed = store.delivery("acme", &first[0])
-        .await
-        .unwrap()
-        .unwrap();
+    let failed = store.delivery("acme", &first[0]).await.unwrap().unwrap();
     assert_eq!(failed.status, DeliveryStatus::Failed);
     assert_eq!(failed.last_error.as_deref(), Some("webhook_deleted"));
     let usage = store.tenant_usage("acme").await.unwrap();
-    assert_eq!(usage.pending_deliveries, 300, "only the kept webhook's remain");
+    assert_eq!(
+        usage.pending_deliveries, 300,
+        "only the kept webhook's remain"
+    );
     store.close().await.unwrap();
     drop(store);
     let reopened = open(dir.path(), keys).await;
@@ -438,9 +459,9 @@ async fn a_purge_takes_finished_deliveries_and_empty_events_and_keeps_queued_one
     store.insert_webhook("acme", &hook).await.unwrap();
     let appended = store
         .append_events(vec![
-            event("acme", &[&hook.id], Some("old"), NOW),
-            event("acme", &[&hook.id], None, NOW + 1),
-            event("acme", &[&hook.id], None, NOW + 10_000),
+            event("acme", &[&hook.id], Some("old"), now()),
+            event("acme", &[&hook.id], None, now() + 1),
+            event("acme", &[&hook.id], None, now() + 10_000),
         ])
         .await
         .unwrap();
@@ -459,31 +480,41 @@ async fn a_purge_takes_finished_deliveries_and_empty_events_and_keeps_queued_one
         .unwrap();
     let stop = CancellationToken::new();
     let other = store
-        .purge(Some("globex"), NOW + 5_000, &stop)
+        .purge(Some("globex"), now() + 5_000, &stop)
         .await
         .unwrap();
     assert!(other.is_empty(), "another tenant's purge touches nothing");
-    let purged = store.purge(Some("acme"), NOW + 5_000, &stop).await.unwrap();
-    assert_eq!((purged.events, purged.deliveries, purged.attempts), (1, 1, 1));
+    let purged = store
+        .purge(Some("acme"), now() + 5_000, &stop)
+        .await
+        .unwrap();
+    assert_eq!(
+        (purged.events, purged.deliveries, purged.attempts),
+        (1, 1, 1)
+    );
     assert!(store.event("acme", &old_event).await.unwrap().is_none());
     assert!(store.delivery("acme", &old[0]).await.unwrap().is_none());
     assert!(store.attempts("acme", &old[0]).await.unwrap().is_empty());
     assert!(
-        store.delivery("acme", &queued[0])
-            .await
-            .unwrap()
-            .is_some(),
+        store.delivery("acme", &queued[0]).await.unwrap().is_some(),
         "a queued delivery stays"
     );
     let usage = store.tenant_usage("acme").await.unwrap();
     assert_eq!((usage.events, usage.pending_deliveries), (2, 2));
     // The purged event's key is free again; the payload bytes are gone from the log.
     let again = store
-        .append_events(vec![event("acme", &[], Some("old"), NOW + 20_000)])
+        .append_events(vec![event("acme", &[], Some("old"), now() + 20_000)])
         .await
         .unwrap();
     assert!(matches!(again[0], Appended::Created { .. }));
-    assert_eq!(store.purge(Some("acme"), NOW + 5_000, &stop).await.unwrap().events, 0);
+    assert_eq!(
+        store
+            .purge(Some("acme"), now() + 5_000, &stop)
+            .await
+            .unwrap()
+            .events,
+        0
+    );
 }
 
 #[tokio::test]
@@ -493,23 +524,41 @@ async fn forged_and_foreign_ids_read_as_absent() {
     let hook = webhook();
     store.insert_webhook("acme", &hook).await.unwrap();
     let appended = store
-        .append_events(vec![event("acme", &[&hook.id], None, NOW)])
+        .append_events(vec![event("acme", &[&hook.id], None, now())])
         .await
         .unwrap();
     let (event_id, deliveries) = created(&appended[0]);
     assert!(store.event("globex", &event_id).await.unwrap().is_none());
-    assert!(store.delivery("globex", &deliveries[0]).await.unwrap().is_none());
     assert!(
         store
-            .requeue("globex", &deliveries[0], NOW)
+            .delivery("globex", &deliveries[0])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .requeue("globex", &deliveries[0], now())
             .await
             .unwrap()
             .is_none()
     );
     // Ids of the right shape pointing anywhere: never a panic, never a record.
     for _ in 0..200 {
-        assert!(store.event("acme", &EventId::new()).await.unwrap().is_none());
-        assert!(store.delivery("acme", &DeliveryId::new()).await.unwrap().is_none());
+        assert!(
+            store
+                .event("acme", &EventId::new())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .delivery("acme", &DeliveryId::new())
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
     let hex = &event_id.as_str()[4..];
     for shift in 1..64u32 {

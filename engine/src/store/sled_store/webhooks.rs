@@ -32,10 +32,11 @@ impl Shared {
         let mut stored = webhook.clone();
         for secret in &mut stored.secrets {
             if !secret.secret.is_empty() {
-                secret.sealed = Some(
-                    self.keyring
-                        .seal(tenant, webhook.id.as_str(), &secret.secret),
-                );
+                secret.sealed = Some(self.keyring.seal(
+                    tenant,
+                    webhook.id.as_str(),
+                    &secret.secret,
+                ));
             }
         }
         let mut out = vec![WEBHOOK_VERSION];
