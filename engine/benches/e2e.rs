@@ -11,6 +11,8 @@
 // The load generator is an HTTP client of its own, like tests/it.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "e2e/nodes.rs"]
+mod nodes;
 #[path = "e2e/procs.rs"]
 mod procs;
 #[path = "e2e/receiver.rs"]
@@ -43,6 +45,9 @@ e2e: end-to-end benchmark of the release hookd (issue 4)
   --s5-budget SECS  time cap of scenario 5's drain (default 240)
   --engine PATH     the hookd binary to run (default: this build's release binary), e.g. an
                     older release, for a before/after in one session
+  --backend postgres  also run scenario 1's shape on PostgreSQL (started here, durable): one
+                    node and --nodes nodes sharing the database, next to sled's scenario 1
+  --nodes N         nodes of the shared-database run (default 3)
   --help            this text
 
 Scenario 5 with its default backlog of a million and scenario 7 take minutes each; alone:
@@ -998,8 +1003,22 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(240),
     );
+    let postgres_nodes = (value("--backend").as_deref() == Some("postgres")).then(|| {
+        value("--nodes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3usize)
+            .max(1)
+    });
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(run(scenarios, events, backlog, history, s5_budget, smoke));
+    runtime.block_on(run(
+        scenarios,
+        events,
+        backlog,
+        history,
+        s5_budget,
+        smoke,
+        postgres_nodes,
+    ));
 }
 
 async fn run(
@@ -1009,6 +1028,7 @@ async fn run(
     history: usize,
     s5_budget: Duration,
     smoke: bool,
+    postgres_nodes: Option<usize>,
 ) {
     let started = Instant::now();
     let http = reqwest::Client::builder()
@@ -1103,6 +1123,14 @@ async fn run(
     );
     all.push(s1.clone());
     let s1_rate = s1.deliveries_per_s;
+    if let Some(count) = postgres_nodes {
+        let figures = nodes::run(&bench, count, events, &s1).await;
+        for f in &figures {
+            f.row(ceil);
+        }
+        nodes::checks(&mut checks, &figures);
+        all.extend(figures);
+    }
 
     if want("1b") {
         let f = bench

@@ -38,13 +38,14 @@ fn event(payload: &str) -> NewEvent {
 }
 
 async fn open_store(dir: &std::path::Path) -> Arc<dyn Store> {
-    hookd::store::open(
-        dir,
-        Arc::new(hookd::secrets::Keyring::random()),
-        64 * 1024 * 1024,
+    Arc::new(
+        hookd::store::SledStore::open_with_cache(
+            dir,
+            Arc::new(hookd::secrets::Keyring::random()),
+            64 * 1024 * 1024,
+        )
+        .unwrap(),
     )
-    .await
-    .unwrap()
 }
 
 fn payload_1k() -> String {

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open the data directory {path}: {source}")]
+    #[error("cannot open the store ({path}): {source}")]
     Store {
         path: std::path::PathBuf,
         source: StoreError,
@@ -149,16 +149,16 @@ pub async fn start(
         source,
     })?;
     let keyring = config.security.keyring().map_err(StartError::NoSecretKey)?;
-    let store = store::open(
-        &config.data_dir,
-        Arc::new(keyring),
-        config.limits.store_cache_bytes,
-    )
-    .await
-    .map_err(|source| StartError::Store {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    let store_location = match config.store.backend {
+        config::StoreBackend::Sled => config.data_dir.clone(),
+        config::StoreBackend::Postgres => "PostgreSQL".into(),
+    };
+    let store = store::open(&config, Arc::new(keyring))
+        .await
+        .map_err(|source| StartError::Store {
+            path: store_location.clone(),
+            source,
+        })?;
     // Plaintext secrets of older records and secrets under a previous key get the current key;
     // a key that opens nothing stops the start here instead of producing wrong signatures.
     match store.reseal_webhooks().await {
@@ -169,14 +169,14 @@ pub async fn start(
         ),
         Err(problem @ StoreError::Secret { .. }) => {
             return Err(StartError::WrongSecretKey {
-                path: config.data_dir.clone(),
+                path: store_location,
                 env: config::SECRET_KEY_ENV,
                 problem,
             });
         }
         Err(source) => {
             return Err(StartError::Store {
-                path: config.data_dir.clone(),
+                path: store_location,
                 source,
             });
         }

@@ -1,4 +1,4 @@
-//! The `hookd` command line: `serve`, `check-config`, `key`, `secret-key`.
+//! The `hookd` command line: `serve`, `check-config`, `migrate`, `key`, `secret-key`, `plugin`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +58,13 @@ enum Command {
     /// Generate a new secret key (seals webhook secrets at rest) for `[security] secret_key`,
     /// a `secret_key_file`, or `HOOKD_SECRET_KEY`.
     SecretKey,
+    /// Apply the PostgreSQL schema migrations (`[store] backend = "postgres"`) and exit;
+    /// `serve` applies them too, so this is for deployments that migrate as a separate step.
+    Migrate {
+        /// Config file (its `[store]` section; `HOOKD_POSTGRES_URL` wins over `postgres_url`).
+        #[arg(long, env = "HOOKD_CONFIG", default_value = "config/hookd.toml")]
+        config: PathBuf,
+    },
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -111,6 +118,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Plugin(PluginCommand::Check { file }) => check_plugin(&file),
+        Command::Migrate { config } => {
+            telemetry::init(LogFormat::Pretty);
+            migrate(&config)
+        }
         Command::SecretKey => {
             eprintln!(
                 "Secret key (put it in [security] secret_key, a secret_key_file, or {}; keep a copy: without it stored webhook secrets cannot be opened):",
@@ -183,6 +194,46 @@ async fn check_plugin(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `hookd migrate`: the schema migrations alone.
+#[tokio::main]
+async fn migrate(config_path: &std::path::Path) -> ExitCode {
+    let mut config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    config.store.apply_env();
+    if config.store.backend != hookd::config::StoreBackend::Postgres {
+        eprintln!(
+            "{}: [store] backend is sled, which has no schema to migrate",
+            config_path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match hookd::store::postgres::migrate(&config.store).await {
+        Ok(applied) if applied.is_empty() => {
+            eprintln!(
+                "the schema is current (version {})",
+                hookd::store::postgres::SCHEMA_VERSION
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            eprintln!(
+                "applied migration(s) {applied:?}; the schema is at version {}",
+                hookd::store::postgres::SCHEMA_VERSION
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("migration failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// A fresh directory under the system temp dir.
 fn tempfile_dir() -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("hookd-plugin-check-{}", std::process::id()));
@@ -216,6 +267,7 @@ async fn serve_async(
         .security
         .apply_env()
         .map_err(|problem| anyhow::anyhow!(problem))?;
+    config.store.apply_env();
     if let Some(data) = data {
         config.data_dir = data;
     }

@@ -31,6 +31,7 @@ mod restart;
 mod retention;
 mod retries;
 mod secrets;
+mod shared_db;
 mod ssrf;
 mod stats;
 mod support;

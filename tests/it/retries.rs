@@ -106,8 +106,13 @@ async fn gone_410_disables_the_webhook_until_it_is_re_enabled() {
     engine
         .wait_delivery(event["deliveries"][0]["id"].as_str().unwrap(), "failed")
         .await;
-    let (_, w) = engine.get(&format!("/v1/webhooks/{id}")).await;
-    assert_eq!(w["status"], "disabled");
+    // The disable is a consequence written after the outcome is recorded (a transaction later
+    // on PostgreSQL), so it may trail the delivery's `failed` by a moment.
+    let w = eventually(WAIT, "the webhook disabled by the 410", || async {
+        let (_, w) = engine.get(&format!("/v1/webhooks/{id}")).await;
+        (w["status"] == "disabled").then_some(w)
+    })
+    .await;
     assert!(w["disabled_reason"].as_str().unwrap().contains("410"));
 
     // Disabled webhooks get no new deliveries.

@@ -37,6 +37,9 @@ pub const DEV_SECRET_KEY: &str = "aG9va2QtZGV2LXNlY3JldC1rZXktbm90LWZvci11c2U=";
 /// Environment variable holding the secret key; it wins over `[security]` in the file.
 pub const SECRET_KEY_ENV: &str = "HOOKD_SECRET_KEY";
 
+/// Environment variable holding the PostgreSQL URL; it wins over `[store] postgres_url`.
+pub const POSTGRES_URL_ENV: &str = "HOOKD_POSTGRES_URL";
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 
@@ -53,6 +56,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// The keys sealing webhook secrets (applies at the next start).
     pub security: SecurityConfig,
+    /// Which backend keeps the data (applies at the next start).
+    pub store: StoreConfig,
     /// Default quotas; each tenant has its merged copy in [`TenantConfig::quotas`].
     pub quotas: QuotasConfig,
     pub tenants: HashMap<String, TenantConfig>,
@@ -202,6 +207,89 @@ impl SecurityConfig {
         self.current
             .as_ref()
             .is_some_and(|key| secrets::parse_key(DEV_SECRET_KEY).is_ok_and(|dev| dev == *key))
+    }
+}
+
+/// `[store]`: the embedded sled store (one process per data dir) or PostgreSQL (several nodes
+/// sharing one database).
+#[derive(Clone, PartialEq)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// The connection URL (it may carry a password: never logged, shown or compared in
+    /// messages); required for `postgres`, from the file or [`POSTGRES_URL_ENV`].
+    postgres_url: Option<String>,
+    /// Connections each node keeps to PostgreSQL at most.
+    pub pool_size: usize,
+    /// How long a node's claim on a delivery lasts unless renewed; a node that dies leaves its
+    /// claims to the others after at most this long.
+    pub lease_duration: Duration,
+    /// How often each node looks for due work it was not told about (the safety net under
+    /// LISTEN/NOTIFY, and what finds a dead node's expired claims).
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    Sled,
+    Postgres,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("backend", &self.backend)
+            .field(
+                "postgres_url",
+                &self.postgres_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("pool_size", &self.pool_size)
+            .field("lease_duration", &self.lease_duration)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Sled,
+            postgres_url: None,
+            pool_size: 16,
+            lease_duration: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl StoreConfig {
+    pub(crate) fn new(
+        backend: StoreBackend,
+        postgres_url: Option<String>,
+        pool_size: usize,
+        lease_duration: Duration,
+        poll_interval: Duration,
+    ) -> Self {
+        StoreConfig {
+            backend,
+            postgres_url,
+            pool_size,
+            lease_duration,
+            poll_interval,
+        }
+    }
+
+    /// The PostgreSQL connection URL, if one is set. Callers must not log or show it.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.postgres_url.as_deref()
+    }
+
+    /// Applies [`POSTGRES_URL_ENV`] if it is set.
+    pub fn apply_env(&mut self) {
+        if let Ok(url) = std::env::var(POSTGRES_URL_ENV)
+            && !url.is_empty()
+        {
+            self.postgres_url = Some(url);
+        }
     }
 }
 

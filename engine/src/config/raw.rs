@@ -25,9 +25,22 @@ pub struct RawConfig {
     #[serde(default)]
     pub security: RawSecurity,
     #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
     pub quotas: RawQuotas,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
+}
+
+/// `[store]`: which backend keeps the data (`HOOKD_POSTGRES_URL` overrides `postgres_url`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub backend: Option<String>,
+    pub postgres_url: Option<String>,
+    pub pool_size: Option<usize>,
+    pub lease_duration: Option<String>,
+    pub poll_interval: Option<String>,
 }
 
 /// Per-tenant quotas; the defaults for every tenant (`[quotas]`) and one tenant's overrides

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins, RawQuotas, RawSecurity};
+use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins, RawQuotas, RawSecurity, RawStore};
 use super::{
     Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DeliveryConfig, LimitsConfig, PluginsConfig,
-    QuotasConfig, SecurityConfig, SsrfConfig, TenantConfig,
+    QuotasConfig, SecurityConfig, SsrfConfig, StoreBackend, StoreConfig, TenantConfig,
 };
 use crate::plugin::PluginSettings;
 use crate::secrets;
@@ -377,6 +377,7 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     };
 
     let security = security_config(&mut c, &raw.security);
+    let store = store_config(&mut c, &raw.store);
     let global_quotas = quotas(&mut c, "quotas", &raw.quotas, &DEFAULT_QUOTAS);
 
     let mut admin_keys = Vec::new();
@@ -502,6 +503,7 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         ssrf,
         plugins,
         security,
+        store,
         quotas: global_quotas,
         tenants,
         api_keys,
@@ -587,6 +589,59 @@ fn security_config(c: &mut Collector<'_>, raw: &RawSecurity) -> SecurityConfig {
         }
     }
     SecurityConfig::new(current, previous)
+}
+
+/// `[store]`: the backend and, for PostgreSQL, the pool and lease settings. The URL is
+/// optional here (`HOOKD_POSTGRES_URL` may supply it; the engine refuses to start on
+/// `postgres` without one) and is never echoed: it may carry a password.
+fn store_config(c: &mut Collector<'_>, raw: &RawStore) -> StoreConfig {
+    let defaults = StoreConfig::default();
+    let backend = match raw.backend.as_deref() {
+        None | Some("sled") => StoreBackend::Sled,
+        Some("postgres") => StoreBackend::Postgres,
+        Some(other) => {
+            c.push(
+                "store.backend",
+                format!("`{other}` is not a backend: write \"sled\" or \"postgres\""),
+            );
+            StoreBackend::Sled
+        }
+    };
+    if let Some(url) = &raw.postgres_url
+        && url.parse::<tokio_postgres::Config>().is_err()
+    {
+        c.push(
+            "store.postgres_url",
+            "is not a PostgreSQL connection URL like postgres://user:password@host:5432/hookd",
+        );
+    }
+    let pool_size = raw.pool_size.unwrap_or(defaults.pool_size);
+    if !(2..=1000).contains(&pool_size) {
+        c.push("store.pool_size", "must be between 2 and 1000");
+    }
+    let lease_duration = c.duration(
+        "store.lease_duration",
+        raw.lease_duration.as_ref(),
+        defaults.lease_duration,
+    );
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&lease_duration) {
+        c.push("store.lease_duration", "must be between 1s and 1h");
+    }
+    let poll_interval = c.duration(
+        "store.poll_interval",
+        raw.poll_interval.as_ref(),
+        defaults.poll_interval,
+    );
+    if !(Duration::from_millis(50)..=Duration::from_secs(60)).contains(&poll_interval) {
+        c.push("store.poll_interval", "must be between 50ms and 1m");
+    }
+    StoreConfig::new(
+        backend,
+        raw.postgres_url.clone(),
+        pool_size,
+        lease_duration,
+        poll_interval,
+    )
 }
 
 const DEFAULT_MAX_CHAIN_LENGTH: usize = 8;
@@ -1394,5 +1449,38 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("development secret key"))
         );
+    }
+
+    #[test]
+    fn the_store_defaults_to_sled_and_postgres_settings_are_checked_without_echoing_the_url() {
+        let config = parse("").unwrap();
+        assert_eq!(config.store.backend, StoreBackend::Sled);
+        assert_eq!(config.store.lease_duration, Duration::from_secs(30));
+        let config = parse(
+            "[store]\nbackend = \"postgres\"\npostgres_url = \"postgres://hookd:s3cret@db:5432/hookd\"\npool_size = 4\nlease_duration = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.store.backend, StoreBackend::Postgres);
+        assert_eq!(config.store.pool_size, 4);
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "Debug redacts the URL"
+        );
+        let errors = parse(
+            "[store]\nbackend = \"mysql\"\npostgres_url = \"postgres://u:s3cret@db:notaport/x\"\npool_size = 1\nlease_duration = \"1ms\"\npoll_interval = \"2h\"\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "store.backend",
+                "store.postgres_url",
+                "store.pool_size",
+                "store.lease_duration",
+                "store.poll_interval"
+            ]
+        );
+        assert!(!errors.to_string().contains("s3cret"));
     }
 }

@@ -128,6 +128,15 @@ fn keep_start_only(config: &mut Config, running: &Config) -> Vec<&'static str> {
         kept.push("delivery.dns_servers");
         config.delivery.dns_servers = running.delivery.dns_servers.clone();
     }
+    // The running URL may have come from the environment, which a reload does not read.
+    let mut file_store = config.store.clone();
+    if file_store.postgres_url().is_none() {
+        file_store.apply_env();
+    }
+    if file_store != running.store {
+        kept.push("store");
+    }
+    config.store = running.store.clone();
     if config.delivery.max_in_flight != running.delivery.max_in_flight {
         kept.push("delivery.max_in_flight");
         config.delivery.max_in_flight = running.delivery.max_in_flight;

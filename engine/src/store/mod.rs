@@ -3,8 +3,9 @@
 //! outcomes, webhooks, reads and listings, statistics, retention — and nothing about how a
 //! backend keeps it. The engine and the API hold an `Arc<dyn Store>` and never name a backend.
 //!
-//! Backends: `sled_store` (embedded, the default; the only module that names sled). A second
-//! backend implements [`Store`] and is chosen in [`open`]; see `ARCHITECTURE.md`.
+//! Backends: `sled_store` (embedded, the default; the only module that names sled) and
+//! `postgres` (several nodes sharing one database; the only module that names tokio-postgres).
+//! [`open`] picks one from `[store] backend`; see `ARCHITECTURE.md`.
 //!
 //! Rules every backend keeps:
 //! - Every read and write takes the tenant id; no call crosses tenants.
@@ -18,12 +19,12 @@
 
 pub mod cache;
 pub mod health;
+pub mod postgres;
 pub mod records;
 pub mod sled_store;
 pub mod stats;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -440,17 +441,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn prune_stats(&self, before_day: u32) -> Result<usize>;
 }
 
-/// Opens the configured backend on `data_dir` (migrating a data dir of an older layout).
-pub async fn open(
-    data_dir: &Path,
-    keyring: Arc<Keyring>,
-    cache_bytes: u64,
-) -> Result<Arc<dyn Store>> {
-    let dir = data_dir.to_path_buf();
-    let store =
-        tokio::task::spawn_blocking(move || SledStore::open_with_cache(&dir, keyring, cache_bytes))
+/// Opens the configured backend: sled on `config.data_dir` (migrating a data dir of an older
+/// layout), or PostgreSQL at `config.store`'s URL (connecting and migrating the schema first).
+pub async fn open(config: &crate::config::Config, keyring: Arc<Keyring>) -> Result<Arc<dyn Store>> {
+    match config.store.backend {
+        crate::config::StoreBackend::Sled => {
+            let dir = config.data_dir.clone();
+            let cache_bytes = config.limits.store_cache_bytes;
+            let store = tokio::task::spawn_blocking(move || {
+                SledStore::open_with_cache(&dir, keyring, cache_bytes)
+            })
             .await
             .map_err(|err| StoreError::Interrupted(err.to_string()))??;
-    store.migrate_if_needed().await?;
-    Ok(Arc::new(store))
+            store.migrate_if_needed().await?;
+            Ok(Arc::new(store))
+        }
+        crate::config::StoreBackend::Postgres => Ok(Arc::new(
+            postgres::PostgresStore::open(&config.store, keyring).await?,
+        )),
+    }
 }

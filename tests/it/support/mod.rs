@@ -1,9 +1,15 @@
-//! Test harness: a real engine in-process on 127.0.0.1:0 with a temp sled dir, a real HTTP
+//! Test harness: a real engine in-process on 127.0.0.1:0 with a temp data dir, a real HTTP
 //! receiver whose behaviour can change mid-test, and bounded polling.
+//!
+//! The store backend comes from `HOOKD_TEST_BACKEND`: `sled` (default) or `postgres`, which
+//! needs `HOOKD_TEST_POSTGRES_URL` (a server `scripts/test.sh` starts). Under `postgres` every
+//! data dir gets a database of its own, named after the dir, so a restart on the same data dir
+//! finds the same database.
 
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod postgres;
 pub mod receiver;
 
 use std::future::Future;
@@ -92,9 +98,11 @@ pub fn test_config_toml_with(
     .filter(|line| !extra_delivery.contains(line.split(' ').next().unwrap()))
     .map(|line| format!("{line}\n"))
     .collect();
+    let store = postgres::store_section(data_dir);
     format!(
         r#"
 data_dir = "{data}"
+{store}
 [delivery]
 {defaults}
 {extra_delivery}

@@ -1,0 +1,298 @@
+//! How nodes hear of each other's writes, and the background work of a node:
+//!
+//! - **NOTIFY** on channel `hookd`, sent inside the transaction that made work due or changed a
+//!   webhook (so it is delivered exactly when that commits): `due <node> <tenant> <webhook>
+//!   <due_ms>` and `webhook <node> <tenant> <webhook>`. Each node LISTENs on a connection of its
+//!   own and passes them to its dispatcher (the store's [`WorkListener`]) and its webhook cache;
+//!   a node skips its own (it told itself already).
+//! - **Reconnects**: NOTIFYs sent while the LISTEN connection was down are lost, so after
+//!   reconnecting a node drops its whole webhook cache and wakes every webhook.
+//! - **Polling**, the safety net: every `poll_interval` one query finds, per webhook, the
+//!   earliest due delivery that no live lease holds — work whose NOTIFY was missed, and the
+//!   deliveries of a dead node once its leases run out.
+//! - **Lease renewal**: every third of the lease duration the node extends the leases it holds,
+//!   so an attempt may outlast one lease; a node that cannot reach the database stops renewing
+//!   and its leases run out.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use deadpool_postgres::Transaction;
+use futures::StreamExt as _;
+use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::codec::{self, ms, unms};
+use super::{Inner, PgResult, PostgresStore};
+use crate::ids::{WebhookId, now_ms};
+
+const CHANNEL: &str = "hookd";
+/// Wait before connecting the LISTEN session again after it broke.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// How often the database size (`size_on_disk`) is read again.
+const SIZE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Sends `due` notes for (tenant, webhook, due) in `tx`.
+pub(super) async fn send_due(
+    tx: &Transaction<'_>,
+    node: &str,
+    due: Vec<(String, WebhookId, u64)>,
+) -> PgResult<()> {
+    if due.is_empty() {
+        return Ok(());
+    }
+    let notes: Vec<String> = due
+        .iter()
+        .map(|(tenant, webhook, at)| format!("due {node} {tenant} {webhook} {at}"))
+        .collect();
+    send(tx, &notes).await
+}
+
+pub(super) async fn send_webhook_changed(
+    tx: &Transaction<'_>,
+    node: &str,
+    tenant: &str,
+    webhook: &WebhookId,
+) -> PgResult<()> {
+    send(tx, &[format!("webhook {node} {tenant} {webhook}")]).await
+}
+
+async fn send(tx: &Transaction<'_>, notes: &[String]) -> PgResult<()> {
+    let statement = tx
+        .prepare_cached("SELECT pg_notify($1, note) FROM unnest($2::text[]) AS note")
+        .await?;
+    tx.execute(&statement, &[&CHANNEL, &notes]).await?;
+    Ok(())
+}
+
+/// Acts on one note from another node.
+fn receive(store: &PostgresStore, note: &str) {
+    let parts: Vec<&str> = note.split(' ').collect();
+    let (kind, node, tenant, webhook) = match parts.as_slice() {
+        [kind, node, tenant, webhook, ..] => (*kind, *node, *tenant, *webhook),
+        _ => return,
+    };
+    let Some(webhook) = WebhookId::parse(webhook) else {
+        return;
+    };
+    let own = node == store.inner.node;
+    match (kind, parts.get(4)) {
+        ("due", Some(at)) if !own => {
+            if let (Ok(at), Some(listener)) = (at.parse::<u64>(), store.listener()) {
+                listener.due(tenant, &webhook, at);
+            }
+        }
+        ("webhook", _) if !own => {
+            store.inner.webhooks.invalidate(tenant);
+            if let Some(listener) = store.listener() {
+                listener.webhook_changed(tenant, &webhook);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Starts the LISTEN session and the maintenance loop; both end when the store is dropped.
+pub(super) fn spawn_background(
+    store: &PostgresStore,
+    config: tokio_postgres::Config,
+    poll_interval: Duration,
+) {
+    let stop = store.inner.stop.clone();
+    tokio::spawn(listen(Arc::downgrade(&store.inner), config, stop.clone()));
+    tokio::spawn(maintain(Arc::downgrade(&store.inner), poll_interval, stop));
+}
+
+fn upgrade(inner: &Weak<Inner>) -> Option<PostgresStore> {
+    inner.upgrade().map(|inner| PostgresStore { inner })
+}
+
+async fn listen(inner: Weak<Inner>, config: tokio_postgres::Config, stop: CancellationToken) {
+    let mut sessions = 0u64;
+    loop {
+        let session = listen_session(&inner, &config, sessions > 0);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            connected = session => if connected { sessions += 1 },
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RECONNECT_DELAY) => {}
+        }
+    }
+}
+
+/// One LISTEN connection, until it breaks. Returns whether it connected.
+async fn listen_session(
+    inner: &Weak<Inner>,
+    config: &tokio_postgres::Config,
+    reconnected: bool,
+) -> bool {
+    let (client, mut connection) = match config.connect(super::tls_connector()).await {
+        Ok(pair) => pair,
+        Err(err) => {
+            debug!(error = %err, "LISTEN connection failed; trying again");
+            return false;
+        }
+    };
+    let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(note)) => {
+                    let _ = notes_tx.send(note.payload().to_string());
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    warn!(error = %err, "LISTEN connection lost; other nodes' changes are picked up after reconnecting");
+                    break;
+                }
+            }
+        }
+    });
+    if let Err(err) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        warn!(error = %err, "LISTEN failed");
+        driver.abort();
+        return true;
+    }
+    if reconnected && let Some(store) = upgrade(inner) {
+        info!("LISTEN connection back: re-reading webhooks and waking every queue");
+        catch_up(&store).await;
+    }
+    while let Some(note) = notes.recv().await {
+        let Some(store) = upgrade(inner) else { break };
+        receive(&store, &note);
+    }
+    driver.abort();
+    drop(client);
+    true
+}
+
+/// After notes may have been missed: forget every cached webhook and wake every queue.
+async fn catch_up(store: &PostgresStore) {
+    store.inner.webhooks.invalidate_all();
+    let Some(listener) = store.listener() else {
+        return;
+    };
+    match super::webhooks::all_ids(store).await {
+        Ok(ids) => {
+            for (tenant, webhook) in ids {
+                listener.webhook_changed(&tenant, &webhook);
+            }
+        }
+        Err(err) => {
+            warn!(error = ?err, "could not list webhooks after reconnecting; polling will find due work")
+        }
+    }
+}
+
+async fn maintain(inner: Weak<Inner>, poll_interval: Duration, stop: CancellationToken) {
+    let Some(lease_ms) = inner.upgrade().map(|inner| inner.lease_ms) else {
+        return;
+    };
+    let mut poll = tokio::time::interval(poll_interval);
+    let mut renew = tokio::time::interval(Duration::from_millis((lease_ms / 3).max(100)));
+    let mut size = tokio::time::interval(SIZE_INTERVAL);
+    for interval in [&mut poll, &mut renew, &mut size] {
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = poll.tick() => {
+                let Some(store) = upgrade(&inner) else { return };
+                if let Err(err) = poll_due(&store).await {
+                    debug!(error = ?err, "polling for due work failed; trying again");
+                }
+            }
+            _ = renew.tick() => {
+                let Some(store) = upgrade(&inner) else { return };
+                if let Err(err) = renew_leases(&store).await {
+                    warn!(error = ?err, "could not renew leases; they run out unless renewed in time");
+                }
+            }
+            _ = size.tick() => {
+                let Some(store) = upgrade(&inner) else { return };
+                if let Ok(client) = store.client().await
+                    && let Ok(row) = client
+                        .query_one("SELECT pg_database_size(current_database())", &[])
+                        .await
+                {
+                    let bytes: i64 = row.get(0);
+                    store.inner.size_bytes.store(unms(bytes), std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Per webhook, the earliest due delivery no live lease holds; tells the dispatcher.
+async fn poll_due(store: &PostgresStore) -> PgResult<()> {
+    let Some(listener) = store.listener() else {
+        return Ok(());
+    };
+    let client = store.client().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT w.tenant, w.id, q.due FROM webhooks w
+              CROSS JOIN LATERAL (
+                  SELECT d.next_attempt_at AS due FROM deliveries d
+                   WHERE d.tenant = w.tenant AND d.webhook_id = w.id
+                     AND d.next_attempt_at IS NOT NULL
+                     AND (d.lease_node IS NULL OR d.lease_until <= $1)
+                   ORDER BY d.next_attempt_at
+                   LIMIT 1) q",
+        )
+        .await?;
+    for row in client.query(&statement, &[&ms(now_ms())]).await? {
+        let tenant: String = row.try_get(0)?;
+        let webhook: WebhookId = codec::id(row.try_get(1)?);
+        listener.due(&tenant, &webhook, unms(row.try_get(2)?));
+    }
+    Ok(())
+}
+
+/// Extends every lease this node holds (rows being written right now are skipped: their
+/// outcome ends the lease anyway).
+async fn renew_leases(store: &PostgresStore) -> PgResult<()> {
+    let held: Vec<((String, Uuid), i64)> = store
+        .held()
+        .iter()
+        .map(|(key, token)| (key.clone(), *token))
+        .collect();
+    if held.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<&str> = held.iter().map(|((t, _), _)| t.as_str()).collect();
+    let ids: Vec<Uuid> = held.iter().map(|((_, id), _)| *id).collect();
+    let tokens: Vec<i64> = held.iter().map(|(_, token)| *token).collect();
+    let until = ms(now_ms().saturating_add(store.inner.lease_ms));
+    let mut client = store.client().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
+    let statement = tx
+        .prepare_cached(
+            "WITH mine AS (
+                 SELECT d.tenant, d.id FROM deliveries d
+                   JOIN unnest($1::text[], $2::uuid[], $3::bigint[]) AS u(tenant, id, token)
+                     ON d.tenant = u.tenant AND d.id = u.id
+                  WHERE d.lease_node = $4 AND d.lease_token = u.token
+                  ORDER BY d.tenant, d.id
+                    FOR UPDATE OF d SKIP LOCKED
+             )
+             UPDATE deliveries d SET lease_until = $5
+               FROM mine WHERE d.tenant = mine.tenant AND d.id = mine.id",
+        )
+        .await?;
+    tx.execute(
+        &statement,
+        &[&tenants, &ids, &tokens, &store.inner.node, &until],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

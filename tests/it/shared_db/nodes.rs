@@ -1,0 +1,474 @@
+//! Real `hookd` processes sharing one PostgreSQL: three nodes under load with one SIGKILLed, a
+//! webhook paused through one node, PostgreSQL itself restarted under load.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::crash::{spawn_hookd_logged, wait_with_timeout};
+use crate::support::postgres::{fresh_database, on_postgres, query};
+use crate::support::receiver::Received;
+use crate::support::{ACME_KEY, Receiver, eventually, test_config_toml};
+
+/// Lease of the nodes in these tests: short, so a dead node's work returns quickly.
+const LEASE: Duration = Duration::from_secs(3);
+/// `poll_interval` of test configs (`support/postgres.rs`).
+const POLL: Duration = Duration::from_millis(500);
+
+/// One `hookd serve` process.
+struct Node {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Nodes on one database; every process still running is killed when the test ends.
+struct Cluster {
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    fn start(url: &str, count: usize, extra_delivery: &str) -> Cluster {
+        let nodes = (0..count)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                let data = dir.path().join("data");
+                let config = dir.path().join("hookd.toml");
+                let text = on_postgres(
+                    &test_config_toml(&data, extra_delivery, true),
+                    url,
+                    &format!("{}s", LEASE.as_secs()),
+                );
+                std::fs::write(&config, text).unwrap();
+                let (child, base, _log) = spawn_hookd_logged(&config, &data, "info");
+                Node {
+                    child,
+                    base,
+                    _dir: dir,
+                }
+            })
+            .collect();
+        Cluster { nodes }
+    }
+
+    fn base(&self, node: usize) -> &str {
+        &self.nodes[node].base
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if node.child.try_wait().ok().flatten().is_some() {
+                continue; // killed by the test
+            }
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(node.child.id().to_string())
+                .status();
+            wait_with_timeout(&mut node.child, Duration::from_secs(20));
+        }
+    }
+}
+
+async fn call(
+    http: &reqwest::Client,
+    method: &str,
+    url: String,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = http.request(method, url).bearer_auth(ACME_KEY);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the node answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The event ids a receiver got, each with the webhook-ids it came with.
+fn by_event(received: &[Received]) -> HashMap<String, HashSet<String>> {
+    let mut events: HashMap<String, HashSet<String>> = HashMap::new();
+    for request in received {
+        events
+            .entry(request.json()["id"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(request.header("webhook-id"));
+    }
+    events
+}
+
+/// Producers posting `user.created` to `base` until `stop`; 202s go into `acked`, other
+/// statuses are counted by code. A producer whose node is gone stops.
+fn produce(
+    http: &reqwest::Client,
+    base: &str,
+    producers: usize,
+    acked: &Arc<Mutex<HashSet<String>>>,
+    statuses: &Arc<Mutex<HashMap<u16, usize>>>,
+    stop: &Arc<AtomicBool>,
+    deadline: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..producers)
+        .map(|p| {
+            let (http, base) = (http.clone(), base.to_string());
+            let (acked, statuses, stop) = (acked.clone(), statuses.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    i += 1;
+                    let sent = http
+                        .post(format!("{base}/v1/events"))
+                        .bearer_auth(ACME_KEY)
+                        .json(&json!({"type": "user.created", "payload": {"p": p, "i": i}}))
+                        .send()
+                        .await;
+                    let Ok(response) = sent else { break };
+                    let status = response.status().as_u16();
+                    *statuses.lock().unwrap().entry(status).or_default() += 1;
+                    if status == 202 {
+                        let body: Value = response.json().await.unwrap();
+                        acked
+                            .lock()
+                            .unwrap()
+                            .insert(body["id"].as_str().unwrap().to_string());
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_deliver_every_acknowledged_event_when_one_is_killed_mid_load() {
+    let url = fresh_database();
+    let mut cluster = Cluster::start(&url, 3, "max_in_flight_per_webhook = 16");
+    let http = reqwest::Client::new();
+    let receivers = [Receiver::start().await, Receiver::start().await];
+    for receiver in &receivers {
+        // Slow enough that every node has attempts in flight when one dies.
+        receiver.delay(Duration::from_millis(100));
+        let (status, body) = call(
+            &http,
+            "POST",
+            format!("{}/v1/webhooks", cluster.base(0)),
+            Some(json!({"url": receiver.url, "event_types": ["user.*"]})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let statuses: Arc<Mutex<HashMap<u16, usize>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut producers = Vec::new();
+    for node in 0..3 {
+        producers.extend(produce(
+            &http,
+            cluster.base(node),
+            3,
+            &acked,
+            &statuses,
+            &stop,
+            deadline,
+        ));
+    }
+    eventually(Duration::from_secs(20), "load under way", || async {
+        (acked.lock().unwrap().len() >= 300 && receivers[0].count() >= 50).then_some(())
+    })
+    .await;
+    let victim = &mut cluster.nodes[2];
+    let pid = victim.child.id();
+    victim.child.kill().expect("SIGKILL");
+    victim.child.wait().unwrap();
+    let killed_at = Instant::now();
+    let leased: HashSet<String> = query(
+        &url,
+        &format!(
+            "SELECT 'dlv_' || replace(id::text, '-', '') FROM deliveries
+              WHERE lease_node LIKE '%-{pid}-%' AND next_attempt_at IS NOT NULL"
+        ),
+    )
+    .await
+    .iter()
+    .map(|row| row.get(0))
+    .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await; // load goes on through the survivors
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    for receiver in &receivers {
+        let received = eventually(
+            Duration::from_secs(90),
+            "every acknowledged event delivered to every webhook",
+            || async {
+                let received = receiver.received();
+                let events = by_event(&received);
+                acked
+                    .iter()
+                    .all(|id| events.contains_key(id))
+                    .then_some(received)
+            },
+        )
+        .await;
+        let events = by_event(&received);
+        assert!(
+            events.values().all(|ids| ids.len() == 1),
+            "duplicates only with the same webhook-id"
+        );
+        eprintln!(
+            "3 nodes, one killed: {} acknowledged, {} sends ({} duplicates)",
+            acked.len(),
+            received.len(),
+            received.len() - events.len()
+        );
+    }
+
+    // The dead node's claims: sent again by the survivors once its leases ran out.
+    let all: Vec<Received> = receivers.iter().flat_map(|r| r.received()).collect();
+    let bound = LEASE + POLL + Duration::from_secs(3);
+    let mut slowest = Duration::ZERO;
+    for id in &leased {
+        let resent = all
+            .iter()
+            .filter(|r| r.header("webhook-id") == *id && r.at >= killed_at)
+            .map(|r| r.at - killed_at)
+            .min()
+            .unwrap_or_else(|| panic!("{id}, leased by the dead node, was not sent again"));
+        slowest = slowest.max(resent);
+    }
+    eprintln!(
+        "{} deliveries leased by the killed node; all sent by the others within {slowest:?} (bound {bound:?})",
+        leased.len()
+    );
+    assert!(slowest <= bound, "{slowest:?} > {bound:?}");
+    let statuses = statuses.lock().unwrap();
+    assert!(
+        statuses.keys().all(|s| *s == 202),
+        "only 202s while the survivors took load: {statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_paused_through_one_node_stops_on_every_node() {
+    let url = fresh_database();
+    let cluster = Cluster::start(&url, 3, "");
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    let (status, webhook) = call(
+        &http,
+        "POST",
+        format!("{}/v1/webhooks", cluster.base(0)),
+        Some(json!({"url": receiver.url})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = webhook["id"].as_str().unwrap().to_string();
+    let send_through_each = |n: usize| {
+        let http = http.clone();
+        let bases: Vec<String> = (0..3).map(|i| cluster.base(i).to_string()).collect();
+        async move {
+            for base in &bases {
+                for _ in 0..n {
+                    let (status, _) = call(
+                        &http,
+                        "POST",
+                        format!("{base}/v1/events"),
+                        Some(json!({"type": "user.created", "payload": {}})),
+                    )
+                    .await;
+                    assert_eq!(status, 202);
+                }
+            }
+        }
+    };
+    send_through_each(2).await;
+    receiver.wait_for(6, Duration::from_secs(20)).await;
+
+    let (status, _) = call(
+        &http,
+        "PATCH",
+        format!("{}/v1/webhooks/{id}", cluster.base(1)),
+        Some(json!({"status": "paused"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Every node shows the change (its webhook cache heard the NOTIFY).
+    for node in 0..3 {
+        eventually(
+            Duration::from_secs(10),
+            "the node sees the pause",
+            || async {
+                let (_, w) = call(
+                    &http,
+                    "GET",
+                    format!("{}/v1/webhooks/{id}", cluster.base(node)),
+                    None,
+                )
+                .await;
+                (w["status"] == "paused").then_some(())
+            },
+        )
+        .await;
+    }
+    send_through_each(3).await;
+    eventually(Duration::from_secs(10), "9 deliveries queued", || async {
+        let (_, page) = call(
+            &http,
+            "GET",
+            format!("{}/v1/deliveries?status=pending", cluster.base(2)),
+            None,
+        )
+        .await;
+        (page["data"].as_array().map_or(0, Vec::len) == 9).then_some(())
+    })
+    .await;
+    // Absence takes a wait: several poll intervals, in which every node would have claimed
+    // the due deliveries of an active webhook.
+    tokio::time::sleep(POLL * 4).await;
+    assert_eq!(receiver.count(), 6, "nothing sent while paused");
+
+    let (status, _) = call(
+        &http,
+        "PATCH",
+        format!("{}/v1/webhooks/{id}", cluster.base(2)),
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    receiver.wait_for(15, Duration::from_secs(20)).await;
+}
+
+/// A PostgreSQL server of the test's own (this test restarts it), stopped at the end.
+struct PrivateServer {
+    dir: PathBuf,
+    /// Database `postgres` on it.
+    url: String,
+}
+
+fn postgres_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh")
+}
+
+impl PrivateServer {
+    fn start() -> PrivateServer {
+        let dir = std::env::temp_dir().join(format!("hookd-pg-restart-{}", rand::random::<u64>()));
+        let out = Command::new(postgres_script())
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .expect("scripts/postgres.sh runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let server = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        PrivateServer { dir, url: server }
+    }
+}
+
+/// Fast shutdown of the server in `dir`, `down` without it, then the same server again.
+fn restart_server(dir: &std::path::Path, down: Duration) {
+    let status = Command::new(postgres_script())
+        .arg("restart")
+        .arg(dir)
+        .arg(down.as_secs().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = Command::new(postgres_script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_answers_503_while_postgres_restarts_and_resumes_by_itself() {
+    let server = PrivateServer::start();
+    let cluster = Cluster::start(&server.url, 1, "");
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    let (status, _) = call(
+        &http,
+        "POST",
+        format!("{}/v1/webhooks", cluster.base(0)),
+        Some(json!({"url": receiver.url})),
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let statuses: Arc<Mutex<HashMap<u16, usize>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let producers = produce(
+        &http,
+        cluster.base(0),
+        4,
+        &acked,
+        &statuses,
+        &stop,
+        Instant::now() + Duration::from_secs(60),
+    );
+    eventually(Duration::from_secs(20), "load under way", || async {
+        (acked.lock().unwrap().len() >= 100).then_some(())
+    })
+    .await;
+    let before = acked.lock().unwrap().len();
+    // Down for 3 s: a fault, not a wait.
+    let dir = server.dir.clone();
+    tokio::task::spawn_blocking(move || restart_server(&dir, Duration::from_secs(3)))
+        .await
+        .unwrap();
+    let refused_while_down = statuses.lock().unwrap().get(&503).copied().unwrap_or(0);
+    eventually(
+        Duration::from_secs(30),
+        "ingest resumes by itself",
+        || async { (acked.lock().unwrap().len() >= before + 100).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    eprintln!("PostgreSQL restarted under load: {statuses:?}");
+    assert!(
+        refused_while_down > 0,
+        "ingest answered 503 while the database was away"
+    );
+    assert!(
+        statuses.keys().all(|s| *s == 202 || *s == 503),
+        "only 202 or 503: {statuses:?}"
+    );
+    // Never a false 202: every acknowledged event is delivered.
+    let acked = acked.lock().unwrap().clone();
+    eventually(
+        Duration::from_secs(60),
+        "every acknowledged event delivered",
+        || async {
+            let events = by_event(&receiver.received());
+            acked.iter().all(|id| events.contains_key(id)).then_some(())
+        },
+    )
+    .await;
+    // The nodes stop before their database does.
+    drop(cluster);
+    drop(server);
+}

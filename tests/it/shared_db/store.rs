@@ -1,0 +1,349 @@
+//! The PostgreSQL store seen by two stores ("nodes") on one database, through the `Store`
+//! interface: claims are leases the other node respects, a webhook's in-flight cap and rate
+//! hold across nodes, a dead node's claims come back after the lease, an outcome needs the
+//! lease, the schema version is checked, and secrets are sealed in the database.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hookd::ids::{AttemptId, WebhookId, now_ms};
+use hookd::secrets::Keyring;
+use hookd::store::{
+    AttemptOutcome, AttemptRecord, Claim, DeliveryStatus, DeliveryUpdate, NewEvent, Store,
+    StoreError, WebhookRecord, WebhookSecret, WebhookStatus,
+};
+use serde_json::value::RawValue;
+
+use crate::support::postgres::{fresh_database, on_postgres, query};
+use crate::support::{parse_config, test_config_toml};
+
+/// A store on the database at `url`, as a node would open it.
+async fn node(url: &str, lease: &str, keyring: &Arc<Keyring>) -> Arc<dyn Store> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&on_postgres(
+        &test_config_toml(dir.path(), "", true),
+        url,
+        lease,
+    ));
+    hookd::store::open(&config, keyring.clone())
+        .await
+        .expect("the PostgreSQL store opens")
+}
+
+fn webhook(max_in_flight: Option<u32>, rate: Option<u32>) -> WebhookRecord {
+    WebhookRecord {
+        id: WebhookId::new(),
+        url: "http://127.0.0.1:9/hook".into(),
+        description: String::new(),
+        event_types: vec!["*".into()],
+        channels: None,
+        secrets: vec![WebhookSecret::new(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            1,
+        )],
+        headers: Default::default(),
+        status: WebhookStatus::Active,
+        disabled_reason: None,
+        max_attempts: None,
+        retry_schedule_ms: None,
+        timeout_ms: None,
+        max_in_flight,
+        rate_limit_per_sec: rate,
+        metadata: Default::default(),
+        plugins: Vec::new(),
+        failing_since: None,
+        created_at: now_ms(),
+        updated_at: now_ms(),
+    }
+}
+
+async fn append(store: &Arc<dyn Store>, webhook: &WebhookId, n: usize) {
+    let group = (0..n)
+        .map(|i| NewEvent {
+            tenant: "acme".into(),
+            event_type: "user.created".into(),
+            channel: None,
+            idempotency_key: None,
+            idempotency_window_ms: 0,
+            created_at: now_ms(),
+            payload: RawValue::from_string(format!("{{\"i\":{i}}}")).unwrap(),
+            webhooks: vec![webhook.clone()],
+        })
+        .collect();
+    store.append_events(group).await.unwrap();
+}
+
+async fn claim(store: &Arc<dyn Store>, webhook: &WebhookId, limit: usize) -> Vec<Claim> {
+    claim_besides(store, webhook, &[], limit).await
+}
+
+/// A claim by a node that has `in_flight` running already (as the dispatcher asks).
+async fn claim_besides(
+    store: &Arc<dyn Store>,
+    webhook: &WebhookId,
+    in_flight: &[Claim],
+    limit: usize,
+) -> Vec<Claim> {
+    let in_flight = in_flight.iter().map(|c| c.delivery_id.clone()).collect();
+    store
+        .claim_due("acme", webhook, &in_flight, now_ms(), limit)
+        .await
+        .unwrap()
+        .due
+}
+
+fn delivered(claim: &Claim, webhook: &WebhookId) -> AttemptOutcome {
+    AttemptOutcome {
+        tenant: "acme".into(),
+        lease: claim.lease,
+        attempt: AttemptRecord {
+            id: AttemptId::new(),
+            delivery_id: claim.delivery_id.clone(),
+            webhook_id: webhook.clone(),
+            attempt: 1,
+            started_at: now_ms(),
+            url: "http://127.0.0.1:9/hook".into(),
+            latency_ms: 3,
+            result: "delivered".into(),
+            status_code: Some(200),
+            error_code: None,
+            error_message: None,
+            response_snippet: None,
+            next_attempt_at: None,
+            plugin_logs: Vec::new(),
+            request: None,
+        },
+        update: DeliveryUpdate {
+            status: DeliveryStatus::Delivered,
+            next_attempt_at: None,
+            filtered_by: None,
+        },
+    }
+}
+
+fn ids(claims: &[Claim]) -> HashSet<String> {
+    claims.iter().map(|c| c.delivery_id.to_string()).collect()
+}
+
+#[tokio::test]
+async fn two_nodes_never_hold_the_same_delivery_and_share_one_in_flight_cap() {
+    let url = fresh_database();
+    let keyring = Arc::new(Keyring::random());
+    let (a, b) = (
+        node(&url, "30s", &keyring).await,
+        node(&url, "30s", &keyring).await,
+    );
+    let hook = webhook(Some(8), None);
+    a.insert_webhook("acme", &hook).await.unwrap();
+    append(&a, &hook.id, 20).await;
+
+    let first = claim(&a, &hook.id, 5).await;
+    assert_eq!(first.len(), 5);
+    // The cap is 8 across nodes: B may take 3 more, none of A's.
+    let second = claim(&b, &hook.id, 8).await;
+    assert_eq!(second.len(), 3, "B gets what the cap leaves");
+    assert!(ids(&first).is_disjoint(&ids(&second)));
+    assert!(
+        claim_besides(&b, &hook.id, &second, 8 - second.len())
+            .await
+            .is_empty(),
+        "the cap is full"
+    );
+    // A claim B did not start comes back to B (and only to B).
+    assert_eq!(ids(&claim(&b, &hook.id, 8).await), ids(&second));
+
+    // A records its five: B may take five more, still none held by anyone else.
+    let outcomes = first.iter().map(|c| delivered(c, &hook.id)).collect();
+    let results = a.record_attempts(outcomes).await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    let third = claim_besides(&b, &hook.id, &second, 8 - second.len()).await;
+    assert_eq!(third.len(), 5);
+    assert!(ids(&third).is_disjoint(&ids(&first)));
+    assert!(ids(&third).is_disjoint(&ids(&second)));
+    let stats = a
+        .stats_days(
+            "acme",
+            hookd::store::stats::StatsScope::Tenant,
+            hookd::store::stats::day_of(now_ms()),
+            hookd::store::stats::day_of(now_ms()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats[0].counts.deliveries, stats[0].counts.delivered),
+        (20, 5)
+    );
+}
+
+#[tokio::test]
+async fn a_dead_nodes_claims_return_after_the_lease_and_its_late_outcome_records_nothing() {
+    let url = fresh_database();
+    let keyring = Arc::new(Keyring::random());
+    let a = node(&url, "1s", &keyring).await;
+    let b = node(&url, "1s", &keyring).await;
+    let hook = webhook(Some(8), None);
+    a.insert_webhook("acme", &hook).await.unwrap();
+    append(&a, &hook.id, 4).await;
+    let held = claim(&a, &hook.id, 8).await;
+    assert_eq!(held.len(), 4);
+    // A dies: its store is gone without giving its claims back, so nobody renews them.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        claim(&b, &hook.id, 8).await.is_empty(),
+        "A's leases still run"
+    );
+
+    let started = Instant::now();
+    let taken = crate::support::eventually(
+        Duration::from_secs(10),
+        "B takes A's deliveries",
+        || async {
+            let taken = claim(&b, &hook.id, 8).await;
+            (!taken.is_empty()).then_some(taken)
+        },
+    )
+    .await;
+    eprintln!(
+        "a dead node's claims came back after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(ids(&taken), ids(&held));
+    assert!(
+        taken
+            .iter()
+            .all(|c| held.iter().all(|h| h.lease != c.lease))
+    );
+
+    // An outcome under A's claims (their tokens) arrives after B took over: nothing is
+    // recorded, even through the node that holds the deliveries now.
+    let results = b
+        .record_attempts(held.iter().map(|c| delivered(c, &hook.id)).collect())
+        .await
+        .unwrap();
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(StoreError::LeaseLost(_))))
+    );
+    let delivery = b
+        .delivery("acme", &held[0].delivery_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.status, DeliveryStatus::Pending);
+    assert!(
+        b.attempts("acme", &held[0].delivery_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // B, the holder, records.
+    let results = b
+        .record_attempts(taken.iter().map(|c| delivered(c, &hook.id)).collect())
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+}
+
+#[tokio::test]
+async fn claims_released_at_shutdown_go_to_another_node_at_once() {
+    let url = fresh_database();
+    let keyring = Arc::new(Keyring::random());
+    let a = node(&url, "30s", &keyring).await;
+    let b = node(&url, "30s", &keyring).await;
+    let hook = webhook(Some(8), None);
+    a.insert_webhook("acme", &hook).await.unwrap();
+    append(&a, &hook.id, 3).await;
+    let held = claim(&a, &hook.id, 8).await;
+    assert_eq!(held.len(), 3);
+    a.release_claims().await.unwrap();
+    assert_eq!(ids(&claim(&b, &hook.id, 8).await), ids(&held));
+}
+
+#[tokio::test]
+async fn a_webhooks_rate_limit_holds_across_nodes() {
+    let url = fresh_database();
+    let keyring = Arc::new(Keyring::random());
+    let a = node(&url, "30s", &keyring).await;
+    let b = node(&url, "30s", &keyring).await;
+    let hook = webhook(Some(1000), Some(5));
+    a.insert_webhook("acme", &hook).await.unwrap();
+    append(&a, &hook.id, 100).await;
+    // Both nodes claim as fast as they can for 2 s and record at once.
+    let started = Instant::now();
+    let mut claimed = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        for store in [&a, &b] {
+            let got = claim(store, &hook.id, 100).await;
+            claimed += got.len();
+            store
+                .record_attempts(got.iter().map(|c| delivered(c, &hook.id)).collect())
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("rate 5/s across two nodes: {claimed} claims in {seconds:.2} s");
+    // A full bucket (5) and then 5 per second, whoever claims.
+    assert!(
+        claimed as f64 <= 5.0 + 5.0 * seconds + 1.0,
+        "{claimed} claims in {seconds:.2} s"
+    );
+    assert!(claimed >= 10, "the limit lets work through: {claimed}");
+}
+
+#[tokio::test]
+async fn a_schema_newer_than_the_binary_is_refused_with_a_clear_message() {
+    let url = fresh_database();
+    let keyring = Arc::new(Keyring::random());
+    drop(node(&url, "30s", &keyring).await);
+    query(
+        &url,
+        "INSERT INTO hookd_schema_history (version, name, applied_on, checksum)
+         VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '0')",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&on_postgres(
+        &test_config_toml(dir.path(), "", true),
+        &url,
+        "30s",
+    ));
+    let refused = hookd::store::open(&config, keyring).await.unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains("version 99") && message.contains("newer"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn the_database_holds_webhook_secrets_only_sealed_and_another_key_does_not_open_them() {
+    let url = fresh_database();
+    let keyring = Arc::new(Keyring::random());
+    let store = node(&url, "30s", &keyring).await;
+    let hook = webhook(None, None);
+    store.insert_webhook("acme", &hook).await.unwrap();
+    let rows = query(&url, "SELECT record::text FROM webhooks").await;
+    let stored: String = rows[0].get(0);
+    assert!(stored.contains("hks1:"), "sealed: {stored}");
+    assert!(!stored.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+    assert_eq!(
+        store
+            .webhook("acme", &hook.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .secrets[0]
+            .secret,
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    );
+    let other = node(&url, "30s", &Arc::new(Keyring::random())).await;
+    assert!(matches!(
+        other.reseal_webhooks().await,
+        Err(StoreError::Secret { .. })
+    ));
+}
