@@ -464,6 +464,11 @@ impl Figures {
     }
 }
 
+/// Engine CPU per delivery of a run, in µs.
+fn per_delivery_us(f: &Figures) -> f64 {
+    f.engine_cpu_s / f.deliveries.max(1) as f64 * 1e6
+}
+
 fn ratio(x: f64, ceiling: f64) -> f64 {
     round2(x / ceiling.max(1e-9))
 }
@@ -541,11 +546,6 @@ struct Bench {
     events: usize,
 }
 
-/// Plugin chain seconds (sum, count) from the engine's `/metrics`.
-async fn plugin_chain(http: &reqwest::Client, base: &str) -> (f64, f64) {
-    histogram_totals(http, base, "hookd_plugin_chain_seconds").await
-}
-
 /// (sum, count) of a histogram of the engine's `/metrics`, over every label set.
 async fn histogram_totals(http: &reqwest::Client, base: &str, name: &str) -> (f64, f64) {
     let text = http
@@ -566,6 +566,142 @@ async fn histogram_totals(http: &reqwest::Client, base: &str, name: &str) -> (f6
         sum_of(&format!("{name}_sum")),
         sum_of(&format!("{name}_count")),
     )
+}
+
+/// A Prometheus histogram from the engine's `/metrics`, summed over its label sets: the
+/// cumulative count at each bucket bound (`+Inf` last), plus the sum and count.
+#[derive(Default, Clone)]
+struct Histogram {
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+impl Histogram {
+    async fn read(http: &reqwest::Client, base: &str, name: &str) -> Histogram {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        let mut h = Histogram::default();
+        let bucket = format!("{name}_bucket{{");
+        for line in text.lines() {
+            let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+                continue;
+            };
+            if line.starts_with(&bucket) {
+                let le = line
+                    .split("le=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .map(|le| le.parse::<f64>().unwrap_or(f64::INFINITY))
+                    .unwrap_or(f64::INFINITY);
+                match h.buckets.iter_mut().find(|(bound, _)| *bound == le) {
+                    Some((_, n)) => *n += value,
+                    None => h.buckets.push((le, value)),
+                }
+            } else if line.starts_with(&format!("{name}_sum")) {
+                h.sum += value;
+            } else if line.starts_with(&format!("{name}_count")) {
+                h.count += value;
+            }
+        }
+        h.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        h
+    }
+
+    /// What was recorded between `earlier` and `self`.
+    fn since(&self, earlier: &Histogram) -> Histogram {
+        let before = |le: f64| {
+            earlier
+                .buckets
+                .iter()
+                .find(|(bound, _)| *bound == le)
+                .map_or(0.0, |(_, n)| *n)
+        };
+        Histogram {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|&(le, n)| (le, n - before(le)))
+                .collect(),
+            sum: self.sum - earlier.sum,
+            count: self.count - earlier.count,
+        }
+    }
+
+    /// The `q` quantile in µs, interpolated linearly inside its bucket (as Prometheus's
+    /// `histogram_quantile`); the plugin buckets are 25 µs wide where chains run.
+    fn quantile_us(&self, q: f64) -> f64 {
+        let total = self.buckets.last().map_or(0.0, |(_, n)| *n);
+        if total <= 0.0 {
+            return 0.0;
+        }
+        let rank = q * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for &(le, n) in &self.buckets {
+            if n >= rank {
+                if le.is_infinite() {
+                    return lower * 1e6;
+                }
+                let width = n - below;
+                let share = if width > 0.0 {
+                    (rank - below) / width
+                } else {
+                    1.0
+                };
+                return (lower + (le - lower) * share) * 1e6;
+            }
+            (lower, below) = (le, n);
+        }
+        lower * 1e6
+    }
+
+    fn mean_us(&self) -> f64 {
+        self.sum / self.count.max(1.0) * 1e6
+    }
+}
+
+/// The plugin chain's run time, CPU time and slot wait histograms.
+struct PluginHistograms {
+    wall: Histogram,
+    cpu: Histogram,
+    wait: Histogram,
+}
+
+impl PluginHistograms {
+    async fn read(http: &reqwest::Client, base: &str) -> Self {
+        PluginHistograms {
+            wall: Histogram::read(http, base, "hookd_plugin_chain_seconds").await,
+            cpu: Histogram::read(http, base, "hookd_plugin_chain_cpu_seconds").await,
+            wait: Histogram::read(http, base, "hookd_plugin_slot_wait_seconds").await,
+        }
+    }
+
+    fn since(&self, earlier: &PluginHistograms) -> Self {
+        PluginHistograms {
+            wall: self.wall.since(&earlier.wall),
+            cpu: self.cpu.since(&earlier.cpu),
+            wait: self.wait.since(&earlier.wait),
+        }
+    }
+
+    /// Medians (and the wall time's p90 and mean) into `extra`, keys prefixed by `prefix`.
+    fn record(&self, prefix: &str, extra: &mut serde_json::Map<String, Value>) {
+        let mut put = |key: &str, value: f64| {
+            extra.insert(format!("{prefix}_{key}"), json!(round2(value)));
+        };
+        put("p50_us", self.wall.quantile_us(0.5));
+        put("p90_us", self.wall.quantile_us(0.9));
+        put("mean_us", self.wall.mean_us());
+        put("cpu_p50_us", self.cpu.quantile_us(0.5));
+        put("cpu_mean_us", self.cpu.mean_us());
+        put("slot_wait_p50_us", self.wait.quantile_us(0.5));
+    }
 }
 
 /// Mean time an attempt held its webhook's slot, and mean HTTP exchange, in ms (an engine
@@ -677,12 +813,10 @@ impl Bench {
         f.data_mib = dir_mib(&engine.data);
         slot_figures(&self.http, &engine.base, &mut f).await;
         if plugin.is_some() {
-            let (sum, count) = plugin_chain(&self.http, &engine.base).await;
-            f.extra.insert("plugin_chains".into(), json!(count));
-            f.extra.insert(
-                "plugin_chain_mean_us".into(),
-                json!(round2(sum / count.max(1.0) * 1e6)),
-            );
+            let loaded = PluginHistograms::read(&self.http, &engine.base).await;
+            f.extra
+                .insert("plugin_chains".into(), json!(loaded.wall.count));
+            loaded.record("plugin_chain", &mut f.extra);
             // Under load the chain's wall time includes waiting for a CPU; also measure it
             // with the engine otherwise idle: 200 events paced at 100/s.
             let quiet = generate(&self.http, &target, 200, Some(100.0)).await;
@@ -694,10 +828,18 @@ impl Bench {
                     Instant::now() + Duration::from_secs(30),
                 )
                 .await;
-            let (sum2, count2) = plugin_chain(&self.http, &engine.base).await;
+            PluginHistograms::read(&self.http, &engine.base)
+                .await
+                .since(&loaded)
+                .record("plugin_chain_quiet", &mut f.extra);
             f.extra.insert(
-                "plugin_chain_quiet_mean_us".into(),
-                json!(round2((sum2 - sum) / (count2 - count).max(1.0) * 1e6)),
+                "rss_after_mib".into(),
+                json!(round2(vm_mib(engine.proc.pid(), "VmRSS:"))),
+            );
+        } else {
+            f.extra.insert(
+                "rss_after_mib".into(),
+                json!(round2(vm_mib(engine.proc.pid(), "VmRSS:"))),
             );
         }
         f
@@ -920,6 +1062,20 @@ impl Bench {
         let (after, _) = measure("7b", delivered).await;
         (before, after)
     }
+}
+
+/// Median of the native reshape over the body hookd would send, one call after each 10 ms
+/// idle (as the quiet engine runs its chains: caches cold), in µs.
+async fn native_reshape_cold_us() -> f64 {
+    let body = envelope(1, now_ns()).into_bytes();
+    let mut samples = Vec::with_capacity(200);
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let t = Instant::now();
+        std::hint::black_box(reshape::native_reshape(std::hint::black_box(&body)));
+        samples.push(t.elapsed().as_nanos() as u32);
+    }
+    percentile(&mut samples, 0.5) as f64 / 1000.0
 }
 
 /// Median of the native reshape over the body hookd would send, in µs.
@@ -1210,31 +1366,90 @@ async fn run(
             .run("3", &hooks, "ALL", 1, events, None, None, Some(&wasm))
             .await;
         f.row(ceil);
-        let native = native_reshape_us();
-        let loaded = f.extra["plugin_chain_mean_us"].as_f64().unwrap_or(0.0);
-        let quiet = f.extra["plugin_chain_quiet_mean_us"]
-            .as_f64()
-            .unwrap_or(0.0);
-        let added = quiet - native;
-        // Engine CPU per delivery over scenario 1's: the whole price of the plugin, CPU only.
-        let cpu_added = (f.engine_cpu_s / f.deliveries.max(1) as f64
-            - s1.engine_cpu_s / s1.deliveries.max(1) as f64)
-            * 1e6;
+        let (native, native_cold) = (native_reshape_us(), native_reshape_cold_us().await);
+        let x = |k: &str| f.extra.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        let (quiet_cpu, quiet_wall) = (
+            x("plugin_chain_quiet_cpu_p50_us"),
+            x("plugin_chain_quiet_p50_us"),
+        );
+        let (loaded_cpu, loaded_wall) = (x("plugin_chain_cpu_p50_us"), x("plugin_chain_p50_us"));
+        let chain_cpu_mean = x("plugin_chain_cpu_mean_us");
+        let added = quiet_cpu - native_cold;
+        let loaded_added = loaded_cpu - native;
+        let cpu_added = per_delivery_us(&f) - per_delivery_us(&s1);
         f.extra
             .insert("native_reshape_us".into(), json!(round2(native)));
+        f.extra
+            .insert("native_reshape_cold_us".into(), json!(round2(native_cold)));
         f.extra
             .insert("plugin_added_us".into(), json!(round2(added)));
         f.extra.insert(
             "engine_cpu_added_per_delivery_us".into(),
             json!(round2(cpu_added)),
         );
+        // The plugin's cost per attempt is the chain's CPU time (its wall time also counts any
+        // time the thread was descheduled), against the native reshape in the same state:
+        // back to back under load, one call after 10 ms idle on the quiet engine.
         check(
             &mut checks,
             format!(
-                "s3 plugin chain {quiet:.1} µs/attempt (quiet engine) - native {native:.1} µs = {added:.1} µs <= 50 µs \
-                 [under load: chain {loaded:.0} µs wall; engine CPU +{cpu_added:.0} µs per delivery over s1]"
+                "s3 under load: plugin chain median CPU {loaded_cpu:.1} µs/attempt - native {native:.1} µs = {loaded_added:.1} µs <= 50 µs \
+                 [wall median {loaded_wall:.0} µs]"
+            ),
+            loaded_added <= 50.0,
+        );
+        check(
+            &mut checks,
+            format!(
+                "s3 quiet engine (100 events/s): plugin chain median CPU {quiet_cpu:.1} µs/attempt - native after 10 ms idle {native_cold:.1} µs = {added:.1} µs <= 50 µs \
+                 [wall median {quiet_wall:.0} µs]"
             ),
             added <= 50.0,
+        );
+        check(
+            &mut checks,
+            format!(
+                "s3 engine CPU per delivery {:.0} µs - s1's {:.0} µs = {cpu_added:.0} µs <= 60 µs",
+                per_delivery_us(&f),
+                per_delivery_us(&s1),
+            ),
+            cpu_added <= 60.0,
+        );
+        // Where that difference goes: the chains' own CPU time (exact, from the engine's
+        // histogram sum), and the rest, which is the engine's other work per delivery at s3's
+        // lower delivery rate (smaller group commits, more wake-ups per delivery).
+        f.extra.insert(
+            "plugin_chain_cpu_share_of_added_us".into(),
+            json!(round2(chain_cpu_mean)),
+        );
+        check(
+            &mut checks,
+            format!(
+                "info: of those {cpu_added:.0} µs, the chains' own CPU is {chain_cpu_mean:.0} µs per delivery (mean); \
+                 the other {:.0} µs is the rest of the engine at s3's rate, {:.0}% of s1's",
+                cpu_added - chain_cpu_mean,
+                100.0 * f.deliveries_per_s / s1_rate,
+            ),
+            true,
+        );
+        let rss_after = |f: &Figures| {
+            f.extra
+                .get("rss_after_mib")
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::NAN)
+        };
+        check(
+            &mut checks,
+            format!(
+                "s3 RSS with the plugin: peak {:.0} MiB, after {:.0} MiB; s1 without: peak {:.0} MiB, after {:.0} MiB; \
+                 peak with <= peak without + 100 MB ({:.0} MB more)",
+                f.engine_peak_rss_mib,
+                rss_after(&f),
+                s1.engine_peak_rss_mib,
+                rss_after(&s1),
+                (f.engine_peak_rss_mib - s1.engine_peak_rss_mib) * 1.048_576,
+            ),
+            (f.engine_peak_rss_mib - s1.engine_peak_rss_mib) * 1.048_576 <= 100.0,
         );
         check(
             &mut checks,

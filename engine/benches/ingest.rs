@@ -161,7 +161,13 @@ fn rss_mib() -> f64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
@@ -199,7 +205,10 @@ async fn pending_backlog(count: usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--pending") {
-        let count = args.get(at + 1).and_then(|n| n.parse().ok()).unwrap_or(200_000);
+        let count = args
+            .get(at + 1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(200_000);
         pending_backlog(count).await;
         return;
     }

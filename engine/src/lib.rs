@@ -70,6 +70,11 @@ pub enum StartError {
 /// The longest a stop takes once requested (attempts in flight get the first 10 s).
 pub const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// The purpose the plugin host's random key is derived from the secret key with: plugins'
+/// `wasi:random` is seeded from it and the delivery id, so it is deterministic per delivery
+/// (on every node, across restarts) and unpredictable to receivers.
+const PLUGIN_RANDOM_KEY_PURPOSE: &str = "hookd plugin random key v1";
+
 /// A running engine.
 #[derive(Debug)]
 pub struct RunningEngine {
@@ -186,9 +191,13 @@ pub async fn start(
         warn!("{warning}");
     }
     let local_addr = listener.local_addr().map_err(StartError::Listener)?;
-    let plugins = PluginHost::open(
+    let plugins = PluginHost::open_with(
         &config.data_dir.join("plugins"),
         config.plugins.settings.clone(),
+        plugin::HostOptions {
+            random_key: config.security.derived_key(PLUGIN_RANDOM_KEY_PURPOSE),
+            compile_worker: config.plugins.compile_worker.clone(),
+        },
     )?;
     let mut tasks = Vec::new();
     if let Some(dir) = &config.plugins.admin_dir {

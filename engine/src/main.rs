@@ -72,6 +72,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// (Internal) Compile the component on stdin into the plugin compile cache at CACHE_DIR;
+    /// `hookd serve` runs this for every upload, so a compile past its timeout can be killed.
+    #[command(hide = true)]
+    CompileWorker {
+        #[arg(long)]
+        cache_dir: PathBuf,
+        /// The engine meters fuel (its compiled code differs).
+        #[arg(long)]
+        fuel: bool,
+    },
     /// Check that FILE is a component hookd accepts (world, imports, exports, describe), the
     /// same checks an upload gets; prints its hooks, or every reason it is refused.
     Check {
@@ -118,6 +128,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Plugin(PluginCommand::Check { file }) => check_plugin(&file),
+        Command::Plugin(PluginCommand::CompileWorker { cache_dir, fuel }) => {
+            match hookd::plugin::compile_worker(&cache_dir, fuel) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(reason) => {
+                    eprintln!("{reason}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Migrate { config } => {
             telemetry::init(LogFormat::Pretty);
             migrate(&config)
@@ -271,6 +290,8 @@ async fn serve_async(
     if let Some(data) = data {
         config.data_dir = data;
     }
+    // Uploads compile in a child process of this same binary, which can be killed.
+    config.plugins.compile_worker = std::env::current_exe().ok();
     if let Some(listen) = listen {
         config.listen = listen
             .parse()

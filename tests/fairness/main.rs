@@ -7,6 +7,7 @@
 // Tests play producers and API clients, so they build plain HTTP clients of their own.
 #![allow(clippy::disallowed_methods)]
 
+mod compile_flood;
 #[path = "../it/support/mod.rs"]
 mod support;
 mod tenants;

@@ -23,7 +23,7 @@ use crate::support::{
 };
 
 /// The measurements of this binary run one at a time.
-static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const WAIT: Duration = Duration::from_secs(30);
 const ADMIN_KEY: &str = "fairness-admin-key";

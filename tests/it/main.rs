@@ -23,6 +23,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod plugin_fairness;
+mod plugin_limits;
 mod plugins;
 mod query_params;
 mod quotas;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use hookd::config::{Config, hash_api_key};
 use serde_json::{Value, json};
 
-use crate::support::{ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually, test_config_toml};
+use crate::support::{
+    ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually, test_config_toml, wasm,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 const ADMIN_KEY: &str = "quota-admin-key";
@@ -331,4 +333,76 @@ fn assert_signatures(got: &crate::support::receiver::Received, secrets: &[String
         expired.verify(&got.body, &got.headers).is_err(),
         "an expired secret still signs"
     );
+}
+
+/// Uploads `component` as the tenant's plugin `name`.
+async fn upload_plugin(
+    engine: &TestEngine,
+    key: &str,
+    name: &str,
+    component: &str,
+) -> (u16, Value) {
+    let response = engine
+        .http
+        .put(engine.url(&format!("/v1/plugins/{name}")))
+        .bearer_auth(key)
+        .body(wasm(component))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// acme's `plugins` and `plugin_bytes` in the admin view: (limit, used) of each.
+async fn plugin_quota_use(engine: &TestEngine) -> [(u64, u64); 2] {
+    let (status, tenants) = engine
+        .call("GET", "/v1/admin/tenants", ADMIN_KEY, None)
+        .await;
+    assert_eq!(status, 200, "{tenants}");
+    let acme = tenants["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "acme")
+        .unwrap()
+        .clone();
+    ["plugins", "plugin_bytes"].map(|quota| {
+        let q = &acme["quotas"][quota];
+        (q["limit"].as_u64().unwrap(), q["used"].as_u64().unwrap())
+    })
+}
+
+#[tokio::test]
+async fn the_plugin_quotas_refuse_one_more_plugin_or_byte_and_a_reload_raises_them() {
+    let filter = wasm("json-filter").len() as u64;
+    let trap = wasm("trap").len() as u64;
+    let bytes = filter + trap;
+    let (engine, path) = engine_with_quotas(&format!("plugins = 1\nplugin_bytes = {bytes}")).await;
+    let (status, body) = upload_plugin(&engine, ACME_KEY, "first", "json-filter").await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = upload_plugin(&engine, ACME_KEY, "second", "trap").await;
+    assert_over(status, &body, "plugins", 1, 1);
+    let (_, list) = engine.get("/v1/plugins").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "nothing written");
+    assert_eq!(plugin_quota_use(&engine).await, [(1, 1), (bytes, filter)]);
+    // Replacing a plugin is not one more; another tenant has its own count.
+    let (status, body) = upload_plugin(&engine, ACME_KEY, "first", "trap").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = upload_plugin(&engine, GLOBEX_KEY, "first", "json-filter").await;
+    assert_eq!(status, 201, "{body}");
+
+    // A reload raising `plugins`: now the bytes are what stops a third plugin.
+    reload_quotas(
+        &engine,
+        &path,
+        &format!("plugins = 3\nplugin_bytes = {bytes}"),
+    )
+    .await;
+    let (status, body) = upload_plugin(&engine, ACME_KEY, "second", "json-filter").await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = upload_plugin(&engine, ACME_KEY, "third", "trap").await;
+    assert_over(status, &body, "plugin_bytes", bytes, bytes);
+    assert_eq!(body["quota"]["requested"], trap, "{body}");
+    assert_eq!(plugin_quota_use(&engine).await, [(3, 2), (bytes, bytes)]);
 }

@@ -89,9 +89,10 @@ pub struct TenantQuotas {
     stored_bytes: QuotaUse,
     api_requests_per_sec: QuotaUse,
     api_burst: QuotaUse,
-    /// Counted by the plugin host (which enforces this quota).
+    /// Uploaded plugins, counted by the plugin host (which enforces this quota at upload;
+    /// plugins from the admin directory do not count).
     plugins: QuotaUse,
-    /// Bytes of the installed components, counted by the plugin host.
+    /// Bytes of the uploaded components, counted by the plugin host.
     plugin_bytes: QuotaUse,
     /// The tenant's weight in sharing delivery permits (`used` absent).
     delivery_weight: QuotaUse,
@@ -131,7 +132,8 @@ pub async fn tenants(
             .map(|w| w.live_secrets(now_ms()).count() as u64)
             .max()
             .unwrap_or(0);
-        let (plugins, plugin_bytes) = plugin_usage(&state, id);
+        let plugin_use = state.delivery.plugins.usage(id);
+        let (plugins, plugin_bytes) = (plugin_use.plugins, plugin_use.bytes);
         let q = &tenant.quotas;
         let quota = |limit: u64, used: Option<u64>| QuotaUse { limit, used };
         let today = crate::store::stats::day_of(crate::ids::now_ms());
@@ -148,7 +150,7 @@ pub async fn tenants(
             id: id.clone(),
             declared_event_types: tenant.event_types.iter().map(|t| t.name.clone()).collect(),
             webhooks: usage.webhooks as usize,
-            plugins: plugins as usize,
+            plugins: state.delivery.plugins.list(id).len(),
             events: usage.events as usize,
             pending_deliveries: usage.pending_deliveries,
             stored_bytes: usage.stored_bytes,
@@ -170,14 +172,6 @@ pub async fn tenants(
         });
     }
     Ok(ApiJson(TenantList { data }))
-}
-
-/// The tenant's plugins and their total size, as the plugin host counts them (the seam for the
-/// plugin quotas the plugin host enforces).
-fn plugin_usage(state: &AppState, tenant: &str) -> (u64, u64) {
-    let plugins = state.delivery.plugins.list(tenant);
-    let bytes = plugins.iter().map(|p| p.size_bytes as u64).sum();
-    (plugins.len() as u64, bytes)
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,9 +1,9 @@
 //! `/v1/plugins`: upload (raw component body), list, inspect, delete, simulate.
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest as _, Request, State};
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_LENGTH;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -15,7 +15,7 @@ use super::{
 use crate::delivery::judge::Tried;
 use crate::delivery::prepare::{self, AttemptInput, Prepared};
 use crate::ids::{EventId, WebhookId, now_ms};
-use crate::plugin::{PluginInfo, PluginLoadError, PluginSource};
+use crate::plugin::{PluginInfo, PluginLoadError, PluginQuota, PluginSource};
 use crate::signing;
 use crate::store::{EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, WebhookStatus};
 
@@ -60,8 +60,13 @@ pub fn load_error(err: PluginLoadError) -> ApiError {
     let code = err.code();
     let message = err.to_string();
     match err {
-        PluginLoadError::TooLarge { .. } => {
+        PluginLoadError::TooLarge { .. } | PluginLoadError::TooComplex(_) => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
+        }
+        PluginLoadError::QuotaExceeded(exceeded) => ApiError::quota_exceeded(exceeded),
+        PluginLoadError::CompileBusy { retry_after } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+                .with_retry_after(retry_after)
         }
         PluginLoadError::Invalid { .. } => ApiError::bad_request(code, message),
         PluginLoadError::NotFound | PluginLoadError::InvalidConfig(_) => {
@@ -122,36 +127,53 @@ pub async fn check_chain(
         (status = 201, description = "Installed", body = PluginView),
         (status = 200, description = "Replaced an existing plugin", body = PluginView),
         (status = 400, description = "Not a valid plugin component", body = ErrorBody),
-        (status = 413, description = "The component is larger than allowed", body = ErrorBody),
+        (status = 413, description = "The component is larger than allowed, or has more (or larger) functions than the host compiles (`plugin_too_large`)", body = ErrorBody),
         (status = 422, description = "Refused by the plugin host", body = ErrorBody),
-        (status = 503, description = "The plugin store is unavailable", body = ErrorBody),
+        (status = 429, description = "The tenant would have more plugins or plugin bytes than its `plugins` / `plugin_bytes` quota (`quota_exceeded`, naming it, with its limit and the current use; nothing was compiled or written), or is over its request rate (`rate_limited`)", body = ErrorBody),
+        (status = 503, description = "The compiler is busy with this tenant's other upload or with the engine's limit of compiles (`compile_busy`, with Retry-After), or the plugin store is unavailable", body = ErrorBody),
     ),
 )]
 pub async fn put(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(name): ApiPath<String>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<(StatusCode, ApiJson<PluginView>), ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "plugin_too_large",
-                format!(
-                    "the component is larger than the {} bytes allowed",
-                    tenant.config.plugins.settings.max_upload_bytes
-                ),
-            )
-        } else {
-            ApiError::from(rejection)
-        }
-    })?;
-    let existed = state.delivery.plugins.info(&tenant.id, &name).is_some();
-    let info = state
-        .delivery
-        .plugins
-        .install(&tenant.id, &name, body.to_vec())
+    let plugins = &state.delivery.plugins;
+    let quota = PluginQuota {
+        plugins: tenant.config.quotas.plugins,
+        bytes: tenant.config.quotas.plugin_bytes,
+    };
+    // Before the body is read: over the quota (by its declared length, if any), or while the
+    // tenant's compile slot is taken (another of its uploads compiles), the upload is refused
+    // without reading it.
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    plugins
+        .check_quota(&tenant.id, &name, declared, quota)
+        .map_err(load_error)?;
+    let slot = plugins.compile_slot(&tenant.id).await.map_err(load_error)?;
+    let body = Bytes::from_request(request, &state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "plugin_too_large",
+                    format!(
+                        "the component is larger than the {} bytes allowed",
+                        tenant.config.plugins.settings.max_upload_bytes
+                    ),
+                )
+            } else {
+                ApiError::from(rejection)
+            }
+        })?;
+    let existed = plugins.info(&tenant.id, &name).is_some();
+    let info = plugins
+        .install_within(&tenant.id, &name, body.to_vec(), quota, Some(slot))
         .await
         .map_err(load_error)?;
     tracing::info!(tenant = %tenant.id, plugin = %name, sha256 = %info.sha256, "plugin installed");

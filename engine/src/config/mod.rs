@@ -130,6 +130,10 @@ pub struct PluginsConfig {
     pub max_chain_length: usize,
     /// Admin plugin directory (one folder per tenant), watched for changes; none by default.
     pub admin_dir: Option<PathBuf>,
+    /// The `hookd` program uploads are compiled in (`hookd plugin compile-worker`, killed past
+    /// `compile_timeout`). Not a config key: `hookd serve` sets it to its own binary; an engine
+    /// embedded without it compiles on its blocking pool. Read at start.
+    pub compile_worker: Option<PathBuf>,
 }
 
 /// The secret-sealing keys: the current one (from `[security]` or [`SECRET_KEY_ENV`]) and

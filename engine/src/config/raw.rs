@@ -80,6 +80,7 @@ pub struct RawPlugins {
     pub fuel: Option<u64>,
     pub max_upload_bytes: Option<usize>,
     pub compile_timeout: Option<String>,
+    pub compile_wait: Option<String>,
     pub max_concurrent_calls_per_tenant: Option<usize>,
     pub max_output_payload_bytes: Option<usize>,
     pub max_chain_length: Option<usize>,

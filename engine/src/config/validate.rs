@@ -374,6 +374,7 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         settings: global_plugins.clone(),
         max_chain_length,
         admin_dir: raw.plugins.admin_dir.as_ref().map(PathBuf::from),
+        compile_worker: None,
     };
 
     let security = security_config(&mut c, &raw.security);
@@ -450,11 +451,12 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             }
             None => delivery.clone(),
         };
-        let tenant_plugins = match &raw_tenant.plugins {
+        let mut tenant_plugins = match &raw_tenant.plugins {
             Some(overrides) => {
                 let engine_wide = [
                     ("max_upload_bytes", overrides.max_upload_bytes.is_some()),
                     ("compile_timeout", overrides.compile_timeout.is_some()),
+                    ("compile_wait", overrides.compile_wait.is_some()),
                     ("max_chain_length", overrides.max_chain_length.is_some()),
                     ("admin_dir", overrides.admin_dir.is_some()),
                 ];
@@ -479,6 +481,8 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             Some(overrides) => quotas(&mut c, &format!("{key}.quotas"), overrides, &global_quotas),
             None => global_quotas.clone(),
         };
+        // The tenant's share of the plugin host's chain slots follows its delivery weight.
+        tenant_plugins.slot_weight = tenant_quotas.delivery_weight;
         tenants.insert(
             raw_tenant.id.clone(),
             TenantConfig {
@@ -851,6 +855,16 @@ fn plugin_settings(
             raw.compile_timeout.as_ref(),
             base.compile_timeout,
         );
+    }
+    if raw.compile_wait.is_some() {
+        out.compile_wait = c.duration(
+            &key("compile_wait"),
+            raw.compile_wait.as_ref(),
+            base.compile_wait,
+        );
+        if out.compile_wait > Duration::from_secs(300) {
+            c.push(key("compile_wait"), "must be at most 300s");
+        }
     }
     if let Some(n) = raw.max_concurrent_calls_per_tenant {
         if n == 0 || n > 256 {

@@ -203,6 +203,7 @@ async fn run_chain(
         chain_error,
         run.duration,
         run.waited,
+        run.cpu,
     );
     let logs = run
         .logs

@@ -111,6 +111,10 @@ pub struct ChainRun {
     pub duration: Duration,
     /// Time spent waiting for plugin slots (the tenant's and the host's) before running.
     pub waited: Duration,
+    /// CPU time the chain's threads spent running it (instantiation, guest code, host calls,
+    /// dropping the stores): [`duration`](Self::duration) without the time the thread was
+    /// descheduled, which on a busy machine can be most of it.
+    pub cpu: Duration,
 }
 
 /// Which hook a chain phase calls.
@@ -211,6 +215,7 @@ pub(crate) async fn run(
                             memory_limit_bytes: settings.memory_limit_bytes,
                             logs: logs.clone(),
                             signing_secret: secret.clone(),
+                            random_key: runtime.random_key(),
                         };
                         match instantiate(runtime, plugin, params, settings).await {
                             Ok(instance) => slot.insert(instance),

@@ -4,6 +4,9 @@
 //! not an `Err`).
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::quota::QuotaExceeded;
 
 /// The plugin host could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,26 @@ pub enum PluginLoadError {
     /// The plugin loaded but could not be stored (disk error); nothing was published.
     #[error("plugin storage failed: {0}")]
     Storage(String),
+    /// The component has more functions, or a larger function, than the host compiles
+    /// ([`MAX_FUNCTIONS`](super::settings::MAX_FUNCTIONS),
+    /// [`MAX_FUNCTION_BODY_BYTES`](super::settings::MAX_FUNCTION_BODY_BYTES)); checked before
+    /// compiling. API code `plugin_too_large`.
+    #[error("plugin is too large to compile: {0}")]
+    TooComplex(String),
+    /// The install would pass the tenant's `plugins` or `plugin_bytes` quota; nothing was
+    /// compiled or written.
+    #[error("{0}")]
+    QuotaExceeded(QuotaExceeded),
+    /// No compile slot (the tenant's, then the engine's) freed up within `compile_wait`.
+    #[error(
+        "the plugin compiler is busy (another upload of this tenant, or {} uploads of others, are compiling); retry after {} s",
+        super::settings::MAX_CONCURRENT_COMPILES,
+        retry_after.as_secs().max(1)
+    )]
+    CompileBusy {
+        /// When to try again.
+        retry_after: Duration,
+    },
 }
 
 impl PluginLoadError {
@@ -59,6 +82,12 @@ impl PluginLoadError {
         }
     }
 
+    /// Whether this refusal is about the component itself (recorded as the live version's
+    /// `last_error`), rather than about the tenant's quota or the compiler being busy.
+    pub fn is_about_the_component(&self) -> bool {
+        !matches!(self, Self::QuotaExceeded(_) | Self::CompileBusy { .. })
+    }
+
     /// The stable API error code for this refusal.
     pub fn code(&self) -> &'static str {
         match self {
@@ -67,6 +96,9 @@ impl PluginLoadError {
             Self::NotFound => "plugin_not_found",
             Self::InvalidConfig(_) => "plugin_invalid_config",
             Self::Storage(_) => "internal",
+            Self::TooComplex(_) => "plugin_too_large",
+            Self::QuotaExceeded(_) => "quota_exceeded",
+            Self::CompileBusy { .. } => "compile_busy",
         }
     }
 }

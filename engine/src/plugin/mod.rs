@@ -4,14 +4,17 @@
 //! [`PluginHost`] is the only entry point. It owns:
 //! - one wasmtime engine (cranelift, pooling allocator, epoch deadlines from a 1 ms ticker,
 //!   optional fuel) and the compile cache on disk (`runtime.rs`);
-//! - the load pipeline shared by uploads, restarts and the admin directory: size → component
-//!   check → compile on the blocking pool with a timeout → import allow-list → link → export
-//!   check → `meta.describe` + validation → persist → publish by atomic swap (`runtime.rs`,
-//!   `persist.rs`, `registry.rs`); a failed load leaves the previous version live;
-//! - the per-attempt chain runner under a per-tenant concurrency quota, with a fresh sandboxed
-//!   store per plugin per attempt (`chain.rs`, `sandbox.rs`): guest code runs as async wasmtime
-//!   calls that yield at every 1 ms epoch tick, first on the caller's thread and, past one
-//!   tick, on a small dedicated thread pool (`runtime.rs`);
+//! - the load pipeline shared by uploads, restarts and the admin directory: size → the
+//!   tenant's plugin quotas → component check → code bounds → a compile slot of the tenant and
+//!   of the engine (bounded wait) → compile in a worker process killed past its timeout →
+//!   import allow-list → link → export check → `meta.describe` + validation → quotas again →
+//!   persist → publish by atomic swap (`compile.rs`, `runtime.rs`, `persist.rs`,
+//!   `registry.rs`); a failed load leaves the previous version live;
+//! - the per-attempt chain runner under a per-tenant concurrency quota and engine-wide slots
+//!   shared fairly by tenant weight, with a fresh sandboxed store per plugin per attempt
+//!   (`chain.rs`, `sandbox.rs`): guest code runs as async wasmtime calls that yield at every
+//!   1 ms epoch tick, first on the caller's thread and, past one tick, on a small dedicated
+//!   thread pool (`runtime.rs`); random numbers come from the host's key and the delivery id;
 //! - the output policy every transform patch and sign header passes (`policy.rs`);
 //! - the admin plugin directory watcher (`watch.rs`).
 //!
@@ -28,6 +31,8 @@
 
 mod bindings;
 mod chain;
+mod compile;
+mod cputime;
 mod error;
 mod persist;
 mod policy;
@@ -51,14 +56,19 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::permits::FairPermits;
+use crate::quota::QuotaExceeded;
+
 pub use chain::{ChainOutcome, ChainRun, ChainStep, PluginRequest};
+pub use compile::WORKER_ARGS as COMPILE_WORKER_ARGS;
 pub use error::{PluginError, PluginFailureCode, PluginLoadError};
 pub use policy::{OutboundRequest, PROTECTED_HEADERS};
 pub use registry::{PluginInfo, PluginSource};
-pub use runtime::EPOCH_TICK;
+pub use runtime::{EPOCH_TICK, compile_worker};
 pub use sandbox::{PluginLog, PluginLogLevel};
 pub use settings::PluginSettings;
 
+use compile::CompileGate;
 use registry::{Entry, Registry};
 use runtime::{LoadedPlugin, Runtime};
 
@@ -73,20 +83,72 @@ struct Inner {
     runtime: Runtime,
     registry: Registry,
     state_dir: PathBuf,
+    cache_dir: PathBuf,
     settings: PluginSettings,
-    compile_slots: Arc<Semaphore>,
-    /// Serializes persist + publish so the disk and the registry agree on the last writer.
+    compile_gate: CompileGate,
+    /// The `hookd` program uploads are compiled in (`compile.rs`), if any.
+    compile_worker: Option<PathBuf>,
+    /// Serializes persist + publish so the disk and the registry agree on the last writer
+    /// (and quota checks see every install before theirs).
     publish_lock: tokio::sync::Mutex<()>,
     tenant_slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
-    /// Caps chains running at once across tenants (see [`MAX_CONCURRENT_CHAINS`]).
-    chain_slots: Arc<Semaphore>,
+    /// Chains running at once across tenants (see [`MAX_CONCURRENT_CHAINS`]), shared fairly
+    /// between tenants by their weight.
+    chain_slots: FairPermits,
+}
+
+/// How a host is opened, beyond its budgets.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// The secret plugins' random numbers are derived from, with each delivery id: stable
+    /// across restarts and nodes (the engine derives it from its secret key), never shown.
+    /// `None`: a fresh random key for this host (determinism per delivery holds while it
+    /// lives).
+    pub random_key: Option<[u8; 32]>,
+    /// A `hookd` binary to compile uploads in (`hookd plugin compile-worker`, killed past
+    /// `compile_timeout`). `None`: compiles run on the blocking pool, and a timed-out compile
+    /// keeps its compile slot until it ends.
+    pub compile_worker: Option<PathBuf>,
+}
+
+/// What a tenant may install: its `plugins` and `plugin_bytes` quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginQuota {
+    /// Plugins the tenant may have.
+    pub plugins: u64,
+    /// Bytes of components the tenant may have.
+    pub bytes: u64,
+}
+
+/// A tenant's compile slot, taken before an upload's body is read
+/// ([`PluginHost::compile_slot`]) and given to [`PluginHost::install_within`]; given back when
+/// dropped.
+pub struct CompileSlot(compile::TenantSlot);
+
+impl std::fmt::Debug for CompileSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompileSlot")
+    }
+}
+
+/// What a tenant's uploaded plugins use of its quotas (plugins from the admin directory are
+/// the operator's and do not count).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PluginUsage {
+    /// Uploaded plugins.
+    pub plugins: u64,
+    /// Their components' bytes.
+    pub bytes: u64,
 }
 
 /// Chains that may run at once across all tenants. Chains are pure CPU work, so more than a
 /// few per core only adds latency; the cap also keeps the instance pool (1000 component and
-/// core instances) from running out with chains of up to ~8 plugins. Each tenant is further
-/// limited by `max_concurrent_calls_per_tenant`, so one tenant cannot take every slot unless
-/// its quota is set that high.
+/// core instances) from running out with chains of up to ~8 plugins. The slots are shared
+/// fairly between tenants (the delivery permits' [`FairPermits`]: a freed slot goes to the
+/// waiting tenant holding the fewest for its weight, and 1/16 of them are kept for tenants
+/// below their share, so a newcomer does not wait for a busy tenant's chains to end). Each
+/// tenant is further capped by `max_concurrent_calls_per_tenant` (default: the cores), since
+/// the scarce resource under the slots is CPU: more looping chains than cores slow everyone.
 pub const MAX_CONCURRENT_CHAINS: usize = 32;
 
 impl std::fmt::Debug for PluginHost {
@@ -118,6 +180,15 @@ impl PluginHost {
     /// startup (it runs guest `meta.describe` on its own thread, so it is safe to call from
     /// async code, but it does not yield).
     pub fn open(state_dir: &Path, settings: PluginSettings) -> Result<Self, PluginError> {
+        Self::open_with(state_dir, settings, HostOptions::default())
+    }
+
+    /// [`open`](Self::open) with a random key and a compile worker (see [`HostOptions`]).
+    pub fn open_with(
+        state_dir: &Path,
+        settings: PluginSettings,
+        options: HostOptions,
+    ) -> Result<Self, PluginError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| PluginError::Io { path, source }
@@ -129,16 +200,19 @@ impl PluginHost {
         std::fs::create_dir_all(&plugins_dir).map_err(io_err(&plugins_dir))?;
         std::fs::create_dir_all(&cache_dir).map_err(io_err(&cache_dir))?;
 
-        let runtime = Runtime::new(&cache_dir, &settings)?;
+        let random_key = options.random_key.unwrap_or_else(rand::random);
+        let runtime = Runtime::new(&cache_dir, &settings, random_key)?;
         let host = Self {
             inner: Arc::new(Inner {
                 runtime,
                 registry: Registry::default(),
                 state_dir,
-                compile_slots: Arc::new(Semaphore::new(runtime::MAX_CONCURRENT_COMPILES)),
+                cache_dir,
+                compile_gate: CompileGate::new(),
+                compile_worker: options.compile_worker,
                 publish_lock: tokio::sync::Mutex::new(()),
                 tenant_slots: Mutex::new(HashMap::new()),
-                chain_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_CHAINS)),
+                chain_slots: FairPermits::new(MAX_CONCURRENT_CHAINS),
                 settings,
             }),
         };
@@ -209,19 +283,103 @@ impl PluginHost {
     /// `hookd:plugin@0.1.0`) → `meta.describe` checked against the exports → persist → publish
     /// by atomic swap. Any failure leaves the previous version live and is recorded as its
     /// `last_error`.
+    ///
+    /// No quota applies: uploads through the API use [`install_within`](Self::install_within).
     pub async fn install(
         &self,
         tenant: &str,
         name: &str,
         wasm: Vec<u8>,
     ) -> Result<PluginInfo, PluginLoadError> {
+        self.upload(tenant, name, wasm, None, None).await
+    }
+
+    /// [`install`](Self::install) within the tenant's plugin quotas: refused as
+    /// [`PluginLoadError::QuotaExceeded`] (before compiling, and again atomically before
+    /// publishing) if the tenant would have more plugins or component bytes than `quota`.
+    /// Replacing a plugin counts only the growth in bytes. `slot`: the tenant's compile slot if
+    /// the caller took it already ([`compile_slot`](Self::compile_slot)).
+    pub async fn install_within(
+        &self,
+        tenant: &str,
+        name: &str,
+        wasm: Vec<u8>,
+        quota: PluginQuota,
+        slot: Option<CompileSlot>,
+    ) -> Result<PluginInfo, PluginLoadError> {
+        self.upload(tenant, name, wasm, Some(quota), slot).await
+    }
+
+    /// Waits at most `compile_wait` for the tenant's compile slot (one compile per tenant at
+    /// once): the API takes it before reading an upload's body, so the uploads a tenant queues
+    /// are not read into memory. [`PluginLoadError::CompileBusy`] if none freed up.
+    pub async fn compile_slot(&self, tenant: &str) -> Result<CompileSlot, PluginLoadError> {
+        self.inner
+            .compile_gate
+            .tenant_slot(tenant, self.inner.settings.compile_wait)
+            .await
+            .map(CompileSlot)
+    }
+
+    /// Whether installing `name` (of `size` bytes, if known yet) stays within `quota`: the
+    /// API asks before taking a compile slot and reading the body.
+    pub fn check_quota(
+        &self,
+        tenant: &str,
+        name: &str,
+        size: Option<usize>,
+        quota: PluginQuota,
+    ) -> Result<(), PluginLoadError> {
+        self.check_quota_for(tenant, name, size.unwrap_or(0), quota)
+    }
+
+    async fn upload(
+        &self,
+        tenant: &str,
+        name: &str,
+        wasm: Vec<u8>,
+        quota: Option<PluginQuota>,
+        slot: Option<CompileSlot>,
+    ) -> Result<PluginInfo, PluginLoadError> {
         let result = self
-            .install_from(tenant, name, wasm, PluginSource::Upload)
+            .install_from(tenant, name, wasm, PluginSource::Upload, quota, slot)
             .await;
-        if let Err(error) = &result {
+        if let Err(error) = &result
+            && error.is_about_the_component()
+        {
             self.record_error(tenant, name, error).await;
         }
         result
+    }
+
+    /// The tenant's use of its plugin quotas (uploaded plugins only).
+    pub fn usage(&self, tenant: &str) -> PluginUsage {
+        self.inner.registry.usage(tenant, None)
+    }
+
+    /// `Err` if installing `size` bytes as `name` would pass `quota`.
+    fn check_quota_for(
+        &self,
+        tenant: &str,
+        name: &str,
+        size: usize,
+        quota: PluginQuota,
+    ) -> Result<(), PluginLoadError> {
+        let now = self.inner.registry.usage(tenant, None);
+        let others = self.inner.registry.usage(tenant, Some(name));
+        let replacing = now.plugins > others.plugins;
+        let old_bytes = now.bytes - others.bytes;
+        let added_plugins = u64::from(!replacing);
+        let added_bytes = (size as u64).saturating_sub(old_bytes);
+        if added_plugins > 0 {
+            QuotaExceeded::check("plugins", quota.plugins, now.plugins, added_plugins)
+                .map_err(PluginLoadError::QuotaExceeded)?;
+        }
+        if added_bytes > 0 {
+            QuotaExceeded::check("plugin_bytes", quota.bytes, now.bytes, added_bytes)
+                .map_err(PluginLoadError::QuotaExceeded)?;
+        }
+        Ok(())
     }
 
     async fn install_from(
@@ -230,6 +388,8 @@ impl PluginHost {
         name: &str,
         wasm: Vec<u8>,
         source: PluginSource,
+        quota: Option<PluginQuota>,
+        slot: Option<CompileSlot>,
     ) -> Result<PluginInfo, PluginLoadError> {
         persist::check_tenant(tenant).map_err(PluginLoadError::invalid)?;
         persist::check_plugin_name(name).map_err(PluginLoadError::invalid)?;
@@ -240,9 +400,17 @@ impl PluginHost {
                 limit,
             });
         }
-        let (plugin, wasm) = self.load_blocking(wasm).await?;
+        // Checked before compiling (an upload over quota costs no compile), and again below
+        // under the publish lock, where concurrent uploads are serialized.
+        if let Some(quota) = quota {
+            self.check_quota_for(tenant, name, wasm.len(), quota)?;
+        }
+        let (plugin, wasm) = self.load_blocking(tenant, wasm, slot).await?;
 
         let _publishing = self.inner.publish_lock.lock().await;
+        if let Some(quota) = quota {
+            self.check_quota_for(tenant, name, wasm.len(), quota)?;
+        }
         let now = now_ms();
         let created_ms = self
             .inner
@@ -279,21 +447,45 @@ impl PluginHost {
         Ok(info)
     }
 
-    /// Compiles and checks a component on the blocking pool, within `compile_timeout`.
+    /// Compiles and checks a component within the compile bounds (see `compile.rs`): its code
+    /// is measured first, then it waits (at most `compile_wait`) for a compile slot of the
+    /// tenant and of the engine, compiles in the worker process (killed past
+    /// `compile_timeout`) or, without one, on the blocking pool, and is loaded from the
+    /// compile cache and checked on the blocking pool.
     async fn load_blocking(
         &self,
+        tenant: &str,
         wasm: Vec<u8>,
+        slot: Option<CompileSlot>,
     ) -> Result<(Arc<LoadedPlugin>, Vec<u8>), PluginLoadError> {
-        let permit = self
-            .inner
-            .compile_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| PluginLoadError::invalid("the plugin host is shutting down"))?;
+        runtime::check_component_header(&wasm)?;
+        compile::check_code_bounds(&wasm)?;
+        let settings = &self.inner.settings;
+        let gate = &self.inner.compile_gate;
+        let asked = Instant::now();
+        let slot = match slot {
+            Some(CompileSlot(slot)) => slot,
+            None => gate.tenant_slot(tenant, settings.compile_wait).await?,
+        };
+        let permit = gate.engine_slot(slot, settings.compile_wait).await?;
+        let timeout = settings.compile_timeout;
+        let started = Instant::now();
+        let waited = started.duration_since(asked);
+        if let Some(program) = &self.inner.compile_worker {
+            compile::compile_in_worker(
+                program,
+                &self.inner.cache_dir,
+                self.inner.runtime.fuel_enabled(),
+                &wasm,
+                timeout,
+            )
+            .await?;
+        }
+        let compiled = started.elapsed();
+        let misses_before = self.inner.runtime.cache_misses();
         let inner = self.inner.clone();
         let job = tokio::task::spawn_blocking(move || {
-            // Held until the compile really ends, even if the caller stopped waiting.
+            // Held until the load really ends, even if the caller stopped waiting.
             let _permit = permit;
             let sha256 = sha256_hex(&wasm);
             inner
@@ -301,8 +493,8 @@ impl PluginHost {
                 .load(&wasm, sha256, &inner.settings)
                 .map(|plugin| (Arc::new(plugin), wasm))
         });
-        let timeout = self.inner.settings.compile_timeout;
-        match tokio::time::timeout(timeout, job).await {
+        let left = timeout.saturating_sub(started.elapsed());
+        let loaded = match tokio::time::timeout(left, job).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(PluginLoadError::invalid(format!(
                 "loading the plugin failed unexpectedly: {join}"
@@ -311,7 +503,19 @@ impl PluginHost {
                 "compiling took longer than {} ms",
                 timeout.as_millis()
             ))),
+        };
+        tracing::debug!(
+            %tenant,
+            slot_wait_ms = waited.as_millis() as u64,
+            worker_ms = compiled.as_millis() as u64,
+            load_ms = (started.elapsed() - compiled).as_millis() as u64,
+            "plugin compiled and loaded"
+        );
+        if self.inner.compile_worker.is_some() && self.inner.runtime.cache_misses() > misses_before
+        {
+            tracing::warn!(%tenant, "the compile worker's result was not found in the compile cache: compiled again in the engine");
         }
+        loaded
     }
 
     async fn record_error(&self, tenant: &str, name: &str, error: &PluginLoadError) {
@@ -405,7 +609,7 @@ impl PluginHost {
     /// poisons an instance), created under `settings` (the tenant's budgets) from the plugin
     /// version's `InstancePre`. The chain first waits for a slot under the tenant's
     /// concurrency quota (`max_concurrent_calls_per_tenant`) and the host's
-    /// ([`MAX_CONCURRENT_CHAINS`]); it then runs on the caller's thread for at most one epoch
+    /// ([`MAX_CONCURRENT_CHAINS`], shared fairly by `settings.slot_weight`); it then runs on the caller's thread for at most one epoch
     /// tick and, if the guests are still running, finishes on the plugin thread pool (see
     /// `run_job`). [`ChainRun::waited`] and [`ChainRun::duration`] report the two parts.
     /// Plugins are resolved once at the start, so an upload during the attempt does not affect
@@ -423,7 +627,7 @@ impl PluginHost {
     ) -> ChainRun {
         let started = Instant::now();
         let mut waited = Duration::ZERO;
-        let finish = |outcome, logs: Option<sandbox::LogBuffer>, waited: Duration| {
+        let finish = |outcome, logs: Option<sandbox::LogBuffer>, waited: Duration, cpu| {
             let (logs, logs_truncated) = match logs {
                 Some(buffer) => {
                     let truncated = buffer.truncated();
@@ -437,6 +641,7 @@ impl PluginHost {
                 logs_truncated,
                 duration: started.elapsed().saturating_sub(waited),
                 waited,
+                cpu,
             }
         };
 
@@ -450,18 +655,27 @@ impl PluginHost {
                         code: PluginFailureCode::NotFound,
                         message: format!("plugin {:?} is not installed", step.name),
                     };
-                    return finish(outcome, None, waited);
+                    return finish(outcome, None, waited, Duration::ZERO);
                 }
             }
         }
         if steps.is_empty() {
-            return finish(ChainOutcome::Deliver(request.into_outbound()), None, waited);
+            return finish(
+                ChainOutcome::Deliver(request.into_outbound()),
+                None,
+                waited,
+                Duration::ZERO,
+            );
         }
 
         let slots = self.tenant_slots(tenant, settings.max_concurrent_calls_per_tenant);
         let permits = async {
             let tenant_permit = slots.acquire_owned().await?;
-            let global_permit = self.inner.chain_slots.clone().acquire_owned().await?;
+            let global_permit = self
+                .inner
+                .chain_slots
+                .acquire(tenant, settings.slot_weight)
+                .await;
             Ok::<_, tokio::sync::AcquireError>((tenant_permit, global_permit))
         };
         let permits = permits.await;
@@ -472,7 +686,7 @@ impl PluginHost {
                 code: PluginFailureCode::Error,
                 message: "plugin host is shutting down".into(),
             };
-            return finish(outcome, None, waited);
+            return finish(outcome, None, waited, Duration::ZERO);
         };
         let inner = self.inner.clone();
         let settings = settings.clone();
@@ -480,8 +694,9 @@ impl PluginHost {
             let _permit = permit;
             chain::run(&inner.runtime, &steps, request, &settings).await
         };
-        match self.run_job(job).await {
-            Ok((outcome, logs)) => finish(outcome, Some(logs), waited),
+        let cpu = Arc::new(cputime::CpuTime::default());
+        match self.run_job(cputime::measured(job, cpu.clone())).await {
+            Ok((outcome, logs)) => finish(outcome, Some(logs), waited, cpu.total()),
             Err(error) => {
                 tracing::error!(%tenant, %error, "plugin chain panicked");
                 let outcome = ChainOutcome::Failed {
@@ -489,7 +704,7 @@ impl PluginHost {
                     code: PluginFailureCode::Error,
                     message: "the plugin host failed while running the chain".into(),
                 };
-                finish(outcome, None, waited)
+                finish(outcome, None, waited, cpu.total())
             }
         }
     }
@@ -571,7 +786,7 @@ impl PluginHost {
         wasm: Vec<u8>,
     ) -> Result<PluginInfo, PluginLoadError> {
         let result = self
-            .install_from(tenant, name, wasm, PluginSource::AdminDir)
+            .install_from(tenant, name, wasm, PluginSource::AdminDir, None, None)
             .await;
         if let Err(error) = &result {
             self.inner

@@ -118,6 +118,20 @@ impl Registry {
         infos
     }
 
+    /// How many uploaded plugins the tenant has and their bytes, leaving out `except` (admin
+    /// directory plugins do not count against a tenant's quotas).
+    pub(crate) fn usage(&self, tenant: &str, except: Option<&str>) -> super::PluginUsage {
+        let tenants = self.read();
+        let mut usage = super::PluginUsage::default();
+        for (name, entry) in tenants.get(tenant).into_iter().flatten() {
+            if entry.source == PluginSource::Upload && Some(name.as_str()) != except {
+                usage.plugins += 1;
+                usage.bytes += entry.plugin.size_bytes as u64;
+            }
+        }
+        usage
+    }
+
     /// Makes `entry` the live version (keeping the original creation time).
     pub(crate) fn publish(&self, tenant: &str, name: &str, mut entry: Entry) -> PluginInfo {
         let mut tenants = self.write();

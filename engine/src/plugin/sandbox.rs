@@ -7,8 +7,10 @@
 //! Determinism: the wall clock reads the attempt time from the request and the monotonic clock
 //! starts from it; both advance only when the guest sleeps, and a sleep returns at once (it
 //! advances the virtual clock instead of blocking a thread, which epoch interruption could
-//! not stop). Randomness is a ChaCha PRNG seeded from the delivery id. So a replay or
-//! simulation of the same delivery at the same attempt time sees exactly what production saw.
+//! not stop). Randomness is a ChaCha PRNG seeded with an HMAC of the delivery id under the
+//! host's random key (derived from the engine's secret key): a replay or simulation of the same
+//! delivery at the same attempt time sees exactly what production saw, while a receiver, who
+//! knows the delivery id (`webhook-id`), cannot predict a plugin's random bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac as _};
 use rand_wasi::SeedableRng as _;
 use serde::Serialize;
-use sha2::{Digest as _, Sha256, Sha512};
+use sha2::{Sha256, Sha512};
 use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -307,6 +309,8 @@ pub(crate) struct StoreState {
     call_deadline: Option<Instant>,
     /// When the running call started.
     call_started: Instant,
+    /// Keeps the epoch ticker awake while this store lives (set by [`new_store`]).
+    _live: Option<super::runtime::LiveStore>,
 }
 
 /// What the sandbox of one plugin call needs to know about the attempt.
@@ -317,6 +321,16 @@ pub(crate) struct SandboxParams<'a> {
     pub memory_limit_bytes: usize,
     pub logs: SharedLogs,
     pub signing_secret: Arc<[u8]>,
+    /// The host's secret the random seeds are derived from.
+    pub random_key: &'a [u8; 32],
+}
+
+/// A 32-byte seed: HMAC-SHA256 under `key` of `label` and the delivery id.
+fn random_seed(key: &[u8; 32], label: &[u8], delivery_id: &str) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(label);
+    mac.update(delivery_id.as_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 impl StoreState {
@@ -324,16 +338,16 @@ impl StoreState {
     /// stdout/stderr captured; deterministic clocks and randomness.
     pub(crate) fn new(params: SandboxParams<'_>) -> Self {
         let clock = VirtualClock::new(params.attempt_time_ms);
-        let seed: [u8; 32] = Sha256::new()
-            .chain_update(b"hookd plugin random v1\0")
-            .chain_update(params.delivery_id.as_bytes())
-            .finalize()
-            .into();
-        let insecure_seed: [u8; 32] = Sha256::new()
-            .chain_update(b"hookd plugin insecure random v1\0")
-            .chain_update(params.delivery_id.as_bytes())
-            .finalize()
-            .into();
+        let seed = random_seed(
+            params.random_key,
+            b"hookd plugin random v2\0",
+            params.delivery_id,
+        );
+        let insecure_seed = random_seed(
+            params.random_key,
+            b"hookd plugin insecure random v2\0",
+            params.delivery_id,
+        );
         let mut seed_bytes = [0u8; 16];
         seed_bytes.copy_from_slice(&insecure_seed[..16]);
 
@@ -370,6 +384,7 @@ impl StoreState {
             clock,
             call_deadline: None,
             call_started: Instant::now(),
+            _live: None,
         }
     }
 
@@ -409,7 +424,14 @@ impl StoreState {
 /// The callback runs at every epoch tick while guest code runs: once the call has run for a
 /// tick it yields to the executor (the guest resumes on the next poll, possibly on another
 /// thread); past the call's deadline it interrupts the call.
-pub(crate) fn new_store(engine: &wasmtime::Engine, state: StoreState) -> Store<StoreState> {
+///
+/// `live` keeps the epoch ticker running while the store exists.
+pub(crate) fn new_store(
+    engine: &wasmtime::Engine,
+    mut state: StoreState,
+    live: super::runtime::LiveStore,
+) -> Store<StoreState> {
+    state._live = Some(live);
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     store.epoch_deadline_callback(|context| Ok(context.data().at_tick()));
@@ -643,6 +665,7 @@ mod tests {
             memory_limit_bytes: 1 << 20,
             logs: Arc::new(Mutex::new(LogBuffer::new(100))),
             signing_secret: Arc::from(&b"key"[..]),
+            random_key: &[0; 32],
         });
         let alg = signing_key::MacAlgorithm::HmacSha256;
         assert!(state.mac(alg, b"data".to_vec()).is_err());

@@ -1,5 +1,5 @@
 //! Plugin budgets and limits ([`PluginSettings`]): what one plugin call may use (time, memory,
-//! fuel, log bytes, output size) and what an upload may be. The engine builds these from its
+//! fuel, log bytes, output size), what an upload may be and how its compile is bounded. The engine builds these from its
 //! config (per tenant overridable); this module owns only the defaults and their meaning.
 
 use std::time::Duration;
@@ -14,6 +14,22 @@ pub const DEFAULT_MAX_LOG_BYTES: usize = 4 << 10;
 pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 32 << 20;
 /// Default time allowed to compile an uploaded component.
 pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time an upload waits for a compile slot before `503 compile_busy`.
+pub const DEFAULT_COMPILE_WAIT: Duration = Duration::from_secs(10);
+/// Compiles one tenant may run at once (the engine runs [`MAX_CONCURRENT_COMPILES`] in all):
+/// a tenant uploading in a loop holds one compile slot, never every one.
+pub const COMPILES_PER_TENANT: usize = 1;
+/// Compiles running at once across tenants. Each compiles on one thread
+/// (`parallel_compilation` is off), in a worker process at a lower scheduling priority.
+pub const MAX_CONCURRENT_COMPILES: usize = 2;
+/// Most functions a component may define, over all its core modules, checked before compiling
+/// (cranelift compiles each one; the Python plugin of `plugins/` has 13,357, the JS one
+/// 12,708).
+pub const MAX_FUNCTIONS: usize = 100_000;
+/// Largest function body a component may have, in bytes, checked before compiling (compile
+/// time grows faster than linearly with one function's size; the largest in the Python plugin
+/// of `plugins/` is 417 KiB, in the JS one 168 KiB).
+pub const MAX_FUNCTION_BODY_BYTES: usize = 1 << 20;
 /// Most plugin chains one tenant may run at the same time by default; the default is the
 /// number of cores when that is smaller (see [`default_max_concurrent_calls_per_tenant`]).
 pub const DEFAULT_MAX_CONCURRENT_CALLS_PER_TENANT: usize = 4;
@@ -59,10 +75,17 @@ pub struct PluginSettings {
     pub fuel: Option<u64>,
     /// Largest accepted component upload, in bytes.
     pub max_upload_bytes: usize,
-    /// Time allowed to compile an upload; a slower compile is refused as `plugin_invalid`.
+    /// Time allowed to compile an upload; a slower compile is stopped (its worker process is
+    /// killed, freeing its compile slot) and refused as `plugin_invalid`.
     pub compile_timeout: Duration,
+    /// Time an upload waits for a compile slot (its tenant's, then the engine's) before it is
+    /// refused as `compile_busy` (503 with `Retry-After`).
+    pub compile_wait: Duration,
     /// Plugin chains one tenant may run concurrently; further attempts wait for a slot.
     pub max_concurrent_calls_per_tenant: usize,
+    /// The tenant's weight in the fair sharing of the host's chain slots (the tenant's
+    /// `delivery_weight` quota): while tenants compete, each gets slots in proportion to it.
+    pub slot_weight: u64,
     /// Largest payload a transform may return (`plugin_invalid_output` beyond it).
     pub max_output_payload_bytes: usize,
 }
@@ -76,7 +99,9 @@ impl Default for PluginSettings {
             fuel: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
+            compile_wait: DEFAULT_COMPILE_WAIT,
             max_concurrent_calls_per_tenant: default_max_concurrent_calls_per_tenant(),
+            slot_weight: 1,
             max_output_payload_bytes: DEFAULT_MAX_OUTPUT_PAYLOAD_BYTES,
         }
     }

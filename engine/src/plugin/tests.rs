@@ -19,6 +19,8 @@ use tokio::sync::OnceCell;
 
 use super::*;
 
+mod limits;
+
 const DIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/dist");
 /// The tenant every shared fixture is installed into.
 const FIXTURES: &str = "fixtures";

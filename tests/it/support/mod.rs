@@ -46,6 +46,30 @@ pub fn wasm(name: &str) -> Vec<u8> {
     std::fs::read(format!("{dist}/{name}.wasm")).unwrap_or_else(|e| panic!("{name}.wasm: {e}"))
 }
 
+/// `component` made distinct by a custom section holding `tag` appended at its end: the same
+/// plugin, with a hash the compile cache has never seen (so installing it compiles it).
+pub fn distinct(component: &[u8], tag: &str) -> Vec<u8> {
+    let leb = |mut n: usize, out: &mut Vec<u8>| loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    };
+    let name = b"hookd-test";
+    let mut content = Vec::new();
+    leb(name.len(), &mut content);
+    content.extend_from_slice(name);
+    content.extend_from_slice(tag.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // a custom section
+    leb(content.len(), &mut out);
+    out.extend_from_slice(&content);
+    out
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, failing the test after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
@@ -129,8 +153,11 @@ api_keys = ["sha256:{globex}"]
     )
 }
 
+/// A test config; uploads compile in the `hookd` binary's worker, as under `hookd serve`.
 pub fn parse_config(text: &str) -> Config {
-    Config::parse(Path::new("test.toml"), text).expect("test config is valid")
+    let mut config = Config::parse(Path::new("test.toml"), text).expect("test config is valid");
+    config.plugins.compile_worker = Some(env!("CARGO_BIN_EXE_hookd").into());
+    config
 }
 
 /// An engine running in this test process.
@@ -249,4 +276,20 @@ impl TestEngine {
         )
         .await
     }
+}
+
+/// Plugin compile workers running now for the engine whose data directory is `data_dir`
+/// (processes whose command line has `compile-worker` and that engine's cache directory).
+pub fn compile_workers(data_dir: &Path) -> usize {
+    let data_dir = data_dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains("compile-worker") && cmdline.contains(&data_dir))
+        .count()
 }
