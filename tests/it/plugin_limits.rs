@@ -13,16 +13,7 @@ use crate::support::{
 };
 
 async fn upload(engine: &TestEngine, name: &str, bytes: Vec<u8>) -> (u16, Value) {
-    let response = engine
-        .http
-        .put(engine.url(&format!("/v1/plugins/{name}")))
-        .bearer_auth(ACME_KEY)
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    crate::plugins::upload(engine, ACME_KEY, name, bytes).await
 }
 
 #[tokio::test]

@@ -15,7 +15,8 @@ const WAIT: Duration = Duration::from_secs(20);
 
 pub use crate::support::wasm;
 
-async fn upload(engine: &TestEngine, key: &str, name: &str, bytes: Vec<u8>) -> (u16, Value) {
+/// Uploads `bytes` as the plugin `name` of the key's tenant: the status and the answer.
+pub async fn upload(engine: &TestEngine, key: &str, name: &str, bytes: Vec<u8>) -> (u16, Value) {
     let response = engine
         .http
         .put(engine.url(&format!("/v1/plugins/{name}")))

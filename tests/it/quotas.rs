@@ -342,16 +342,7 @@ async fn upload_plugin(
     name: &str,
     component: &str,
 ) -> (u16, Value) {
-    let response = engine
-        .http
-        .put(engine.url(&format!("/v1/plugins/{name}")))
-        .bearer_auth(key)
-        .body(wasm(component))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    crate::plugins::upload(engine, key, name, wasm(component)).await
 }
 
 /// acme's `plugins` and `plugin_bytes` in the admin view: (limit, used) of each.

@@ -232,13 +232,23 @@ pub(crate) async fn compile_in_worker(
         return Ok(());
     }
     let message = String::from_utf8_lossy(&output.stderr);
-    let message = message.trim();
+    let mut message = message.trim();
+    if message.len() > MAX_WORKER_MESSAGE_BYTES {
+        let mut end = MAX_WORKER_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message = &message[..end];
+    }
     Err(PluginLoadError::invalid(if message.is_empty() {
         format!("the compiler stopped ({})", output.status)
     } else {
         message.to_owned()
     }))
 }
+
+/// Longest reason taken from a worker's output (the tenant reads it in the upload's answer).
+const MAX_WORKER_MESSAGE_BYTES: usize = 4096;
 
 /// The worker's side: lowers its priority, reads one component from `input`, compiles it with
 /// `engine` (whose compile cache stores it). `Err` is the message for the host (the upload's

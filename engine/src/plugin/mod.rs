@@ -97,6 +97,10 @@ struct Inner {
     chain_slots: FairPermits,
 }
 
+/// How long a plugin of the admin directory waits for a compile slot (uploads wait
+/// `compile_wait`): the operator's plugins are loaded in turn, never refused as busy.
+const ADMIN_DIR_COMPILE_WAIT: Duration = Duration::from_secs(3600);
+
 /// How a host is opened, beyond its budgets.
 #[derive(Debug, Clone, Default)]
 pub struct HostOptions {
@@ -405,7 +409,12 @@ impl PluginHost {
         if let Some(quota) = quota {
             self.check_quota_for(tenant, name, wasm.len(), quota)?;
         }
-        let (plugin, wasm) = self.load_blocking(tenant, wasm, slot).await?;
+        // The operator's admin-directory plugins wait their turn rather than fail to load.
+        let wait = match source {
+            PluginSource::Upload => self.inner.settings.compile_wait,
+            PluginSource::AdminDir => ADMIN_DIR_COMPILE_WAIT,
+        };
+        let (plugin, wasm) = self.load_blocking(tenant, wasm, slot, wait).await?;
 
         let _publishing = self.inner.publish_lock.lock().await;
         if let Some(quota) = quota {
@@ -448,7 +457,7 @@ impl PluginHost {
     }
 
     /// Compiles and checks a component within the compile bounds (see `compile.rs`): its code
-    /// is measured first, then it waits (at most `compile_wait`) for a compile slot of the
+    /// is measured first, then it waits (at most `wait` for each) for a compile slot of the
     /// tenant and of the engine, compiles in the worker process (killed past
     /// `compile_timeout`) or, without one, on the blocking pool, and is loaded from the
     /// compile cache and checked on the blocking pool.
@@ -457,6 +466,7 @@ impl PluginHost {
         tenant: &str,
         wasm: Vec<u8>,
         slot: Option<CompileSlot>,
+        wait: Duration,
     ) -> Result<(Arc<LoadedPlugin>, Vec<u8>), PluginLoadError> {
         runtime::check_component_header(&wasm)?;
         compile::check_code_bounds(&wasm)?;
@@ -465,9 +475,9 @@ impl PluginHost {
         let asked = Instant::now();
         let slot = match slot {
             Some(CompileSlot(slot)) => slot,
-            None => gate.tenant_slot(tenant, settings.compile_wait).await?,
+            None => gate.tenant_slot(tenant, wait).await?,
         };
-        let permit = gate.engine_slot(slot, settings.compile_wait).await?;
+        let permit = gate.engine_slot(slot, wait).await?;
         let timeout = settings.compile_timeout;
         let started = Instant::now();
         let waited = started.duration_since(asked);
