@@ -35,16 +35,24 @@ e2e: end-to-end benchmark of the release hookd (issue 4)
 
   cargo bench -p hookd --bench e2e [-- OPTIONS]
 
-  --all             every scenario (the default under `cargo bench`)
-  --scenario LIST   comma-separated: 1, 1b (scenario 1 through the batch route), 2, 3, 4, 5, 6;
-                    the loopback ceiling and scenario 1 always run (others compare with them)
-  --events N        events per scenario 1-4 run (default 20000; scenario 2 uses N/4)
+  --all             every scenario but 7 (the default under `cargo bench`)
+  --scenario LIST   comma-separated: 1, 1b (scenario 1 through the batch route), 2, 3, 4, 5, 6,
+                    7 (history); the loopback ceiling and scenario 1 always run (others compare
+                    with them)
+  --events N        events per scenario 1-4 and 7 run (default 20000; scenario 2 uses N/4)
   --backlog N       events of scenario 5 (default 1000000)
+  --history N       events of history scenario 7 puts between its two runs (default 1000000)
   --s5-budget SECS  time cap of scenario 5's drain (default 240)
+  --engine PATH     the hookd binary to run (default: this build's release binary), e.g. an
+                    older release, for a before/after in one session
   --backend postgres  also run scenario 1's shape on PostgreSQL (started here, durable): one
                     node and --nodes nodes sharing the database, next to sled's scenario 1
   --nodes N         nodes of the shared-database run (default 3)
   --help            this text
+
+Scenario 5 with its default backlog of a million and scenario 7 take minutes each; alone:
+  cargo bench -p hookd --bench e2e -- --scenario 5
+  cargo bench -p hookd --bench e2e -- --scenario 7
 ";
 
 /// Unix time in ns (the receiver compares it with the send time in the payload).
@@ -538,6 +546,28 @@ struct Bench {
     events: usize,
 }
 
+/// (sum, count) of a histogram of the engine's `/metrics`, over every label set.
+async fn histogram_totals(http: &reqwest::Client, base: &str, name: &str) -> (f64, f64) {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    let sum_of = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        sum_of(&format!("{name}_sum")),
+        sum_of(&format!("{name}_count")),
+    )
+}
+
 /// A Prometheus histogram from the engine's `/metrics`, summed over its label sets: the
 /// cumulative count at each bucket bound (`+Inf` last), plus the sum and count.
 #[derive(Default, Clone)]
@@ -674,6 +704,27 @@ impl PluginHistograms {
     }
 }
 
+/// Mean time an attempt held its webhook's slot, and mean HTTP exchange, in ms (an engine
+/// without the slot metric reports 0).
+async fn slot_figures(http: &reqwest::Client, base: &str, f: &mut Figures) {
+    let (slot_sum, slot_count) = histogram_totals(http, base, "hookd_attempt_slot_seconds").await;
+    let (http_sum, http_count) =
+        histogram_totals(http, base, "hookd_delivery_latency_seconds").await;
+    f.extra.insert(
+        "slot_mean_ms".into(),
+        json!(round2(slot_sum / slot_count.max(1.0) * 1e3)),
+    );
+    f.extra.insert(
+        "http_mean_ms".into(),
+        json!(round2(http_sum / http_count.max(1.0) * 1e3)),
+    );
+}
+
+/// Engine CPU per event and its delivery(ies), in µs.
+fn cpu_per_delivery_us(f: &Figures) -> f64 {
+    f.engine_cpu_s / f.deliveries.max(1) as f64 * 1e6
+}
+
 impl Bench {
     /// The generator posting the same body straight to the receiver: one hop.
     async fn ceiling(&self) -> Figures {
@@ -760,6 +811,7 @@ impl Bench {
         f.generator_cpu_s = cpu_seconds(std::process::id()) - g0;
         f.engine_peak_rss_mib = vm_mib(engine.proc.pid(), "VmHWM:");
         f.data_mib = dir_mib(&engine.data);
+        slot_figures(&self.http, &engine.base, &mut f).await;
         if plugin.is_some() {
             let loaded = PluginHistograms::read(&self.http, &engine.base).await;
             f.extra
@@ -807,19 +859,31 @@ impl Bench {
             .await;
         let e0 = cpu_seconds(engine.proc.pid());
         println!("  s5: ingesting {events} events through the batch route (receiver down)...");
-        let mut ingest = generate(
-            &self.http,
-            &Target::Batch(engine.base.clone(), 1000),
-            events,
-            None,
-        )
-        .await;
+        // First a tenth, to compare memory at a tenth of the backlog with memory at all of it.
+        let tenth = (events / 10).max(1);
+        let target = Target::Batch(engine.base.clone(), 1000);
+        let first = generate(&self.http, &target, tenth, None).await;
+        let pid = engine.proc.pid();
+        let rss_tenth = vm_mib(pid, "VmRSS:");
+        println!("  s5: {} pending: RSS {rss_tenth:.1} MiB", first.accepted);
+        let mut ingest = generate(&self.http, &target, events - tenth, None).await;
+        ingest.accepted += first.accepted;
+        ingest.refused += first.refused;
+        ingest.aborted |= first.aborted;
+        ingest.wall += first.wall;
+        ingest.first_send_ns = first.first_send_ns;
+        ingest.accept_us.extend(first.accept_us);
         let mut f = Figures {
             name: "5".into(),
             ..Default::default()
         };
         ingest_figures(&mut ingest, &mut f);
-        let pid = engine.proc.pid();
+        let payload_mib =
+            (payload(events / 2, now_ns()).len() * ingest.accepted) as f64 / (1024.0 * 1024.0);
+        f.extra
+            .insert("tenth_rss_mib".into(), json!(round2(rss_tenth)));
+        f.extra
+            .insert("payload_mib".into(), json!(round2(payload_mib)));
         let (rss_now, rss_peak, disk) = (
             vm_mib(pid, "VmRSS:"),
             vm_mib(pid, "VmHWM:"),
@@ -927,6 +991,79 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Scenario 7: `events` measured on an empty store, `history` more delivered through
+    /// batches, the same `events` measured again on the same engine.
+    async fn history(&self, events: usize, history: usize) -> (Figures, Figures) {
+        self.rx.ctl("reset").await;
+        let engine = Engine::start(&self.http, "2s").await;
+        engine
+            .create_webhook(&self.http, json!({"url": self.rx.url("s7")}))
+            .await;
+        let measure = |name: &'static str, delivered_before: usize| {
+            let engine = &engine;
+            async move {
+                let e0 = cpu_seconds(engine.proc.pid());
+                let mut ingest = generate(
+                    &self.http,
+                    &Target::Single(engine.base.clone()),
+                    events,
+                    None,
+                )
+                .await;
+                let mut f = Figures {
+                    name: name.into(),
+                    ..Default::default()
+                };
+                ingest_figures(&mut ingest, &mut f);
+                let expected = delivered_before + ingest.accepted;
+                self.rx
+                    .wait_for(
+                        "ALL",
+                        expected,
+                        Duration::from_secs(15),
+                        Instant::now() + Duration::from_secs(120),
+                    )
+                    .await;
+                let counts = self.rx.get("counts").await;
+                let got = counts["ALL"]["distinct"].as_u64().unwrap_or(0) as usize;
+                f.deliveries = (got - delivered_before) as u64;
+                f.lost = ingest.accepted as i64 - f.deliveries as i64;
+                f.engine_cpu_s = cpu_seconds(engine.proc.pid()) - e0;
+                f.engine_peak_rss_mib = vm_mib(engine.proc.pid(), "VmHWM:");
+                f.data_mib = dir_mib(&engine.data);
+                (f, got)
+            }
+        };
+        let (before, delivered) = measure("7a", 0).await;
+        println!("  s7: {history} events of history through batches...");
+        let fill = generate(
+            &self.http,
+            &Target::Batch(engine.base.clone(), 1000),
+            history,
+            None,
+        )
+        .await;
+        self.rx
+            .wait_for(
+                "ALL",
+                delivered + fill.accepted,
+                Duration::from_secs(30),
+                Instant::now() + Duration::from_secs(1800),
+            )
+            .await;
+        let counts = self.rx.get("counts").await;
+        let delivered = counts["ALL"]["distinct"].as_u64().unwrap_or(0) as usize;
+        println!(
+            "  s7: history of {} delivered; data dir {:.0} MiB",
+            fill.accepted,
+            dir_mib(&engine.data)
+        );
+        let (after, _) = measure("7b", delivered).await;
+        (before, after)
+    }
+}
+
 /// Median of the native reshape over the body hookd would send, one call after each 10 ms
 /// idle (as the quiet engine runs its chains: caches cold), in µs.
 async fn native_reshape_cold_us() -> f64 {
@@ -1011,6 +1148,12 @@ fn main() {
     let backlog: usize = value("--backlog")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let history: usize = value("--history")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    if let Some(engine) = value("--engine") {
+        let _ = procs::ENGINE.set(PathBuf::from(engine));
+    }
     let s5_budget = Duration::from_secs(
         value("--s5-budget")
             .and_then(|v| v.parse().ok())
@@ -1027,6 +1170,7 @@ fn main() {
         scenarios,
         events,
         backlog,
+        history,
         s5_budget,
         smoke,
         postgres_nodes,
@@ -1037,6 +1181,7 @@ async fn run(
     scenarios: Vec<String>,
     events: usize,
     backlog: usize,
+    history: usize,
     s5_budget: Duration,
     smoke: bool,
     postgres_nodes: Option<usize>,
@@ -1060,7 +1205,10 @@ async fn run(
     };
     println!(
         "e2e bench: hookd {} | {} cores | RUST_BACKTRACE={} | concurrency {CONCURRENCY} | {events} events per run{}",
-        env!("CARGO_BIN_EXE_hookd"),
+        procs::ENGINE
+            .get()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_hookd").to_string()),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
@@ -1094,6 +1242,40 @@ async fn run(
             s1.lost
         ),
         s1.deliveries_per_s >= 0.25 * ceil && s1.lost == 0 && s1.complete,
+    );
+    check(
+        &mut checks,
+        format!(
+            "s1 keeps pace: deliveries/s {:.0} >= 90% of accepted/s {:.0} ({:.0}%)",
+            s1.deliveries_per_s,
+            s1.ingest_eps,
+            100.0 * s1.deliveries_per_s / s1.ingest_eps.max(1e-9)
+        ),
+        s1.deliveries_per_s >= 0.9 * s1.ingest_eps,
+    );
+    check(
+        &mut checks,
+        format!(
+            "s1 e2e p50 {:.1} ms <= 250 ms at {CONCURRENCY} producers",
+            s1.e2e_us[0] as f64 / 1000.0
+        ),
+        s1.e2e_us[0] <= 250_000,
+    );
+    let s1_cpu = cpu_per_delivery_us(&s1);
+    check(
+        &mut checks,
+        format!("s1 engine CPU per event + delivery {s1_cpu:.0} µs <= 120 µs"),
+        s1_cpu <= 120.0,
+    );
+    let x = |f: &Figures, k: &str| f.extra.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    check(
+        &mut checks,
+        format!(
+            "info: s1 slot {:.2} ms per attempt vs HTTP exchange {:.2} ms (default max_in_flight 8)",
+            x(&s1, "slot_mean_ms"),
+            x(&s1, "http_mean_ms")
+        ),
+        true,
     );
     all.push(s1.clone());
     let s1_rate = s1.deliveries_per_s;
@@ -1162,6 +1344,15 @@ async fn run(
                 f.lost
             ),
             f.deliveries_per_s >= 2.0 * s1_rate && f.lost == 0 && f.complete,
+        );
+        // Storage v2's target: 4x the 240-844 events/s the previous store took with fan-out 10.
+        check(
+            &mut checks,
+            format!(
+                "s2 fan-out x10 ingest {:.0} events/s >= 4 x 844 = 3376",
+                f.ingest_eps
+            ),
+            f.ingest_eps >= 3376.0,
         );
         all.push(f);
     }
@@ -1315,6 +1506,22 @@ async fn run(
         );
         all.push(f);
     }
+    if want("7") {
+        let (before, after) = bench.history(events, history).await;
+        before.row(ceil);
+        after.row(ceil);
+        let (a, b) = (cpu_per_delivery_us(&before), cpu_per_delivery_us(&after));
+        check(
+            &mut checks,
+            format!(
+                "s7 engine CPU per event + delivery after {history} events of history {b:.0} µs <= 1.1 x on an empty store {a:.0} µs ({:.2}x)",
+                b / a.max(1e-9)
+            ),
+            b <= 1.1 * a && before.lost == 0 && after.lost == 0,
+        );
+        all.push(before);
+        all.push(after);
+    }
     if want("5") {
         let f = bench.backlog(backlog, s5_budget).await;
         f.row(ceil);
@@ -1326,6 +1533,26 @@ async fn run(
                 f.engine_peak_rss_mib, f.events
             ),
             f.engine_peak_rss_mib * 1.048_576 <= 300.0,
+        );
+        check(
+            &mut checks,
+            format!(
+                "s5 RSS with all pending {:.0} MiB <= 1.3 x RSS with a tenth pending {:.0} MiB ({:.2}x)",
+                x("backlog_rss_mib"),
+                x("tenth_rss_mib"),
+                x("backlog_rss_mib") / x("tenth_rss_mib")
+            ),
+            x("backlog_rss_mib") <= 1.3 * x("tenth_rss_mib"),
+        );
+        check(
+            &mut checks,
+            format!(
+                "s5 data dir {:.0} MiB <= 1.6 x payload bytes {:.0} MiB ({:.2}x)",
+                x("backlog_data_mib"),
+                x("payload_mib"),
+                x("backlog_data_mib") / x("payload_mib")
+            ),
+            x("backlog_data_mib") <= 1.6 * x("payload_mib"),
         );
         check(
             &mut checks,

@@ -9,6 +9,12 @@
 //!
 //! Nothing is delivered: the webhook points at a closed loopback port and is disabled, so the
 //! figures are ingest alone.
+//!
+//! `cargo bench --bench ingest -- --pending N` instead fills one store with N events of 1 KiB,
+//! each leaving one delivery pending (groups of 500, nothing delivered), and prints the
+//! process's RSS at every tenth: the store's memory against its backlog. This binary uses the
+//! system allocator, so it runs under a heap profiler as it is (`heaptrack <bench binary>
+//! --pending 200000`).
 
 #![allow(clippy::print_stdout, clippy::disallowed_methods)]
 
@@ -37,7 +43,7 @@ fn event(payload: &str) -> NewEvent {
     }
 }
 
-fn open_store(dir: &std::path::Path) -> Arc<dyn Store> {
+async fn open_store(dir: &std::path::Path) -> Arc<dyn Store> {
     Arc::new(
         hookd::store::SledStore::open_with_cache(
             dir,
@@ -54,7 +60,7 @@ fn payload_1k() -> String {
 
 async fn fsync_per_event() -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
+    let store = open_store(dir.path()).await;
     let payload = payload_1k();
     let start = Instant::now();
     let mut n = 0u64;
@@ -67,7 +73,7 @@ async fn fsync_per_event() -> f64 {
 
 async fn group_commit() -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
+    let store = open_store(dir.path()).await;
     let (ingest, _writer) = Ingest::start(store);
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -149,8 +155,63 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// Resident set size of this process (Linux), in MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Fills a store with `count` pending deliveries and prints RSS as the backlog grows.
+async fn pending_backlog(count: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let webhook = hookd::ids::WebhookId::new();
+    let payload = payload_1k();
+    let start = Instant::now();
+    let mut done = 0;
+    println!("pending 0: RSS {:.1} MiB", rss_mib());
+    while done < count {
+        let group: Vec<NewEvent> = (0..500.min(count - done))
+            .map(|_| NewEvent {
+                webhooks: vec![webhook.clone()],
+                ..event(&payload)
+            })
+            .collect();
+        done += group.len();
+        store.append_events(group).await.unwrap();
+        if done % (count / 10).max(1) == 0 {
+            println!(
+                "pending {done}: RSS {:.1} MiB, {:.0} events/s",
+                rss_mib(),
+                done as f64 / start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    store.close().await.unwrap();
+    println!("closed: RSS {:.1} MiB", rss_mib());
+}
+
 #[tokio::main]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--pending") {
+        let count = args
+            .get(at + 1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(200_000);
+        pending_backlog(count).await;
+        return;
+    }
     println!(
         "RUST_BACKTRACE={:?}; 1 KiB payloads; {CONCURRENCY} concurrent; {RUN:?} per run; median of 3",
         std::env::var("RUST_BACKTRACE").ok()

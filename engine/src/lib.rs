@@ -135,8 +135,8 @@ impl RunningEngine {
         if let Err(err) = self.store.release_claims().await {
             warn!(error = %err, "could not release claims; they return when their lease ends");
         }
-        if let Err(err) = self.store.flush().await {
-            warn!(error = %err, "final flush failed");
+        if let Err(err) = self.store.close().await {
+            warn!(error = %err, "closing the store failed");
         }
         info!("engine stopped; store flushed");
     }

@@ -53,6 +53,7 @@ pub const QUEUE_SCHEDULED: &str = "hookd_queue_scheduled";
 pub const PLUGIN_CALLS: &str = "hookd_plugin_calls_total";
 pub const PLUGIN_CHAIN: &str = "hookd_plugin_chain_seconds";
 pub const PLUGIN_SLOT_WAIT: &str = "hookd_plugin_slot_wait_seconds";
+pub const ATTEMPT_SLOT: &str = "hookd_attempt_slot_seconds";
 pub const PLUGIN_CHAIN_CPU: &str = "hookd_plugin_chain_cpu_seconds";
 pub const CONFIG_RELOADS: &str = "hookd_config_reloads_total";
 
@@ -113,6 +114,12 @@ impl Metrics {
                     PLUGIN_CHAIN_BUCKETS,
                 )
             })
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full(ATTEMPT_SLOT.to_string()),
+                    PLUGIN_CHAIN_BUCKETS,
+                )
+            })
             .expect("bucket lists are not empty")
             .build_recorder();
         let metrics = Metrics {
@@ -131,6 +138,11 @@ impl Metrics {
                 "HTTP latency of delivery attempts, by tenant"
             );
             describe_gauge!(ATTEMPTS_IN_FLIGHT, "Delivery attempts running now");
+            describe_histogram!(
+                ATTEMPT_SLOT,
+                Unit::Seconds,
+                "How long an attempt held one of its webhook's in-flight slots: from the claim until its outcome was recorded, by tenant (compare with the HTTP latency)"
+            );
             describe_gauge!(
                 QUEUE_DUE,
                 "Queued deliveries due now, including those in flight (sampled every 10 s)"
@@ -208,6 +220,13 @@ impl Metrics {
         self.with(|| {
             histogram!(DELIVERY_LATENCY, "tenant" => tenant.to_string())
                 .record(latency.as_secs_f64());
+        });
+    }
+
+    /// How long an attempt held its webhook's in-flight slot.
+    pub fn attempt_slot(&self, tenant: &str, held: Duration) {
+        self.with(|| {
+            histogram!(ATTEMPT_SLOT, "tenant" => tenant.to_string()).record(held.as_secs_f64());
         });
     }
 

@@ -36,3 +36,4 @@ mod shared_db;
 mod ssrf;
 mod stats;
 mod support;
+mod upgrade;

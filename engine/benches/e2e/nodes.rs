@@ -184,9 +184,9 @@ async fn scenario(bench: &Bench, pg: &Postgres, count: usize, events: usize) -> 
     let deadline = Instant::now() + Duration::from_secs(180);
     bench
         .rx
-        .wait_for(&name, ingest.accepted, Duration::from_secs(15), deadline)
+        .wait_for("ALL", ingest.accepted, Duration::from_secs(15), deadline)
         .await;
-    delivery_figures(&bench.rx, &name, ingest.accepted, &ingest, &mut f).await;
+    delivery_figures(&bench.rx, "ALL", ingest.accepted, &ingest, &mut f).await;
     f.engine_cpu_s = engine_cpu(&nodes) - e0;
     let pg_cpu = pg.cpu_seconds() - p0;
     f.receiver_cpu_s = cpu_seconds(bench.rx.proc.pid()) - r0;

@@ -38,11 +38,17 @@ const TENANT_MISSING_RECHECK: Duration = Duration::from_secs(60);
 
 /// Runs one attempt of a claimed delivery. Failures of hookd itself (store errors) are
 /// logged; the delivery stays queued and is tried again.
-pub async fn run(ctx: &DeliveryContext, tenant: &str, webhook_id: &WebhookId, claim: &Claim) {
+pub async fn run(
+    ctx: &DeliveryContext,
+    tenant: &str,
+    webhook_id: &WebhookId,
+    claim: &Claim,
+    slot: super::dispatcher::Slot,
+) {
     let span =
         info_span!("attempt", tenant, webhook_id = %webhook_id, delivery_id = %claim.delivery_id);
     async {
-        if let Err(err) = try_run(ctx, tenant, webhook_id, claim).await {
+        if let Err(err) = try_run(ctx, tenant, webhook_id, claim, slot).await {
             warn!(error = %err, "attempt could not be completed; it stays queued");
         }
     }
@@ -55,6 +61,7 @@ async fn try_run(
     tenant: &str,
     webhook_id: &WebhookId,
     claim: &Claim,
+    slot: super::dispatcher::Slot,
 ) -> Result<(), StoreError> {
     let delivery_id = &claim.delivery_id;
     let Some(loaded) = load(ctx, tenant, webhook_id, delivery_id).await? else {
@@ -98,6 +105,8 @@ async fn try_run(
         tried.reached_receiver(),
     )
     .await?;
+    // Recorded: the webhook's slot is free for its next delivery while consequences run.
+    drop(slot);
     consequences::apply(
         ctx,
         Recorded {

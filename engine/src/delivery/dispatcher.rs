@@ -399,11 +399,17 @@ impl Dispatcher {
             let ctx = self.ctx.clone();
             let (tenant, webhook_id) = (tenant.clone(), webhook_id.clone());
             let in_flight = ctx.metrics.attempt_in_flight();
+            let slot = Slot {
+                dispatch: ctx.dispatch.clone(),
+                metrics: ctx.metrics.clone(),
+                tenant: tenant.clone(),
+                webhook: webhook_id.clone(),
+                delivery: claim.delivery_id.clone(),
+                claimed: std::time::Instant::now(),
+            };
             self.attempts.spawn(async move {
                 let _in_flight = in_flight;
-                attempt::run(&ctx, &tenant, &webhook_id, &claim).await;
-                ctx.dispatch
-                    .completed(tenant, webhook_id, claim.delivery_id);
+                attempt::run(&ctx, &tenant, &webhook_id, &claim, slot).await;
             });
         }
         if started > 0 {
@@ -413,6 +419,30 @@ impl Dispatcher {
         if let Some(at) = next_wake {
             self.wake(key.clone(), at);
         }
+    }
+}
+
+/// A claimed delivery's place in its webhook's in-flight set (and its tenant's attempts in
+/// progress). Dropping it tells the dispatcher; the attempt drops it as soon as its outcome is
+/// recorded, so consequences (operational events) run outside the webhook's slots.
+pub struct Slot {
+    dispatch: DispatchHandle,
+    metrics: crate::telemetry::Metrics,
+    tenant: String,
+    webhook: WebhookId,
+    delivery: DeliveryId,
+    claimed: std::time::Instant,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics
+            .attempt_slot(&self.tenant, self.claimed.elapsed());
+        self.dispatch.completed(
+            std::mem::take(&mut self.tenant),
+            self.webhook.clone(),
+            self.delivery.clone(),
+        );
     }
 }
 

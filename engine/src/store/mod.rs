@@ -252,8 +252,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Sets who hears about due work (the dispatcher). Called once, at start.
     fn set_listener(&self, listener: Arc<dyn WorkListener>);
 
-    /// Makes every write so far durable (at shutdown).
+    /// Makes every write so far durable.
     async fn flush(&self) -> Result<()>;
+
+    /// Makes everything durable and releases the store (at shutdown): nothing may be called
+    /// after it. By default a last flush.
+    async fn close(&self) -> Result<()> {
+        self.flush().await
+    }
 
     /// Gives up the claims this process still holds (at shutdown, after attempts stopped), so
     /// that other processes sharing the store take them at once rather than when their lease
@@ -435,15 +441,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn prune_stats(&self, before_day: u32) -> Result<usize>;
 }
 
-/// Opens the configured backend: sled on `config.data_dir`, or PostgreSQL at
-/// `config.store`'s URL (connecting and migrating the schema first).
+/// Opens the configured backend: sled on `config.data_dir` (migrating a data dir of an older
+/// layout), or PostgreSQL at `config.store`'s URL (connecting and migrating the schema first).
 pub async fn open(config: &crate::config::Config, keyring: Arc<Keyring>) -> Result<Arc<dyn Store>> {
     match config.store.backend {
-        crate::config::StoreBackend::Sled => Ok(Arc::new(SledStore::open_with_cache(
-            &config.data_dir,
-            keyring,
-            config.limits.store_cache_bytes,
-        )?)),
+        crate::config::StoreBackend::Sled => {
+            let dir = config.data_dir.clone();
+            let cache_bytes = config.limits.store_cache_bytes;
+            let store = tokio::task::spawn_blocking(move || {
+                SledStore::open_with_cache(&dir, keyring, cache_bytes)
+            })
+            .await
+            .map_err(|err| StoreError::Interrupted(err.to_string()))??;
+            store.migrate_if_needed().await?;
+            Ok(Arc::new(store))
+        }
         crate::config::StoreBackend::Postgres => Ok(Arc::new(
             postgres::PostgresStore::open(&config.store, keyring).await?,
         )),

@@ -1,8 +1,8 @@
 //! Deliveries and the queue: claims under leases, the group commit of attempt outcomes, the
 //! other state changes (requeue, settle, recover), reads and listings.
 //!
-//! A claim (`hookd_claim`, migration 1) writes the claiming node, an expiry and a fresh token
-//! into each claimed row. An outcome is recorded only where the row still carries this node
+//! A claim (`hookd_claim`, migrations 1 and 2) writes the claiming node, an expiry and a fresh
+//! token into each claimed row. An outcome is recorded only where the row still carries this node
 //! and that token: a node whose lease ran out and was taken over records nothing
 //! ([`StoreError::LeaseLost`]), so the delivery's state is whatever its new holder records.
 

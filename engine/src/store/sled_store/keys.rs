@@ -1,29 +1,34 @@
-//! Key encoding. Every key starts with a kind byte and the tenant id, then a NUL, so one
-//! tenant's data is a contiguous range and no read can cross into another tenant's range.
-//! Ids are time-ordered, so ranges iterate oldest → newest.
+//! Key layout of the sled tree (`hookd/v2`). Every tenant-scoped key starts with a kind byte and
+//! the tenant id, then a NUL, so one tenant's data is a contiguous range and no read can cross
+//! into another tenant's. The key set stays bounded by webhooks, pages and days — never one key
+//! per event or delivery (sled 0.34 keeps memory per key it has ever written; see `mod.rs`).
+//!
+//! | kind | key after `tenant NUL` | value |
+//! |---|---|---|
+//! | `W` | webhook id (text) | the webhook, JSON, secrets sealed |
+//! | `H` | webhook (16 bytes) | the webhook's delivery health |
+//! | `Q` | webhook (16), first due (u64 BE), page (u32 BE) | a page of its schedule |
+//! | `L` | first event locator (u64 BE) | a page of the tenant's events, oldest first |
+//! | `V` | webhook (16), first delivery (u64 BE + u16 BE) | a page of the webhook's deliveries |
+//! | `I` | bucket (u16 BE) | idempotency keys hashed into that bucket |
+//! | `S` | scope, NUL, day (u32 BE), part | statistics counters (`stats.rs`) |
+//! | `T` | — | the tenant's usage (events, pending deliveries, payload bytes) |
+//!
+//! and, not tenant-scoped, `M` + name: the log checkpoint, the layout version, the page counter,
+//! and the segment catalogue (`M seg` + segment u32 BE).
 
-use crate::ids::{DeliveryId, EventId, WebhookId};
+use super::codec::{DeliveryRef, Locator, webhook_bytes};
+use crate::ids::WebhookId;
 
 pub const WEBHOOK: u8 = b'W';
-pub const EVENT: u8 = b'E';
-pub const DELIVERY: u8 = b'D';
-/// Attempts of a delivery: tenant, delivery id, attempt id.
-pub const ATTEMPT: u8 = b'A';
-/// Index: tenant, event id, delivery id → ().
-pub const EVENT_DELIVERY: u8 = b'X';
-/// Index: tenant, webhook id, delivery id → ().
-pub const WEBHOOK_DELIVERY: u8 = b'Y';
-/// Schedule, one queue per webhook: tenant, webhook id, due time (u64 big-endian), delivery id.
-pub const QUEUE: u8 = b'Q';
-/// Idempotency keys: tenant, producer's key → event id.
-pub const IDEMPOTENCY: u8 = b'I';
-/// Statistics counters (`stats.rs`): tenant, scope (`*` for the whole tenant, else a webhook
-/// id), NUL, UTC day (u32 big-endian, days since the epoch), then a part byte (`i` ingest
-/// counts, `o` outcome counts, `t` followed by an event type: that type's count).
-pub const STATS: u8 = b'S';
-
-/// Webhook health (`store/health.rs`): tenant, webhook id → its health record.
 pub const HEALTH: u8 = b'H';
+pub const QUEUE: u8 = b'Q';
+pub const EVENTS: u8 = b'L';
+pub const WEBHOOK_DELIVERIES: u8 = b'V';
+pub const IDEMPOTENCY: u8 = b'I';
+pub const STATS: u8 = b'S';
+pub const USAGE: u8 = b'T';
+pub const META: u8 = b'M';
 
 const SEP: u8 = 0;
 
@@ -35,91 +40,103 @@ pub fn tenant_prefix(kind: u8, tenant: &str) -> Vec<u8> {
     key
 }
 
-fn with_parts(kind: u8, tenant: &str, parts: &[&[u8]]) -> Vec<u8> {
-    let mut key = tenant_prefix(kind, tenant);
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            key.push(SEP);
-        }
-        key.extend_from_slice(part);
-    }
-    key
+/// The tenant of any tenant-scoped key.
+pub fn tenant_of(key: &[u8]) -> Option<&str> {
+    let body = key.get(1..)?;
+    let end = body.iter().position(|b| *b == SEP)?;
+    std::str::from_utf8(&body[..end]).ok()
 }
 
 pub fn webhook(tenant: &str, id: &WebhookId) -> Vec<u8> {
-    with_parts(WEBHOOK, tenant, &[id.as_str().as_bytes()])
-}
-
-pub fn health(tenant: &str, id: &WebhookId) -> Vec<u8> {
-    with_parts(HEALTH, tenant, &[id.as_str().as_bytes()])
-}
-
-pub fn event(tenant: &str, id: &EventId) -> Vec<u8> {
-    with_parts(EVENT, tenant, &[id.as_str().as_bytes()])
-}
-
-pub fn delivery(tenant: &str, id: &DeliveryId) -> Vec<u8> {
-    with_parts(DELIVERY, tenant, &[id.as_str().as_bytes()])
-}
-
-pub fn attempts_of(tenant: &str, delivery: &DeliveryId) -> Vec<u8> {
-    let mut key = with_parts(ATTEMPT, tenant, &[delivery.as_str().as_bytes()]);
-    key.push(SEP);
+    let mut key = tenant_prefix(WEBHOOK, tenant);
+    key.extend_from_slice(id.as_str().as_bytes());
     key
 }
 
-pub fn event_deliveries(tenant: &str, event: &EventId) -> Vec<u8> {
-    let mut key = with_parts(EVENT_DELIVERY, tenant, &[event.as_str().as_bytes()]);
-    key.push(SEP);
+/// (tenant, webhook id) of a `W` key.
+pub fn split_webhook_key(key: &[u8]) -> Option<(&str, WebhookId)> {
+    let tenant = tenant_of(key)?;
+    let id = std::str::from_utf8(&key[tenant.len() + 2..]).ok()?;
+    Some((tenant, WebhookId::parse(id)?))
+}
+
+pub fn health(tenant: &str, webhook: &WebhookId) -> Vec<u8> {
+    let mut key = tenant_prefix(HEALTH, tenant);
+    key.extend_from_slice(&webhook_bytes(webhook));
+    key
+}
+
+/// Every page of a webhook's schedule.
+pub fn queue_of(tenant: &str, webhook: &WebhookId) -> Vec<u8> {
+    let mut key = tenant_prefix(QUEUE, tenant);
+    key.extend_from_slice(&webhook_bytes(webhook));
+    key
+}
+
+pub fn queue_page(tenant: &str, webhook: &WebhookId, first_due: u64, page: u32) -> Vec<u8> {
+    let mut key = queue_of(tenant, webhook);
+    key.extend_from_slice(&first_due.to_be_bytes());
+    key.extend_from_slice(&page.to_be_bytes());
+    key
+}
+
+/// (first due, page) of a key under [`queue_of`] of length `prefix_len`.
+pub fn parse_queue_page(key: &[u8], prefix_len: usize) -> Option<(u64, u32)> {
+    let rest = key.get(prefix_len..)?;
+    Some((
+        u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+        u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?),
+    ))
+}
+
+pub fn events_page(tenant: &str, first: Locator) -> Vec<u8> {
+    let mut key = tenant_prefix(EVENTS, tenant);
+    key.extend_from_slice(&first.pack().to_be_bytes());
     key
 }
 
 pub fn webhook_deliveries(tenant: &str, webhook: &WebhookId) -> Vec<u8> {
-    let mut key = with_parts(WEBHOOK_DELIVERY, tenant, &[webhook.as_str().as_bytes()]);
-    key.push(SEP);
+    let mut key = tenant_prefix(WEBHOOK_DELIVERIES, tenant);
+    key.extend_from_slice(&webhook_bytes(webhook));
     key
 }
 
-pub fn queue_of(tenant: &str, webhook: &WebhookId) -> Vec<u8> {
-    let mut key = with_parts(QUEUE, tenant, &[webhook.as_str().as_bytes()]);
-    key.push(SEP);
+pub fn webhook_deliveries_page(tenant: &str, webhook: &WebhookId, first: DeliveryRef) -> Vec<u8> {
+    let mut key = webhook_deliveries(tenant, webhook);
+    key.extend_from_slice(&delivery_order(first));
     key
 }
 
-pub fn queue_entry(
-    tenant: &str,
-    webhook: &WebhookId,
-    due_ms: u64,
-    delivery: &DeliveryId,
-) -> Vec<u8> {
-    let mut key = queue_of(tenant, webhook);
-    key.extend_from_slice(&due_ms.to_be_bytes());
-    key.extend_from_slice(delivery.as_str().as_bytes());
+/// A delivery as 10 bytes that sort like the delivery.
+pub fn delivery_order(delivery: DeliveryRef) -> [u8; 10] {
+    let mut out = [0u8; 10];
+    out[..8].copy_from_slice(&delivery.event.pack().to_be_bytes());
+    out[8..].copy_from_slice(&delivery.index.to_be_bytes());
+    out
+}
+
+#[cfg(test)]
+pub fn parse_delivery_order(bytes: &[u8]) -> Option<DeliveryRef> {
+    Some(DeliveryRef {
+        event: Locator::unpack(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?)),
+        index: u16::from_be_bytes(bytes.get(8..10)?.try_into().ok()?),
+    })
+}
+
+pub fn idempotency_bucket(tenant: &str, bucket: u16) -> Vec<u8> {
+    let mut key = tenant_prefix(IDEMPOTENCY, tenant);
+    key.extend_from_slice(&bucket.to_be_bytes());
     key
 }
 
-/// The due time in a whole key made by [`queue_entry`].
-pub fn queue_entry_due(key: &[u8]) -> Option<u64> {
-    let body = key.get(1..)?;
-    let after_tenant = &body[body.iter().position(|b| *b == SEP)? + 1..];
-    let suffix = &after_tenant[after_tenant.iter().position(|b| *b == SEP)? + 1..];
-    Some(u64::from_be_bytes(suffix.get(..8)?.try_into().ok()?))
-}
-
-/// Splits the part of a queue key after [`queue_of`] into due time and delivery id.
-pub fn parse_queue_suffix(suffix: &[u8]) -> Option<(u64, DeliveryId)> {
-    let due = u64::from_be_bytes(suffix.get(..8)?.try_into().ok()?);
-    let id = DeliveryId::parse(std::str::from_utf8(suffix.get(8..)?).ok()?)?;
-    Some((due, id))
-}
-
-pub fn idempotency(tenant: &str, idempotency_key: &str) -> Vec<u8> {
-    with_parts(IDEMPOTENCY, tenant, &[idempotency_key.as_bytes()])
+pub fn usage(tenant: &str) -> Vec<u8> {
+    tenant_prefix(USAGE, tenant)
 }
 
 /// The statistics of one scope (`*` or a webhook id) of a tenant, every day.
 pub fn stats_scope(tenant: &str, scope: &str) -> Vec<u8> {
-    let mut key = with_parts(STATS, tenant, &[scope.as_bytes()]);
+    let mut key = tenant_prefix(STATS, tenant);
+    key.extend_from_slice(scope.as_bytes());
     key.push(SEP);
     key
 }
@@ -147,19 +164,30 @@ pub fn parse_stats_key(key: &[u8]) -> Option<(&str, &str, u32, &[u8])> {
     ))
 }
 
-/// The last id segment of a key (after the final NUL), as text.
-pub fn last_segment(key: &[u8]) -> Option<&str> {
-    let start = key.iter().rposition(|b| *b == SEP)? + 1;
-    std::str::from_utf8(&key[start..]).ok()
+pub fn meta(name: &str) -> Vec<u8> {
+    let mut key = vec![META];
+    key.extend_from_slice(name.as_bytes());
+    key
 }
 
-/// (tenant, id) from a key made by [`webhook`].
-pub fn split_tenant_key(key: &[u8]) -> Option<(&str, &str)> {
-    let body = key.get(1..)?;
-    let sep = body.iter().position(|b| *b == SEP)?;
-    let tenant = std::str::from_utf8(&body[..sep]).ok()?;
-    let id = std::str::from_utf8(&body[sep + 1..]).ok()?;
-    Some((tenant, id))
+pub const CHECKPOINT: &str = "checkpoint";
+pub const FORMAT: &str = "format";
+pub const PAGE_COUNTER: &str = "page-counter";
+
+/// Every entry of the segment catalogue.
+pub fn segments() -> Vec<u8> {
+    meta("seg\0")
+}
+
+pub fn segment(number: u32) -> Vec<u8> {
+    let mut key = segments();
+    key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+pub fn parse_segment(key: &[u8]) -> Option<u32> {
+    let rest = key.strip_prefix(segments().as_slice())?;
+    Some(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?))
 }
 
 /// The smallest key greater than every key starting with `prefix`.
@@ -179,56 +207,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queue_keys_order_by_due_time_then_id() {
+    fn queue_pages_order_by_due_time_then_page() {
         let webhook = WebhookId::new();
-        let (a, b) = (DeliveryId::new(), DeliveryId::new());
-        let early_b = queue_entry("t", &webhook, 5, &b);
-        let late_a = queue_entry("t", &webhook, 300, &a);
-        let late_b = queue_entry("t", &webhook, 300, &b);
-        assert!(early_b < late_a && late_a < late_b);
-        let prefix_len = queue_of("t", &webhook).len();
-        assert_eq!(parse_queue_suffix(&late_a[prefix_len..]), Some((300, a)));
-    }
-
-    #[test]
-    fn a_whole_queue_key_gives_its_due_time_even_when_it_holds_nul_bytes() {
-        let webhook = WebhookId::new();
-        for due in [0, 5, 256, 1 << 40, u64::MAX] {
-            let key = queue_entry("acme", &webhook, due, &DeliveryId::new());
-            assert_eq!(queue_entry_due(&key), Some(due));
-        }
-        assert_eq!(queue_entry_due(&queue_of("acme", &webhook)), None);
+        let early = queue_page("t", &webhook, 5, 9);
+        let late = queue_page("t", &webhook, 300, 1);
+        let later = queue_page("t", &webhook, 300, 2);
+        assert!(early < late && late < later);
+        let prefix = queue_of("t", &webhook);
+        assert_eq!(parse_queue_page(&late, prefix.len()), Some((300, 1)));
+        assert!(!queue_page("t", &WebhookId::new(), 1, 1).starts_with(&prefix));
     }
 
     #[test]
     fn one_tenants_range_never_contains_anothers_keys() {
-        let id = EventId::new();
-        let prefix = tenant_prefix(EVENT, "a");
+        let prefix = tenant_prefix(EVENTS, "a");
         let end = prefix_end(&prefix);
         for other in ["ab", "a-", "b", "", "a_"] {
-            let key = event(other, &id);
+            let key = events_page(other, Locator::ZERO);
             assert!(
                 !(key >= prefix && key < end),
                 "tenant {other:?} leaks into a"
             );
+            assert_eq!(tenant_of(&key), Some(other));
         }
-        assert!(event("a", &id) >= prefix && event("a", &id) < end);
     }
 
     #[test]
-    fn stats_keys_order_by_day_and_parse_back() {
+    fn delivery_order_sorts_like_deliveries() {
+        let a = DeliveryRef {
+            event: Locator {
+                segment: 1,
+                offset: 900,
+            },
+            index: 3,
+        };
+        let b = DeliveryRef {
+            event: Locator {
+                segment: 2,
+                offset: 16,
+            },
+            index: 0,
+        };
+        assert!(delivery_order(a) < delivery_order(b));
+        assert_eq!(parse_delivery_order(&delivery_order(a)), Some(a));
+    }
+
+    #[test]
+    fn stats_and_segment_keys_parse_back() {
         let webhook = WebhookId::new();
-        let mut monday = stats_day("t", webhook.as_str(), 20_000);
-        let tuesday = stats_day("t", webhook.as_str(), 20_001);
-        assert!(monday < tuesday);
-        assert!(monday.starts_with(&stats_scope("t", webhook.as_str())));
-        // A day whose big-endian bytes contain NUL still parses by position.
-        monday.extend_from_slice(b"tuser.created");
+        let mut day = stats_day("t", webhook.as_str(), 20_000);
+        day.extend_from_slice(b"tuser.created");
         assert_eq!(
-            parse_stats_key(&monday),
+            parse_stats_key(&day),
             Some(("t", webhook.as_str(), 20_000, &b"tuser.created"[..]))
         );
-        let tenant_wide = stats_scope("t", "*");
-        assert!(!monday.starts_with(&tenant_wide));
+        assert_eq!(parse_segment(&segment(77)), Some(77));
+        assert!(segment(1) < segment(256));
+        let key = self::webhook("acme", &webhook);
+        let (tenant, id) = split_webhook_key(&key).unwrap();
+        assert_eq!((tenant, id), ("acme", webhook));
     }
 }

@@ -1,0 +1,570 @@
+//! The sled backend through its `Store` interface, on real temp dirs: round trips, the
+//! schedule through page splits, idempotency, replay of the log into an empty sled, atomic
+//! webhook deletion, purges, and tenants kept apart.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use super::SledStore;
+use crate::ids::{AttemptId, DeliveryId, EventId, WebhookId};
+use crate::secrets::Keyring;
+use crate::store::stats::{StatsScope, day_of};
+use crate::store::{
+    Appended, AttemptOutcome, AttemptRecord, DeliveryFilter, DeliveryStatus, DeliveryUpdate,
+    EventFilter, NewEvent, Store, WebhookRecord, WebhookSecret, WebhookStatus,
+};
+
+/// The tests' clock: one instant per test binary (idempotency windows are measured against the
+/// real clock, so a fixed date would expire them).
+fn now() -> u64 {
+    static START: std::sync::LazyLock<u64> = std::sync::LazyLock::new(crate::ids::now_ms);
+    *START
+}
+
+fn keyring() -> Arc<Keyring> {
+    Arc::new(Keyring::random())
+}
+
+fn webhook() -> WebhookRecord {
+    WebhookRecord {
+        id: WebhookId::new(),
+        url: "https://receiver.example/hook".into(),
+        description: String::new(),
+        event_types: vec!["*".into()],
+        channels: None,
+        secrets: vec![WebhookSecret::new(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            1,
+        )],
+        headers: Default::default(),
+        status: WebhookStatus::Active,
+        disabled_reason: None,
+        max_attempts: None,
+        timeout_ms: None,
+        max_in_flight: None,
+        rate_limit_per_sec: None,
+        retry_schedule_ms: None,
+        metadata: Default::default(),
+        plugins: Vec::new(),
+        failing_since: None,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn event(tenant: &str, webhooks: &[&WebhookId], key: Option<&str>, at: u64) -> NewEvent {
+    NewEvent {
+        tenant: tenant.into(),
+        event_type: "order.paid".into(),
+        channel: Some("+15550100".into()),
+        idempotency_key: key.map(str::to_string),
+        idempotency_window_ms: 86_400_000,
+        created_at: at,
+        payload: RawValue::from_string(format!(r#"{{"at":{at},"pad":"{}"}}"#, "x".repeat(100)))
+            .unwrap(),
+        webhooks: webhooks.iter().map(|w| (*w).clone()).collect(),
+    }
+}
+
+async fn open(dir: &std::path::Path, keyring: Arc<Keyring>) -> Arc<dyn Store> {
+    let dir = dir.to_path_buf();
+    Arc::new(
+        tokio::task::spawn_blocking(move || SledStore::open(&dir, keyring))
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+}
+
+fn created(appended: &Appended) -> (EventId, Vec<DeliveryId>) {
+    match appended {
+        Appended::Created { event, deliveries } => (
+            event.id.clone(),
+            deliveries.iter().map(|d| d.id.clone()).collect(),
+        ),
+        Appended::Duplicate(_) => panic!("a duplicate"),
+    }
+}
+
+fn outcome(
+    tenant: &str,
+    delivery: &DeliveryId,
+    webhook: &WebhookId,
+    attempt: u32,
+    status: DeliveryStatus,
+    retry_at: Option<u64>,
+) -> AttemptOutcome {
+    AttemptOutcome {
+        tenant: tenant.into(),
+        lease: 0,
+        attempt: AttemptRecord {
+            id: AttemptId::new(),
+            delivery_id: delivery.clone(),
+            webhook_id: webhook.clone(),
+            attempt,
+            started_at: now() + u64::from(attempt),
+            url: "https://receiver.example/hook".into(),
+            latency_ms: 7,
+            result: match status {
+                DeliveryStatus::Delivered => "delivered",
+                _ if retry_at.is_some() => "failed",
+                _ => "exhausted",
+            }
+            .into(),
+            status_code: Some(if status == DeliveryStatus::Delivered {
+                200
+            } else {
+                503
+            }),
+            error_code: (status != DeliveryStatus::Delivered).then(|| "http_status".into()),
+            error_message: None,
+            response_snippet: Some("ok".into()),
+            next_attempt_at: retry_at,
+            plugin_logs: Vec::new(),
+            request: None,
+        },
+        update: DeliveryUpdate {
+            status: if retry_at.is_some() {
+                DeliveryStatus::Pending
+            } else {
+                status
+            },
+            next_attempt_at: retry_at,
+            filtered_by: None,
+        },
+    }
+}
+
+#[tokio::test]
+async fn events_deliveries_and_attempts_round_trip_through_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), keyring()).await;
+    let hook = webhook();
+    store.insert_webhook("acme", &hook).await.unwrap();
+    let appended = store
+        .append_events(vec![event("acme", &[&hook.id], None, now())])
+        .await
+        .unwrap();
+    let (event_id, deliveries) = created(&appended[0]);
+    let read = store.event("acme", &event_id).await.unwrap().unwrap();
+    assert!(read.payload.get().contains("xxxx"));
+    assert_eq!(read.channel.as_deref(), Some("+15550100"));
+
+    let head = store
+        .claim_due("acme", &hook.id, &HashSet::new(), now() + 1, 8)
+        .await
+        .unwrap();
+    assert_eq!(head.due.len(), 1);
+    assert_eq!(head.due[0].delivery_id, deliveries[0]);
+
+    let results = store
+        .record_attempts(vec![outcome(
+            "acme",
+            &deliveries[0],
+            &hook.id,
+            1,
+            DeliveryStatus::Failed,
+            Some(now() + 5_000),
+        )])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok());
+    let pending = store
+        .delivery("acme", &deliveries[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (pending.status, pending.attempts, pending.next_attempt_at),
+        (DeliveryStatus::Pending, 1, Some(now() + 5_000))
+    );
+    let head = store
+        .claim_due("acme", &hook.id, &HashSet::new(), now() + 1, 8)
+        .await
+        .unwrap();
+    assert!(head.due.is_empty());
+    assert_eq!(head.next_due, Some(now() + 5_000));
+
+    store
+        .record_attempts(vec![outcome(
+            "acme",
+            &deliveries[0],
+            &hook.id,
+            2,
+            DeliveryStatus::Delivered,
+            None,
+        )])
+        .await
+        .unwrap();
+    let attempts = store.attempts("acme", &deliveries[0]).await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!((attempts[0].attempt, attempts[1].attempt), (1, 2));
+    assert!(attempts[0].id.as_str().starts_with("att_"));
+    assert_ne!(attempts[0].id, attempts[1].id);
+    let done = store
+        .delivery("acme", &deliveries[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, DeliveryStatus::Delivered);
+    assert_eq!(done.last_status_code, Some(200));
+
+    let day = day_of(now());
+    let stats = store
+        .stats_days("acme", StatsScope::Tenant, day, day)
+        .await
+        .unwrap();
+    let counts = &stats[0].counts;
+    assert_eq!(
+        (counts.events, counts.deliveries, counts.delivered),
+        (1, 1, 1)
+    );
+    assert_eq!(counts.latency.count, 2);
+    let usage = store.tenant_usage("acme").await.unwrap();
+    assert_eq!((usage.events, usage.pending_deliveries), (1, 0));
+    assert!(usage.stored_bytes > 100);
+    let health = store.webhook_health("acme", &hook.id).await.unwrap();
+    assert_eq!(health.consecutive_failures, 0);
+    assert!(health.last_failure_at.is_some() && health.last_success_at.is_some());
+}
+
+#[tokio::test]
+async fn idempotency_keys_resolve_within_a_group_and_across_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), keyring()).await;
+    let first = store
+        .append_events(vec![
+            event("acme", &[], Some("k1"), now()),
+            event("acme", &[], Some("k1"), now()),
+            event("globex", &[], Some("k1"), now()),
+        ])
+        .await
+        .unwrap();
+    let (original, _) = created(&first[0]);
+    assert!(matches!(&first[1], Appended::Duplicate(id) if *id == original));
+    assert!(
+        matches!(first[2], Appended::Created { .. }),
+        "keys are per tenant"
+    );
+    let later = store
+        .append_events(vec![event("acme", &[], Some("k1"), now() + 10)])
+        .await
+        .unwrap();
+    assert!(matches!(&later[0], Appended::Duplicate(id) if *id == original));
+}
+
+#[tokio::test]
+async fn the_schedule_keeps_due_order_through_page_splits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), keyring()).await;
+    let hook = webhook();
+    store.insert_webhook("acme", &hook).await.unwrap();
+    // 700 deliveries (pages of 256 fill, split and continue), then every third moved to a
+    // pseudo-random later due time.
+    let group: Vec<NewEvent> = (0..700)
+        .map(|i| event("acme", &[&hook.id], None, now() + i))
+        .collect();
+    let appended = store.append_events(group).await.unwrap();
+    let ids: Vec<DeliveryId> = appended.iter().map(|a| created(a).1[0].clone()).collect();
+    let mut expected: Vec<(u64, DeliveryId)> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let due = if i % 3 == 0 {
+            let moved = now() + 1_000 + (i as u64 * 7919) % 5_000;
+            store.requeue("acme", id, moved).await.unwrap().unwrap();
+            moved
+        } else {
+            now() + i as u64
+        };
+        expected.push((due, id.clone()));
+    }
+    expected.sort();
+    let head = store
+        .claim_due("acme", &hook.id, &HashSet::new(), u64::MAX - 1, 10_000)
+        .await
+        .unwrap();
+    let claimed: Vec<DeliveryId> = head.due.iter().map(|c| c.delivery_id.clone()).collect();
+    let mut dues: Vec<u64> = Vec::new();
+    for id in &claimed {
+        dues.push(
+            store
+                .delivery("acme", id)
+                .await
+                .unwrap()
+                .unwrap()
+                .next_attempt_at
+                .unwrap(),
+        );
+    }
+    assert_eq!(claimed.len(), 700);
+    assert!(
+        dues.windows(2).all(|w| w[0] <= w[1]),
+        "claims come in due order"
+    );
+    assert_eq!(
+        claimed.iter().collect::<HashSet<_>>(),
+        expected.iter().map(|(_, id)| id).collect::<HashSet<_>>()
+    );
+    // Finishing every delivery empties the schedule.
+    let outcomes = ids
+        .iter()
+        .map(|id| outcome("acme", id, &hook.id, 1, DeliveryStatus::Delivered, None))
+        .collect();
+    store.record_attempts(outcomes).await.unwrap();
+    let head = store
+        .claim_due("acme", &hook.id, &HashSet::new(), u64::MAX - 1, 10_000)
+        .await
+        .unwrap();
+    assert!(head.due.is_empty() && head.next_due.is_none());
+    assert_eq!(
+        store.tenant_usage("acme").await.unwrap().pending_deliveries,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_empty_sled_is_rebuilt_from_the_log_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keyring();
+    let store = open(dir.path(), keys.clone()).await;
+    let hook = webhook();
+    store.insert_webhook("acme", &hook).await.unwrap();
+    let appended = store
+        .append_events(
+            (0..50)
+                .map(|i| event("acme", &[&hook.id], Some(&format!("k{i}")), now() + i))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let ids: Vec<DeliveryId> = appended.iter().map(|a| created(a).1[0].clone()).collect();
+    store
+        .record_attempts(
+            ids[..20]
+                .iter()
+                .map(|id| outcome("acme", id, &hook.id, 1, DeliveryStatus::Delivered, None))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    store.requeue("acme", &ids[3], now() + 99).await.unwrap();
+    let before = snapshot(store.as_ref(), &hook.id).await;
+    store.close().await.unwrap();
+    drop(store);
+
+    // A data dir with the log and no sled at all: what a crash that lost every sled write
+    // would leave.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::create_dir(copy.path().join("log")).unwrap();
+    for entry in std::fs::read_dir(dir.path().join("log")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            copy.path().join("log").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let rebuilt = open(copy.path(), keys).await;
+    assert_eq!(snapshot(rebuilt.as_ref(), &hook.id).await, before);
+    let again = rebuilt
+        .append_events(vec![event("acme", &[], Some("k7"), now() + 500)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(again[0], Appended::Duplicate(_)),
+        "idempotency keys replayed"
+    );
+}
+
+/// What a client could observe of a store, as text.
+async fn snapshot(store: &dyn Store, hook: &WebhookId) -> String {
+    let deliveries = store
+        .list_deliveries("acme", &DeliveryFilter::default(), None, 250)
+        .await
+        .unwrap();
+    let events = store
+        .list_events("acme", &EventFilter::default(), None, 250)
+        .await
+        .unwrap();
+    let day = day_of(now());
+    let stats = store
+        .stats_days("acme", StatsScope::Webhook(hook), day, day)
+        .await
+        .unwrap();
+    let head = store
+        .claim_due("acme", hook, &HashSet::new(), u64::MAX - 1, 1_000)
+        .await
+        .unwrap();
+    format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        deliveries
+            .items
+            .iter()
+            .map(|d| (&d.id, d.status, d.attempts, d.next_attempt_at))
+            .collect::<Vec<_>>(),
+        events.items.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        stats,
+        head.due,
+        store.tenant_usage("acme").await.unwrap(),
+        store.webhook_health("acme", hook).await.unwrap(),
+        store.webhook("acme", hook).await.unwrap().map(|w| w.url)
+    )
+}
+
+#[tokio::test]
+async fn deleting_a_webhook_fails_its_queued_deliveries_in_the_same_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keyring();
+    let store = open(dir.path(), keys.clone()).await;
+    let (gone, kept) = (webhook(), webhook());
+    store.insert_webhook("acme", &gone).await.unwrap();
+    store.insert_webhook("acme", &kept).await.unwrap();
+    let appended = store
+        .append_events(
+            (0..300)
+                .map(|i| event("acme", &[&gone.id, &kept.id], None, now() + i))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert!(store.delete_webhook("acme", &gone.id).await.unwrap());
+    assert!(!store.delete_webhook("acme", &gone.id).await.unwrap());
+    let (_, first) = created(&appended[0]);
+    let failed = store.delivery("acme", &first[0]).await.unwrap().unwrap();
+    assert_eq!(failed.status, DeliveryStatus::Failed);
+    assert_eq!(failed.last_error.as_deref(), Some("webhook_deleted"));
+    let usage = store.tenant_usage("acme").await.unwrap();
+    assert_eq!(
+        usage.pending_deliveries, 300,
+        "only the kept webhook's remain"
+    );
+    store.close().await.unwrap();
+    drop(store);
+    let reopened = open(dir.path(), keys).await;
+    assert!(reopened.webhook("acme", &gone.id).await.unwrap().is_none());
+    let head = reopened
+        .claim_due("acme", &gone.id, &HashSet::new(), u64::MAX - 1, 1_000)
+        .await
+        .unwrap();
+    assert!(head.due.is_empty());
+}
+
+#[tokio::test]
+async fn a_purge_takes_finished_deliveries_and_empty_events_and_keeps_queued_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), keyring()).await;
+    let hook = webhook();
+    store.insert_webhook("acme", &hook).await.unwrap();
+    let appended = store
+        .append_events(vec![
+            event("acme", &[&hook.id], Some("old"), now()),
+            event("acme", &[&hook.id], None, now() + 1),
+            event("acme", &[&hook.id], None, now() + 10_000),
+        ])
+        .await
+        .unwrap();
+    let (old_event, old) = created(&appended[0]);
+    let (_, queued) = created(&appended[1]);
+    store
+        .record_attempts(vec![outcome(
+            "acme",
+            &old[0],
+            &hook.id,
+            1,
+            DeliveryStatus::Delivered,
+            None,
+        )])
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let other = store
+        .purge(Some("globex"), now() + 5_000, &stop)
+        .await
+        .unwrap();
+    assert!(other.is_empty(), "another tenant's purge touches nothing");
+    let purged = store
+        .purge(Some("acme"), now() + 5_000, &stop)
+        .await
+        .unwrap();
+    assert_eq!(
+        (purged.events, purged.deliveries, purged.attempts),
+        (1, 1, 1)
+    );
+    assert!(store.event("acme", &old_event).await.unwrap().is_none());
+    assert!(store.delivery("acme", &old[0]).await.unwrap().is_none());
+    assert!(store.attempts("acme", &old[0]).await.unwrap().is_empty());
+    assert!(
+        store.delivery("acme", &queued[0]).await.unwrap().is_some(),
+        "a queued delivery stays"
+    );
+    let usage = store.tenant_usage("acme").await.unwrap();
+    assert_eq!((usage.events, usage.pending_deliveries), (2, 2));
+    // The purged event's key is free again; the payload bytes are gone from the log.
+    let again = store
+        .append_events(vec![event("acme", &[], Some("old"), now() + 20_000)])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], Appended::Created { .. }));
+    assert_eq!(
+        store
+            .purge(Some("acme"), now() + 5_000, &stop)
+            .await
+            .unwrap()
+            .events,
+        0
+    );
+}
+
+#[tokio::test]
+async fn forged_and_foreign_ids_read_as_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), keyring()).await;
+    let hook = webhook();
+    store.insert_webhook("acme", &hook).await.unwrap();
+    let appended = store
+        .append_events(vec![event("acme", &[&hook.id], None, now())])
+        .await
+        .unwrap();
+    let (event_id, deliveries) = created(&appended[0]);
+    assert!(store.event("globex", &event_id).await.unwrap().is_none());
+    assert!(
+        store
+            .delivery("globex", &deliveries[0])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .requeue("globex", &deliveries[0], now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Ids of the right shape pointing anywhere: never a panic, never a record.
+    for _ in 0..200 {
+        assert!(
+            store
+                .event("acme", &EventId::new())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .delivery("acme", &DeliveryId::new())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let hex = &event_id.as_str()[4..];
+    for shift in 1..64u32 {
+        let value = u128::from_str_radix(hex, 16).unwrap() ^ (1u128 << (18 + shift % 32));
+        if let Some(id) = EventId::parse(&format!("evt_{value:032x}")) {
+            assert!(store.event("acme", &id).await.unwrap().is_none());
+        }
+    }
+}

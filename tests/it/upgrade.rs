@@ -1,0 +1,164 @@
+//! A data dir written by hookd before storage v2 (`tests/fixtures/v1-datadir`, made by the
+//! release of commit 0d36e24 with `make.py` there) opens with this hookd: it is migrated at
+//! start, and everything a client saw before is there after — webhooks with their secrets,
+//! every event and delivery in its state with its attempts, statistics, idempotency keys — and
+//! the deliveries that were queued are sent.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{
+    ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually, parse_config, test_config_toml,
+};
+
+fn fixture() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v1-datadir")
+}
+
+/// Extracts the old data dir into a temp dir (the archive holds `data/`; its contents become
+/// the temp dir's, so a restart of the test engine opens the same store).
+fn old_data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(fixture().join("datadir.tar.gz"))
+        .arg("-C")
+        .arg(dir.path())
+        .arg("--strip-components=1")
+        .status()
+        .expect("tar runs");
+    assert!(status.success());
+    dir
+}
+
+async fn start_on_old_data() -> TestEngine {
+    let dir = old_data_dir();
+    let config = parse_config(&test_config_toml(dir.path(), "", true));
+    TestEngine::start_in(dir, config).await
+}
+
+async fn statuses(engine: &TestEngine) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for status in ["pending", "delivered", "failed"] {
+        let (code, page) = engine
+            .get(&format!("/v1/deliveries?status={status}&limit=250"))
+            .await;
+        assert_eq!(code, 200, "{page}");
+        out.insert(status.to_string(), page["data"].as_array().unwrap().len());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_lost() {
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(fixture().join("manifest.json")).unwrap()).unwrap();
+    let engine = start_on_old_data().await;
+
+    // Webhooks keep their ids and (sealed) secrets.
+    let (_, listed) = engine.get("/v1/webhooks?limit=250").await;
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    for hook in manifest["webhooks"].as_object().unwrap().values() {
+        assert!(ids.contains(&hook["id"].as_str().unwrap()), "{hook}");
+    }
+    let (status, globex) = engine
+        .call("GET", "/v1/webhooks?limit=250", GLOBEX_KEY, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(globex["data"][0]["id"], manifest["globex_webhook"]["id"]);
+
+    // Every delivery in the state it had, with as many attempts.
+    let expected: BTreeMap<String, usize> =
+        serde_json::from_value(manifest["acme_statuses"].clone()).unwrap();
+    assert_eq!(statuses(&engine).await, expected);
+    let (_, events) = engine.get("/v1/events?limit=250").await;
+    let events = events["data"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 10);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["payload"]["text"] == "<b>v1</b>" && e["type"] == "user.created")
+    );
+    let on_channel = events
+        .iter()
+        .filter(|e| e["channel"] == "tel-15550100")
+        .count();
+    assert_eq!(on_channel, 4);
+    let hooks = &manifest["webhooks"];
+    for (name, attempts) in manifest["attempts"].as_object().unwrap() {
+        let hook = hooks[name]["id"].as_str().unwrap();
+        let (_, page) = engine
+            .get(&format!("/v1/deliveries?webhook_id={hook}&limit=250"))
+            .await;
+        let page = page["data"].as_array().unwrap();
+        assert_eq!(page.len(), 10, "{name}");
+        for delivery in page {
+            let id = delivery["id"].as_str().unwrap();
+            let (_, one) = engine.get(&format!("/v1/deliveries/{id}")).await;
+            assert_eq!(
+                one["attempts"].as_array().unwrap().len() as u64,
+                attempts.as_u64().unwrap(),
+                "{name}: {one}"
+            );
+        }
+    }
+    let (_, stats) = engine.get("/v1/stats?days=90").await;
+    assert_eq!(
+        stats["totals"], manifest["acme_stats_totals"],
+        "statistics carried over as they were"
+    );
+
+    // Idempotency keys still name their events.
+    let (status, again) = engine
+        .post(
+            "/v1/events",
+            json!({"type": "user.created", "id": "order-3", "payload": {}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+
+    // The paused webhook's queued deliveries go out once it points at a receiver and resumes,
+    // signed with the secret it had.
+    let receiver = Receiver::start().await;
+    let paused = hooks["paused"]["id"].as_str().unwrap();
+    let (status, _) = engine
+        .call(
+            "PATCH",
+            &format!("/v1/webhooks/{paused}"),
+            ACME_KEY,
+            Some(json!({"url": receiver.url, "status": "active"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    receiver.wait_for(10, Duration::from_secs(10)).await;
+    let secret = hooks["paused"]["secret"].as_str().unwrap();
+    let verifier = standardwebhooks::Webhook::new(secret).unwrap();
+    for got in receiver.received() {
+        verifier
+            .verify(&got.body, &got.headers)
+            .expect("signed with the old secret");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the resumed deliveries recorded",
+        || async {
+            let now = statuses(&engine).await;
+            (now["pending"] == 0 && now["delivered"] == 20).then_some(())
+        },
+    )
+    .await;
+
+    // A restart opens the migrated store as it is (nothing migrated twice).
+    let engine = engine.restart("").await;
+    let after = statuses(&engine).await;
+    assert_eq!(after["delivered"], 20);
+    assert_eq!(after["failed"], 20);
+}
