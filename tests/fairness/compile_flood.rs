@@ -23,7 +23,7 @@ use crate::support::{
     ACME_KEY, GLOBEX_KEY, Receiver, compile_workers, distinct, eventually, test_config_toml_with,
     wasm,
 };
-use crate::tenants::ALONE;
+use crate::tenants::{ALONE, settle_earlier_writes};
 
 /// A's uploads in flight at once.
 const FLOODERS: usize = 10;
@@ -227,6 +227,7 @@ struct Flood {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_flooding_the_compiler_does_not_stall_another_tenants_uploads_or_deliveries() {
     let _alone = ALONE.lock().await;
+    settle_earlier_writes();
     let engine = Engine::start();
     let data = engine.data.path().to_path_buf();
     let receiver = Receiver::start().await;

@@ -25,6 +25,13 @@ use crate::support::{
 /// The measurements of this binary run one at a time.
 pub(crate) static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Writes back the dirty pages that earlier tests (of this binary or of the ones cargo ran
+/// before it) left in the page cache, so the kernel's writeback does not land in the fsyncs of
+/// the measurement that follows. Called by each measurement once it holds [`ALONE`].
+pub(crate) fn settle_earlier_writes() {
+    let _ = std::process::Command::new("sync").status();
+}
+
 const WAIT: Duration = Duration::from_secs(30);
 const ADMIN_KEY: &str = "fairness-admin-key";
 /// B's samples per phase (p99 of 300 is the third-largest, so one stall of the shared machine
@@ -231,6 +238,7 @@ async fn attack(engine: &TestEngine, tarpit: &Tarpit, events: usize) -> Vec<Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_attacking_with_a_tarpit_and_a_looping_plugin_does_not_slow_another() {
     let _alone = ALONE.lock().await;
+    settle_earlier_writes();
     let engine = start_engine().await;
     let tarpit = Tarpit::start().await;
     let b_receiver = Receiver::start().await;
@@ -336,6 +344,7 @@ async fn a_tenant_attacking_with_a_tarpit_and_a_looping_plugin_does_not_slow_ano
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_simulating_1_mib_events_in_a_loop_does_not_slow_another() {
     let _alone = ALONE.lock().await;
+    settle_earlier_writes();
     let engine = start_engine().await;
     let b_receiver = Receiver::start().await;
     let a_receiver = Receiver::start().await;
