@@ -102,7 +102,7 @@ async fn http_ingest() -> (f64, Duration, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let key_hash = hex::encode(hookd::config::hash_api_key("bench-key"));
     let text = format!(
-        "data_dir = \"{}\"\n[ssrf]\nallow_http = true\nallow = [\"127.0.0.1/32\"]\n[security]\nsecret_key = \"ZTJlLWJlbmNoLXNlY3JldC1rZXktZm9yLWhvb2tkISE=\"\n[[tenants]]\nid = \"bench\"\napi_keys = [\"sha256:{key_hash}\"]\n",
+        "data_dir = \"{}\"\n[ssrf]\nallow_http = true\nallow = [\"127.0.0.1/32\"]\n[security]\nsecret_key = \"ZTJlLWJlbmNoLXNlY3JldC1rZXktZm9yLWhvb2tkISE=\"\n[quotas]\napi_requests_per_sec = 1000000\napi_burst = 1000000\npending_deliveries = 100000000\n[[tenants]]\nid = \"bench\"\napi_keys = [\"sha256:{key_hash}\"]\n",
         dir.path().display()
     );
     let config = hookd::config::Config::parse(std::path::Path::new("bench.toml"), &text).unwrap();
