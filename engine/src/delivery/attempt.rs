@@ -326,15 +326,14 @@ fn attempt_record(
     chain_time: Duration,
 ) -> AttemptRecord {
     let (status_code, error_message, snippet, latency) = match tried {
-        Tried::Sent(HttpOutcome::Response {
-            status,
-            snippet,
-            latency,
-            ..
-        }) => (
+        Tried::Sent(
+            outcome @ HttpOutcome::Response {
+                status, latency, ..
+            },
+        ) => (
             Some(*status),
             response_verdict.map(ResponseVerdict::log_message),
-            Some(sanitize_snippet(snippet)),
+            Some(sanitize_snippet(&outcome.snippet())),
             *latency,
         ),
         Tried::Sent(HttpOutcome::Failed {
@@ -486,16 +485,15 @@ pub async fn test_send(
     };
     outcome.error_code = tried.error().map(|e| e.code().to_string());
     match tried {
-        Tried::Sent(HttpOutcome::Response {
-            status,
-            snippet,
-            latency,
-            ..
-        }) => {
+        Tried::Sent(
+            ref answer @ HttpOutcome::Response {
+                status, latency, ..
+            },
+        ) => {
             outcome.delivered = classify_status(status) == StatusClass::Delivered;
             outcome.status_code = Some(status);
             outcome.latency_ms = latency.as_millis() as u64;
-            outcome.response_snippet = Some(sanitize_snippet(&snippet));
+            outcome.response_snippet = Some(sanitize_snippet(&answer.snippet()));
         }
         Tried::Sent(HttpOutcome::Failed {
             message, latency, ..

@@ -35,9 +35,8 @@ pub enum HttpOutcome {
     Response {
         status: u16,
         retry_after: Option<String>,
-        /// The first `max_response_body_bytes` of the body, lossily decoded.
-        snippet: String,
-        /// The same bytes, raw (what an `on-response` plugin gets).
+        /// The first `max_response_body_bytes` of the body, raw (what an `on-response` plugin
+        /// gets; the attempt log keeps it lossily decoded, [`HttpOutcome::snippet`]).
         body: bytes::Bytes,
         /// Whether the body was longer than what was read.
         body_truncated: bool,
@@ -52,6 +51,16 @@ pub enum HttpOutcome {
         message: String,
         latency: Duration,
     },
+}
+
+impl HttpOutcome {
+    /// The body read, lossily decoded (empty when there was no answer).
+    pub fn snippet(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            HttpOutcome::Response { body, .. } => String::from_utf8_lossy(body),
+            HttpOutcome::Failed { .. } => std::borrow::Cow::Borrowed(""),
+        }
+    }
 }
 
 /// Why a request got no HTTP response. Each has a stable code (the attempt's `error_code`).
@@ -279,7 +288,6 @@ impl DeliveryClient {
         HttpOutcome::Response {
             status,
             retry_after,
-            snippet: String::from_utf8_lossy(&body).into_owned(),
             body: body.into(),
             body_truncated,
             headers,

@@ -278,7 +278,6 @@ mod tests {
         Tried::Sent(HttpOutcome::Response {
             status,
             retry_after: retry_after.map(str::to_string),
-            snippet: String::new(),
             body: bytes::Bytes::new(),
             body_truncated: false,
             headers: Vec::new(),
