@@ -42,7 +42,8 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// Metric names (Prometheus). Labels: `tenant` (admin-defined ids), `outcome`, `error_code`,
+/// Metric names (Prometheus). Labels: `tenant` (admin-defined ids), `plugin` (a tenant's plugin
+/// name, checked at upload) and `version` (a SHA-256 prefix), `outcome`, `error_code`,
 /// `result`; never API keys, secrets or URLs.
 pub const EVENTS_INGESTED: &str = "hookd_events_ingested_total";
 pub const ATTEMPTS: &str = "hookd_attempts_total";
@@ -55,6 +56,10 @@ pub const PLUGIN_CHAIN: &str = "hookd_plugin_chain_seconds";
 pub const PLUGIN_SLOT_WAIT: &str = "hookd_plugin_slot_wait_seconds";
 pub const ATTEMPT_SLOT: &str = "hookd_attempt_slot_seconds";
 pub const PLUGIN_CHAIN_CPU: &str = "hookd_plugin_chain_cpu_seconds";
+/// Per plugin: hook calls by `tenant`, `plugin`, `version` (SHA-256 prefix) and `outcome`.
+pub const PLUGIN_HOOK_CALLS: &str = "hookd_plugin_hook_calls_total";
+/// Per plugin: wall time of hook calls by `tenant`, `plugin`, `version`.
+pub const PLUGIN_HOOK_SECONDS: &str = "hookd_plugin_hook_seconds";
 pub const CONFIG_RELOADS: &str = "hookd_config_reloads_total";
 
 /// Bucket bounds of the HTTP latency of attempts, in seconds.
@@ -116,6 +121,12 @@ impl Metrics {
             })
             .and_then(|builder| {
                 builder.set_buckets_for_metric(
+                    Matcher::Full(PLUGIN_HOOK_SECONDS.to_string()),
+                    PLUGIN_CHAIN_BUCKETS,
+                )
+            })
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
                     Matcher::Full(ATTEMPT_SLOT.to_string()),
                     PLUGIN_CHAIN_BUCKETS,
                 )
@@ -169,6 +180,15 @@ impl Metrics {
                 PLUGIN_SLOT_WAIT,
                 Unit::Seconds,
                 "Time plugin chains waited for a plugin slot before running, by tenant"
+            );
+            describe_counter!(
+                PLUGIN_HOOK_CALLS,
+                "Hook calls of each plugin (filter, transform, sign, on-response) by tenant, plugin, version (the first 12 hex digits of the component's SHA-256) and outcome (ok, filtered, a plugin_* failure code, or an on-response decision: default, delivered, retry, fail, disable)"
+            );
+            describe_histogram!(
+                PLUGIN_HOOK_SECONDS,
+                Unit::Seconds,
+                "Wall time of each plugin's hook calls (a plugin's first call of an attempt includes creating its instance), by tenant, plugin and version"
             );
             describe_counter!(CONFIG_RELOADS, "Config reloads by result (applied, refused)");
             // Series that exist before their first event, so dashboards and alerts see zeros.
@@ -261,6 +281,27 @@ impl Metrics {
             histogram!(PLUGIN_SLOT_WAIT, "tenant" => tenant.to_string())
                 .record(waited.as_secs_f64());
             histogram!(PLUGIN_CHAIN_CPU, "tenant" => tenant.to_string()).record(cpu.as_secs_f64());
+        });
+    }
+
+    /// Each plugin's hook calls of one chain or response run (per-plugin metrics; labels are
+    /// bounded to tenant, plugin name, version and outcome).
+    pub fn plugin_calls(&self, tenant: &str, calls: &[crate::plugin::PluginCall]) {
+        if calls.is_empty() {
+            return;
+        }
+        self.with(|| {
+            for call in calls {
+                let labels = [
+                    ("tenant", tenant.to_string()),
+                    ("plugin", call.plugin.clone()),
+                    ("version", call.version.clone()),
+                ];
+                let mut with_outcome = labels.to_vec();
+                with_outcome.push(("outcome", call.outcome.to_string()));
+                counter!(PLUGIN_HOOK_CALLS, &with_outcome).increment(1);
+                histogram!(PLUGIN_HOOK_SECONDS, &labels).record(call.duration.as_secs_f64());
+            }
         });
     }
 

@@ -213,3 +213,78 @@ async fn two_engines_in_one_process_keep_separate_metrics() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn per_plugin_metrics_count_each_plugins_calls_by_version_and_outcome() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    receiver.respond_json(200, json!({"ok": true}));
+    let mut versions = std::collections::HashMap::new();
+    for (name, component) in [
+        ("reshape", "reshape-transform"),
+        ("says-ok", "body-says-ok"),
+        ("probe", "response-probe"),
+    ] {
+        let (status, info) = crate::plugins::upload(&engine, ACME_KEY, name, wasm(component)).await;
+        assert_eq!(status, 201, "{info}");
+        let sha = info["sha256"].as_str().unwrap();
+        versions.insert(name, sha[..hookd::plugin::VERSION_LABEL_DIGITS].to_string());
+    }
+    engine
+        .create_webhook(json!({"url": receiver.url,
+            "plugins": [{"name": "reshape", "config": {}}, {"name": "says-ok"}]}))
+        .await;
+    engine
+        .create_webhook(
+            json!({"url": receiver.url, "plugins": [{"name": "probe", "config": {"do": "panic"}}]}),
+        )
+        .await;
+    let event = engine.send_event("user.created", json!({"n": 1})).await;
+    for d in event["deliveries"].as_array().unwrap() {
+        engine
+            .wait_delivery(d["id"].as_str().unwrap(), "delivered")
+            .await;
+    }
+
+    let text = eventually(WAIT, "the response hooks' calls counted", || async {
+        let text = scrape(&engine).await;
+        let done = count(
+            &text,
+            "hookd_plugin_hook_calls_total",
+            &[("plugin", "probe"), ("outcome", "plugin_trap")],
+        ) >= 1.0;
+        done.then_some(text)
+    })
+    .await;
+    let calls = |plugin: &str, outcome: &str| {
+        count(
+            &text,
+            "hookd_plugin_hook_calls_total",
+            &[
+                ("tenant", "acme"),
+                ("plugin", plugin),
+                ("version", versions[plugin].as_str()),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(calls("reshape", "ok"), 1.0, "{text}");
+    assert_eq!(calls("says-ok", "delivered"), 1.0, "{text}");
+    // The probe's filter ran (ok), then its response hook trapped (the default verdict held).
+    assert_eq!(calls("probe", "ok"), 1.0, "{text}");
+    assert_eq!(calls("probe", "plugin_trap"), 1.0, "{text}");
+    assert_eq!(calls("says-ok", "retry"), 0.0);
+    for (plugin, n) in [("reshape", 1.0), ("says-ok", 1.0), ("probe", 2.0)] {
+        let labels = [
+            ("tenant", "acme"),
+            ("plugin", plugin),
+            ("version", versions[plugin].as_str()),
+        ];
+        assert_eq!(
+            count(&text, "hookd_plugin_hook_seconds_count", &labels),
+            n,
+            "{plugin}: {text}"
+        );
+        assert!(count(&text, "hookd_plugin_hook_seconds_sum", &labels) > 0.0);
+    }
+}

@@ -298,6 +298,7 @@ async fn on_response(
             &input.tenant.plugins,
         )
         .await;
+    ctx.metrics.plugin_calls(&input.tenant.id, &run.calls);
     plugin_logs.extend(run.logs.iter().map(|log| {
         debug!(plugin = %log.plugin, level = log.level.as_str(), "plugin log: {}", log.message);
         format!("{} [{}] {}", log.plugin, log.level.as_str(), log.message)

@@ -197,6 +197,7 @@ async fn run_chain(
         ChainOutcome::Filtered { .. } => ("filtered", None),
         ChainOutcome::Failed { code, .. } => ("failed", Some(code.as_str())),
     };
+    ctx.metrics.plugin_calls(&input.tenant.id, &run.calls);
     ctx.metrics.plugin_chain_ran(
         &input.tenant.id,
         chain_outcome,

@@ -7,7 +7,7 @@
 //! trap poisons its instance. The first failure, drop or cancel ends the chain.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -120,6 +120,40 @@ pub enum ChainOutcome {
     },
 }
 
+/// One hook call of one plugin, for the per-plugin metrics (`hookd_plugin_hook_calls_total`,
+/// `hookd_plugin_hook_seconds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginCall {
+    /// The plugin (chain step name).
+    pub plugin: String,
+    /// Its version as a metric label: the first 12 hex digits of the component's SHA-256.
+    pub version: String,
+    /// `ok`, `filtered` (a drop or cancel), a failure code (`plugin_trap`, …), or for
+    /// `on-response` its decision (`default`, `delivered`, `retry`, `fail`, `disable`).
+    pub outcome: &'static str,
+    /// Wall time of the call, including the instance's creation for a plugin's first call.
+    pub duration: Duration,
+}
+
+impl PluginCall {
+    pub(crate) fn new(
+        step: &ChainStep,
+        plugin: &LoadedPlugin,
+        outcome: &'static str,
+        started: Instant,
+    ) -> Self {
+        Self {
+            plugin: step.name.clone(),
+            version: plugin.sha256.chars().take(VERSION_LABEL_DIGITS).collect(),
+            outcome,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+/// Hex digits of a component's SHA-256 used as its version label.
+pub const VERSION_LABEL_DIGITS: usize = 12;
+
 /// The result of [`PluginHost::run_chain`](super::PluginHost::run_chain).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainRun {
@@ -137,6 +171,8 @@ pub struct ChainRun {
     /// dropping the stores): [`duration`](Self::duration) without the time the thread was
     /// descheduled, which on a busy machine can be most of it.
     pub cpu: Duration,
+    /// Each hook call, in order (empty when no plugin ran).
+    pub calls: Vec<PluginCall>,
 }
 
 /// Which hook a chain phase calls.
@@ -194,8 +230,9 @@ pub(crate) async fn run(
     steps: &[(ChainStep, Arc<LoadedPlugin>)],
     request: PluginRequest,
     settings: &PluginSettings,
-) -> (ChainOutcome, LogBuffer) {
+) -> (ChainOutcome, LogBuffer, Vec<PluginCall>) {
     let logs = Arc::new(Mutex::new(LogBuffer::new(settings.max_log_bytes)));
+    let mut calls = Vec::new();
     let secret: Arc<[u8]> = Arc::from(request.signing_secret.as_slice());
     let attempt = Attempt {
         delivery_id: request.delivery_id.clone(),
@@ -226,6 +263,7 @@ pub(crate) async fn run(
                     code: f.code,
                     message: f.message,
                 };
+                let started = Instant::now();
                 let slot = &mut live[index];
                 let instance = match slot {
                     Some(instance) => instance,
@@ -241,7 +279,10 @@ pub(crate) async fn run(
                         };
                         match instantiate(runtime, plugin, params, settings).await {
                             Ok(instance) => slot.insert(instance),
-                            Err(f) => break 'chain failed(f),
+                            Err(f) => {
+                                calls.push(PluginCall::new(step, plugin, f.code.as_str(), started));
+                                break 'chain failed(f);
+                            }
                         }
                     }
                 };
@@ -275,6 +316,12 @@ pub(crate) async fn run(
                         .await
                     }
                 };
+                let code = match &step_outcome {
+                    Ok(Step::Continue) => "ok",
+                    Ok(Step::Stop) => "filtered",
+                    Err(f) => f.code.as_str(),
+                };
+                calls.push(PluginCall::new(step, plugin, code, started));
                 match step_outcome {
                     Ok(Step::Continue) => {}
                     Ok(Step::Stop) => {
@@ -290,7 +337,7 @@ pub(crate) async fn run(
     };
     drop(live);
     let buffer = std::mem::replace(&mut *lock_logs(&logs), LogBuffer::new(0));
-    (outcome, buffer)
+    (outcome, buffer, calls)
 }
 
 /// Whether the chain goes on after a hook.

@@ -63,7 +63,9 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::permits::FairPermits;
 use crate::quota::QuotaExceeded;
 
-pub use chain::{ChainOutcome, ChainRun, ChainStep, PluginRequest};
+pub use chain::{
+    ChainOutcome, ChainRun, ChainStep, PluginCall, PluginRequest, VERSION_LABEL_DIGITS,
+};
 pub use compile::WORKER_ARGS as COMPILE_WORKER_ARGS;
 pub use error::{PluginError, PluginFailureCode, PluginLoadError};
 pub use policy::{OutboundRequest, PROTECTED_HEADERS};
@@ -648,7 +650,11 @@ impl PluginHost {
     ) -> ChainRun {
         let started = Instant::now();
         let mut waited = Duration::ZERO;
-        let finish = |outcome, logs: Option<sandbox::LogBuffer>, waited: Duration, cpu| {
+        let finish = |outcome,
+                      logs: Option<sandbox::LogBuffer>,
+                      waited: Duration,
+                      cpu,
+                      calls: Vec<PluginCall>| {
             let (logs, logs_truncated) = match logs {
                 Some(buffer) => {
                     let truncated = buffer.truncated();
@@ -663,6 +669,7 @@ impl PluginHost {
                 duration: started.elapsed().saturating_sub(waited),
                 waited,
                 cpu,
+                calls,
             }
         };
 
@@ -676,7 +683,7 @@ impl PluginHost {
                         code: PluginFailureCode::NotFound,
                         message: format!("plugin {:?} is not installed", step.name),
                     };
-                    return finish(outcome, None, waited, Duration::ZERO);
+                    return finish(outcome, None, waited, Duration::ZERO, Vec::new());
                 }
             }
         }
@@ -686,6 +693,7 @@ impl PluginHost {
                 None,
                 waited,
                 Duration::ZERO,
+                Vec::new(),
             );
         }
 
@@ -697,7 +705,7 @@ impl PluginHost {
                 code: PluginFailureCode::Error,
                 message: "plugin host is shutting down".into(),
             };
-            return finish(outcome, None, waited, Duration::ZERO);
+            return finish(outcome, None, waited, Duration::ZERO, Vec::new());
         };
         let inner = self.inner.clone();
         let settings = settings.clone();
@@ -707,7 +715,7 @@ impl PluginHost {
         };
         let cpu = Arc::new(cputime::CpuTime::default());
         match self.run_job(cputime::measured(job, cpu.clone())).await {
-            Ok((outcome, logs)) => finish(outcome, Some(logs), waited, cpu.total()),
+            Ok((outcome, logs, calls)) => finish(outcome, Some(logs), waited, cpu.total(), calls),
             Err(error) => {
                 tracing::error!(%tenant, %error, "plugin chain panicked");
                 let outcome = ChainOutcome::Failed {
@@ -715,7 +723,7 @@ impl PluginHost {
                     code: PluginFailureCode::Error,
                     message: "the plugin host failed while running the chain".into(),
                 };
-                finish(outcome, None, waited, cpu.total())
+                finish(outcome, None, waited, cpu.total(), Vec::new())
             }
         }
     }
@@ -799,13 +807,14 @@ impl PluginHost {
         };
         let cpu = Arc::new(cputime::CpuTime::default());
         match self.run_job(cputime::measured(job, cpu.clone())).await {
-            Ok((decision, logs)) => ResponseRun {
+            Ok((decision, logs, calls)) => ResponseRun {
                 decision,
                 ran,
                 logs: logs.into_entries(),
                 duration: started.elapsed().saturating_sub(waited),
                 waited,
                 cpu: cpu.total(),
+                calls,
             },
             Err(error) => {
                 tracing::error!(%tenant, %error, "on-response hooks panicked");

@@ -12,11 +12,11 @@
 //! plugin logs and the next plugin, or hookd's own rules, decide.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::bindings::hookd::plugin::types::Event;
 use super::bindings::v2::exports::hookd::plugin0_2_0::on_response::{self, Decision};
-use super::chain::{self, ChainStep, Live};
+use super::chain::{self, ChainStep, Live, PluginCall};
 use super::error::PluginFailureCode;
 use super::policy::truncate;
 use super::runtime::{CallFailure, CallPhase, LoadedPlugin, Runtime, classify};
@@ -79,6 +79,20 @@ pub struct ResponseRun {
     pub waited: Duration,
     /// CPU time the hooks cost (see [`ChainRun::cpu`](super::ChainRun::cpu)).
     pub cpu: Duration,
+    /// Each hook call, in order; the outcome is the decision's name or the failure code.
+    pub calls: Vec<PluginCall>,
+}
+
+impl ResponseDecision {
+    /// The decision's name (its WIT case), for metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retry { .. } => "retry",
+            Self::Fail { .. } => "fail",
+            Self::Disable { .. } => "disable",
+        }
+    }
 }
 
 /// Replaces control characters (a reason is shown in UIs and logs) and caps the length.
@@ -115,11 +129,17 @@ pub(crate) async fn run(
     event: Event,
     response: on_response::Response,
     settings: &PluginSettings,
-) -> (Option<(String, ResponseDecision)>, LogBuffer) {
+) -> (
+    Option<(String, ResponseDecision)>,
+    LogBuffer,
+    Vec<PluginCall>,
+) {
     let logs = Arc::new(Mutex::new(LogBuffer::new(settings.max_log_bytes)));
     let no_secret: Arc<[u8]> = Arc::from(&b""[..]);
     let mut decided = None;
+    let mut calls = Vec::new();
     for (step, plugin) in steps {
+        let started = Instant::now();
         let params = SandboxParams {
             plugin: Arc::from(step.name.as_str()),
             delivery_id: &event.id,
@@ -129,7 +149,14 @@ pub(crate) async fn run(
             signing_secret: no_secret.clone(),
             random_key: runtime.random_key(),
         };
-        match call(runtime, plugin, step, params, &event, &response, settings).await {
+        let result = call(runtime, plugin, step, params, &event, &response, settings).await;
+        let outcome = match &result {
+            Ok(None) => "default",
+            Ok(Some(made)) => made.as_str(),
+            Err(failure) => failure.code.as_str(),
+        };
+        calls.push(PluginCall::new(step, plugin, outcome, started));
+        match result {
             Ok(None) => {}
             Ok(Some(made)) => {
                 decided = Some((step.name.clone(), made));
@@ -146,7 +173,7 @@ pub(crate) async fn run(
         }
     }
     let buffer = std::mem::replace(&mut *lock_logs(&logs), LogBuffer::new(0));
-    (decided, buffer)
+    (decided, buffer, calls)
 }
 
 /// One plugin's response hook in a fresh instance, dropped at return.

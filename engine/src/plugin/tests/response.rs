@@ -257,3 +257,41 @@ async fn every_decision_of_the_probe_maps() {
         assert_eq!(decided(&run).1, &expected, "{config}");
     }
 }
+
+#[tokio::test]
+async fn each_hook_call_is_reported_with_the_plugin_version_and_outcome() {
+    let host = fixture("response-probe").await;
+    fixture("json-filter").await;
+    let chain = [
+        step(
+            "json-filter",
+            json!({"path": "data.kind", "allowed": ["b"]}),
+        ),
+        step("response-probe", json!({"do": "retry"})),
+    ];
+    let version = |name: &str| {
+        host.info(FIXTURES, name).expect("installed").sha256[..VERSION_LABEL_DIGITS].to_string()
+    };
+    // The filter drops the event: one call, `filtered`; the probe's filter never ran.
+    let dropped = run(host, &chain, request("dlv_calls", json!({"kind": "a"}))).await;
+    let calls: Vec<_> = dropped
+        .calls
+        .iter()
+        .map(|c| (c.plugin.as_str(), c.version.clone(), c.outcome))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![("json-filter", version("json-filter"), "filtered")]
+    );
+    let responded = respond(host, &chain, answer(200, json!({})), &test_settings()).await;
+    let calls: Vec<_> = responded
+        .calls
+        .iter()
+        .map(|c| (c.plugin.as_str(), c.version.clone(), c.outcome))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![("response-probe", version("response-probe"), "retry")]
+    );
+    assert!(responded.calls[0].duration > Duration::ZERO);
+}
