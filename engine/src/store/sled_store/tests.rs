@@ -125,6 +125,7 @@ fn outcome(
             next_attempt_at: retry_at,
             plugin_logs: Vec::new(),
             request: None,
+            verdict_by: None,
         },
         update: DeliveryUpdate {
             status: if retry_at.is_some() {
