@@ -42,9 +42,9 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// Metric names (Prometheus). Labels: `tenant` (admin-defined ids), `plugin` (a tenant's plugin
-/// name, checked at upload) and `version` (a SHA-256 prefix), `outcome`, `error_code`,
-/// `result`; never API keys, secrets or URLs.
+/// Metric names (Prometheus). Labels: `tenant` (admin-defined ids), `version` (a plugin
+/// component's SHA-256 prefix), `outcome`, `error_code`, `result`; never a tenant's resource
+/// names or ids (webhooks, plugin names), API keys, secrets or URLs.
 pub const EVENTS_INGESTED: &str = "hookd_events_ingested_total";
 pub const ATTEMPTS: &str = "hookd_attempts_total";
 pub const DELIVERY_LATENCY: &str = "hookd_delivery_latency_seconds";
@@ -56,9 +56,10 @@ pub const PLUGIN_CHAIN: &str = "hookd_plugin_chain_seconds";
 pub const PLUGIN_SLOT_WAIT: &str = "hookd_plugin_slot_wait_seconds";
 pub const ATTEMPT_SLOT: &str = "hookd_attempt_slot_seconds";
 pub const PLUGIN_CHAIN_CPU: &str = "hookd_plugin_chain_cpu_seconds";
-/// Per plugin: hook calls by `tenant`, `plugin`, `version` (SHA-256 prefix) and `outcome`.
+/// Per plugin: hook calls by `tenant`, `version` (the component's SHA-256 prefix, which
+/// `GET /v1/plugins` maps to the plugin's name) and `outcome`.
 pub const PLUGIN_HOOK_CALLS: &str = "hookd_plugin_hook_calls_total";
-/// Per plugin: wall time of hook calls by `tenant`, `plugin`, `version`.
+/// Per plugin: wall time of hook calls by `tenant`, `version`.
 pub const PLUGIN_HOOK_SECONDS: &str = "hookd_plugin_hook_seconds";
 pub const CONFIG_RELOADS: &str = "hookd_config_reloads_total";
 
@@ -183,12 +184,12 @@ impl Metrics {
             );
             describe_counter!(
                 PLUGIN_HOOK_CALLS,
-                "Hook calls of each plugin (filter, transform, sign, on-response) by tenant, plugin, version (the first 12 hex digits of the component's SHA-256) and outcome (ok, filtered, a plugin_* failure code, or an on-response decision: default, delivered, retry, fail, disable)"
+                "Hook calls of each plugin (filter, transform, sign, on-response) by tenant, version (the first 12 hex digits of the plugin component's SHA-256; GET /v1/plugins shows each plugin's sha256) and outcome (ok, filtered, a plugin_* failure code, or an on-response decision: default, delivered, retry, fail, disable)"
             );
             describe_histogram!(
                 PLUGIN_HOOK_SECONDS,
                 Unit::Seconds,
-                "Wall time of each plugin's hook calls (a plugin's first call of an attempt includes creating its instance), by tenant, plugin and version"
+                "Wall time of each plugin's hook calls (a plugin's first call of an attempt includes creating its instance), by tenant and version (the component's SHA-256 prefix)"
             );
             describe_counter!(CONFIG_RELOADS, "Config reloads by result (applied, refused)");
             // Series that exist before their first event, so dashboards and alerts see zeros.
@@ -284,8 +285,10 @@ impl Metrics {
         });
     }
 
-    /// Each plugin's hook calls of one chain or response run (per-plugin metrics; labels are
-    /// bounded to tenant, plugin name, version and outcome).
+    /// Each plugin's hook calls of one chain or response run (per-plugin metrics). Labels are
+    /// bounded to tenant, version and outcome: a plugin is named by its component's SHA-256
+    /// prefix, not by the name its tenant gave it (`/metrics` never shows tenants' resource
+    /// names; `tests/it/isolation.rs`).
     pub fn plugin_calls(&self, tenant: &str, calls: &[crate::plugin::PluginCall]) {
         if calls.is_empty() {
             return;
@@ -294,7 +297,6 @@ impl Metrics {
             for call in calls {
                 let labels = [
                     ("tenant", tenant.to_string()),
-                    ("plugin", call.plugin.clone()),
                     ("version", call.version.clone()),
                 ];
                 let mut with_outcome = labels.to_vec();
