@@ -124,6 +124,7 @@ fn step(name: &str, config: Value) -> ChainStep {
     ChainStep {
         name: name.into(),
         config: config.to_string(),
+        version: None,
     }
 }
 
