@@ -29,6 +29,7 @@ mod plugins;
 mod query_params;
 mod quotas;
 mod replay;
+mod response_plugins;
 mod restart;
 mod retention;
 mod retries;

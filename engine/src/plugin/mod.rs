@@ -1,5 +1,6 @@
 //! The WebAssembly plugin host: tenants' component plugins (filter, transform and sign hooks of
-//! `hookd:plugin@0.1.0`, see `wit/`) loaded, checked, stored and run under hard budgets.
+//! `hookd:plugin@0.1.0`, and the `on-response` hook of `hookd:plugin@0.2.0`, see `wit/`) loaded,
+//! checked, stored and run under hard budgets.
 //!
 //! [`PluginHost`] is the only entry point. It owns:
 //! - one wasmtime engine (cranelift, pooling allocator, epoch deadlines from a 1 ms ticker,
@@ -21,6 +22,8 @@
 //!   (`chain.rs`, `sandbox.rs`): guest code runs as async wasmtime calls that yield at every
 //!   1 ms epoch tick, first on the caller's thread and, past one tick, on a small dedicated
 //!   thread pool (`runtime.rs`); random numbers come from the host's key and the delivery id;
+//! - the `on-response` runner, after the send, under the same slots, budgets and sandbox
+//!   (`response.rs`);
 //! - the output policy every transform patch and sign header passes (`policy.rs`);
 //! - the admin plugin directory watcher (`watch.rs`).
 //!
@@ -44,6 +47,7 @@ mod error;
 mod persist;
 mod policy;
 mod registry;
+mod response;
 mod runtime;
 mod sandbox;
 mod settings;
@@ -73,6 +77,7 @@ pub use compile::WORKER_ARGS as COMPILE_WORKER_ARGS;
 pub use error::{PluginError, PluginFailureCode, PluginLoadError};
 pub use policy::{OutboundRequest, PROTECTED_HEADERS};
 pub use registry::{PluginInfo, PluginSource};
+pub use response::{MAX_DECISION_MESSAGE_BYTES, PluginResponse, ResponseDecision, ResponseRun};
 pub use runtime::{EPOCH_TICK, compile_worker};
 pub use sandbox::{PluginLog, PluginLogLevel};
 pub use settings::PluginSettings;
@@ -107,6 +112,12 @@ struct Inner {
     /// between tenants by their weight.
     chain_slots: FairPermits,
 }
+
+/// The slots a chain (or a response run) holds while it runs: the tenant's and the host's.
+type ChainPermits = (
+    tokio::sync::OwnedSemaphorePermit,
+    crate::delivery::permits::SendPermit,
+);
 
 /// How long a plugin of the admin directory waits for a compile slot (uploads wait
 /// `compile_wait`): the operator's plugins are loaded in turn, never refused as busy.
@@ -315,7 +326,7 @@ impl PluginHost {
     /// allow-list (only `hookd:plugin/host`, `hookd:plugin/signing-key`, `hookd:plugin/types`
     /// and the WASI 0.2 subset toolchains link; the error names the offending import) → export
     /// check (`meta` plus at least one of `filter`, `transform`, `sign` of
-    /// `hookd:plugin@0.1.0`) → `meta.describe` checked against the exports → persist → publish
+    /// `hookd:plugin@0.1.0` or `on-response` of `hookd:plugin@0.2.0`) → `meta.describe` checked against the exports → persist → publish
     /// by atomic swap. Any failure leaves the previous version live and is recorded as its
     /// `last_error`.
     ///
@@ -772,17 +783,7 @@ impl PluginHost {
             );
         }
 
-        let slots = self.tenant_slots(tenant, settings.max_concurrent_calls_per_tenant);
-        let permits = async {
-            let tenant_permit = slots.acquire_owned().await?;
-            let global_permit = self
-                .inner
-                .chain_slots
-                .acquire(tenant, settings.slot_weight)
-                .await;
-            Ok::<_, tokio::sync::AcquireError>((tenant_permit, global_permit))
-        };
-        let permits = permits.await;
+        let permits = self.chain_permits(tenant, settings).await;
         waited = started.elapsed();
         let Ok(permit) = permits else {
             let outcome = ChainOutcome::Failed {
@@ -809,6 +810,105 @@ impl PluginHost {
                     message: "the plugin host failed while running the chain".into(),
                 };
                 finish(outcome, None, waited, cpu.total())
+            }
+        }
+    }
+
+    /// Waits for a plugin slot of the tenant (`max_concurrent_calls_per_tenant`) and one of the
+    /// host's ([`MAX_CONCURRENT_CHAINS`], shared fairly by `settings.slot_weight`); `Err` when
+    /// the host is shutting down.
+    async fn chain_permits(
+        &self,
+        tenant: &str,
+        settings: &PluginSettings,
+    ) -> Result<ChainPermits, tokio::sync::AcquireError> {
+        let slots = self.tenant_slots(tenant, settings.max_concurrent_calls_per_tenant);
+        let tenant_permit = slots.acquire_owned().await?;
+        let global_permit = self
+            .inner
+            .chain_slots
+            .acquire(tenant, settings.slot_weight)
+            .await;
+        Ok((tenant_permit, global_permit))
+    }
+
+    /// Whether any plugin of `chain` exports `on-response` (then the engine keeps what it sent
+    /// for [`run_on_response`](Self::run_on_response)).
+    pub fn handles_responses(&self, tenant: &str, chain: &[ChainStep]) -> bool {
+        chain.iter().any(|step| {
+            self.inner
+                .registry
+                .get(tenant, &step.name)
+                .is_some_and(|plugin| plugin.on_response.is_some())
+        })
+    }
+
+    /// Runs the `on-response` hooks of a webhook's chain on the receiver's answer: the plugins
+    /// that export it, in chain order, each in a fresh store and instance under `settings`
+    /// (the same budgets, sandbox and slots as [`run_chain`](Self::run_chain)), until one
+    /// decides something other than `default`. `request` is the request as sent (its
+    /// `webhook-*` headers are left out of what the plugins see).
+    ///
+    /// Never fails the attempt: a plugin that fails here counts as `default` and its error is
+    /// in [`ResponseRun::logs`]; so does the host shutting down. Plugins are resolved now; one
+    /// removed since the send is skipped.
+    pub async fn run_on_response(
+        &self,
+        tenant: &str,
+        chain: &[ChainStep],
+        mut request: PluginRequest,
+        response: PluginResponse,
+        settings: &PluginSettings,
+    ) -> ResponseRun {
+        let started = Instant::now();
+        let mut steps: Vec<(ChainStep, Arc<LoadedPlugin>)> = Vec::with_capacity(chain.len());
+        for step in chain {
+            // The version the step pins, or the live one.
+            if let Ok(plugin) = self.resolve(tenant, &step.name, step.version).await
+                && plugin.on_response.is_some()
+            {
+                steps.push((step.clone(), plugin));
+            }
+        }
+        if steps.is_empty() {
+            return ResponseRun::default();
+        }
+        request
+            .headers
+            .retain(|(name, _)| !name.to_ascii_lowercase().starts_with("webhook-"));
+        request.signing_secret = Vec::new();
+        let event = request.event();
+        let Ok(permit) = self.chain_permits(tenant, settings).await else {
+            return response::failed_run(
+                "the plugin host is shutting down",
+                PluginFailureCode::Error,
+            );
+        };
+        let waited = started.elapsed();
+        let ran = steps.len();
+        let inner = self.inner.clone();
+        let settings = settings.clone();
+        let job = async move {
+            let _permit = permit;
+            let response = response::guest_response(response);
+            response::run(&inner.runtime, &steps, event, response, &settings).await
+        };
+        let cpu = Arc::new(cputime::CpuTime::default());
+        match self.run_job(cputime::measured(job, cpu.clone())).await {
+            Ok((decision, logs)) => ResponseRun {
+                decision,
+                ran,
+                logs: logs.into_entries(),
+                duration: started.elapsed().saturating_sub(waited),
+                waited,
+                cpu: cpu.total(),
+            },
+            Err(error) => {
+                tracing::error!(%tenant, %error, "on-response hooks panicked");
+                response::failed_run(
+                    "the plugin host failed while running the response hooks",
+                    PluginFailureCode::Error,
+                )
             }
         }
     }

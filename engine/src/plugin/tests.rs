@@ -20,6 +20,7 @@ use tokio::sync::OnceCell;
 use super::*;
 
 mod limits;
+mod response;
 
 const DIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/dist");
 /// The tenant every shared fixture is installed into.

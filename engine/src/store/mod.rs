@@ -480,11 +480,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Purges finished deliveries (with their attempts) created before `before_ms`, and events
     /// created before then with no delivery left, of one tenant or (`None`) every tenant; never
-    /// a pending or in-flight delivery. Works in bounded steps and stops early once `stop` is
-    /// cancelled, answering what it did so far.
+    /// a pending or in-flight delivery. With `channel` (only with a tenant), only events on
+    /// that channel and their deliveries. Works in bounded steps and stops early once `stop`
+    /// is cancelled, answering what it did so far.
     async fn purge(
         &self,
         tenant: Option<&str>,
+        channel: Option<&str>,
         before_ms: u64,
         stop: &CancellationToken,
     ) -> Result<PurgeOutcome>;

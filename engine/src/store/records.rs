@@ -221,6 +221,10 @@ pub struct AttemptRecord {
     /// (`delivery/capture.rs`).
     #[serde(default)]
     pub request: Option<SentRequest>,
+    /// Who decided the result instead of hookd's default rules: `plugin:<name>` for an
+    /// `on-response` plugin; `None` when the default rules did.
+    #[serde(default)]
+    pub verdict_by: Option<String>,
 }
 
 /// What the attempt log keeps of a sent request.

@@ -524,10 +524,15 @@ impl Store for PostgresStore {
     async fn purge(
         &self,
         tenant: Option<&str>,
+        channel: Option<&str>,
         before_ms: u64,
         stop: &CancellationToken,
     ) -> Result<PurgeOutcome> {
-        retention::purge(self, tenant, before_ms, stop)
+        debug_assert!(
+            tenant.is_some() || channel.is_none(),
+            "a channel purge names its tenant"
+        );
+        retention::purge(self, tenant, channel, before_ms, stop)
             .await
             .map_err(Into::into)
     }

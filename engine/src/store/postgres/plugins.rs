@@ -1,4 +1,4 @@
-//! The plugin catalogue in PostgreSQL (schema 3): `plugins` (one row per name: current and
+//! The plugin catalogue in PostgreSQL (schema 4): `plugins` (one row per name: current and
 //! candidate version, next version id) and `plugin_versions` (each version with its component
 //! bytes). Every write sends `plugin <node> <tenant> <name>` in its transaction, so every node
 //! hears of it when it commits (`notify.rs`); this node's listener is told right after the

@@ -515,12 +515,16 @@ impl Store for SledStore {
     async fn purge(
         &self,
         tenant: Option<&str>,
+        channel: Option<&str>,
         before_ms: u64,
         stop: &CancellationToken,
     ) -> Result<PurgeOutcome> {
         match tenant {
-            Some(tenant) => self.purge_tenant(tenant, before_ms, stop).await,
-            None => self.purge_all(before_ms, stop).await,
+            Some(tenant) => self.purge_tenant(tenant, channel, before_ms, stop).await,
+            None => {
+                debug_assert!(channel.is_none(), "a channel purge names its tenant");
+                self.purge_all(before_ms, stop).await
+            }
         }
     }
 

@@ -1,4 +1,4 @@
--- hookd schema 3: the plugin catalogue (engine/src/store/postgres/plugins.rs). Tenants'
+-- hookd schema 4: the plugin catalogue (engine/src/store/postgres/plugins.rs). Tenants'
 -- uploaded plugins, every stored version with its component bytes, and which version is
 -- current: every node loads the current version and hears of changes by NOTIFY
 -- (`plugin <node> <tenant> <name>`), with a periodic comparison of the heads as the safety net.
