@@ -241,6 +241,7 @@ fn chain_steps(webhook: &WebhookRecord) -> Vec<ChainStep> {
         .map(|p| ChainStep {
             name: p.name.clone(),
             config: p.config.to_string(),
+            version: p.version,
         })
         .collect()
 }

@@ -26,6 +26,8 @@ pub struct ChainStep {
     pub name: String,
     /// The plugin config for this webhook: JSON text by convention, passed verbatim.
     pub config: String,
+    /// The stored version the webhook pins; `None`: the live one.
+    pub version: Option<u64>,
 }
 
 /// What the engine would send without plugins, plus the attempt's identity.

@@ -125,6 +125,7 @@ fn step(name: &str, config: Value) -> ChainStep {
     ChainStep {
         name: name.into(),
         config: config.to_string(),
+        version: None,
     }
 }
 

@@ -64,6 +64,11 @@ pub struct PluginAttachment {
     pub name: String,
     #[serde(default)]
     pub config: serde_json::Value,
+    /// A stored version of the plugin to run (`GET /v1/plugins/{name}/versions`); absent: the
+    /// current version, whatever uploads and rollbacks make it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, example = 3)]
+    pub version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
