@@ -141,6 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let chain = [ChainStep {
             name: "reshape".into(),
             config: json!({"redact": ["password"], "shape": "flat"}).to_string(),
+            version: None,
         }];
         let mut wasm_calls = Vec::with_capacity(calls);
         let mut expected = None;

@@ -63,6 +63,10 @@ async function filterForm(params) {
 
 async function renderList(main, params) {
   main.append(h('h1', {}, 'Deliveries'), await filterForm(params));
+  if (params.get('channel')) {
+    main.append(h('p', { id: 'channel-stats' },
+      h('a', { href: href('stats', { channel: params.get('channel') }) }, 'Statistics of this channel')));
+  }
   const filters = {};
   for (const k of FILTERS) if (params.get(k)) filters[k] = params.get(k);
   const body = h('tbody', {});

@@ -1,35 +1,62 @@
 // Statistics: per-day delivered/failed/filtered, success rate, p95 latency and top event
-// types over 1, 7, 30 or 90 days, for the tenant or one webhook.
+// types over 1, 7, 30 or 90 days, for the tenant, one webhook or one channel (webhook and
+// channel do not combine: the engine counts per webhook and per channel, not per pair).
 
 import { get } from './api.js';
 import { h, percent, facts, field } from './dom.js';
 import { barChart } from './chart.js';
-import { go } from './nav.js';
+import { go, href } from './nav.js';
 
 const WINDOWS = [1, 7, 30, 90];
 
 export async function render(main, route) {
   const days = WINDOWS.includes(Number(route.params.get('days'))) ? Number(route.params.get('days')) : 7;
-  const webhookId = route.params.get('webhook') || '';
+  const channelName = route.params.get('channel') || '';
+  const webhookId = channelName ? '' : (route.params.get('webhook') || '');
   const webhooks = (await get('/v1/webhooks', { limit: 250 })).data;
-  const data = webhookId
-    ? await get(`/v1/webhooks/${encodeURIComponent(webhookId)}/stats`, { days })
-    : await get('/v1/stats', { days });
+  let data;
+  if (webhookId) data = await get(`/v1/webhooks/${encodeURIComponent(webhookId)}/stats`, { days });
+  else data = await get('/v1/stats', { days, channel: channelName });
 
   const windowSelect = h('select', { id: 'stats-days' }, WINDOWS.map((d) =>
     h('option', { value: d, selected: d === days }, d === 1 ? 'Today' : `${d} days`)));
   const webhookSelect = h('select', { id: 'stats-webhook' },
     h('option', { value: '' }, 'All webhooks'),
     webhooks.map((w) => h('option', { value: w.id, selected: w.id === webhookId }, w.url)));
-  const change = () => go('stats', { days: windowSelect.value, webhook: webhookSelect.value });
+  const channelInput = h('input', { id: 'stats-channel', name: 'channel', value: channelName, autocomplete: 'off' });
+  const change = () => go('stats', { days: windowSelect.value, webhook: webhookSelect.value, channel: channelInput.value.trim() });
   windowSelect.addEventListener('change', change);
-  webhookSelect.addEventListener('change', change);
+  // A webhook chosen clears the channel, and the other way round.
+  webhookSelect.addEventListener('change', () => {
+    channelInput.value = '';
+    change();
+  });
+  const filters = h('form', { class: 'filters', id: 'stats-filters', role: 'search' },
+    field('Window', windowSelect), field('Webhook', webhookSelect),
+    field('Channel', channelInput, 'Per webhook or per channel'),
+    h('div', { class: 'actions' }, h('button', { type: 'submit', id: 'stats-apply' }, 'Show')));
+  filters.addEventListener('submit', (event) => {
+    event.preventDefault();
+    if (channelInput.value.trim()) webhookSelect.value = '';
+    change();
+  });
+  const incomplete = data.incomplete_days && data.incomplete_days.length
+    ? h('p', { class: 'error', id: 'stats-incomplete', role: 'status' },
+      `On ${data.incomplete_days.join(', ')} this tenant's events used more than 1000 channels; ` +
+      'channels beyond the first 1000 of such a day are not counted per channel, so these figures may be short.')
+    : null;
 
   const t = data.totals;
   const rows = data.series.map((d) => ({ label: d.date, short: d.date.slice(5), values: d }));
-  main.append(
+  // DOM `append` writes null as text: leave the absent parts out.
+  main.append(...[
     h('h1', {}, 'Statistics'),
-    h('div', { class: 'filters' }, field('Window', windowSelect), field('Webhook', webhookSelect)),
+    filters,
+    data.channel
+      ? h('p', { id: 'stats-scope' }, 'Channel ', h('code', {}, data.channel), ' · ',
+        h('a', { href: href('deliveries', { channel: data.channel }) }, 'its deliveries'))
+      : null,
+    incomplete,
     facts([
       ['Period', `${data.from} – ${data.to} (UTC)`],
       ['Events', String(t.events)],
@@ -64,5 +91,6 @@ export async function render(main, route) {
         rows: data.top_event_types.map((e) => ({ label: e.type, short: e.type.slice(0, 6), values: { count: e.count } })),
         series: [{ key: 'count', label: 'Events', cls: 'info' }],
       })
-      : h('p', { class: 'muted' }, 'No events in this period.'));
+      : h('p', { class: 'muted' }, 'No events in this period.'),
+  ].filter(Boolean));
 }

@@ -196,11 +196,16 @@ pub async fn start(
         &config.data_dir.join("plugins"),
         config.plugins.settings.clone(),
         plugin::HostOptions {
+            catalogue: Some(store.clone()),
             random_key: config.security.derived_key(PLUGIN_RANDOM_KEY_PURPOSE),
             compile_worker: config.plugins.compile_worker.clone(),
         },
     )?;
     let mut tasks = Vec::new();
+    // Uploaded plugins: the store's catalogue, loaded now and followed (other nodes' uploads).
+    if let Some(follower) = plugins.follow_catalogue(shutdown.clone()).await? {
+        tasks.push(("plugin catalogue follower", follower));
+    }
     if let Some(dir) = &config.plugins.admin_dir {
         tasks.push((
             "plugin directory watcher",

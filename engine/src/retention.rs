@@ -25,7 +25,7 @@ pub async fn purge_once(
 ) -> Result<PurgeOutcome, StoreError> {
     let now = now_ms();
     let before_ms = now.saturating_sub(retention.as_millis() as u64);
-    let total = store.purge(None, before_ms, stop).await?;
+    let total = store.purge(None, None, before_ms, stop).await?;
     if !total.is_empty() {
         info!(
             events = total.events,

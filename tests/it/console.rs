@@ -192,6 +192,66 @@ async fn a_tenant_signs_in_creates_a_webhook_tests_it_and_follows_its_deliveries
     b.shot("stats-30").await;
     b.assert_clean("the statistics page", &[]).await;
 
+    // One channel's statistics: only its event counts; its deliveries are a link away.
+    let (status, on_channel) = engine
+        .post(
+            "/v1/events",
+            json!({"type": "user.created", "channel": "sms:15550100", "payload": {"n": 2}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{on_channel}");
+    let channel_delivery = on_channel["deliveries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    engine.wait_delivery(&channel_delivery, "delivered").await;
+    b.type_into("#stats-channel", "sms:15550100").await;
+    b.click("#stats-apply").await;
+    b.wait_until(
+        "the channel's statistics",
+        "const e = document.querySelector('#stats-scope code'); return e && e.textContent === 'sms:15550100';",
+    )
+    .await;
+    wait_count(&b, "#chart-outcomes g.bar", 30).await;
+    let fact = |term: &str| {
+        format!(
+            "return [...document.querySelectorAll('dl.facts dt')].find((t) => t.textContent === '{term}').nextElementSibling.textContent;"
+        )
+    };
+    assert_eq!(
+        b.eval("return document.querySelector('#stats-incomplete');")
+            .await,
+        Value::Null,
+        "no day is past the channel cap"
+    );
+    assert_eq!(
+        b.eval("return document.querySelector('main').textContent.includes('null');")
+            .await,
+        json!(false)
+    );
+    assert_eq!(b.eval(&fact("Events")).await, json!("1"));
+    assert_eq!(b.eval(&fact("Delivered")).await, json!("1"));
+    assert_eq!(
+        b.eval("return document.querySelector('#stats-webhook').value;")
+            .await,
+        json!(""),
+        "a channel's statistics are not also a webhook's"
+    );
+    b.shot("stats-channel").await;
+    b.click("#stats-scope a").await;
+    b.wait_heading("Deliveries").await;
+    wait_count(&b, "tr[data-delivery]", 1).await;
+    b.find(&format!("tr[data-delivery='{channel_delivery}']"))
+        .await;
+    b.click("#channel-stats a").await;
+    b.wait_heading("Statistics").await;
+    b.wait_until(
+        "the channel's statistics again",
+        "const e = document.querySelector('#stats-scope code'); return e && e.textContent === 'sms:15550100';",
+    )
+    .await;
+    b.assert_clean("the channel statistics", &[]).await;
+
     // The webhook list shows the description as text.
     b.click("#nav a[href='#/webhooks']").await;
     b.wait_heading("Webhooks").await;

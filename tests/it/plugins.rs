@@ -366,12 +366,25 @@ async fn javascript_and_python_filters_run_end_to_end() {
     );
     let engine = TestEngine::start_in(dir, parse_config(&text)).await;
     let receiver = Receiver::start().await;
+    receiver.respond_json(200, json!({"ok": true}));
+    // The JavaScript filter (built by componentize-js against 0.1.0, untouched by 0.2.0) shares
+    // its chain with a 0.2.0 response plugin.
+    install(&engine, "says-ok", "body-says-ok").await;
+    let mut js_webhook = String::new();
     for (name, component) in [("js", "js-filter"), ("py", "py-filter")] {
         let (status, info) = upload(&engine, ACME_KEY, name, wasm(component)).await;
         assert_eq!(status, 201, "{info}");
-        engine
-            .create_webhook(json!({"url": receiver.url, "plugins": [{"name": name, "config": {"path": "data.kind", "allowed": ["keep"]}}]}))
+        let mut plugins =
+            vec![json!({"name": name, "config": {"path": "data.kind", "allowed": ["keep"]}})];
+        if name == "js" {
+            plugins.push(json!({"name": "says-ok"}));
+        }
+        let webhook = engine
+            .create_webhook(json!({"url": receiver.url, "plugins": plugins}))
             .await;
+        if name == "js" {
+            js_webhook = webhook["id"].as_str().unwrap().to_string();
+        }
     }
     let dropped = engine
         .send_event("user.created", json!({"kind": "skip"}))
@@ -385,9 +398,18 @@ async fn javascript_and_python_filters_run_end_to_end() {
             .await;
     }
     for d in kept["deliveries"].as_array().unwrap() {
-        engine
+        let delivered = engine
             .wait_delivery(d["id"].as_str().unwrap(), "delivered")
             .await;
+        let by_plugin = if d["webhook_id"] == js_webhook.as_str() {
+            json!("plugin:says-ok")
+        } else {
+            Value::Null
+        };
+        assert_eq!(
+            delivered["attempts"][0]["verdict_by"], by_plugin,
+            "{delivered}"
+        );
     }
     assert_eq!(receiver.count(), 2);
     assert!(

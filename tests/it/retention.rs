@@ -1,7 +1,8 @@
 //! Retention end to end: the background task purges old finished records (never a pending
 //! delivery or its event), `DELETE /v1/deliveries?before=` does the same on demand for one
-//! tenant, and statistics survive both. Data dir sizes are printed (`--nocapture`): sled
-//! reclaims the space of removed keys gradually, so they are reported, not asserted.
+//! tenant (or one channel of it), and statistics survive both. Data dir sizes are printed
+//! (`--nocapture`): sled reclaims the space of removed keys gradually, so they are reported,
+//! not asserted.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -302,5 +303,181 @@ async fn delete_deliveries_before_purges_only_the_tenants_finished_deliveries() 
     eprintln!(
         "data dir: {size_before} bytes before purging {n} deliveries, {} after",
         dir_size(engine.data_dir.path())
+    );
+}
+
+#[tokio::test]
+async fn delete_deliveries_of_one_channel_leaves_other_channels_pending_ones_and_other_tenants() {
+    let engine = TestEngine::start_with(r#"retry_schedule = ["1h"]"#).await;
+    let ok = Receiver::start().await;
+    let failing = Receiver::start().await;
+    failing.respond(500);
+    let wh_ok = engine.create_webhook(json!({"url": ok.url})).await;
+    let wh_failing = engine
+        .create_webhook(json!({"url": failing.url, "event_types": ["invoice.paid"]}))
+        .await;
+    let (status, globex_webhook) = engine
+        .call(
+            "POST",
+            "/v1/webhooks",
+            GLOBEX_KEY,
+            Some(json!({"url": ok.url})),
+        )
+        .await;
+    assert_eq!(status, 201, "{globex_webhook}");
+    let send = |key: &'static str, event_type: &'static str, channel: Option<&'static str>| {
+        let engine = &engine;
+        async move {
+            let mut body = json!({"type": event_type, "payload": {"n": 1}});
+            if let Some(channel) = channel {
+                body["channel"] = json!(channel);
+            }
+            let (status, event) = engine.call("POST", "/v1/events", key, Some(body)).await;
+            assert_eq!(status, 202, "{event}");
+            event
+        }
+    };
+    // On `sms:1`: two finished events and one with a finished and a pending delivery.
+    let gone = [
+        send(ACME_KEY, "order.paid", Some("sms:1")).await,
+        send(ACME_KEY, "order.paid", Some("sms:1")).await,
+    ];
+    let mixed = send(ACME_KEY, "invoice.paid", Some("sms:1")).await;
+    // Elsewhere: another channel, no channel, and the other tenant's `sms:1`.
+    let other_channel = send(ACME_KEY, "order.paid", Some("sms:2")).await;
+    let no_channel = send(ACME_KEY, "order.paid", None).await;
+    let theirs = send(GLOBEX_KEY, "order.paid", Some("sms:1")).await;
+    let kept = [
+        first_delivery(&other_channel, &wh_ok),
+        first_delivery(&no_channel, &wh_ok),
+    ];
+    let theirs_delivery = theirs["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let mixed_ok = first_delivery(&mixed, &wh_ok);
+    let pending = first_delivery(&mixed, &wh_failing);
+    let purged: Vec<String> = gone
+        .iter()
+        .map(|e| first_delivery(e, &wh_ok))
+        .chain([mixed_ok.clone()])
+        .collect();
+    for id in purged.iter().chain(&kept) {
+        engine.wait_delivery(id, "delivered").await;
+    }
+    eventually(WAIT, "the other tenant's delivery", || async {
+        let (_, d) = engine
+            .call(
+                "GET",
+                &format!("/v1/deliveries/{theirs_delivery}"),
+                GLOBEX_KEY,
+                None,
+            )
+            .await;
+        (d["status"] == "delivered").then_some(())
+    })
+    .await;
+    engine.wait_delivery(&pending, "pending").await;
+
+    // A malformed channel is refused.
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 1;
+    let (status, err) = engine
+        .call(
+            "DELETE",
+            &format!("/v1/deliveries?before={now_ms}&channel=sms%201"),
+            ACME_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (400, Some("invalid_query")),
+        "{err}"
+    );
+
+    let (status, answer) = engine
+        .call(
+            "DELETE",
+            &format!("/v1/deliveries?before={now_ms}&channel=sms:1"),
+            ACME_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    // Three finished deliveries of `sms:1`, and the two events left without deliveries.
+    assert_eq!(answer, json!({"deliveries": 3, "attempts": 3, "events": 2}));
+    for id in &purged {
+        assert_eq!(
+            status_of(&engine, ACME_KEY, &format!("/v1/deliveries/{id}")).await,
+            404,
+            "{id}"
+        );
+    }
+    let event = |e: &Value| format!("/v1/events/{}", e["id"].as_str().unwrap());
+    for e in &gone {
+        assert_eq!(status_of(&engine, ACME_KEY, &event(e)).await, 404);
+    }
+    // The pending delivery of `sms:1` and its event stay.
+    let (status, still) = engine.get(&format!("/v1/deliveries/{pending}")).await;
+    assert_eq!((status, still["status"].as_str()), (200, Some("pending")));
+    let (status, mixed_now) = engine.get(&event(&mixed)).await;
+    assert_eq!(status, 200, "{mixed_now}");
+    // Other channels and no channel stay, and so does the other tenant's `sms:1`.
+    for id in &kept {
+        assert_eq!(
+            status_of(&engine, ACME_KEY, &format!("/v1/deliveries/{id}")).await,
+            200,
+            "{id}"
+        );
+    }
+    for e in [&other_channel, &no_channel] {
+        assert_eq!(status_of(&engine, ACME_KEY, &event(e)).await, 200);
+    }
+    assert_eq!(
+        status_of(
+            &engine,
+            GLOBEX_KEY,
+            &format!("/v1/deliveries/{theirs_delivery}")
+        )
+        .await,
+        200
+    );
+    assert_eq!(status_of(&engine, GLOBEX_KEY, &event(&theirs)).await, 200);
+    let (_, list) = engine.get("/v1/deliveries?channel=sms:1").await;
+    let left: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, [pending.as_str()], "{list}");
+
+    // Once more: nothing of `sms:1` is left to purge; then `sms:2` alone.
+    let purge = |channel: &'static str| {
+        let engine = &engine;
+        async move {
+            engine
+                .call(
+                    "DELETE",
+                    &format!("/v1/deliveries?before={now_ms}&channel={channel}"),
+                    ACME_KEY,
+                    None,
+                )
+                .await
+        }
+    };
+    assert_eq!(
+        purge("sms:1").await,
+        (200, json!({"deliveries": 0, "attempts": 0, "events": 0}))
+    );
+    assert_eq!(
+        purge("sms:2").await,
+        (200, json!({"deliveries": 1, "attempts": 1, "events": 1}))
+    );
+    assert_eq!(
+        status_of(&engine, ACME_KEY, &format!("/v1/deliveries/{}", kept[1])).await,
+        200,
+        "the event without a channel is no channel's"
     );
 }

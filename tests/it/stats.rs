@@ -1,6 +1,7 @@
 //! Statistics end to end: a known sequence of outcomes against real receivers (and a real
-//! filter plugin) gives exact totals, rates, top event types and per-day rows, for the tenant
-//! and per webhook; manual retries move counts between states; tenants see only their own.
+//! filter plugin) gives exact totals, rates, top event types and per-day rows, for the tenant,
+//! per webhook and per channel; manual retries move counts between states; the channel scopes
+//! of a tenant's day are capped; tenants see only their own.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -362,4 +363,301 @@ async fn stats_belong_to_their_tenant_and_the_query_is_checked() {
     let longest = stats(&engine, &format!("/v1/webhooks/{wh}/stats?days=90")).await;
     assert_eq!(longest["series"].as_array().unwrap().len(), 90);
     assert_eq!(longest["totals"]["delivered"], 1);
+}
+
+/// Sends an event of `tenant` (by key) on `channel`; returns it.
+async fn send_on(engine: &TestEngine, key: &str, event_type: &str, channel: Option<&str>) -> Value {
+    let mut body = json!({"type": event_type, "payload": {"kind": "order"}});
+    if let Some(channel) = channel {
+        body["channel"] = json!(channel);
+    }
+    let (status, event) = engine.call("POST", "/v1/events", key, Some(body)).await;
+    assert_eq!(status, 202, "{event}");
+    event
+}
+
+fn delivery_of(event: &Value) -> String {
+    let deliveries = event["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1, "{event}");
+    deliveries[0]["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn channel_stats_count_exactly_what_happened_on_the_channel_and_only_the_tenants() {
+    // A 500 is retried every 3 s (up to three times); a 400 fails at once.
+    let engine = TestEngine::start_with(r#"retry_schedule = ["3s", "3s", "3s"]"#).await;
+    let ok = Receiver::start().await;
+    let bad = Receiver::start().await;
+    bad.respond(400);
+    let flaky = Receiver::start().await;
+    flaky.respond(500);
+    let webhook = |url: &str, event_type: &str| json!({"url": url, "event_types": [event_type]});
+    let wh_ok = engine.create_webhook(webhook(&ok.url, "order.paid")).await;
+    engine
+        .create_webhook(webhook(&bad.url, "order.refunded"))
+        .await;
+    engine
+        .create_webhook(webhook(&flaky.url, "invoice.paid"))
+        .await;
+
+    // `sms:1`: two paid, one refunded (fails), one invoice (fails once, then is delivered).
+    let mut on_one = Vec::new();
+    for event_type in ["order.paid", "order.paid", "order.refunded", "invoice.paid"] {
+        on_one.push(send_on(&engine, ACME_KEY, event_type, Some("sms:1")).await);
+    }
+    // `sms:2`: one paid; no channel: one paid; the other tenant's `sms:1`: three events.
+    let on_two = send_on(&engine, ACME_KEY, "order.paid", Some("sms:2")).await;
+    let no_channel = send_on(&engine, ACME_KEY, "order.paid", None).await;
+    for _ in 0..3 {
+        send_on(&engine, GLOBEX_KEY, "order.paid", Some("sms:1")).await;
+    }
+    let ids: Vec<String> = on_one.iter().map(delivery_of).collect();
+    for (id, status) in ids[..3].iter().zip(["delivered", "delivered", "failed"]) {
+        engine.wait_delivery(id, status).await;
+    }
+    engine
+        .wait_delivery(&delivery_of(&on_two), "delivered")
+        .await;
+    engine
+        .wait_delivery(&delivery_of(&no_channel), "delivered")
+        .await;
+    let retried = &ids[3];
+    eventually(WAIT, "the invoice's first attempt", || async {
+        let (_, d) = engine.get(&format!("/v1/deliveries/{retried}")).await;
+        (d["attempt_count"] == 1).then_some(())
+    })
+    .await;
+
+    // While the invoice waits for its retry.
+    let one = stats(&engine, "/v1/stats?channel=sms:1").await;
+    assert_eq!(one["channel"], "sms:1");
+    assert_eq!(one["incomplete_days"], json!([]));
+    assert!(one.get("webhook_id").is_none(), "{one}");
+    let pending_now = Counts {
+        events: 4,
+        deliveries: 4,
+        delivered: 2,
+        failed: 1,
+        filtered: 0,
+        pending: 1,
+    };
+    assert_eq!(Counts::of(&one["totals"]), pending_now, "{one}");
+    assert!(one["totals"]["attempts"].as_u64().unwrap() >= 4, "{one}");
+
+    flaky.respond(200);
+    let delivered = engine.wait_delivery(retried, "delivered").await;
+    let retried_attempts = delivered["attempt_count"].as_u64().unwrap();
+    assert!(retried_attempts >= 2, "{delivered}");
+    let one = stats(&engine, "/v1/stats?channel=sms:1&days=30").await;
+    let totals = &one["totals"];
+    assert_eq!(
+        Counts::of(totals),
+        Counts {
+            events: 4,
+            deliveries: 4,
+            delivered: 3,
+            failed: 1,
+            filtered: 0,
+            pending: 0
+        },
+        "{one}"
+    );
+    assert_eq!(
+        totals["attempts"].as_u64(),
+        Some(3 + retried_attempts),
+        "the retries are attempts of sms:1"
+    );
+    assert_eq!(totals["success_rate"], 0.75);
+    assert_eq!(
+        one["top_event_types"],
+        json!([
+            {"type": "order.paid", "count": 2},
+            {"type": "invoice.paid", "count": 1},
+            {"type": "order.refunded", "count": 1},
+        ])
+    );
+    // Per day, each event on the day it was created.
+    let series = one["series"].as_array().unwrap();
+    assert_eq!(series.len(), 30);
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for event in &on_one {
+        *expected.entry(date(&event["timestamp"])).or_default() += 1;
+    }
+    for row in series {
+        let want = expected.remove(row["date"].as_str().unwrap()).unwrap_or(0);
+        assert_eq!(row["events"], want, "{row}");
+    }
+    assert!(expected.is_empty(), "{expected:?}");
+
+    let two = stats(&engine, "/v1/stats?channel=sms:2").await;
+    assert_eq!(
+        Counts::of(&two["totals"]),
+        Counts {
+            events: 1,
+            deliveries: 1,
+            delivered: 1,
+            ..Counts::default()
+        },
+        "{two}"
+    );
+    // The tenant counts every channel and none.
+    let tenant = stats(&engine, "/v1/stats").await;
+    assert_eq!(
+        (
+            tenant["totals"]["events"].as_u64(),
+            tenant["totals"]["delivered"].as_u64()
+        ),
+        (Some(6), Some(5)),
+        "{tenant}"
+    );
+    assert!(tenant.get("channel").is_none() && tenant.get("incomplete_days").is_none());
+    // A channel nobody used: zeros.
+    let none = stats(&engine, "/v1/stats?channel=sms:3").await;
+    assert_eq!(Counts::of(&none["totals"]), Counts::default());
+
+    // A manual retry moves the failed delivery to delivered in the channel too.
+    bad.respond(200);
+    let (status, _) = engine
+        .post(&format!("/v1/deliveries/{}/retry", ids[2]), json!({}))
+        .await;
+    assert_eq!(status, 202);
+    engine.wait_delivery(&ids[2], "delivered").await;
+    let one = stats(&engine, "/v1/stats?channel=sms:1").await;
+    assert_eq!(
+        (
+            one["totals"]["delivered"].as_u64(),
+            one["totals"]["failed"].as_u64(),
+            one["totals"]["attempts"].as_u64()
+        ),
+        (Some(4), Some(0), Some(4 + retried_attempts)),
+        "{one}"
+    );
+
+    // The other tenant's `sms:1` is its own.
+    let (status, theirs) = engine
+        .call("GET", "/v1/stats?channel=sms:1", GLOBEX_KEY, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        Counts::of(&theirs["totals"]),
+        Counts {
+            events: 3,
+            ..Counts::default()
+        },
+        "{theirs}"
+    );
+
+    // Bad input; channel and webhook do not combine.
+    for query in [
+        "channel=",
+        "channel=sms%201",
+        &format!("channel={}", "a".repeat(129)),
+    ] {
+        let (status, err) = engine.get(&format!("/v1/stats?{query}")).await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (400, Some("invalid_query")),
+            "{query}: {err}"
+        );
+    }
+    let wh = wh_ok["id"].as_str().unwrap();
+    let (status, err) = engine
+        .get(&format!("/v1/webhooks/{wh}/stats?channel=sms:1"))
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (400, Some("unknown_parameter")),
+        "{err}"
+    );
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("per webhook and per channel") && message.contains("/v1/stats?channel="),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_tenants_channel_scopes_are_capped_per_day_and_the_answer_says_so() {
+    let engine = TestEngine::start().await;
+    let ok = Receiver::start().await;
+    // As many channels as are counted per day, one event each, no webhook yet.
+    let cap = 1000;
+    let events: Vec<Value> = (0..cap)
+        .map(|i| json!({"type": "filler", "channel": format!("c:{i}"), "payload": {}}))
+        .collect();
+    let (status, answer) = engine
+        .post("/v1/events/batch", json!({"events": events}))
+        .await;
+    assert_eq!(status, 200);
+    let results = answer["results"].as_array().unwrap();
+    assert!(results.iter().all(|r| r["status"] == 202), "{answer}");
+    let (_, first) = engine
+        .get(&format!(
+            "/v1/events/{}",
+            results[0]["id"].as_str().unwrap()
+        ))
+        .await;
+    let day = date(&first["timestamp"]);
+
+    // One channel more that day, with a delivery; and one more event on a counted channel.
+    engine
+        .create_webhook(json!({"url": ok.url, "event_types": ["capped.sent"]}))
+        .await;
+    let over = send_on(&engine, ACME_KEY, "capped.sent", Some("c:over")).await;
+    engine.wait_delivery(&delivery_of(&over), "delivered").await;
+    let counted = send_on(&engine, ACME_KEY, "capped.sent", Some("c:0")).await;
+    engine
+        .wait_delivery(&delivery_of(&counted), "delivered")
+        .await;
+    // The cap is per UTC day: everything above must have happened on one day.
+    assert_eq!(
+        (date(&over["timestamp"]), date(&counted["timestamp"])),
+        (day.clone(), day.clone()),
+        "the test ran across midnight UTC; run it again"
+    );
+
+    // The channel past the cap has no figures of its own; the day is named as incomplete.
+    let beyond = stats(&engine, "/v1/stats?channel=c:over&days=1").await;
+    assert_eq!(Counts::of(&beyond["totals"]), Counts::default(), "{beyond}");
+    assert_eq!(beyond["incomplete_days"], json!([day]));
+    // A channel counted before the cap keeps counting, outcomes included.
+    let zero = stats(&engine, "/v1/stats?channel=c:0&days=1").await;
+    assert_eq!(
+        Counts::of(&zero["totals"]),
+        Counts {
+            events: 2,
+            deliveries: 1,
+            delivered: 1,
+            ..Counts::default()
+        },
+        "{zero}"
+    );
+    assert_eq!(zero["incomplete_days"], json!([day]));
+    let last = stats(&engine, &format!("/v1/stats?channel=c:{}&days=1", cap - 1)).await;
+    assert_eq!(last["totals"]["events"], 1, "{last}");
+    // The tenant and the webhook count everything, whatever the channel.
+    let tenant = stats(&engine, "/v1/stats?days=1").await;
+    assert_eq!(
+        (
+            tenant["totals"]["events"].as_u64(),
+            tenant["totals"]["delivered"].as_u64()
+        ),
+        (Some(cap + 2), Some(2)),
+        "{tenant}"
+    );
+    // The cap is per tenant: the other tenant's first channel of the day is counted.
+    let (status, _) = engine
+        .call(
+            "POST",
+            "/v1/events",
+            GLOBEX_KEY,
+            Some(json!({"type": "capped.sent", "channel": "c:over", "payload": {}})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (_, theirs) = engine
+        .call("GET", "/v1/stats?channel=c:over&days=1", GLOBEX_KEY, None)
+        .await;
+    assert_eq!(theirs["totals"]["events"], 1, "{theirs}");
+    assert_eq!(theirs["incomplete_days"], json!([]));
 }

@@ -79,6 +79,11 @@ pub struct AttemptView {
     /// body up to `max_request_capture_bytes`. Absent when nothing was sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     request: Option<SentRequest>,
+    /// Who decided `result` instead of hookd's default rules: `plugin:<name>` when an
+    /// `on-response` plugin did (e.g. marked a 500 delivered, or asked to retry a 200); `null`
+    /// when the default rules did.
+    #[schema(example = "plugin:body-says-ok")]
+    verdict_by: Option<String>,
 }
 
 impl From<AttemptRecord> for AttemptView {
@@ -97,6 +102,7 @@ impl From<AttemptRecord> for AttemptView {
             next_attempt_at: a.next_attempt_at.map(rfc3339),
             plugin_logs: a.plugin_logs,
             request: a.request,
+            verdict_by: a.verdict_by,
         }
     }
 }

@@ -98,6 +98,8 @@ fn routes(upload_limit: usize, batch_limit: usize) -> OpenApiRouter<AppState> {
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
         .routes(routes!(plugins::simulate))
+        .routes(routes!(plugins::versions))
+        .routes(routes!(plugins::rollback))
         .routes(routes!(stats::tenant_stats))
         .routes(routes!(stats::webhook_stats))
         .routes(routes!(admin::tenants))

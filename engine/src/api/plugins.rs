@@ -1,9 +1,11 @@
-//! `/v1/plugins`: upload (raw component body), list, inspect, delete, simulate.
+//! `/v1/plugins`: upload (raw component body: every upload is a new stored version), list,
+//! inspect, versions, rollback, delete, simulate.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest as _, Request, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -15,7 +17,7 @@ use super::{
 use crate::delivery::judge::Tried;
 use crate::delivery::prepare::{self, AttemptInput, Prepared};
 use crate::ids::{EventId, WebhookId, now_ms};
-use crate::plugin::{PluginInfo, PluginLoadError, PluginQuota, PluginSource};
+use crate::plugin::{PluginInfo, PluginLoadError, PluginQuota, PluginSource, PluginVersions};
 use crate::signing;
 use crate::store::{EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, WebhookStatus};
 
@@ -33,6 +35,12 @@ pub struct PluginView {
     /// `upload` (this API) or `admin_dir` (the admin's plugin directory).
     #[schema(example = "upload")]
     source: &'static str,
+    /// The stored version that is live (uploads only; see `GET /v1/plugins/{name}/versions`).
+    #[schema(example = 3)]
+    version_id: Option<u64>,
+    /// Who uploaded the live version: the first 12 hex digits of the SHA-256 of the API key
+    /// (as `sha256:` in the config), `console`, or `migrated` (a file of an older hookd).
+    uploaded_by: Option<String>,
 }
 
 impl From<PluginInfo> for PluginView {
@@ -51,6 +59,8 @@ impl From<PluginInfo> for PluginView {
                 PluginSource::Upload => "upload",
                 PluginSource::AdminDir => "admin_dir",
             },
+            version_id: info.stored.as_ref().map(|v| v.id),
+            uploaded_by: info.stored.map(|v| v.uploaded_by),
         }
     }
 }
@@ -69,9 +79,9 @@ pub fn load_error(err: PluginLoadError) -> ApiError {
                 .with_retry_after(retry_after)
         }
         PluginLoadError::Invalid { .. } => ApiError::bad_request(code, message),
-        PluginLoadError::NotFound | PluginLoadError::InvalidConfig(_) => {
-            ApiError::invalid(code, message)
-        }
+        PluginLoadError::NotFound
+        | PluginLoadError::VersionNotFound { .. }
+        | PluginLoadError::InvalidConfig(_) => ApiError::invalid(code, message),
         PluginLoadError::Storage(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
@@ -97,7 +107,12 @@ pub async fn check_chain(
         state
             .delivery
             .plugins
-            .validate_config(&tenant.id, &step.name, &step.config.to_string())
+            .validate_attachment(
+                &tenant.id,
+                &step.name,
+                step.version,
+                &step.config.to_string(),
+            )
             .await
             .map_err(|err| match err {
                 PluginLoadError::NotFound => ApiError::invalid(
@@ -113,7 +128,23 @@ pub async fn check_chain(
     Ok(())
 }
 
-/// Uploads (or replaces) a plugin: the raw WebAssembly component is the body.
+/// Who sends a request, as a stored version records it: the first 12 hex digits of the SHA-256
+/// of the bearer key (the config lists keys as `sha256:<hex>`), or `console`.
+fn uploader(headers: &HeaderMap) -> String {
+    let key = headers
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    match key {
+        Some(key) => hex::encode(crate::config::hash_api_key(key))[..12].to_string(),
+        None => "console".to_string(),
+    }
+}
+
+/// Uploads a plugin: the raw WebAssembly component is the body. Every upload is a new stored
+/// version that becomes current on every node (bytes equal to the current version's are
+/// idempotent: the current version is answered).
 #[utoipa::path(
     put,
     path = "/v1/plugins/{name}",
@@ -124,8 +155,8 @@ pub async fn check_chain(
         (any content type is taken; `application/wasm` or `application/octet-stream`)",
         content((WasmComponent = "application/octet-stream"))),
     responses(
-        (status = 201, description = "Installed", body = PluginView),
-        (status = 200, description = "Replaced an existing plugin", body = PluginView),
+        (status = 201, description = "Installed (its first version)", body = PluginView),
+        (status = 200, description = "A new version of an existing plugin is current", body = PluginView),
         (status = 400, description = "Not a valid plugin component", body = ErrorBody),
         (status = 413, description = "The component is larger than allowed, or has more (or larger) functions than the host compiles (`plugin_too_large`)", body = ErrorBody),
         (status = 422, description = "Refused by the plugin host", body = ErrorBody),
@@ -155,6 +186,7 @@ pub async fn put(
         .check_quota(&tenant.id, &name, declared, quota)
         .map_err(load_error)?;
     let slot = plugins.compile_slot(&tenant.id).await.map_err(load_error)?;
+    let uploaded_by = uploader(request.headers());
     let body = Bytes::from_request(request, &state)
         .await
         .map_err(|rejection| {
@@ -173,7 +205,14 @@ pub async fn put(
         })?;
     let existed = plugins.info(&tenant.id, &name).is_some();
     let info = plugins
-        .install_within(&tenant.id, &name, body.to_vec(), quota, Some(slot))
+        .install_as(
+            &tenant.id,
+            &name,
+            body.to_vec(),
+            quota,
+            Some(slot),
+            &uploaded_by,
+        )
         .await
         .map_err(load_error)?;
     tracing::info!(tenant = %tenant.id, plugin = %name, sha256 = %info.sha256, "plugin installed");
@@ -277,7 +316,13 @@ pub async fn delete(
             ),
         ));
     }
-    if !state.delivery.plugins.remove(&tenant.id, &name).await {
+    let deleted = state
+        .delivery
+        .plugins
+        .delete(&tenant.id, &name)
+        .await
+        .map_err(load_error)?;
+    if !deleted {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -286,6 +331,142 @@ pub async fn delete(
     }
     tracing::info!(tenant = %tenant.id, plugin = %name, "plugin deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// One stored version of a plugin.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginVersionView {
+    /// 1, 2, 3… in upload order (what `rollback` and a webhook's `plugins[].version` name).
+    #[schema(example = 3)]
+    id: u64,
+    sha256: String,
+    size_bytes: u64,
+    created_at: String,
+    /// The first 12 hex digits of the SHA-256 of the uploading API key, `console`, or
+    /// `migrated`.
+    uploaded_by: String,
+    /// Attempts run this version (unless their webhook pins another).
+    current: bool,
+    /// Uploaded as a candidate: stored, not run.
+    candidate: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginVersionList {
+    /// Newest first: the last 20 uploads, plus the current version and any version a webhook
+    /// pins, whatever their age.
+    data: Vec<PluginVersionView>,
+    /// The id of the current version.
+    current: u64,
+}
+
+fn version_list(found: PluginVersions) -> PluginVersionList {
+    let data = found
+        .versions
+        .into_iter()
+        .map(|v| PluginVersionView {
+            current: v.id == found.current,
+            candidate: Some(v.id) == found.candidate,
+            id: v.id,
+            sha256: v.sha256,
+            size_bytes: v.size,
+            created_at: rfc3339(v.created_at),
+            uploaded_by: v.uploaded_by,
+        })
+        .collect();
+    PluginVersionList {
+        data,
+        current: found.current,
+    }
+}
+
+fn no_stored_plugin(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no uploaded plugin named `{name}` (plugins of the admin directory have no stored versions)"
+        ),
+    )
+}
+
+/// The stored versions of an uploaded plugin, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins/{name}/versions",
+    tag = "plugins",
+    operation_id = "list_plugin_versions",
+    params(("name" = String, Path, description = "The plugin's name within the tenant")),
+    responses(
+        (status = 200, description = "The plugin's versions", body = PluginVersionList),
+        (status = 404, description = "No uploaded plugin of that name for this tenant", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+)]
+pub async fn versions(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(name): ApiPath<String>,
+) -> Result<ApiJson<PluginVersionList>, ApiError> {
+    let found = state
+        .delivery
+        .plugins
+        .versions(&tenant.id, &name)
+        .await
+        .map_err(load_error)?
+        .ok_or_else(|| no_stored_plugin(&name))?;
+    Ok(ApiJson(version_list(found)))
+}
+
+/// Body of a rollback.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// The stored version to make current (`GET /v1/plugins/{name}/versions`).
+    #[schema(minimum = 1, example = 2)]
+    version: u64,
+}
+
+/// Makes a stored version current on every node (no restart: attempts already running finish
+/// on the version they started with). Webhooks pinning a version keep theirs.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{name}/rollback",
+    tag = "plugins",
+    operation_id = "rollback_plugin",
+    params(("name" = String, Path, description = "The plugin's name within the tenant")),
+    request_body = Rollback,
+    responses(
+        (status = 200, description = "The version is current", body = PluginView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "No uploaded plugin of that name for this tenant", body = ErrorBody),
+        (status = 422, description = "No stored version of that id (`plugin_version_not_found`), or an invalid body", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 429, description = "The version is larger than the tenant's `plugin_bytes` quota allows (`quota_exceeded`)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable, or the compiler is busy (`compile_busy`, with Retry-After)", body = ErrorBody),
+    ),
+)]
+pub async fn rollback(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<Rollback>,
+) -> Result<ApiJson<PluginView>, ApiError> {
+    let quota = PluginQuota {
+        plugins: tenant.config.quotas.plugins,
+        bytes: tenant.config.quotas.plugin_bytes,
+    };
+    let info = state
+        .delivery
+        .plugins
+        .rollback(&tenant.id, &name, body.version, Some(quota))
+        .await
+        .map_err(|err| match err {
+            PluginLoadError::NotFound => no_stored_plugin(&name),
+            other => load_error(other),
+        })?;
+    tracing::info!(tenant = %tenant.id, plugin = %name, version_id = body.version, "plugin rolled back");
+    Ok(ApiJson(PluginView::from(info)))
 }
 
 /// Optional body of a simulation.
@@ -410,6 +591,7 @@ pub async fn simulate(
                 ));
             }
             let chain = vec![PluginAttachment {
+                version: None,
                 name: name.clone(),
                 config: body
                     .config

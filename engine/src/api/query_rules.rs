@@ -77,6 +77,22 @@ impl QueryRules {
     }
 }
 
+/// Parameters refused on purpose where a user may well try them: (path, parameter, why).
+const REFUSED_ON_PURPOSE: &[(&str, &str, &str)] = &[(
+    "/v1/webhooks/{id}/stats",
+    "channel",
+    "statistics are kept per webhook and per channel, not per webhook and channel: ask \
+     `GET /v1/stats?channel=` for a channel's",
+)];
+
+/// Why `path` refuses one of `unknown`, if it does so on purpose.
+fn refusal_reason(path: &str, unknown: &[String]) -> Option<&'static str> {
+    REFUSED_ON_PURPOSE
+        .iter()
+        .find(|(p, name, _)| *p == path && unknown.iter().any(|u| u == name))
+        .map(|(_, _, why)| *why)
+}
+
 /// The message of `400 unknown_parameter`.
 fn message(unknown: &[String], known: &[String]) -> String {
     let quote = |names: &[String]| {
@@ -126,8 +142,11 @@ pub async fn refuse_unknown_parameters(
             && !unknown.is_empty()
         {
             let known = rules.known(method, path.as_str());
-            return ApiError::bad_request("unknown_parameter", message(&unknown, &known))
-                .into_response();
+            let mut text = message(&unknown, &known);
+            if let Some(why) = refusal_reason(path.as_str(), &unknown) {
+                text = format!("{text} ({why})");
+            }
+            return ApiError::bad_request("unknown_parameter", text).into_response();
         }
     }
     next.run(request).await

@@ -11,11 +11,19 @@
 //! 10, 30 s, then the maximum seen), interpolated within the bucket. For a webhook, `events`
 //! counts the events routed to it. Purging old records (retention, `DELETE /v1/deliveries`)
 //! does not change statistics.
+//!
+//! `GET /v1/stats?channel=` answers the same report for the events on one channel (an event has
+//! at most one) and their deliveries. A tenant's channels are free-form, so each UTC day counts
+//! at most [`crate::store::stats::MAX_CHANNELS_PER_DAY`] distinct channels per tenant (the first ones seen that day);
+//! the answer names the days on which further channels went uncounted (`incomplete_days`), the
+//! only days on which this channel's figures may be short. Channel and webhook do not combine
+//! (`/v1/webhooks/{id}/stats?channel=` is `400 unknown_parameter`, saying why): counting every
+//! (webhook, channel) pair would multiply the counters.
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Tenant};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Tenant, valid_channel};
 use crate::ids::{WebhookId, now_ms};
 use crate::store::stats::{
     DayStats, MAX_STATS_DAYS, MS_PER_DAY, StatsCounts, StatsScope, day_of, top_event_types,
@@ -30,6 +38,16 @@ pub struct StatsQuery {
     /// UTC days to cover, ending today: 1-90 (default 7).
     #[param(minimum = 1, maximum = 90)]
     days: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TenantStatsQuery {
+    /// UTC days to cover, ending today: 1-90 (default 7).
+    #[param(minimum = 1, maximum = 90)]
+    days: Option<u32>,
+    /// Only events on this channel (1-128 of `a-z A-Z 0-9 . _ - :`) and their deliveries.
+    channel: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -87,6 +105,13 @@ pub struct DayView {
 pub struct StatsView {
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<String>,
+    /// With `channel`: the UTC days (`YYYY-MM-DD`) of the window on which the tenant's events
+    /// used more distinct channels than are counted per day (1000, the first seen that day);
+    /// this channel's figures for these days may be short.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incomplete_days: Option<Vec<String>>,
     days: u32,
     /// First and last UTC day of the window, `YYYY-MM-DD`.
     from: String,
@@ -105,8 +130,8 @@ pub(super) fn date(day: u32) -> String {
 }
 
 /// `days` of the query: 1–90, default 7.
-fn window(query: &StatsQuery) -> Result<u32, ApiError> {
-    match query.days {
+fn window(days: Option<u32>) -> Result<u32, ApiError> {
+    match days {
         None => Ok(DEFAULT_DAYS),
         Some(days) if (1..=MAX_STATS_DAYS).contains(&days) => Ok(days),
         Some(_) => Err(ApiError::bad_request(
@@ -123,6 +148,8 @@ fn view(webhook_id: Option<String>, days: u32, rows: &[DayStats]) -> StatsView {
     }
     StatsView {
         webhook_id,
+        channel: None,
+        incomplete_days: None,
         days,
         from: rows.first().map(|r| date(r.day)).unwrap_or_default(),
         to: rows.last().map(|r| date(r.day)).unwrap_or_default(),
@@ -146,16 +173,16 @@ fn day_range(days: u32) -> (u32, u32) {
     (today.saturating_sub(days - 1), today)
 }
 
-/// The tenant's delivery statistics of the last `days` UTC days.
+/// The tenant's delivery statistics of the last `days` UTC days, or those of one channel.
 #[utoipa::path(
     get,
     path = "/v1/stats",
     tag = "stats",
     operation_id = "tenant_stats",
-    params(StatsQuery),
+    params(TenantStatsQuery),
     responses(
-        (status = 200, description = "Totals, rates, latency, top event types and a per-day series", body = StatsView),
-        (status = 400, description = "`days` out of range", body = ErrorBody),
+        (status = 200, description = "Totals, rates, latency, top event types and a per-day series (of one channel with `channel`)", body = StatsView),
+        (status = 400, description = "`days` out of range or `channel` malformed (`invalid_query`)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ),
@@ -163,15 +190,41 @@ fn day_range(days: u32) -> (u32, u32) {
 pub async fn tenant_stats(
     State(state): State<AppState>,
     tenant: Tenant,
-    ApiQuery(query): ApiQuery<StatsQuery>,
+    ApiQuery(query): ApiQuery<TenantStatsQuery>,
 ) -> Result<ApiJson<StatsView>, ApiError> {
-    let days = window(&query)?;
+    let days = window(query.days)?;
     let (first, last) = day_range(days);
-    let rows = state
-        .store
-        .stats_days(&tenant.id, StatsScope::Tenant, first, last)
-        .await?;
-    Ok(ApiJson(view(None, days, &rows)))
+    let Some(channel) = query.channel else {
+        let rows = state
+            .store
+            .stats_days(&tenant.id, StatsScope::Tenant, first, last)
+            .await?;
+        return Ok(ApiJson(view(None, days, &rows)));
+    };
+    if !valid_channel(&channel) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`channel` must be 1-128 of a-z A-Z 0-9 . _ - :",
+        ));
+    }
+    let (rows, overflow) = futures::try_join!(
+        state
+            .store
+            .stats_days(&tenant.id, StatsScope::Channel(&channel), first, last),
+        state
+            .store
+            .stats_days(&tenant.id, StatsScope::ChannelOverflow, first, last),
+    )?;
+    let mut stats = view(None, days, &rows);
+    stats.incomplete_days = Some(
+        overflow
+            .iter()
+            .filter(|day| day.counts.events > 0)
+            .map(|day| date(day.day))
+            .collect(),
+    );
+    stats.channel = Some(channel);
+    Ok(ApiJson(stats))
 }
 
 /// One webhook's delivery statistics of the last `days` UTC days.
@@ -204,7 +257,7 @@ pub async fn webhook_stats(
     {
         return Err(ApiError::not_found("webhook", &id));
     }
-    let days = window(&query)?;
+    let days = window(query.days)?;
     let (first, last) = day_range(days);
     let rows = state
         .store
@@ -221,10 +274,10 @@ mod tests {
     fn days_are_utc_dates_and_the_window_is_checked() {
         assert_eq!(date(0), "1970-01-01");
         assert_eq!(date(20_000), "2024-10-04");
-        assert_eq!(window(&StatsQuery { days: None }).unwrap(), 7);
-        assert_eq!(window(&StatsQuery { days: Some(90) }).unwrap(), 90);
+        assert_eq!(window(None).unwrap(), 7);
+        assert_eq!(window(Some(90)).unwrap(), 90);
         for bad in [0, 91] {
-            let err = window(&StatsQuery { days: Some(bad) }).unwrap_err();
+            let err = window(Some(bad)).unwrap_err();
             assert_eq!(err.code, "invalid_query");
         }
     }

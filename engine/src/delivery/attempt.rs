@@ -6,7 +6,9 @@
 //!    that ends the attempt without sending.
 //! 3. **send** ([`send`]): the only stage that holds a delivery permit (`permits.rs`), taken
 //!    just before the request goes out and released as soon as the answer is read.
-//! 4. **judge** (`judge.rs`): what the try means for the delivery ([`Verdict`]).
+//! 4. **judge** (`judge.rs`): what the try means for the delivery ([`Verdict`]); when the
+//!    receiver answered and the webhook's chain has `on-response` plugins, they are asked first
+//!    ([`on_response`]) and their decision goes to the judge, which applies it within limits.
 //! 5. **record** ([`record`]): attempt log, delivery state and next schedule entry in one write
 //!    (through the recorder's group commit).
 //! 6. **consequences** (`consequences.rs`): operational events and webhook health.
@@ -20,7 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::client::HttpOutcome;
 use super::consequences::{self, Recorded};
-use super::judge::{self, AttemptError, Tried, Verdict};
+use super::judge::{self, AttemptError, AttemptResult, ResponseVerdict, Tried, Verdict};
 use super::operational::DeliveryFacts;
 use super::prepare::{self, AttemptInput, Preparation, Prepared};
 use super::retry::{RetryPolicy, StatusClass, classify_status};
@@ -28,6 +30,7 @@ use super::{DeliveryContext, sanitize_snippet};
 use crate::config::{Config, TenantConfig};
 use crate::ids::{AttemptId, DeliveryId, WebhookId, now_ms};
 use crate::outbound::OutboundRequest;
+use crate::plugin::{ChainStep, PluginRequest, PluginResponse};
 use crate::store::{
     AttemptOutcome, AttemptRecord, Claim, DeliveryRecord, DeliveryStatus, DeliveryUpdate,
     EventRecord, StoreError, WebhookRecord, WebhookStatus, WorkListener,
@@ -81,22 +84,39 @@ async fn try_run(
     let preparation = prepare::prepare(ctx, &input).await;
     let Preparation {
         prepared,
-        plugin_logs,
+        mut plugin_logs,
         chain_time,
     } = preparation;
-    let (tried, sent) = match prepared {
+    let steps = chain_steps(&loaded.webhook);
+    let (tried, sent, for_plugins) = match prepared {
         Prepared::Send(request) => {
             let sent = super::capture::capture(&request, tenant.delivery.max_request_capture_bytes);
+            // Kept only when a plugin will read it after the send (the body is shared, not
+            // copied).
+            let for_plugins = (!steps.is_empty()
+                && ctx.plugins.handles_responses(&tenant.id, &steps))
+            .then(|| request.clone());
             let outcome = send(ctx, tenant, request, input.timeout()).await;
-            (Tried::Sent(outcome), Some(sent))
+            (Tried::Sent(outcome), Some(sent), for_plugins)
         }
-        Prepared::NotSent(tried) => (tried, None),
+        Prepared::NotSent(tried) => (tried, None, None),
+    };
+    let response_verdict = match for_plugins {
+        Some(request) => on_response(ctx, &input, &steps, request, &tried, &mut plugin_logs).await,
+        None => None,
     };
     let policy = RetryPolicy::for_webhook(&tenant.delivery, &loaded.webhook);
-    let verdict = judge::judge(&tried, &policy, input.attempt, None);
-    let mut attempt = attempt_record(&loaded, &input, &tried, &verdict, plugin_logs, chain_time);
+    let verdict = judge::judge(&tried, &policy, input.attempt, response_verdict.as_ref());
+    let mut attempt = attempt_record(
+        &loaded,
+        &input,
+        &tried,
+        (&verdict, response_verdict.as_ref()),
+        plugin_logs,
+        chain_time,
+    );
     attempt.request = sent;
-    let facts = delivery_facts(&loaded, &attempt, &tried);
+    let facts = delivery_facts(&loaded, &attempt, &tried, &verdict);
     record(
         ctx,
         &loaded,
@@ -223,25 +243,108 @@ async fn send(
         .await
 }
 
-/// The attempt log entry of a judged try.
+/// The webhook's plugin chain, as the plugin host takes it.
+fn chain_steps(webhook: &WebhookRecord) -> Vec<ChainStep> {
+    webhook
+        .plugins
+        .iter()
+        .map(|p| ChainStep {
+            name: p.name.clone(),
+            config: p.config.to_string(),
+            version: p.version,
+        })
+        .collect()
+}
+
+/// Asks the chain's `on-response` plugins what the receiver's answer means: their decision for
+/// the judge, if one decided; their log lines are added to the attempt's. Only for answered
+/// tries; a plugin failing here leaves the default rules in force (the host logs why).
+async fn on_response(
+    ctx: &DeliveryContext,
+    input: &AttemptInput<'_>,
+    steps: &[ChainStep],
+    sent: OutboundRequest,
+    tried: &Tried,
+    plugin_logs: &mut Vec<String>,
+) -> Option<ResponseVerdict> {
+    let Tried::Sent(HttpOutcome::Response {
+        status,
+        body,
+        body_truncated,
+        headers,
+        ..
+    }) = tried
+    else {
+        return None;
+    };
+    let request = PluginRequest {
+        delivery_id: input.webhook_id_header.to_string(),
+        event_id: input.event.id.to_string(),
+        event_type: input.event.event_type.clone(),
+        tenant: input.tenant.id.clone(),
+        channel: input.event.channel.clone(),
+        timestamp_ms: input.event.created_at,
+        attempt_time_ms: input.now_ms,
+        attempt: input.attempt,
+        url: sent.url,
+        method: sent.method,
+        content_type: sent.content_type,
+        headers: sent.headers,
+        body: sent.body,
+        signing_secret: Vec::new(),
+    };
+    let response = PluginResponse {
+        status: *status,
+        headers: headers.clone(),
+        body: body.to_vec(),
+        body_truncated: *body_truncated,
+    };
+    let run = ctx
+        .plugins
+        .run_on_response(
+            &input.tenant.id,
+            steps,
+            request,
+            response,
+            &input.tenant.plugins,
+        )
+        .await;
+    plugin_logs.extend(run.logs.iter().map(|log| {
+        debug!(plugin = %log.plugin, level = log.level.as_str(), "plugin log: {}", log.message);
+        format!("{} [{}] {}", log.plugin, log.level.as_str(), log.message)
+    }));
+    let (plugin, decision) = run.decision?;
+    Some(ResponseVerdict::from_plugin(&plugin, decision))
+}
+
+/// The attempt log's `error_code`: the try's own error, or `response_verdict` when a plugin
+/// failed an answer hookd would have called delivered.
+fn error_code(tried: &Tried, verdict: &Verdict) -> Option<&'static str> {
+    tried.error().map(AttemptError::code).or_else(|| {
+        (verdict.verdict_by.is_some() && verdict.result != AttemptResult::Delivered)
+            .then_some("response_verdict")
+    })
+}
+
+/// The attempt log entry of a judged try (with the response plugin's decision, if one made
+/// it).
 fn attempt_record(
     loaded: &Loaded,
     input: &AttemptInput<'_>,
     tried: &Tried,
-    verdict: &Verdict,
+    (verdict, response_verdict): (&Verdict, Option<&ResponseVerdict>),
     plugin_logs: Vec<String>,
     chain_time: Duration,
 ) -> AttemptRecord {
     let (status_code, error_message, snippet, latency) = match tried {
-        Tried::Sent(HttpOutcome::Response {
-            status,
-            snippet,
-            latency,
-            ..
-        }) => (
+        Tried::Sent(
+            outcome @ HttpOutcome::Response {
+                status, latency, ..
+            },
+        ) => (
             Some(*status),
-            None,
-            Some(sanitize_snippet(snippet)),
+            response_verdict.map(ResponseVerdict::log_message),
+            Some(sanitize_snippet(&outcome.snippet())),
             *latency,
         ),
         Tried::Sent(HttpOutcome::Failed {
@@ -268,16 +371,22 @@ fn attempt_record(
         latency_ms: latency.as_millis() as u64,
         result: verdict.result.as_str().to_string(),
         status_code,
-        error_code: tried.error().map(|e| e.code().to_string()),
+        error_code: error_code(tried, verdict).map(str::to_string),
         error_message,
         response_snippet: snippet,
         next_attempt_at,
         plugin_logs,
         request: None,
+        verdict_by: verdict.verdict_by.clone(),
     }
 }
 
-fn delivery_facts(loaded: &Loaded, attempt: &AttemptRecord, tried: &Tried) -> DeliveryFacts {
+fn delivery_facts(
+    loaded: &Loaded,
+    attempt: &AttemptRecord,
+    tried: &Tried,
+    verdict: &Verdict,
+) -> DeliveryFacts {
     DeliveryFacts {
         delivery_id: loaded.delivery.id.to_string(),
         webhook_id: loaded.webhook.id.clone(),
@@ -286,7 +395,7 @@ fn delivery_facts(loaded: &Loaded, attempt: &AttemptRecord, tried: &Tried) -> De
         event_type: loaded.event.event_type.clone(),
         attempt: attempt.attempt,
         status_code: attempt.status_code,
-        error_code: tried.error().map(AttemptError::code),
+        error_code: error_code(tried, verdict),
         next_attempt_at: attempt.next_attempt_at.map(crate::ids::rfc3339),
     }
 }
@@ -387,16 +496,15 @@ pub async fn test_send(
     };
     outcome.error_code = tried.error().map(|e| e.code().to_string());
     match tried {
-        Tried::Sent(HttpOutcome::Response {
-            status,
-            snippet,
-            latency,
-            ..
-        }) => {
+        Tried::Sent(
+            ref answer @ HttpOutcome::Response {
+                status, latency, ..
+            },
+        ) => {
             outcome.delivered = classify_status(status) == StatusClass::Delivered;
             outcome.status_code = Some(status);
             outcome.latency_ms = latency.as_millis() as u64;
-            outcome.response_snippet = Some(sanitize_snippet(&snippet));
+            outcome.response_snippet = Some(sanitize_snippet(&answer.snippet()));
         }
         Tried::Sent(HttpOutcome::Failed {
             message, latency, ..

@@ -1,7 +1,9 @@
 //! The outbound HTTP client: the only place hookd builds a reqwest client.
 //!
 //! One pooled keep-alive client for all webhooks. Redirects are never followed, every
-//! request has a total timeout, at most `max_response_body_bytes` of a response are read, and
+//! request has a total timeout, at most `max_response_body_bytes` of a response are read (and at
+//! most [`MAX_RESPONSE_HEADERS`] headers / [`MAX_RESPONSE_HEADER_BYTES`] of them kept, for
+//! `on-response` plugins), and
 //! every address a host name resolves to passes the SSRF guard at connect time (IP-literal URLs
 //! are checked by the caller before sending, since they skip DNS). Host names resolve through
 //! the system resolver, or through the name servers of `[delivery] dns_servers` when set
@@ -22,14 +24,25 @@ use crate::outbound::OutboundRequest;
 use crate::resolver::OutboundResolver;
 use crate::ssrf::{BlockedAddress, SsrfPolicy};
 
+/// Response headers kept for `on-response` plugins: at most this many…
+pub const MAX_RESPONSE_HEADERS: usize = 32;
+/// …and at most this many bytes of names and values together; the rest are left out.
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 8 << 10;
+
 /// What came back (or didn't): a value, never an error.
 #[derive(Debug, Clone)]
 pub enum HttpOutcome {
     Response {
         status: u16,
         retry_after: Option<String>,
-        /// The first `max_response_body_bytes` of the body, lossily decoded.
-        snippet: String,
+        /// The first `max_response_body_bytes` of the body, raw (what an `on-response` plugin
+        /// gets; the attempt log keeps it lossily decoded, [`HttpOutcome::snippet`]).
+        body: bytes::Bytes,
+        /// Whether the body was longer than what was read.
+        body_truncated: bool,
+        /// The response headers in the order received (names lower case), capped at
+        /// [`MAX_RESPONSE_HEADERS`] and [`MAX_RESPONSE_HEADER_BYTES`].
+        headers: Vec<(String, String)>,
         latency: Duration,
     },
     Failed {
@@ -38,6 +51,16 @@ pub enum HttpOutcome {
         message: String,
         latency: Duration,
     },
+}
+
+impl HttpOutcome {
+    /// The body read, lossily decoded (empty when there was no answer).
+    pub fn snippet(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            HttpOutcome::Response { body, .. } => String::from_utf8_lossy(body),
+            HttpOutcome::Failed { .. } => std::borrow::Cow::Borrowed(""),
+        }
+    }
 }
 
 /// Why a request got no HTTP response. Each has a stable code (the attempt's `error_code`).
@@ -244,26 +267,54 @@ impl DeliveryClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let headers = capped_headers(response.headers());
+        let announced = response.content_length();
         let latency = started.elapsed();
         // Read at most the cap; a body that is slow or broken after the status line does not
         // change the outcome, the status already decided it.
         let mut body = Vec::new();
+        let mut cut = false;
         while body.len() < max_body_bytes {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     let room = max_body_bytes - body.len();
+                    cut |= chunk.len() > room;
                     body.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 }
                 Ok(None) | Err(_) => break,
             }
         }
+        let body_truncated = cut || announced.is_some_and(|n| n > body.len() as u64);
         HttpOutcome::Response {
             status,
             retry_after,
-            snippet: String::from_utf8_lossy(&body).into_owned(),
+            body: body.into(),
+            body_truncated,
+            headers,
             latency,
         }
     }
+}
+
+/// The response headers an `on-response` plugin sees: in order, names lower case, values
+/// lossily decoded, stopping at [`MAX_RESPONSE_HEADERS`] headers or
+/// [`MAX_RESPONSE_HEADER_BYTES`] bytes (a header that would pass the byte cap is left out, and
+/// so are the ones after it).
+fn capped_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    let mut kept = Vec::new();
+    let mut bytes = 0;
+    for (name, value) in headers {
+        let size = name.as_str().len() + value.len();
+        if kept.len() == MAX_RESPONSE_HEADERS || bytes + size > MAX_RESPONSE_HEADER_BYTES {
+            break;
+        }
+        bytes += size;
+        kept.push((
+            name.as_str().to_owned(),
+            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        ));
+    }
+    kept
 }
 
 /// The request's headers as HTTP headers, with `content-type` from its field. Names and values
@@ -360,4 +411,50 @@ fn classify_error(err: &reqwest::Error) -> (SendFailure, String) {
         source = cause.source();
     }
     (code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_headers_are_kept_in_order_up_to_both_caps() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-first", HeaderValue::from_static("1"));
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let kept = capped_headers(&headers);
+        assert_eq!(
+            kept,
+            vec![
+                ("x-first".to_owned(), "1".to_owned()),
+                ("content-type".to_owned(), "application/json".to_owned())
+            ]
+        );
+
+        let mut many = HeaderMap::new();
+        for i in 0..100 {
+            many.insert(
+                HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        assert_eq!(capped_headers(&many).len(), MAX_RESPONSE_HEADERS);
+
+        let mut big = HeaderMap::new();
+        let value = HeaderValue::from_str(&"v".repeat(3000)).unwrap();
+        for i in 0..5 {
+            big.insert(
+                HeaderName::from_bytes(format!("x-big{i}").as_bytes()).unwrap(),
+                value.clone(),
+            );
+        }
+        let kept = capped_headers(&big);
+        assert_eq!(
+            kept.len(),
+            2,
+            "two 3 KB headers fit in 8 KiB, a third does not"
+        );
+        let total: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
+        assert!(total <= MAX_RESPONSE_HEADER_BYTES);
+    }
 }

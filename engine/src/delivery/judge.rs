@@ -125,20 +125,55 @@ pub struct Verdict {
 /// `on-response` plugin). Applied by [`judge`] only to tries the receiver answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseVerdict {
-    /// Who decided (a plugin name); recorded as [`Verdict::verdict_by`].
+    /// Who decided (`plugin:<name>`); recorded as [`Verdict::verdict_by`].
     pub by: String,
     pub decision: ResponseDecision,
+}
+
+impl ResponseVerdict {
+    /// The verdict of the `on-response` plugin `plugin` (a chain step name).
+    pub fn from_plugin(plugin: &str, decision: crate::plugin::ResponseDecision) -> Self {
+        use crate::plugin::ResponseDecision as Plugin;
+        let decision = match decision {
+            Plugin::Delivered => ResponseDecision::Delivered,
+            Plugin::Retry { after } => ResponseDecision::Retry { after },
+            Plugin::Fail { message } => ResponseDecision::Fail { message },
+            Plugin::Disable { reason } => ResponseDecision::Disable {
+                reason: format!("plugin `{plugin}`: {reason}"),
+            },
+        };
+        ResponseVerdict {
+            by: format!("plugin:{plugin}"),
+            decision,
+        }
+    }
+
+    /// What the attempt log says about the decision (its `error_message`), if anything.
+    pub fn log_message(&self) -> String {
+        match &self.decision {
+            ResponseDecision::Delivered => format!("{} marked the answer delivered", self.by),
+            ResponseDecision::Retry { after: None } => format!("{} asked to retry", self.by),
+            ResponseDecision::Retry { after: Some(after) } => {
+                format!("{} asked to retry after {} s", self.by, after.as_secs())
+            }
+            ResponseDecision::Fail { message } => format!("{} failed it: {message}", self.by),
+            ResponseDecision::Disable { reason } => {
+                format!("{} disabled the webhook: {reason}", self.by)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResponseDecision {
     /// Delivered, whatever the status said.
     Delivered,
-    /// Try again, no sooner than `after` and never sooner than the webhook's schedule; when
-    /// the delivery has had all its attempts, it is exhausted.
+    /// Try again, no sooner than `after` and never sooner than the webhook's schedule (nor
+    /// later than the tenant's `max_retry_after`, unless the schedule is later); when the
+    /// delivery has had all its attempts, it is exhausted.
     Retry { after: Option<Duration> },
-    /// Fail now, without retrying.
-    Fail,
+    /// Fail now, without retrying; the decider's message.
+    Fail { message: String },
     /// Fail now and disable the webhook with this reason.
     Disable { reason: String },
 }
@@ -171,14 +206,18 @@ pub fn judge(
         let mut judged = match &response_verdict.decision {
             ResponseDecision::Delivered => verdict(AttemptResult::Delivered, None),
             ResponseDecision::Retry { after } => {
-                // Never sooner than the schedule: the plugin may only slow hookd down.
+                // Never sooner than the schedule: the plugin may only slow hookd down, and
+                // only as far as a receiver's `Retry-After` could (`max_retry_after`).
                 let mut judged = retry(None);
-                if let (Some(scheduled), Some(after)) = (judged.retry_in, after) {
-                    judged.retry_in = Some(scheduled.max(*after));
+                let asked = after.and_then(|after| {
+                    policy.next_delay(attempt_number, Some(after), &mut rand::rng())
+                });
+                if let (Some(scheduled), Some(asked)) = (judged.retry_in, asked) {
+                    judged.retry_in = Some(scheduled.max(asked));
                 }
                 judged
             }
-            ResponseDecision::Fail => verdict(AttemptResult::Rejected, None),
+            ResponseDecision::Fail { .. } => verdict(AttemptResult::Rejected, None),
             ResponseDecision::Disable { reason } => Verdict {
                 disable_webhook: Some(reason.clone()),
                 ..verdict(AttemptResult::Rejected, None)
@@ -239,7 +278,9 @@ mod tests {
         Tried::Sent(HttpOutcome::Response {
             status,
             retry_after: retry_after.map(str::to_string),
-            snippet: String::new(),
+            body: bytes::Bytes::new(),
+            body_truncated: false,
+            headers: Vec::new(),
             latency: Duration::from_millis(3),
         })
     }
@@ -440,9 +481,45 @@ mod tests {
             &answered(500, None),
             &policy(),
             1,
-            Some(&by_plugin(ResponseDecision::Fail)),
+            Some(&by_plugin(ResponseDecision::Fail {
+                message: "no such account".into(),
+            })),
         );
         assert_eq!((v.result, v.retry_in), (AttemptResult::Rejected, None));
+        // A retry asked for much later than `max_retry_after` (1 h by default) waits that long
+        // at most: a plugin cannot park a delivery for years.
+        let v = judge(
+            &answered(200, None),
+            &policy(),
+            1,
+            Some(&by_plugin(ResponseDecision::Retry {
+                after: Some(Duration::from_secs(u64::from(u32::MAX))),
+            })),
+        );
+        assert_eq!(v.retry_in, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn a_plugin_verdict_is_named_and_its_disable_reason_names_the_plugin() {
+        let verdict = ResponseVerdict::from_plugin(
+            "body-says-ok",
+            crate::plugin::ResponseDecision::Disable {
+                reason: "the receiver answered 403".into(),
+            },
+        );
+        assert_eq!(verdict.by, "plugin:body-says-ok");
+        assert_eq!(
+            verdict.decision,
+            ResponseDecision::Disable {
+                reason: "plugin `body-says-ok`: the receiver answered 403".into()
+            }
+        );
+        let v = judge(&answered(403, None), &policy(), 1, Some(&verdict));
+        assert_eq!(
+            v.disable_webhook.as_deref(),
+            Some("plugin `body-says-ok`: the receiver answered 403")
+        );
+        assert_eq!(v.verdict_by.as_deref(), Some("plugin:body-says-ok"));
     }
 
     #[test]

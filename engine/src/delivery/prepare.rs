@@ -163,6 +163,7 @@ async fn run_chain(
         .map(|p| ChainStep {
             name: p.name.clone(),
             config: p.config.to_string(),
+            version: p.version,
         })
         .collect();
     // A sign hook computes `signing-key.mac` with the current secret (it never enters the guest).

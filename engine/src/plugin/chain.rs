@@ -26,6 +26,8 @@ pub struct ChainStep {
     pub name: String,
     /// The plugin config for this webhook: JSON text by convention, passed verbatim.
     pub config: String,
+    /// The stored version the webhook pins; `None`: the live one.
+    pub version: Option<u64>,
 }
 
 /// What the engine would send without plugins, plus the attempt's identity.
@@ -71,6 +73,28 @@ impl PluginRequest {
             content_type: self.content_type,
             headers: self.headers,
             body: self.body,
+        }
+    }
+}
+
+impl PluginRequest {
+    /// The `event` record a hook sees for this request as it stands (the response hook gets
+    /// the request as sent).
+    pub(crate) fn event(&self) -> Event {
+        Event {
+            id: self.delivery_id.clone(),
+            event_id: self.event_id.clone(),
+            event_type: self.event_type.clone(),
+            tenant: self.tenant.clone(),
+            channel: self.channel.clone(),
+            timestamp: self.timestamp_ms,
+            attempt_time: self.attempt_time_ms,
+            attempt: self.attempt,
+            url: self.url.clone(),
+            method: self.method.clone(),
+            content_type: self.content_type.clone(),
+            headers: self.headers.clone(),
+            payload: self.body.to_vec(),
         }
     }
 }
@@ -159,9 +183,9 @@ impl Attempt {
 }
 
 /// A chain step's live instance for this attempt.
-struct Live {
-    store: wasmtime::Store<StoreState>,
-    instance: wasmtime::component::Instance,
+pub(crate) struct Live {
+    pub(crate) store: wasmtime::Store<StoreState>,
+    pub(crate) instance: wasmtime::component::Instance,
 }
 
 /// Runs the chain. Guest code runs inside the returned future's polls and yields at every
@@ -277,7 +301,7 @@ enum Step {
     Stop,
 }
 
-async fn instantiate(
+pub(crate) async fn instantiate(
     runtime: &Runtime,
     plugin: &LoadedPlugin,
     params: SandboxParams<'_>,
@@ -292,7 +316,7 @@ async fn instantiate(
 }
 
 /// Maps a `plugin-error` a hook returned to a failure.
-fn guest_error(error: GuestError) -> CallFailure {
+pub(crate) fn guest_error(error: GuestError) -> CallFailure {
     match error {
         GuestError::InvalidEvent(m) => CallFailure::new(PluginFailureCode::InvalidEvent, m),
         GuestError::RetryLater(m) => {
@@ -309,7 +333,7 @@ fn guest_error(error: GuestError) -> CallFailure {
 
 /// Binding a hook to a live instance only fails if the export changed type, which the load
 /// pipeline already ruled out; report it as a host error, not the guest's.
-fn bind_failure(e: &wasmtime::Error) -> CallFailure {
+pub(crate) fn bind_failure(e: &wasmtime::Error) -> CallFailure {
     CallFailure::new(PluginFailureCode::Error, format!("cannot bind hook: {e:#}"))
 }
 

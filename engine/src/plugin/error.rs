@@ -46,6 +46,9 @@ pub enum PluginLoadError {
     /// No plugin of that name exists for the tenant.
     #[error("plugin not found")]
     NotFound,
+    /// The plugin exists but has no stored version of this id.
+    #[error("the plugin has no stored version {version}")]
+    VersionNotFound { version: u64 },
     /// The plugin refused the config (`meta.validate-config` returned an error).
     #[error("invalid plugin config: {0}")]
     InvalidConfig(String),
@@ -94,6 +97,7 @@ impl PluginLoadError {
             Self::TooLarge { .. } => "plugin_too_large",
             Self::Invalid { .. } => "plugin_invalid",
             Self::NotFound => "plugin_not_found",
+            Self::VersionNotFound { .. } => "plugin_version_not_found",
             Self::InvalidConfig(_) => "plugin_invalid_config",
             Self::Storage(_) => "internal",
             Self::TooComplex(_) => "plugin_too_large",

@@ -1,5 +1,6 @@
 //! The WebAssembly plugin host: tenants' component plugins (filter, transform and sign hooks of
-//! `hookd:plugin@0.1.0`, see `wit/`) loaded, checked, stored and run under hard budgets.
+//! `hookd:plugin@0.1.0`, and the `on-response` hook of `hookd:plugin@0.2.0`, see `wit/`) loaded,
+//! checked, stored and run under hard budgets.
 //!
 //! [`PluginHost`] is the only entry point. It owns:
 //! - one wasmtime engine (cranelift, pooling allocator, epoch deadlines from a 1 ms ticker,
@@ -8,13 +9,21 @@
 //!   tenant's plugin quotas → component check → code bounds → a compile slot of the tenant and
 //!   of the engine (bounded wait) → compile in a worker process killed past its timeout →
 //!   import allow-list → link → export check → `meta.describe` + validation → quotas again →
-//!   persist → publish by atomic swap (`compile.rs`, `runtime.rs`, `persist.rs`,
-//!   `registry.rs`); a failed load leaves the previous version live;
+//!   store a new version → publish by atomic swap (`compile.rs`, `runtime.rs`, `registry.rs`);
+//!   a failed load leaves the previous version live;
+//! - the link to the store's plugin catalogue (`catalogue.rs`): uploads are stored there as
+//!   versions, every node loads the current ones at start and follows the catalogue's change
+//!   notifications (compile through the same pipeline, then the atomic swap), rollbacks, and
+//!   versions pinned by webhooks loaded when first run. A host opened without a store (unit
+//!   tests, `hookd plugin check`) keeps uploads as files in its state directory (`persist.rs`),
+//!   which is also the layout a data dir of an older hookd is migrated from;
 //! - the per-attempt chain runner under a per-tenant concurrency quota and engine-wide slots
 //!   shared fairly by tenant weight, with a fresh sandboxed store per plugin per attempt
 //!   (`chain.rs`, `sandbox.rs`): guest code runs as async wasmtime calls that yield at every
 //!   1 ms epoch tick, first on the caller's thread and, past one tick, on a small dedicated
 //!   thread pool (`runtime.rs`); random numbers come from the host's key and the delivery id;
+//! - the `on-response` runner, after the send, under the same slots, budgets and sandbox
+//!   (`response.rs`);
 //! - the output policy every transform patch and sign header passes (`policy.rs`);
 //! - the admin plugin directory watcher (`watch.rs`).
 //!
@@ -30,6 +39,7 @@
 //! same: whoever can write the state directory can run code as hookd.
 
 mod bindings;
+mod catalogue;
 mod chain;
 mod compile;
 mod cputime;
@@ -37,6 +47,7 @@ mod error;
 mod persist;
 mod policy;
 mod registry;
+mod response;
 mod runtime;
 mod sandbox;
 mod settings;
@@ -58,12 +69,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::permits::FairPermits;
 use crate::quota::QuotaExceeded;
+use crate::store::Store;
 
+pub use catalogue::PluginVersions;
 pub use chain::{ChainOutcome, ChainRun, ChainStep, PluginRequest};
 pub use compile::WORKER_ARGS as COMPILE_WORKER_ARGS;
 pub use error::{PluginError, PluginFailureCode, PluginLoadError};
 pub use policy::{OutboundRequest, PROTECTED_HEADERS};
 pub use registry::{PluginInfo, PluginSource};
+pub use response::{MAX_DECISION_MESSAGE_BYTES, PluginResponse, ResponseDecision, ResponseRun};
 pub use runtime::{EPOCH_TICK, compile_worker};
 pub use sandbox::{PluginLog, PluginLogLevel};
 pub use settings::PluginSettings;
@@ -88,6 +102,8 @@ struct Inner {
     compile_gate: CompileGate,
     /// The `hookd` program uploads are compiled in (`compile.rs`), if any.
     compile_worker: Option<PathBuf>,
+    /// The store's plugin catalogue uploads are kept in; `None`: files in `state_dir`.
+    catalogue: Option<Arc<dyn Store>>,
     /// Serializes persist + publish so the disk and the registry agree on the last writer
     /// (and quota checks see every install before theirs).
     publish_lock: tokio::sync::Mutex<()>,
@@ -97,6 +113,12 @@ struct Inner {
     chain_slots: FairPermits,
 }
 
+/// The slots a chain (or a response run) holds while it runs: the tenant's and the host's.
+type ChainPermits = (
+    tokio::sync::OwnedSemaphorePermit,
+    crate::delivery::permits::SendPermit,
+);
+
 /// How long a plugin of the admin directory waits for a compile slot (uploads wait
 /// `compile_wait`): the operator's plugins are loaded in turn, never refused as busy.
 const ADMIN_DIR_COMPILE_WAIT: Duration = Duration::from_secs(3600);
@@ -104,6 +126,9 @@ const ADMIN_DIR_COMPILE_WAIT: Duration = Duration::from_secs(3600);
 /// How a host is opened, beyond its budgets.
 #[derive(Debug, Clone, Default)]
 pub struct HostOptions {
+    /// The store whose plugin catalogue keeps uploads (versions shared by every node; see
+    /// [`PluginHost::follow_catalogue`]). `None`: uploads are files in the state directory.
+    pub catalogue: Option<Arc<dyn Store>>,
     /// The secret plugins' random numbers are derived from, with each delivery id: stable
     /// across restarts and nodes (the engine derives it from its secret key), never shown.
     /// `None`: a fresh random key for this host (determinism per delivery holds while it
@@ -133,6 +158,17 @@ impl std::fmt::Debug for CompileSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CompileSlot")
     }
+}
+
+/// What an upload brings besides its bytes.
+#[derive(Default)]
+struct Upload {
+    /// The tenant's quotas (`None`: none applies).
+    quota: Option<PluginQuota>,
+    /// The tenant's compile slot, if the caller took it already.
+    slot: Option<CompileSlot>,
+    /// Who uploaded it (recorded in the stored version).
+    uploaded_by: String,
 }
 
 /// What a tenant's uploaded plugins use of its quotas (plugins from the admin directory are
@@ -214,12 +250,17 @@ impl PluginHost {
                 cache_dir,
                 compile_gate: CompileGate::new(),
                 compile_worker: options.compile_worker,
+                catalogue: options.catalogue,
                 publish_lock: tokio::sync::Mutex::new(()),
                 tenant_slots: Mutex::new(HashMap::new()),
                 chain_slots: FairPermits::new(MAX_CONCURRENT_CHAINS),
                 settings,
             }),
         };
+        if host.inner.catalogue.is_some() {
+            // Loaded from the catalogue by `follow_catalogue`.
+            return Ok(host);
+        }
         // Guest code may call WASI functions that block on a Tokio runtime internally, which
         // panics on a runtime worker thread: load on a plain thread.
         std::thread::scope(|scope| {
@@ -268,6 +309,7 @@ impl PluginHost {
                             },
                             last_error: meta.last_error,
                             source: PluginSource::Upload,
+                            stored: None,
                         },
                     );
                 }
@@ -284,7 +326,7 @@ impl PluginHost {
     /// allow-list (only `hookd:plugin/host`, `hookd:plugin/signing-key`, `hookd:plugin/types`
     /// and the WASI 0.2 subset toolchains link; the error names the offending import) → export
     /// check (`meta` plus at least one of `filter`, `transform`, `sign` of
-    /// `hookd:plugin@0.1.0`) → `meta.describe` checked against the exports → persist → publish
+    /// `hookd:plugin@0.1.0` or `on-response` of `hookd:plugin@0.2.0`) → `meta.describe` checked against the exports → persist → publish
     /// by atomic swap. Any failure leaves the previous version live and is recorded as its
     /// `last_error`.
     ///
@@ -295,7 +337,7 @@ impl PluginHost {
         name: &str,
         wasm: Vec<u8>,
     ) -> Result<PluginInfo, PluginLoadError> {
-        self.upload(tenant, name, wasm, None, None).await
+        self.upload(tenant, name, wasm, Upload::default()).await
     }
 
     /// [`install`](Self::install) within the tenant's plugin quotas: refused as
@@ -311,7 +353,26 @@ impl PluginHost {
         quota: PluginQuota,
         slot: Option<CompileSlot>,
     ) -> Result<PluginInfo, PluginLoadError> {
-        self.upload(tenant, name, wasm, Some(quota), slot).await
+        self.install_as(tenant, name, wasm, quota, slot, "").await
+    }
+
+    /// [`install_within`](Self::install_within), recording who uploaded it in the stored
+    /// version (`uploaded_by`: the API key's hash prefix, see [`crate::store::PluginVersion`]).
+    pub async fn install_as(
+        &self,
+        tenant: &str,
+        name: &str,
+        wasm: Vec<u8>,
+        quota: PluginQuota,
+        slot: Option<CompileSlot>,
+        uploaded_by: &str,
+    ) -> Result<PluginInfo, PluginLoadError> {
+        let upload = Upload {
+            quota: Some(quota),
+            slot,
+            uploaded_by: uploaded_by.to_owned(),
+        };
+        self.upload(tenant, name, wasm, upload).await
     }
 
     /// Waits at most `compile_wait` for the tenant's compile slot (one compile per tenant at
@@ -342,11 +403,10 @@ impl PluginHost {
         tenant: &str,
         name: &str,
         wasm: Vec<u8>,
-        quota: Option<PluginQuota>,
-        slot: Option<CompileSlot>,
+        upload: Upload,
     ) -> Result<PluginInfo, PluginLoadError> {
         let result = self
-            .install_from(tenant, name, wasm, PluginSource::Upload, quota, slot)
+            .install_from(tenant, name, wasm, PluginSource::Upload, upload)
             .await;
         if let Err(error) = &result
             && error.is_about_the_component()
@@ -392,9 +452,13 @@ impl PluginHost {
         name: &str,
         wasm: Vec<u8>,
         source: PluginSource,
-        quota: Option<PluginQuota>,
-        slot: Option<CompileSlot>,
+        upload: Upload,
     ) -> Result<PluginInfo, PluginLoadError> {
+        let Upload {
+            quota,
+            slot,
+            uploaded_by,
+        } = upload;
         persist::check_tenant(tenant).map_err(PluginLoadError::invalid)?;
         persist::check_plugin_name(name).map_err(PluginLoadError::invalid)?;
         let limit = self.inner.settings.max_upload_bytes;
@@ -426,21 +490,18 @@ impl PluginHost {
             .registry
             .entry(tenant, name)
             .map_or(now, |e| e.created_ms);
-        if source == PluginSource::Upload {
-            let meta = persist::StoredMeta {
-                created_ms,
-                updated_ms: now,
-                last_error: None,
-            };
-            let state_dir = self.inner.state_dir.clone();
-            let (tenant_owned, name_owned) = (tenant.to_owned(), name.to_owned());
-            tokio::task::spawn_blocking(move || {
-                persist::save(&state_dir, &tenant_owned, &name_owned, &wasm, &meta)
-            })
-            .await
-            .map_err(|e| PluginLoadError::Storage(format!("storing the plugin panicked: {e}")))?
-            .map_err(|e| PluginLoadError::Storage(format!("cannot store the plugin: {e}")))?;
-        }
+        let stored = match source {
+            PluginSource::Upload => {
+                let meta = persist::StoredMeta {
+                    created_ms,
+                    updated_ms: now,
+                    last_error: None,
+                };
+                self.store_upload(tenant, name, &plugin, wasm, meta, &uploaded_by)
+                    .await?
+            }
+            PluginSource::AdminDir => None,
+        };
         let info = self.inner.registry.publish(
             tenant,
             name,
@@ -450,6 +511,7 @@ impl PluginHost {
                 updated_ms: now,
                 last_error: None,
                 source,
+                stored,
             },
         );
         tracing::info!(%tenant, plugin = %name, version = %info.version, sha256 = %info.sha256, "plugin installed");
@@ -536,7 +598,9 @@ impl PluginHost {
         let Some(entry) = self.inner.registry.entry(tenant, name) else {
             return;
         };
-        if entry.source != PluginSource::Upload {
+        // With a catalogue the last error stays in memory: it is this node's (another node
+        // may have loaded the same version).
+        if entry.source != PluginSource::Upload || self.inner.catalogue.is_some() {
             return;
         }
         let (_, meta_path) = persist::plugin_paths(&self.inner.state_dir, tenant, name);
@@ -570,19 +634,37 @@ impl PluginHost {
     /// running finish with it. (A plugin from the admin directory is unloaded until its file
     /// changes again; its file is not touched.)
     pub async fn remove(&self, tenant: &str, name: &str) -> bool {
+        self.delete(tenant, name).await.unwrap_or_else(|error| {
+            tracing::warn!(%tenant, plugin = %name, %error, "cannot delete the plugin");
+            false
+        })
+    }
+
+    /// [`remove`](Self::remove), with the store's failure as an `Err` (the API answers 503).
+    pub async fn delete(&self, tenant: &str, name: &str) -> Result<bool, PluginLoadError> {
         let _publishing = self.inner.publish_lock.lock().await;
-        let removed = self.inner.registry.remove(tenant, name, None).is_some();
-        let deleted =
-            if persist::check_tenant(tenant).is_ok() && persist::check_plugin_name(name).is_ok() {
-                let state_dir = self.inner.state_dir.clone();
-                let (tenant, name) = (tenant.to_owned(), name.to_owned());
-                tokio::task::spawn_blocking(move || persist::delete(&state_dir, &tenant, &name))
+        let valid =
+            persist::check_tenant(tenant).is_ok() && persist::check_plugin_name(name).is_ok();
+        if let Some(store) = &self.inner.catalogue {
+            let deleted = valid
+                && store
+                    .delete_plugin(tenant, name)
                     .await
-                    .unwrap_or(false)
-            } else {
-                false
-            };
-        removed || deleted
+                    .map_err(|e| PluginLoadError::Storage(e.to_string()))?;
+            let removed = self.inner.registry.remove(tenant, name, None).is_some();
+            return Ok(removed || deleted);
+        }
+        let removed = self.inner.registry.remove(tenant, name, None).is_some();
+        let deleted = if valid {
+            let state_dir = self.inner.state_dir.clone();
+            let (tenant, name) = (tenant.to_owned(), name.to_owned());
+            tokio::task::spawn_blocking(move || persist::delete(&state_dir, &tenant, &name))
+                .await
+                .unwrap_or(false)
+        } else {
+            false
+        };
+        Ok(removed || deleted)
     }
 
     /// Checks a plugin config before it is attached to a webhook (`meta.validate-config`, in a
@@ -594,11 +676,20 @@ impl PluginHost {
         name: &str,
         config: &str,
     ) -> Result<(), PluginLoadError> {
-        let plugin = self
-            .inner
-            .registry
-            .get(tenant, name)
-            .ok_or(PluginLoadError::NotFound)?;
+        self.validate_attachment(tenant, name, None, config).await
+    }
+
+    /// [`validate_config`](Self::validate_config) against a stored version of the plugin
+    /// (`None`: the live one), loading it if no attempt ran it yet: a webhook pinning a version
+    /// is checked against that version ([`PluginLoadError::VersionNotFound`] if not stored).
+    pub async fn validate_attachment(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u64>,
+        config: &str,
+    ) -> Result<(), PluginLoadError> {
+        let plugin = self.resolve(tenant, name, version).await?;
         let inner = self.inner.clone();
         let config = config.to_owned();
         let job = async move {
@@ -657,13 +748,27 @@ impl PluginHost {
 
         let mut steps = Vec::with_capacity(chain.len());
         for step in chain {
-            match self.inner.registry.get(tenant, &step.name) {
-                Some(plugin) => steps.push((step.clone(), plugin)),
-                None => {
+            match self.resolve(tenant, &step.name, step.version).await {
+                Ok(plugin) => steps.push((step.clone(), plugin)),
+                Err(error) => {
+                    let (code, message) = match error {
+                        PluginLoadError::NotFound => (
+                            PluginFailureCode::NotFound,
+                            format!("plugin {:?} is not installed", step.name),
+                        ),
+                        PluginLoadError::VersionNotFound { version } => (
+                            PluginFailureCode::NotFound,
+                            format!("plugin {:?} has no stored version {version}", step.name),
+                        ),
+                        other => (
+                            PluginFailureCode::Error,
+                            format!("plugin {:?} did not load: {other}", step.name),
+                        ),
+                    };
                     let outcome = ChainOutcome::Failed {
                         plugin: step.name.clone(),
-                        code: PluginFailureCode::NotFound,
-                        message: format!("plugin {:?} is not installed", step.name),
+                        code,
+                        message,
                     };
                     return finish(outcome, None, waited, Duration::ZERO);
                 }
@@ -678,17 +783,7 @@ impl PluginHost {
             );
         }
 
-        let slots = self.tenant_slots(tenant, settings.max_concurrent_calls_per_tenant);
-        let permits = async {
-            let tenant_permit = slots.acquire_owned().await?;
-            let global_permit = self
-                .inner
-                .chain_slots
-                .acquire(tenant, settings.slot_weight)
-                .await;
-            Ok::<_, tokio::sync::AcquireError>((tenant_permit, global_permit))
-        };
-        let permits = permits.await;
+        let permits = self.chain_permits(tenant, settings).await;
         waited = started.elapsed();
         let Ok(permit) = permits else {
             let outcome = ChainOutcome::Failed {
@@ -715,6 +810,105 @@ impl PluginHost {
                     message: "the plugin host failed while running the chain".into(),
                 };
                 finish(outcome, None, waited, cpu.total())
+            }
+        }
+    }
+
+    /// Waits for a plugin slot of the tenant (`max_concurrent_calls_per_tenant`) and one of the
+    /// host's ([`MAX_CONCURRENT_CHAINS`], shared fairly by `settings.slot_weight`); `Err` when
+    /// the host is shutting down.
+    async fn chain_permits(
+        &self,
+        tenant: &str,
+        settings: &PluginSettings,
+    ) -> Result<ChainPermits, tokio::sync::AcquireError> {
+        let slots = self.tenant_slots(tenant, settings.max_concurrent_calls_per_tenant);
+        let tenant_permit = slots.acquire_owned().await?;
+        let global_permit = self
+            .inner
+            .chain_slots
+            .acquire(tenant, settings.slot_weight)
+            .await;
+        Ok((tenant_permit, global_permit))
+    }
+
+    /// Whether any plugin of `chain` exports `on-response` (then the engine keeps what it sent
+    /// for [`run_on_response`](Self::run_on_response)).
+    pub fn handles_responses(&self, tenant: &str, chain: &[ChainStep]) -> bool {
+        chain.iter().any(|step| {
+            self.inner
+                .registry
+                .get(tenant, &step.name)
+                .is_some_and(|plugin| plugin.on_response.is_some())
+        })
+    }
+
+    /// Runs the `on-response` hooks of a webhook's chain on the receiver's answer: the plugins
+    /// that export it, in chain order, each in a fresh store and instance under `settings`
+    /// (the same budgets, sandbox and slots as [`run_chain`](Self::run_chain)), until one
+    /// decides something other than `default`. `request` is the request as sent (its
+    /// `webhook-*` headers are left out of what the plugins see).
+    ///
+    /// Never fails the attempt: a plugin that fails here counts as `default` and its error is
+    /// in [`ResponseRun::logs`]; so does the host shutting down. Plugins are resolved now; one
+    /// removed since the send is skipped.
+    pub async fn run_on_response(
+        &self,
+        tenant: &str,
+        chain: &[ChainStep],
+        mut request: PluginRequest,
+        response: PluginResponse,
+        settings: &PluginSettings,
+    ) -> ResponseRun {
+        let started = Instant::now();
+        let mut steps: Vec<(ChainStep, Arc<LoadedPlugin>)> = Vec::with_capacity(chain.len());
+        for step in chain {
+            // The version the step pins, or the live one.
+            if let Ok(plugin) = self.resolve(tenant, &step.name, step.version).await
+                && plugin.on_response.is_some()
+            {
+                steps.push((step.clone(), plugin));
+            }
+        }
+        if steps.is_empty() {
+            return ResponseRun::default();
+        }
+        request
+            .headers
+            .retain(|(name, _)| !name.to_ascii_lowercase().starts_with("webhook-"));
+        request.signing_secret = Vec::new();
+        let event = request.event();
+        let Ok(permit) = self.chain_permits(tenant, settings).await else {
+            return response::failed_run(
+                "the plugin host is shutting down",
+                PluginFailureCode::Error,
+            );
+        };
+        let waited = started.elapsed();
+        let ran = steps.len();
+        let inner = self.inner.clone();
+        let settings = settings.clone();
+        let job = async move {
+            let _permit = permit;
+            let response = response::guest_response(response);
+            response::run(&inner.runtime, &steps, event, response, &settings).await
+        };
+        let cpu = Arc::new(cputime::CpuTime::default());
+        match self.run_job(cputime::measured(job, cpu.clone())).await {
+            Ok((decision, logs)) => ResponseRun {
+                decision,
+                ran,
+                logs: logs.into_entries(),
+                duration: started.elapsed().saturating_sub(waited),
+                waited,
+                cpu: cpu.total(),
+            },
+            Err(error) => {
+                tracing::error!(%tenant, %error, "on-response hooks panicked");
+                response::failed_run(
+                    "the plugin host failed while running the response hooks",
+                    PluginFailureCode::Error,
+                )
             }
         }
     }
@@ -796,7 +990,13 @@ impl PluginHost {
         wasm: Vec<u8>,
     ) -> Result<PluginInfo, PluginLoadError> {
         let result = self
-            .install_from(tenant, name, wasm, PluginSource::AdminDir, None, None)
+            .install_from(
+                tenant,
+                name,
+                wasm,
+                PluginSource::AdminDir,
+                Upload::default(),
+            )
             .await;
         if let Err(error) = &result {
             self.inner

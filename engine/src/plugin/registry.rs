@@ -1,21 +1,23 @@
 //! The in-memory catalogue of loaded plugins, per tenant: which version of each plugin is live
-//! ([`Entry`]), its metadata, and the last load error. Publishing replaces an entry's plugin
-//! under a short write lock (an atomic swap for readers): attempts already running keep the
-//! `Arc` of the version they started with. Every read takes a tenant, so one tenant never sees
-//! another's plugins.
+//! ([`Entry`]), its metadata, and the last load error; plus the other stored versions that
+//! webhooks pin, loaded when first needed. Publishing replaces an entry's plugin under a short
+//! write lock (an atomic swap for readers): attempts already running keep the `Arc` of the
+//! version they started with. Every read takes a tenant, so one tenant never sees another's
+//! plugins.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Serialize;
 
 use super::runtime::LoadedPlugin;
+use crate::store::PluginVersion;
 
 /// Where a plugin came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PluginSource {
-    /// Uploaded through the API (persisted under the state directory).
+    /// Uploaded through the API (kept in the store's plugin catalogue, shared by every node).
     Upload,
     /// A file in the admin plugin directory (not persisted: the directory is the source).
     AdminDir,
@@ -44,6 +46,8 @@ pub struct PluginInfo {
     pub last_error: Option<String>,
     /// Upload or admin directory.
     pub source: PluginSource,
+    /// The stored version that is live (uploads kept in the store's catalogue).
+    pub stored: Option<PluginVersion>,
 }
 
 /// A live plugin and its metadata.
@@ -54,6 +58,8 @@ pub(crate) struct Entry {
     pub updated_ms: u64,
     pub last_error: Option<String>,
     pub source: PluginSource,
+    /// The stored version this is, for uploads kept in the store's catalogue.
+    pub stored: Option<PluginVersion>,
 }
 
 impl Entry {
@@ -70,16 +76,22 @@ impl Entry {
             updated_ms: self.updated_ms,
             last_error: self.last_error.clone(),
             source: self.source,
+            stored: self.stored.clone(),
         }
     }
 }
 
 type Tenants = HashMap<String, HashMap<String, Entry>>;
 
+/// (tenant, plugin name, version id).
+type VersionKey = (String, String, u64);
+
 /// Loaded plugins by tenant, then name.
 #[derive(Default)]
 pub(crate) struct Registry {
     tenants: RwLock<Tenants>,
+    /// Stored versions other than the live one, loaded because a webhook pins them.
+    pinned: Mutex<HashMap<VersionKey, Arc<LoadedPlugin>>>,
 }
 
 impl Registry {
@@ -101,6 +113,50 @@ impl Registry {
             .get(tenant)?
             .get(name)
             .map(|entry| entry.plugin.clone())
+    }
+
+    /// A stored version of an uploaded plugin, if it is loaded: the live entry when it is that
+    /// version, else a pinned one.
+    pub(crate) fn get_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u64,
+    ) -> Option<Arc<LoadedPlugin>> {
+        if let Some(entry) = self.read().get(tenant).and_then(|p| p.get(name))
+            && entry.stored.as_ref().is_some_and(|v| v.id == version)
+        {
+            return Some(entry.plugin.clone());
+        }
+        self.pinned()
+            .get(&(tenant.to_owned(), name.to_owned(), version))
+            .cloned()
+    }
+
+    /// Keeps a loaded version a webhook pins.
+    pub(crate) fn add_pinned(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u64,
+        plugin: Arc<LoadedPlugin>,
+    ) {
+        self.pinned()
+            .insert((tenant.to_owned(), name.to_owned(), version), plugin);
+    }
+
+    /// Forgets the pinned versions of a plugin that are not among `stored` (id, sha256): the
+    /// catalogue dropped them, or the name was deleted and uploaded again.
+    pub(crate) fn retain_pinned(&self, tenant: &str, name: &str, stored: &HashSet<(u64, String)>) {
+        self.pinned().retain(|(t, n, id), plugin| {
+            t != tenant || n != name || stored.contains(&(*id, plugin.sha256.clone()))
+        });
+    }
+
+    fn pinned(&self) -> std::sync::MutexGuard<'_, HashMap<VersionKey, Arc<LoadedPlugin>>> {
+        self.pinned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn entry(&self, tenant: &str, name: &str) -> Option<Entry> {

@@ -25,6 +25,7 @@ use wasmtime::{Cache, CacheConfig, Config, Enabled, Engine, OptLevel, Store, Tra
 
 use super::bindings::Plugin;
 use super::bindings::exports::hookd::plugin::{filter, meta, sign, transform};
+use super::bindings::v2::exports::hookd::plugin0_2_0::on_response;
 use super::error::{PluginError, PluginFailureCode, PluginLoadError};
 use super::policy::truncate;
 use super::sandbox::{self, LogBuffer, SandboxParams, StoreState, VirtualClocks};
@@ -35,8 +36,11 @@ use super::settings::PluginSettings;
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// WIT package every plugin export and hookd import belongs to.
 pub const PACKAGE: &str = "hookd:plugin";
-/// Package version this host binds.
+/// Package version of every hookd import and of the `meta`, `filter`, `transform` and `sign`
+/// exports: `hookd:plugin@0.1.0`, which 0.2.0 reuses unchanged.
 pub const PACKAGE_VERSION: &str = "0.1.0";
+/// Package version of the `on-response` export (`hookd:plugin@0.2.0`, `wit/v0.2.0`).
+pub const RESPONSE_PACKAGE_VERSION: &str = "0.2.0";
 /// Longest error message taken from a guest or a wasmtime error.
 const MAX_FAILURE_MESSAGE_BYTES: usize = 1024;
 /// Linear memory kept resident in a pool slot between instances (faster fresh instances).
@@ -83,8 +87,9 @@ const WASI_IMPORTS: &[&str] = &[
     "wasi:sockets/ip-name-lookup",
 ];
 
-/// The hooks a plugin can implement, in chain order.
-pub const HOOKS: &[&str] = &["filter", "transform", "sign"];
+/// The hooks a plugin can implement, in the order they run: the chain before the send, then
+/// `on-response` (0.2.0) after the receiver answered.
+pub const HOOKS: &[&str] = &["filter", "transform", "sign", "on-response"];
 
 /// What a plugin says about itself (`meta.describe`), after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +98,8 @@ pub struct Description {
     pub name: String,
     /// The plugin's version string.
     pub version: String,
-    /// Hooks it implements, in chain order (a subset of `filter`, `transform`, `sign`).
+    /// Hooks it implements, in chain order (a subset of `filter`, `transform`, `sign`,
+    /// `on-response`).
     pub hooks: Vec<String>,
 }
 
@@ -107,6 +113,8 @@ pub(crate) struct LoadedPlugin {
     pub filter: Option<filter::GuestIndices>,
     pub transform: Option<transform::GuestIndices>,
     pub sign: Option<sign::GuestIndices>,
+    /// `hookd:plugin/on-response@0.2.0`, when the component exports it.
+    pub on_response: Option<on_response::GuestIndices>,
 }
 
 /// Why one call into a plugin failed.
@@ -478,12 +486,17 @@ impl Runtime {
             .then(|| sign::GuestIndices::new(&pre))
             .transpose()
             .map_err(|e| bind_err("sign", e))?;
-        if filter.is_none() && transform.is_none() && sign.is_none() {
+        let on_response = has("on-response")
+            .then(|| on_response::GuestIndices::new(&pre))
+            .transpose()
+            .map_err(|e| bind_err("on-response", e))?;
+        if filter.is_none() && transform.is_none() && sign.is_none() && on_response.is_none() {
             return Err(PluginLoadError::invalid(format!(
-                "exports no hook: expected at least one of {}, {}, {} (exports: {})",
+                "exports no hook: expected at least one of {}, {}, {}, {} (exports: {})",
                 export_name("filter"),
                 export_name("transform"),
                 export_name("sign"),
+                export_name("on-response"),
                 export_list(&self.engine, &component)
             )));
         }
@@ -501,6 +514,7 @@ impl Runtime {
             filter,
             transform,
             sign,
+            on_response,
         };
         plugin.description = self.pool.block_on(self.describe(&plugin, settings))?;
         Ok(plugin)
@@ -530,8 +544,9 @@ impl Runtime {
             })?;
         let wrong_type = |hook: &str, e: wasmtime::Error| {
             PluginLoadError::invalid(format!(
-                "export {} does not match {PACKAGE}@{PACKAGE_VERSION}: {e:#}",
-                export_name(hook)
+                "export {} does not match {PACKAGE}@{}: {e:#}",
+                export_name(hook),
+                interface_version(hook)
             ))
         };
         if let Some(indices) = &plugin.filter {
@@ -549,6 +564,11 @@ impl Runtime {
                 .load(&mut store, &instance)
                 .map_err(|e| wrong_type("sign", e))?;
         }
+        if let Some(indices) = &plugin.on_response {
+            indices
+                .load(&mut store, &instance)
+                .map_err(|e| wrong_type("on-response", e))?;
+        }
         let guest = plugin
             .meta
             .load(&mut store, &instance)
@@ -563,6 +583,7 @@ impl Runtime {
             ("filter", plugin.filter.is_some()),
             ("transform", plugin.transform.is_some()),
             ("sign", plugin.sign.is_some()),
+            ("on-response", plugin.on_response.is_some()),
         ]
         .iter()
         .filter(|(_, present)| *present)
@@ -671,9 +692,20 @@ fn meta_settings(settings: &PluginSettings) -> PluginSettings {
     }
 }
 
-/// The full export name of a hookd interface, e.g. `hookd:plugin/filter@0.1.0`.
+/// The full export name of a hookd interface, e.g. `hookd:plugin/filter@0.1.0` or
+/// `hookd:plugin/on-response@0.2.0`.
 pub(crate) fn export_name(interface: &str) -> String {
-    format!("{PACKAGE}/{interface}@{PACKAGE_VERSION}")
+    format!("{PACKAGE}/{interface}@{}", interface_version(interface))
+}
+
+/// The package version a hookd interface belongs to: `on-response` is 0.2.0's, everything
+/// else 0.1.0's (which 0.2.0 reuses).
+fn interface_version(interface: &str) -> &'static str {
+    if interface == "on-response" {
+        RESPONSE_PACKAGE_VERSION
+    } else {
+        PACKAGE_VERSION
+    }
 }
 
 /// Refuses bytes that are not a binary WebAssembly component (a core module, text, junk).
@@ -822,5 +854,15 @@ mod tests {
         assert!(validate_description("p", "1", &hooks(&[]), &hooks(&["filter"])).is_err());
         assert!(validate_description("p", "1", &hooks(&["bogus"]), &hooks(&["filter"])).is_err());
         assert!(validate_description("", "1", &hooks(&["filter"]), &hooks(&["filter"])).is_err());
+        let both = hooks(&["filter", "on-response"]);
+        assert!(validate_description("p", "1", &both, &both).is_ok());
+        assert!(validate_description("p", "1", &hooks(&["filter"]), &both).is_err());
+    }
+
+    #[test]
+    fn on_response_is_exported_from_0_2_0_and_the_rest_from_0_1_0() {
+        assert_eq!(export_name("filter"), "hookd:plugin/filter@0.1.0");
+        assert_eq!(export_name("meta"), "hookd:plugin/meta@0.1.0");
+        assert_eq!(export_name("on-response"), "hookd:plugin/on-response@0.2.0");
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::OnceCell;
 use super::*;
 
 mod limits;
+mod response;
 
 const DIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/dist");
 /// The tenant every shared fixture is installed into.
@@ -124,6 +125,7 @@ fn step(name: &str, config: Value) -> ChainStep {
     ChainStep {
         name: name.into(),
         config: config.to_string(),
+        version: None,
     }
 }
 

@@ -145,6 +145,7 @@ mod tests {
             next_attempt_at: None,
             plugin_logs: Vec::new(),
             request: None,
+            verdict_by: None,
         }
     }
 

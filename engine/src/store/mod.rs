@@ -16,6 +16,9 @@
 //!   tells the [`WorkListener`] after it is durable; callers never notify the dispatcher.
 //! - Webhook secrets are sealed at rest (`secrets.rs`); [`Store::webhook`] and
 //!   [`Store::webhooks_of`] open them, listings leave them sealed.
+//! - Tenants' uploaded plugins live in the store's plugin catalogue (versions, bytes, which
+//!   version is current); a write to it tells the [`PluginListener`] once it is durable, on
+//!   every process sharing the store.
 
 pub mod cache;
 pub mod health;
@@ -240,6 +243,56 @@ pub trait WorkListener: Send + Sync {
     fn webhook_changed(&self, tenant: &str, webhook: &WebhookId);
 }
 
+/// Hears about changes to the plugin catalogue (the plugin host), once they are durable: this
+/// process's own writes and, on a shared backend, every other process's.
+pub trait PluginListener: Send + Sync {
+    /// The tenant's plugin `name` was uploaded, rolled back or deleted: read its head again.
+    fn plugin_changed(&self, tenant: &str, name: &str);
+}
+
+/// Versions of a plugin kept besides the current, candidate and pinned ones: an upload beyond
+/// this drops the oldest unused version.
+pub const KEEP_PLUGIN_VERSIONS: usize = 20;
+
+/// Which pointer of a plugin an upload moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginStage {
+    /// The upload becomes the version every attempt runs (unless a webhook pins another).
+    Current,
+    /// The upload is kept beside the current version without running (the first upload of a
+    /// name becomes current whatever its stage: there is nothing to compare it with).
+    Candidate,
+}
+
+/// One stored version of a tenant's plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PluginVersion {
+    /// 1, 2, 3… per plugin name, in upload order (a name deleted and uploaded again starts
+    /// at 1).
+    pub id: u64,
+    /// Hex SHA-256 of the component.
+    pub sha256: String,
+    pub size: u64,
+    pub created_at: u64,
+    /// Who uploaded it: the first hex digits of the API key's SHA-256 (`config` lists keys by
+    /// that hash), `console`, or `migrated` (a plugin file found at start).
+    pub uploaded_by: String,
+}
+
+/// A plugin's current (and candidate) version: what every node loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginHead {
+    pub tenant: String,
+    pub name: String,
+    pub current: PluginVersion,
+    pub candidate: Option<PluginVersion>,
+    /// When the name was first uploaded.
+    pub created_at: u64,
+    /// When the current version last changed.
+    pub updated_at: u64,
+}
+
 /// A change to a webhook inside [`Store::update_webhook`]; it may run more than once (a
 /// backend retries it on a concurrent change).
 pub type WebhookChange<'a> = &'a (dyn Fn(&mut WebhookRecord) + Send + Sync);
@@ -427,11 +480,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Purges finished deliveries (with their attempts) created before `before_ms`, and events
     /// created before then with no delivery left, of one tenant or (`None`) every tenant; never
-    /// a pending or in-flight delivery. Works in bounded steps and stops early once `stop` is
-    /// cancelled, answering what it did so far.
+    /// a pending or in-flight delivery. With `channel` (only with a tenant), only events on
+    /// that channel and their deliveries. Works in bounded steps and stops early once `stop`
+    /// is cancelled, answering what it did so far.
     async fn purge(
         &self,
         tenant: Option<&str>,
+        channel: Option<&str>,
         before_ms: u64,
         stop: &CancellationToken,
     ) -> Result<PurgeOutcome>;
@@ -439,6 +494,79 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Drops statistics of days before `before_day` (no query can read them). Returns how many
     /// counter records went.
     async fn prune_stats(&self, before_day: u32) -> Result<usize>;
+
+    // ---- plugin catalogue ---------------------------------------------------------------------
+
+    /// Sets who hears about plugin changes (the plugin host). Called once, at start.
+    fn set_plugin_listener(&self, listener: Arc<dyn PluginListener>);
+
+    /// Stores an upload as the plugin's next version and makes it `stage` (the first upload
+    /// of a name is current whatever `stage`). Bytes equal to the current version's store
+    /// nothing and answer the current version (an upload is idempotent). Keeps the newest
+    /// [`KEEP_PLUGIN_VERSIONS`] versions plus the current, the candidate and every version a
+    /// webhook of the tenant pins; older ones are dropped with their bytes.
+    async fn put_plugin_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        sha256: &str,
+        bytes: &[u8],
+        uploaded_by: &str,
+        stage: PluginStage,
+    ) -> Result<PluginVersion>;
+
+    /// The plugin's stored versions, newest first (empty: no such plugin).
+    async fn plugin_versions(&self, tenant: &str, name: &str) -> Result<Vec<PluginVersion>>;
+
+    /// The plugin's head, if the tenant has a plugin of that name.
+    async fn plugin_head(&self, tenant: &str, name: &str) -> Result<Option<PluginHead>>;
+
+    /// The component bytes of one stored version.
+    async fn plugin_bytes(&self, tenant: &str, name: &str, version: u64)
+    -> Result<Option<Vec<u8>>>;
+
+    /// Makes a stored version current (a rollback, or a candidate promoted; a candidate made
+    /// current stops being the candidate). `None`: no such plugin or version.
+    async fn set_plugin_current(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<PluginHead>>;
+
+    /// Deletes a plugin with every version. `false`: no such plugin.
+    async fn delete_plugin(&self, tenant: &str, name: &str) -> Result<bool>;
+
+    /// Every tenant's plugins with their current and candidate versions (what a process loads
+    /// at start and compares against to catch up).
+    async fn plugin_heads(&self) -> Result<Vec<PluginHead>>;
+}
+
+/// Versions a webhook of `webhooks` pins of the plugin `name` (kept whatever their age).
+pub fn pinned_versions(webhooks: &[WebhookRecord], name: &str) -> HashSet<u64> {
+    webhooks
+        .iter()
+        .flat_map(|webhook| webhook.plugins.iter())
+        .filter(|attachment| attachment.name == name)
+        .filter_map(|attachment| attachment.version)
+        .collect()
+}
+
+/// The versions to drop after an upload: all but the newest [`KEEP_PLUGIN_VERSIONS`], the
+/// current, the candidate and the pinned ones. `ids` in any order.
+pub fn versions_to_drop(
+    ids: &[u64],
+    current: u64,
+    candidate: Option<u64>,
+    pinned: &HashSet<u64>,
+) -> Vec<u64> {
+    let mut newest_first = ids.to_vec();
+    newest_first.sort_unstable_by(|a, b| b.cmp(a));
+    newest_first
+        .into_iter()
+        .skip(KEEP_PLUGIN_VERSIONS)
+        .filter(|id| *id != current && Some(*id) != candidate && !pinned.contains(id))
+        .collect()
 }
 
 /// Opens the configured backend: sled on `config.data_dir` (migrating a data dir of an older

@@ -64,6 +64,11 @@ pub struct PluginAttachment {
     pub name: String,
     #[serde(default)]
     pub config: serde_json::Value,
+    /// A stored version of the plugin to run (`GET /v1/plugins/{name}/versions`); absent: the
+    /// current version, whatever uploads and rollbacks make it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, example = 3)]
+    pub version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,6 +221,10 @@ pub struct AttemptRecord {
     /// (`delivery/capture.rs`).
     #[serde(default)]
     pub request: Option<SentRequest>,
+    /// Who decided the result instead of hookd's default rules: `plugin:<name>` for an
+    /// `on-response` plugin; `None` when the default rules did.
+    #[serde(default)]
+    pub verdict_by: Option<String>,
 }
 
 /// What the attempt log keeps of a sent request.

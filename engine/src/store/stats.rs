@@ -1,12 +1,21 @@
-//! Statistics, as every backend reports them: per-day counts of a scope (the whole tenant or one
-//! webhook), a latency histogram per day, event types per day. Pure types and arithmetic; how
-//! a backend keeps the counters is its own business (`sled_store/stats.rs`).
+//! Statistics, as every backend reports them: per-day counts of a scope (the whole tenant, one
+//! webhook or one channel), a latency histogram per day, event types per day. Pure types and
+//! arithmetic; how a backend keeps the counters is its own business (`sled_store/stats.rs`,
+//! `postgres/stats.rs`).
 //!
 //! Days are **cohorts**: everything in a day is about the deliveries created that day (their
 //! outcomes so far, the latency of their attempts, whenever those happened), so pending =
 //! created − delivered − failed − filtered holds per day. Retention purges rows, not counters:
 //! statistics outlive the log they were counted from, up to [`STATS_HORIZON_DAYS`].
+//!
+//! Channels are free-form producer strings, so their scopes are bounded: per tenant and UTC
+//! day, the first [`MAX_CHANNELS_PER_DAY`] distinct channels get a scope; events (and their
+//! deliveries) on any further channel that day are counted in the tenant's and webhooks'
+//! scopes as always, and in the tenant's channel overflow scope ([`StatsScope::ChannelOverflow`])
+//! instead of a channel's. A day whose overflow scope counted anything is a day on which a
+//! channel's own figures may be missing (the API names such days).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -28,8 +37,30 @@ pub const LATENCY_BUCKETS_MS: [u64; 14] = [
     1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000,
 ];
 
+/// Distinct channels with their own statistics scope per tenant and UTC day; events on further
+/// channels count in [`StatsScope::ChannelOverflow`]. A thousand covers a gateway tenant's
+/// numbers or instances while bounding a day's counter keys (a channel scope holds two
+/// counters plus its event types).
+pub const MAX_CHANNELS_PER_DAY: u32 = 1000;
+
 /// The scope name of the whole tenant (a webhook's scope is its id).
 pub const TENANT_SCOPE: &str = "*";
+/// The first character of a channel's scope name (`#` + channel). Never in a channel (1-128 of
+/// `a-z A-Z 0-9 . _ - :`), a webhook id or [`TENANT_SCOPE`].
+pub const CHANNEL_SCOPE_PREFIX: &str = "#";
+/// The scope name of a tenant's channel overflow: events on channels beyond
+/// [`MAX_CHANNELS_PER_DAY`] (the prefix alone: no channel is empty).
+pub const CHANNEL_OVERFLOW_SCOPE: &str = CHANNEL_SCOPE_PREFIX;
+
+/// The scope name of a channel.
+pub fn channel_scope(channel: &str) -> String {
+    format!("{CHANNEL_SCOPE_PREFIX}{channel}")
+}
+
+/// Whether a scope name is a channel's (not the overflow).
+pub fn is_channel_scope(scope: &str) -> bool {
+    scope.len() > CHANNEL_SCOPE_PREFIX.len() && scope.starts_with(CHANNEL_SCOPE_PREFIX)
+}
 
 /// The UTC day (days since the epoch) of a time in ms.
 pub fn day_of(ms: u64) -> u32 {
@@ -41,13 +72,20 @@ pub fn day_of(ms: u64) -> u32 {
 pub enum StatsScope<'a> {
     Tenant,
     Webhook(&'a WebhookId),
+    /// One channel of the tenant (zero on days it was beyond [`MAX_CHANNELS_PER_DAY`]).
+    Channel(&'a str),
+    /// Events on channels beyond [`MAX_CHANNELS_PER_DAY`], per day.
+    ChannelOverflow,
 }
 
 impl StatsScope<'_> {
-    pub fn as_str(&self) -> &str {
+    /// The scope's name in the counters' keys.
+    pub fn name(&self) -> Cow<'_, str> {
         match self {
-            StatsScope::Tenant => TENANT_SCOPE,
-            StatsScope::Webhook(id) => id.as_str(),
+            StatsScope::Tenant => Cow::Borrowed(TENANT_SCOPE),
+            StatsScope::Webhook(id) => Cow::Borrowed(id.as_str()),
+            StatsScope::Channel(channel) => Cow::Owned(channel_scope(channel)),
+            StatsScope::ChannelOverflow => Cow::Borrowed(CHANNEL_OVERFLOW_SCOPE),
         }
     }
 }
@@ -258,6 +296,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(only_filtered.success_rate(), None);
+    }
+
+    #[test]
+    fn scope_names_never_collide() {
+        let webhook = WebhookId::new();
+        let names = [
+            StatsScope::Tenant.name().into_owned(),
+            StatsScope::Webhook(&webhook).name().into_owned(),
+            StatsScope::Channel("wh_x").name().into_owned(),
+            StatsScope::Channel("*").name().into_owned(),
+            StatsScope::ChannelOverflow.name().into_owned(),
+        ];
+        let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+        assert!(is_channel_scope(&names[2]));
+        assert!(!is_channel_scope(CHANNEL_OVERFLOW_SCOPE));
+        assert!(!is_channel_scope(TENANT_SCOPE));
+        assert!(!is_channel_scope(webhook.as_str()));
     }
 
     #[test]

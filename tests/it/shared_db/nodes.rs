@@ -1,5 +1,6 @@
 //! Real `hookd` processes sharing one PostgreSQL: three nodes under load with one SIGKILLed, a
-//! webhook paused through one node, PostgreSQL itself restarted under load.
+//! webhook paused through one node, a plugin uploaded and rolled back through different nodes,
+//! PostgreSQL itself restarted under load.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -59,6 +60,18 @@ impl Cluster {
     fn base(&self, node: usize) -> &str {
         &self.nodes[node].base
     }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the given nodes.
+    fn signal(&self, nodes: &[usize], signal: &str) {
+        for node in nodes {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(self.nodes[*node].child.id().to_string())
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill -{signal}");
+        }
+    }
 }
 
 impl Drop for Cluster {
@@ -67,6 +80,11 @@ impl Drop for Cluster {
             if node.child.try_wait().ok().flatten().is_some() {
                 continue; // killed by the test
             }
+            // A node the test stopped (SIGSTOP) first runs again, to hear the TERM.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(node.child.id().to_string())
+                .status();
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .arg(node.child.id().to_string())
@@ -103,6 +121,54 @@ fn by_event(received: &[Received]) -> HashMap<String, HashSet<String>> {
             .insert(request.header("webhook-id"));
     }
     events
+}
+
+/// Waits (90 s at most) until `receiver` got every event of `acked`; past that, fails with the
+/// stored state of the deliveries still missing, to say where they stopped.
+async fn all_delivered(
+    receiver: &Receiver,
+    acked: &HashSet<String>,
+    url: &str,
+    webhook: &str,
+) -> Vec<Received> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let received = receiver.received();
+        let events = by_event(&received);
+        let missing: Vec<String> = acked
+            .iter()
+            .filter(|id| !events.contains_key(*id))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return received;
+        }
+        if Instant::now() >= deadline {
+            let rows = query(
+                url,
+                &format!(
+                    "SELECT 'evt_' || replace(event_id::text, '-', '') || ' ' || status || ' attempts=' ||
+                            attempts || ' due=' || coalesce(next_attempt_at::text, '-') ||
+                            ' lease=' || coalesce(lease_node, '-') || ' until=' ||
+                            coalesce(lease_until::text, '-') || ' error=' ||
+                            coalesce(last_error, '-') || ' now=' ||
+                            (extract(epoch from clock_timestamp()) * 1000)::bigint
+                       FROM deliveries
+                      WHERE webhook_id = '{}'::uuid
+                        AND 'evt_' || replace(event_id::text, '-', '') = ANY(ARRAY['{}'])",
+                    webhook.trim_start_matches("wh_"),
+                    missing.join("','")
+                ),
+            )
+            .await;
+            let rows: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+            panic!(
+                "{} acknowledged events not delivered to {webhook} after 90 s; their deliveries: {rows:#?}",
+                missing.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Producers posting `user.created` to `base` until `stop`; 202s go into `acked`, other
@@ -152,6 +218,7 @@ async fn three_nodes_deliver_every_acknowledged_event_when_one_is_killed_mid_loa
     let mut cluster = Cluster::start(&url, 3, "max_in_flight_per_webhook = 16");
     let http = reqwest::Client::new();
     let receivers = [Receiver::start().await, Receiver::start().await];
+    let mut webhooks = Vec::new();
     for receiver in &receivers {
         // Slow enough that every node has attempts in flight when one dies.
         receiver.delay(Duration::from_millis(100));
@@ -163,6 +230,23 @@ async fn three_nodes_deliver_every_acknowledged_event_when_one_is_killed_mid_loa
         )
         .await;
         assert_eq!(status, 201, "{body}");
+        webhooks.push(body["id"].as_str().unwrap().to_string());
+    }
+    // Every node knows both webhooks before the load starts: a node fans an event out to the
+    // webhooks it knows, and hears of one created through another node by NOTIFY, a moment
+    // after its commit (events accepted in that moment do not go to it).
+    for node in 0..3 {
+        for webhook in &webhooks {
+            eventually(
+                Duration::from_secs(10),
+                "every node knows the webhooks",
+                || async {
+                    let url = format!("{}/v1/webhooks/{webhook}", cluster.base(node));
+                    (call(&http, "GET", url, None).await.0 == 200).then_some(())
+                },
+            )
+            .await;
+        }
     }
 
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -208,20 +292,8 @@ async fn three_nodes_deliver_every_acknowledged_event_when_one_is_killed_mid_loa
     }
     let acked = acked.lock().unwrap().clone();
 
-    for receiver in &receivers {
-        let received = eventually(
-            Duration::from_secs(90),
-            "every acknowledged event delivered to every webhook",
-            || async {
-                let received = receiver.received();
-                let events = by_event(&received);
-                acked
-                    .iter()
-                    .all(|id| events.contains_key(id))
-                    .then_some(received)
-            },
-        )
-        .await;
+    for (receiver, webhook) in receivers.iter().zip(&webhooks) {
+        let received = all_delivered(receiver, &acked, &url, webhook).await;
         let events = by_event(&received);
         assert!(
             events.values().all(|ids| ids.len() == 1),
@@ -471,4 +543,146 @@ async fn ingest_answers_503_while_postgres_restarts_and_resumes_by_itself() {
     // The nodes stop before their database does.
     drop(cluster);
     drop(server);
+}
+
+/// Uploads `component` as the plugin `name` through `base`: the status and answer.
+async fn upload_plugin(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    component: &str,
+) -> (u16, Value) {
+    let response = http
+        .put(format!("{base}/v1/plugins/{name}"))
+        .bearer_auth(ACME_KEY)
+        .body(crate::support::wasm(component))
+        .send()
+        .await
+        .expect("the node answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until the node at `base` runs version `version` of the plugin `name`.
+async fn wait_for_plugin_version(http: &reqwest::Client, base: &str, name: &str, version: u64) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{base} runs version {version} of {name}"),
+        || async {
+            let (status, info) = call(http, "GET", format!("{base}/v1/plugins/{name}"), None).await;
+            (status == 200 && info["version_id"] == version).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Sends one event through node 3 while nodes 1 and 2 are stopped (SIGSTOP), so node 3 alone
+/// can attempt its delivery; returns the request the receiver got for it.
+async fn delivered_by_node_3_alone(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    receiver: &Receiver,
+) -> Received {
+    let before = receiver.count();
+    cluster.signal(&[0, 1], "STOP");
+    let (status, event) = call(
+        http,
+        "POST",
+        format!("{}/v1/events", cluster.base(2)),
+        Some(json!({"type": "user.created", "payload": {"n": before}})),
+    )
+    .await;
+    let got = if status == 202 {
+        Some(receiver.wait_for(before + 1, Duration::from_secs(30)).await)
+    } else {
+        None
+    };
+    cluster.signal(&[0, 1], "CONT");
+    assert_eq!(status, 202, "{event}");
+    let got = got.unwrap();
+    let delivery = event["deliveries"][0]["id"].as_str().unwrap().to_string();
+    got.into_iter()
+        .find(|r| r.header("webhook-id") == delivery)
+        .expect("the event's delivery reached the receiver")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_uploaded_through_node_1_runs_on_node_3_and_a_rollback_through_node_2_reaches_it()
+{
+    let url = fresh_database();
+    let cluster = Cluster::start(&url, 3, "");
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+
+    // Two versions uploaded through node 1: reshape-transform, then clock-and-random (which
+    // adds `delivery_id` to the body).
+    let (status, first) = upload_plugin(&http, cluster.base(0), "stage", "reshape-transform").await;
+    assert_eq!(
+        (status, first["version_id"].clone()),
+        (201, json!(1)),
+        "{first}"
+    );
+    let (status, second) = upload_plugin(&http, cluster.base(0), "stage", "clock-and-random").await;
+    assert_eq!(
+        (status, second["version_id"].clone()),
+        (200, json!(2)),
+        "{second}"
+    );
+    let (status, body) = call(
+        &http,
+        "POST",
+        format!("{}/v1/webhooks", cluster.base(0)),
+        Some(json!({"url": receiver.url, "plugins": [{"name": "stage", "config": {}}]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let webhook = body["id"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(10),
+        "node 3 knows the webhook",
+        || async {
+            let url = format!("{}/v1/webhooks/{webhook}", cluster.base(2));
+            (call(&http, "GET", url, None).await.0 == 200).then_some(())
+        },
+    )
+    .await;
+
+    // Node 3 heard of the upload, compiled version 2 and runs it.
+    wait_for_plugin_version(&http, cluster.base(2), "stage", 2).await;
+    let sent = delivered_by_node_3_alone(&cluster, &http, &receiver).await;
+    assert!(
+        sent.json().get("delivery_id").is_some(),
+        "node 3 ran version 2: {}",
+        sent.json()
+    );
+
+    // A rollback through node 2 reaches node 3.
+    let (status, rolled) = call(
+        &http,
+        "POST",
+        format!("{}/v1/plugins/stage/rollback", cluster.base(1)),
+        Some(json!({"version": 1})),
+    )
+    .await;
+    assert_eq!(
+        (status, rolled["version_id"].clone()),
+        (200, json!(1)),
+        "{rolled}"
+    );
+    wait_for_plugin_version(&http, cluster.base(2), "stage", 1).await;
+    let sent = delivered_by_node_3_alone(&cluster, &http, &receiver).await;
+    assert!(
+        sent.json().get("delivery_id").is_none(),
+        "node 3 ran version 1 after the rollback: {}",
+        sent.json()
+    );
+    let (_, versions) = call(
+        &http,
+        "GET",
+        format!("{}/v1/plugins/stage/versions", cluster.base(2)),
+        None,
+    )
+    .await;
+    assert_eq!(versions["current"], 1, "{versions}");
+    assert_eq!(versions["data"].as_array().map(Vec::len), Some(2));
 }

@@ -113,6 +113,7 @@ fn delivered(claim: &Claim, webhook: &WebhookId) -> AttemptOutcome {
             next_attempt_at: None,
             plugin_logs: Vec::new(),
             request: None,
+            verdict_by: None,
         },
         update: DeliveryUpdate {
             status: DeliveryStatus::Delivered,

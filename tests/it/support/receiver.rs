@@ -33,6 +33,8 @@ struct Behaviour {
     status: u16,
     delay: Duration,
     retry_after: Option<String>,
+    /// A JSON body to answer with (else `ok` as text).
+    json: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -55,6 +57,7 @@ impl Receiver {
             status: 200,
             delay: Duration::ZERO,
             retry_after: None,
+            json: None,
         });
         let app = axum::Router::new()
             .fallback(record)
@@ -92,6 +95,16 @@ impl Receiver {
         self.with(|b| {
             b.status = status;
             b.retry_after = None;
+            b.json = None;
+        });
+    }
+
+    /// Answers `status` with `body` as `application/json` (and an `x-receiver: test` header).
+    pub fn respond_json(&self, status: u16, body: serde_json::Value) {
+        self.with(|b| {
+            b.status = status;
+            b.retry_after = None;
+            b.json = Some(body.to_string());
         });
     }
 
@@ -149,6 +162,10 @@ async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
         tokio::time::sleep(behaviour.delay).await;
     }
     let status = StatusCode::from_u16(behaviour.status).unwrap();
+    if let Some(json) = behaviour.json {
+        let headers = [("content-type", "application/json"), ("x-receiver", "test")];
+        return (status, headers, json).into_response();
+    }
     match behaviour.retry_after {
         Some(value) => (status, [("retry-after", value)], "retry later").into_response(),
         None => (status, "ok").into_response(),

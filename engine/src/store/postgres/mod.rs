@@ -8,6 +8,7 @@
 //! - `events.rs`: group commit of events, idempotency keys, deliveries and their counters.
 //! - `queue.rs`: claims with leases, group commit of attempt outcomes, requeue and settle.
 //! - `webhooks.rs`, `stats.rs`, `retention.rs`: what their names say.
+//! - `plugins.rs`: the plugin catalogue (versions with their bytes, the current one).
 //! - `notify.rs`: how nodes hear of each other — LISTEN/NOTIFY wake-ups and cache
 //!   invalidation, the polling safety net, lease renewal.
 //!
@@ -20,6 +21,7 @@
 mod codec;
 mod events;
 mod notify;
+mod plugins;
 mod queue;
 mod retention;
 mod schema;
@@ -40,8 +42,9 @@ use super::cache::WebhookCache;
 use super::stats::{DayStats, StatsScope};
 use super::{
     Appended, AttemptOutcome, AttemptRecord, DeliveryFilter, DeliveryRecord, DeliveryStatus,
-    EventFilter, EventRecord, NewEvent, Page, PurgeOutcome, QueueHead, Result, ScheduleCounts,
-    Store, StoreError, TenantUsage, WebhookChange, WebhookRecord, WorkListener,
+    EventFilter, EventRecord, NewEvent, Page, PluginHead, PluginListener, PluginStage,
+    PluginVersion, PurgeOutcome, QueueHead, Result, ScheduleCounts, Store, StoreError, TenantUsage,
+    WebhookChange, WebhookRecord, WorkListener,
 };
 use crate::config::StoreConfig;
 use crate::ids::{DeliveryId, EventId, WebhookId};
@@ -129,6 +132,7 @@ struct Inner {
     keyring: Arc<Keyring>,
     webhooks: WebhookCache,
     listener: OnceLock<Arc<dyn WorkListener>>,
+    plugin_listener: OnceLock<Arc<dyn PluginListener>>,
     /// This process's name in leases: host, pid and a random part (a restarted process is a
     /// new node, so it never mistakes a dead predecessor's leases for its own).
     node: String,
@@ -258,6 +262,7 @@ impl PostgresStore {
                 keyring,
                 webhooks: WebhookCache::default(),
                 listener: OnceLock::new(),
+                plugin_listener: OnceLock::new(),
                 node: node_name(),
                 lease_ms: config.lease_duration.as_millis() as u64,
                 held: Mutex::default(),
@@ -519,10 +524,15 @@ impl Store for PostgresStore {
     async fn purge(
         &self,
         tenant: Option<&str>,
+        channel: Option<&str>,
         before_ms: u64,
         stop: &CancellationToken,
     ) -> Result<PurgeOutcome> {
-        retention::purge(self, tenant, before_ms, stop)
+        debug_assert!(
+            tenant.is_some() || channel.is_none(),
+            "a channel purge names its tenant"
+        );
+        retention::purge(self, tenant, channel, before_ms, stop)
             .await
             .map_err(Into::into)
     }
@@ -531,5 +541,59 @@ impl Store for PostgresStore {
         retention::prune_stats(self, before_day)
             .await
             .map_err(Into::into)
+    }
+
+    fn set_plugin_listener(&self, listener: Arc<dyn PluginListener>) {
+        let _ = self.inner.plugin_listener.set(listener);
+    }
+
+    async fn put_plugin_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        sha256: &str,
+        bytes: &[u8],
+        uploaded_by: &str,
+        stage: PluginStage,
+    ) -> Result<PluginVersion> {
+        plugins::put_version(self, tenant, name, sha256, bytes, uploaded_by, stage).await
+    }
+
+    async fn plugin_versions(&self, tenant: &str, name: &str) -> Result<Vec<PluginVersion>> {
+        plugins::versions(self, tenant, name)
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn plugin_head(&self, tenant: &str, name: &str) -> Result<Option<PluginHead>> {
+        plugins::head(self, tenant, name).await.map_err(Into::into)
+    }
+
+    async fn plugin_bytes(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        plugins::bytes(self, tenant, name, version)
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn set_plugin_current(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<PluginHead>> {
+        plugins::set_current(self, tenant, name, version).await
+    }
+
+    async fn delete_plugin(&self, tenant: &str, name: &str) -> Result<bool> {
+        plugins::delete(self, tenant, name).await
+    }
+
+    async fn plugin_heads(&self) -> Result<Vec<PluginHead>> {
+        plugins::heads(self).await.map_err(Into::into)
     }
 }

@@ -2,11 +2,17 @@
 //!
 //! - **NOTIFY** on channel `hookd`, sent inside the transaction that made work due or changed a
 //!   webhook (so it is delivered exactly when that commits): `due <node> <tenant> <webhook>
-//!   <due_ms>` and `webhook <node> <tenant> <webhook>`. Each node LISTENs on a connection of its
-//!   own and passes them to its dispatcher (the store's [`WorkListener`]) and its webhook cache;
-//!   a node skips its own (it told itself already).
+//!   <due_ms>`, `webhook <node> <tenant> <webhook>` and `plugin <node> <tenant> <name>` (the
+//!   plugin catalogue changed). Each node LISTENs on a connection of its own and passes them to
+//!   its dispatcher (the store's [`WorkListener`](crate::store::WorkListener)), its webhook
+//!   cache and its plugin host (the [`PluginListener`](crate::store::PluginListener)); a node
+//!   skips its own (it told itself already).
 //! - **Reconnects**: NOTIFYs sent while the LISTEN connection was down are lost, so after
-//!   reconnecting a node drops its whole webhook cache and wakes every webhook.
+//!   reconnecting a node drops its whole webhook cache, wakes every webhook and has its plugin
+//!   host compare every plugin.
+//! - **Plugin heads**, the plugins' safety net: every [`PLUGIN_RESYNC`] the node reads every
+//!   plugin's current and candidate version and tells its plugin host of each that changed
+//!   since the last reading (the first reading tells of all).
 //! - **Polling**, the safety net: every `poll_interval` one query finds, per webhook, the
 //!   earliest due delivery that no live lease holds — work whose NOTIFY was missed, and the
 //!   deliveries of a dead node once its leases run out.
@@ -14,6 +20,7 @@
 //!   so an attempt may outlast one lease; a node that cannot reach the database stops renewing
 //!   and its leases run out.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -33,6 +40,11 @@ const CHANNEL: &str = "hookd";
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// How often the database size (`size_on_disk`) is read again.
 const SIZE_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the plugin heads are compared (a missed `plugin` note is caught by then).
+pub(super) const PLUGIN_RESYNC: Duration = Duration::from_secs(10);
+
+/// (tenant, plugin) → (current, candidate) version ids, as last read.
+type HeadIds = HashMap<(String, String), (u64, Option<u64>)>;
 
 /// Sends `due` notes for (tenant, webhook, due) in `tx`.
 pub(super) async fn send_due(
@@ -59,6 +71,15 @@ pub(super) async fn send_webhook_changed(
     send(tx, &[format!("webhook {node} {tenant} {webhook}")]).await
 }
 
+pub(super) async fn send_plugin_changed(
+    tx: &Transaction<'_>,
+    node: &str,
+    tenant: &str,
+    name: &str,
+) -> PgResult<()> {
+    send(tx, &[format!("plugin {node} {tenant} {name}")]).await
+}
+
 async fn send(tx: &Transaction<'_>, notes: &[String]) -> PgResult<()> {
     let statement = tx
         .prepare_cached("SELECT pg_notify($1, note) FROM unnest($2::text[]) AS note")
@@ -70,14 +91,20 @@ async fn send(tx: &Transaction<'_>, notes: &[String]) -> PgResult<()> {
 /// Acts on one note from another node.
 fn receive(store: &PostgresStore, note: &str) {
     let parts: Vec<&str> = note.split(' ').collect();
-    let (kind, node, tenant, webhook) = match parts.as_slice() {
-        [kind, node, tenant, webhook, ..] => (*kind, *node, *tenant, *webhook),
+    let (kind, node, tenant, subject) = match parts.as_slice() {
+        [kind, node, tenant, subject, ..] => (*kind, *node, *tenant, *subject),
         _ => return,
     };
-    let Some(webhook) = WebhookId::parse(webhook) else {
+    let own = node == store.inner.node;
+    if kind == "plugin" {
+        if !own && let Some(listener) = store.inner.plugin_listener.get() {
+            listener.plugin_changed(tenant, subject);
+        }
+        return;
+    }
+    let Some(webhook) = WebhookId::parse(subject) else {
         return;
     };
-    let own = node == store.inner.node;
     match (kind, parts.get(4)) {
         ("due", Some(at)) if !own => {
             if let (Ok(at), Some(listener)) = (at.parse::<u64>(), store.listener()) {
@@ -171,9 +198,22 @@ async fn listen_session(
     true
 }
 
-/// After notes may have been missed: forget every cached webhook and wake every queue.
+/// After notes may have been missed: forget every cached webhook, wake every queue, and have
+/// the plugin host compare every plugin.
 async fn catch_up(store: &PostgresStore) {
     store.inner.webhooks.invalidate_all();
+    if let Some(plugins) = store.inner.plugin_listener.get() {
+        match super::plugins::heads(store).await {
+            Ok(heads) => {
+                for head in heads {
+                    plugins.plugin_changed(&head.tenant, &head.name);
+                }
+            }
+            Err(err) => {
+                warn!(error = ?err, "could not read the plugin heads after reconnecting; the next comparison will")
+            }
+        }
+    }
     let Some(listener) = store.listener() else {
         return;
     };
@@ -196,7 +236,9 @@ async fn maintain(inner: Weak<Inner>, poll_interval: Duration, stop: Cancellatio
     let mut poll = tokio::time::interval(poll_interval);
     let mut renew = tokio::time::interval(Duration::from_millis((lease_ms / 3).max(100)));
     let mut size = tokio::time::interval(SIZE_INTERVAL);
-    for interval in [&mut poll, &mut renew, &mut size] {
+    let mut plugins = tokio::time::interval(PLUGIN_RESYNC);
+    let mut heads_seen: Option<HeadIds> = None;
+    for interval in [&mut poll, &mut renew, &mut size, &mut plugins] {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     loop {
@@ -214,6 +256,12 @@ async fn maintain(inner: Weak<Inner>, poll_interval: Duration, stop: Cancellatio
                     warn!(error = ?err, "could not renew leases; they run out unless renewed in time");
                 }
             }
+            _ = plugins.tick() => {
+                let Some(store) = upgrade(&inner) else { return };
+                if let Err(err) = compare_plugin_heads(&store, &mut heads_seen).await {
+                    debug!(error = ?err, "comparing plugin heads failed; trying again");
+                }
+            }
             _ = size.tick() => {
                 let Some(store) = upgrade(&inner) else { return };
                 if let Ok(client) = store.client().await
@@ -227,6 +275,33 @@ async fn maintain(inner: Weak<Inner>, poll_interval: Duration, stop: Cancellatio
             }
         }
     }
+}
+
+/// Reads every plugin's head and tells the plugin host of each one that differs from `seen`
+/// (all of them at the first reading, when `seen` is `None`), then remembers this reading.
+async fn compare_plugin_heads(store: &PostgresStore, seen: &mut Option<HeadIds>) -> PgResult<()> {
+    let Some(listener) = store.inner.plugin_listener.get() else {
+        return Ok(());
+    };
+    let now: HeadIds = super::plugins::heads(store)
+        .await?
+        .into_iter()
+        .map(|head| {
+            let ids = (head.current.id, head.candidate.map(|c| c.id));
+            ((head.tenant, head.name), ids)
+        })
+        .collect();
+    let before = seen.take().unwrap_or_default();
+    for (key, ids) in &now {
+        if before.get(key) != Some(ids) {
+            listener.plugin_changed(&key.0, &key.1);
+        }
+    }
+    for key in before.keys().filter(|key| !now.contains_key(*key)) {
+        listener.plugin_changed(&key.0, &key.1);
+    }
+    *seen = Some(now);
+    Ok(())
 }
 
 /// Per webhook, the earliest due delivery no live lease holds; tells the dispatcher.

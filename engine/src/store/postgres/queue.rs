@@ -250,7 +250,8 @@ async fn apply_outcomes(
                     lease_node = NULL, lease_until = NULL, lease_token = NULL
                FROM old JOIN input u ON u.tenant = old.tenant AND u.id = old.id
               WHERE d.tenant = old.tenant AND d.id = old.id
-             RETURNING d.tenant, d.id, old.status, d.status, d.created_at, d.webhook_id",
+             RETURNING d.tenant, d.id, old.status, d.status, d.created_at, d.webhook_id,
+                       d.channel",
         )
         .await?;
     let rows = tx
@@ -283,6 +284,7 @@ async fn apply_outcomes(
                 new: codec::status(row.try_get(3)?)?,
                 created_at: unms(row.try_get(4)?),
                 webhook_id: codec::id(row.try_get(5)?),
+                channel: row.try_get(6)?,
                 tenant,
             })
         })
@@ -481,6 +483,7 @@ pub(super) async fn change_where(
             tenant: tenant.to_string(),
             delivery_id: record.id.clone(),
             webhook_id: record.webhook_id.clone(),
+            channel: record.channel.clone(),
             created_at: record.created_at,
             old,
             new: record.status,

@@ -1,5 +1,7 @@
 //! Purging old records in PostgreSQL, in bounded transactions: first finished deliveries with
 //! their attempts, then events none of whose deliveries remain (with their idempotency entry).
+//! A purge of one channel (`DELETE /v1/deliveries?channel=`) adds `channel = $6` to both (a
+//! delivery carries its event's channel).
 //!
 //! Rows are chosen with `FOR UPDATE SKIP LOCKED` and the conditions are checked again on the
 //! locked row, so a delivery re-queued meanwhile (manual retry) or claimed by a node is never
@@ -27,6 +29,7 @@ fn id_bound(ms: u64) -> Uuid {
 pub(super) async fn purge(
     store: &PostgresStore,
     tenant: Option<&str>,
+    channel: Option<&str>,
     before_ms: u64,
     stop: &CancellationToken,
 ) -> PgResult<PurgeOutcome> {
@@ -46,7 +49,8 @@ pub(super) async fn purge(
     for tenant in tenants {
         let mut after = Uuid::nil();
         while !stop.is_cancelled() {
-            let (outcome, last) = purge_deliveries(store, &tenant, before_ms, after).await?;
+            let (outcome, last) =
+                purge_deliveries(store, &tenant, channel, before_ms, after).await?;
             total.add(outcome);
             match last {
                 Some(id) => after = id,
@@ -55,7 +59,7 @@ pub(super) async fn purge(
         }
         let mut after = Uuid::nil();
         while !stop.is_cancelled() {
-            let (events, last) = purge_events(store, &tenant, before_ms, after).await?;
+            let (events, last) = purge_events(store, &tenant, channel, before_ms, after).await?;
             total.events += events;
             match last {
                 Some(id) => after = id,
@@ -69,11 +73,13 @@ pub(super) async fn purge(
     Ok(total)
 }
 
-/// One batch of finished deliveries created before `before_ms` (ids after `after`), with
-/// their attempts. Returns what went and the id to continue after (`None`: done).
+/// One batch of finished deliveries created before `before_ms` (ids after `after`; on
+/// `channel` if given), with their attempts. Returns what went and the id to continue after
+/// (`None`: done).
 async fn purge_deliveries(
     store: &PostgresStore,
     tenant: &str,
+    channel: Option<&str>,
     before_ms: u64,
     after: Uuid,
 ) -> PgResult<(PurgeOutcome, Option<Uuid>)> {
@@ -85,6 +91,7 @@ async fn purge_deliveries(
                  SELECT tenant, id FROM deliveries
                   WHERE tenant = $1 AND id > $2 AND id < $3 AND created_at < $4
                     AND next_attempt_at IS NULL
+                    AND ($6::text IS NULL OR channel = $6)
                   ORDER BY id
                   LIMIT $5
                     FOR UPDATE SKIP LOCKED
@@ -98,7 +105,14 @@ async fn purge_deliveries(
     let ids: Vec<Uuid> = tx
         .query(
             &statement,
-            &[&tenant, &after, &bound, &ms(before_ms), &PURGE_BATCH_ROWS],
+            &[
+                &tenant,
+                &after,
+                &bound,
+                &ms(before_ms),
+                &PURGE_BATCH_ROWS,
+                &channel,
+            ],
         )
         .await?
         .iter()
@@ -125,11 +139,12 @@ async fn purge_deliveries(
     Ok((outcome, more.then(|| ids.iter().max().copied()).flatten()))
 }
 
-/// One batch of events created before `before_ms` with no delivery left, with the idempotency
-/// entries that name them.
+/// One batch of events created before `before_ms` (on `channel` if given) with no delivery
+/// left, with the idempotency entries that name them.
 async fn purge_events(
     store: &PostgresStore,
     tenant: &str,
+    channel: Option<&str>,
     before_ms: u64,
     after: Uuid,
 ) -> PgResult<(u64, Option<Uuid>)> {
@@ -140,6 +155,7 @@ async fn purge_events(
             "WITH doomed AS (
                  SELECT e.tenant, e.id FROM events e
                   WHERE e.tenant = $1 AND e.id > $2 AND e.id < $3 AND e.created_at < $4
+                    AND ($6::text IS NULL OR e.channel = $6)
                     AND NOT EXISTS (SELECT 1 FROM deliveries d
                                      WHERE d.tenant = e.tenant AND d.event_id = e.id)
                   ORDER BY e.id
@@ -155,7 +171,14 @@ async fn purge_events(
     let rows = tx
         .query(
             &statement,
-            &[&tenant, &after, &bound, &ms(before_ms), &PURGE_BATCH_ROWS],
+            &[
+                &tenant,
+                &after,
+                &bound,
+                &ms(before_ms),
+                &PURGE_BATCH_ROWS,
+                &channel,
+            ],
         )
         .await?;
     let ids: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();

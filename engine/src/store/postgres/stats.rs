@@ -1,6 +1,13 @@
 //! Statistics counters and tenant usage in PostgreSQL, written in the transaction of what they
-//! count: per (tenant, scope, UTC day), scope `*` for the tenant or a webhook id (see
-//! `store/stats.rs` for what a day means).
+//! count: per (tenant, scope, UTC day), scope `*` for the tenant, a webhook id, or `#` + a
+//! channel (see `store/stats.rs` for what a day means and for the channel cap).
+//!
+//! A channel's scope is opened for a day by its first event of that day if the tenant has
+//! fewer than [`MAX_CHANNELS_PER_DAY`] channel scopes that day (counted through the partial
+//! index `stats_ingest_channel_scopes`); otherwise that event counts in the overflow scope `#`.
+//! An outcome counts in a channel's scope only if that scope has its `stats_ingest` row for the
+//! delivery's day, else in the overflow scope. Two nodes opening channels at the same moment
+//! may each see room for one more (as for event types).
 //!
 //! Counters move per group, not per row: a group's changes are summed in memory and each
 //! counter row gets one `INSERT … ON CONFLICT DO UPDATE` adding the sum, in key order (so two
@@ -15,8 +22,8 @@ use super::events::StoredEvent;
 use super::{PgResult, PostgresStore};
 use crate::ids::{DeliveryId, WebhookId};
 use crate::store::stats::{
-    DayStats, LATENCY_BUCKETS_MS, LatencyHistogram, MAX_EVENT_TYPES_PER_DAY, OTHER_EVENT_TYPES,
-    StatsScope, TENANT_SCOPE, day_of,
+    CHANNEL_OVERFLOW_SCOPE, DayStats, LATENCY_BUCKETS_MS, LatencyHistogram, MAX_CHANNELS_PER_DAY,
+    MAX_EVENT_TYPES_PER_DAY, OTHER_EVENT_TYPES, StatsScope, TENANT_SCOPE, channel_scope, day_of,
 };
 use crate::store::{DeliveryStatus, TenantUsage};
 
@@ -28,6 +35,8 @@ pub(super) struct Transition {
     pub tenant: String,
     pub delivery_id: DeliveryId,
     pub webhook_id: WebhookId,
+    /// The channel of the delivery's event.
+    pub channel: Option<String>,
     pub created_at: u64,
     pub old: DeliveryStatus,
     pub new: DeliveryStatus,
@@ -47,6 +56,7 @@ pub(super) async fn add_ingest(tx: &Transaction<'_>, events: &[&StoredEvent]) ->
     let mut counts: BTreeMap<DayKey, (i64, i64)> = BTreeMap::new();
     let mut types: BTreeMap<(DayKey, String), i64> = BTreeMap::new();
     let mut totals: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    let mut channels: BTreeMap<DayKey, ChannelIngest> = BTreeMap::new();
     for new in events {
         let (tenant, event) = (new.tenant.as_str(), &new.event);
         let day = day_key(tenant, TENANT_SCOPE, event.created_at);
@@ -64,6 +74,31 @@ pub(super) async fn add_ingest(tx: &Transaction<'_>, events: &[&StoredEvent]) ->
             entry.1 += 1;
             *types.entry((day, delivery.event_type.clone())).or_default() += 1;
         }
+        if let Some(channel) = &event.channel {
+            let day = day_key(tenant, &channel_scope(channel), event.created_at);
+            let entry = channels.entry(day).or_default();
+            entry.events += 1;
+            entry.deliveries += new.deliveries.len() as i64;
+            *entry.types.entry(event.event_type.clone()).or_default() += 1;
+        }
+    }
+    if !channels.is_empty() {
+        let open = open_channel_scopes(tx, channels.keys().collect()).await?;
+        for (day, channel) in channels {
+            let (scope_day, count_types) = if open.contains(&day) {
+                (day, true)
+            } else {
+                ((day.0, CHANNEL_OVERFLOW_SCOPE.to_string(), day.2), false)
+            };
+            let entry = counts.entry(scope_day.clone()).or_default();
+            entry.0 += channel.events;
+            entry.1 += channel.deliveries;
+            if count_types {
+                for (event_type, n) in channel.types {
+                    *types.entry((scope_day.clone(), event_type)).or_default() += n;
+                }
+            }
+        }
     }
     futures::try_join!(
         add_counts(tx, &counts),
@@ -71,6 +106,87 @@ pub(super) async fn add_ingest(tx: &Transaction<'_>, events: &[&StoredEvent]) ->
         add_totals(tx, &totals),
     )?;
     Ok(())
+}
+
+/// One channel's events of a group on one day.
+#[derive(Default)]
+struct ChannelIngest {
+    events: i64,
+    deliveries: i64,
+    types: BTreeMap<String, i64>,
+}
+
+/// Of the channel scope days of an ingest group, those that count in their channel's scope:
+/// open already, or opened now while the tenant's day has fewer than [`MAX_CHANNELS_PER_DAY`]
+/// channel scopes (in channel order).
+async fn open_channel_scopes(
+    tx: &Transaction<'_>,
+    wanted: Vec<&DayKey>,
+) -> PgResult<std::collections::BTreeSet<DayKey>> {
+    let tenants: Vec<&str> = wanted.iter().map(|k| k.0.as_str()).collect();
+    let scopes: Vec<&str> = wanted.iter().map(|k| k.1.as_str()).collect();
+    let days: Vec<i32> = wanted.iter().map(|k| k.2).collect();
+    let statement = tx
+        .prepare_cached(
+            "SELECT u.t, u.sc, u.d,
+                    EXISTS (SELECT 1 FROM stats_ingest i
+                             WHERE i.tenant = u.t AND i.scope = u.sc AND i.day = u.d),
+                    (SELECT count(*) FROM stats_ingest i
+                      WHERE i.tenant = u.t AND i.day = u.d AND i.scope LIKE '#_%')
+               FROM unnest($1::text[], $2::text[], $3::integer[]) AS u(t, sc, d)",
+        )
+        .await?;
+    let rows = tx.query(&statement, &[&tenants, &scopes, &days]).await?;
+    let mut open = std::collections::BTreeSet::new();
+    let mut room: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut closed = Vec::new();
+    for row in &rows {
+        let key: DayKey = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        if row.try_get::<_, bool>(3)? {
+            open.insert(key);
+        } else {
+            let opened: i64 = row.try_get(4)?;
+            room.insert(
+                (key.0.clone(), key.2),
+                i64::from(MAX_CHANNELS_PER_DAY) - opened,
+            );
+            closed.push(key);
+        }
+    }
+    closed.sort();
+    for key in closed {
+        let left = room
+            .get_mut(&(key.0.clone(), key.2))
+            .expect("room of each day");
+        if *left > 0 {
+            *left -= 1;
+            open.insert(key);
+        }
+    }
+    Ok(open)
+}
+
+/// Of the channel scope days of some transitions, those whose channel scope is open (has its
+/// `stats_ingest` row).
+async fn existing_channel_scopes(
+    tx: &Transaction<'_>,
+    wanted: &std::collections::BTreeSet<DayKey>,
+) -> PgResult<std::collections::BTreeSet<DayKey>> {
+    let tenants: Vec<&str> = wanted.iter().map(|k| k.0.as_str()).collect();
+    let scopes: Vec<&str> = wanted.iter().map(|k| k.1.as_str()).collect();
+    let days: Vec<i32> = wanted.iter().map(|k| k.2).collect();
+    let statement = tx
+        .prepare_cached(
+            "SELECT i.tenant, i.scope, i.day
+               FROM unnest($1::text[], $2::text[], $3::integer[]) AS u(t, sc, d)
+               JOIN stats_ingest i ON i.tenant = u.t AND i.scope = u.sc AND i.day = u.d",
+        )
+        .await?;
+    tx.query(&statement, &[&tenants, &scopes, &days])
+        .await?
+        .iter()
+        .map(|row| -> PgResult<DayKey> { Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)) })
+        .collect()
 }
 
 async fn add_counts(tx: &Transaction<'_>, counts: &BTreeMap<DayKey, (i64, i64)>) -> PgResult<()> {
@@ -189,35 +305,61 @@ impl OutcomeDelta {
             DeliveryStatus::Pending | DeliveryStatus::InFlight => None,
         }
     }
+
+    fn record(&mut self, t: &Transition, moves: bool) {
+        if moves {
+            if let Some(slot) = self.slot(t.old) {
+                *slot -= 1;
+            }
+            if let Some(slot) = self.slot(t.new) {
+                *slot += 1;
+            }
+        }
+        if let Some(ms) = t.latency_ms {
+            self.latency.record(ms);
+        }
+    }
 }
 
 /// Moves each delivery's count from its old state to its new one and records attempt
-/// latencies, per day of the delivery's creation, for the tenant and the webhook.
+/// latencies, per day of the delivery's creation, for the tenant, the webhook and the channel
+/// (its scope if open for that day, else the overflow scope).
 pub(super) async fn add_transitions(
     tx: &Transaction<'_>,
     transitions: &[Transition],
 ) -> PgResult<()> {
     let mut deltas: BTreeMap<DayKey, OutcomeDelta> = BTreeMap::new();
+    let mut channel_days = std::collections::BTreeSet::new();
+    let mut counted = Vec::with_capacity(transitions.len());
     for t in transitions {
         let moves = t.old != t.new && (!t.old.is_queued() || !t.new.is_queued());
         if !moves && t.latency_ms.is_none() {
             continue;
         }
         for scope in [TENANT_SCOPE, t.webhook_id.as_str()] {
-            let delta = deltas
+            deltas
                 .entry(day_key(&t.tenant, scope, t.created_at))
-                .or_default();
-            if moves {
-                if let Some(slot) = delta.slot(t.old) {
-                    *slot -= 1;
-                }
-                if let Some(slot) = delta.slot(t.new) {
-                    *slot += 1;
-                }
-            }
-            if let Some(ms) = t.latency_ms {
-                delta.latency.record(ms);
-            }
+                .or_default()
+                .record(t, moves);
+        }
+        if let Some(channel) = &t.channel {
+            channel_days.insert(day_key(&t.tenant, &channel_scope(channel), t.created_at));
+        }
+        counted.push((t, moves));
+    }
+    if !channel_days.is_empty() {
+        let open = existing_channel_scopes(tx, &channel_days).await?;
+        for (t, moves) in counted {
+            let Some(channel) = &t.channel else {
+                continue;
+            };
+            let day = day_key(&t.tenant, &channel_scope(channel), t.created_at);
+            let key = if open.contains(&day) {
+                day
+            } else {
+                (day.0, CHANNEL_OVERFLOW_SCOPE.to_string(), day.2)
+            };
+            deltas.entry(key).or_default().record(t, moves);
         }
     }
     if deltas.is_empty() {
@@ -292,6 +434,8 @@ pub(super) async fn days(
         })
         .collect();
     let (first, last) = (first_day as i32, last_day as i32);
+    let scope = scope.name();
+    let scope = scope.as_ref();
     let client = store.client().await?;
     let (ingest, outcomes, types) = futures::try_join!(
         async {
@@ -302,7 +446,7 @@ pub(super) async fn days(
                 )
                 .await?;
             client
-                .query(&statement, &[&tenant, &scope.as_str(), &first, &last])
+                .query(&statement, &[&tenant, &scope, &first, &last])
                 .await
         },
         async {
@@ -315,7 +459,7 @@ pub(super) async fn days(
                 )
                 .await?;
             client
-                .query(&statement, &[&tenant, &scope.as_str(), &first, &last])
+                .query(&statement, &[&tenant, &scope, &first, &last])
                 .await
         },
         async {
@@ -326,7 +470,7 @@ pub(super) async fn days(
                 )
                 .await?;
             client
-                .query(&statement, &[&tenant, &scope.as_str(), &first, &last])
+                .query(&statement, &[&tenant, &scope, &first, &last])
                 .await
         },
     )?;

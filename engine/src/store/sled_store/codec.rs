@@ -281,6 +281,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Whether everything was read (a field added at the end is absent from older records).
+    pub fn at_end(&self) -> bool {
+        self.data.is_empty()
+    }
+
     pub fn locator(&mut self) -> Result<Locator, StoreError> {
         Ok(Locator {
             segment: self.u32()?,
@@ -692,6 +697,9 @@ pub struct TransitionMeta {
     pub latency_ms: Option<u64>,
     /// The delivery's previous attempt (attempts only).
     pub previous_attempt: Option<Locator>,
+    /// The channel of the delivery's event (its channel statistics scope). Written last:
+    /// records from before channel statistics end without it and read as `None`.
+    pub channel: Option<String>,
 }
 
 impl TransitionMeta {
@@ -706,6 +714,7 @@ impl TransitionMeta {
         w.buf.extend_from_slice(&self.new.encode());
         w.u64(self.latency_ms.map_or(u64::MAX, |l| l.min(u64::MAX - 1)));
         w.u64(self.previous_attempt.map_or(0, |l| l.pack()));
+        w.opt_str(self.channel.as_deref());
         w.buf
     }
 
@@ -720,6 +729,7 @@ impl TransitionMeta {
         let new = Slot::decode(r.take(SLOT_BYTES)?)?;
         let latency = r.u64()?;
         let previous = r.u64()?;
+        let channel = if r.at_end() { None } else { r.opt_str()? };
         Ok(TransitionMeta {
             tenant,
             delivery,
@@ -730,6 +740,7 @@ impl TransitionMeta {
             new,
             latency_ms: (latency != u64::MAX).then_some(latency),
             previous_attempt: (previous != 0).then(|| Locator::unpack(previous)),
+            channel,
         })
     }
 }
@@ -962,8 +973,18 @@ mod tests {
             new: Slot::pending(6),
             latency_ms: Some(12),
             previous_attempt: None,
+            channel: Some("+15550100".into()),
         };
         assert_eq!(TransitionMeta::decode(&t.encode()).unwrap(), t);
+        // A record written before channels were in transitions reads with none.
+        let without = TransitionMeta {
+            channel: None,
+            ..t.clone()
+        };
+        let mut old_bytes = t.encode();
+        old_bytes.truncate(old_bytes.len() - (2 + "+15550100".len()));
+        assert_eq!(TransitionMeta::decode(&old_bytes).unwrap(), without);
+        assert_eq!(TransitionMeta::decode(&without.encode()).unwrap(), without);
         let p = PurgeMeta {
             tenant: "t".into(),
             events: vec![PurgedEvent {

@@ -19,7 +19,8 @@
 //!   scans the whole store.
 //!
 //! Other files: `webhooks.rs`, `events.rs`, `deliveries.rs` (reads, claims), `retention.rs`,
-//! `migrate.rs` (a data dir of the previous layout, `hookd/v1`).
+//! `migrate.rs` (a data dir of the previous layout, `hookd/v1`), `plugins.rs` (the plugin
+//! catalogue: a tree of its own and component files, outside the writer).
 
 mod codec;
 mod deliveries;
@@ -28,6 +29,7 @@ mod keys;
 mod log;
 mod migrate;
 mod pages;
+mod plugins;
 mod retention;
 mod stats;
 mod webhooks;
@@ -46,8 +48,9 @@ use super::cache::WebhookCache;
 use super::stats::{DayStats, StatsScope};
 use super::{
     Appended, AttemptOutcome, AttemptRecord, DeliveryFilter, DeliveryRecord, DeliveryStatus,
-    EventFilter, EventRecord, NewEvent, Page, PurgeOutcome, QueueHead, Result, ScheduleCounts,
-    SpaceProblem, Store, StoreError, TenantUsage, WebhookChange, WebhookRecord, WorkListener,
+    EventFilter, EventRecord, NewEvent, Page, PluginHead, PluginListener, PluginStage,
+    PluginVersion, PurgeOutcome, QueueHead, Result, ScheduleCounts, SpaceProblem, Store,
+    StoreError, TenantUsage, WebhookChange, WebhookRecord, WorkListener,
 };
 use crate::ids::{DeliveryId, EventId, WebhookId};
 use crate::secrets::Keyring;
@@ -142,6 +145,8 @@ pub struct SledStore {
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The data dir holds the previous layout, to migrate before use.
     migration_due: Arc<AtomicBool>,
+    /// The plugin catalogue (`plugins.rs`).
+    plugins: Arc<plugins::Catalogue>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -174,6 +179,7 @@ impl SledStore {
             .open()?;
         let migrating = migrate::prepare(&db, dir)?;
         let tree = db.open_tree(TREE)?;
+        let plugins = Arc::new(plugins::Catalogue::open(&db, dir)?);
         let (log, _) = log::LogWriter::open(&dir.join("log"))?;
         let shared = Arc::new(Shared {
             db,
@@ -199,6 +205,7 @@ impl SledStore {
             writer: tx,
             thread: Arc::new(Mutex::new(Some(thread))),
             migration_due: Arc::new(AtomicBool::new(migrating)),
+            plugins,
         })
     }
 
@@ -508,17 +515,71 @@ impl Store for SledStore {
     async fn purge(
         &self,
         tenant: Option<&str>,
+        channel: Option<&str>,
         before_ms: u64,
         stop: &CancellationToken,
     ) -> Result<PurgeOutcome> {
         match tenant {
-            Some(tenant) => self.purge_tenant(tenant, before_ms, stop).await,
-            None => self.purge_all(before_ms, stop).await,
+            Some(tenant) => self.purge_tenant(tenant, channel, before_ms, stop).await,
+            None => {
+                debug_assert!(channel.is_none(), "a channel purge names its tenant");
+                self.purge_all(before_ms, stop).await
+            }
         }
     }
 
     async fn prune_stats(&self, before_day: u32) -> Result<usize> {
         self.prune_counters(before_day).await
+    }
+
+    fn set_plugin_listener(&self, listener: Arc<dyn PluginListener>) {
+        self.plugins.set_listener(listener);
+    }
+
+    async fn put_plugin_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        sha256: &str,
+        bytes: &[u8],
+        uploaded_by: &str,
+        stage: PluginStage,
+    ) -> Result<PluginVersion> {
+        SledStore::put_plugin_version(self, tenant, name, sha256, bytes, uploaded_by, stage).await
+    }
+
+    async fn plugin_versions(&self, tenant: &str, name: &str) -> Result<Vec<PluginVersion>> {
+        SledStore::plugin_versions(self, tenant, name)
+    }
+
+    async fn plugin_head(&self, tenant: &str, name: &str) -> Result<Option<PluginHead>> {
+        SledStore::plugin_head(self, tenant, name)
+    }
+
+    async fn plugin_bytes(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        SledStore::plugin_bytes(self, tenant, name, version).await
+    }
+
+    async fn set_plugin_current(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<PluginHead>> {
+        SledStore::set_plugin_current(self, tenant, name, version).await
+    }
+
+    async fn delete_plugin(&self, tenant: &str, name: &str) -> Result<bool> {
+        SledStore::delete_plugin(self, tenant, name).await
+    }
+
+    async fn plugin_heads(&self) -> Result<Vec<PluginHead>> {
+        SledStore::plugin_heads(self)
     }
 }
 #[cfg(test)]

@@ -4,13 +4,15 @@
 //!   queued is deleted whole (the writer re-checks, then counts what its events held).
 //! - In an old segment that a queued delivery keeps, and for a purge on request
 //!   (`DELETE /v1/deliveries?before=`), finished deliveries are marked purged and an event none
-//!   of whose deliveries is left is marked purged with its payload zeroed in place.
+//!   of whose deliveries is left is marked purged with its payload zeroed in place. A purge on
+//!   request for one channel (`&channel=`) hands the writer only the events on that channel
+//!   (an event has one channel, which never changes, so choosing before the writer is exact).
 //! - Listing pages that point only into deleted segments go; statistics counters stay (up to
 //!   their horizon, [`crate::store::stats::STATS_HORIZON_DAYS`]).
 
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{Locator, RecordKind};
+use super::codec::{EventMeta, Locator, RecordKind};
 use super::keys;
 use super::pages::{self, SegmentInfo};
 use super::writer::Command;
@@ -23,10 +25,12 @@ const PURGE_BATCH_EVENTS: usize = 1_000;
 const PRUNE_BATCH_KEYS: usize = 2_000;
 
 impl SledStore {
-    /// Purges `tenant`'s finished deliveries and empty events created before `before_ms`.
+    /// Purges `tenant`'s finished deliveries and empty events created before `before_ms`, of
+    /// every channel or of `channel` only.
     pub(super) async fn purge_tenant(
         &self,
         tenant: &str,
+        channel: Option<&str>,
         before_ms: u64,
         stop: &CancellationToken,
     ) -> Result<PurgeOutcome> {
@@ -50,16 +54,20 @@ impl SledStore {
                 }
                 candidates.push(entry.event);
                 if candidates.len() >= PURGE_BATCH_EVENTS {
-                    total.add(
-                        self.purge_events(tenant, &mut candidates, before_ms)
-                            .await?,
-                    );
+                    self.keep_channel(&mut candidates, channel).await?;
+                    if !candidates.is_empty() {
+                        total.add(
+                            self.purge_events(tenant, &mut candidates, before_ms)
+                                .await?,
+                        );
+                    }
                     if stop.is_cancelled() {
                         break 'pages;
                     }
                 }
             }
         }
+        self.keep_channel(&mut candidates, channel).await?;
         if !candidates.is_empty() {
             total.add(
                 self.purge_events(tenant, &mut candidates, before_ms)
@@ -67,6 +75,37 @@ impl SledStore {
             );
         }
         Ok(total)
+    }
+
+    /// Keeps the events of `candidates` that are on `channel` (all of them without one).
+    async fn keep_channel(
+        &self,
+        candidates: &mut Vec<Locator>,
+        channel: Option<&str>,
+    ) -> Result<()> {
+        let Some(channel) = channel else {
+            return Ok(());
+        };
+        let log = self.shared.log.clone();
+        let channel = channel.to_string();
+        let events = std::mem::take(candidates);
+        *candidates = tokio::task::spawn_blocking(move || {
+            let mut kept = Vec::with_capacity(events.len());
+            for loc in events {
+                let Some(record) = log.read(loc, false)? else {
+                    continue;
+                };
+                if record.header.kind == RecordKind::Event
+                    && EventMeta::decode(&record.meta)?.channel.as_deref() == Some(&channel)
+                {
+                    kept.push(loc);
+                }
+            }
+            Ok::<_, StoreError>(kept)
+        })
+        .await
+        .map_err(|err| StoreError::Interrupted(err.to_string()))??;
+        Ok(())
     }
 
     async fn purge_events(
@@ -140,7 +179,7 @@ impl SledStore {
                     return Err(StoreError::Interrupted("end of segment".into()));
                 }
                 if record.header.kind == RecordKind::Event {
-                    let meta = super::codec::EventMeta::decode(&record.meta)?;
+                    let meta = EventMeta::decode(&record.meta)?;
                     if meta.created_at < before_ms {
                         by_tenant.entry(meta.tenant).or_default().push(loc);
                     }

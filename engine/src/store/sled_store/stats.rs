@@ -1,21 +1,28 @@
-//! Statistics counters on sled: per (tenant, UTC day) and per (tenant, webhook, UTC day), so
-//! `GET /v1/stats` reads a few counter records per day instead of scanning the delivery log.
+//! Statistics counters on sled: per (tenant, UTC day) and per (tenant, webhook, UTC day) and
+//! per (tenant, channel, UTC day), so `GET /v1/stats` reads a few counter records per day
+//! instead of scanning the delivery log.
 //!
-//! Each day of a scope (`*` = the whole tenant, or one webhook id; key layout in `keys.rs`) has
-//! three kinds of record, each a version byte and JSON:
+//! Each day of a scope (`*` = the whole tenant, a webhook id, or `#` + a channel; key layout in
+//! `keys.rs`) has three kinds of record, each a version byte and JSON:
 //! - `i` ([`IngestCounts`]): events and deliveries created that day;
 //! - `o` ([`OutcomeCounts`]): how many of that day's deliveries are delivered, failed or
 //!   filtered, and a latency histogram of their attempts;
-//! - `t` + event type: events (tenant scope) or deliveries (webhook scope) of that type. At most
-//!   [`MAX_EVENT_TYPES_PER_DAY`] types per scope and day; later types count under
+//! - `t` + event type: events (tenant and channel scopes) or deliveries (webhook scope) of that
+//!   type. At most [`MAX_EVENT_TYPES_PER_DAY`] types per scope and day; later types count under
 //!   [`OTHER_EVENT_TYPES`].
+//!
+//! A channel gets its scope for a day when its first event of that day is counted, if the
+//! tenant has fewer than [`MAX_CHANNELS_PER_DAY`] channel scopes that day (the count is the
+//! `channels` field of the overflow scope `#`'s `i` record); otherwise its events count in the
+//! overflow scope, and so do its deliveries' outcomes (an outcome goes to the channel's scope
+//! only if that scope's `i` record exists).
 //!
 //! The writer owns these keys: it adds up what one group changes ([`StatsDeltas`]: every event
 //! appended, every delivery moving between states) and reads and writes each counter once per
 //! group, in the same sled batch as the rest of the group. A delivery that leaves a final state
 //! (manual retry, recover) takes its count back out of that state, so counts never drift.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -25,8 +32,8 @@ use super::codec::EventMeta;
 use super::keys;
 use crate::ids::WebhookId;
 use crate::store::stats::{
-    DayStats, LatencyHistogram, MAX_EVENT_TYPES_PER_DAY, OTHER_EVENT_TYPES, StatsScope,
-    TENANT_SCOPE, day_of,
+    CHANNEL_OVERFLOW_SCOPE, DayStats, LatencyHistogram, MAX_CHANNELS_PER_DAY,
+    MAX_EVENT_TYPES_PER_DAY, OTHER_EVENT_TYPES, StatsScope, TENANT_SCOPE, channel_scope, day_of,
 };
 use crate::store::{DeliveryStatus, Result, StoreError};
 
@@ -64,6 +71,13 @@ struct IngestCounts {
     /// Distinct event types with a `t` record this day.
     #[serde(default)]
     event_types: u32,
+    /// Channel scopes of the tenant this day (kept in the overflow scope's record only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    channels: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The `o` record of a scope and day.
@@ -82,6 +96,16 @@ struct IngestDelta {
     events: u64,
     deliveries: u64,
     event_types: BTreeMap<String, u64>,
+    /// Channel scopes opened (overflow scope only).
+    channels: u32,
+}
+
+impl IngestDelta {
+    fn count(&mut self, event_type: &str, deliveries: u64) {
+        self.events += 1;
+        self.deliveries += deliveries;
+        *self.event_types.entry(event_type.to_string()).or_default() += 1;
+    }
 }
 
 /// What one group changes in one scope and day's outcome counts.
@@ -102,7 +126,38 @@ impl OutcomeDelta {
             DeliveryStatus::Pending | DeliveryStatus::InFlight => None,
         }
     }
+
+    /// One delivery moving from `old` to `new` (`moves`), with an attempt's latency.
+    fn record(
+        &mut self,
+        moves: bool,
+        old: DeliveryStatus,
+        new: DeliveryStatus,
+        latency_ms: Option<u64>,
+    ) {
+        if moves {
+            if let Some(slot) = self.slot(old) {
+                *slot -= 1;
+            }
+            if let Some(slot) = self.slot(new) {
+                *slot += 1;
+            }
+        }
+        if let Some(ms) = latency_ms {
+            self.latency.record(ms);
+        }
+    }
+
+    fn merge(&mut self, other: OutcomeDelta) {
+        self.delivered += other.delivered;
+        self.failed += other.failed;
+        self.filtered += other.filtered;
+        self.latency.merge(&other.latency);
+    }
 }
+
+/// (tenant, UTC day, channel): a channel scope's day before admission decides where it counts.
+type ChannelDay = (String, u32, String);
 
 fn apply(count: &mut u64, delta: i64) {
     *count = count.saturating_add_signed(delta);
@@ -121,6 +176,9 @@ fn with_part(day_key: &[u8], part: u8, rest: &[u8]) -> Vec<u8> {
 pub(super) struct StatsDeltas {
     ingest: BTreeMap<Vec<u8>, IngestDelta>,
     outcomes: BTreeMap<Vec<u8>, OutcomeDelta>,
+    /// Channel scopes' changes, placed at [`StatsDeltas::write`] (channel or overflow scope).
+    channel_ingest: BTreeMap<ChannelDay, IngestDelta>,
+    channel_outcomes: BTreeMap<ChannelDay, OutcomeDelta>,
 }
 
 impl StatsDeltas {
@@ -128,36 +186,33 @@ impl StatsDeltas {
     pub fn event(&mut self, meta: &EventMeta) {
         let tenant = meta.tenant.as_str();
         let day = day_of(meta.created_at);
-        let tenant_day = self
-            .ingest
+        let fan_out = meta.webhooks.len() as u64;
+        self.ingest
             .entry(keys::stats_day(tenant, TENANT_SCOPE, day))
-            .or_default();
-        tenant_day.events += 1;
-        tenant_day.deliveries += meta.webhooks.len() as u64;
-        *tenant_day
-            .event_types
-            .entry(meta.event_type.clone())
-            .or_default() += 1;
+            .or_default()
+            .count(&meta.event_type, fan_out);
         for webhook in &meta.webhooks {
-            let webhook_day = self
-                .ingest
+            self.ingest
                 .entry(keys::stats_day(tenant, webhook.as_str(), day))
-                .or_default();
-            webhook_day.events += 1;
-            webhook_day.deliveries += 1;
-            *webhook_day
-                .event_types
-                .entry(meta.event_type.clone())
-                .or_default() += 1;
+                .or_default()
+                .count(&meta.event_type, 1);
+        }
+        if let Some(channel) = &meta.channel {
+            self.channel_ingest
+                .entry((tenant.to_string(), day, channel.clone()))
+                .or_default()
+                .count(&meta.event_type, fan_out);
         }
     }
 
-    /// A delivery created at `created_at` moved from `old` to `new`; `latency_ms` when the move
-    /// records an attempt.
+    /// A delivery created at `created_at`, of an event on `channel`, moved from `old` to `new`;
+    /// `latency_ms` when the move records an attempt.
+    #[allow(clippy::too_many_arguments)]
     pub fn transition(
         &mut self,
         tenant: &str,
         webhook: &WebhookId,
+        channel: Option<&str>,
         created_at: u64,
         old: DeliveryStatus,
         new: DeliveryStatus,
@@ -169,32 +224,71 @@ impl StatsDeltas {
         }
         let day = day_of(created_at);
         for scope in [TENANT_SCOPE, webhook.as_str()] {
-            let delta = self
-                .outcomes
+            self.outcomes
                 .entry(keys::stats_day(tenant, scope, day))
-                .or_default();
-            if moves {
-                if let Some(slot) = delta.slot(old) {
-                    *slot -= 1;
+                .or_default()
+                .record(moves, old, new, latency_ms);
+        }
+        if let Some(channel) = channel {
+            self.channel_outcomes
+                .entry((tenant.to_string(), day, channel.to_string()))
+                .or_default()
+                .record(moves, old, new, latency_ms);
+        }
+    }
+
+    /// Moves the channel scopes' changes to the scope each counts in: the channel's own when
+    /// its scope exists for the day or is opened now (room under [`MAX_CHANNELS_PER_DAY`]),
+    /// the tenant's overflow scope otherwise.
+    fn place_channels(&mut self, tree: &sled::Tree) -> Result<()> {
+        let mut admission = ChannelAdmission::default();
+        for ((tenant, day, channel), delta) in std::mem::take(&mut self.channel_ingest) {
+            let scope_key = keys::stats_day(&tenant, &channel_scope(&channel), day);
+            if admission.admit(tree, &tenant, day, &scope_key)? {
+                let counts = self.ingest.entry(scope_key).or_default();
+                counts.events += delta.events;
+                counts.deliveries += delta.deliveries;
+                for (event_type, n) in delta.event_types {
+                    *counts.event_types.entry(event_type).or_default() += n;
                 }
-                if let Some(slot) = delta.slot(new) {
-                    *slot += 1;
-                }
-            }
-            if let Some(ms) = latency_ms {
-                delta.latency.record(ms);
+            } else {
+                // The overflow scope keeps counts, not event types (nothing reads them).
+                let overflow = self
+                    .ingest
+                    .entry(keys::stats_day(&tenant, CHANNEL_OVERFLOW_SCOPE, day))
+                    .or_default();
+                overflow.events += delta.events;
+                overflow.deliveries += delta.deliveries;
             }
         }
+        for ((tenant, day), opened) in &admission.opened {
+            self.ingest
+                .entry(keys::stats_day(tenant, CHANNEL_OVERFLOW_SCOPE, *day))
+                .or_default()
+                .channels += opened;
+        }
+        for ((tenant, day, channel), delta) in std::mem::take(&mut self.channel_outcomes) {
+            let scope_key = keys::stats_day(&tenant, &channel_scope(&channel), day);
+            let key = if admission.is_open(tree, &scope_key)? {
+                scope_key
+            } else {
+                keys::stats_day(&tenant, CHANNEL_OVERFLOW_SCOPE, day)
+            };
+            self.outcomes.entry(key).or_default().merge(delta);
+        }
+        Ok(())
     }
 
     /// Reads every counter this group changes (from `tree`, which only the writer writes) and
     /// puts its new value into `batch`.
-    pub fn write(self, tree: &sled::Tree, batch: &mut sled::Batch) -> Result<()> {
+    pub fn write(mut self, tree: &sled::Tree, batch: &mut sled::Batch) -> Result<()> {
+        self.place_channels(tree)?;
         for (day_key, delta) in self.ingest {
             let ingest_key = with_part(&day_key, PART_INGEST, &[]);
             let mut counts: IngestCounts = read_counter(tree, &ingest_key)?;
             counts.events += delta.events;
             counts.deliveries += delta.deliveries;
+            counts.channels += delta.channels;
             for (event_type, n) in delta.event_types {
                 let mut key = with_part(&day_key, PART_TYPE, event_type.as_bytes());
                 let mut current: Option<u64> = tree.get(&key)?.and_then(|v| decode(&v).ok());
@@ -220,6 +314,59 @@ impl StatsDeltas {
             batch.insert(key, encode(&counts));
         }
         Ok(())
+    }
+}
+
+/// Which channel scopes of a group's days are open, and how many the group opens.
+#[derive(Debug, Default)]
+struct ChannelAdmission {
+    /// Channel scopes per (tenant, day) before this group (read once per day).
+    before: BTreeMap<(String, u32), u32>,
+    /// Channel scopes this group opens per (tenant, day).
+    opened: BTreeMap<(String, u32), u32>,
+    /// Day keys of the scopes opened by this group.
+    open_now: BTreeSet<Vec<u8>>,
+}
+
+impl ChannelAdmission {
+    /// Whether the channel scope of `scope_key` (a day key) counts: open already, or opened now
+    /// if the tenant's day has room.
+    fn admit(
+        &mut self,
+        tree: &sled::Tree,
+        tenant: &str,
+        day: u32,
+        scope_key: &[u8],
+    ) -> Result<bool> {
+        if self.is_open(tree, scope_key)? {
+            return Ok(true);
+        }
+        let slot = (tenant.to_string(), day);
+        let before = match self.before.get(&slot) {
+            Some(n) => *n,
+            None => {
+                let overflow = with_part(
+                    &keys::stats_day(tenant, CHANNEL_OVERFLOW_SCOPE, day),
+                    PART_INGEST,
+                    &[],
+                );
+                let counts: IngestCounts = read_counter(tree, &overflow)?;
+                self.before.insert(slot.clone(), counts.channels);
+                counts.channels
+            }
+        };
+        let opened = self.opened.entry(slot).or_default();
+        if before.saturating_add(*opened) >= MAX_CHANNELS_PER_DAY {
+            return Ok(false);
+        }
+        *opened += 1;
+        self.open_now.insert(scope_key.to_vec());
+        Ok(true)
+    }
+
+    fn is_open(&self, tree: &sled::Tree, scope_key: &[u8]) -> Result<bool> {
+        Ok(self.open_now.contains(scope_key)
+            || tree.contains_key(with_part(scope_key, PART_INGEST, &[]))?)
     }
 }
 
@@ -250,8 +397,9 @@ pub(super) fn stats_days(
             ..DayStats::default()
         })
         .collect();
-    let start = keys::stats_day(tenant, scope.as_str(), first_day);
-    let end = keys::stats_day(tenant, scope.as_str(), last_day.saturating_add(1));
+    let scope = scope.name();
+    let start = keys::stats_day(tenant, &scope, first_day);
+    let end = keys::stats_day(tenant, &scope, last_day.saturating_add(1));
     for entry in tree.range(start..end) {
         let (key, value) = entry?;
         let Some((_, _, day, rest)) = keys::parse_stats_key(&key) else {

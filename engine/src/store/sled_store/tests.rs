@@ -125,6 +125,7 @@ fn outcome(
             next_attempt_at: retry_at,
             plugin_logs: Vec::new(),
             request: None,
+            verdict_by: None,
         },
         update: DeliveryUpdate {
             status: if retry_at.is_some() {
@@ -480,12 +481,12 @@ async fn a_purge_takes_finished_deliveries_and_empty_events_and_keeps_queued_one
         .unwrap();
     let stop = CancellationToken::new();
     let other = store
-        .purge(Some("globex"), now() + 5_000, &stop)
+        .purge(Some("globex"), None, now() + 5_000, &stop)
         .await
         .unwrap();
     assert!(other.is_empty(), "another tenant's purge touches nothing");
     let purged = store
-        .purge(Some("acme"), now() + 5_000, &stop)
+        .purge(Some("acme"), None, now() + 5_000, &stop)
         .await
         .unwrap();
     assert_eq!(
@@ -509,7 +510,7 @@ async fn a_purge_takes_finished_deliveries_and_empty_events_and_keeps_queued_one
     assert!(matches!(again[0], Appended::Created { .. }));
     assert_eq!(
         store
-            .purge(Some("acme"), now() + 5_000, &stop)
+            .purge(Some("acme"), None, now() + 5_000, &stop)
             .await
             .unwrap()
             .events,

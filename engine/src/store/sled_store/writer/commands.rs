@@ -134,6 +134,7 @@ impl WriterState {
             new,
             latency_ms: Some(attempt.latency_ms),
             previous_attempt: slot.last_attempt,
+            channel: meta.channel.clone(),
         };
         let stored = StoredAttempt {
             attempt: attempt.clone(),
@@ -211,6 +212,7 @@ impl WriterState {
             new,
             latency_ms: None,
             previous_attempt: None,
+            channel: meta.channel.clone(),
         };
         let record = encode_record(RecordKind::Transition, &[], &transition.encode(), &[]);
         let loc = self.log.append(&record)?;

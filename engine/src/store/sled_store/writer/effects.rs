@@ -151,6 +151,7 @@ impl WriterState {
         batch.stats.transition(
             tenant,
             &meta.webhook,
+            meta.channel.as_deref(),
             meta.created_at,
             meta.old_status,
             new.status,
@@ -245,9 +246,11 @@ impl WriterState {
                     last_error: SlotError::of(Some("webhook_deleted")),
                     ..old
                 };
+                let channel = self.channel_of(entry.delivery)?;
                 batch.stats.transition(
                     tenant,
                     webhook,
+                    channel.as_deref(),
                     entry.created_at,
                     DeliveryStatus::Pending,
                     DeliveryStatus::Failed,
@@ -266,6 +269,17 @@ impl WriterState {
         self.queues
             .insert((tenant.to_string(), webhook.clone()), QueueIndex::new());
         Ok(())
+    }
+
+    /// The channel of a delivery's event, read from its record in the log (`None` when the
+    /// event has none or is gone).
+    fn channel_of(&self, delivery: DeliveryRef) -> Result<Option<String>> {
+        match self.shared.log.read(delivery.event, false)? {
+            Some(record) if record.header.kind == RecordKind::Event => {
+                Ok(EventMeta::decode(&record.meta)?.channel)
+            }
+            _ => Ok(None),
+        }
     }
 
     pub(super) fn apply_purge(&mut self, batch: &mut Batch, meta: &PurgeMeta) -> Result<()> {
