@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod fanout;
 pub mod ids;
 pub mod ingest;
+pub mod lag;
 pub mod offload;
 pub mod outbound;
 pub mod plugin;
@@ -232,6 +233,7 @@ pub async fn start(
         plugins: plugins.clone(),
         ingest: ingest.clone(),
         metrics: metrics.clone(),
+        lag: lag::DeliveryLag::default(),
     };
     let dispatcher = Dispatcher::new(delivery.clone(), dispatch_rx);
     let reload_dispatch = dispatch.clone();

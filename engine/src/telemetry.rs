@@ -55,6 +55,7 @@ pub const PLUGIN_CALLS: &str = "hookd_plugin_calls_total";
 pub const PLUGIN_CHAIN: &str = "hookd_plugin_chain_seconds";
 pub const PLUGIN_SLOT_WAIT: &str = "hookd_plugin_slot_wait_seconds";
 pub const ATTEMPT_SLOT: &str = "hookd_attempt_slot_seconds";
+pub const DELIVERY_LAG: &str = "hookd_delivery_lag_seconds";
 pub const PLUGIN_CHAIN_CPU: &str = "hookd_plugin_chain_cpu_seconds";
 /// Per plugin: hook calls by `tenant`, `version` (the component's SHA-256 prefix, which
 /// `GET /v1/plugins` maps to the plugin's name) and `outcome`.
@@ -132,6 +133,12 @@ impl Metrics {
                     PLUGIN_CHAIN_BUCKETS,
                 )
             })
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full(DELIVERY_LAG.to_string()),
+                    DELIVERY_LATENCY_BUCKETS,
+                )
+            })
             .expect("bucket lists are not empty")
             .build_recorder();
         let metrics = Metrics {
@@ -150,6 +157,11 @@ impl Metrics {
                 "HTTP latency of delivery attempts, by tenant"
             );
             describe_gauge!(ATTEMPTS_IN_FLIGHT, "Delivery attempts running now");
+            describe_histogram!(
+                DELIVERY_LAG,
+                Unit::Seconds,
+                "How long after its due time each attempt started (the delivery lag), by tenant"
+            );
             describe_histogram!(
                 ATTEMPT_SLOT,
                 Unit::Seconds,
@@ -241,6 +253,13 @@ impl Metrics {
         self.with(|| {
             histogram!(DELIVERY_LATENCY, "tenant" => tenant.to_string())
                 .record(latency.as_secs_f64());
+        });
+    }
+
+    /// How long after its due time an attempt started.
+    pub fn delivery_lag(&self, tenant: &str, lag: Duration) {
+        self.with(|| {
+            histogram!(DELIVERY_LAG, "tenant" => tenant.to_string()).record(lag.as_secs_f64());
         });
     }
 

@@ -397,3 +397,81 @@ async fn the_plugin_quotas_refuse_one_more_plugin_or_byte_and_a_reload_raises_th
     assert_eq!(body["quota"]["requested"], trap, "{body}");
     assert_eq!(plugin_quota_use(&engine).await, [(3, 2), (bytes, bytes)]);
 }
+
+/// Issue 10: a queue that grows faster than it drains pushes back on its producer — and only on
+/// that tenant — while the lag is shown on `/readyz`; ingest is accepted again once it drains.
+#[tokio::test]
+async fn a_tenant_whose_deliveries_trail_past_its_lag_quota_is_pushed_back_until_they_catch_up() {
+    let (engine, _path) = engine_with_quotas("max_delivery_lag_secs = 1").await;
+    let slow = Receiver::start().await;
+    slow.delay(Duration::from_millis(150));
+    engine
+        .create_webhook(json!({"url": slow.url, "max_in_flight": 1}))
+        .await;
+    let post_event = |key: &'static str| {
+        let request = engine
+            .http
+            .post(engine.url("/v1/events"))
+            .bearer_auth(key)
+            .json(&json!({"type": "order.paid", "payload": {"n": 1}}));
+        async move { request.send().await.unwrap() }
+    };
+    // One delivery at a time, 150 ms each: the 20th starts ~3 s after it was due.
+    for _ in 0..20 {
+        assert_eq!(post_event(ACME_KEY).await.status(), 202);
+    }
+    let refused = eventually(WAIT, "acme's ingest pushed back", || async {
+        let response = post_event(ACME_KEY).await;
+        (response.status() == 429).then_some(response)
+    })
+    .await;
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "delivery_lag_exceeded", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_delivery_lag_secs"),
+        "{body}"
+    );
+    let (_, ready) = engine.call("GET", "/readyz", ACME_KEY, None).await;
+    assert!(ready["delivery_lag_ms"].as_u64().unwrap() > 1000, "{ready}");
+    // Another tenant is not behind, so it is not pushed back.
+    assert_eq!(post_event(GLOBEX_KEY).await.status(), 202);
+
+    // The receiver speeds up; once the backlog drains acme is accepted again, and nothing
+    // accepted before was lost.
+    slow.delay(Duration::ZERO);
+    eventually(WAIT, "acme accepted again", || async {
+        (post_event(ACME_KEY).await.status() == 202).then_some(())
+    })
+    .await;
+    let (_, events) = engine.get("/v1/events?limit=250").await;
+    let sent = events["data"].as_array().unwrap().len();
+    eventually(WAIT, "every accepted event delivered", || async {
+        (slow.count() >= sent).then_some(())
+    })
+    .await;
+    // Every attempt's lag is in the histogram.
+    let metrics = engine
+        .http
+        .get(engine.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = metrics
+        .lines()
+        .find(|l| l.starts_with("hookd_delivery_lag_seconds_count{tenant=\"acme\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no lag histogram for acme in {metrics}"));
+    assert!(count >= sent as f64, "{count} < {sent}");
+}

@@ -74,7 +74,8 @@ pub fn spawn_receiver() -> (Proc, String) {
 
 /// The tenant's quotas, raised so that they are not what the bench measures (32 producers
 /// exceed the default 1,000 requests/s; scenario 5 holds a million pending deliveries).
-/// Left out for an `--engine` of a release before quotas, which refuses the section.
+/// Left out for an `--engine` of another build unless `BENCH_QUOTAS=1` says it has quotas
+/// (a release before them refuses the section).
 const BENCH_QUOTAS: &str = r#"
 [quotas]
 api_requests_per_sec = 1000000
@@ -87,7 +88,8 @@ stored_bytes = 1099511627776
 /// cap (8), the engine-wide cap and the tenant's quotas generous enough that they are not what
 /// the bench measures.
 pub fn write_config(dir: &Path, data: &Path, attempt_timeout: &str) -> PathBuf {
-    let this_build = engine_binary() == Path::new(env!("CARGO_BIN_EXE_hookd"));
+    let this_build = engine_binary() == Path::new(env!("CARGO_BIN_EXE_hookd"))
+        || std::env::var_os("BENCH_QUOTAS").is_some_and(|v| v == "1");
     let quotas = if this_build { BENCH_QUOTAS } else { "" };
     let text = format!(
         r#"

@@ -80,6 +80,23 @@ impl ApiError {
         .with_retry_after(wait)
     }
 
+    /// 429 `delivery_lag_exceeded`: the tenant's deliveries trail their due time by more than
+    /// its `max_delivery_lag_secs` quota (back-pressure, `lag.rs`); nothing was written.
+    pub fn delivery_lag_exceeded(exceeded: crate::lag::LagExceeded) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "delivery_lag_exceeded",
+            format!(
+                "this tenant's deliveries start {:.1} s after they are due, over the \
+                 `max_delivery_lag_secs` quota of {} s; nothing was written, retry after the \
+                 Retry-After delay",
+                exceeded.lag.as_secs_f64(),
+                exceeded.limit.as_secs()
+            ),
+        )
+        .with_retry_after(exceeded.retry_after)
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }

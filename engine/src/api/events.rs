@@ -96,7 +96,7 @@ impl EventView {
         (status = 413, description = "The payload is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Invalid type, channel, payload depth or idempotency key; with `strict_event_types`, an undeclared type (`unknown_event_type`) or a payload failing its type's schema (`payload_schema`, naming the failing path)", body = ErrorBody),
-        (status = 429, description = "Over a quota (`quota_exceeded`, naming `deliveries_per_event`, `pending_deliveries` or `stored_bytes` with its limit and the current use; nothing was written), or over the request rate (`rate_limited`, with Retry-After)", body = ErrorBody),
+        (status = 429, description = "Over a quota (`quota_exceeded`, naming `deliveries_per_event`, `pending_deliveries` or `stored_bytes` with its limit and the current use; nothing was written), over the request rate (`rate_limited`, with Retry-After), or the tenant's deliveries trail by more than its `max_delivery_lag_secs` (`delivery_lag_exceeded`, with Retry-After; nothing was written)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "Not accepted: the data dir is short of space (`storage_full`) or read-only (`storage_read_only`), the store cannot take writes (`store_unavailable`), or hookd is shutting down (`shutting_down`)", body = ErrorBody),
     ),
@@ -169,6 +169,11 @@ pub(super) async fn admit(
     new: &NewEvent,
 ) -> Result<Reservation, ApiError> {
     let quotas = &tenant.settings().quotas;
+    state
+        .delivery
+        .lag
+        .check(&tenant.id, quotas.max_delivery_lag_secs)
+        .map_err(ApiError::delivery_lag_exceeded)?;
     let fanout = new.webhooks.len() as u64;
     QuotaExceeded::check_each("deliveries_per_event", quotas.deliveries_per_event, fanout)
         .map_err(ApiError::quota_exceeded)?;

@@ -155,6 +155,10 @@ pub struct Health {
     /// contents).
     #[serde(skip_serializing_if = "Option::is_none")]
     config: Option<crate::config::ReloadSummary>,
+    /// `/readyz` only: the largest delivery lag of any tenant now, in milliseconds — how long
+    /// after their due time attempts start (0 when every queue keeps up; names no tenant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery_lag_ms: Option<u64>,
 }
 
 /// Liveness: the process answers HTTP.
@@ -169,6 +173,7 @@ async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok",
         config: None,
+        delivery_lag_ms: None,
     })
 }
 
@@ -190,6 +195,7 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
         Ok(()) => Json(Health {
             status: "ready",
             config: Some(state.config.reload_status().into()),
+            delivery_lag_ms: Some(state.delivery.lag.worst().as_millis() as u64),
         })
         .into_response(),
         Err(crate::store::StoreError::Space(problem)) => ApiError::storage(problem).into_response(),

@@ -338,6 +338,10 @@ pub struct QuotasConfig {
     /// The tenant's weight in the fair sharing of the engine-wide delivery permits: while
     /// tenants compete, each gets permits in proportion to its weight.
     pub delivery_weight: u64,
+    /// Back-pressure: while the tenant's deliveries trail their due time by more than this
+    /// many seconds, ingest answers `429 delivery_lag_exceeded` with `Retry-After`
+    /// (`lag.rs`). 0 (the default) turns it off.
+    pub max_delivery_lag_secs: u64,
 }
 
 impl TenantConfig {

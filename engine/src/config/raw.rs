@@ -58,6 +58,7 @@ pub struct RawQuotas {
     pub plugins: Option<u64>,
     pub plugin_bytes: Option<u64>,
     pub delivery_weight: Option<u64>,
+    pub max_delivery_lag_secs: Option<u64>,
 }
 
 /// `[security]`: the key that seals webhook secrets at rest (`HOOKD_SECRET_KEY` overrides).

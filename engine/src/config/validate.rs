@@ -715,6 +715,7 @@ pub const DEFAULT_QUOTAS: QuotasConfig = QuotasConfig {
     plugins: 20,
     plugin_bytes: 128 << 20,
     delivery_weight: 1,
+    max_delivery_lag_secs: 0,
 };
 
 /// `[quotas]` or `[tenants.quotas]` over `base`; every key has a range.
@@ -725,7 +726,7 @@ fn quotas(
     base: &QuotasConfig,
 ) -> QuotasConfig {
     let mut out = base.clone();
-    let fields: [(&str, Option<u64>, &mut u64, u64, u64); 10] = [
+    let fields: [(&str, Option<u64>, &mut u64, u64, u64); 11] = [
         ("webhooks", raw.webhooks, &mut out.webhooks, 1, 1_000_000),
         (
             "secrets_per_webhook",
@@ -783,6 +784,13 @@ fn quotas(
             &mut out.delivery_weight,
             1,
             100,
+        ),
+        (
+            "max_delivery_lag_secs",
+            raw.max_delivery_lag_secs,
+            &mut out.max_delivery_lag_secs,
+            0,
+            86_400,
         ),
     ];
     for (name, value, slot, min, max) in fields {

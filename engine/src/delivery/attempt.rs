@@ -72,6 +72,7 @@ async fn try_run(
     };
     let tenant = loaded.tenant();
     let started_at = now_ms();
+    observe_lag(ctx, &loaded.tenant_id, &loaded.delivery, started_at);
     let input = AttemptInput {
         tenant,
         webhook: &loaded.webhook,
@@ -140,6 +141,15 @@ async fn try_run(
     )
     .await;
     Ok(())
+}
+
+/// Notes how long after it was due this attempt starts (`lag.rs`).
+fn observe_lag(ctx: &DeliveryContext, tenant: &str, delivery: &DeliveryRecord, started_at: u64) {
+    let due = delivery.next_attempt_at.unwrap_or(started_at);
+    let lag_ms = started_at.saturating_sub(due);
+    ctx.lag.observe(tenant, lag_ms);
+    ctx.metrics
+        .delivery_lag(tenant, Duration::from_millis(lag_ms));
 }
 
 /// What the load stage found: everything the later stages read.

@@ -48,6 +48,8 @@ pub struct DeliveryContext {
     /// For operational events, which take the same durable path as producers' events.
     pub ingest: crate::ingest::Ingest,
     pub metrics: crate::telemetry::Metrics,
+    /// Every tenant's delivery lag, observed as attempts start (read by ingest's back-pressure).
+    pub lag: crate::lag::DeliveryLag,
 }
 
 /// A response body as stored in the attempt log: control characters other than whitespace

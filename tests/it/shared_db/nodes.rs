@@ -123,6 +123,54 @@ fn by_event(received: &[Received]) -> HashMap<String, HashSet<String>> {
     events
 }
 
+/// Waits (90 s at most) until `receiver` got every event of `acked`; past that, fails with the
+/// stored state of the deliveries still missing, to say where they stopped.
+async fn all_delivered(
+    receiver: &Receiver,
+    acked: &HashSet<String>,
+    url: &str,
+    webhook: &str,
+) -> Vec<Received> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let received = receiver.received();
+        let events = by_event(&received);
+        let missing: Vec<String> = acked
+            .iter()
+            .filter(|id| !events.contains_key(*id))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return received;
+        }
+        if Instant::now() >= deadline {
+            let rows = query(
+                url,
+                &format!(
+                    "SELECT 'evt_' || replace(event_id::text, '-', '') || ' ' || status || ' attempts=' ||
+                            attempts || ' due=' || coalesce(next_attempt_at::text, '-') ||
+                            ' lease=' || coalesce(lease_node, '-') || ' until=' ||
+                            coalesce(lease_until::text, '-') || ' error=' ||
+                            coalesce(last_error, '-') || ' now=' ||
+                            (extract(epoch from clock_timestamp()) * 1000)::bigint
+                       FROM deliveries
+                      WHERE webhook_id = '{}'::uuid
+                        AND 'evt_' || replace(event_id::text, '-', '') = ANY(ARRAY['{}'])",
+                    webhook.trim_start_matches("wh_"),
+                    missing.join("','")
+                ),
+            )
+            .await;
+            let rows: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+            panic!(
+                "{} acknowledged events not delivered to {webhook} after 90 s; their deliveries: {rows:#?}",
+                missing.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Producers posting `user.created` to `base` until `stop`; 202s go into `acked`, other
 /// statuses are counted by code. A producer whose node is gone stops.
 fn produce(
@@ -170,6 +218,7 @@ async fn three_nodes_deliver_every_acknowledged_event_when_one_is_killed_mid_loa
     let mut cluster = Cluster::start(&url, 3, "max_in_flight_per_webhook = 16");
     let http = reqwest::Client::new();
     let receivers = [Receiver::start().await, Receiver::start().await];
+    let mut webhooks = Vec::new();
     for receiver in &receivers {
         // Slow enough that every node has attempts in flight when one dies.
         receiver.delay(Duration::from_millis(100));
@@ -181,6 +230,23 @@ async fn three_nodes_deliver_every_acknowledged_event_when_one_is_killed_mid_loa
         )
         .await;
         assert_eq!(status, 201, "{body}");
+        webhooks.push(body["id"].as_str().unwrap().to_string());
+    }
+    // Every node knows both webhooks before the load starts: a node fans an event out to the
+    // webhooks it knows, and hears of one created through another node by NOTIFY, a moment
+    // after its commit (events accepted in that moment do not go to it).
+    for node in 0..3 {
+        for webhook in &webhooks {
+            eventually(
+                Duration::from_secs(10),
+                "every node knows the webhooks",
+                || async {
+                    let url = format!("{}/v1/webhooks/{webhook}", cluster.base(node));
+                    (call(&http, "GET", url, None).await.0 == 200).then_some(())
+                },
+            )
+            .await;
+        }
     }
 
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -226,20 +292,8 @@ async fn three_nodes_deliver_every_acknowledged_event_when_one_is_killed_mid_loa
     }
     let acked = acked.lock().unwrap().clone();
 
-    for receiver in &receivers {
-        let received = eventually(
-            Duration::from_secs(90),
-            "every acknowledged event delivered to every webhook",
-            || async {
-                let received = receiver.received();
-                let events = by_event(&received);
-                acked
-                    .iter()
-                    .all(|id| events.contains_key(id))
-                    .then_some(received)
-            },
-        )
-        .await;
+    for (receiver, webhook) in receivers.iter().zip(&webhooks) {
+        let received = all_delivered(receiver, &acked, &url, webhook).await;
         let events = by_event(&received);
         assert!(
             events.values().all(|ids| ids.len() == 1),
@@ -582,6 +636,16 @@ async fn a_plugin_uploaded_through_node_1_runs_on_node_3_and_a_rollback_through_
     )
     .await;
     assert_eq!(status, 201, "{body}");
+    let webhook = body["id"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(10),
+        "node 3 knows the webhook",
+        || async {
+            let url = format!("{}/v1/webhooks/{webhook}", cluster.base(2));
+            (call(&http, "GET", url, None).await.0 == 200).then_some(())
+        },
+    )
+    .await;
 
     // Node 3 heard of the upload, compiled version 2 and runs it.
     wait_for_plugin_version(&http, cluster.base(2), "stage", 2).await;

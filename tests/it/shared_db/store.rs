@@ -348,3 +348,67 @@ async fn the_database_holds_webhook_secrets_only_sealed_and_another_key_does_not
         Err(StoreError::Secret { .. })
     ));
 }
+
+/// Records the plugins a node's store says changed.
+#[derive(Default)]
+struct HeardPlugins(std::sync::Mutex<Vec<(String, String)>>);
+
+impl hookd::store::PluginListener for HeardPlugins {
+    fn plugin_changed(&self, tenant: &str, name: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((tenant.to_string(), name.to_string()));
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_missed_a_plugin_notification_hears_of_it_from_the_heads_comparison() {
+    let url = fresh_database();
+    let keyring = Arc::new(Keyring::random());
+    let (one, two) = (
+        node(&url, "30s", &keyring).await,
+        node(&url, "30s", &keyring).await,
+    );
+    let bytes = b"a component".to_vec();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    one.put_plugin_version(
+        "acme",
+        "p",
+        &sha,
+        &bytes,
+        "abc",
+        hookd::store::PluginStage::Current,
+    )
+    .await
+    .unwrap();
+    // Node two had no listener when the NOTIFY came: it missed it.
+    let heard = Arc::new(HeardPlugins::default());
+    two.set_plugin_listener(heard.clone());
+    let started = Instant::now();
+    let within = Duration::from_secs(15);
+    while !heard
+        .0
+        .lock()
+        .unwrap()
+        .contains(&("acme".into(), "p".into()))
+    {
+        assert!(
+            started.elapsed() < within,
+            "the heads comparison did not announce the plugin within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "heard from the heads comparison after {:?}",
+        started.elapsed()
+    );
+    let head = two.plugin_head("acme", "p").await.unwrap().unwrap();
+    assert_eq!(head.current.sha256, sha);
+    assert_eq!(
+        two.plugin_bytes("acme", "p", head.current.id)
+            .await
+            .unwrap(),
+        Some(bytes)
+    );
+}
