@@ -439,7 +439,7 @@ pub fn encode_record(kind: RecordKind, slots: &[Slot], meta: &[u8], payload: &[u
 // ---- delivery slots -------------------------------------------------------------------------
 
 /// Last error codes kept in a slot as one byte; any other code reads from the last attempt.
-const ERROR_CODES: [&str; 24] = [
+const ERROR_CODES: [&str; 27] = [
     "",
     "http_status",
     "timeout",
@@ -464,6 +464,9 @@ const ERROR_CODES: [&str; 24] = [
     "plugin_invalid_event",
     "invalid_method",
     "filtered",
+    "response_verdict",
+    "plugin_not_found",
+    "plugin_version_not_found",
 ];
 /// The byte of a last error that is not in [`ERROR_CODES`].
 const ERROR_OTHER: u8 = 0xff;
@@ -953,6 +956,21 @@ mod tests {
         for start in 0..payload.len() {
             assert!(RecordHeader::decode(&payload[start..]).is_none());
         }
+    }
+
+    #[test]
+    fn the_plugin_and_response_error_codes_are_kept_in_the_slot() {
+        for code in [
+            "response_verdict",
+            "plugin_not_found",
+            "plugin_version_not_found",
+            "http_status",
+        ] {
+            let error = SlotError::of(Some(code));
+            assert_eq!(error, SlotError::Known(code));
+            assert_eq!(SlotError::from_byte(error.byte()), SlotError::Known(code));
+        }
+        assert_eq!(SlotError::of(Some("something_new")), SlotError::Other);
     }
 
     #[test]
