@@ -3,13 +3,16 @@
 //! with serde_json, and of compiling a plugin (cold cache) against loading it from the compile
 //! cache, with PASS/FAIL for the target (chain ≤ native + 50 µs per call). Run with
 //! `cargo bench -p hookd --bench plugin`; needs `plugins/dist/` (run
-//! `plugins/build.sh`).
+//! `plugins/build.sh`). For a profile of one phase, `PLUGIN_BENCH_ONLY=hot` (the back-to-back
+//! calls) or `PLUGIN_BENCH_ONLY=cold` (the calls after idle) skips the compile figures and the
+//! other phase; `PLUGIN_BENCH_CALLS` / `PLUGIN_BENCH_COLD_CALLS` set how many calls are measured.
 #![allow(clippy::print_stdout)] // A benchmark reports on stdout.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hookd::plugin::{ChainOutcome, ChainStep, PluginHost, PluginRequest, PluginSettings};
+use tempfile::TempDir;
 use serde_json::{Value, json};
 
 #[path = "shared/reshape.rs"]
@@ -23,8 +26,8 @@ const COMPONENT: &str = concat!(
 /// Calls measured per figure (`PLUGIN_BENCH_CALLS` overrides it, e.g. for a longer profile).
 const DEFAULT_CALLS: usize = 2000;
 const COMPILES: usize = 5;
-/// Calls measured one at a time after [`COLD_IDLE`].
-const COLD_CALLS: usize = 200;
+/// Calls measured one at a time after [`COLD_IDLE`] (`PLUGIN_BENCH_COLD_CALLS` overrides it).
+const DEFAULT_COLD_CALLS: usize = 200;
 /// Idle time before each cold call (a quiet engine at 100 deliveries/s).
 const COLD_IDLE: Duration = Duration::from_millis(10);
 const CACHED_LOADS: usize = 20;
@@ -80,90 +83,155 @@ fn request(body: &Bytes) -> PluginRequest {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let wasm = std::fs::read(COMPONENT)
-        .map_err(|e| format!("{COMPONENT}: {e} (run plugins/build.sh first)"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let settings = PluginSettings::default();
-    let calls: usize = std::env::var("PLUGIN_BENCH_CALLS")
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// A count from the environment, or `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(DEFAULT_CALLS);
-    println!(
-        "plugin bench: reshape-transform ({} bytes), RUST_BACKTRACE={}",
-        wasm.len(),
-        std::env::var("RUST_BACKTRACE").unwrap_or_default()
-    );
+        .unwrap_or(default)
+}
 
-    runtime.block_on(async {
-        // Compile time: each sample installs into a fresh state dir (empty compile cache).
-        let mut compiles = Vec::new();
-        for _ in 0..COMPILES {
-            let dir = tempfile::tempdir()?;
-            let host = PluginHost::open(dir.path(), settings.clone())?;
-            let started = Instant::now();
-            host.install("bench", "reshape", wasm.clone()).await?;
-            compiles.push(started.elapsed());
-            assert_eq!(host.compile_count(), 1);
+/// Which phases run: all of them, or only `hot` / `cold` (`PLUGIN_BENCH_ONLY`, for profiles).
+struct Phases {
+    compile: bool,
+    hot: bool,
+    cold: bool,
+}
+
+impl Phases {
+    fn from_env() -> Self {
+        match std::env::var("PLUGIN_BENCH_ONLY").as_deref() {
+            Ok("hot") => Self {
+                compile: false,
+                hot: true,
+                cold: false,
+            },
+            Ok("cold") => Self {
+                compile: false,
+                hot: false,
+                cold: true,
+            },
+            _ => Self {
+                compile: true,
+                hot: true,
+                cold: true,
+            },
         }
+    }
+}
 
-        // Cached load: install the same bytes again on a host whose cache has them, and
-        // reopen a state dir holding the plugin (engine creation included).
+fn pass(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "FAIL" }
+}
+
+/// Compile time (each sample installs into a fresh state dir: empty compile cache), cached
+/// loads (the same bytes installed again) and host reopens (engine creation included).
+async fn compile_figures(wasm: &[u8], settings: &PluginSettings) -> BenchResult<()> {
+    let mut compiles = Vec::new();
+    for _ in 0..COMPILES {
         let dir = tempfile::tempdir()?;
         let host = PluginHost::open(dir.path(), settings.clone())?;
-        host.install("bench", "reshape", wasm.clone()).await?;
-        let mut cached = Vec::new();
-        for i in 0..CACHED_LOADS {
-            let started = Instant::now();
-            host.install("bench", &format!("copy{i}"), wasm.clone())
-                .await?;
-            cached.push(started.elapsed());
-        }
+        let started = Instant::now();
+        host.install("bench", "reshape", wasm.to_vec()).await?;
+        compiles.push(started.elapsed());
         assert_eq!(host.compile_count(), 1);
-        for i in 0..CACHED_LOADS {
-            host.remove("bench", &format!("copy{i}")).await;
-        }
-        drop(host);
-        let mut reopens = Vec::new();
-        for _ in 0..5 {
-            let started = Instant::now();
-            let reopened = PluginHost::open(dir.path(), settings.clone())?;
-            reopens.push(started.elapsed());
-            assert_eq!(reopened.compile_count(), 0);
-        }
+    }
+    let dir = tempfile::tempdir()?;
+    let host = PluginHost::open(dir.path(), settings.clone())?;
+    host.install("bench", "reshape", wasm.to_vec()).await?;
+    let mut cached = Vec::new();
+    for i in 0..CACHED_LOADS {
+        let started = Instant::now();
+        host.install("bench", &format!("copy{i}"), wasm.to_vec())
+            .await?;
+        cached.push(started.elapsed());
+    }
+    assert_eq!(host.compile_count(), 1);
+    for i in 0..CACHED_LOADS {
+        host.remove("bench", &format!("copy{i}")).await;
+    }
+    drop(host);
+    let mut reopens = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let reopened = PluginHost::open(dir.path(), settings.clone())?;
+        reopens.push(started.elapsed());
+        assert_eq!(reopened.compile_count(), 0);
+    }
+    println!(
+        "compile (install, cold cache, {COMPILES} samples):  median {:?}",
+        median(compiles)
+    );
+    println!(
+        "cached load (install, warm cache, {CACHED_LOADS} samples): median {:?}",
+        median(cached)
+    );
+    println!(
+        "reopen host with 1 plugin (engine + cached load): median {:?}",
+        median(reopens)
+    );
+    Ok(())
+}
 
-        // Per call: a one-step transform chain, fresh store + instance every call.
+/// The measured host: one state dir with the plugin installed as `reshape`.
+struct Bench {
+    host: PluginHost,
+    settings: PluginSettings,
+    chain: [ChainStep; 1],
+    body: Bytes,
+    _dir: TempDir,
+}
+
+impl Bench {
+    async fn new(wasm: &[u8], settings: &PluginSettings) -> BenchResult<Self> {
+        let dir = tempfile::tempdir()?;
         let host = PluginHost::open(dir.path(), settings.clone())?;
-        let body = body();
-        let chain = [ChainStep {
-            name: "reshape".into(),
-            config: json!({"redact": ["password"], "shape": "flat"}).to_string(),
-            version: None,
-        }];
+        host.install("bench", "reshape", wasm.to_vec()).await?;
+        Ok(Self {
+            host,
+            settings: settings.clone(),
+            chain: [ChainStep {
+                name: "reshape".into(),
+                config: json!({"redact": ["password"], "shape": "flat"}).to_string(),
+                version: None,
+            }],
+            body: body(),
+            _dir: dir,
+        })
+    }
+
+    /// One chain run (fresh store + instance, as in production): its wall time, CPU time and
+    /// output body.
+    async fn run(&self) -> BenchResult<(Duration, Duration, Bytes)> {
+        let started = Instant::now();
+        let run = self
+            .host
+            .run_chain("bench", &self.chain, request(&self.body), &self.settings)
+            .await;
+        let elapsed = started.elapsed();
+        match run.outcome {
+            ChainOutcome::Deliver(out) => Ok((elapsed, run.cpu, out.body)),
+            other => Err(format!("unexpected outcome {other:?}").into()),
+        }
+    }
+
+    /// Back to back: chain and native medians, and the hot PASS/FAIL line.
+    async fn hot(&self, calls: usize) -> BenchResult<()> {
         let mut wasm_calls = Vec::with_capacity(calls);
-        let mut expected = None;
+        let mut plugin_out = None;
         for i in 0..calls + 100 {
-            let started = Instant::now();
-            let run = host
-                .run_chain("bench", &chain, request(&body), &settings)
-                .await;
-            let elapsed = started.elapsed();
-            let ChainOutcome::Deliver(out) = run.outcome else {
-                return Err(format!("unexpected outcome {:?}", run.outcome).into());
-            };
-            expected.get_or_insert(out.body);
+            let (elapsed, _, out) = self.run().await?;
+            plugin_out.get_or_insert(out);
             if i >= 100 {
                 wasm_calls.push(elapsed);
             }
         }
-
         let mut native_calls = Vec::with_capacity(calls);
         for i in 0..calls + 100 {
             let started = Instant::now();
-            let out = std::hint::black_box(native_reshape(std::hint::black_box(&body)));
+            let out = std::hint::black_box(native_reshape(std::hint::black_box(&self.body)));
             let elapsed = started.elapsed();
             if out.is_none() {
                 return Err("native reshape failed".into());
@@ -172,82 +240,93 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 native_calls.push(elapsed);
             }
         }
-        // The same one call at a time after 10 ms idle, as a quiet engine runs them: caches,
-        // TLBs and branch predictors have been used by other work in between.
-        let mut cold_chain = Vec::with_capacity(COLD_CALLS);
-        let mut cold_chain_cpu = Vec::with_capacity(COLD_CALLS);
-        let mut cold_native = Vec::with_capacity(COLD_CALLS);
-        for _ in 0..COLD_CALLS {
-            tokio::time::sleep(COLD_IDLE).await;
-            let started = Instant::now();
-            let run = host
-                .run_chain("bench", &chain, request(&body), &settings)
-                .await;
-            cold_chain.push(started.elapsed());
-            cold_chain_cpu.push(run.cpu);
-            tokio::time::sleep(COLD_IDLE).await;
-            let started = Instant::now();
-            std::hint::black_box(native_reshape(std::hint::black_box(&body)));
-            cold_native.push(started.elapsed());
-        }
-
-        let plugin_out: Value = serde_json::from_slice(expected.as_deref().unwrap_or_default())?;
-        let native_out: Value = serde_json::from_slice(&native_reshape(&body).unwrap_or_default())?;
+        let plugin_out: Value = serde_json::from_slice(plugin_out.as_deref().unwrap_or_default())?;
+        let native_out: Value =
+            serde_json::from_slice(&native_reshape(&self.body).unwrap_or_default())?;
         if plugin_out != native_out {
             println!("note: native and plugin outputs differ:\n  {plugin_out}\n  {native_out}");
         }
-
-        println!("body {} bytes, {calls} calls each", body.len());
-        let (chain_median, native_median) = (median(wasm_calls.clone()), median(native_calls.clone()));
+        println!("body {} bytes, {calls} calls each", self.body.len());
+        let (chain_median, native_median) =
+            (median(wasm_calls.clone()), median(native_calls.clone()));
         println!(
-            "transform chain via run_chain (fresh store+instance per call): median {:?}, p90 {:?}",
-            chain_median,
+            "transform chain via run_chain (fresh store+instance per call): median {chain_median:?}, p90 {:?}",
             percentile(wasm_calls, 0.9)
         );
         println!(
-            "same reshape in native Rust (serde_json):                    median {:?}, p90 {:?}",
-            median(native_calls.clone()),
+            "same reshape in native Rust (serde_json):                    median {native_median:?}, p90 {:?}",
             percentile(native_calls, 0.9)
-        );
-        let (cold_chain_median, cold_native_median) =
-            (median(cold_chain_cpu.clone()), median(cold_native));
-        println!(
-            "cold: the chain after {COLD_IDLE:?} idle, {COLD_CALLS} calls:             median {:?} wall, {cold_chain_median:?} CPU",
-            median(cold_chain),
-        );
-        println!(
-            "cold: native reshape after {COLD_IDLE:?} idle:                      median {cold_native_median:?}"
-        );
-        println!(
-            "compile (install, cold cache, {COMPILES} samples):  median {:?}",
-            median(compiles)
-        );
-        println!(
-            "cached load (install, warm cache, {CACHED_LOADS} samples): median {:?}",
-            median(cached)
-        );
-        println!(
-            "reopen host with 1 plugin (engine + cached load): median {:?}",
-            median(reopens)
         );
         let added = chain_median.saturating_sub(native_median);
         println!(
             "{} plugin cost per call: chain median {chain_median:?} - native median {native_median:?} = {added:?} <= 50 µs",
-            if added <= Duration::from_micros(50) {
-                "PASS"
-            } else {
-                "FAIL"
-            }
+            pass(added <= Duration::from_micros(50))
         );
-        let cold_added = cold_chain_median.saturating_sub(cold_native_median);
+        Ok(())
+    }
+
+    /// One call at a time after 10 ms idle, as a quiet engine runs them (caches, TLBs and
+    /// branch predictors have been used by other work in between), and the cold PASS/FAIL line.
+    async fn cold(&self, calls: usize) -> BenchResult<()> {
+        let mut chain_wall = Vec::with_capacity(calls);
+        let mut chain_cpu = Vec::with_capacity(calls);
+        let mut native = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            tokio::time::sleep(COLD_IDLE).await;
+            let (elapsed, cpu, _) = self.run().await?;
+            chain_wall.push(elapsed);
+            chain_cpu.push(cpu);
+            tokio::time::sleep(COLD_IDLE).await;
+            let started = Instant::now();
+            std::hint::black_box(native_reshape(std::hint::black_box(&self.body)));
+            native.push(started.elapsed());
+        }
+        let (chain_median, native_median) = (median(chain_cpu), median(native));
         println!(
-            "{} plugin cost per call, cold (one call after {COLD_IDLE:?} idle): chain CPU median {cold_chain_median:?} - native median {cold_native_median:?} = {cold_added:?} <= 50 µs",
-            if cold_added <= Duration::from_micros(50) {
-                "PASS"
-            } else {
-                "FAIL"
-            }
+            "cold: the chain after {COLD_IDLE:?} idle, {calls} calls:             median {:?} wall, {chain_median:?} CPU",
+            median(chain_wall),
         );
-        Ok::<(), Box<dyn std::error::Error>>(())
+        println!(
+            "cold: native reshape after {COLD_IDLE:?} idle:                      median {native_median:?}"
+        );
+        let added = chain_median.saturating_sub(native_median);
+        println!(
+            "{} plugin cost per call, cold (one call after {COLD_IDLE:?} idle): chain CPU median {chain_median:?} - native median {native_median:?} = {added:?} <= 50 µs",
+            pass(added <= Duration::from_micros(50))
+        );
+        Ok(())
+    }
+}
+
+fn main() -> BenchResult<()> {
+    let wasm = std::fs::read(COMPONENT)
+        .map_err(|e| format!("{COMPONENT}: {e} (run plugins/build.sh first)"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let settings = PluginSettings::default();
+    let phases = Phases::from_env();
+    println!(
+        "plugin bench: reshape-transform ({} bytes), RUST_BACKTRACE={}",
+        wasm.len(),
+        std::env::var("RUST_BACKTRACE").unwrap_or_default()
+    );
+    runtime.block_on(async {
+        if phases.compile {
+            compile_figures(&wasm, &settings).await?;
+        }
+        let bench = Bench::new(&wasm, &settings).await?;
+        if phases.hot {
+            bench
+                .hot(env_count("PLUGIN_BENCH_CALLS", DEFAULT_CALLS))
+                .await?;
+        }
+        if phases.cold {
+            bench
+                .cold(env_count("PLUGIN_BENCH_COLD_CALLS", DEFAULT_COLD_CALLS))
+                .await?;
+        }
+        Ok(())
     })
 }
