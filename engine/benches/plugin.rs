@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hookd::plugin::{ChainOutcome, ChainStep, PluginHost, PluginRequest, PluginSettings};
-use tempfile::TempDir;
 use serde_json::{Value, json};
+use tempfile::TempDir;
 
 #[path = "shared/reshape.rs"]
 mod reshape;

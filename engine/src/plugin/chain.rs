@@ -146,7 +146,11 @@ impl PluginCall {
     ) -> Self {
         Self {
             plugin: step.name.clone(),
-            version: plugin.sha256.chars().take(VERSION_LABEL_DIGITS).collect(),
+            version: plugin
+                .sha256
+                .get(..VERSION_LABEL_DIGITS)
+                .unwrap_or(&plugin.sha256)
+                .to_owned(),
             outcome,
             duration: started.elapsed(),
         }

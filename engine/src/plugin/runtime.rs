@@ -266,7 +266,7 @@ pub(crate) struct Runtime {
     fuel_enabled: bool,
     pool: PluginPool,
     ticker: EpochTicker,
-    random_key: [u8; 32],
+    random_key: sandbox::RandomKey,
 }
 
 /// The small dedicated thread pool (one thread per core, at most [`MAX_POOL_THREADS`]) where
@@ -405,12 +405,12 @@ impl Runtime {
             fuel_enabled,
             pool: PluginPool::new()?,
             ticker,
-            random_key,
+            random_key: sandbox::RandomKey::new(&random_key),
         })
     }
 
     /// The key plugins' random numbers are derived from (with the delivery id).
-    pub(crate) fn random_key(&self) -> &[u8; 32] {
+    pub(crate) fn random_key(&self) -> &sandbox::RandomKey {
         &self.random_key
     }
 

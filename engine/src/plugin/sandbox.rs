@@ -322,15 +322,26 @@ pub(crate) struct SandboxParams<'a> {
     pub logs: SharedLogs,
     pub signing_secret: Arc<[u8]>,
     /// The host's secret the random seeds are derived from.
-    pub random_key: &'a [u8; 32],
+    pub random_key: &'a RandomKey,
 }
 
-/// A 32-byte seed: HMAC-SHA256 under `key` of `label` and the delivery id.
-fn random_seed(key: &[u8; 32], label: &[u8], delivery_id: &str) -> [u8; 32] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(label);
-    mac.update(delivery_id.as_bytes());
-    mac.finalize().into_bytes().into()
+/// The host's secret the plugins' random seeds are derived from, keyed once: HMAC-SHA256's
+/// key schedule (two of the four compressions of a short message) is not redone per store.
+#[derive(Clone)]
+pub(crate) struct RandomKey(Hmac<Sha256>);
+
+impl RandomKey {
+    pub(crate) fn new(key: &[u8; 32]) -> Self {
+        Self(Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length"))
+    }
+
+    /// A 32-byte seed: HMAC-SHA256 under the key of `label` and the delivery id.
+    fn seed(&self, label: &[u8], delivery_id: &str) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(label);
+        mac.update(delivery_id.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
 }
 
 impl StoreState {
@@ -338,16 +349,12 @@ impl StoreState {
     /// stdout/stderr captured; deterministic clocks and randomness.
     pub(crate) fn new(params: SandboxParams<'_>) -> Self {
         let clock = VirtualClock::new(params.attempt_time_ms);
-        let seed = random_seed(
-            params.random_key,
-            b"hookd plugin random v2\0",
-            params.delivery_id,
-        );
-        let insecure_seed = random_seed(
-            params.random_key,
-            b"hookd plugin insecure random v2\0",
-            params.delivery_id,
-        );
+        let seed = params
+            .random_key
+            .seed(b"hookd plugin random v2\0", params.delivery_id);
+        let insecure_seed = params
+            .random_key
+            .seed(b"hookd plugin insecure random v2\0", params.delivery_id);
         let mut seed_bytes = [0u8; 16];
         seed_bytes.copy_from_slice(&insecure_seed[..16]);
 
@@ -656,6 +663,20 @@ mod tests {
     }
 
     #[test]
+    fn random_seeds_are_the_hmac_of_label_and_delivery_id() {
+        let key = [7u8; 32];
+        let expected: [u8; 32] = Hmac::<Sha256>::new_from_slice(&key)
+            .map(|m| m.chain_update(b"label").chain_update(b"dlv_1").finalize())
+            .map(|out| out.into_bytes().into())
+            .unwrap_or_default();
+        let random_key = RandomKey::new(&key);
+        assert_eq!(random_key.seed(b"label", "dlv_1"), expected);
+        // Keyed once, used many times: every seed starts from the same keyed state.
+        assert_eq!(random_key.seed(b"label", "dlv_1"), expected);
+        assert_ne!(random_key.seed(b"label", "dlv_2"), expected);
+    }
+
+    #[test]
     fn mac_is_lent_only_during_a_sign_hook() {
         use signing_key::Host as _;
         let mut state = StoreState::new(SandboxParams {
@@ -665,7 +686,7 @@ mod tests {
             memory_limit_bytes: 1 << 20,
             logs: Arc::new(Mutex::new(LogBuffer::new(100))),
             signing_secret: Arc::from(&b"key"[..]),
-            random_key: &[0; 32],
+            random_key: &RandomKey::new(&[0; 32]),
         });
         let alg = signing_key::MacAlgorithm::HmacSha256;
         assert!(state.mac(alg, b"data".to_vec()).is_err());
