@@ -290,6 +290,26 @@ async fn promote_makes_the_candidate_current_and_discard_drops_it() {
         report["compared"], 0,
         "a discarded candidate runs no more: {report}"
     );
+
+    // A rollback to the candidate's version promotes it too.
+    let rolled = distinct(&wasm("json-filter"), "rolled");
+    let (status, started) = put_candidate(&engine, "kinds", rolled, 50).await;
+    assert_eq!(
+        (status, started["candidate_version"].clone()),
+        (202, json!(4))
+    );
+    let (status, body) = engine
+        .post("/v1/plugins/kinds/rollback", json!({"version": 4}))
+        .await;
+    assert_eq!(
+        (status, body["version_id"].clone()),
+        (200, json!(4)),
+        "{body}"
+    );
+    let (_, report) = engine.get("/v1/plugins/kinds/shadow").await;
+    assert_eq!(report["state"], "promoted", "{report}");
+    let (status, body) = engine.post("/v1/plugins/kinds/promote", json!({})).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("no_candidate")));
 }
 
 #[tokio::test]
