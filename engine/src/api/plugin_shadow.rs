@@ -33,6 +33,7 @@ pub enum UploadStage {
 pub struct UploadQuery {
     /// `candidate`: store the upload as the plugin's candidate and shadow it (the current
     /// version keeps serving); `current` (default): make it current.
+    #[param(inline)]
     pub stage: Option<UploadStage>,
     /// With `stage=candidate`: how many of the next attempts of webhooks using the plugin run
     /// the candidate beside it (1–10000, default 100).

@@ -367,6 +367,14 @@ impl PluginHost {
             },
         );
         tracing::info!(%tenant, plugin = %name, version_id = version, "plugin rolled back");
+        drop(_publishing);
+        // A rollback to the candidate promotes it: its shadow run ends as such.
+        self.end_shadow(tenant, name, version, crate::store::ShadowState::Promoted)
+            .await
+            .map_err(|e| match e {
+                super::ShadowError::Load(e) => e,
+                other => PluginLoadError::Storage(other.to_string()),
+            })?;
         Ok(info)
     }
 

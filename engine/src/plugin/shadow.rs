@@ -386,9 +386,8 @@ impl PluginHost {
         quota: Option<PluginQuota>,
     ) -> Result<PluginInfo, ShadowError> {
         let candidate = self.candidate_of(tenant, name).await?;
+        // The rollback path ends the candidate's shadow run as promoted.
         let info = self.rollback(tenant, name, candidate, quota).await?;
-        self.end_shadow(tenant, name, candidate, ShadowState::Promoted)
-            .await?;
         tracing::info!(%tenant, plugin = %name, version_id = candidate, "candidate promoted");
         Ok(info)
     }
@@ -414,7 +413,9 @@ impl PluginHost {
         head.candidate.map(|c| c.id).ok_or(ShadowError::NoCandidate)
     }
 
-    async fn end_shadow(
+    /// Stops comparing `candidate` here and ends its open run in the store as `state` (a
+    /// no-op for a version that is not an open run's candidate).
+    pub(super) async fn end_shadow(
         &self,
         tenant: &str,
         name: &str,

@@ -561,7 +561,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Counts one attempt compared with `candidate` ([`ShadowSummary::count`], atomically with
     /// every node's), keeping the case if it is one of the first differing ones. Like
     /// [`Store::record_attempts`], it may return before the write is durable (a lost case only
-    /// means one fewer attempt compared).
+    /// means one fewer attempt compared). The last planned attempt tells the
+    /// [`PluginListener`] (every node stops comparing).
     async fn record_plugin_shadow(
         &self,
         tenant: &str,

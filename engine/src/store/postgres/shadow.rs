@@ -111,7 +111,7 @@ pub(super) async fn record(
             return PgResult::Ok(ShadowRecorded::NotRunning);
         };
         let recorded = summary.count(candidate, case, now_ms());
-        let ShadowRecorded::Counted { keep, .. } = recorded else {
+        let ShadowRecorded::Counted { keep, complete } = recorded else {
             return PgResult::Ok(recorded);
         };
         if keep {
@@ -124,8 +124,17 @@ pub(super) async fn record(
             .await?;
         }
         write_summary(&tx, tenant, name, &summary).await?;
+        if complete {
+            // Every node stops comparing.
+            notify::send_plugin_changed(&tx, &store.inner.node, tenant, name).await?;
+        }
         tx.commit().await?;
         PgResult::Ok(recorded)
+    })
+    .inspect(|recorded| {
+        if matches!(recorded, ShadowRecorded::Counted { complete: true, .. }) {
+            changed(store, tenant, name);
+        }
     })
 }
 

@@ -100,7 +100,7 @@ impl SledStore {
             return Ok(ShadowRecorded::NotRunning);
         };
         let recorded = summary.count(candidate, case, now_ms());
-        let ShadowRecorded::Counted { keep, .. } = recorded else {
+        let ShadowRecorded::Counted { keep, complete } = recorded else {
             return Ok(recorded);
         };
         let mut batch = sled::Batch::default();
@@ -111,6 +111,10 @@ impl SledStore {
         }
         batch.insert(summary_key(tenant, name), encode(&summary));
         catalogue.tree.apply_batch(batch)?;
+        if complete {
+            // Every node stops comparing.
+            catalogue.changed(tenant, name);
+        }
         Ok(recorded)
     }
 
