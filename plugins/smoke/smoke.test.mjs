@@ -1,5 +1,6 @@
 // Guest-side smoke test of plugins/dist/*.wasm without the hookd host: checks each
-// component's imports and exports with `jco wit`, then runs it in Node (transpiled by
+// component's imports and exports with `jco wit` (0.1.0 components, and the 0.2.0 ones that add
+// `on-response`), then runs it in Node (transpiled by
 // `jco transpile`, WASI from preview2-shim, hookd imports from host-stubs.mjs) and checks the
 // behaviour STATUS.md documents. Node's WASI is not hookd's sandbox: limits and denials are
 // the host's tests. Run after ./build.sh:
@@ -80,11 +81,61 @@ test('each component exports meta plus exactly its hooks', () => {
     const exports = world(name).exports.filter((e) => e !== 'exports');
     assert.deepEqual(exports.sort(), HOOKD(['meta', ...list]).sort(), name);
   }
+  // 0.2.0 components: 0.1.0's meta (and hooks) plus `on-response` of 0.2.0, and no other
+  // import than 0.1.0's host interfaces and WASI.
+  const v2 = { 'body-says-ok': [], 'response-probe': ['filter'] };
+  for (const [name, list] of Object.entries(v2)) {
+    const { imports, exports } = world(name);
+    assert.deepEqual(exports.sort(), [...HOOKD(['meta', ...list]), 'hookd:plugin/on-response@0.2.0'].sort(), name);
+    assert.ok(imports.every((i) => i.startsWith('wasi:') || i.endsWith('@0.1.0')), `${name}: ${imports}`);
+  }
+  assert.deepEqual(world('json-filter-next').exports.sort(), HOOKD(['meta', 'filter']).sort());
   assert.deepEqual(world('wrong-world').exports, ['acme:thing/runner@1.0.0']);
   assert.ok(world('bad-import').imports.includes('evil:net/socket@0.1.0'));
   assert.ok(world('github-signer').imports.includes('hookd:plugin/signing-key@0.1.0'));
   assert.ok(!world('json-filter').imports.includes('hookd:plugin/signing-key@0.1.0'));
   assert.ok(world('sandbox-probe').imports.some((i) => i.startsWith('wasi:sockets/tcp@')));
+});
+
+test('json-filter-next drops the last allowed value (the shadow-run candidate)', async () => {
+  const config = JSON.stringify({ path: 'data.kind', allowed: ['a', 'b', 'c'] });
+  const m = await instance('json-filter-next');
+  assert.equal(m.filter.filter(config, event({ kind: 'a' })), 'deliver');
+  assert.equal(m.filter.filter(config, event({ kind: 'b' })), 'deliver');
+  assert.equal(m.filter.filter(config, event({ kind: 'c' })), 'drop');
+  assert.equal(m.meta.validateConfig(config), undefined);
+});
+
+/** A receiver's answer as the `on-response` hook gets it. */
+function answer(status, body, headers = []) {
+  const bytes = enc.encode(typeof body === 'string' ? body : JSON.stringify(body));
+  return { status, headers, body: bytes, bodyTruncated: false };
+}
+
+test('body-says-ok decides from the status and the body (on-response, 0.2.0)', async () => {
+  const m = await instance('body-says-ok');
+  const hook = (config, response) => m.onResponse.onResponse(JSON.stringify(config), event({}), response);
+  assert.deepEqual(m.meta.describe().hooks, ['on-response']);
+  assert.deepEqual(hook({}, answer(500, { ok: true })), { tag: 'delivered' });
+  assert.deepEqual(hook({ retry_after: 60 }, answer(200, { ok: false })), { tag: 'retry', val: 60 });
+  assert.deepEqual(hook({ retry_after: 5 }, answer(200, { ok: false }, [['retry-after', '90']])), { tag: 'retry', val: 90 });
+  assert.equal(hook({ fail: [422] }, answer(422, {})).tag, 'fail');
+  const disabled = hook({ disable: [403] }, answer(403, { error: 'account closed' }));
+  assert.equal(disabled.tag, 'disable');
+  assert.match(disabled.val, /403.*account closed/);
+  assert.deepEqual(hook({}, answer(200, 'not json')), { tag: 'default' });
+  assert.equal(failure(() => hook({ nope: 1 }, answer(200, {}))).tag, 'invalid-config');
+});
+
+test('response-probe returns the decision its config names', async () => {
+  const m = await instance('response-probe');
+  const hook = (config) => m.onResponse.onResponse(JSON.stringify(config), event({}), answer(200, {}));
+  assert.equal(m.filter.filter('{}', event({})), 'deliver');
+  assert.deepEqual(hook({ do: 'delivered' }), { tag: 'delivered' });
+  assert.deepEqual(hook({ do: 'retry', after: 5 }), { tag: 'retry', val: 5 });
+  assert.deepEqual(hook({}), { tag: 'default' });
+  assert.equal(hook({ do: 'fail', message: 'why' }).tag, 'fail');
+  assert.equal(failure(() => hook({ do: 'error' })).tag, 'internal');
 });
 
 for (const name of ['json-filter', 'js-filter', 'py-filter']) {

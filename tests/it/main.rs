@@ -24,6 +24,7 @@ mod openapi;
 mod ops;
 mod plugin_fairness;
 mod plugin_limits;
+mod plugin_shadow;
 mod plugin_versions;
 mod plugins;
 mod query_params;

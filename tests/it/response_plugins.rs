@@ -327,3 +327,57 @@ async fn components_of_0_1_0_and_0_2_0_run_on_one_chain() {
         assert_eq!(body["data"]["card"], "[REDACTED]", "the transform ran");
     }
 }
+
+#[tokio::test]
+async fn a_test_send_reports_the_response_plugins_decision_without_applying_it() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    install(&engine, "says-ok", "body-says-ok").await;
+    let webhook = engine
+        .create_webhook(json!({"url": receiver.url,
+            "plugins": [{"name": "says-ok", "config": {"disable": [403]}}]}))
+        .await;
+    let test = format!("/v1/webhooks/{}/test", webhook["id"].as_str().unwrap());
+
+    // A 200 whose body says not ok: not delivered, by the plugin's verdict.
+    receiver.respond_json(200, json!({"ok": false}));
+    let (status, outcome) = engine.post(&test, json!({})).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["status_code"], 200);
+    assert_eq!(outcome["delivered"], false, "{outcome}");
+    assert_eq!(outcome["verdict_by"], "plugin:says-ok");
+    assert_eq!(outcome["response_decision"], "retry");
+    assert_eq!(outcome["error_code"], "response_verdict");
+    assert_eq!(outcome["error_message"], "plugin:says-ok asked to retry");
+
+    // A 500 whose body says ok: delivered by the plugin, the status still shown.
+    receiver.respond_json(500, json!({"ok": true}));
+    let (_, outcome) = engine.post(&test, json!({})).await;
+    assert_eq!(outcome["status_code"], 500);
+    assert_eq!(outcome["delivered"], true, "{outcome}");
+    assert_eq!(outcome["response_decision"], "delivered");
+    assert_eq!(outcome["error_code"], "http_status");
+
+    // `disable` is reported, not applied: the webhook stays active.
+    receiver.respond_json(403, json!({"error": "account closed"}));
+    let (_, outcome) = engine.post(&test, json!({})).await;
+    assert_eq!(outcome["delivered"], false);
+    assert_eq!(outcome["response_decision"], "disable", "{outcome}");
+    let (_, after) = engine
+        .get(&format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(after["status"], "active", "{after}");
+
+    // A webhook without a response plugin answers as before: no verdict fields.
+    let plain = engine.create_webhook(json!({"url": receiver.url})).await;
+    receiver.respond_json(200, json!({"ok": false}));
+    let (_, outcome) = engine
+        .post(
+            &format!("/v1/webhooks/{}/test", plain["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(outcome["delivered"], true, "{outcome}");
+    assert!(outcome.get("verdict_by").is_none(), "{outcome}");
+    assert_eq!(receiver.count(), 4);
+}

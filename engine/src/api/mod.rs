@@ -15,6 +15,7 @@ mod error;
 mod event_types;
 mod events;
 mod ops;
+mod plugin_shadow;
 mod plugins;
 mod query_rules;
 mod replay;
@@ -100,6 +101,9 @@ fn routes(upload_limit: usize, batch_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(plugins::simulate))
         .routes(routes!(plugins::versions))
         .routes(routes!(plugins::rollback))
+        .routes(routes!(plugin_shadow::get_shadow))
+        .routes(routes!(plugin_shadow::promote))
+        .routes(routes!(plugin_shadow::discard))
         .routes(routes!(stats::tenant_stats))
         .routes(routes!(stats::webhook_stats))
         .routes(routes!(admin::tenants))

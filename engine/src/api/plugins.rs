@@ -1,5 +1,6 @@
-//! `/v1/plugins`: upload (raw component body: every upload is a new stored version), list,
-//! inspect, versions, rollback, delete, simulate.
+//! `/v1/plugins`: upload (raw component body: every upload is a new stored version; a
+//! candidate upload goes to `plugin_shadow.rs`), list, inspect, versions, rollback, delete,
+//! simulate.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest as _, Request, State};
@@ -11,8 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+use super::plugin_shadow::{self, ShadowView, UploadQuery};
 use super::{
-    ApiBody, ApiError, ApiJson, ApiPath, AppState, ErrorBody, Tenant, optional_json, rfc3339,
+    ApiBody, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Tenant, optional_json,
+    rfc3339,
 };
 use crate::delivery::judge::Tried;
 use crate::delivery::prepare::{self, AttemptInput, Prepared};
@@ -144,20 +147,25 @@ fn uploader(headers: &HeaderMap) -> String {
 
 /// Uploads a plugin: the raw WebAssembly component is the body. Every upload is a new stored
 /// version that becomes current on every node (bytes equal to the current version's are
-/// idempotent: the current version is answered).
+/// idempotent: the current version is answered). With `?stage=candidate` the version is
+/// stored as the plugin's candidate instead: checked and compiled the same way, then run
+/// beside the current version on the next `shadow_attempts` attempts (never sent), with the
+/// differences reported by `GET /v1/plugins/{name}/shadow` until `promote` or `discard`.
 #[utoipa::path(
     put,
     path = "/v1/plugins/{name}",
     tag = "plugins",
     operation_id = "put_plugin",
-    params(("name" = String, Path, description = "The plugin's name within the tenant")),
+    params(("name" = String, Path, description = "The plugin's name within the tenant"), UploadQuery),
     request_body(description = "The raw bytes of a WebAssembly component of the `hookd:plugin` world \
         (any content type is taken; `application/wasm` or `application/octet-stream`)",
         content((WasmComponent = "application/octet-stream"))),
     responses(
         (status = 201, description = "Installed (its first version)", body = PluginView),
         (status = 200, description = "A new version of an existing plugin is current", body = PluginView),
-        (status = 400, description = "Not a valid plugin component", body = ErrorBody),
+        (status = 202, description = "Stored as the candidate (`stage=candidate`): its shadow run started", body = ShadowView),
+        (status = 400, description = "Not a valid plugin component, or an invalid query (`invalid_query`)", body = ErrorBody),
+        (status = 409, description = "A candidate needs an uploaded current version (`no_current_version`) that differs from it (`candidate_is_current`)", body = ErrorBody),
         (status = 413, description = "The component is larger than allowed, or has more (or larger) functions than the host compiles (`plugin_too_large`)", body = ErrorBody),
         (status = 422, description = "Refused by the plugin host", body = ErrorBody),
         (status = 429, description = "The tenant would have more plugins or plugin bytes than its `plugins` / `plugin_bytes` quota (`quota_exceeded`, naming it, with its limit and the current use; nothing was compiled or written), or is over its request rate (`rate_limited`)", body = ErrorBody),
@@ -168,8 +176,11 @@ pub async fn put(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     request: Request,
-) -> Result<(StatusCode, ApiJson<PluginView>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let candidate = query.candidate_attempts()?;
     let plugins = &state.delivery.plugins;
     let quota = PluginQuota {
         plugins: tenant.config.quotas.plugins,
@@ -203,6 +214,20 @@ pub async fn put(
                 ApiError::from(rejection)
             }
         })?;
+    if let Some(attempts) = candidate {
+        let wasm = body.to_vec();
+        return plugin_shadow::upload_candidate(
+            &state,
+            &tenant,
+            &name,
+            wasm,
+            attempts,
+            slot,
+            &uploaded_by,
+        )
+        .await
+        .map(IntoResponse::into_response);
+    }
     let existed = plugins.info(&tenant.id, &name).is_some();
     let info = plugins
         .install_as(
@@ -221,7 +246,7 @@ pub async fn put(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, ApiJson(PluginView::from(info))))
+    Ok((status, ApiJson(PluginView::from(info))).into_response())
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -15,7 +15,8 @@
 //!    the webhook's next delivery need not wait for it.
 //! 6. **consequences** (`consequences.rs`): operational events and webhook health.
 //!
-//! Test sends (`POST /v1/webhooks/{id}/test`) run prepare and send, outside the queue.
+//! Test sends (`POST /v1/webhooks/{id}/test`) run prepare, send and the `on-response` plugins,
+//! outside the queue; a real attempt's prepare also feeds a plugin candidate's shadow run.
 
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use super::{DeliveryContext, sanitize_snippet};
 use crate::config::{Config, TenantConfig};
 use crate::ids::{AttemptId, DeliveryId, WebhookId, now_ms};
 use crate::outbound::OutboundRequest;
-use crate::plugin::{ChainStep, PluginRequest, PluginResponse};
+use crate::plugin::{ChainStep, PluginResponse};
 use crate::store::{
     AttemptOutcome, AttemptRecord, Claim, DeliveryRecord, DeliveryStatus, DeliveryUpdate,
     EventRecord, StoreError, WebhookRecord, WebhookStatus, WorkListener,
@@ -83,7 +84,7 @@ async fn try_run(
         attempt: loaded.delivery.attempts + 1,
         now_ms: started_at,
     };
-    let preparation = prepare::prepare(ctx, &input).await;
+    let preparation = prepare::prepare_attempt(ctx, &input).await;
     let Preparation {
         prepared,
         mut plugin_logs,
@@ -281,22 +282,7 @@ async fn on_response(
     else {
         return None;
     };
-    let request = PluginRequest {
-        delivery_id: input.webhook_id_header.to_string(),
-        event_id: input.event.id.to_string(),
-        event_type: input.event.event_type.clone(),
-        tenant: input.tenant.id.clone(),
-        channel: input.event.channel.clone(),
-        timestamp_ms: input.event.created_at,
-        attempt_time_ms: input.now_ms,
-        attempt: input.attempt,
-        url: sent.url,
-        method: sent.method,
-        content_type: sent.content_type,
-        headers: sent.headers,
-        body: sent.body,
-        signing_secret: Vec::new(),
-    };
+    let request = input.plugin_request(sent, Vec::new());
     let response = PluginResponse {
         status: *status,
         headers: headers.clone(),
@@ -459,12 +445,23 @@ pub struct TestSendOutcome {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub response_snippet: Option<String>,
+    /// Who decided instead of hookd's default rules: `plugin:<name>` when an `on-response`
+    /// plugin of the chain made a decision about the answer (reported, not applied: a test
+    /// send is never retried and never disables the webhook).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "plugin:body-says-ok")]
+    pub verdict_by: Option<String>,
+    /// That plugin's decision: `delivered`, `retry`, `fail` or `disable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "retry")]
+    pub response_decision: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub plugin_logs: Vec<String>,
 }
 
-/// Sends a sample event to a webhook now, through its plugin chain, outside the queue:
-/// nothing is stored or retried. It takes a delivery permit like any attempt.
+/// Sends a sample event to a webhook now, through its plugin chain and its `on-response`
+/// plugins, outside the queue: nothing is stored or retried. It takes a delivery permit like
+/// any attempt.
 pub async fn test_send(
     ctx: &DeliveryContext,
     tenant: &TenantConfig,
@@ -494,10 +491,27 @@ pub async fn test_send(
         error_message: None,
         response_snippet: None,
         plugin_logs: preparation.plugin_logs,
+        verdict_by: None,
+        response_decision: None,
     };
-    let tried = match preparation.prepared {
-        Prepared::Send(request) => Tried::Sent(send(ctx, tenant, request, input.timeout()).await),
-        Prepared::NotSent(tried) => tried,
+    let steps = chain_steps(webhook);
+    let (tried, for_plugins) = match preparation.prepared {
+        Prepared::Send(request) => {
+            let for_plugins = ctx
+                .plugins
+                .handles_responses(&tenant.id, &steps)
+                .then(|| request.clone());
+            let outcome = send(ctx, tenant, request, input.timeout()).await;
+            (Tried::Sent(outcome), for_plugins)
+        }
+        Prepared::NotSent(tried) => (tried, None),
+    };
+    let response_verdict = match for_plugins {
+        Some(sent) => {
+            let logs = &mut outcome.plugin_logs;
+            on_response(ctx, &input, &steps, sent, &tried, logs).await
+        }
+        None => None,
     };
     outcome.error_code = tried.error().map(|e| e.code().to_string());
     match tried {
@@ -523,5 +537,26 @@ pub async fn test_send(
         }
         Tried::PluginFailed { message, .. } => outcome.error_message = Some(message),
     }
+    if let Some(verdict) = response_verdict {
+        report_response_verdict(&mut outcome, &verdict);
+    }
     outcome
+}
+
+/// A test send's outcome with an `on-response` plugin's decision: delivered or not as the
+/// plugin says, and what it decided in `error_message`.
+fn report_response_verdict(outcome: &mut TestSendOutcome, verdict: &ResponseVerdict) {
+    let (decision, delivered) = match verdict.decision {
+        judge::ResponseDecision::Delivered => ("delivered", true),
+        judge::ResponseDecision::Retry { .. } => ("retry", false),
+        judge::ResponseDecision::Fail { .. } => ("fail", false),
+        judge::ResponseDecision::Disable { .. } => ("disable", false),
+    };
+    outcome.delivered = delivered;
+    outcome.verdict_by = Some(verdict.by.clone());
+    outcome.response_decision = Some(decision);
+    outcome.error_message = Some(verdict.log_message());
+    if !delivered && outcome.error_code.is_none() {
+        outcome.error_code = Some("response_verdict".into());
+    }
 }

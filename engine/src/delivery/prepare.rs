@@ -20,7 +20,7 @@ use super::DeliveryContext;
 use super::judge::Tried;
 use crate::config::TenantConfig;
 use crate::outbound::OutboundRequest;
-use crate::plugin::{ChainOutcome, ChainStep, PluginFailureCode, PluginRequest};
+use crate::plugin::{ChainOutcome, ChainStep, PluginFailureCode, PluginRequest, ShadowAttempt};
 use crate::signing;
 use crate::ssrf::SsrfPolicy;
 use crate::store::{EventRecord, WebhookRecord};
@@ -85,6 +85,32 @@ impl AttemptInput<'_> {
             .unwrap_or(self.tenant.delivery.attempt_timeout)
     }
 
+    /// What the plugin hooks get for this attempt: its identity and `request` (as the webhook
+    /// defines it before the chain, or as sent for `on-response`). `signing_secret` is the
+    /// key a sign hook's `signing-key.mac` uses (empty after the send).
+    pub fn plugin_request(
+        &self,
+        request: OutboundRequest,
+        signing_secret: Vec<u8>,
+    ) -> PluginRequest {
+        PluginRequest {
+            delivery_id: self.webhook_id_header.to_string(),
+            event_id: self.event.id.to_string(),
+            event_type: self.event.event_type.clone(),
+            tenant: self.tenant.id.clone(),
+            channel: self.event.channel.clone(),
+            timestamp_ms: self.event.created_at,
+            attempt_time_ms: self.now_ms,
+            attempt: self.attempt,
+            url: request.url,
+            method: request.method,
+            content_type: request.content_type,
+            headers: request.headers,
+            body: request.body,
+            signing_secret,
+        }
+    }
+
     /// The decoded keys that sign this attempt: the live secrets, newest first, at most the
     /// tenant's `secrets_per_webhook` (a rotation keeps no more, and this bounds the HMAC work
     /// for records written before the quota existed).
@@ -118,6 +144,27 @@ pub struct Preparation {
 
 /// Renders, runs the plugin chain, re-checks a URL a plugin changed, and signs.
 pub async fn prepare(ctx: &DeliveryContext, input: &AttemptInput<'_>) -> Preparation {
+    prepare_as(ctx, input, Shadowed::No).await
+}
+
+/// [`prepare`] for a real (queued) attempt: when a plugin of its chain has a candidate version
+/// in a shadow run, the attempt is also handed to it (`plugin/shadow.rs`, off this path).
+pub async fn prepare_attempt(ctx: &DeliveryContext, input: &AttemptInput<'_>) -> Preparation {
+    prepare_as(ctx, input, Shadowed::Yes).await
+}
+
+/// Whether an attempt takes part in shadow runs (test sends and simulations do not).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shadowed {
+    Yes,
+    No,
+}
+
+async fn prepare_as(
+    ctx: &DeliveryContext,
+    input: &AttemptInput<'_>,
+    shadowed: Shadowed,
+) -> Preparation {
     let request = webhook_request(input.webhook, render_body(input.event));
     if input.webhook.plugins.is_empty() {
         return Preparation {
@@ -126,7 +173,7 @@ pub async fn prepare(ctx: &DeliveryContext, input: &AttemptInput<'_>) -> Prepara
             chain_time: Duration::ZERO,
         };
     }
-    let (outcome, plugin_logs, chain_time) = run_chain(ctx, input, request).await;
+    let (outcome, plugin_logs, chain_time) = run_chain(ctx, input, request, shadowed).await;
     let prepared = match outcome {
         ChainOutcome::Deliver(request) => match check_plugin_url(ctx, input, &request) {
             Ok(()) => Prepared::Send(sign(ctx, input, request).await),
@@ -155,6 +202,7 @@ async fn run_chain(
     ctx: &DeliveryContext,
     input: &AttemptInput<'_>,
     request: OutboundRequest,
+    shadowed: Shadowed,
 ) -> (ChainOutcome, Vec<String>, Duration) {
     let steps: Vec<ChainStep> = input
         .webhook
@@ -168,31 +216,23 @@ async fn run_chain(
         .collect();
     // A sign hook computes `signing-key.mac` with the current secret (it never enters the guest).
     let signing_secret = input.signing_keys().into_iter().next().unwrap_or_default();
-    let plugin_request = PluginRequest {
-        delivery_id: input.webhook_id_header.to_string(),
-        event_id: input.event.id.to_string(),
-        event_type: input.event.event_type.clone(),
-        tenant: input.tenant.id.clone(),
-        channel: input.event.channel.clone(),
-        timestamp_ms: input.event.created_at,
-        attempt_time_ms: input.now_ms,
-        attempt: input.attempt,
-        url: request.url,
-        method: request.method,
-        content_type: request.content_type,
-        headers: request.headers,
-        body: request.body,
-        signing_secret,
-    };
+    let plugin_request = input.plugin_request(request, signing_secret);
+    let tenant = &input.tenant.id;
+    let shadow = (shadowed == Shadowed::Yes)
+        .then(|| ctx.plugins.shadow_plan(tenant, &steps))
+        .flatten()
+        .map(|plan| (plan, plugin_request.clone()));
     let run = ctx
         .plugins
-        .run_chain(
-            &input.tenant.id,
-            &steps,
-            plugin_request,
-            &input.tenant.plugins,
-        )
+        .run_chain(tenant, &steps, plugin_request, &input.tenant.plugins)
         .await;
+    if let Some((plan, request)) = shadow {
+        let attempt = ShadowAttempt {
+            webhook_id: input.webhook.id.as_str(),
+            settings: &input.tenant.plugins,
+        };
+        ctx.plugins.shadow(plan, &steps, request, &run, attempt);
+    }
     let (chain_outcome, chain_error) = match &run.outcome {
         ChainOutcome::Deliver(_) => ("deliver", None),
         ChainOutcome::Filtered { .. } => ("filtered", None),

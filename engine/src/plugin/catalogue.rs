@@ -14,6 +14,8 @@
 //!   checked, and kept beside the live one.
 //! - **Rollback**: a stored version made current, here at once and on other nodes by the
 //!   notification.
+//! - **Candidates**: every notification also brings the plugin's shadow run in line
+//!   (`shadow.rs`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
@@ -88,6 +90,10 @@ async fn follow(
                 () = shutdown.cancelled() => return,
                 () = host.sync_plugin(&tenant, &name) => {}
             }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = host.sync_shadow(&tenant, &name) => {}
+            }
         }
     }
 }
@@ -114,6 +120,7 @@ impl PluginHost {
         })?;
         for head in heads {
             self.sync_plugin(&head.tenant, &head.name).await;
+            self.sync_shadow(&head.tenant, &head.name).await;
         }
         Ok(Some(follower))
     }
@@ -183,7 +190,7 @@ impl PluginHost {
     }
 
     /// Fetches a stored version's bytes and loads them (compile worker, compile cache).
-    async fn load_stored(
+    pub(super) async fn load_stored(
         &self,
         store: &Arc<dyn Store>,
         tenant: &str,
@@ -360,6 +367,14 @@ impl PluginHost {
             },
         );
         tracing::info!(%tenant, plugin = %name, version_id = version, "plugin rolled back");
+        drop(_publishing);
+        // A rollback to the candidate promotes it: its shadow run ends as such.
+        self.end_shadow(tenant, name, version, crate::store::ShadowState::Promoted)
+            .await
+            .map_err(|e| match e {
+                super::ShadowError::Load(e) => e,
+                other => PluginLoadError::Storage(other.to_string()),
+            })?;
         Ok(info)
     }
 

@@ -24,6 +24,8 @@
 //!   thread pool (`runtime.rs`); random numbers come from the host's key and the delivery id;
 //! - the `on-response` runner, after the send, under the same slots, budgets and sandbox
 //!   (`response.rs`);
+//! - shadow runs: a candidate version run beside the current one on the next attempts, off
+//!   the delivery path, its differences counted in the store (`shadow.rs`);
 //! - the output policy every transform patch and sign header passes (`policy.rs`);
 //! - the admin plugin directory watcher (`watch.rs`).
 //!
@@ -51,6 +53,7 @@ mod response;
 mod runtime;
 mod sandbox;
 mod settings;
+mod shadow;
 mod watch;
 
 #[cfg(test)]
@@ -83,6 +86,9 @@ pub use response::{MAX_DECISION_MESSAGE_BYTES, PluginResponse, ResponseDecision,
 pub use runtime::{EPOCH_TICK, compile_worker};
 pub use sandbox::{PluginLog, PluginLogLevel};
 pub use settings::PluginSettings;
+pub use shadow::{
+    DEFAULT_SHADOW_ATTEMPTS, MAX_SHADOW_ATTEMPTS, ShadowAttempt, ShadowError, ShadowPlan,
+};
 
 use compile::CompileGate;
 use registry::{Entry, Registry};
@@ -113,6 +119,8 @@ struct Inner {
     /// Chains running at once across tenants (see [`MAX_CONCURRENT_CHAINS`]), shared fairly
     /// between tenants by their weight.
     chain_slots: FairPermits,
+    /// Candidates compared on this node, and the shadow slots (`shadow.rs`).
+    shadows: shadow::Shadows,
 }
 
 /// The slots a chain (or a response run) holds while it runs: the tenant's and the host's.
@@ -256,6 +264,7 @@ impl PluginHost {
                 publish_lock: tokio::sync::Mutex::new(()),
                 tenant_slots: Mutex::new(HashMap::new()),
                 chain_slots: FairPermits::new(MAX_CONCURRENT_CHAINS),
+                shadows: shadow::Shadows::default(),
                 settings,
             }),
         };

@@ -24,6 +24,7 @@ pub mod cache;
 pub mod health;
 pub mod postgres;
 pub mod records;
+pub mod shadow;
 pub mod sled_store;
 pub mod stats;
 
@@ -39,6 +40,10 @@ use crate::secrets::{Keyring, SecretsError};
 pub use records::{
     AttemptRecord, DeliveryRecord, DeliveryStatus, EventRecord, PluginAttachment, SentHeader,
     SentRequest, WebhookRecord, WebhookSecret, WebhookStatus,
+};
+pub use shadow::{
+    MAX_SHADOW_CASES, ShadowCase, ShadowCounts, ShadowRecorded, ShadowReport, ShadowSide,
+    ShadowState, ShadowSummary,
 };
 pub use sled_store::SledStore;
 use stats::{DayStats, StatsScope};
@@ -540,6 +545,47 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every tenant's plugins with their current and candidate versions (what a process loads
     /// at start and compares against to catch up).
     async fn plugin_heads(&self) -> Result<Vec<PluginHead>>;
+
+    // ---- shadow runs of candidate versions (`shadow.rs`) ---------------------------------------
+
+    /// Starts the shadow run `start` of the plugin's candidate: replaces the plugin's previous
+    /// report (its cases go), then tells the [`PluginListener`] (every node starts comparing).
+    /// `false`: no such plugin. A bounded number of records per plugin name.
+    async fn start_plugin_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+        start: &ShadowSummary,
+    ) -> Result<bool>;
+
+    /// Counts one attempt compared with `candidate` ([`ShadowSummary::count`], atomically with
+    /// every node's), keeping the case if it is one of the first differing ones. Like
+    /// [`Store::record_attempts`], it may return before the write is durable (a lost case only
+    /// means one fewer attempt compared). The last planned attempt tells the
+    /// [`PluginListener`] (every node stops comparing).
+    async fn record_plugin_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+        candidate: u64,
+        case: &ShadowCase,
+    ) -> Result<ShadowRecorded>;
+
+    /// The plugin's latest shadow report (kept after a promote or discard, until the next
+    /// candidate or the plugin's deletion).
+    async fn plugin_shadow(&self, tenant: &str, name: &str) -> Result<Option<ShadowReport>>;
+
+    /// Ends the open shadow run of `candidate` as promoted or discarded; discarding also clears
+    /// the plugin's candidate pointer if it still names `candidate`. Tells the
+    /// [`PluginListener`]. `false`: nothing changed (no open run of that candidate, and no
+    /// candidate pointer to clear).
+    async fn end_plugin_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+        candidate: u64,
+        state: ShadowState,
+    ) -> Result<bool>;
 }
 
 /// Versions a webhook of `webhooks` pins of the plugin `name` (kept whatever their age).

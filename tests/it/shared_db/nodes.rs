@@ -686,3 +686,119 @@ async fn a_plugin_uploaded_through_node_1_runs_on_node_3_and_a_rollback_through_
     assert_eq!(versions["current"], 1, "{versions}");
     assert_eq!(versions["data"].as_array().map(Vec::len), Some(2));
 }
+
+/// The shadow report of `name` as the node at `base` reads it.
+async fn shadow_report(http: &reqwest::Client, base: &str, name: &str) -> Value {
+    let (status, report) = call(
+        http,
+        "GET",
+        format!("{base}/v1/plugins/{name}/shadow"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    report
+}
+
+/// Sends events of `kind` through node `node` while the other nodes are stopped, so it alone
+/// attempts them, until the shadow report has compared `compared` attempts (a node compares
+/// once it has loaded the candidate: the first events may be delivered before that).
+async fn compared_by_node_alone(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    receiver: &Receiver,
+    (node, kind): (usize, &str),
+    compared: u64,
+) {
+    let others: Vec<usize> = (0..cluster.nodes.len()).filter(|n| *n != node).collect();
+    for _ in 0..30 {
+        let before = receiver.count();
+        cluster.signal(&others, "STOP");
+        let (status, event) = call(
+            http,
+            "POST",
+            format!("{}/v1/events", cluster.base(node)),
+            Some(json!({"type": "user.created", "payload": {"kind": kind}})),
+        )
+        .await;
+        let mut counted = false;
+        if status == 202 {
+            receiver.wait_for(before + 1, Duration::from_secs(30)).await;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !counted && Instant::now() < deadline {
+                let report = shadow_report(http, cluster.base(node), "kinds").await;
+                counted = report["compared"].as_u64() >= Some(compared);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        cluster.signal(&others, "CONT");
+        assert_eq!(status, 202, "{event}");
+        if counted {
+            return;
+        }
+    }
+    panic!("node {node} compared no attempt of the candidate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_run_is_summed_over_nodes_and_a_promote_through_one_node_reaches_the_others() {
+    let url = fresh_database();
+    let cluster = Cluster::start(&url, 3, "");
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    let (status, first) = upload_plugin(&http, cluster.base(0), "kinds", "json-filter").await;
+    assert_eq!(status, 201, "{first}");
+    let (status, body) = call(
+        &http,
+        "POST",
+        format!("{}/v1/webhooks", cluster.base(0)),
+        Some(json!({"url": receiver.url, "plugins": [{"name": "kinds",
+            "config": {"path": "data.kind", "allowed": ["a", "b", "c"]}}]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    for node in [1, 2] {
+        wait_for_plugin_version(&http, cluster.base(node), "kinds", 1).await;
+    }
+
+    // The candidate is uploaded through node 2, compared by node 3 and by node 1.
+    let response = http
+        .put(format!(
+            "{}/v1/plugins/kinds?stage=candidate&shadow_attempts=2",
+            cluster.base(1)
+        ))
+        .bearer_auth(ACME_KEY)
+        .body(crate::support::wasm("json-filter-next"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    compared_by_node_alone(&cluster, &http, &receiver, (2, "c"), 1).await;
+    compared_by_node_alone(&cluster, &http, &receiver, (0, "a"), 2).await;
+
+    // Every node reads the same report: both attempts, summed, and the run complete.
+    for node in 0..3 {
+        let report = shadow_report(&http, cluster.base(node), "kinds").await;
+        assert_eq!(report["state"], "complete", "{report}");
+        assert_eq!(
+            (report["compared"].clone(), report["same"].clone()),
+            (json!(2), json!(1)),
+            "{report}"
+        );
+        assert_eq!(report["differences"]["decision"], 1);
+        assert_eq!(report["cases"][0]["candidate"]["decision"], "drop");
+    }
+
+    // Promoted through node 3: node 1 runs the candidate, without a restart.
+    let (status, promoted) = call(
+        &http,
+        "POST",
+        format!("{}/v1/plugins/kinds/promote", cluster.base(2)),
+        None,
+    )
+    .await;
+    assert_eq!((status, promoted["version_id"].clone()), (200, json!(2)));
+    wait_for_plugin_version(&http, cluster.base(0), "kinds", 2).await;
+    let report = shadow_report(&http, cluster.base(0), "kinds").await;
+    assert_eq!(report["state"], "promoted");
+}

@@ -9,6 +9,7 @@
 //! - `queue.rs`: claims with leases, group commit of attempt outcomes, requeue and settle.
 //! - `webhooks.rs`, `stats.rs`, `retention.rs`: what their names say.
 //! - `plugins.rs`: the plugin catalogue (versions with their bytes, the current one).
+//! - `shadow.rs`: shadow runs of candidate plugin versions (summary and differing cases).
 //! - `notify.rs`: how nodes hear of each other — LISTEN/NOTIFY wake-ups and cache
 //!   invalidation, the polling safety net, lease renewal.
 //!
@@ -25,6 +26,7 @@ mod plugins;
 mod queue;
 mod retention;
 mod schema;
+mod shadow;
 mod stats;
 mod webhooks;
 
@@ -595,5 +597,42 @@ impl Store for PostgresStore {
 
     async fn plugin_heads(&self) -> Result<Vec<PluginHead>> {
         plugins::heads(self).await.map_err(Into::into)
+    }
+
+    async fn start_plugin_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+        start: &crate::store::ShadowSummary,
+    ) -> Result<bool> {
+        shadow::start(self, tenant, name, start).await
+    }
+
+    async fn record_plugin_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+        candidate: u64,
+        case: &crate::store::ShadowCase,
+    ) -> Result<crate::store::ShadowRecorded> {
+        shadow::record(self, tenant, name, candidate, case).await
+    }
+
+    async fn plugin_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<crate::store::ShadowReport>> {
+        shadow::report(self, tenant, name).await.map_err(Into::into)
+    }
+
+    async fn end_plugin_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+        candidate: u64,
+        state: crate::store::ShadowState,
+    ) -> Result<bool> {
+        shadow::end(self, tenant, name, candidate, state).await
     }
 }

@@ -20,7 +20,8 @@
 //!
 //! Other files: `webhooks.rs`, `events.rs`, `deliveries.rs` (reads, claims), `retention.rs`,
 //! `migrate.rs` (a data dir of the previous layout, `hookd/v1`), `plugins.rs` (the plugin
-//! catalogue: a tree of its own and component files, outside the writer).
+//! catalogue: a tree of its own and component files, outside the writer), `shadow.rs` (shadow
+//! runs of candidate plugin versions, in the catalogue's tree).
 
 mod codec;
 mod deliveries;
@@ -31,6 +32,7 @@ mod migrate;
 mod pages;
 mod plugins;
 mod retention;
+mod shadow;
 mod stats;
 mod webhooks;
 mod writer;
@@ -580,6 +582,39 @@ impl Store for SledStore {
 
     async fn plugin_heads(&self) -> Result<Vec<PluginHead>> {
         SledStore::plugin_heads(self)
+    }
+
+    async fn start_plugin_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+        start: &super::ShadowSummary,
+    ) -> Result<bool> {
+        SledStore::start_plugin_shadow(self, tenant, name, start).await
+    }
+
+    async fn record_plugin_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+        candidate: u64,
+        case: &super::ShadowCase,
+    ) -> Result<super::ShadowRecorded> {
+        SledStore::record_plugin_shadow(self, tenant, name, candidate, case).await
+    }
+
+    async fn plugin_shadow(&self, tenant: &str, name: &str) -> Result<Option<super::ShadowReport>> {
+        SledStore::plugin_shadow(self, tenant, name)
+    }
+
+    async fn end_plugin_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+        candidate: u64,
+        state: super::ShadowState,
+    ) -> Result<bool> {
+        SledStore::end_plugin_shadow(self, tenant, name, candidate, state).await
     }
 }
 #[cfg(test)]

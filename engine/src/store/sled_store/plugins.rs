@@ -7,6 +7,7 @@
 //! ```text
 //! H <tenant> NUL <name>                 → head: current, candidate, next id, times (JSON)
 //! V <tenant> NUL <name> NUL <id, u64 BE> → one version: id, sha256, size, time, uploader (JSON)
+//! S …, C …                               → shadow runs of candidates (`shadow.rs`)
 //! ```
 //!
 //! Component bytes are files `<data_dir>/plugin-store/<tenant>/<sha256>.wasm` (content
@@ -39,25 +40,25 @@ const VERSION: u8 = b'V';
 
 /// The catalogue's state inside a [`SledStore`].
 pub(super) struct Catalogue {
-    tree: sled::Tree,
+    pub(super) tree: sled::Tree,
     dir: PathBuf,
-    /// Serialises catalogue writes (version ids are read, then written).
-    lock: tokio::sync::Mutex<()>,
+    /// Serialises catalogue writes (version ids are read, then written; shadow reports).
+    pub(super) lock: tokio::sync::Mutex<()>,
     listener: OnceLock<Arc<dyn PluginListener>>,
 }
 
 /// A plugin's head as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredHead {
-    current: u64,
+pub(super) struct StoredHead {
+    pub(super) current: u64,
     #[serde(default)]
-    candidate: Option<u64>,
-    next_id: u64,
-    created_at: u64,
-    updated_at: u64,
+    pub(super) candidate: Option<u64>,
+    pub(super) next_id: u64,
+    pub(super) created_at: u64,
+    pub(super) updated_at: u64,
 }
 
-fn head_key(tenant: &str, name: &str) -> Vec<u8> {
+pub(super) fn head_key(tenant: &str, name: &str) -> Vec<u8> {
     let mut key = vec![HEAD];
     key.extend_from_slice(tenant.as_bytes());
     key.push(0);
@@ -83,12 +84,12 @@ fn version_key(tenant: &str, name: &str, id: u64) -> Vec<u8> {
     key
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
         .map_err(|err| StoreError::Corrupt(format!("a plugin catalogue record: {err}")))
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("catalogue records serialise")
 }
 
@@ -151,7 +152,7 @@ impl Catalogue {
         self.dir.join(tenant).join(format!("{sha256}.wasm"))
     }
 
-    fn head(&self, tenant: &str, name: &str) -> Result<Option<StoredHead>> {
+    pub(super) fn head(&self, tenant: &str, name: &str) -> Result<Option<StoredHead>> {
         self.tree
             .get(head_key(tenant, name))?
             .map(|bytes| decode(&bytes))
@@ -222,7 +223,7 @@ impl Catalogue {
         .map_err(|err| StoreError::Interrupted(err.to_string()))
     }
 
-    fn changed(&self, tenant: &str, name: &str) {
+    pub(super) fn changed(&self, tenant: &str, name: &str) {
         if let Some(listener) = self.listener.get() {
             listener.plugin_changed(tenant, name);
         }
@@ -391,6 +392,7 @@ impl SledStore {
         for version in &versions {
             batch.remove(version_key(tenant, name, version.id));
         }
+        super::shadow::remove_report(&catalogue.tree, &mut batch, tenant, name)?;
         catalogue.tree.apply_batch(batch)?;
         self.durable().await?;
         let shas = versions.into_iter().map(|v| v.sha256).collect();
@@ -421,7 +423,7 @@ impl SledStore {
 
     /// Makes the catalogue's writes durable through the writer's flush (the log's sync, then
     /// sled's), which keeps sled's checkpoint behind a log that is on disk.
-    async fn durable(&self) -> Result<()> {
+    pub(super) async fn durable(&self) -> Result<()> {
         crate::store::Store::flush(self).await
     }
 }
