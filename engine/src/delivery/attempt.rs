@@ -10,7 +10,9 @@
 //!    receiver answered and the webhook's chain has `on-response` plugins, they are asked first
 //!    ([`on_response`]) and their decision goes to the judge, which applies it within limits.
 //! 5. **record** ([`record`]): attempt log, delivery state and next schedule entry in one write
-//!    (through the recorder's group commit).
+//!    (through the recorder's group commit). The webhook's slot was given back when the send
+//!    ended (`dispatcher::Slot::free`): the delivery stays claimed until this write is done, but
+//!    the webhook's next delivery need not wait for it.
 //! 6. **consequences** (`consequences.rs`): operational events and webhook health.
 //!
 //! Test sends (`POST /v1/webhooks/{id}/test`) run prepare, send and the `on-response` plugins,
@@ -65,7 +67,7 @@ async fn try_run(
     tenant: &str,
     webhook_id: &WebhookId,
     claim: &Claim,
-    slot: super::dispatcher::Slot,
+    mut slot: super::dispatcher::Slot,
 ) -> Result<(), StoreError> {
     let delivery_id = &claim.delivery_id;
     let Some(loaded) = load(ctx, tenant, webhook_id, delivery_id).await? else {
@@ -102,6 +104,8 @@ async fn try_run(
         }
         Prepared::NotSent(tried) => (tried, None, None),
     };
+    // The receiver has answered: its slot may serve the webhook's next delivery.
+    slot.free();
     let response_verdict = match for_plugins {
         Some(request) => on_response(ctx, &input, &steps, request, &tried, &mut plugin_logs).await,
         None => None,
@@ -127,7 +131,7 @@ async fn try_run(
         tried.reached_receiver(),
     )
     .await?;
-    // Recorded: the webhook's slot is free for its next delivery while consequences run.
+    // Recorded: the claim ends; consequences run outside it.
     drop(slot);
     consequences::apply(
         ctx,

@@ -1,8 +1,14 @@
 //! The dispatcher: decides which queued deliveries run now.
 //!
 //! Each webhook has a durable queue in the store (entries ordered by due time). The dispatcher
-//! keeps, per webhook, the set of deliveries it has claimed (in flight) and one wake-up time,
-//! and starts attempts while the webhook is under its in-flight cap and rate limit and its
+//! keeps, per webhook, the set of deliveries it has claimed, how many of them hold one of the
+//! webhook's slots, and one wake-up time. A **slot** is the webhook's in-flight place
+//! (`max_in_flight`): an attempt holds it from its claim until the receiver has answered (or
+//! the attempt ended without sending), not while its outcome is written — the claim alone
+//! keeps the delivery from being claimed twice until the outcome is recorded, and at most
+//! [`CLAIMS_PER_SLOT`] × `max_in_flight` claims of a webhook may be open at once, so a slow
+//! store holds back new attempts instead of piling up outcomes in memory.
+//! It starts attempts while the webhook is under its in-flight cap and rate limit and its
 //! tenant under the tenant's cap on attempts in progress ([`TENANT_CAP_FACTOR`] × `[delivery]
 //! max_in_flight`: a tenant alone can fill every delivery permit even while some of its
 //! attempts wait in its plugin queue). Attempts in progress wait for their plugin slot and
@@ -36,6 +42,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A tenant may have this many times `[delivery] max_in_flight` attempts in progress.
 pub const TENANT_CAP_FACTOR: usize = 2;
 
+/// A webhook may have this many times its `max_in_flight` deliveries claimed at once: those
+/// sending plus those whose outcome is being recorded.
+pub const CLAIMS_PER_SLOT: usize = 4;
+
 type QueueKey = (String, WebhookId);
 
 #[derive(Debug)]
@@ -46,7 +56,9 @@ enum DispatchMsg {
         webhook: WebhookId,
         due_ms: u64,
     },
-    /// An attempt finished (whatever its outcome).
+    /// An attempt gave back its webhook's slot (its send is over).
+    SlotFreed { tenant: String, webhook: WebhookId },
+    /// An attempt finished (whatever its outcome): its claim ends.
     Completed {
         tenant: String,
         webhook: WebhookId,
@@ -85,6 +97,10 @@ impl DispatchHandle {
         let _ = self.0.send(DispatchMsg::ConfigChanged);
     }
 
+    fn slot_freed(&self, tenant: String, webhook: WebhookId) {
+        let _ = self.0.send(DispatchMsg::SlotFreed { tenant, webhook });
+    }
+
     fn completed(&self, tenant: String, webhook: WebhookId, delivery: DeliveryId) {
         let _ = self.0.send(DispatchMsg::Completed {
             tenant,
@@ -96,7 +112,10 @@ impl DispatchHandle {
 
 /// Per-webhook dispatch state.
 struct QueueState {
-    in_flight: HashSet<DeliveryId>,
+    /// Claimed and not yet recorded (sending, or their outcome being written).
+    claimed: HashSet<DeliveryId>,
+    /// How many of the claimed hold one of the webhook's slots.
+    sending: usize,
     /// Settings read from the webhook record; `None` until loaded or after a change.
     settings: Option<QueueSettings>,
     /// The wake-up registered in `timers`, if any.
@@ -211,7 +230,13 @@ impl Dispatcher {
                 delivery,
             } => {
                 if let Some(queue) = self.queues.get_mut(&(tenant.clone(), webhook.clone())) {
-                    queue.in_flight.remove(&delivery);
+                    queue.claimed.remove(&delivery);
+                }
+                self.wake((tenant, webhook), 0);
+            }
+            DispatchMsg::SlotFreed { tenant, webhook } => {
+                if let Some(queue) = self.queues.get_mut(&(tenant.clone(), webhook.clone())) {
+                    queue.sending = queue.sending.saturating_sub(1);
                 }
                 // Room was freed for this tenant: its queues that waited for room are served
                 // first, in the order they started waiting, while room lasts. A served queue
@@ -264,7 +289,8 @@ impl Dispatcher {
             .queues
             .entry(key.clone())
             .or_insert_with(|| QueueState {
-                in_flight: HashSet::new(),
+                claimed: HashSet::new(),
+                sending: 0,
                 settings: None,
                 wake_at: None,
                 waiting_for_room: false,
@@ -332,7 +358,7 @@ impl Dispatcher {
                 }
                 Ok(None) => {
                     // Deleted: forget it once nothing of it is in flight.
-                    if queue.in_flight.is_empty() {
+                    if queue.claimed.is_empty() && queue.sending == 0 {
                         self.queues.remove(key);
                     }
                     return;
@@ -351,9 +377,12 @@ impl Dispatcher {
         if !settings.active || queue.waiting_for_room {
             return;
         }
-        let capacity = settings.max_in_flight.saturating_sub(queue.in_flight.len());
+        let capacity = settings
+            .max_in_flight
+            .saturating_sub(queue.sending)
+            .min((settings.max_in_flight * CLAIMS_PER_SLOT).saturating_sub(queue.claimed.len()));
         if capacity == 0 {
-            return; // a completion wakes the queue
+            return; // a freed slot or a recorded outcome wakes the queue
         }
         let tenant_state = self.tenants.entry(tenant.clone()).or_default();
         let others_first = !from_waiting && !tenant_state.waiting.is_empty();
@@ -370,7 +399,7 @@ impl Dispatcher {
         let claimed = self
             .ctx
             .store
-            .claim_due(tenant, webhook_id, &queue.in_flight, now, capacity)
+            .claim_due(tenant, webhook_id, &queue.claimed, now, capacity)
             .await;
         let head = match claimed {
             Ok(head) => head,
@@ -394,7 +423,8 @@ impl Dispatcher {
                 next_wake = Some(now + (wait.as_millis() as u64).max(1));
                 break;
             }
-            queue.in_flight.insert(claim.delivery_id.clone());
+            queue.claimed.insert(claim.delivery_id.clone());
+            queue.sending += 1;
             started += 1;
             let ctx = self.ctx.clone();
             let (tenant, webhook_id) = (tenant.clone(), webhook_id.clone());
@@ -406,6 +436,7 @@ impl Dispatcher {
                 webhook: webhook_id.clone(),
                 delivery: claim.delivery_id.clone(),
                 claimed: std::time::Instant::now(),
+                holds_slot: true,
             };
             self.attempts.spawn(async move {
                 let _in_flight = in_flight;
@@ -422,9 +453,11 @@ impl Dispatcher {
     }
 }
 
-/// A claimed delivery's place in its webhook's in-flight set (and its tenant's attempts in
-/// progress). Dropping it tells the dispatcher; the attempt drops it as soon as its outcome is
-/// recorded, so consequences (operational events) run outside the webhook's slots.
+/// A claimed delivery: one of its webhook's slots (and one of its tenant's attempts in
+/// progress) until [`Slot::free`], then the claim alone until dropped. The attempt frees the
+/// slot as soon as its send is over and drops the claim once the outcome is recorded, so the
+/// outcome's write and the consequences run outside the webhook's slots. Dropping it tells the
+/// dispatcher (and frees the slot if that was not done).
 pub struct Slot {
     dispatch: DispatchHandle,
     metrics: crate::telemetry::Metrics,
@@ -432,12 +465,24 @@ pub struct Slot {
     webhook: WebhookId,
     delivery: DeliveryId,
     claimed: std::time::Instant,
+    holds_slot: bool,
+}
+
+impl Slot {
+    /// Gives the webhook's slot back; the delivery stays claimed until this is dropped.
+    pub fn free(&mut self) {
+        if std::mem::take(&mut self.holds_slot) {
+            self.metrics
+                .attempt_slot(&self.tenant, self.claimed.elapsed());
+            self.dispatch
+                .slot_freed(self.tenant.clone(), self.webhook.clone());
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.metrics
-            .attempt_slot(&self.tenant, self.claimed.elapsed());
+        self.free();
         self.dispatch.completed(
             std::mem::take(&mut self.tenant),
             self.webhook.clone(),
