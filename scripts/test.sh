@@ -25,11 +25,6 @@ export HOOKD_TEST_POSTGRES_URL
 sled_only=(
     --skip disk::
     --skip upgrade::
-    # The dispatcher's turn-taking between one tenant's webhooks is the same code on both
-    # backends; on PostgreSQL (slower outcome writes) the healthy webhook needs ~4 timeouts of
-    # the hanging one, exactly the test's bound, so it failed 3 runs in 4 on this shared
-    # machine. It runs on sled above; the margin is issue 12's open point (see its note).
-    --skip faulty::a_hanging_webhook_holding_every_global_slot_does_not_starve_another
     --skip ops::the_free_space_reserve_follows_a_reload_and_start_only_keys_keep_their_values
     --skip secrets::a_copied_data_dir_holds_no_secret_in_any_form_and_the_api_shows_none_after_create
     --skip secrets::another_key_cannot_open_a_copied_data_dir_and_rotation_reseals_with_the_new_key
