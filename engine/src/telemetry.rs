@@ -165,7 +165,7 @@ impl Metrics {
             describe_histogram!(
                 ATTEMPT_SLOT,
                 Unit::Seconds,
-                "How long an attempt held one of its webhook's in-flight slots: from the claim until its outcome was recorded, by tenant (compare with the HTTP latency)"
+                "How long an attempt held one of its webhook's in-flight slots: from the claim until the receiver answered (or the attempt ended without sending), by tenant (compare with the HTTP latency)"
             );
             describe_gauge!(
                 QUEUE_DUE,
