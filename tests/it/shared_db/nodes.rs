@@ -205,6 +205,11 @@ fn produce(
                             .lock()
                             .unwrap()
                             .insert(body["id"].as_str().unwrap().to_string());
+                    } else {
+                        // Like a real producer, back off a little after a refusal: a 503 is
+                        // answered at once, and a loop without a pause would exceed the
+                        // tenant's request rate (429) while the database is away.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
             })
