@@ -33,6 +33,15 @@ use crate::store::{PluginListener, PluginStage, PluginVersion, Store};
 
 /// Who uploaded a version when the caller did not say (the host's own API, tests).
 const UPLOADED_BY_HOST: &str = "host";
+
+/// Who a stored version says uploaded it: the key's hash prefix given, or the host itself.
+pub(super) fn uploader(uploaded_by: &str) -> &str {
+    if uploaded_by.is_empty() {
+        UPLOADED_BY_HOST
+    } else {
+        uploaded_by
+    }
+}
 /// Who uploaded a version found as a file of an older hookd at start.
 const UPLOADED_BY_MIGRATION: &str = "migrated";
 /// The suffix a plugin file of an older hookd gets when the catalogue already has another
@@ -137,11 +146,7 @@ impl PluginHost {
         uploaded_by: &str,
     ) -> Result<Option<PluginVersion>, PluginLoadError> {
         if let Some(store) = &self.inner.catalogue {
-            let uploaded_by = if uploaded_by.is_empty() {
-                UPLOADED_BY_HOST
-            } else {
-                uploaded_by
-            };
+            let uploaded_by = uploader(uploaded_by);
             let version = store
                 .put_plugin_version(
                     tenant,

@@ -321,11 +321,7 @@ impl PluginHost {
             return Err(ShadowError::SameAsCurrent);
         }
         let _publishing = self.inner.publish_lock.lock().await;
-        let uploaded_by = if uploaded_by.is_empty() {
-            "host"
-        } else {
-            uploaded_by
-        };
+        let uploaded_by = super::catalogue::uploader(uploaded_by);
         let version = store
             .put_plugin_version(
                 tenant,
