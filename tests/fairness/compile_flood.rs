@@ -9,9 +9,10 @@
 //! B's upload times and e2e delivery latencies alone (before and after the flood, pooled, so a
 //! change in the shared machine's load between phases does not decide the result) and during
 //! the flood, and asserts: B's median upload time during the flood within 3 × its median
-//! alone, B's delivery p99 within 2 × alone,
+//! alone, B's delivery p99 within 2 × alone + 10 ms,
 //! A's surplus uploads refused as `503 compile_busy` with `Retry-After` (not queued without
-//! bound), at most two compiles at once, and the engine's resident memory bounded.
+//! bound), at most two compiles at once, every compile that runs past a second on Linux's idle
+//! scheduling policy, and the engine's resident memory bounded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,8 +21,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::support::{
-    ACME_KEY, GLOBEX_KEY, Receiver, compile_workers, distinct, eventually, test_config_toml_with,
-    wasm,
+    ACME_KEY, GLOBEX_KEY, Receiver, compile_worker_pids, compile_workers, distinct, eventually,
+    test_config_toml_with, wasm,
 };
 use crate::tenants::{ALONE, settle_earlier_writes};
 
@@ -38,6 +39,36 @@ const B_EVENTS: usize = 300;
 /// plus its compiled code; the compiles themselves happen in the workers.
 const PEAK_GROWTH_BOUND_MIB: f64 = 250.0;
 const WAIT: Duration = Duration::from_secs(30);
+/// Added to twice B's delivery p99 alone for its bound during the flood. A compile that yields
+/// the CPU at once (idle policy) still shares the two cores' caches and memory bandwidth with
+/// B's engine threads: B's median rose 25–35 % during the flood with the idle policy, 50–60 %
+/// with nice 19 alone, and on a p99 of ~10 ms (a debug build's work) the ratio alone was
+/// decided by noise (2.01× in one CI run). A stall — B waiting behind one of A's compiles,
+/// which take seconds — is far past this.
+const SHARED_CORES_ALLOWANCE: Duration = Duration::from_millis(10);
+
+/// Linux's number for the idle scheduling policy (`sched(7)`).
+const SCHED_IDLE: u32 = 5;
+
+/// The scheduling policy of worker `pid`'s thread named `compile` (field 41 of its `stat`),
+/// `None` while it has none (still reading its input) or once it has exited.
+fn compile_thread_policy(pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim() != "compile" {
+            return None;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields after the command name's closing parenthesis start at field 3.
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(41 - 3)?
+            .parse()
+            .ok()
+    })
+}
 
 /// `hookd serve` in a process of its own, killed when dropped.
 struct Engine {
@@ -303,13 +334,27 @@ async fn a_tenant_flooding_the_compiler_does_not_stall_another_tenants_uploads_o
         async move { (running > 0).then_some(()) }
     })
     .await;
-    // The most compile workers seen at once, sampled every 10 ms during the flood.
+    // The most compile workers seen at once, sampled every 10 ms during the flood, and the
+    // scheduling policy of the compile thread of each worker seen for over 2 s (a compile
+    // moves to the idle policy after 1 s: `LONG_COMPILE`).
     let most_workers = Arc::new(AtomicUsize::new(0));
+    let long_policies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sampler = {
         let (stop, most, data) = (stop.clone(), most_workers.clone(), data.clone());
+        let long_policies = long_policies.clone();
         tokio::spawn(async move {
+            let mut first_seen = std::collections::HashMap::new();
             while !stop.load(Ordering::SeqCst) {
-                most.fetch_max(compile_workers(&data), Ordering::SeqCst);
+                let pids = compile_worker_pids(&data);
+                most.fetch_max(pids.len(), Ordering::SeqCst);
+                for pid in pids {
+                    let seen = *first_seen.entry(pid).or_insert_with(Instant::now);
+                    if seen.elapsed() > Duration::from_secs(2)
+                        && let Some(policy) = compile_thread_policy(pid)
+                    {
+                        long_policies.lock().unwrap().push(policy);
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -323,6 +368,7 @@ async fn a_tenant_flooding_the_compiler_does_not_stall_another_tenants_uploads_o
     stop.store(true, Ordering::SeqCst);
     sampler.await.unwrap();
     let most_workers = most_workers.load(Ordering::SeqCst);
+    let long_policies = std::mem::take(&mut *long_policies.lock().unwrap());
     // A's last uploads end with their compile (each at most `compile_timeout`).
     tokio::task::spawn_blocking(move || attacker.join())
         .await
@@ -371,6 +417,10 @@ async fn a_tenant_flooding_the_compiler_does_not_stall_another_tenants_uploads_o
         "A's uploads: 2xx or 503"
     );
     assert!(most_workers <= 2, "{most_workers} compiles at once");
+    assert!(
+        !long_policies.is_empty() && long_policies.iter().all(|&p| p == SCHED_IDLE),
+        "the scheduling policies of compiles running over 2 s: {long_policies:?} (5 is SCHED_IDLE)"
+    );
     let (normal, flooded) = (
         median(uploads_alone.clone()),
         median(uploads_flooded.clone()),
@@ -384,8 +434,8 @@ async fn a_tenant_flooding_the_compiler_does_not_stall_another_tenants_uploads_o
         percentile(&events_flooded, 0.99),
     );
     assert!(
-        p99_flooded <= 2 * p99_alone,
-        "B's delivery p99 during the flood {p99_flooded:?} > 2 × alone {p99_alone:?}"
+        p99_flooded <= 2 * p99_alone + SHARED_CORES_ALLOWANCE,
+        "B's delivery p99 during the flood {p99_flooded:?} > 2 × alone {p99_alone:?} + {SHARED_CORES_ALLOWANCE:?}"
     );
     assert!(
         peak - rss_before <= PEAK_GROWTH_BOUND_MIB,

@@ -15,9 +15,12 @@
 //!   The worker runs one compile thread (`parallel_compilation` is off in every engine) at a
 //!   lower scheduling priority ([`WORKER_NICE`]), so a compile never takes every core from the
 //!   engine's async workers; a compile still running after [`LONG_COMPILE`] (a large
-//!   component) drops to the lowest priority ([`LONG_COMPILE_NICE`]), so a tenant compiling
-//!   large components back to back leaves the CPU they compete for to other tenants' small
-//!   uploads (measured in `tests/fairness/compile_flood.rs`).
+//!   component) moves to Linux's `SCHED_IDLE` policy (nice 19 where that is refused). A
+//!   niced thread still keeps a core until its time slice ends when an engine thread wakes
+//!   (a few ms per wake-up, measured as a doubled delivery p99 on two cores); an idle-policy
+//!   thread gives it up at once. So a tenant compiling large components back to back leaves
+//!   the CPU to the engine and to other tenants' small uploads (measured in
+//!   `tests/fairness/compile_flood.rs`).
 //!
 //! Without a worker program (a host embedded in tests or benchmarks, see
 //! [`HostOptions::compile_worker`](super::HostOptions)), the compile runs on the blocking pool
@@ -44,7 +47,7 @@ pub(crate) const WORKER_NICE: i32 = 10;
 /// How long a compile runs at [`WORKER_NICE`] before it drops to [`LONG_COMPILE_NICE`]. The
 /// small plugins of `plugins/` compile in well under it.
 pub(crate) const LONG_COMPILE: Duration = Duration::from_secs(1);
-/// The nice value of a compile past [`LONG_COMPILE`].
+/// The nice value of a compile past [`LONG_COMPILE`] where the `SCHED_IDLE` policy is refused.
 pub(crate) const LONG_COMPILE_NICE: i32 = 19;
 
 /// The command line of the worker, after the program: `plugin compile-worker`.
@@ -193,24 +196,12 @@ pub(crate) async fn compile_in_worker(
     }
     let run = async {
         let mut child = command.spawn()?;
-        let pid = child
-            .id()
-            .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?));
         if let Some(mut stdin) = child.stdin.take() {
             // A worker that exits early (it refused the input) closes the pipe: its exit
             // status and message below say why.
             let _ = stdin.write_all(wasm).await;
         }
-        let output = child.wait_with_output();
-        tokio::pin!(output);
-        tokio::select! {
-            done = &mut output => return done,
-            () = tokio::time::sleep(LONG_COMPILE) => {}
-        }
-        if let Some(pid) = pid {
-            let _ = rustix::process::setpriority_process(Some(pid), LONG_COMPILE_NICE);
-        }
-        output.await
+        child.wait_with_output().await
     };
     let output = match tokio::time::timeout(timeout, run).await {
         // Dropping `run` dropped the child: killed (and reaped by tokio in the background).
@@ -250,19 +241,58 @@ pub(crate) async fn compile_in_worker(
 /// Longest reason taken from a worker's output (the tenant reads it in the upload's answer).
 const MAX_WORKER_MESSAGE_BYTES: usize = 4096;
 
-/// The worker's side: lowers its priority, reads one component from `input`, compiles it with
-/// `engine` (whose compile cache stores it). `Err` is the message for the host (the upload's
-/// `plugin_invalid` reason).
+/// The worker's side: reads one component from `input` and compiles it with `engine` (whose
+/// compile cache stores it) on a thread of its own at [`WORKER_NICE`], moved to the idle
+/// policy once the compile has run for [`LONG_COMPILE`]. `Err` is the message for the host
+/// (the upload's `plugin_invalid` reason).
 pub(crate) fn run_worker(
     engine: &wasmtime::Engine,
     mut input: impl std::io::Read,
 ) -> Result<(), String> {
-    let _ = rustix::process::setpriority_process(None, WORKER_NICE);
+    use std::os::unix::thread::JoinHandleExt as _;
+    use std::sync::mpsc::RecvTimeoutError;
+
     let mut wasm = Vec::new();
     input
         .read_to_end(&mut wasm)
         .map_err(|e| format!("cannot read the component: {e}"))?;
-    wasmtime::component::Component::new(engine, &wasm)
-        .map(drop)
-        .map_err(|e| format!("does not compile: {e:#}"))
+    let engine = engine.clone();
+    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+    let (done_tx, done) = std::sync::mpsc::sync_channel(1);
+    let compile = std::thread::Builder::new()
+        .name("compile".into())
+        .spawn(move || {
+            let tid = rustix::thread::gettid();
+            let _ = rustix::process::setpriority_process(Some(tid), WORKER_NICE);
+            let _ = started_tx.send(tid);
+            let compiled = wasmtime::component::Component::new(&engine, &wasm)
+                .map(drop)
+                .map_err(|e| format!("does not compile: {e:#}"));
+            let _ = done_tx.send(compiled);
+        })
+        .map_err(|e| format!("cannot start the compile thread: {e}"))?;
+    let stopped = || "the compile thread stopped".to_string();
+    let tid = started.recv().map_err(|_| stopped())?;
+    match done.recv_timeout(LONG_COMPILE) {
+        Ok(compiled) => return compiled,
+        Err(RecvTimeoutError::Disconnected) => return Err(stopped()),
+        Err(RecvTimeoutError::Timeout) => {}
+    }
+    if !set_idle_policy(compile.as_pthread_t()) {
+        let _ = rustix::process::setpriority_process(Some(tid), LONG_COMPILE_NICE);
+    }
+    done.recv().map_err(|_| stopped())?
+}
+
+/// Moves `thread` (of this process) to the `SCHED_IDLE` policy; `false` where that is refused.
+fn set_idle_policy(thread: std::os::unix::thread::RawPthread) -> bool {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_schedule_policy_param,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    // The crate also sets the calling thread's nice value to the policy's (0, this thread's
+    // own), after the policy; so the policy is read back rather than trusted from the result.
+    let _ = set_thread_priority_and_policy(thread, thread_priority::ThreadPriority::Min, idle);
+    thread_schedule_policy_param(thread).is_ok_and(|(policy, _)| policy == idle)
 }

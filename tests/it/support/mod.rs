@@ -281,15 +281,22 @@ impl TestEngine {
 /// Plugin compile workers running now for the engine whose data directory is `data_dir`
 /// (processes whose command line has `compile-worker` and that engine's cache directory).
 pub fn compile_workers(data_dir: &Path) -> usize {
+    compile_worker_pids(data_dir).len()
+}
+
+/// The process ids of [`compile_workers`].
+pub fn compile_worker_pids(data_dir: &Path) -> Vec<u32> {
     let data_dir = data_dir.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
     entries
         .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
-        .filter(|cmdline| cmdline.contains("compile-worker") && cmdline.contains(&data_dir))
-        .count()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains("compile-worker") && cmdline.contains(&data_dir)).then_some(pid)
+        })
+        .collect()
 }
