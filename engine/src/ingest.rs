@@ -31,6 +31,10 @@ const MAX_BUFFERED_EVENTS: usize = 65_536;
 /// Messages (single events or batches) that may wait for the writer before handlers wait to
 /// submit (backpressure).
 const QUEUE_CAPACITY: usize = 16_384;
+/// How long the writer waits for more submissions after a group of more than one (concurrent
+/// producers), so the next group shares its fixed cost (an `fdatasync`, sled's batch) among
+/// more events. A lone producer's events are written at once.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 #[derive(Debug)]
 pub enum IngestOutcome {
@@ -154,11 +158,15 @@ pub async fn prepare_event(
 
 async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Vec<Submission>>) {
     let mut waiting = FairQueue::default();
+    let mut busy = false;
     loop {
         if waiting.is_empty() {
             match rx.recv().await {
                 Some(message) => waiting.push(message),
                 None => break,
+            }
+            if busy {
+                tokio::time::sleep(LINGER).await;
             }
         }
         // Everything waiting now, so every tenant with a submission gets its turn.
@@ -167,7 +175,9 @@ async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Vec<Submission
         {
             waiting.push(message);
         }
-        commit_group(store.as_ref(), waiting.next_group(MAX_GROUP_WORK)).await;
+        let group = waiting.next_group(MAX_GROUP_WORK);
+        busy = group.len() > 1;
+        commit_group(store.as_ref(), group).await;
     }
 }
 
