@@ -44,8 +44,8 @@ use super::settings::{
 /// engine's threads the cores first while a compile runs.
 pub(crate) const WORKER_NICE: i32 = 10;
 
-/// How long a compile runs at [`WORKER_NICE`] before it drops to [`LONG_COMPILE_NICE`]. The
-/// small plugins of `plugins/` compile in well under it.
+/// How long a compile runs at [`WORKER_NICE`] before it moves to the `SCHED_IDLE` policy (or
+/// [`LONG_COMPILE_NICE`]). The small plugins of `plugins/` compile in well under it.
 pub(crate) const LONG_COMPILE: Duration = Duration::from_secs(1);
 /// The nice value of a compile past [`LONG_COMPILE`] where the `SCHED_IDLE` policy is refused.
 pub(crate) const LONG_COMPILE_NICE: i32 = 19;
