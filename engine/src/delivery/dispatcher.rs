@@ -357,8 +357,9 @@ impl Dispatcher {
                     });
                 }
                 Ok(None) => {
-                    // Deleted: forget it once nothing of it is in flight.
-                    if queue.claimed.is_empty() && queue.sending == 0 {
+                    // Deleted: forget it once nothing of it is in flight (a slot is freed
+                    // before its claim ends, on the same channel, so no claim means no slot).
+                    if queue.claimed.is_empty() {
                         self.queues.remove(key);
                     }
                     return;

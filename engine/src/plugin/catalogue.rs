@@ -34,6 +34,12 @@ use crate::store::{PluginListener, PluginStage, PluginVersion, Store};
 /// Who uploaded a version when the caller did not say (the host's own API, tests).
 const UPLOADED_BY_HOST: &str = "host";
 
+/// Who uploaded a version found as a file of an older hookd at start.
+const UPLOADED_BY_MIGRATION: &str = "migrated";
+/// The suffix a plugin file of an older hookd gets when the catalogue already has another
+/// component of that name (another node's): kept for the admin, not loaded.
+const NOT_IMPORTED: &str = "wasm.not-imported";
+
 /// Who a stored version says uploaded it: the key's hash prefix given, or the host itself.
 pub(super) fn uploader(uploaded_by: &str) -> &str {
     if uploaded_by.is_empty() {
@@ -42,11 +48,6 @@ pub(super) fn uploader(uploaded_by: &str) -> &str {
         uploaded_by
     }
 }
-/// Who uploaded a version found as a file of an older hookd at start.
-const UPLOADED_BY_MIGRATION: &str = "migrated";
-/// The suffix a plugin file of an older hookd gets when the catalogue already has another
-/// component of that name (another node's): kept for the admin, not loaded.
-const NOT_IMPORTED: &str = "wasm.not-imported";
 
 /// A plugin's stored versions, newest first, with its current and candidate version ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
