@@ -158,9 +158,9 @@ impl std::fmt::Debug for SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`, with sled's page cache at 64 MiB.
+    /// Opens (or creates) the store in `dir`, with sled's page cache at 16 MiB (the config's default).
     pub fn open(dir: &Path, keyring: Arc<Keyring>) -> Result<SledStore> {
-        SledStore::open_with_cache(dir, keyring, 64 * 1024 * 1024)
+        SledStore::open_with_cache(dir, keyring, 16 * 1024 * 1024)
     }
 
     /// Opens (or creates) the store in `dir`: migrates a data dir of the previous layout,
