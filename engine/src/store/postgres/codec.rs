@@ -123,7 +123,7 @@ pub(super) fn event(row: &Row) -> PgResult<EventRecord> {
 }
 
 /// A page of `limit` items from `limit + 1` rows read: the extra row only says there is more.
-pub(super) fn page<T>(
+fn page<T>(
     mut items: Vec<T>,
     limit: usize,
     cursor_of: impl Fn(&T) -> String,
@@ -166,7 +166,46 @@ impl Filtered {
             .push_str(&format!(" AND {clause} ${}", self.params.len()));
     }
 
-    pub(super) async fn run(self, store: &super::PostgresStore, tail: &str) -> PgResult<Vec<Row>> {
+    /// The filters of event and delivery listings alike: event type, channel, and a window of
+    /// creation times.
+    pub(super) fn and_event_filters(
+        &mut self,
+        event_type: Option<&String>,
+        channel: Option<&String>,
+        after_ms: Option<u64>,
+        before_ms: Option<u64>,
+    ) {
+        if let Some(event_type) = event_type {
+            self.and("event_type =", event_type.clone());
+        }
+        if let Some(channel) = channel {
+            self.and("channel =", channel.clone());
+        }
+        if let Some(after) = after_ms {
+            self.and("created_at >=", ms(after));
+        }
+        if let Some(before) = before_ms {
+            self.and("created_at <", ms(before));
+        }
+    }
+
+    /// One page, newest first: one row more than `limit` is read to know whether another page
+    /// follows, whose cursor is the last item's.
+    pub(super) async fn newest_first<T>(
+        self,
+        store: &super::PostgresStore,
+        limit: usize,
+        decode: impl Fn(&Row) -> PgResult<T>,
+        cursor_of: impl Fn(&T) -> String,
+    ) -> PgResult<crate::store::Page<T>> {
+        let rows = self
+            .run(store, &format!("ORDER BY id DESC LIMIT {}", limit + 1))
+            .await?;
+        let items = rows.iter().map(decode).collect::<PgResult<Vec<_>>>()?;
+        Ok(page(items, limit, cursor_of))
+    }
+
+    async fn run(self, store: &super::PostgresStore, tail: &str) -> PgResult<Vec<Row>> {
         let client = store.client().await?;
         let statement = client
             .prepare_cached(&format!("{} {tail}", self.sql))

@@ -338,26 +338,15 @@ pub(super) async fn list(
     if let Some(before) = codec::cursor::<EventId>(cursor) {
         query.and("id <", before);
     }
-    if let Some(event_type) = &filter.event_type {
-        query.and("event_type =", event_type.clone());
-    }
-    if let Some(channel) = &filter.channel {
-        query.and("channel =", channel.clone());
-    }
-    if let Some(after) = filter.after_ms {
-        query.and("created_at >=", ms(after));
-    }
-    if let Some(before) = filter.before_ms {
-        query.and("created_at <", ms(before));
-    }
-    let rows = query
-        .run(store, &format!("ORDER BY id DESC LIMIT {}", limit + 1))
-        .await?;
-    let items = rows
-        .iter()
-        .map(codec::event)
-        .collect::<PgResult<Vec<_>>>()?;
-    Ok(codec::page(items, limit, |e: &EventRecord| {
-        e.id.to_string()
-    }))
+    query.and_event_filters(
+        filter.event_type.as_ref(),
+        filter.channel.as_ref(),
+        filter.after_ms,
+        filter.before_ms,
+    );
+    query
+        .newest_first(store, limit, codec::event, |e: &EventRecord| {
+            e.id.to_string()
+        })
+        .await
 }

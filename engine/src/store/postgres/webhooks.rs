@@ -118,16 +118,14 @@ pub(super) async fn list(
     if let Some(before) = cursor::<WebhookId>(after) {
         query.and("id <", before);
     }
-    let rows = query
-        .run(store, &format!("ORDER BY id DESC LIMIT {}", limit + 1))
-        .await?;
-    let items = rows
-        .iter()
-        .map(|row| decode(row.try_get(0)?))
-        .collect::<PgResult<Vec<_>>>()?;
-    Ok(codec::page(items, limit, |w: &WebhookRecord| {
-        w.id.to_string()
-    }))
+    query
+        .newest_first(
+            store,
+            limit,
+            |row| decode(row.try_get(0)?),
+            |w: &WebhookRecord| w.id.to_string(),
+        )
+        .await
 }
 
 pub(super) async fn update(
