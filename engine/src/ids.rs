@@ -37,6 +37,16 @@ macro_rules! prefixed_id {
                 $name(format!("{}{}", $prefix, uuid::Uuid::now_v7().simple()))
             }
 
+            /// The id whose UUID is `value` (a store that derives ids from where records are).
+            pub fn from_u128(value: u128) -> Self {
+                let mut buffer = uuid::Uuid::encode_buffer();
+                let hex = uuid::Uuid::from_u128(value).simple().encode_lower(&mut buffer);
+                let mut id = String::with_capacity($prefix.len() + hex.len());
+                id.push_str($prefix);
+                id.push_str(hex);
+                $name(id)
+            }
+
             /// Accepts only well-formed ids of this kind (prefix + 32 lowercase hex digits).
             pub fn parse(text: &str) -> Option<Self> {
                 let hex = text.strip_prefix($prefix)?;
@@ -104,5 +114,21 @@ mod tests {
         assert_eq!(EventId::parse("evt_"), None);
         assert_eq!(EventId::parse("evt_../../etc"), None);
         assert_eq!(EventId::parse(&format!("evt_{}", "A".repeat(32))), None);
+    }
+
+    #[test]
+    fn from_u128_is_the_prefix_and_32_lowercase_hex_digits() {
+        for value in [
+            0,
+            1,
+            0xabc,
+            u128::MAX,
+            0x0190_0000_7000_8000_0000_0000_0000_00ff,
+        ] {
+            let id = DeliveryId::from_u128(value);
+            assert_eq!(id.as_str(), format!("dlv_{value:032x}"));
+            assert_eq!(DeliveryId::parse(id.as_str()), Some(id));
+        }
+        assert_eq!(WebhookId::from_u128(7).as_str(), format!("wh_{:032x}", 7));
     }
 }

@@ -84,29 +84,21 @@ fn parse_uuid(hex: &str) -> Option<(Locator, u16, u8)> {
     Some((loc, ((value >> 2) & 0xffff) as u16, (value & 0b11) as u8))
 }
 
-fn hex_of(value: u128) -> String {
-    format!("{value:032x}")
-}
-
 pub fn event_id(loc: Locator, created_ms: u64) -> EventId {
-    let id = format!(
-        "{}{}",
-        EventId::PREFIX,
-        hex_of(uuid_for(created_ms, loc, 0, KIND_EVENT))
-    );
-    EventId::parse(&id).expect("a well-formed event id")
+    EventId::from_u128(uuid_for(created_ms, loc, 0, KIND_EVENT))
 }
 
 pub fn delivery_id(delivery: DeliveryRef, created_ms: u64) -> DeliveryId {
-    let value = uuid_for(created_ms, delivery.event, delivery.index, KIND_DELIVERY);
-    let id = format!("{}{}", DeliveryId::PREFIX, hex_of(value));
-    DeliveryId::parse(&id).expect("a well-formed delivery id")
+    DeliveryId::from_u128(uuid_for(
+        created_ms,
+        delivery.event,
+        delivery.index,
+        KIND_DELIVERY,
+    ))
 }
 
 pub fn attempt_id(loc: Locator, started_ms: u64) -> AttemptId {
-    let value = uuid_for(started_ms, loc, 0, KIND_ATTEMPT);
-    let id = format!("{}{}", AttemptId::PREFIX, hex_of(value));
-    AttemptId::parse(&id).expect("a well-formed attempt id")
+    AttemptId::from_u128(uuid_for(started_ms, loc, 0, KIND_ATTEMPT))
 }
 
 /// The record an event id names, if it is one of this store's ids.
@@ -134,12 +126,7 @@ pub fn webhook_bytes(id: &WebhookId) -> [u8; 16] {
 }
 
 pub fn webhook_from_bytes(bytes: [u8; 16]) -> WebhookId {
-    let id = format!(
-        "{}{}",
-        WebhookId::PREFIX,
-        hex_of(u128::from_be_bytes(bytes))
-    );
-    WebhookId::parse(&id).expect("a well-formed webhook id")
+    WebhookId::from_u128(u128::from_be_bytes(bytes))
 }
 
 // ---- primitive encoding ---------------------------------------------------------------------
