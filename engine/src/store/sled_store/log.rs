@@ -254,6 +254,26 @@ impl Log {
             .sum()
     }
 
+    /// Where the valid records of `checkpoint`'s segment end, when that is before `checkpoint`:
+    /// sled's pages (and the checkpoint with them) reached the disk while the log's unsynced
+    /// tail before it did not — what a power loss between a group's sled batch and the log's
+    /// `fdatasync` can leave. `None` when the segment reaches the checkpoint.
+    pub fn valid_end_before(&self, checkpoint: Locator) -> Result<Option<Locator>, StoreError> {
+        let len = match self.file(checkpoint.segment)? {
+            Some(file) => file.metadata().map_err(io)?.len(),
+            None => 0,
+        };
+        if len >= u64::from(checkpoint.offset) {
+            return Ok(None);
+        }
+        let start = Locator {
+            segment: checkpoint.segment,
+            offset: 0,
+        };
+        let end = self.scan_from(start, |_, _| Ok(()))?;
+        Ok((end < checkpoint).then_some(end))
+    }
+
     /// Every valid record from `from` to the end of the log, in order, with payloads; stops at
     /// the first invalid one (a torn tail), returning where the valid log ends.
     pub fn scan_from(

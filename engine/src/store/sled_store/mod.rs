@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::cache::WebhookCache;
 use super::stats::{DayStats, StatsScope};
@@ -284,8 +284,24 @@ fn recover(shared: Arc<Shared>) -> Result<WriterState> {
             end.segment
         )));
     }
+    // sled ahead of the log: its checkpoint lies past the end of the log's valid records.
+    let lost = match checkpoint {
+        Some(checkpoint) => log.valid_end_before(checkpoint)?.map(|end| end..checkpoint),
+        None => None,
+    };
     let writer = log::LogWriter::resume(log, valid_end)?;
     let mut state = WriterState::new(shared.clone(), writer)?;
+    if let Some(lost) = lost {
+        let dropped = state.drop_lost(lost.clone(), lost.end)?;
+        warn!(
+            segment = lost.start.segment,
+            from_offset = lost.start.offset,
+            to_offset = lost.end.offset,
+            deliveries = dropped,
+            "the log lost its unsynced tail while the store kept its pages (a power loss?): \
+             the events in it were never acknowledged; their queued deliveries were dropped"
+        );
+    }
     let replayed = state.replay_from(from)?;
     if replayed > 0 {
         info!(

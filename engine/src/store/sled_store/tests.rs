@@ -379,6 +379,117 @@ async fn an_empty_sled_is_rebuilt_from_the_log_alone() {
     );
 }
 
+#[tokio::test]
+async fn a_log_that_lost_its_tail_under_sled_drops_the_lost_events_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keyring();
+    let store = open(dir.path(), keys.clone()).await;
+    let hook = webhook();
+    store.insert_webhook("acme", &hook).await.unwrap();
+    let batch = |prefix: &str, n: u64, at: u64| -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| event("acme", &[&hook.id], Some(&format!("{prefix}{i}")), at + i))
+            .collect()
+    };
+    let kept: Vec<_> = store
+        .append_events(batch("a", 20, now()))
+        .await
+        .unwrap()
+        .iter()
+        .map(created)
+        .collect();
+    let segment = dir.path().join("log").join("00000001.seg");
+    let synced_len = std::fs::metadata(&segment).unwrap().len();
+    let lost: Vec<_> = store
+        .append_events(batch("b", 30, now() + 100))
+        .await
+        .unwrap()
+        .iter()
+        .map(created)
+        .collect();
+    store.close().await.unwrap();
+    drop(store);
+
+    // What a power loss can leave: sled's pages and checkpoint on disk, the log's tail not.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(synced_len)
+        .unwrap();
+    let store = open(dir.path(), keys.clone()).await;
+
+    let due = |store: Arc<dyn Store>| {
+        let hook = hook.id.clone();
+        async move {
+            let head = store
+                .claim_due("acme", &hook, &HashSet::new(), u64::MAX - 1, 1_000)
+                .await
+                .unwrap();
+            head.due
+                .into_iter()
+                .map(|c| c.delivery_id)
+                .collect::<HashSet<_>>()
+        }
+    };
+    let kept_deliveries: HashSet<DeliveryId> = kept.iter().map(|(_, d)| d[0].clone()).collect();
+    assert_eq!(
+        due(store.clone()).await,
+        kept_deliveries,
+        "only the kept events' deliveries are due"
+    );
+    assert_eq!(
+        store.tenant_usage("acme").await.unwrap().pending_deliveries,
+        20
+    );
+    for (event, deliveries) in &lost {
+        assert!(store.event("acme", event).await.unwrap().is_none());
+        assert!(
+            store
+                .delivery("acme", &deliveries[0])
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let listed = store
+        .list_events("acme", &EventFilter::default(), None, 250)
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 20);
+    let day = day_of(now());
+    let stats = store
+        .stats_days("acme", StatsScope::Webhook(&hook.id), day, day + 1)
+        .await
+        .unwrap();
+    let pending: u64 = stats.iter().map(|d| d.counts.pending()).sum();
+    assert_eq!(
+        pending, 20,
+        "the lost deliveries are no longer pending: {stats:?}"
+    );
+
+    // A lost event's idempotency key is free again, and no lost id is given out again.
+    let again = store
+        .append_events(batch("b", 1, now() + 200))
+        .await
+        .unwrap();
+    let (new_event, new_deliveries) = created(&again[0]);
+    assert!(lost.iter().all(|(event, _)| *event != new_event));
+    let mut expected = kept_deliveries.clone();
+    expected.insert(new_deliveries[0].clone());
+    assert_eq!(due(store.clone()).await, expected);
+    store.close().await.unwrap();
+    drop(store);
+
+    // The repair was durable and is not repeated.
+    let store = open(dir.path(), keys).await;
+    assert_eq!(due(store.clone()).await, expected);
+    assert_eq!(
+        store.tenant_usage("acme").await.unwrap().pending_deliveries,
+        21
+    );
+}
+
 /// What a client could observe of a store, as text.
 async fn snapshot(store: &dyn Store, hook: &WebhookId) -> String {
     let deliveries = store

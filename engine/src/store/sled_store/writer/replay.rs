@@ -1,4 +1,5 @@
-//! Replay at start: the records after sled's checkpoint are applied again, in chunks.
+//! Replay at start: the records after sled's checkpoint are applied again, in chunks; and the
+//! repair of a log that lost its unsynced tail while sled kept its pages (a power loss).
 
 use super::*;
 
@@ -34,5 +35,59 @@ impl WriterState {
         scanned?;
         self.write_group_to(&mut batch, next)?;
         Ok(total)
+    }
+
+    /// After a power loss that kept sled's pages but not the log's tail before sled's
+    /// checkpoint, the events in `lost` are gone. None was acknowledged (a 202 waits for the
+    /// log's sync), but sled still schedules their deliveries: each is taken out of its
+    /// webhook's schedule, counted as failed for its day and no longer pending for its tenant,
+    /// in one batch committed with `checkpoint`. The lost ids are never reused: the log resumes
+    /// after the checkpoint. Returns how many deliveries were dropped.
+    pub fn drop_lost(
+        &mut self,
+        lost: std::ops::Range<Locator>,
+        checkpoint: Locator,
+    ) -> Result<usize> {
+        let mut webhooks = Vec::new();
+        for key in self.tree().scan_prefix([keys::WEBHOOK]).keys() {
+            if let Some((tenant, webhook)) = keys::split_webhook_key(&key?) {
+                webhooks.push((tenant.to_string(), webhook));
+            }
+        }
+        let mut batch = Batch::default();
+        let mut dropped = 0;
+        for (tenant, webhook) in webhooks {
+            let mut gone = Vec::new();
+            for page in self.tree().scan_prefix(keys::queue_of(&tenant, &webhook)) {
+                let (_, value) = page?;
+                gone.extend(
+                    pages::decode_queue_page(&value)?
+                        .into_iter()
+                        .filter(|entry| lost.contains(&entry.delivery.event)),
+                );
+            }
+            for entry in gone {
+                self.queue_remove(&mut batch, &tenant, &webhook, entry.due, entry.delivery)?;
+                batch.stats.transition(
+                    &tenant,
+                    &webhook,
+                    None,
+                    entry.created_at,
+                    DeliveryStatus::Pending,
+                    DeliveryStatus::Failed,
+                    None,
+                );
+                let mut usage = self.usage(&batch, &tenant)?;
+                usage.pending = usage.pending.saturating_sub(1);
+                batch.usage.insert(tenant.clone(), usage);
+                let segment = entry.delivery.event.segment;
+                let mut info = self.segment_info(&batch, segment)?.unwrap_or_default();
+                info.queued = info.queued.saturating_sub(1);
+                batch.segments.insert(segment, Some(info));
+                dropped += 1;
+            }
+        }
+        self.write_group_to(&mut batch, checkpoint)?;
+        Ok(dropped)
     }
 }
