@@ -41,6 +41,11 @@ use crate::store::{
 
 /// How long a delivery of a tenant that vanished from config waits before it is looked at again.
 const TENANT_MISSING_RECHECK: Duration = Duration::from_secs(60);
+/// How long a delivery whose attempt failed on the store waits before it is claimed again.
+const STORE_FAILURE_PAUSE: Duration = Duration::from_secs(5);
+/// How long a schedule entry naming a delivery the store cannot read (or that is no longer
+/// queued) is left aside before it is looked at again.
+const STALE_ENTRY_PAUSE: Duration = Duration::from_secs(60);
 
 /// Runs one attempt of a claimed delivery. Failures of hookd itself (store errors) are
 /// logged; the delivery stays queued and is tried again.
@@ -49,17 +54,41 @@ pub async fn run(
     tenant: &str,
     webhook_id: &WebhookId,
     claim: &Claim,
-    slot: super::dispatcher::Slot,
+    mut slot: super::dispatcher::Slot,
 ) {
     let span =
         info_span!("attempt", tenant, webhook_id = %webhook_id, delivery_id = %claim.delivery_id);
     async {
-        if let Err(err) = try_run(ctx, tenant, webhook_id, claim, slot).await {
-            warn!(error = %err, "attempt could not be completed; it stays queued");
+        match try_run(ctx, tenant, webhook_id, claim, &mut slot).await {
+            Ok(Ran::Done) => {}
+            Ok(Ran::Stale) => {
+                warn!(
+                    pause_s = STALE_ENTRY_PAUSE.as_secs(),
+                    "the schedule names a delivery that cannot be read or is not queued; \
+                     it is left aside"
+                );
+                slot.set_aside(STALE_ENTRY_PAUSE);
+            }
+            Err(err) => {
+                warn!(
+                    error = %err,
+                    pause_s = STORE_FAILURE_PAUSE.as_secs(),
+                    "attempt could not be completed; it stays queued"
+                );
+                slot.set_aside(STORE_FAILURE_PAUSE);
+            }
         }
     }
     .instrument(span)
     .await
+}
+
+/// How an attempt that returned without a store failure ended.
+enum Ran {
+    /// Tried and recorded, or settled, parked or requeued on purpose.
+    Done,
+    /// The delivery claimed from the schedule cannot be read or is no longer queued.
+    Stale,
 }
 
 async fn try_run(
@@ -67,11 +96,13 @@ async fn try_run(
     tenant: &str,
     webhook_id: &WebhookId,
     claim: &Claim,
-    mut slot: super::dispatcher::Slot,
-) -> Result<(), StoreError> {
+    slot: &mut super::dispatcher::Slot,
+) -> Result<Ran, StoreError> {
     let delivery_id = &claim.delivery_id;
-    let Some(loaded) = load(ctx, tenant, webhook_id, delivery_id).await? else {
-        return Ok(());
+    let loaded = match load(ctx, tenant, webhook_id, delivery_id).await? {
+        Load::Ready(loaded) => loaded,
+        Load::Done => return Ok(Ran::Done),
+        Load::Stale => return Ok(Ran::Stale),
     };
     let tenant = loaded.tenant();
     let started_at = now_ms();
@@ -132,7 +163,7 @@ async fn try_run(
     )
     .await?;
     // Recorded: the claim ends; consequences run outside it.
-    drop(slot);
+    slot.end_claim();
     consequences::apply(
         ctx,
         Recorded {
@@ -145,7 +176,7 @@ async fn try_run(
         },
     )
     .await;
-    Ok(())
+    Ok(Ran::Done)
 }
 
 /// Notes how long after it was due this attempt starts (`lag.rs`).
@@ -174,22 +205,31 @@ impl Loaded {
     }
 }
 
-/// The load stage: `None` when there is nothing to try (the delivery is gone or final, or it
-/// was settled or parked here because its webhook, event or tenant is gone or inactive).
+/// What the load stage found.
+enum Load {
+    Ready(Box<Loaded>),
+    /// Nothing to try: settled or parked here because its webhook, event or tenant is gone or
+    /// inactive.
+    Done,
+    /// The delivery is gone or no longer queued (the schedule disagrees with it).
+    Stale,
+}
+
+/// The load stage: the delivery, its webhook and event, or why there is nothing to try.
 async fn load(
     ctx: &DeliveryContext,
     tenant: &str,
     webhook_id: &WebhookId,
     delivery_id: &DeliveryId,
-) -> Result<Option<Loaded>, StoreError> {
+) -> Result<Load, StoreError> {
     let store = &ctx.store;
     // The claim is the dispatcher's; the record stays `pending` until the outcome is
     // recorded, so an attempt costs one write, not two.
     let Some(delivery) = store.delivery(tenant, delivery_id).await? else {
-        return Ok(None);
+        return Ok(Load::Stale);
     };
     if !delivery.status.is_queued() {
-        return Ok(None);
+        return Ok(Load::Stale);
     }
     let config = ctx.config.current();
     if config.tenant(tenant).is_none() {
@@ -197,7 +237,7 @@ async fn load(
         debug!("tenant not in config; delivery waits");
         let recheck = now_ms() + TENANT_MISSING_RECHECK.as_millis() as u64;
         store.requeue(tenant, delivery_id, recheck).await?;
-        return Ok(None);
+        return Ok(Load::Done);
     }
     let Some(webhook) = store.webhook(tenant, webhook_id).await? else {
         store
@@ -208,26 +248,39 @@ async fn load(
                 "webhook_deleted",
             )
             .await?;
-        return Ok(None);
+        return Ok(Load::Done);
     };
-    let Some(event) = store.event(tenant, &delivery.event_id).await? else {
+    let event = match store.event(tenant, &delivery.event_id).await {
+        Ok(event) => event,
+        // Damaged on disk (a checksum fails): it can never be sent, so its delivery fails
+        // like one whose event is gone, rather than being tried again forever.
+        Err(StoreError::Corrupt(reason)) => {
+            warn!(
+                reason,
+                "the event's stored bytes are damaged; the delivery fails"
+            );
+            None
+        }
+        Err(err) => return Err(err),
+    };
+    let Some(event) = event else {
         store
             .settle(tenant, delivery_id, DeliveryStatus::Failed, "event_missing")
             .await?;
-        return Ok(None);
+        return Ok(Load::Done);
     };
     if webhook.status != WebhookStatus::Active {
         // Parked: the dispatcher learns the webhook is not active and stops claiming from it.
         ctx.dispatch.webhook_changed(tenant, webhook_id);
-        return Ok(None);
+        return Ok(Load::Done);
     }
-    Ok(Some(Loaded {
+    Ok(Load::Ready(Box::new(Loaded {
         config,
         tenant_id: tenant.to_string(),
         delivery,
         webhook,
         event,
-    }))
+    })))
 }
 
 /// The send stage: the only time an attempt holds one of the engine's delivery permits. It

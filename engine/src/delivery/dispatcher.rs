@@ -18,7 +18,10 @@
 //! recorded, so claims live only in memory: sled admits one process per data dir, and after a
 //! crash every unfinished claim is simply due again (same delivery id, so the same
 //! `webhook-id`). Work per wake-up is bounded by the webhook's cap, never by its backlog, so
-//! one webhook's backlog or slowness never delays another's deliveries.
+//! one webhook's backlog or slowness never delays another's deliveries. An attempt that ends
+//! without an outcome because the store failed, or because the schedule named a delivery the
+//! store cannot read, sets its delivery aside for a while ([`Slot::set_aside`]) instead of
+//! having it claimed again at once.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
@@ -58,11 +61,13 @@ enum DispatchMsg {
     },
     /// An attempt gave back its webhook's slot (its send is over).
     SlotFreed { tenant: String, webhook: WebhookId },
-    /// An attempt finished (whatever its outcome): its claim ends.
+    /// An attempt finished (whatever its outcome): its claim ends. With `set_aside_ms`, the
+    /// delivery is not claimed again before that many ms have passed.
     Completed {
         tenant: String,
         webhook: WebhookId,
         delivery: DeliveryId,
+        set_aside_ms: Option<u64>,
     },
     /// The webhook was created, edited, disabled or deleted.
     WebhookChanged { tenant: String, webhook: WebhookId },
@@ -101,11 +106,18 @@ impl DispatchHandle {
         let _ = self.0.send(DispatchMsg::SlotFreed { tenant, webhook });
     }
 
-    fn completed(&self, tenant: String, webhook: WebhookId, delivery: DeliveryId) {
+    fn completed(
+        &self,
+        tenant: String,
+        webhook: WebhookId,
+        delivery: DeliveryId,
+        set_aside_ms: Option<u64>,
+    ) {
         let _ = self.0.send(DispatchMsg::Completed {
             tenant,
             webhook,
             delivery,
+            set_aside_ms,
         });
     }
 }
@@ -122,6 +134,9 @@ struct QueueState {
     wake_at: Option<u64>,
     /// Waiting for room under its tenant's cap.
     waiting_for_room: bool,
+    /// Deliveries not to claim before the given time (ms): their last attempt ended without
+    /// an outcome (see [`Slot::set_aside`]).
+    set_aside: HashMap<DeliveryId, u64>,
 }
 
 /// Per-tenant dispatch state: attempts in progress and the queues waiting for room.
@@ -228,9 +243,13 @@ impl Dispatcher {
                 tenant,
                 webhook,
                 delivery,
+                set_aside_ms,
             } => {
                 if let Some(queue) = self.queues.get_mut(&(tenant.clone(), webhook.clone())) {
                     queue.claimed.remove(&delivery);
+                    if let Some(ms) = set_aside_ms {
+                        queue.set_aside.insert(delivery, now_ms() + ms);
+                    }
                 }
                 self.wake((tenant, webhook), 0);
             }
@@ -294,6 +313,7 @@ impl Dispatcher {
                 settings: None,
                 wake_at: None,
                 waiting_for_room: false,
+                set_aside: HashMap::new(),
             });
         match queue.wake_at {
             Some(existing) if existing <= at_ms => {}
@@ -397,11 +417,28 @@ impl Dispatcher {
             return;
         }
         let capacity = capacity.min(room);
+        let mut set_aside_until = None;
+        let not_now = if queue.set_aside.is_empty() {
+            std::borrow::Cow::Borrowed(&queue.claimed)
+        } else {
+            let queue = self.queues.get_mut(key).expect("read above");
+            queue.set_aside.retain(|_, until| *until > now);
+            set_aside_until = queue.set_aside.values().min().copied();
+            std::borrow::Cow::Owned(
+                queue
+                    .claimed
+                    .iter()
+                    .chain(queue.set_aside.keys())
+                    .cloned()
+                    .collect(),
+            )
+        };
         let claimed = self
             .ctx
             .store
-            .claim_due(tenant, webhook_id, &queue.claimed, now, capacity)
+            .claim_due(tenant, webhook_id, &not_now, now, capacity)
             .await;
+        drop(not_now);
         let head = match claimed {
             Ok(head) => head,
             Err(err) => {
@@ -414,7 +451,10 @@ impl Dispatcher {
             return;
         };
         let settings = queue.settings.as_ref().expect("loaded above");
-        let mut next_wake = head.next_due.filter(|next| *next > now);
+        let mut next_wake = match (head.next_due.filter(|next| *next > now), set_aside_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let mut started = 0;
         for claim in head.due {
             if let Some(limiter) = &settings.limiter
@@ -438,6 +478,8 @@ impl Dispatcher {
                 delivery: claim.delivery_id.clone(),
                 claimed: std::time::Instant::now(),
                 holds_slot: true,
+                ended: false,
+                set_aside: None,
             };
             self.attempts.spawn(async move {
                 let _in_flight = in_flight;
@@ -467,6 +509,9 @@ pub struct Slot {
     delivery: DeliveryId,
     claimed: std::time::Instant,
     holds_slot: bool,
+    /// The claim has ended (the dispatcher was told).
+    ended: bool,
+    set_aside: Option<Duration>,
 }
 
 impl Slot {
@@ -479,16 +524,33 @@ impl Slot {
                 .slot_freed(self.tenant.clone(), self.webhook.clone());
         }
     }
-}
 
-impl Drop for Slot {
-    fn drop(&mut self) {
+    /// When the claim ends, keep the delivery from being claimed again for `wait`: its attempt
+    /// ended without an outcome (the store failed, or cannot read the delivery), and trying
+    /// again at once would only spin.
+    pub fn set_aside(&mut self, wait: Duration) {
+        self.set_aside = Some(wait);
+    }
+
+    /// Ends the claim (the outcome is recorded, or there is none to record): the dispatcher
+    /// may claim the webhook's next deliveries.
+    pub fn end_claim(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
         self.free();
         self.dispatch.completed(
             std::mem::take(&mut self.tenant),
             self.webhook.clone(),
             self.delivery.clone(),
+            self.set_aside.map(|wait| wait.as_millis() as u64),
         );
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.end_claim();
     }
 }
 
