@@ -60,6 +60,16 @@ pub fn spawn_hookd_logged(
     (child, format!("http://{addr}"), log)
 }
 
+/// A `hookd` process killed when the test ends, passed or not.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The real binary on a fresh data dir (test config, loopback allowed) with one webhook to
 /// `receiver_url`; `dir` holds the config and the data dir for restarts.
 pub struct RealEngine {

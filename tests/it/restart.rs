@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::crash::spawn_hookd_logged;
+use crate::crash::{KillOnDrop, spawn_hookd_logged};
 use crate::support::{ACME_KEY, Receiver, TestEngine, eventually, test_config_toml};
 
 #[tokio::test]
@@ -62,7 +62,8 @@ async fn damaged_log_records_fail_or_set_aside_their_deliveries_instead_of_spinn
     let data = dir.path().join("data");
     let config = dir.path().join("hookd.toml");
     std::fs::write(&config, test_config_toml(&data, "", true)).unwrap();
-    let (mut child, base, _) = spawn_hookd_logged(&config, &data, "info");
+    let (child, base, _) = spawn_hookd_logged(&config, &data, "info");
+    let mut child = KillOnDrop(child);
     let call = |method: &str, path: String, body: serde_json::Value| {
         http.request(method.parse().unwrap(), format!("{base}{path}"))
             .bearer_auth(ACME_KEY)
@@ -101,11 +102,11 @@ async fn damaged_log_records_fail_or_set_aside_their_deliveries_instead_of_spinn
     // A clean stop (SIGTERM), then one byte changed in each marker.
     let term = std::process::Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status()
         .unwrap();
     assert!(term.success());
-    assert!(crate::crash::wait_with_timeout(&mut child, Duration::from_secs(30)).success());
+    assert!(crate::crash::wait_with_timeout(&mut child.0, Duration::from_secs(30)).success());
     let mut damaged = 0;
     for segment in walk(&data)
         .into_iter()
@@ -122,7 +123,8 @@ async fn damaged_log_records_fail_or_set_aside_their_deliveries_instead_of_spinn
     }
     assert_eq!(damaged, 2, "each marker is in the log once");
 
-    let (mut child, base, log) = spawn_hookd_logged(&config, &data, "info");
+    let (child, base, log) = spawn_hookd_logged(&config, &data, "info");
+    let child = KillOnDrop(child);
     let call = |method: &str, path: String, body: serde_json::Value| {
         http.request(method.parse().unwrap(), format!("{base}{path}"))
             .bearer_auth(ACME_KEY)
@@ -176,7 +178,7 @@ async fn damaged_log_records_fail_or_set_aside_their_deliveries_instead_of_spinn
 
     // Over the next 2 s the engine is idle: the stale entry was set aside, not claimed again.
     let cpu = || {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.0.id())).unwrap();
         let fields: Vec<&str> = stat
             .rsplit(')')
             .next()
@@ -205,8 +207,7 @@ async fn damaged_log_records_fail_or_set_aside_their_deliveries_instead_of_spinn
             .count(),
         1
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

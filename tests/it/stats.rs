@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::crash::KillOnDrop;
 use crate::plugins::wasm;
 use crate::support::{ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually};
 
@@ -673,16 +674,6 @@ async fn get_real(http: &reqwest::Client, base: &str, path: &str) -> Value {
         .unwrap();
     assert_eq!(response.status(), 200, "{path}");
     response.json().await.unwrap()
-}
-
-/// A `hookd` process killed when the test ends, passed or not.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // Multi-threaded: the receiver keeps answering while the test thread waits on the process.
