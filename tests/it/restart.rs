@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::crash::{KillOnDrop, spawn_hookd_logged};
-use crate::support::{ACME_KEY, Receiver, TestEngine, eventually, test_config_toml};
+use crate::support::{ACME_KEY, Receiver, TestEngine, eventually, files, test_config_toml};
 
 #[tokio::test]
 async fn pending_deliveries_survive_a_restart_and_keep_their_webhook_id() {
@@ -108,7 +108,7 @@ async fn damaged_log_records_fail_or_set_aside_their_deliveries_instead_of_spinn
     assert!(term.success());
     assert!(crate::crash::wait_with_timeout(&mut child.0, Duration::from_secs(30)).success());
     let mut damaged = 0;
-    for segment in walk(&data)
+    for segment in files(&data)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "seg"))
     {
@@ -208,17 +208,4 @@ async fn damaged_log_records_fail_or_set_aside_their_deliveries_instead_of_spinn
         1
     );
     drop(child);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }

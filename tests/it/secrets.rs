@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{
-    ACME_KEY, Receiver, TEST_SECRET_KEY, TestEngine, parse_config, test_config_toml,
+    ACME_KEY, Receiver, TEST_SECRET_KEY, TestEngine, files, parse_config, test_config_toml,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -26,20 +26,6 @@ fn needles(secret: &str) -> Vec<Vec<u8>> {
         body.as_bytes().to_vec(),
         STANDARD.decode(body).unwrap(),
     ]
-}
-
-/// Every regular file under `dir`, recursively.
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -278,6 +278,20 @@ impl TestEngine {
     }
 }
 
+/// Every regular file under `dir`, recursively.
+pub fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// Plugin compile workers running now for the engine whose data directory is `data_dir`
 /// (processes whose command line has `compile-worker` and that engine's cache directory).
 pub fn compile_workers(data_dir: &Path) -> usize {
