@@ -451,10 +451,12 @@ impl Dispatcher {
             return;
         };
         let settings = queue.settings.as_ref().expect("loaded above");
-        let mut next_wake = match (head.next_due.filter(|next| *next > now), set_aside_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let mut next_wake = head
+            .next_due
+            .filter(|next| *next > now)
+            .into_iter()
+            .chain(set_aside_until)
+            .min();
         let mut started = 0;
         for claim in head.due {
             if let Some(limiter) = &settings.limiter
@@ -497,10 +499,10 @@ impl Dispatcher {
 }
 
 /// A claimed delivery: one of its webhook's slots (and one of its tenant's attempts in
-/// progress) until [`Slot::free`], then the claim alone until dropped. The attempt frees the
-/// slot as soon as its send is over and drops the claim once the outcome is recorded, so the
-/// outcome's write and the consequences run outside the webhook's slots. Dropping it tells the
-/// dispatcher (and frees the slot if that was not done).
+/// progress) until [`Slot::free`], then the claim alone until [`Slot::end_claim`] or drop. The
+/// attempt frees the slot as soon as its send is over and ends the claim once the outcome is
+/// recorded, so the outcome's write and the consequences run outside the webhook's slots.
+/// Ending the claim tells the dispatcher (and frees the slot if that was not done).
 pub struct Slot {
     dispatch: DispatchHandle,
     metrics: crate::telemetry::Metrics,

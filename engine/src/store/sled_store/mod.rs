@@ -292,7 +292,7 @@ fn recover(shared: Arc<Shared>) -> Result<WriterState> {
     let writer = log::LogWriter::resume(log, valid_end)?;
     let mut state = WriterState::new(shared.clone(), writer)?;
     if let Some(lost) = lost {
-        let dropped = state.drop_lost(lost.clone(), lost.end)?;
+        let dropped = state.drop_lost(lost.clone())?;
         warn!(
             segment = lost.start.segment,
             from_offset = lost.start.offset,

@@ -158,21 +158,7 @@ impl WriterState {
             meta.latency_ms,
         );
         if was_queued != is_queued {
-            let mut usage = self.usage(batch, tenant)?;
-            let mut info = self
-                .segment_info(batch, meta.delivery.event.segment)?
-                .unwrap_or_default();
-            if is_queued {
-                usage.pending += 1;
-                info.queued += 1;
-            } else {
-                usage.pending = usage.pending.saturating_sub(1);
-                info.queued = info.queued.saturating_sub(1);
-            }
-            batch.usage.insert(tenant.to_string(), usage);
-            batch
-                .segments
-                .insert(meta.delivery.event.segment, Some(info));
+            self.count_queued(batch, tenant, meta.delivery.event.segment, is_queued)?;
         }
         if let Some(attempt) = attempt {
             let key = keys::health(tenant, &meta.webhook);
@@ -193,6 +179,29 @@ impl WriterState {
         info.last_ms = info.last_ms.max(new.updated_at);
         batch.segments.insert(loc.segment, Some(info));
         batch.slots.insert(meta.delivery, new);
+        Ok(())
+    }
+
+    /// A delivery of `tenant` whose event is in `segment` joined (`queued`) or left the
+    /// deliveries still to be made: the tenant's pending count and the segment's.
+    pub(super) fn count_queued(
+        &self,
+        batch: &mut Batch,
+        tenant: &str,
+        segment: u32,
+        queued: bool,
+    ) -> Result<()> {
+        let mut usage = self.usage(batch, tenant)?;
+        let mut info = self.segment_info(batch, segment)?.unwrap_or_default();
+        if queued {
+            usage.pending += 1;
+            info.queued += 1;
+        } else {
+            usage.pending = usage.pending.saturating_sub(1);
+            info.queued = info.queued.saturating_sub(1);
+        }
+        batch.usage.insert(tenant.to_string(), usage);
+        batch.segments.insert(segment, Some(info));
         Ok(())
     }
 

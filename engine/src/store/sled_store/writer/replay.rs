@@ -41,13 +41,9 @@ impl WriterState {
     /// checkpoint, the events in `lost` are gone. None was acknowledged (a 202 waits for the
     /// log's sync), but sled still schedules their deliveries: each is taken out of its
     /// webhook's schedule, counted as failed for its day and no longer pending for its tenant,
-    /// in one batch committed with `checkpoint`. The lost ids are never reused: the log resumes
-    /// after the checkpoint. Returns how many deliveries were dropped.
-    pub fn drop_lost(
-        &mut self,
-        lost: std::ops::Range<Locator>,
-        checkpoint: Locator,
-    ) -> Result<usize> {
+    /// in one batch committed with the checkpoint (`lost.end`). The lost ids are never reused:
+    /// the log resumes after the checkpoint. Returns how many deliveries were dropped.
+    pub fn drop_lost(&mut self, lost: std::ops::Range<Locator>) -> Result<usize> {
         let mut webhooks = Vec::new();
         for key in self.tree().scan_prefix([keys::WEBHOOK]).keys() {
             if let Some((tenant, webhook)) = keys::split_webhook_key(&key?) {
@@ -77,17 +73,11 @@ impl WriterState {
                     DeliveryStatus::Failed,
                     None,
                 );
-                let mut usage = self.usage(&batch, &tenant)?;
-                usage.pending = usage.pending.saturating_sub(1);
-                batch.usage.insert(tenant.clone(), usage);
-                let segment = entry.delivery.event.segment;
-                let mut info = self.segment_info(&batch, segment)?.unwrap_or_default();
-                info.queued = info.queued.saturating_sub(1);
-                batch.segments.insert(segment, Some(info));
+                self.count_queued(&mut batch, &tenant, entry.delivery.event.segment, false)?;
                 dropped += 1;
             }
         }
-        self.write_group_to(&mut batch, checkpoint)?;
+        self.write_group_to(&mut batch, lost.end)?;
         Ok(dropped)
     }
 }
