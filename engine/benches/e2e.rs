@@ -722,6 +722,22 @@ async fn slot_figures(http: &reqwest::Client, base: &str, f: &mut Figures) {
         "http_mean_ms".into(),
         json!(round2(http_sum / http_count.max(1.0) * 1e3)),
     );
+    // The store's syncs to disk: a p99 tail on this shared disk is often its stalls.
+    let syncs = Histogram::read(http, base, "hookd_store_sync_seconds").await;
+    let within = |bound: f64| {
+        syncs
+            .buckets
+            .iter()
+            .find(|(le, _)| *le == bound)
+            .map_or(0.0, |(_, n)| *n)
+    };
+    f.extra.insert("syncs".into(), json!(syncs.count));
+    f.extra.insert(
+        "sync_p99_ms".into(),
+        json!(round2(syncs.quantile_us(0.99) / 1e3)),
+    );
+    f.extra
+        .insert("syncs_over_25ms".into(), json!(syncs.count - within(0.025)));
 }
 
 /// Engine CPU per event and its delivery(ies), in µs.
@@ -1507,6 +1523,17 @@ async fn run(
                 f.lost
             ),
             f.e2e_us[2] <= 10_000 && f.lost == 0 && f.complete,
+        );
+        let x = |k: &str| f.extra.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        check(
+            &mut checks,
+            format!(
+                "info: s6 store syncs {:.0}, p99 {:.2} ms, {:.0} over 25 ms (a disk stall shows here first)",
+                x("syncs"),
+                x("sync_p99_ms"),
+                x("syncs_over_25ms")
+            ),
+            true,
         );
         all.push(f);
     }

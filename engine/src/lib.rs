@@ -216,6 +216,7 @@ pub async fn start(
         .ok_or_else(|| StartError::NoSecretKey("no secret key for console sessions".into()))?;
     let config = SharedConfig::new(config);
     let metrics = Metrics::new();
+    store.set_sync_observer(Arc::new(metrics.clone()));
 
     let (dispatch, dispatch_rx) = Dispatcher::channel();
     // The store tells the dispatcher about work it made due, once it is durable.

@@ -63,6 +63,8 @@ pub const PLUGIN_HOOK_CALLS: &str = "hookd_plugin_hook_calls_total";
 /// Per plugin: wall time of hook calls by `tenant`, `version`.
 pub const PLUGIN_HOOK_SECONDS: &str = "hookd_plugin_hook_seconds";
 pub const CONFIG_RELOADS: &str = "hookd_config_reloads_total";
+/// Each sync of the embedded store to disk (the log's `fdatasync`, then sled's flush).
+pub const STORE_SYNC: &str = "hookd_store_sync_seconds";
 
 /// Bucket bounds of the HTTP latency of attempts, in seconds.
 const DELIVERY_LATENCY_BUCKETS: &[f64] = &[
@@ -75,6 +77,12 @@ const PLUGIN_CHAIN_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_075, 0.000_1, 0.000_125, 0.000_15, 0.000_175, 0.000_2, 0.000_25,
     0.000_3, 0.000_4, 0.000_5, 0.000_75, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0,
+];
+
+/// Bucket bounds of the store's syncs, in seconds: a healthy disk syncs in well under a
+/// millisecond; tens of milliseconds are stalls an acknowledgement waits through.
+const STORE_SYNC_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
 /// How often the queue gauges are sampled from the store (and the recorder kept tidy).
@@ -139,6 +147,12 @@ impl Metrics {
                     DELIVERY_LATENCY_BUCKETS,
                 )
             })
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full(STORE_SYNC.to_string()),
+                    STORE_SYNC_BUCKETS,
+                )
+            })
             .expect("bucket lists are not empty")
             .build_recorder();
         let metrics = Metrics {
@@ -157,6 +171,11 @@ impl Metrics {
                 "HTTP latency of delivery attempts, by tenant"
             );
             describe_gauge!(ATTEMPTS_IN_FLIGHT, "Delivery attempts running now");
+            describe_histogram!(
+                STORE_SYNC,
+                Unit::Seconds,
+                "Each sync of the embedded store to disk (the log's fdatasync, then sled's flush): what a 202 and an API change wait for"
+            );
             describe_histogram!(
                 DELIVERY_LAG,
                 Unit::Seconds,
@@ -254,6 +273,11 @@ impl Metrics {
             histogram!(DELIVERY_LATENCY, "tenant" => tenant.to_string())
                 .record(latency.as_secs_f64());
         });
+    }
+
+    /// One sync of the embedded store to disk.
+    pub fn store_synced(&self, took: Duration) {
+        self.with(|| histogram!(STORE_SYNC).record(took.as_secs_f64()));
     }
 
     /// How long after its due time an attempt started.
@@ -372,5 +396,11 @@ pub async fn run_sampler(
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(QUEUE_SAMPLE_INTERVAL) => {}
         }
+    }
+}
+
+impl crate::store::SyncObserver for Metrics {
+    fn synced(&self, took: Duration) {
+        self.store_synced(took);
     }
 }

@@ -290,3 +290,26 @@ async fn per_plugin_metrics_count_each_plugins_calls_by_version_and_outcome() {
         assert!(!text.contains(&format!("\"{name}\"")), "{name} in {text}");
     }
 }
+
+/// sled only (PostgreSQL's syncs are the server's): every acknowledged event waited for one
+/// sync of the store, and each is on `/metrics`.
+#[tokio::test]
+async fn each_sync_of_the_embedded_store_is_timed() {
+    let engine = TestEngine::start().await;
+    let before = count(
+        &scrape(&engine).await,
+        "hookd_store_sync_seconds_count",
+        &[],
+    );
+    for n in 0..3 {
+        engine.send_event("user.created", json!({ "n": n })).await;
+    }
+    let text = scrape(&engine).await;
+    let after = count(&text, "hookd_store_sync_seconds_count", &[]);
+    assert!(after >= before + 3.0, "{before} -> {after}");
+    assert!(count(&text, "hookd_store_sync_seconds_sum", &[]) > 0.0);
+    assert_eq!(
+        count(&text, "hookd_store_sync_seconds_bucket", &[("le", "+Inf")]),
+        after
+    );
+}

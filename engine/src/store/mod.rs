@@ -248,6 +248,12 @@ pub trait WorkListener: Send + Sync {
     fn webhook_changed(&self, tenant: &str, webhook: &WebhookId);
 }
 
+/// Hears how long each sync of the store to disk took (the metrics): what an acknowledgement
+/// waits for, and where a slow disk shows first.
+pub trait SyncObserver: Send + Sync {
+    fn synced(&self, took: std::time::Duration);
+}
+
 /// Hears about changes to the plugin catalogue (the plugin host), once they are durable: this
 /// process's own writes and, on a shared backend, every other process's.
 pub trait PluginListener: Send + Sync {
@@ -309,6 +315,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Sets who hears about due work (the dispatcher). Called once, at start.
     fn set_listener(&self, listener: Arc<dyn WorkListener>);
+
+    /// Sets who hears how long each of the store's own syncs to disk took. Called once, at
+    /// start; a backend whose durability is a server's (PostgreSQL) has none to report.
+    fn set_sync_observer(&self, _observer: Arc<dyn SyncObserver>) {}
 
     /// Makes every write so far durable.
     async fn flush(&self) -> Result<()>;

@@ -52,7 +52,7 @@ use super::{
     Appended, AttemptOutcome, AttemptRecord, DeliveryFilter, DeliveryRecord, DeliveryStatus,
     EventFilter, EventRecord, NewEvent, Page, PluginHead, PluginListener, PluginStage,
     PluginVersion, PurgeOutcome, QueueHead, Result, ScheduleCounts, SpaceProblem, Store,
-    StoreError, TenantUsage, WebhookChange, WebhookRecord, WorkListener,
+    StoreError, SyncObserver, TenantUsage, WebhookChange, WebhookRecord, WorkListener,
 };
 use crate::ids::{DeliveryId, EventId, WebhookId};
 use crate::secrets::Keyring;
@@ -102,6 +102,7 @@ struct Shared {
     webhooks: WebhookCache,
     keyring: Arc<Keyring>,
     listener: OnceLock<Arc<dyn WorkListener>>,
+    sync_observer: OnceLock<Arc<dyn SyncObserver>>,
     space: SpaceWatermark,
 }
 
@@ -190,6 +191,7 @@ impl SledStore {
             webhooks: WebhookCache::default(),
             keyring,
             listener: OnceLock::new(),
+            sync_observer: OnceLock::new(),
             space: SpaceWatermark {
                 dir: dir.to_path_buf(),
                 min_free_bytes: AtomicU64::new(0),
@@ -318,6 +320,10 @@ fn recover(shared: Arc<Shared>) -> Result<WriterState> {
 impl Store for SledStore {
     fn set_listener(&self, listener: Arc<dyn WorkListener>) {
         let _ = self.shared.listener.set(listener);
+    }
+
+    fn set_sync_observer(&self, observer: Arc<dyn SyncObserver>) {
+        let _ = self.shared.sync_observer.set(observer);
     }
 
     async fn flush(&self) -> Result<()> {

@@ -286,8 +286,12 @@ impl WriterState {
     /// The log (with every slot rewrite) and then sled: sled's checkpoint never runs ahead of
     /// a log that is on disk.
     fn sync_all(&mut self) -> Result<()> {
+        let started = Instant::now();
         self.log.sync()?;
         self.shared.db.flush()?;
+        if let Some(observer) = self.shared.sync_observer.get() {
+            observer.synced(started.elapsed());
+        }
         self.unsynced = false;
         self.last_sync = Instant::now();
         Ok(())
