@@ -618,20 +618,21 @@ impl Histogram {
         h
     }
 
+    /// The cumulative count at bucket bound `le` (0 when there is no such bucket).
+    fn within(&self, le: f64) -> f64 {
+        self.buckets
+            .iter()
+            .find(|(bound, _)| *bound == le)
+            .map_or(0.0, |(_, n)| *n)
+    }
+
     /// What was recorded between `earlier` and `self`.
     fn since(&self, earlier: &Histogram) -> Histogram {
-        let before = |le: f64| {
-            earlier
-                .buckets
-                .iter()
-                .find(|(bound, _)| *bound == le)
-                .map_or(0.0, |(_, n)| *n)
-        };
         Histogram {
             buckets: self
                 .buckets
                 .iter()
-                .map(|&(le, n)| (le, n - before(le)))
+                .map(|&(le, n)| (le, n - earlier.within(le)))
                 .collect(),
             sum: self.sum - earlier.sum,
             count: self.count - earlier.count,
@@ -724,20 +725,15 @@ async fn slot_figures(http: &reqwest::Client, base: &str, f: &mut Figures) {
     );
     // The store's syncs to disk: a p99 tail on this shared disk is often its stalls.
     let syncs = Histogram::read(http, base, "hookd_store_sync_seconds").await;
-    let within = |bound: f64| {
-        syncs
-            .buckets
-            .iter()
-            .find(|(le, _)| *le == bound)
-            .map_or(0.0, |(_, n)| *n)
-    };
     f.extra.insert("syncs".into(), json!(syncs.count));
     f.extra.insert(
         "sync_p99_ms".into(),
         json!(round2(syncs.quantile_us(0.99) / 1e3)),
     );
-    f.extra
-        .insert("syncs_over_25ms".into(), json!(syncs.count - within(0.025)));
+    f.extra.insert(
+        "syncs_over_25ms".into(),
+        json!(syncs.count - syncs.within(0.025)),
+    );
 }
 
 /// Engine CPU per event and its delivery(ies), in µs.
