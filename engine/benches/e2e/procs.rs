@@ -1,6 +1,7 @@
 //! Child processes of the bench (the real release `hookd` and the receiver role), killed by
 //! pid when dropped, and what `/proc` says about them (CPU seconds, peak RSS).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -167,9 +168,34 @@ pub async fn spawn_engine(
 
 /// utime + stime of a process in seconds (clock ticks of 100 Hz, Linux's USER_HZ).
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat_cpu_seconds(&stat))
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds of a process's live threads by role: the threads of `/proc/<pid>/task`
+/// grouped by name without its trailing number (`sled-io-3` → `sled-io`).
+pub fn cpu_seconds_by_thread(pid: u32) -> BTreeMap<String, f64> {
+    let mut by_role = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_role;
     };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map_or("?", |(comm, _)| comm)
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        *by_role.entry(name.to_string()).or_insert(0.0) += stat_cpu_seconds(&stat);
+    }
+    by_role
+}
+
+/// utime + stime of a `/proc/.../stat` line, in seconds.
+fn stat_cpu_seconds(stat: &str) -> f64 {
     let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // Fields after "(comm)": state is index 0, utime is field 14 overall → index 11.
