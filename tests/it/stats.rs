@@ -345,7 +345,21 @@ async fn stats_belong_to_their_tenant_and_the_query_is_checked() {
             "{path}: {err}"
         );
     }
-    for query in ["days=0", "days=91", "days=week", "days=-1"] {
+    let today = hookd::ids::rfc3339(hookd::ids::now_ms())[..10].to_string();
+    let tomorrow = hookd::ids::rfc3339(hookd::ids::now_ms() + 86_400_000)[..10].to_string();
+    for query in [
+        "days=0",
+        "days=91",
+        "days=week",
+        "days=-1",
+        "to=",
+        "to=2024-13-01",
+        "to=2024-1-01",
+        "to=yesterday",
+        &format!("to={today}T00:00:00Z"),
+        &format!("to={tomorrow}"),
+        &format!("days=91&to={today}"),
+    ] {
         let (status, err) = engine.get(&format!("/v1/stats?{query}")).await;
         assert_eq!(
             (status, err["code"].as_str()),
@@ -365,6 +379,22 @@ async fn stats_belong_to_their_tenant_and_the_query_is_checked() {
     let longest = stats(&engine, &format!("/v1/webhooks/{wh}/stats?days=90")).await;
     assert_eq!(longest["series"].as_array().unwrap().len(), 90);
     assert_eq!(longest["totals"]["delivered"], 1);
+    let (status, err) = engine
+        .get(&format!("/v1/webhooks/{wh}/stats?to={tomorrow}"))
+        .await;
+    assert_eq!((status, err["code"].as_str()), (400, Some("invalid_query")));
+
+    // `to` moves the window back: ending today it is the default one; ending yesterday it
+    // leaves out today's delivery.
+    let ending_today = stats(&engine, &format!("/v1/webhooks/{wh}/stats?to={today}")).await;
+    assert_eq!(ending_today["to"], today);
+    assert_eq!(ending_today["totals"]["delivered"], 1);
+    let yesterday = hookd::ids::rfc3339(hookd::ids::now_ms() - 86_400_000)[..10].to_string();
+    let before = stats(&engine, &format!("/v1/stats?days=3&to={yesterday}")).await;
+    assert_eq!(before["series"].as_array().unwrap().len(), 3);
+    assert_eq!(before["to"], yesterday);
+    assert_eq!(before["totals"]["events"], 0);
+    assert_eq!(before["totals"]["delivered"], 0);
 }
 
 /// Sends an event of `tenant` (by key) on `channel`; returns it.

@@ -52,6 +52,26 @@ async fn statuses(engine: &TestEngine) -> BTreeMap<String, usize> {
     out
 }
 
+/// When the fixture was made (ms since the epoch): the earliest of its events' ids (UUIDv7,
+/// which carry their creation time).
+fn fixture_made_ms(manifest: &Value) -> u64 {
+    manifest["acme_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| {
+            let id = &id.as_str().unwrap()["evt_".len()..];
+            let (secs, nanos) = uuid::Uuid::parse_str(id)
+                .unwrap()
+                .get_timestamp()
+                .expect("a UUIDv7")
+                .to_unix();
+            secs * 1000 + u64::from(nanos) / 1_000_000
+        })
+        .min()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_lost() {
     let manifest: Value =
@@ -110,7 +130,11 @@ async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_los
             );
         }
     }
-    let (_, stats) = engine.get("/v1/stats?days=90").await;
+    // The fixture was made within one UTC day; the window ends on it, however long ago.
+    let made = fixture_made_ms(&manifest);
+    let day = hookd::ids::rfc3339(made)[..10].to_string();
+    let (status, stats) = engine.get(&format!("/v1/stats?days=2&to={day}")).await;
+    assert_eq!(status, 200, "{stats}");
     assert_eq!(
         stats["totals"], manifest["acme_stats_totals"],
         "statistics carried over as they were"
@@ -157,14 +181,7 @@ async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_los
     // keeps 24 h from its creation, as before the migration. The fixture's keys run out a day
     // after it was made (its event ids carry the time); from then on a repeat is a new event.
     // Checked last, because a new event adds deliveries.
-    let made_ms = manifest["acme_events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| u64::from_str_radix(&id.as_str().unwrap()["evt_".len()..][..12], 16).unwrap())
-        .min()
-        .unwrap();
-    let expires_ms = made_ms + 24 * 3_600_000;
+    let expires_ms = made + 24 * 3_600_000;
     let now_ms = hookd::ids::now_ms();
     let (status, again) = engine
         .post(

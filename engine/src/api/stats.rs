@@ -1,6 +1,8 @@
-//! `GET /v1/stats` and `GET /v1/webhooks/{id}/stats`: delivery statistics of the last `days`
-//! UTC days (default 7, at most 90), read from the store's per-day counters (`store/stats.rs`),
-//! never by scanning the delivery log.
+//! `GET /v1/stats` and `GET /v1/webhooks/{id}/stats`: delivery statistics of `days` UTC days
+//! (default 7, at most 90) ending today, or ending on the day `to` (`YYYY-MM-DD`, not after
+//! today) to look back at an earlier window; read from the store's per-day counters
+//! (`store/stats.rs`, kept [`crate::store::stats::STATS_HORIZON_DAYS`] days), never by scanning
+//! the delivery log.
 //!
 //! Each day row describes the events and deliveries **created** that day: their outcomes so far
 //! and the latency of their attempts (whenever they were made). `pending` counts deliveries not
@@ -35,17 +37,21 @@ const TOP_EVENT_TYPES: usize = 10;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
-    /// UTC days to cover, ending today: 1-90 (default 7).
+    /// UTC days to cover, ending on `to`: 1-90 (default 7).
     #[param(minimum = 1, maximum = 90)]
     days: Option<u32>,
+    /// The window's last UTC day, `YYYY-MM-DD`, not after today (default today).
+    to: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TenantStatsQuery {
-    /// UTC days to cover, ending today: 1-90 (default 7).
+    /// UTC days to cover, ending on `to`: 1-90 (default 7).
     #[param(minimum = 1, maximum = 90)]
     days: Option<u32>,
+    /// The window's last UTC day, `YYYY-MM-DD`, not after today (default today).
+    to: Option<String>,
     /// Only events on this channel (1-128 of `a-z A-Z 0-9 . _ - :`) and their deliveries.
     channel: Option<String>,
 }
@@ -168,9 +174,37 @@ fn view(webhook_id: Option<String>, days: u32, rows: &[DayStats]) -> StatsView {
     }
 }
 
-fn day_range(days: u32) -> (u32, u32) {
+/// The first and last UTC day of a window of `days` ending on `to` (default today).
+fn day_range(days: u32, to: Option<&str>) -> Result<(u32, u32), ApiError> {
     let today = day_of(now_ms());
-    (today.saturating_sub(days - 1), today)
+    let last = match to {
+        None => today,
+        Some(text) => parse_date(text)
+            .filter(|day| *day <= today)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    "`to` must be a UTC date `YYYY-MM-DD`, not after today",
+                )
+            })?,
+    };
+    Ok((last.saturating_sub(days - 1), last))
+}
+
+/// A `YYYY-MM-DD` date as a UTC day (days since the epoch); `None` unless exactly that form
+/// and a real date.
+fn parse_date(text: &str) -> Option<u32> {
+    let shaped = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if !shaped {
+        return None;
+    }
+    let at = humantime::parse_rfc3339(&format!("{text}T00:00:00Z")).ok()?;
+    let ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    u32::try_from(ms / u128::from(MS_PER_DAY)).ok()
 }
 
 /// The tenant's delivery statistics of the last `days` UTC days, or those of one channel.
@@ -182,7 +216,7 @@ fn day_range(days: u32) -> (u32, u32) {
     params(TenantStatsQuery),
     responses(
         (status = 200, description = "Totals, rates, latency, top event types and a per-day series (of one channel with `channel`)", body = StatsView),
-        (status = 400, description = "`days` out of range or `channel` malformed (`invalid_query`)", body = ErrorBody),
+        (status = 400, description = "`days` out of range, `to` not a date up to today or `channel` malformed (`invalid_query`)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ),
@@ -193,7 +227,7 @@ pub async fn tenant_stats(
     ApiQuery(query): ApiQuery<TenantStatsQuery>,
 ) -> Result<ApiJson<StatsView>, ApiError> {
     let days = window(query.days)?;
-    let (first, last) = day_range(days);
+    let (first, last) = day_range(days, query.to.as_deref())?;
     let Some(channel) = query.channel else {
         let rows = state
             .store
@@ -236,7 +270,7 @@ pub async fn tenant_stats(
     params(("id" = String, Path, description = "Webhook id (`wh_...`)"), StatsQuery),
     responses(
         (status = 200, description = "Totals, rates, latency, top event types and a per-day series", body = StatsView),
-        (status = 400, description = "`days` out of range", body = ErrorBody),
+        (status = 400, description = "`days` out of range or `to` not a date up to today (`invalid_query`)", body = ErrorBody),
         (status = 404, description = "No such webhook for this tenant", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
@@ -258,7 +292,7 @@ pub async fn webhook_stats(
         return Err(ApiError::not_found("webhook", &id));
     }
     let days = window(query.days)?;
-    let (first, last) = day_range(days);
+    let (first, last) = day_range(days, query.to.as_deref())?;
     let rows = state
         .store
         .stats_days(&tenant.id, StatsScope::Webhook(&webhook_id), first, last)
@@ -280,5 +314,39 @@ mod tests {
             let err = window(Some(bad)).unwrap_err();
             assert_eq!(err.code, "invalid_query");
         }
+    }
+
+    #[test]
+    fn the_window_ends_on_to_which_is_a_real_date_not_after_today() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2024-10-04"), Some(20_000));
+        assert_eq!(
+            parse_date("2024-02-29").map(date).as_deref(),
+            Some("2024-02-29")
+        );
+        for bad in [
+            "",
+            "2024-10-4",
+            "2024-1-04",
+            "24-10-04",
+            "2024/10/04",
+            "2024-13-01",
+            "2023-02-29",
+            "2024-10-04T00:00:00Z",
+            " 2024-10-04",
+            "２０２４-10-04",
+            "1969-12-31",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad:?}");
+        }
+        assert_eq!(day_range(7, Some("2024-10-04")).unwrap(), (19_994, 20_000));
+        assert_eq!(day_range(1, Some("1970-01-01")).unwrap(), (0, 0));
+        let today = day_of(now_ms());
+        assert_eq!(day_range(7, None).unwrap(), (today - 6, today));
+        let tomorrow = date(today + 1);
+        assert_eq!(
+            day_range(7, Some(&tomorrow)).unwrap_err().code,
+            "invalid_query"
+        );
     }
 }
