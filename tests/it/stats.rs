@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::crash::KillOnDrop;
 use crate::plugins::wasm;
-use crate::support::{ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually};
+use crate::support::{ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually, utc_date};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -345,8 +345,8 @@ async fn stats_belong_to_their_tenant_and_the_query_is_checked() {
             "{path}: {err}"
         );
     }
-    let today = hookd::ids::rfc3339(hookd::ids::now_ms())[..10].to_string();
-    let tomorrow = hookd::ids::rfc3339(hookd::ids::now_ms() + 86_400_000)[..10].to_string();
+    let now = hookd::ids::now_ms();
+    let (yesterday, today, tomorrow) = (utc_date(now, -1), utc_date(now, 0), utc_date(now, 1));
     for query in [
         "days=0",
         "days=91",
@@ -389,7 +389,6 @@ async fn stats_belong_to_their_tenant_and_the_query_is_checked() {
     let ending_today = stats(&engine, &format!("/v1/webhooks/{wh}/stats?to={today}")).await;
     assert_eq!(ending_today["to"], today);
     assert_eq!(ending_today["totals"]["delivered"], 1);
-    let yesterday = hookd::ids::rfc3339(hookd::ids::now_ms() - 86_400_000)[..10].to_string();
     let before = stats(&engine, &format!("/v1/stats?days=3&to={yesterday}")).await;
     assert_eq!(before["series"].as_array().unwrap().len(), 3);
     assert_eq!(before["to"], yesterday);

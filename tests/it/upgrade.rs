@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::support::{
     ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually, parse_config, test_config_toml,
+    utc_date,
 };
 
 fn fixture() -> std::path::PathBuf {
@@ -130,10 +131,10 @@ async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_los
             );
         }
     }
-    // The fixture was made within one UTC day; the window ends on it, however long ago.
+    // The fixture was made within one UTC day: that day's window, however long ago.
     let made = fixture_made_ms(&manifest);
-    let day = hookd::ids::rfc3339(made)[..10].to_string();
-    let (status, stats) = engine.get(&format!("/v1/stats?days=2&to={day}")).await;
+    let day = utc_date(made, 0);
+    let (status, stats) = engine.get(&format!("/v1/stats?days=1&to={day}")).await;
     assert_eq!(status, 200, "{stats}");
     assert_eq!(
         stats["totals"], manifest["acme_stats_totals"],

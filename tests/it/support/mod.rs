@@ -70,6 +70,12 @@ pub fn distinct(component: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
+/// The UTC date (`YYYY-MM-DD`) of a time in ms since the epoch, `days` days later (or earlier).
+pub fn utc_date(ms: u64, days: i64) -> String {
+    let at = ms.saturating_add_signed(days * 86_400_000);
+    hookd::ids::rfc3339(at)[..10].to_string()
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, failing the test after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
