@@ -179,10 +179,10 @@ async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_los
     assert_eq!(after["failed"], 20);
 
     // Idempotency keys still name their events while their window lasts: a migrated event
-    // keeps 24 h from its creation, as before the migration. The fixture's keys run out a day
-    // after it was made (its event ids carry the time); from then on a repeat is a new event.
-    // Checked last, because a new event adds deliveries.
-    let expires_ms = made + 24 * 3_600_000;
+    // keeps the default window (24 h) from its creation, as before the migration. The
+    // fixture's keys run out that long after it was made (its event ids carry the time); from
+    // then on a repeat is a new event. Checked last, because a new event adds deliveries.
+    let expires_ms = made + hookd::config::DEFAULT_IDEMPOTENCY_WINDOW.as_millis() as u64;
     let now_ms = hookd::ids::now_ms();
     let (status, again) = engine
         .post(

@@ -42,6 +42,8 @@ pub const POSTGRES_URL_ENV: &str = "HOOKD_POSTGRES_URL";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
+/// `limits.idempotency_window` unless set: how long an idempotency key names its event.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Validated configuration of one engine.
 #[derive(Debug, Clone)]

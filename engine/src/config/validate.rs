@@ -11,8 +11,9 @@ use ipnet::IpNet;
 
 use super::raw::{RawConfig, RawDelivery, RawLimits, RawPlugins, RawQuotas, RawSecurity, RawStore};
 use super::{
-    Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DeliveryConfig, LimitsConfig, PluginsConfig,
-    QuotasConfig, SecurityConfig, SsrfConfig, StoreBackend, StoreConfig, TenantConfig,
+    Config, DEFAULT_DATA_DIR, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_LISTEN, DeliveryConfig,
+    LimitsConfig, PluginsConfig, QuotasConfig, SecurityConfig, SsrfConfig, StoreBackend,
+    StoreConfig, TenantConfig,
 };
 use crate::plugin::PluginSettings;
 use crate::secrets;
@@ -291,7 +292,7 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         idempotency_window: c.duration(
             "limits.idempotency_window",
             raw.limits.idempotency_window.as_ref(),
-            Duration::from_secs(24 * 3600),
+            DEFAULT_IDEMPOTENCY_WINDOW,
         ),
         secret_rotation_overlap: c.duration(
             "limits.secret_rotation_overlap",

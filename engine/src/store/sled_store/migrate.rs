@@ -29,8 +29,9 @@ use crate::store::{
 const OLD_TREE: &str = "hookd/v1";
 /// Set while a migration runs; found at open, it means the last one did not finish.
 const MIGRATING: &str = "migrating";
-/// The idempotency window migrated events keep (the old records did not store one).
-const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 3_600_000;
+/// The idempotency window migrated events keep: the old records did not store one, so the
+/// default they were checked against.
+const MIGRATED_IDEMPOTENCY_WINDOW: std::time::Duration = crate::config::DEFAULT_IDEMPOTENCY_WINDOW;
 
 const V1_WEBHOOK: u8 = b'W';
 const V1_EVENT: u8 = b'E';
@@ -219,7 +220,7 @@ async fn migrate_event(
         event_type: event.event_type,
         channel: event.channel,
         idempotency_key: event.idempotency_key,
-        idempotency_window_ms: IDEMPOTENCY_WINDOW_MS,
+        idempotency_window_ms: MIGRATED_IDEMPOTENCY_WINDOW.as_millis() as u64,
         created_at: event.created_at,
         payload: event.payload,
         webhooks: deliveries
