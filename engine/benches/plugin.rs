@@ -217,27 +217,27 @@ impl Bench {
         }
     }
 
-    /// Back to back: chain and native medians, and the hot PASS/FAIL line.
+    /// Back to back, a chain call and a native call in turn: chain and native medians, and the
+    /// hot PASS/FAIL line. In turn, not one series after the other, because this VM has
+    /// episodes of seconds in which memory-heavy code on one vCPU runs ~1.75x slower (chain and
+    /// native alike): two series could fall on either side of one, and their difference would
+    /// then measure the host rather than the plugin host.
     async fn hot(&self, calls: usize) -> BenchResult<()> {
         let mut wasm_calls = Vec::with_capacity(calls);
+        let mut native_calls = Vec::with_capacity(calls);
         let mut plugin_out = None;
         for i in 0..calls + 100 {
             let (elapsed, _, out) = self.run().await?;
             plugin_out.get_or_insert(out);
-            if i >= 100 {
-                wasm_calls.push(elapsed);
-            }
-        }
-        let mut native_calls = Vec::with_capacity(calls);
-        for i in 0..calls + 100 {
             let started = Instant::now();
-            let out = std::hint::black_box(native_reshape(std::hint::black_box(&self.body)));
-            let elapsed = started.elapsed();
-            if out.is_none() {
+            let native = std::hint::black_box(native_reshape(std::hint::black_box(&self.body)));
+            let native_elapsed = started.elapsed();
+            if native.is_none() {
                 return Err("native reshape failed".into());
             }
             if i >= 100 {
-                native_calls.push(elapsed);
+                wasm_calls.push(elapsed);
+                native_calls.push(native_elapsed);
             }
         }
         let plugin_out: Value = serde_json::from_slice(plugin_out.as_deref().unwrap_or_default())?;
