@@ -196,7 +196,7 @@ struct TickerShared {
 
 /// Ticks without any live store after which the ticker parks. Two, not more: at a few plugin
 /// deliveries per second a longer grace kept the ticker waking every millisecond between
-/// them (at 20 deliveries/s it was ~18 % of the engine's CPU); two still spare a park and an
+/// them (at 20 deliveries/s it was 13–18 % of the engine's CPU); two still spare a park and an
 /// unpark between the plugins of one chain or back-to-back attempts.
 const IDLE_TICKS_BEFORE_PARKING: u32 = 2;
 
@@ -828,37 +828,34 @@ mod tests {
     fn the_epoch_ticker_ticks_while_a_store_lives_and_parks_soon_after_the_last_one() {
         let ticker = EpochTicker::start(Engine::default()).unwrap();
         let ticks = || ticker.shared.ticks.load(Ordering::Relaxed);
-        // At rest after start: no store has existed, so it parks within its grace.
-        let still = |ticks: &dyn Fn() -> u64| {
+        // Parked: no tick for 200 ms.
+        let still = || {
             let before = ticks();
             std::thread::sleep(Duration::from_millis(200));
             ticks() == before
         };
-        assert!(
-            within_10s(|| still(&ticks)),
-            "the ticker never parked at rest"
-        );
+        let ticking = || {
+            let from = ticks();
+            within_10s(|| ticks() >= from + 5)
+        };
+        // At rest after start: no store has existed, so it parks within its grace.
+        assert!(within_10s(still), "the ticker never parked at rest");
 
         let store = ticker.store_created();
-        let from = ticks();
-        assert!(
-            within_10s(|| ticks() >= from + 5),
-            "a new store did not wake the ticker"
-        );
+        assert!(ticking(), "a new store did not wake the ticker");
         drop(store);
         let dropped_at = ticks();
-        assert!(within_10s(|| still(&ticks)), "the ticker never parked");
+        assert!(within_10s(still), "the ticker never parked");
+        // Soon: a few ticks, not the 100 of a grace that kept it waking between the
+        // deliveries of a quiet engine. (Bounded by a number, not by the constant, so that
+        // raising the constant again fails here.)
         let after = ticks() - dropped_at;
-        assert!(
-            after <= u64::from(IDLE_TICKS_BEFORE_PARKING) + 2,
-            "{after} ticks after the last store, for a grace of {IDLE_TICKS_BEFORE_PARKING}"
-        );
+        assert!(after <= 5, "{after} ticks after the last store");
 
         // Parked, a new store wakes it again.
         let _store = ticker.store_created();
-        let from = ticks();
         assert!(
-            within_10s(|| ticks() >= from + 5),
+            ticking(),
             "a store created while parked did not wake the ticker"
         );
     }
