@@ -53,6 +53,8 @@ pub enum StartError {
     },
     #[error("cannot start the plugin host: {0}")]
     Plugins(#[from] plugin::PluginError),
+    #[error("cannot start the delivery workers: {0}")]
+    DeliveryRuntime(std::io::Error),
     #[error("the listener has no local address: {0}")]
     Listener(std::io::Error),
     #[error("{0}")]
@@ -87,6 +89,8 @@ pub struct RunningEngine {
     config: SharedConfig,
     plugins: PluginHost,
     metrics: Metrics,
+    /// Dropped after the tasks above: the dispatcher and its attempts run on it.
+    _deliveries: delivery::runtime::DeliveryRuntime,
 }
 
 impl RunningEngine {
@@ -250,7 +254,9 @@ pub async fn start(
     if let Some(watcher) = config::watch::spawn(config.clone(), shutdown.clone(), on_reload) {
         tasks.push(("config watcher", watcher));
     }
-    let dispatcher_task = tokio::spawn(dispatcher.run(shutdown.clone()));
+    let deliveries =
+        delivery::runtime::DeliveryRuntime::start().map_err(StartError::DeliveryRuntime)?;
+    let dispatcher_task = deliveries.handle().spawn(dispatcher.run(shutdown.clone()));
 
     let app = api::router(api::AppState {
         store: store.clone(),
@@ -307,5 +313,6 @@ pub async fn start(
         config,
         plugins,
         metrics,
+        _deliveries: deliveries,
     })
 }

@@ -21,6 +21,7 @@ pub mod permits;
 pub mod prepare;
 pub mod recorder;
 pub mod retry;
+pub mod runtime;
 
 use std::sync::Arc;
 

@@ -1,0 +1,87 @@
+//! The delivery runtime: the dispatcher and every attempt run on async workers of their own,
+//! at a lower scheduling priority than the workers that accept events and serve the API.
+//!
+//! While the machine has spare CPU this changes nothing. When it is saturated (a fan-out
+//! burst: every accepted event makes ten deliveries), the kernel gives the producers' path
+//! the CPU first, so a 202 does not wait behind deliveries that are durable and can run a few
+//! milliseconds later; the deliveries take the rest and catch up once the burst ends. A
+//! backlog that keeps growing meets ingest's back-pressure (`[limits]`, `lag.rs`) as before.
+
+use tokio::runtime::{Builder, Handle, Runtime};
+
+/// The nice value of the delivery workers (0 is normal, 19 the lowest): against a busy
+/// normal-priority thread the kernel gives them about a third of a core (weights 335 : 1024).
+pub const DELIVERY_NICE: i32 = 5;
+
+/// Owns the delivery workers; shuts them down (without blocking) when dropped.
+#[derive(Debug)]
+pub struct DeliveryRuntime {
+    runtime: Option<Runtime>,
+}
+
+impl DeliveryRuntime {
+    /// One worker per core, as the main runtime has.
+    pub fn start() -> std::io::Result<Self> {
+        let runtime = Builder::new_multi_thread()
+            .thread_name("hookd-delivery")
+            .on_thread_start(|| {
+                // Per thread on Linux; if not permitted, the thread keeps normal priority.
+                let _ = rustix::process::setpriority_process(
+                    Some(rustix::thread::gettid()),
+                    DELIVERY_NICE,
+                );
+            })
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        self.runtime
+            .as_ref()
+            .expect("the delivery runtime lives until drop")
+            .handle()
+    }
+}
+
+impl Drop for DeliveryRuntime {
+    fn drop(&mut self) {
+        // The engine may be dropped inside an async context, where a blocking shutdown panics.
+        // By then its tasks have ended or been aborted (`RunningEngine::wait`).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_and_nice() -> (Option<String>, i32) {
+        (
+            std::thread::current().name().map(str::to_string),
+            rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+                .expect("a thread's own priority is readable"),
+        )
+    }
+
+    #[tokio::test]
+    async fn deliveries_run_on_their_own_lower_priority_workers_and_it_drops_inside_async_code() {
+        let runtime = DeliveryRuntime::start().unwrap();
+        let (name, nice) = runtime
+            .handle()
+            .spawn(async { thread_and_nice() })
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("hookd-delivery"));
+        assert_eq!(nice, DELIVERY_NICE);
+        // The workers that accept events keep normal priority.
+        assert_eq!(thread_and_nice().1, 0);
+        // A task still running is simply dropped: no panic, no wait.
+        runtime.handle().spawn(std::future::pending::<()>());
+        drop(runtime);
+    }
+}
