@@ -258,7 +258,7 @@ pub async fn start(
         delivery::runtime::DeliveryRuntime::start().map_err(StartError::DeliveryRuntime)?;
     let dispatcher_task = deliveries.handle().spawn(dispatcher.run(shutdown.clone()));
 
-    let app = api::router(api::AppState {
+    let app = api::router(api::AppState::new(api::Services {
         store: store.clone(),
         config: config.clone(),
         ingest,
@@ -268,7 +268,7 @@ pub async fn start(
         quotas: quota::Quotas::new(store.clone()),
         metrics: metrics.clone(),
         sessions,
-    });
+    }));
     let serve_limits = {
         let limits = &config.current().limits;
         api::serve::ServeLimits {

@@ -55,8 +55,27 @@ const BATCH_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 250;
 
+/// What every handler shares. Cheap to clone (axum clones it for each request and extractor):
+/// one reference count, not one per service.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(StdArc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        AppState(StdArc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct Services {
     pub store: StdArc<dyn Store>,
     pub config: SharedConfig,
     pub ingest: Ingest,

@@ -155,7 +155,8 @@ struct QueueSettings {
 }
 
 pub struct Dispatcher {
-    ctx: DeliveryContext,
+    /// Shared by every attempt (one reference count per attempt, not one per field).
+    ctx: std::sync::Arc<DeliveryContext>,
     rx: mpsc::UnboundedReceiver<DispatchMsg>,
     queues: HashMap<QueueKey, QueueState>,
     timers: BTreeSet<(u64, QueueKey)>,
@@ -175,7 +176,7 @@ impl Dispatcher {
     pub fn new(ctx: DeliveryContext, rx: DispatchReceiver) -> Self {
         let tenant_cap = ctx.config.current().delivery.max_in_flight.max(1) * TENANT_CAP_FACTOR;
         Dispatcher {
-            ctx,
+            ctx: std::sync::Arc::new(ctx),
             rx: rx.0,
             queues: HashMap::new(),
             timers: BTreeSet::new(),
