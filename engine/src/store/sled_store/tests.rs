@@ -69,14 +69,28 @@ fn event(tenant: &str, webhooks: &[&WebhookId], key: Option<&str>, at: u64) -> N
     }
 }
 
+/// Opens the store in `dir`. A store closed and dropped just before may still hold sled's lock
+/// on the directory for a moment: sled releases it when its last I/O task (on its own thread
+/// pool) drops its handle, which a busy machine can delay (seen once in CI). So a lock error is
+/// retried for up to 5 s; any other error fails at once.
 async fn open(dir: &std::path::Path, keyring: Arc<Keyring>) -> Arc<dyn Store> {
-    let dir = dir.to_path_buf();
-    Arc::new(
-        tokio::task::spawn_blocking(move || SledStore::open(&dir, keyring))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (dir, keyring) = (dir.to_path_buf(), keyring.clone());
+        match tokio::task::spawn_blocking(move || SledStore::open(&dir, keyring))
             .await
             .unwrap()
-            .unwrap(),
-    )
+        {
+            Ok(store) => return Arc::new(store),
+            Err(err)
+                if err.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(err) => panic!("the store does not open: {err}"),
+        }
+    }
 }
 
 fn created(appended: &Appended) -> (EventId, Vec<DeliveryId>) {
