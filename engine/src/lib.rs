@@ -255,7 +255,8 @@ pub async fn start(
         tasks.push(("config watcher", watcher));
     }
     let deliveries =
-        delivery::runtime::DeliveryRuntime::start().map_err(StartError::DeliveryRuntime)?;
+        delivery::runtime::DeliveryRuntime::start(config.current().delivery.worker_nice)
+            .map_err(StartError::DeliveryRuntime)?;
     let dispatcher_task = deliveries.handle().spawn(dispatcher.run(shutdown.clone()));
 
     let app = api::router(api::AppState::new(api::Services {

@@ -66,14 +66,11 @@ async fn the_free_space_reserve_follows_a_reload_and_start_only_keys_keep_their_
     } else {
         format!("{original}\n{limits}")
     };
+    let start_only = "[delivery]\ndns_servers = [\"127.0.0.1:5353\"]\nworker_nice = 0\n";
     let edited = if edited.contains("[delivery]\n") {
-        edited.replacen(
-            "[delivery]\n",
-            "[delivery]\ndns_servers = [\"127.0.0.1:5353\"]\n",
-            1,
-        )
+        edited.replacen("[delivery]\n", start_only, 1)
     } else {
-        format!("{edited}\n[delivery]\ndns_servers = [\"127.0.0.1:5353\"]\n")
+        format!("{edited}\n{start_only}")
     };
     std::fs::write(&path, &edited).unwrap();
     let refused = eventually(WAIT, "ingest refused for space", || async {
@@ -85,6 +82,10 @@ async fn the_free_space_reserve_follows_a_reload_and_start_only_keys_keep_their_
     assert_eq!(
         engine.engine().config().current().delivery.dns_servers,
         dns_before
+    );
+    assert_eq!(
+        engine.engine().config().current().delivery.worker_nice,
+        hookd::delivery::runtime::DEFAULT_WORKER_NICE
     );
 
     std::fs::write(&path, &original).unwrap();

@@ -115,6 +115,10 @@ pub struct DeliveryConfig {
     /// Name servers for webhook host names (global setting only, read at start); empty: the
     /// system resolver.
     pub dns_servers: Vec<std::net::SocketAddr>,
+    /// Scheduling priority (nice, 0-19) of the delivery workers (global setting only, read at
+    /// start): above 0 the API and ingest go first when the CPU is saturated
+    /// (`delivery/runtime.rs`).
+    pub worker_nice: i32,
 }
 
 #[derive(Debug, Clone)]

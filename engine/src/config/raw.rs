@@ -120,6 +120,7 @@ pub struct RawDelivery {
     pub disable_after: Option<String>,
     pub failing_event_after_attempts: Option<u32>,
     pub dns_servers: Option<Vec<String>>,
+    pub worker_nice: Option<i32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

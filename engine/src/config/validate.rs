@@ -442,6 +442,12 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                         "is an engine-wide limit; set it in [delivery] only",
                     );
                 }
+                if overrides.worker_nice.is_some() {
+                    c.push(
+                        format!("{key}.delivery.worker_nice"),
+                        "is engine-wide; set it in [delivery] only",
+                    );
+                }
                 if overrides.dns_servers.is_some() {
                     c.push(
                         format!("{key}.delivery.dns_servers"),
@@ -927,6 +933,7 @@ impl Default for DeliveryConfig {
             disable_after: Duration::from_secs(5 * 24 * HOUR),
             failing_event_after_attempts: 3,
             dns_servers: Vec::new(),
+            worker_nice: crate::delivery::runtime::DEFAULT_WORKER_NICE,
         }
     }
 }
@@ -996,6 +1003,15 @@ fn delivery_config(
             c.push(key("max_in_flight"), "must be between 1 and 65536");
         }
         out.max_in_flight = n.clamp(1, 65536);
+    }
+    if let Some(n) = raw.worker_nice {
+        if !(0..=19).contains(&n) {
+            c.push(
+                key("worker_nice"),
+                "must be between 0 (the API's priority) and 19 (the lowest)",
+            );
+        }
+        out.worker_nice = n.clamp(0, 19);
     }
     if let Some(n) = raw.max_response_body_bytes {
         if n > 1024 * 1024 {
@@ -1160,6 +1176,51 @@ mod tests {
                 "tenants[2].id"
             ]
         );
+    }
+
+    #[test]
+    fn worker_nice_is_0_to_19_and_only_global() {
+        assert_eq!(
+            parse("").unwrap().delivery.worker_nice,
+            crate::delivery::runtime::DEFAULT_WORKER_NICE
+        );
+        assert_eq!(
+            parse("[delivery]\nworker_nice = 0\n")
+                .unwrap()
+                .delivery
+                .worker_nice,
+            0
+        );
+        let errors = parse(
+            r#"
+            [delivery]
+            worker_nice = 20
+            [[tenants]]
+            id = "acme"
+            [tenants.delivery]
+            worker_nice = 1
+            "#,
+        )
+        .unwrap_err();
+        let found: Vec<(&str, &str)> = errors
+            .0
+            .iter()
+            .map(|e| (e.key.as_str(), e.problem.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "delivery.worker_nice",
+                    "must be between 0 (the API's priority) and 19 (the lowest)"
+                ),
+                (
+                    "tenants[0].delivery.worker_nice",
+                    "is engine-wide; set it in [delivery] only"
+                )
+            ]
+        );
+        assert!(parse("[delivery]\nworker_nice = -1\n").is_err());
     }
 
     #[test]

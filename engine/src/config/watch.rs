@@ -7,8 +7,8 @@
 //! file-system events the editor's save produced.
 //!
 //! Settings read once at start (`listen`, `data_dir`, `limits.store_cache_mb`, the server's read
-//! timeouts, `delivery.dns_servers`, `delivery.max_in_flight`) apply at the next start only: a
-//! reload keeps their running values and logs which ones changed.
+//! timeouts, `delivery.dns_servers`, `delivery.max_in_flight`, `delivery.worker_nice`) apply at
+//! the next start only: a reload keeps their running values and logs which ones changed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -100,7 +100,7 @@ fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
 }
 
 /// Settings read once at start (the listener, the store, the HTTP server's timeouts, the
-/// outbound resolver, the global in-flight cap): a reload keeps their running values, so the
+/// outbound resolver, the global in-flight cap, the delivery workers' priority): a reload keeps their running values, so the
 /// live config never claims what the engine does not do, and names the keys that changed.
 fn keep_start_only(config: &mut Config, running: &Config) -> Vec<&'static str> {
     let mut kept = Vec::new();
@@ -137,6 +137,11 @@ fn keep_start_only(config: &mut Config, running: &Config) -> Vec<&'static str> {
         kept.push("store");
     }
     config.store = running.store.clone();
+    // A thread may lower its own priority but not raise it back, so it is set once.
+    if config.delivery.worker_nice != running.delivery.worker_nice {
+        kept.push("delivery.worker_nice");
+        config.delivery.worker_nice = running.delivery.worker_nice;
+    }
     if config.delivery.max_in_flight != running.delivery.max_in_flight {
         kept.push("delivery.max_in_flight");
         config.delivery.max_in_flight = running.delivery.max_in_flight;

@@ -8,14 +8,16 @@
 //! price is paid under sustained saturation: producers that alone could fill the machine are
 //! no longer slowed by the deliveries, so the deliveries trail them (e2e bench s1: e2e p50
 //! 30-180 ms instead of 5-20, deliveries 87-100 % of the accepted rate instead of 98-100).
-//! A backlog that keeps growing meets ingest's optional back-pressure
-//! (`[quotas] max_delivery_lag_secs`, `lag.rs`) as before.
+//! `[delivery] worker_nice = 0` chooses the other side: equal priority. A backlog that keeps
+//! growing meets ingest's optional back-pressure (`[quotas] max_delivery_lag_secs`, `lag.rs`)
+//! as before.
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-/// The nice value of the delivery workers (0 is normal, 19 the lowest): against a busy
-/// normal-priority thread the kernel gives them about a third of a core (weights 335 : 1024).
-pub const DELIVERY_NICE: i32 = 5;
+/// The default nice value of the delivery workers (`[delivery] worker_nice`; 0 is normal, 19
+/// the lowest): against a busy normal-priority thread the kernel gives them about a third of a
+/// core (weights 335 : 1024). 0 gives deliveries the API's priority, as before the split.
+pub const DEFAULT_WORKER_NICE: i32 = 5;
 
 /// Owns the delivery workers; shuts them down (without blocking) when dropped.
 #[derive(Debug)]
@@ -24,16 +26,13 @@ pub struct DeliveryRuntime {
 }
 
 impl DeliveryRuntime {
-    /// One worker per core, as the main runtime has.
-    pub fn start() -> std::io::Result<Self> {
+    /// One worker per core, as the main runtime has, each at `nice`.
+    pub fn start(nice: i32) -> std::io::Result<Self> {
         let runtime = Builder::new_multi_thread()
             .thread_name("hookd-delivery")
-            .on_thread_start(|| {
+            .on_thread_start(move || {
                 // Per thread on Linux; if not permitted, the thread keeps normal priority.
-                let _ = rustix::process::setpriority_process(
-                    Some(rustix::thread::gettid()),
-                    DELIVERY_NICE,
-                );
+                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
             })
             .enable_all()
             .build()?;
@@ -74,18 +73,20 @@ mod tests {
 
     #[tokio::test]
     async fn deliveries_run_on_their_own_lower_priority_workers_and_it_drops_inside_async_code() {
-        let runtime = DeliveryRuntime::start().unwrap();
-        let (name, nice) = runtime
-            .handle()
-            .spawn(async { thread_and_nice() })
-            .await
-            .unwrap();
-        assert_eq!(name.as_deref(), Some("hookd-delivery"));
-        assert_eq!(nice, DELIVERY_NICE);
-        // The workers that accept events keep normal priority.
-        assert_eq!(thread_and_nice().1, 0);
-        // A task still running is simply dropped: no panic, no wait.
-        runtime.handle().spawn(std::future::pending::<()>());
-        drop(runtime);
+        for nice in [DEFAULT_WORKER_NICE, 0, 19] {
+            let runtime = DeliveryRuntime::start(nice).unwrap();
+            let (name, ran_at) = runtime
+                .handle()
+                .spawn(async { thread_and_nice() })
+                .await
+                .unwrap();
+            assert_eq!(name.as_deref(), Some("hookd-delivery"));
+            assert_eq!(ran_at, nice);
+            // The workers that accept events keep normal priority.
+            assert_eq!(thread_and_nice().1, 0);
+            // A task still running is simply dropped: no panic, no wait.
+            runtime.handle().spawn(std::future::pending::<()>());
+            drop(runtime);
+        }
     }
 }
