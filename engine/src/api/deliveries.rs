@@ -222,6 +222,10 @@ fn parse_delivery_id(id: &str) -> Result<DeliveryId, ApiError> {
     DeliveryId::parse(id).ok_or_else(|| ApiError::not_found("delivery", id))
 }
 
+/// Reads of a delivery and its attempts before answering with the last pair (an outcome is
+/// recorded every few milliseconds at most per delivery, so the second almost always agrees).
+const CONSISTENT_READ_TRIES: usize = 3;
+
 /// One delivery with its attempts inline.
 #[utoipa::path(
     get,
@@ -242,12 +246,28 @@ pub async fn get_one(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<DeliveryView>, ApiError> {
     let delivery_id = parse_delivery_id(&id)?;
-    let delivery = state
-        .store
-        .delivery(&tenant.id, &delivery_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("delivery", &id))?;
-    let attempts = state.store.attempts(&tenant.id, &delivery_id).await?;
+    let read = || async {
+        state
+            .store
+            .delivery(&tenant.id, &delivery_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("delivery", &id))
+    };
+    // The delivery and its attempts are two reads; an outcome recorded between them would show
+    // an attempt the delivery does not count yet (seen on PostgreSQL). The outcome changes
+    // both at once, so a delivery unchanged across the attempts' read agrees with them.
+    let mut delivery = read().await?;
+    let mut attempts = state.store.attempts(&tenant.id, &delivery_id).await?;
+    for _ in 0..CONSISTENT_READ_TRIES {
+        let again = read().await?;
+        if (again.updated_at, again.attempts, again.status)
+            == (delivery.updated_at, delivery.attempts, delivery.status)
+        {
+            break;
+        }
+        delivery = again;
+        attempts = state.store.attempts(&tenant.id, &delivery_id).await?;
+    }
     let mut view = DeliveryView::from(delivery);
     view.attempts = Some(attempts.into_iter().map(AttemptView::from).collect());
     Ok(ApiJson(view))
