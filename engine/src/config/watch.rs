@@ -100,8 +100,9 @@ fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
 }
 
 /// Settings read once at start (the listener, the store, the HTTP server's timeouts, the
-/// outbound resolver, the global in-flight cap, the delivery workers' priority): a reload keeps their running values, so the
-/// live config never claims what the engine does not do, and names the keys that changed.
+/// outbound resolver, the global in-flight cap, the delivery workers' priority): a reload keeps
+/// their running values, so the live config never claims what the engine does not do, and
+/// names the keys that changed.
 fn keep_start_only(config: &mut Config, running: &Config) -> Vec<&'static str> {
     let mut kept = Vec::new();
     if config.listen != running.listen {
