@@ -175,8 +175,10 @@ pub struct ChainRun {
     pub waited: Duration,
     /// CPU time the chain's threads spent running it (instantiation, guest code, host calls,
     /// dropping the stores): [`duration`](Self::duration) without the time the thread was
-    /// descheduled, which on a busy machine can be most of it.
-    pub cpu: Duration,
+    /// descheduled, which on a busy machine can be most of it. Measured for a sample of runs
+    /// (one in eight under load, every run of a quiet engine; see `cputime.rs`); `None` for
+    /// the others and when no plugin ran.
+    pub cpu: Option<Duration>,
     /// Each hook call, in order (empty when no plugin ran).
     pub calls: Vec<PluginCall>,
 }

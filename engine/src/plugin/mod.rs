@@ -119,6 +119,8 @@ struct Inner {
     /// Chains running at once across tenants (see [`MAX_CONCURRENT_CHAINS`]), shared fairly
     /// between tenants by their weight.
     chain_slots: FairPermits,
+    /// Which chain and response runs have their CPU time measured (`cputime.rs`).
+    cpu_sampler: cputime::Sampler,
     /// Candidates compared on this node, and the shadow slots (`shadow.rs`).
     shadows: shadow::Shadows,
 }
@@ -264,6 +266,7 @@ impl PluginHost {
                 publish_lock: tokio::sync::Mutex::new(()),
                 tenant_slots: Mutex::new(HashMap::new()),
                 chain_slots: FairPermits::new(MAX_CONCURRENT_CHAINS),
+                cpu_sampler: cputime::Sampler::new(),
                 shadows: shadow::Shadows::default(),
                 settings,
             }),
@@ -786,7 +789,7 @@ impl PluginHost {
                         code,
                         message,
                     };
-                    return finish(outcome, None, waited, Duration::ZERO, Vec::new());
+                    return finish(outcome, None, waited, None, Vec::new());
                 }
             }
         }
@@ -795,7 +798,7 @@ impl PluginHost {
                 ChainOutcome::Deliver(request.into_outbound()),
                 None,
                 waited,
-                Duration::ZERO,
+                None,
                 Vec::new(),
             );
         }
@@ -808,7 +811,7 @@ impl PluginHost {
                 code: PluginFailureCode::Error,
                 message: "plugin host is shutting down".into(),
             };
-            return finish(outcome, None, waited, Duration::ZERO, Vec::new());
+            return finish(outcome, None, waited, None, Vec::new());
         };
         let inner = self.inner.clone();
         let settings = settings.clone();
@@ -816,9 +819,12 @@ impl PluginHost {
             let _permit = permit;
             chain::run(&inner.runtime, &steps, request, &settings).await
         };
-        let cpu = Arc::new(cputime::CpuTime::default());
+        let cpu = self.inner.cpu_sampler.take();
+        let cpu_total = |cpu: &Option<Arc<cputime::CpuTime>>| cpu.as_ref().map(|c| c.total());
         match self.run_job(cputime::measured(job, cpu.clone())).await {
-            Ok((outcome, logs, calls)) => finish(outcome, Some(logs), waited, cpu.total(), calls),
+            Ok((outcome, logs, calls)) => {
+                finish(outcome, Some(logs), waited, cpu_total(&cpu), calls)
+            }
             Err(error) => {
                 tracing::error!(%tenant, %error, "plugin chain panicked");
                 let outcome = ChainOutcome::Failed {
@@ -826,7 +832,7 @@ impl PluginHost {
                     code: PluginFailureCode::Error,
                     message: "the plugin host failed while running the chain".into(),
                 };
-                finish(outcome, None, waited, cpu.total(), Vec::new())
+                finish(outcome, None, waited, cpu_total(&cpu), Vec::new())
             }
         }
     }
@@ -910,7 +916,7 @@ impl PluginHost {
             let response = response::guest_response(response);
             response::run(&inner.runtime, &steps, event, response, &settings).await
         };
-        let cpu = Arc::new(cputime::CpuTime::default());
+        let cpu = self.inner.cpu_sampler.take();
         match self.run_job(cputime::measured(job, cpu.clone())).await {
             Ok((decision, logs, calls)) => ResponseRun {
                 decision,
@@ -918,7 +924,7 @@ impl PluginHost {
                 logs: logs.into_entries(),
                 duration: started.elapsed().saturating_sub(waited),
                 waited,
-                cpu: cpu.total(),
+                cpu: cpu.map(|c| c.total()),
                 calls,
             },
             Err(error) => {
