@@ -905,7 +905,10 @@ mod tests {
 
         // Stopped, a new store starts it again.
         let store = ticker.store_created();
-        assert!(ticking(), "a store created while stopped did not start the ticker");
+        assert!(
+            ticking(),
+            "a store created while stopped did not start the ticker"
+        );
         drop(store);
 
         // Stores created and dropped from two threads while the ticker stops and starts
