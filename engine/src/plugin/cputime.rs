@@ -101,12 +101,14 @@ pub(crate) struct Measured<F> {
 impl<F: Future> Future for Measured<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let Some(into) = self.into.clone() else {
-            return self.job.as_mut().poll(cx);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // `Measured` is `Unpin`: the job is pinned in its own box.
+        let this = self.get_mut();
+        let Some(into) = &this.into else {
+            return this.job.as_mut().poll(cx);
         };
         let started = thread_cpu();
-        let polled = self.job.as_mut().poll(cx);
+        let polled = this.job.as_mut().poll(cx);
         let spent = thread_cpu().saturating_sub(started);
         into.nanos.fetch_add(
             u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX),

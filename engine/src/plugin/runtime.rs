@@ -17,7 +17,7 @@ use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::time::{
@@ -181,8 +181,8 @@ pub(crate) fn classify(
     CallFailure::new(code, message)
 }
 
-/// Ticks the engine's epoch every [`EPOCH_TICK`] while guest code may be running, and is
-/// still otherwise: its thread blocks on a timer (a `timerfd`) that runs only while a plugin
+/// Ticks the engine's epoch every [`EPOCH_TICK`] while guest code may be running, and sleeps
+/// otherwise: its thread blocks on a timer (a `timerfd`) that runs only while a plugin
 /// store exists. Creating the first store starts the timer ([`EpochTicker::store_created`]);
 /// the first tick that finds no store stops it.
 ///
@@ -198,7 +198,7 @@ pub(crate) struct EpochTicker {
 
 struct TickerShared {
     /// Plugin stores alive now (each one may be running guest code).
-    live_stores: std::sync::atomic::AtomicUsize,
+    live_stores: AtomicUsize,
     /// Whether the timer runs (or is about to be started by the store that set this).
     running: AtomicBool,
     stop: AtomicBool,
@@ -232,41 +232,7 @@ impl TickerShared {
         // Fails only for an invalid descriptor or value, neither of which can happen here.
         let _ = timerfd_settime(&self.timer, TimerfdTimerFlags::empty(), &spec);
     }
-}
 
-impl EpochTicker {
-    fn start(engine: Engine) -> Result<Self, PluginError> {
-        let timer = timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC)
-            .map_err(|e| PluginError::Engine(format!("cannot create the epoch timer: {e}")))?;
-        let shared = Arc::new(TickerShared {
-            live_stores: std::sync::atomic::AtomicUsize::new(0),
-            running: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            ticks: AtomicU64::new(0),
-            timer,
-        });
-        let ticking = shared.clone();
-        std::thread::Builder::new()
-            .name("hookd-plugin-epoch".into())
-            .spawn(move || ticking.run(&engine))
-            .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Self { shared })
-    }
-
-    /// A plugin store was created: tick while it lives (the guard's drop ends that).
-    pub(crate) fn store_created(&self) -> LiveStore {
-        self.shared.live_stores.fetch_add(1, Ordering::SeqCst);
-        // An atomic swap when the timer runs; one local syscall when it does not.
-        if !self.shared.running.swap(true, Ordering::SeqCst) {
-            self.shared.start_timer();
-        }
-        LiveStore {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl TickerShared {
     /// The ticker thread: one epoch tick per expiry of the timer, until the ticker is dropped.
     fn run(&self, engine: &Engine) {
         let mut expirations = [0u8; 8];
@@ -292,6 +258,38 @@ impl TickerShared {
                     self.start_timer();
                 }
             }
+        }
+    }
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Result<Self, PluginError> {
+        let timer = timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC)
+            .map_err(|e| PluginError::Engine(format!("cannot create the epoch timer: {e}")))?;
+        let shared = Arc::new(TickerShared {
+            live_stores: AtomicUsize::new(0),
+            running: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
+            timer,
+        });
+        let ticking = shared.clone();
+        std::thread::Builder::new()
+            .name("hookd-plugin-epoch".into())
+            .spawn(move || ticking.run(&engine))
+            .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Self { shared })
+    }
+
+    /// A plugin store was created: tick while it lives (the guard's drop ends that).
+    pub(crate) fn store_created(&self) -> LiveStore {
+        self.shared.live_stores.fetch_add(1, Ordering::SeqCst);
+        // An atomic swap when the timer runs; one local syscall when it does not.
+        if !self.shared.running.swap(true, Ordering::SeqCst) {
+            self.shared.start_timer();
+        }
+        LiveStore {
+            shared: self.shared.clone(),
         }
     }
 }
