@@ -119,7 +119,7 @@ struct Inner {
     /// Chains running at once across tenants (see [`MAX_CONCURRENT_CHAINS`]), shared fairly
     /// between tenants by their weight.
     chain_slots: FairPermits,
-    /// Which chain and response runs have their CPU time measured (`cputime.rs`).
+    /// Which chain runs have their CPU time measured (`cputime.rs`).
     cpu_sampler: cputime::Sampler,
     /// Candidates compared on this node, and the shadow slots (`shadow.rs`).
     shadows: shadow::Shadows,
@@ -916,15 +916,13 @@ impl PluginHost {
             let response = response::guest_response(response);
             response::run(&inner.runtime, &steps, event, response, &settings).await
         };
-        let cpu = self.inner.cpu_sampler.take();
-        match self.run_job(cputime::measured(job, cpu.clone())).await {
+        match self.run_job(job).await {
             Ok((decision, logs, calls)) => ResponseRun {
                 decision,
                 ran,
                 logs: logs.into_entries(),
                 duration: started.elapsed().saturating_sub(waited),
                 waited,
-                cpu: cpu.map(|c| c.total()),
                 calls,
             },
             Err(error) => {

@@ -77,8 +77,6 @@ pub struct ResponseRun {
     pub duration: Duration,
     /// Time spent waiting for plugin slots before running.
     pub waited: Duration,
-    /// CPU time the hooks cost, for a sample of runs (see [`ChainRun::cpu`](super::ChainRun::cpu)).
-    pub cpu: Option<Duration>,
     /// Each hook call, in order; the outcome is the decision's name or the failure code.
     pub calls: Vec<PluginCall>,
 }
