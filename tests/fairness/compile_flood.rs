@@ -9,7 +9,8 @@
 //! B's upload times and e2e delivery latencies alone (before and after the flood, pooled, so a
 //! change in the shared machine's load between phases does not decide the result) and during
 //! the flood, and asserts: B's median upload time during the flood within 3 × its median
-//! alone, B's delivery p99 within 2 × alone + 10 ms,
+//! alone, no delivery of B's waiting behind a compile (its slowest under [`NO_STALL`]) and the
+//! bulk of them barely slower (p95 within 2 × alone + 10 ms),
 //! A's surplus uploads refused as `503 compile_busy` with `Retry-After` (not queued without
 //! bound), at most two compiles at once, every compile that runs past a second on Linux's idle
 //! scheduling policy, and the engine's resident memory bounded.
@@ -30,21 +31,29 @@ use crate::tenants::{ALONE, settle_earlier_writes};
 const FLOODERS: usize = 10;
 /// B's uploads per phase.
 const B_UPLOADS: usize = 5;
-/// B's events per phase (p99 of 300 is the third-largest, so one stall of the shared machine
-/// does not make it; with 60 it was the second-largest and one stall decided the result).
+/// B's events per phase.
 const B_EVENTS: usize = 300;
+/// The slowest of B's deliveries during the flood stays under this: one that waited behind a
+/// compile of A's (each takes seconds: ~25 s of CPU for the JavaScript component in a test
+/// build) would pass it.
+const NO_STALL: Duration = Duration::from_secs(1);
 /// How much the engine's peak resident memory may pass its resident memory before the flood.
 /// The engine holds at most one of A's bodies at a time (A's queued uploads are not read) and
 /// loads at most three of A's versions (A uploads under three names), each ~12 MB of component
 /// plus its compiled code; the compiles themselves happen in the workers.
 const PEAK_GROWTH_BOUND_MIB: f64 = 250.0;
 const WAIT: Duration = Duration::from_secs(30);
-/// Added to twice B's delivery p99 alone for its bound during the flood. A compile that yields
+/// Added to twice B's delivery p95 alone for its bound during the flood. A compile that yields
 /// the CPU at once (idle policy) still shares the two cores' caches and memory bandwidth with
 /// B's engine threads: B's median rose 25–35 % during the flood with the idle policy, 50–60 %
-/// with nice 19 alone, and on a p99 of ~10 ms (a debug build's work) the ratio alone was
-/// decided by noise (2.01× in one CI run). A stall — B waiting behind one of A's compiles,
-/// which take seconds — is far past this.
+/// with nice 19 alone, and on a tail of ~10 ms (a debug build's work) the ratio alone was
+/// decided by noise (2.01× in one CI run). The bound is on p95 (the 15th-largest of 300), not
+/// p99: in one CI run three of B's 300 deliveries during the flood took over 44 ms against a
+/// p99 of 12 ms alone, with the median up only 20 % (7.6 → 9.2 ms), while during the flood
+/// the engine's own CPU barely moves (26 → 28 % of a core, sampled per thread: the one
+/// compile runs on the idle policy, the refused uploads cost nothing seen) — stalls of the
+/// shared machine, which a p99 of 300 counts from the third on. A stall of B behind one of
+/// A's compiles is what [`NO_STALL`] bounds.
 const SHARED_CORES_ALLOWANCE: Duration = Duration::from_millis(10);
 
 /// Linux's number for the idle scheduling policy (`sched(7)`).
@@ -398,12 +407,19 @@ async fn a_tenant_flooding_the_compiler_does_not_stall_another_tenants_uploads_o
         cpu_flood * 100.0
     );
     eprintln!("B's uploads alone {uploads_alone:?}, during the flood {uploads_flooded:?}");
+    let summary = |sorted: &[Duration]| {
+        format!(
+            "p50 {:?} p95 {:?} p99 {:?} max {:?}",
+            percentile(sorted, 0.5),
+            percentile(sorted, 0.95),
+            percentile(sorted, 0.99),
+            percentile(sorted, 1.0),
+        )
+    };
     eprintln!(
-        "B's e2e latency alone p50 {:?} p99 {:?}; during the flood p50 {:?} p99 {:?}",
-        percentile(&events_alone, 0.5),
-        percentile(&events_alone, 0.99),
-        percentile(&events_flooded, 0.5),
-        percentile(&events_flooded, 0.99),
+        "B's e2e latency alone {}; during the flood {}",
+        summary(&events_alone),
+        summary(&events_flooded),
     );
     eprintln!(
         "engine process RSS {rss_before:.0} MiB before the flood, {rss_after:.0} MiB after, peak {peak:.0} MiB"
@@ -429,13 +445,18 @@ async fn a_tenant_flooding_the_compiler_does_not_stall_another_tenants_uploads_o
         flooded <= 3 * normal,
         "B's uploads took {flooded:?} (median) during the flood, alone {normal:?}"
     );
-    let (p99_alone, p99_flooded) = (
-        percentile(&events_alone, 0.99),
-        percentile(&events_flooded, 0.99),
+    let slowest = percentile(&events_flooded, 1.0);
+    assert!(
+        slowest < NO_STALL,
+        "one of B's deliveries took {slowest:?} during the flood: it waited behind a compile"
+    );
+    let (p95_alone, p95_flooded) = (
+        percentile(&events_alone, 0.95),
+        percentile(&events_flooded, 0.95),
     );
     assert!(
-        p99_flooded <= 2 * p99_alone + SHARED_CORES_ALLOWANCE,
-        "B's delivery p99 during the flood {p99_flooded:?} > 2 × alone {p99_alone:?} + {SHARED_CORES_ALLOWANCE:?}"
+        p95_flooded <= 2 * p95_alone + SHARED_CORES_ALLOWANCE,
+        "B's delivery p95 during the flood {p95_flooded:?} > 2 × alone {p95_alone:?} + {SHARED_CORES_ALLOWANCE:?}"
     );
     assert!(
         peak - rss_before <= PEAK_GROWTH_BOUND_MIB,
