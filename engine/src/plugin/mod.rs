@@ -71,6 +71,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::permits::FairPermits;
+use crate::offload::LowPriorityThreads;
 use crate::quota::QuotaExceeded;
 use crate::store::Store;
 
@@ -93,6 +94,7 @@ pub use shadow::{
 use compile::CompileGate;
 use registry::{Entry, Registry};
 use runtime::{LoadedPlugin, Runtime};
+use settings::MAX_CONCURRENT_COMPILES;
 
 /// The plugin host. Cheap to clone (one shared inner); dropping the last clone stops the epoch
 /// ticker.
@@ -108,6 +110,11 @@ struct Inner {
     cache_dir: PathBuf,
     settings: PluginSettings,
     compile_gate: CompileGate,
+    /// Where an upload is hashed and loaded from the compile cache: CPU one tenant's upload
+    /// causes (~75 ms for a 12 MB component in a release build, and a compile-cache hit costs
+    /// a full load without any compile), so it runs at the offload threads' low priority, one
+    /// thread per engine compile slot.
+    load_threads: LowPriorityThreads,
     /// The `hookd` program uploads are compiled in (`compile.rs`), if any.
     compile_worker: Option<PathBuf>,
     /// The store's plugin catalogue uploads are kept in; `None`: files in `state_dir`.
@@ -261,6 +268,7 @@ impl PluginHost {
                 state_dir,
                 cache_dir,
                 compile_gate: CompileGate::new(),
+                load_threads: LowPriorityThreads::new(MAX_CONCURRENT_COMPILES, "hookd-plugin-load"),
                 compile_worker: options.compile_worker,
                 catalogue: options.catalogue,
                 publish_lock: tokio::sync::Mutex::new(()),
@@ -535,8 +543,8 @@ impl PluginHost {
     /// Compiles and checks a component within the compile bounds (see `compile.rs`): its code
     /// is measured first, then it waits (at most `wait` for each) for a compile slot of the
     /// tenant and of the engine, compiles in the worker process (killed past
-    /// `compile_timeout`) or, without one, on the blocking pool, and is loaded from the
-    /// compile cache and checked on the blocking pool.
+    /// `compile_timeout`) or, without one, in the engine, and is loaded from the compile cache
+    /// and checked, both on the low-priority load threads.
     async fn load_blocking(
         &self,
         tenant: &str,
@@ -570,21 +578,23 @@ impl PluginHost {
         let compiled = started.elapsed();
         let misses_before = self.inner.runtime.cache_misses();
         let inner = self.inner.clone();
-        let job = tokio::task::spawn_blocking(move || {
+        let job = self.inner.load_threads.run(move || {
             // Held until the load really ends, even if the caller stopped waiting.
             let _permit = permit;
-            let sha256 = sha256_hex(&wasm);
-            inner
-                .runtime
-                .load(&wasm, sha256, &inner.settings)
-                .map(|plugin| (Arc::new(plugin), wasm))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let sha256 = sha256_hex(&wasm);
+                inner
+                    .runtime
+                    .load(&wasm, sha256, &inner.settings)
+                    .map(|plugin| (Arc::new(plugin), wasm))
+            }))
         });
         let left = timeout.saturating_sub(started.elapsed());
         let loaded = match tokio::time::timeout(left, job).await {
             Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(PluginLoadError::invalid(format!(
-                "loading the plugin failed unexpectedly: {join}"
-            ))),
+            Ok(Err(_panic)) => Err(PluginLoadError::invalid(
+                "loading the plugin failed unexpectedly (the loader panicked)",
+            )),
             Err(_) => Err(PluginLoadError::invalid(format!(
                 "compiling took longer than {} ms",
                 timeout.as_millis()
