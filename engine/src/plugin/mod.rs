@@ -111,9 +111,9 @@ struct Inner {
     settings: PluginSettings,
     compile_gate: CompileGate,
     /// Where an upload is hashed and loaded from the compile cache: CPU one tenant's upload
-    /// causes (~75 ms for a 12 MB component in a release build, and a compile-cache hit costs
-    /// a full load without any compile), so it runs at the offload threads' low priority, one
-    /// thread per engine compile slot.
+    /// causes (~175 ms for the 12 MB JavaScript component in a release build, measured per
+    /// thread; a compile-cache hit costs this whole load and no compile), so it runs at the
+    /// offload threads' low priority, one thread per engine compile slot.
     load_threads: LowPriorityThreads,
     /// The `hookd` program uploads are compiled in (`compile.rs`), if any.
     compile_worker: Option<PathBuf>,
@@ -543,8 +543,8 @@ impl PluginHost {
     /// Compiles and checks a component within the compile bounds (see `compile.rs`): its code
     /// is measured first, then it waits (at most `wait` for each) for a compile slot of the
     /// tenant and of the engine, compiles in the worker process (killed past
-    /// `compile_timeout`) or, without one, in the engine, and is loaded from the compile cache
-    /// and checked, both on the low-priority load threads.
+    /// `compile_timeout`), and is hashed, loaded from the compile cache and checked on the
+    /// low-priority load threads (which compile it themselves where there is no worker).
     async fn load_blocking(
         &self,
         tenant: &str,
