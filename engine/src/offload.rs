@@ -103,6 +103,18 @@ impl LowPriorityThreads {
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
+        match self.try_run(work).await {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Runs `work` on one of the threads: its result, or the panic that ended it.
+    pub async fn try_run<R, F>(&self, work: F) -> std::thread::Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
@@ -114,13 +126,9 @@ impl LowPriorityThreads {
             .unwrap_or_else(PoisonError::into_inner)
             .send(job)
             .expect("the low-priority threads outlive their handles");
-        match result
+        result
             .await
             .expect("a low-priority thread answers every job")
-        {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
     }
 }
 

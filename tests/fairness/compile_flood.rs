@@ -63,45 +63,51 @@ const LOADS_RAN_AT_LEAST: Duration = Duration::from_millis(10);
 /// Linux's number for the idle scheduling policy (`sched(7)`).
 const SCHED_IDLE: u32 = 5;
 
+/// The task directories (`/proc/<pid>/task/<tid>`) of `pid`'s threads named `comm` (as the
+/// kernel keeps it: cut to 15 bytes).
+fn threads_named(pid: u32, comm: &str) -> Vec<std::path::PathBuf> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .map(|task| task.path())
+        .filter(|task| {
+            std::fs::read_to_string(task.join("comm")).is_ok_and(|name| name.trim() == comm)
+        })
+        .collect()
+}
+
+/// Field `n` (numbered from 1, as in `proc(5)`) of a task's `stat`.
+fn stat_field<T: std::str::FromStr>(task: &std::path::Path, n: usize) -> Option<T> {
+    let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+    // Fields after the command name's closing parenthesis start at field 3.
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(n - 3)?
+        .parse()
+        .ok()
+}
+
 /// The scheduling policy of worker `pid`'s thread named `compile` (field 41 of its `stat`),
 /// `None` while it has none (still reading its input) or once it has exited.
 fn compile_thread_policy(pid: u32) -> Option<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    tasks.flatten().find_map(|task| {
-        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-        if comm.trim() != "compile" {
-            return None;
-        }
-        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-        // Fields after the command name's closing parenthesis start at field 3.
-        stat.rsplit(')')
-            .next()?
-            .split_whitespace()
-            .nth(41 - 3)?
-            .parse()
-            .ok()
-    })
+    threads_named(pid, "compile")
+        .iter()
+        .find_map(|task| stat_field(task, 41))
 }
 
 /// The engine's (`pid`'s) threads that load uploads from the compile cache (named
 /// `hookd-plugin-load`, cut to 15 bytes by the kernel): each one's nice value (field 19 of its
 /// `stat`) and the CPU time it ran (the first field of its `schedstat`, in ns).
 fn load_threads(pid: u32) -> Vec<(i32, u64)> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
+    threads_named(pid, "hookd-plugin-lo")
+        .iter()
         .filter_map(|task| {
-            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-            if comm.trim() != "hookd-plugin-lo" {
-                return None;
-            }
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let nice = stat.rsplit(')').next()?.split_whitespace().nth(19 - 3)?;
-            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-            let ran = schedstat.split_whitespace().next()?;
-            Some((nice.parse().ok()?, ran.parse().ok()?))
+            let schedstat = std::fs::read_to_string(task.join("schedstat")).ok()?;
+            let ran = schedstat.split_whitespace().next()?.parse().ok()?;
+            Some((stat_field(task, 19)?, ran))
         })
         .collect()
 }
@@ -187,23 +193,10 @@ impl Engine {
 
     /// CPU seconds the engine process used so far (user + system, its threads only).
     fn cpu_s(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id()))
-            .unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // After the command name: utime and stime are the 12th and 13th fields (in ticks of
-        // 1/100 s on Linux).
-        (ticks(11) + ticks(12)) / 100.0
+        let process = std::path::PathBuf::from(format!("/proc/{}", self.process.id()));
+        let ticks = |n: usize| stat_field::<f64>(&process, n).unwrap_or(0.0);
+        // utime and stime (fields 14 and 15), in ticks of 1/100 s on Linux.
+        (ticks(14) + ticks(15)) / 100.0
     }
 
     async fn call(

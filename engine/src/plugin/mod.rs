@@ -578,16 +578,14 @@ impl PluginHost {
         let compiled = started.elapsed();
         let misses_before = self.inner.runtime.cache_misses();
         let inner = self.inner.clone();
-        let job = self.inner.load_threads.run(move || {
+        let job = self.inner.load_threads.try_run(move || {
             // Held until the load really ends, even if the caller stopped waiting.
             let _permit = permit;
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let sha256 = sha256_hex(&wasm);
-                inner
-                    .runtime
-                    .load(&wasm, sha256, &inner.settings)
-                    .map(|plugin| (Arc::new(plugin), wasm))
-            }))
+            let sha256 = sha256_hex(&wasm);
+            inner
+                .runtime
+                .load(&wasm, sha256, &inner.settings)
+                .map(|plugin| (Arc::new(plugin), wasm))
         });
         let left = timeout.saturating_sub(started.elapsed());
         let loaded = match tokio::time::timeout(left, job).await {
