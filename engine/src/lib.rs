@@ -203,6 +203,7 @@ pub async fn start(
             catalogue: Some(store.clone()),
             random_key: config.security.derived_key(PLUGIN_RANDOM_KEY_PURPOSE),
             compile_worker: config.plugins.compile_worker.clone(),
+            guest_nice: config.delivery.worker_nice,
         },
     )?;
     let mut tasks = Vec::new();

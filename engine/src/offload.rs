@@ -9,8 +9,8 @@
 //!   `delivery::permits`), so a tenant looping on large requests gets its share of those turns;
 //! - it runs on threads of its own at a lower scheduling priority ([`LowPriorityThreads`],
 //!   [`WORKER_NICE`]), so while the machine is busy the async workers (everyone's requests and
-//!   deliveries) go first and the large jobs take what is left. (The plugin host could run
-//!   tenants' plugin chains the same way: measured in issue 12's note.)
+//!   deliveries) go first and the large jobs take what is left. (Tenants' plugin chains run at
+//!   the delivery workers' priority instead: they are part of a delivery, `plugin/runtime.rs`.)
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -134,8 +134,7 @@ impl LowPriorityThreads {
 
 /// One low-priority thread: lowers its own priority, then runs jobs until the handles are gone.
 fn worker(jobs: &Mutex<mpsc::Receiver<Job>>) {
-    // Per thread on Linux; if it fails (not permitted), the thread runs at normal priority.
-    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), WORKER_NICE);
+    crate::delivery::runtime::set_current_thread_nice(WORKER_NICE);
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
         match job {

@@ -27,6 +27,7 @@ use crate::support::{
     test_config_toml_with, wasm,
 };
 use crate::tenants::{ALONE, settle_earlier_writes};
+use crate::threads::{self, stat_field, threads_named};
 
 /// A's uploads in flight at once.
 const FLOODERS: usize = 10;
@@ -63,33 +64,6 @@ const LOADS_RAN_AT_LEAST: Duration = Duration::from_millis(10);
 /// Linux's number for the idle scheduling policy (`sched(7)`).
 const SCHED_IDLE: u32 = 5;
 
-/// The task directories (`/proc/<pid>/task/<tid>`) of `pid`'s threads named `comm` (as the
-/// kernel keeps it: cut to 15 bytes).
-fn threads_named(pid: u32, comm: &str) -> Vec<std::path::PathBuf> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .map(|task| task.path())
-        .filter(|task| {
-            std::fs::read_to_string(task.join("comm")).is_ok_and(|name| name.trim() == comm)
-        })
-        .collect()
-}
-
-/// Field `n` (numbered from 1, as in `proc(5)`) of a task's `stat`.
-fn stat_field<T: std::str::FromStr>(task: &std::path::Path, n: usize) -> Option<T> {
-    let stat = std::fs::read_to_string(task.join("stat")).ok()?;
-    // Fields after the command name's closing parenthesis start at field 3.
-    stat.rsplit(')')
-        .next()?
-        .split_whitespace()
-        .nth(n - 3)?
-        .parse()
-        .ok()
-}
-
 /// The scheduling policy of worker `pid`'s thread named `compile` (field 41 of its `stat`),
 /// `None` while it has none (still reading its input) or once it has exited.
 fn compile_thread_policy(pid: u32) -> Option<u32> {
@@ -99,17 +73,9 @@ fn compile_thread_policy(pid: u32) -> Option<u32> {
 }
 
 /// The engine's (`pid`'s) threads that load uploads from the compile cache (named
-/// `hookd-plugin-load`, cut to 15 bytes by the kernel): each one's nice value (field 19 of its
-/// `stat`) and the CPU time it ran (the first field of its `schedstat`, in ns).
+/// `hookd-plugin-load`, cut to 15 bytes by the kernel): each one's nice value and CPU time.
 fn load_threads(pid: u32) -> Vec<(i32, u64)> {
-    threads_named(pid, "hookd-plugin-lo")
-        .iter()
-        .filter_map(|task| {
-            let schedstat = std::fs::read_to_string(task.join("schedstat")).ok()?;
-            let ran = schedstat.split_whitespace().next()?.parse().ok()?;
-            Some((stat_field(task, 19)?, ran))
-        })
-        .collect()
+    threads::nice_and_cpu_ns(pid, "hookd-plugin-lo")
 }
 
 /// `hookd serve` in a process of its own, killed when dropped.

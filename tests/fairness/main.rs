@@ -11,3 +11,4 @@ mod compile_flood;
 #[path = "../it/support/mod.rs"]
 mod support;
 mod tenants;
+mod threads;

@@ -17,10 +17,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use hookd::delivery::runtime::DEFAULT_WORKER_NICE;
+
 use crate::support::{
     ACME_KEY, GLOBEX_KEY, Receiver, TestEngine, eventually, parse_config, test_config_toml_with,
     wasm,
 };
+use crate::threads;
 
 /// The measurements of this binary run one at a time.
 pub(crate) static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -40,6 +43,19 @@ const B_SAMPLES: usize = 300;
 /// The engine-wide delivery permits (the default) and the reserve kept for newcomers (1/16).
 const PERMITS: usize = 256;
 const RESERVE: usize = PERMITS / 16;
+
+/// The least CPU time the guest threads run while B is measured under attack: A's loop runs
+/// 100 ms per call, all but its first epoch tick on them, dozens of calls (see the end).
+const GUESTS_RAN_AT_LEAST: Duration = Duration::from_secs(1);
+
+/// CPU time run so far by the guest threads (`hookd-plugin`) of every engine in this process.
+fn guest_threads_cpu() -> Duration {
+    let ran = threads::nice_and_cpu_ns(std::process::id(), "hookd-plugin")
+        .iter()
+        .map(|&(_, ran)| ran)
+        .sum();
+    Duration::from_nanos(ran)
+}
 
 /// A TCP listener that accepts connections, reads what comes and never answers; counts the
 /// connections open (a connection the engine closes, e.g. at its timeout, stops counting).
@@ -281,8 +297,10 @@ async fn a_tenant_attacking_with_a_tarpit_and_a_looping_plugin_does_not_slow_ano
     );
 
     let loops_before = plugin_timeouts(&engine).await;
+    let guests_ran_before = guest_threads_cpu();
     let attacked = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
     let loops_during = plugin_timeouts(&engine).await - loops_before;
+    let guests_ran = guest_threads_cpu().saturating_sub(guests_ran_before);
     phase("B measured under attack");
 
     // A still holds its permits while B is idle again, and B holds none.
@@ -325,10 +343,24 @@ async fn a_tenant_attacking_with_a_tarpit_and_a_looping_plugin_does_not_slow_ano
     report("alone, after the attack", &alone_after);
     report("alone (both)", &alone);
     report("while A attacks", &attacked);
-    eprintln!("A: {loops_during} plugin calls stopped at their deadline during B's samples");
+    eprintln!(
+        "A: {loops_during} plugin calls stopped at their deadline during B's samples, \
+         {guests_ran:?} of CPU on the guest threads"
+    );
     assert!(
         loops_during >= 2.0,
         "A's plugin kept looping while B was measured"
+    );
+    // A's loop ran where guest calls finish, on threads at the delivery workers' priority:
+    // at normal priority it took most of a core from B's deliveries (`plugin/runtime.rs`).
+    let guests = threads::nice_and_cpu_ns(std::process::id(), "hookd-plugin");
+    assert!(
+        !guests.is_empty() && guests.iter().all(|&(nice, _)| nice == DEFAULT_WORKER_NICE),
+        "the guest threads (nice, ns run): {guests:?}"
+    );
+    assert!(
+        guests_ran >= GUESTS_RAN_AT_LEAST,
+        "A's loop ran {guests_ran:?} on the guest threads"
     );
     let (p99_alone, p99_attacked) = (percentile(&alone, 0.99), percentile(&attacked, 0.99));
     assert!(

@@ -30,10 +30,7 @@ impl DeliveryRuntime {
     pub fn start(nice: i32) -> std::io::Result<Self> {
         let runtime = Builder::new_multi_thread()
             .thread_name("hookd-delivery")
-            .on_thread_start(move || {
-                // Per thread on Linux; if not permitted, the thread keeps normal priority.
-                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
-            })
+            .on_thread_start(move || set_current_thread_nice(nice))
             .enable_all()
             .build()?;
         Ok(Self {
@@ -47,6 +44,12 @@ impl DeliveryRuntime {
             .expect("the delivery runtime lives until drop")
             .handle()
     }
+}
+
+/// Sets the calling thread's nice value (per thread on Linux). Where that is not permitted, the
+/// thread keeps its priority.
+pub(crate) fn set_current_thread_nice(nice: i32) {
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
 }
 
 impl Drop for DeliveryRuntime {

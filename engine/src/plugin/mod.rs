@@ -157,6 +157,11 @@ pub struct HostOptions {
     /// `compile_timeout`). `None`: compiles run on the blocking pool, and a timed-out compile
     /// keeps its compile slot until it ends.
     pub compile_worker: Option<PathBuf>,
+    /// The nice value of the threads guest calls finish on (0 is normal). The engine passes
+    /// its delivery workers' (`[delivery] worker_nice`): a chain is part of a delivery, and a
+    /// tenant's guest code looping to its deadline must not outrank every other tenant's
+    /// deliveries.
+    pub guest_nice: i32,
 }
 
 /// What a tenant may install: its `plugins` and `plugin_bytes` quotas.
@@ -260,7 +265,7 @@ impl PluginHost {
         std::fs::create_dir_all(&cache_dir).map_err(io_err(&cache_dir))?;
 
         let random_key = options.random_key.unwrap_or_else(rand::random);
-        let runtime = Runtime::new(&cache_dir, &settings, random_key)?;
+        let runtime = Runtime::new(&cache_dir, &settings, random_key, options.guest_nice)?;
         let host = Self {
             inner: Arc::new(Inner {
                 runtime,

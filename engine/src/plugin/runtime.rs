@@ -328,7 +328,9 @@ pub(crate) struct Runtime {
 /// The small dedicated thread pool (one thread per core, at most [`MAX_POOL_THREADS`]) where
 /// guest calls that outlast one epoch tick finish, and where `meta` calls run. Its own tokio
 /// runtime, so a busy guest never occupies the engine's async workers; calls on it yield at
-/// every tick, so they share its threads in turn.
+/// every tick, so they share its threads in turn. Its threads run at the delivery workers'
+/// priority (`HostOptions::guest_nice`), not above it: at normal priority a tenant's chain
+/// looping to its deadline took most of a core from the other tenants' deliveries.
 pub(crate) struct PluginPool {
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -337,13 +339,14 @@ pub(crate) struct PluginPool {
 const MAX_POOL_THREADS: usize = 4;
 
 impl PluginPool {
-    fn new() -> Result<Self, PluginError> {
+    fn new(nice: i32) -> Result<Self, PluginError> {
         let threads = std::thread::available_parallelism()
             .map_or(1, usize::from)
             .clamp(1, MAX_POOL_THREADS);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("hookd-plugin")
+            .on_thread_start(move || crate::delivery::runtime::set_current_thread_nice(nice))
             .enable_time()
             .build()
             .map_err(|e| PluginError::Engine(format!("cannot start the plugin threads: {e}")))?;
@@ -424,12 +427,13 @@ pub(crate) fn cache_misses(cache: &Cache) -> u64 {
 }
 
 impl Runtime {
-    /// Builds the engine with its compile cache in `cache_dir` (absolute), and the key that
-    /// seeds plugins' random numbers (see `sandbox`).
+    /// Builds the engine with its compile cache in `cache_dir` (absolute), the key that seeds
+    /// plugins' random numbers (see `sandbox`), and the pool's threads at `guest_nice`.
     pub(crate) fn new(
         cache_dir: &Path,
         settings: &PluginSettings,
         random_key: [u8; 32],
+        guest_nice: i32,
     ) -> Result<Self, PluginError> {
         let engine_err = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
         let fuel_enabled = settings.fuel.is_some();
@@ -459,7 +463,7 @@ impl Runtime {
             cache,
             component_builds: AtomicU64::new(0),
             fuel_enabled,
-            pool: PluginPool::new()?,
+            pool: PluginPool::new(guest_nice)?,
             ticker,
             random_key: sandbox::RandomKey::new(&random_key),
         })
@@ -956,6 +960,25 @@ mod tests {
         ] {
             assert!(!import_allowed(bad), "{bad} allowed");
         }
+    }
+
+    #[test]
+    fn guest_calls_finish_on_pool_threads_at_the_nice_value_given() {
+        let thread_and_nice = || {
+            (
+                std::thread::current().name().map(str::to_string),
+                rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap(),
+            )
+        };
+        for nice in [5, 0] {
+            let pool = PluginPool::new(nice).unwrap();
+            let on_pool = pool.handle().spawn(async move { thread_and_nice() });
+            let (name, ran_at) = pool.block_on(on_pool).unwrap();
+            assert_eq!(name.as_deref(), Some("hookd-plugin"));
+            assert_eq!(ran_at, nice);
+        }
+        // The calling thread keeps its own priority.
+        assert_eq!(thread_and_nice().1, 0);
     }
 
     #[test]
