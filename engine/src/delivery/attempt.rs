@@ -36,7 +36,7 @@ use crate::outbound::OutboundRequest;
 use crate::plugin::{ChainStep, PluginResponse};
 use crate::store::{
     AttemptOutcome, AttemptRecord, Claim, DeliveryRecord, DeliveryStatus, DeliveryUpdate,
-    EventRecord, StoreError, WebhookRecord, WebhookStatus, WorkListener,
+    DeliveryWithEvent, EventRecord, StoreError, WebhookRecord, WebhookStatus, WorkListener,
 };
 
 /// How long a delivery of a tenant that vanished from config waits before it is looked at again.
@@ -120,6 +120,7 @@ async fn try_run(
         prepared,
         mut plugin_logs,
         chain_time,
+        body_as_rendered,
     } = preparation;
     let steps = chain_steps(&loaded.webhook);
     let (tried, sent, for_plugins) = match prepared {
@@ -151,13 +152,14 @@ async fn try_run(
         plugin_logs,
         chain_time,
     );
+    let body_is_event_body = body_as_rendered && sent.is_some();
     attempt.request = sent;
     let facts = delivery_facts(&loaded, &attempt, &tried, &verdict);
     record(
         ctx,
         &loaded,
         claim,
-        attempt,
+        (attempt, body_is_event_body),
         &verdict,
         tried.reached_receiver(),
     )
@@ -225,7 +227,9 @@ async fn load(
     let store = &ctx.store;
     // The claim is the dispatcher's; the record stays `pending` until the outcome is
     // recorded, so an attempt costs one write, not two.
-    let Some(delivery) = store.delivery(tenant, delivery_id).await? else {
+    let Some(DeliveryWithEvent { delivery, event }) =
+        store.delivery_with_event(tenant, delivery_id).await?
+    else {
         return Ok(Load::Stale);
     };
     if !delivery.status.is_queued() {
@@ -250,7 +254,7 @@ async fn load(
             .await?;
         return Ok(Load::Done);
     };
-    let event = match store.event(tenant, &delivery.event_id).await {
+    let event = match event {
         Ok(event) => event,
         // Damaged on disk (a checksum fails): it can never be sent, so its delivery fails
         // like one whose event is gone, rather than being tried again forever.
@@ -450,7 +454,7 @@ async fn record(
     ctx: &DeliveryContext,
     loaded: &Loaded,
     claim: &Claim,
-    attempt: AttemptRecord,
+    (attempt, body_is_event_body): (AttemptRecord, bool),
     verdict: &Verdict,
     reached_receiver: bool,
 ) -> Result<(), StoreError> {
@@ -470,6 +474,7 @@ async fn record(
             lease: claim.lease,
             attempt,
             update,
+            body_is_event_body,
         })
         .await?;
     ctx.metrics

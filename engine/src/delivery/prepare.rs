@@ -12,8 +12,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
-use serde_json::value::RawValue;
 use tracing::debug;
 
 use super::DeliveryContext;
@@ -24,30 +22,6 @@ use crate::plugin::{ChainOutcome, ChainStep, PluginFailureCode, PluginRequest, S
 use crate::signing;
 use crate::ssrf::SsrfPolicy;
 use crate::store::{EventRecord, WebhookRecord};
-
-/// The Standard Webhooks body: `{"id","type","timestamp","channel"?,"data"}`.
-#[derive(Serialize)]
-struct DeliveredBody<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    timestamp: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channel: Option<&'a str>,
-    data: &'a RawValue,
-}
-
-/// The JSON body delivered for an event (the payload is copied byte for byte).
-pub fn render_body(event: &EventRecord) -> Bytes {
-    let body = DeliveredBody {
-        id: event.id.as_str(),
-        event_type: &event.event_type,
-        timestamp: crate::ids::rfc3339(event.created_at),
-        channel: event.channel.as_deref(),
-        data: &event.payload,
-    };
-    Bytes::from(serde_json::to_vec(&body).expect("the body serialises"))
-}
 
 /// The request as the webhook defines it, before plugins: its URL and static headers, `POST`,
 /// JSON.
@@ -140,6 +114,9 @@ pub struct Preparation {
     pub plugin_logs: Vec<String>,
     /// How long the plugin chain took (including its wait for a plugin slot).
     pub chain_time: Duration,
+    /// The body sent is the event's [`EventRecord::delivered_body`] unchanged (no plugin
+    /// changed it).
+    pub body_as_rendered: bool,
 }
 
 /// Renders, runs the plugin chain, re-checks a URL a plugin changed, and signs.
@@ -165,15 +142,19 @@ async fn prepare_as(
     input: &AttemptInput<'_>,
     shadowed: Shadowed,
 ) -> Preparation {
-    let request = webhook_request(input.webhook, render_body(input.event));
+    let rendered = input.event.delivered_body();
+    let request = webhook_request(input.webhook, rendered.clone());
     if input.webhook.plugins.is_empty() {
         return Preparation {
             prepared: Prepared::Send(sign(ctx, input, request).await),
             plugin_logs: Vec::new(),
             chain_time: Duration::ZERO,
+            body_as_rendered: true,
         };
     }
     let (outcome, plugin_logs, chain_time) = run_chain(ctx, input, request, shadowed).await;
+    let body_as_rendered =
+        matches!(&outcome, ChainOutcome::Deliver(request) if request.body == rendered);
     let prepared = match outcome {
         ChainOutcome::Deliver(request) => match check_plugin_url(ctx, input, &request) {
             Ok(()) => Prepared::Send(sign(ctx, input, request).await),
@@ -194,6 +175,7 @@ async fn prepare_as(
         prepared,
         plugin_logs,
         chain_time,
+        body_as_rendered,
     }
 }
 

@@ -200,6 +200,14 @@ pub struct ScheduleCounts {
     pub truncated: bool,
 }
 
+/// What [`Store::delivery_with_event`] read.
+#[derive(Debug)]
+pub struct DeliveryWithEvent {
+    pub delivery: DeliveryRecord,
+    /// `Ok(None)`: the event is gone; `Err(StoreError::Corrupt)`: its stored bytes are damaged.
+    pub event: Result<Option<EventRecord>>,
+}
+
 /// One attempt's record and what it does to its delivery, for [`Store::record_attempts`].
 #[derive(Debug, Clone)]
 pub struct AttemptOutcome {
@@ -207,6 +215,9 @@ pub struct AttemptOutcome {
     pub lease: u64,
     pub attempt: AttemptRecord,
     pub update: DeliveryUpdate,
+    /// The captured request's body is the event's [`EventRecord::delivered_body`] unchanged:
+    /// a backend may keep that fact instead of the bytes (the sled backend does).
+    pub body_is_event_body: bool,
 }
 
 /// What a purge removed.
@@ -412,6 +423,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // ---- deliveries and the queue -----------------------------------------------------------
 
     async fn delivery(&self, tenant: &str, id: &DeliveryId) -> Result<Option<DeliveryRecord>>;
+
+    /// A delivery with its event, as an attempt reads them: `None` when the delivery is gone.
+    /// A backend that keeps both in one place reads them at once (sled: one `pread`).
+    async fn delivery_with_event(
+        &self,
+        tenant: &str,
+        id: &DeliveryId,
+    ) -> Result<Option<DeliveryWithEvent>> {
+        let Some(delivery) = self.delivery(tenant, id).await? else {
+            return Ok(None);
+        };
+        let event = self.event(tenant, &delivery.event_id).await;
+        Ok(Some(DeliveryWithEvent { delivery, event }))
+    }
 
     async fn list_deliveries(
         &self,

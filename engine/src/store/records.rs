@@ -133,6 +133,34 @@ pub struct EventRecord {
     pub payload: Box<RawValue>,
 }
 
+/// The Standard Webhooks body: `{"id","type","timestamp","channel"?,"data"}`.
+#[derive(Serialize)]
+struct DeliveredBody<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    data: &'a RawValue,
+}
+
+impl EventRecord {
+    /// The JSON body delivered for this event before plugins (the payload copied byte for
+    /// byte). A function of the record alone, so a store may keep, instead of an attempt's
+    /// captured body, the fact that it was this one.
+    pub fn delivered_body(&self) -> bytes::Bytes {
+        let body = DeliveredBody {
+            id: self.id.as_str(),
+            event_type: &self.event_type,
+            timestamp: crate::ids::rfc3339(self.created_at),
+            channel: self.channel.as_deref(),
+            data: &self.payload,
+        };
+        bytes::Bytes::from(serde_json::to_vec(&body).expect("the body serialises"))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {

@@ -120,6 +120,7 @@ fn delivered(claim: &Claim, webhook: &WebhookId) -> AttemptOutcome {
             next_attempt_at: None,
             filtered_by: None,
         },
+        body_is_event_body: false,
     }
 }
 

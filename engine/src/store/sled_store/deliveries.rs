@@ -14,8 +14,8 @@ use super::writer::delivery_record;
 use super::{MAX_SCAN_ROWS, SledStore, StoredAttempt};
 use crate::ids::{DeliveryId, WebhookId};
 use crate::store::{
-    AttemptRecord, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, Page, QueueHead, Result,
-    ScheduleCounts, StoreError,
+    AttemptRecord, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, DeliveryWithEvent, Page,
+    QueueHead, Result, ScheduleCounts, StoreError,
 };
 
 /// The slot of delivery `index` among the slots of `record`.
@@ -75,6 +75,48 @@ impl SledStore {
         self.delivery_view(tenant, delivery, &meta, &slot).map(Some)
     }
 
+    /// [`Self::delivery`] and its event from one read of the event's record. A payload that
+    /// fails its checksum is read again without it, so the delivery is still returned.
+    pub(super) fn delivery_with_event(
+        &self,
+        tenant: &str,
+        id: &DeliveryId,
+    ) -> Result<Option<DeliveryWithEvent>> {
+        let Some(delivery) = codec::parse_delivery_id(id) else {
+            return Ok(None);
+        };
+        let (meta, record, payload) = match self.read_event(tenant, delivery.event, true) {
+            Ok(Some((meta, mut record))) => {
+                let payload = std::mem::take(&mut record.payload);
+                (meta, record, Ok(payload))
+            }
+            Ok(None) => return Ok(None),
+            Err(StoreError::Corrupt(reason)) => {
+                let Some((meta, record)) = self.read_event(tenant, delivery.event, false)? else {
+                    return Ok(None);
+                };
+                (meta, record, Err(StoreError::Corrupt(reason)))
+            }
+            Err(err) => return Err(err),
+        };
+        let index = usize::from(delivery.index);
+        if index >= meta.webhooks.len() {
+            return Ok(None);
+        }
+        let slot = slot_of(&record, index)?;
+        if slot.purged {
+            return Ok(None);
+        }
+        let view = self.delivery_view(tenant, delivery, &meta, &slot)?;
+        let event = payload
+            .and_then(|payload| super::events::event_record(delivery.event, meta, payload))
+            .map(Some);
+        Ok(Some(DeliveryWithEvent {
+            delivery: view,
+            event,
+        }))
+    }
+
     pub(super) fn deliveries_of_event(
         &self,
         tenant: &str,
@@ -123,6 +165,17 @@ impl SledStore {
         Ok(Some((meta.previous_attempt, stored)))
     }
 
+    /// The body delivered for the event at `loc` before plugins (what an attempt that kept it
+    /// by reference sent).
+    fn delivered_body(&self, tenant: &str, loc: Locator, meta: &EventMeta) -> Result<String> {
+        let Some((_, record)) = self.read_event(tenant, loc, true)? else {
+            return Ok(String::new());
+        };
+        let event = super::events::event_record(loc, meta.clone(), record.payload)?;
+        String::from_utf8(event.delivered_body().to_vec())
+            .map_err(|_| StoreError::Corrupt("a delivered body is not UTF-8".into()))
+    }
+
     /// Attempts of a delivery, oldest first (those still in the log: a segment deleted by
     /// retention takes its attempts with it).
     pub(super) fn attempts(&self, tenant: &str, id: &DeliveryId) -> Result<Vec<AttemptRecord>> {
@@ -138,13 +191,23 @@ impl SledStore {
         let slot = slot_of(&record, usize::from(delivery.index))?;
         let mut out = Vec::new();
         let mut next = slot.last_attempt;
+        // The event's delivered body, read once for the attempts that keep it by reference.
+        let mut event_body = None;
         // A bound against a cycle in damaged data.
         while let Some(loc) = next
             && out.len() < 100_000
         {
-            let Some((previous, stored)) = self.read_attempt(tenant, delivery, loc)? else {
+            let Some((previous, mut stored)) = self.read_attempt(tenant, delivery, loc)? else {
                 break;
             };
+            if stored.body_from_event
+                && let Some(request) = &mut stored.attempt.request
+            {
+                if event_body.is_none() {
+                    event_body = Some(self.delivered_body(tenant, delivery.event, &meta)?);
+                }
+                request.body = event_body.clone().unwrap_or_default();
+            }
             out.push(stored.attempt);
             next = previous.filter(|p| *p < loc);
         }

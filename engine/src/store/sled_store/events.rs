@@ -99,7 +99,7 @@ impl SledStore {
     }
 }
 
-fn event_record(loc: Locator, meta: EventMeta, payload: Vec<u8>) -> Result<EventRecord> {
+pub(super) fn event_record(loc: Locator, meta: EventMeta, payload: Vec<u8>) -> Result<EventRecord> {
     let json = String::from_utf8(payload)
         .map_err(|_| StoreError::Corrupt("an event payload is not UTF-8".into()))?;
     let payload =

@@ -126,9 +126,22 @@ impl Log {
 
     /// Reads `len` bytes at `offset`, fewer at the end of the file.
     fn read_at(&self, file: &File, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        self.read_at_least(file, offset, len, len)
+    }
+
+    /// Up to `len` bytes at `offset`, reading again only while fewer than `min` came back: a
+    /// read of the newest records reaches past the end of the file, and its short count is
+    /// the answer, not a reason for a second `pread`.
+    fn read_at_least(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        min: usize,
+    ) -> Result<Vec<u8>, StoreError> {
         let mut buf = vec![0u8; len];
         let mut filled = 0;
-        while filled < len {
+        while filled < min {
             match file.read_at(&mut buf[filled..], offset + filled as u64) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
@@ -150,7 +163,8 @@ impl Log {
         let Some(file) = self.file(loc.segment)? else {
             return Ok(None);
         };
-        let first = self.read_at(&file, u64::from(loc.offset), FIRST_READ_BYTES)?;
+        let first =
+            self.read_at_least(&file, u64::from(loc.offset), FIRST_READ_BYTES, HEADER_BYTES)?;
         let Some(header) = RecordHeader::decode(&first) else {
             return Ok(None);
         };
@@ -165,7 +179,11 @@ impl Log {
         let bytes = if wanted <= first.len() {
             first
         } else {
-            self.read_at(&file, u64::from(loc.offset), wanted)?
+            let mut bytes = first;
+            let rest = wanted - bytes.len();
+            let offset = u64::from(loc.offset) + bytes.len() as u64;
+            bytes.extend(self.read_at(&file, offset, rest)?);
+            bytes
         };
         if bytes.len() < wanted {
             return Ok(None);

@@ -282,6 +282,7 @@ async fn bring_to_state(
             lease: 0,
             attempt,
             update,
+            body_is_event_body: false,
         });
     }
     if !outcomes.is_empty() {

@@ -50,9 +50,9 @@ use super::cache::WebhookCache;
 use super::stats::{DayStats, StatsScope};
 use super::{
     Appended, AttemptOutcome, AttemptRecord, DeliveryFilter, DeliveryRecord, DeliveryStatus,
-    EventFilter, EventRecord, NewEvent, Page, PluginHead, PluginListener, PluginStage,
-    PluginVersion, PurgeOutcome, QueueHead, Result, ScheduleCounts, SpaceProblem, Store,
-    StoreError, SyncObserver, TenantUsage, WebhookChange, WebhookRecord, WorkListener,
+    DeliveryWithEvent, EventFilter, EventRecord, NewEvent, Page, PluginHead, PluginListener,
+    PluginStage, PluginVersion, PurgeOutcome, QueueHead, Result, ScheduleCounts, SpaceProblem,
+    Store, StoreError, SyncObserver, TenantUsage, WebhookChange, WebhookRecord, WorkListener,
 };
 use crate::ids::{DeliveryId, EventId, WebhookId};
 use crate::secrets::Keyring;
@@ -82,6 +82,11 @@ struct StoredAttempt {
     attempt: AttemptRecord,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     filtered_by: Option<String>,
+    /// The captured request's body was left out: it is the event's delivered body
+    /// ([`EventRecord::delivered_body`]), rendered again when the attempt is read, so an
+    /// attempt does not copy its event's payload into the log.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    body_from_event: bool,
 }
 
 /// The free-space reserve of the data dir, and the first I/O failure of a write. After a
@@ -428,6 +433,14 @@ impl Store for SledStore {
 
     async fn delivery(&self, tenant: &str, id: &DeliveryId) -> Result<Option<DeliveryRecord>> {
         SledStore::delivery(self, tenant, id)
+    }
+
+    async fn delivery_with_event(
+        &self,
+        tenant: &str,
+        id: &DeliveryId,
+    ) -> Result<Option<DeliveryWithEvent>> {
+        SledStore::delivery_with_event(self, tenant, id)
     }
 
     async fn list_deliveries(

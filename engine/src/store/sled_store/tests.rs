@@ -150,6 +150,7 @@ fn outcome(
             next_attempt_at: retry_at,
             filtered_by: None,
         },
+        body_is_event_body: false,
     }
 }
 
@@ -693,4 +694,79 @@ async fn forged_and_foreign_ids_read_as_absent() {
             assert!(store.event("acme", &id).await.unwrap().is_none());
         }
     }
+}
+
+/// An attempt whose captured body is its event's delivered body keeps a reference, not a
+/// copy: the payload is in the log once, and reading the attempt gives the body back whole.
+/// A body a plugin changed is kept as sent.
+#[tokio::test]
+async fn an_attempt_sending_the_events_own_body_does_not_copy_the_payload_into_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), keyring()).await;
+    let hook = webhook();
+    store.insert_webhook("acme", &hook).await.unwrap();
+    let marker = "payload-marker-".repeat(64);
+    let mut new = event("acme", &[&hook.id], None, now());
+    new.payload = RawValue::from_string(format!(r#"{{"note":"{marker}"}}"#)).unwrap();
+    let appended = store.append_events(vec![new]).await.unwrap();
+    let (event_id, deliveries) = created(&appended[0]);
+    let body = store
+        .event("acme", &event_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .delivered_body();
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    let sent = |body: &str| crate::store::SentRequest {
+        url: "https://receiver.example/hook".into(),
+        method: "POST".into(),
+        headers: Vec::new(),
+        body: body.to_string(),
+        body_base64: false,
+        body_bytes: body.len() as u64,
+        body_truncated: false,
+    };
+    let mut first = outcome(
+        "acme",
+        &deliveries[0],
+        &hook.id,
+        1,
+        DeliveryStatus::Failed,
+        Some(now() + 1),
+    );
+    first.attempt.request = Some(sent(&body));
+    first.body_is_event_body = true;
+    let changed = body.replace("payload-marker", "PLUGIN-CHANGED");
+    let mut second = outcome(
+        "acme",
+        &deliveries[0],
+        &hook.id,
+        2,
+        DeliveryStatus::Delivered,
+        None,
+    );
+    second.attempt.request = Some(sent(&changed));
+    store.record_attempts(vec![first]).await.unwrap();
+    store.record_attempts(vec![second]).await.unwrap();
+    store.flush().await.unwrap();
+
+    let attempts = store.attempts("acme", &deliveries[0]).await.unwrap();
+    let bodies: Vec<&str> = attempts
+        .iter()
+        .map(|a| a.request.as_ref().unwrap().body.as_str())
+        .collect();
+    assert_eq!(bodies, [body.as_str(), changed.as_str()]);
+
+    let mut log = Vec::new();
+    for entry in std::fs::read_dir(dir.path().join("log")).unwrap() {
+        log.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let count = |needle: &str| {
+        log.windows(needle.len())
+            .filter(|w| *w == needle.as_bytes())
+            .count()
+    };
+    assert_eq!(count(&marker), 1, "the payload is written once");
+    let changed_marker = marker.replace("payload-marker", "PLUGIN-CHANGED");
+    assert_eq!(count(&changed_marker), 1, "a changed body is kept as sent");
 }

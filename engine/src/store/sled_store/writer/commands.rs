@@ -136,10 +136,19 @@ impl WriterState {
             previous_attempt: slot.last_attempt,
             channel: meta.channel.clone(),
         };
-        let stored = StoredAttempt {
+        let mut stored = StoredAttempt {
             attempt: attempt.clone(),
             filtered_by: update.filtered_by.clone(),
+            body_from_event: false,
         };
+        if outcome.body_is_event_body
+            && let Some(request) = &mut stored.attempt.request
+            && !request.body_truncated
+            && !request.body_base64
+        {
+            request.body = String::new();
+            stored.body_from_event = true;
+        }
         let json = serde_json::to_vec(&stored).expect("attempts serialise to JSON");
         let record = encode_record(RecordKind::Attempt, &[], &transition.encode(), &json);
         let loc = self.log.append(&record)?;

@@ -310,10 +310,15 @@ impl WriterState {
         }
         let slot = match batch.slots.get(&delivery) {
             Some(slot) => slot.clone(),
-            None => match self.shared.log.read_slot(delivery) {
-                Ok(Some(slot)) => slot,
-                Ok(None) => return Ok(None),
-                Err(StoreError::Corrupt(_)) => {
+            // The record just read holds the slot (no second `pread`).
+            None => match record
+                .slots
+                .get(index * codec::SLOT_BYTES..(index + 1) * codec::SLOT_BYTES)
+                .map(Slot::decode)
+            {
+                Some(Ok(slot)) => slot,
+                None => return Ok(None),
+                Some(Err(StoreError::Corrupt(_))) => {
                     // A slot torn by a power loss: the delivery is attempted again.
                     warn!(
                         tenant,
@@ -321,7 +326,7 @@ impl WriterState {
                     );
                     Slot::pending(meta.created_at)
                 }
-                Err(err) => return Err(err),
+                Some(Err(err)) => return Err(err),
             },
         };
         if slot.purged {
