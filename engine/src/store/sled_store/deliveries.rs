@@ -64,15 +64,27 @@ impl SledStore {
         let Some((meta, record)) = self.read_event(tenant, delivery.event, false)? else {
             return Ok(None);
         };
+        self.delivery_in(tenant, delivery, &meta, &record)
+    }
+
+    /// Delivery `delivery` of its event's record, read: `None` past the event's fan-out or
+    /// purged.
+    fn delivery_in(
+        &self,
+        tenant: &str,
+        delivery: DeliveryRef,
+        meta: &EventMeta,
+        record: &RawRecord,
+    ) -> Result<Option<DeliveryRecord>> {
         let index = usize::from(delivery.index);
         if index >= meta.webhooks.len() {
             return Ok(None);
         }
-        let slot = slot_of(&record, index)?;
+        let slot = slot_of(record, index)?;
         if slot.purged {
             return Ok(None);
         }
-        self.delivery_view(tenant, delivery, &meta, &slot).map(Some)
+        self.delivery_view(tenant, delivery, meta, &slot).map(Some)
     }
 
     /// [`Self::delivery`] and its event from one read of the event's record. A payload that
@@ -99,15 +111,9 @@ impl SledStore {
             }
             Err(err) => return Err(err),
         };
-        let index = usize::from(delivery.index);
-        if index >= meta.webhooks.len() {
+        let Some(view) = self.delivery_in(tenant, delivery, &meta, &record)? else {
             return Ok(None);
-        }
-        let slot = slot_of(&record, index)?;
-        if slot.purged {
-            return Ok(None);
-        }
-        let view = self.delivery_view(tenant, delivery, &meta, &slot)?;
+        };
         let event = payload
             .and_then(|payload| super::events::event_record(delivery.event, meta, payload))
             .map(Some);
