@@ -1328,6 +1328,22 @@ async fn run(
         ),
         true,
     );
+    // What those costs allow on this machine: with every core busy, the engine and the bench's
+    // own processes share the cores, so s1 cannot pass cores / (engine + generator + receiver
+    // CPU per event); and the engine CPU per event at which that bound reaches 25 % of the ceiling.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let cpu_bound = cores * 1e6 / (s1_cpu + http_floor).max(1e-9);
+    let engine_for_quarter = cores * 1e6 / (0.25 * ceil).max(1e-9) - http_floor;
+    check(
+        &mut checks,
+        format!(
+            "info: s1 CPU bound: {cores:.0} cores / ({s1_cpu:.0} + {http_floor:.0} µs per event) = \
+             {cpu_bound:.0}/s ({:.0}% of ceiling) with no core ever idle; 25% of the ceiling \
+             needs the engine at <= {engine_for_quarter:.0} µs per event + delivery",
+            100.0 * cpu_bound / ceil
+        ),
+        true,
+    );
     let x = |f: &Figures, k: &str| f.extra.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     check(
         &mut checks,
