@@ -17,6 +17,8 @@ mod nodes;
 mod procs;
 #[path = "e2e/receiver.rs"]
 mod receiver;
+#[path = "e2e/relay.rs"]
+mod relay;
 #[path = "shared/reshape.rs"]
 mod reshape;
 
@@ -30,7 +32,7 @@ use tokio::sync::Semaphore;
 
 use procs::{
     API_KEY, Proc, cpu_seconds, cpu_seconds_by_thread, dir_mib, spawn_engine, spawn_receiver,
-    vm_mib,
+    spawn_relay, vm_mib,
 };
 
 const HELP: &str = "\
@@ -747,18 +749,32 @@ fn cpu_per_delivery_us(f: &Figures) -> f64 {
 impl Bench {
     /// The generator posting the same body straight to the receiver: one hop.
     async fn ceiling(&self) -> Figures {
+        self.direct("ceil", &self.rx.url("ceiling"), None).await
+    }
+
+    /// The generator posting the same body to a bare relay that forwards it to the receiver
+    /// (`relay.rs`): two hops and nothing else, the least any relay costs on this machine.
+    async fn relay_floor(&self) -> Figures {
+        let (relay, base) = spawn_relay(&self.rx.url("relay"));
+        self.direct("relay", &format!("{base}/relay"), Some(&relay))
+            .await
+    }
+
+    /// The generator posting to `url` without an engine; figures over every receipt, with
+    /// `relay`'s CPU (if one forwards) as the engine's.
+    async fn direct(&self, name: &str, url: &str, relay: Option<&Proc>) -> Figures {
         self.rx.ctl("reset").await;
         let gen0 = cpu_seconds(std::process::id());
         let rx0 = cpu_seconds(self.rx.proc.pid());
         let mut ingest = generate(
             &self.http,
-            &Target::Direct(self.rx.url("ceiling")),
+            &Target::Direct(url.to_string()),
             self.events,
             None,
         )
         .await;
         let mut f = Figures {
-            name: "ceil".into(),
+            name: name.into(),
             ..Default::default()
         };
         ingest_figures(&mut ingest, &mut f);
@@ -767,6 +783,7 @@ impl Bench {
             .wait_for("ALL", ingest.accepted, Duration::from_secs(10), deadline)
             .await;
         delivery_figures(&self.rx, "ALL", self.events, &ingest, &mut f).await;
+        f.engine_cpu_s = relay.map_or(0.0, |relay| cpu_seconds(relay.pid()));
         f.receiver_cpu_s = cpu_seconds(self.rx.proc.pid()) - rx0;
         f.generator_cpu_s = cpu_seconds(std::process::id()) - gen0;
         f
@@ -1154,6 +1171,10 @@ fn main() {
         receiver::run();
         return;
     }
+    if let Some(i) = args.iter().position(|a| a == "--relay") {
+        relay::run(args.get(i + 1).cloned().expect("--relay <url>"));
+        return;
+    }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{HELP}");
         return;
@@ -1344,6 +1365,25 @@ async fn run(
         ),
         true,
     );
+    // The same load through a bare relay (two hops, nothing stored, signed or logged):
+    // the most that any relay reaches on this machine in this run, and what it costs.
+    let relay = bench.relay_floor().await;
+    relay.row(ceil);
+    check(
+        &mut checks,
+        format!(
+            "info: a bare relay (axum in, 202, reqwest out, 8 in flight; no store, no signature) \
+             delivers {:.0}/s ({:.0}% of ceiling, lost {}) at {:.0} µs CPU per event + delivery; \
+             s1 reaches {:.0}% of it at {s1_cpu:.0} µs",
+            relay.deliveries_per_s,
+            100.0 * relay.deliveries_per_s / ceil,
+            relay.lost,
+            cpu_per_delivery_us(&relay),
+            100.0 * s1.deliveries_per_s / relay.deliveries_per_s.max(1e-9),
+        ),
+        true,
+    );
+    all.push(relay);
     let x = |f: &Figures, k: &str| f.extra.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     check(
         &mut checks,

@@ -1,4 +1,4 @@
-//! Child processes of the bench (the real release `hookd` and the receiver role), killed by
+//! Child processes of the bench (the real release `hookd`, the receiver and relay roles), killed by
 //! pid when dropped, and what `/proc` says about them (CPU seconds, peak RSS).
 
 use std::collections::BTreeMap;
@@ -45,24 +45,36 @@ impl Drop for Proc {
 
 /// Starts this bench binary again in the receiver role; returns it with its base URL.
 pub fn spawn_receiver() -> (Proc, String) {
+    spawn_role(&["--receiver"], "RECEIVER")
+}
+
+/// Starts this bench binary again as a bare relay to `target`; returns it with its base URL.
+pub fn spawn_relay(target: &str) -> (Proc, String) {
+    spawn_role(&["--relay", target], "RELAY")
+}
+
+/// This bench binary again with `args`; it prints `<label> <address>` once it listens
+/// ([`serve_role`]), and exits when its stdin (held by the returned [`Proc`]) closes.
+fn spawn_role(args: &[&str], label: &str) -> (Proc, String) {
     let exe = std::env::current_exe().expect("current exe");
     let mut child = Command::new(exe)
-        .arg("--receiver")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("receiver starts");
+        .unwrap_or_else(|err| panic!("{args:?} starts: {err}"));
     let stdin = child.stdin.take();
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
-        .expect("receiver prints its address");
+        .unwrap_or_else(|err| panic!("{args:?} prints its address: {err}"));
     let addr = line
         .trim()
-        .strip_prefix("RECEIVER ")
-        .unwrap_or_else(|| panic!("unexpected receiver line {line:?}"))
+        .strip_prefix(label)
+        .map(str::trim_start)
+        .unwrap_or_else(|| panic!("unexpected line {line:?} from {args:?}"))
         .to_string();
     (
         Proc {
@@ -71,6 +83,28 @@ pub fn spawn_receiver() -> (Proc, String) {
         },
         format!("http://{addr}"),
     )
+}
+
+/// Serves `app` on 127.0.0.1:0 as a role of this binary: prints `<label> <address>` for
+/// [`spawn_role`], then serves until the parent closes this process's stdin (a bench that
+/// dies takes its children with it).
+pub async fn serve_role(label: &str, app: axum::Router) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    println!("{label} {}", listener.local_addr().expect("address"));
+    let parent_gone = tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        while std::io::stdin()
+            .read_line(&mut sink)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
+    });
+    tokio::select! {
+        served = axum::serve(listener, app) => served.expect("serve"),
+        _ = parent_gone => {}
+    }
 }
 
 /// The tenant's quotas, raised so that they are not what the bench measures (32 producers

@@ -43,23 +43,7 @@ pub fn run() {
     runtime.block_on(async {
         let shared = Shared::default();
         let app = Router::new().fallback(handle).with_state(shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        println!("RECEIVER {}", listener.local_addr().expect("address"));
-        // The parent holds our stdin; when it goes away, so do we.
-        let parent_gone = tokio::task::spawn_blocking(|| {
-            let mut sink = String::new();
-            while std::io::stdin()
-                .read_line(&mut sink)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {}
-        });
-        tokio::select! {
-            served = axum::serve(listener, app) => served.expect("serve"),
-            _ = parent_gone => {}
-        }
+        crate::procs::serve_role("RECEIVER", app).await;
     });
 }
 
