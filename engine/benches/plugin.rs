@@ -15,6 +15,8 @@ use hookd::plugin::{ChainOutcome, ChainStep, PluginHost, PluginRequest, PluginSe
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+#[path = "plugin/bare.rs"]
+mod bare;
 #[path = "shared/reshape.rs"]
 mod reshape;
 use reshape::native_reshape;
@@ -175,9 +177,17 @@ async fn compile_figures(wasm: &[u8], settings: &PluginSettings) -> BenchResult<
     Ok(())
 }
 
-/// The measured host: one state dir with the plugin installed as `reshape`.
+/// The CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// The measured host: one state dir with the plugin installed as `reshape`, and the same
+/// component in a bare wasmtime host (`bare.rs`) for the floor.
 struct Bench {
     host: PluginHost,
+    bare: bare::BareHost,
     settings: PluginSettings,
     chain: [ChainStep; 1],
     body: Bytes,
@@ -189,15 +199,18 @@ impl Bench {
         let dir = tempfile::tempdir()?;
         let host = PluginHost::open(dir.path(), settings.clone())?;
         host.install("bench", "reshape", wasm.to_vec()).await?;
+        let config = json!({"redact": ["password"], "shape": "flat"}).to_string();
+        let body = body();
         Ok(Self {
             host,
+            bare: bare::BareHost::new(wasm, &config, &body)?,
             settings: settings.clone(),
             chain: [ChainStep {
                 name: "reshape".into(),
-                config: json!({"redact": ["password"], "shape": "flat"}).to_string(),
+                config,
                 version: None,
             }],
-            body: body(),
+            body,
             _dir: dir,
         })
     }
@@ -258,6 +271,17 @@ impl Bench {
             "same reshape in native Rust (serde_json):                    median {native_median:?}, p90 {:?}",
             percentile(native_calls, 0.9)
         );
+        // The bare host's series after both, so that it does not change their caches.
+        let mut bare_calls = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let started = Instant::now();
+            std::hint::black_box(self.bare.call()?);
+            bare_calls.push(started.elapsed());
+        }
+        println!(
+            "same component, bare wasmtime host (bare.rs), fresh store:    median {:?}",
+            median(bare_calls)
+        );
         let added = chain_median.saturating_sub(native_median);
         println!(
             "{} plugin cost per call: chain median {chain_median:?} - native median {native_median:?} = {added:?} <= 50 µs",
@@ -272,6 +296,7 @@ impl Bench {
         let mut chain_wall = Vec::with_capacity(calls);
         let mut chain_cpu = Vec::with_capacity(calls);
         let mut native = Vec::with_capacity(calls);
+        let (mut bare_wall, mut bare_cpu) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
         for _ in 0..calls {
             tokio::time::sleep(COLD_IDLE).await;
             let (elapsed, cpu, _) = self.run().await?;
@@ -282,14 +307,29 @@ impl Bench {
             let started = Instant::now();
             std::hint::black_box(native_reshape(std::hint::black_box(&self.body)));
             native.push(started.elapsed());
+            tokio::time::sleep(COLD_IDLE).await;
+            let (started, cpu) = (Instant::now(), thread_cpu());
+            std::hint::black_box(self.bare.call()?);
+            bare_cpu.push(thread_cpu().saturating_sub(cpu));
+            bare_wall.push(started.elapsed());
         }
         let (chain_median, native_median) = (median(chain_cpu), median(native));
+        let bare_median = median(bare_cpu);
         println!(
             "cold: the chain after {COLD_IDLE:?} idle, {calls} calls:             median {:?} wall, {chain_median:?} CPU",
             median(chain_wall),
         );
         println!(
             "cold: native reshape after {COLD_IDLE:?} idle:                      median {native_median:?}"
+        );
+        println!(
+            "cold: bare wasmtime host, fresh store, after {COLD_IDLE:?} idle:     median {:?} wall, {bare_median:?} CPU",
+            median(bare_wall),
+        );
+        println!(
+            "INFO floor of a fresh instance per call, cold: bare wasmtime CPU {bare_median:?} - native {native_median:?} = {:?}; hookd's chain adds {:?} to the bare host",
+            bare_median.saturating_sub(native_median),
+            chain_median.saturating_sub(bare_median),
         );
         let added = chain_median.saturating_sub(native_median);
         println!(
