@@ -66,9 +66,10 @@ pub const CONFIG_RELOADS: &str = "hookd_config_reloads_total";
 /// Each sync of the embedded store to disk (the log's `fdatasync`, then sled's flush).
 pub const STORE_SYNC: &str = "hookd_store_sync_seconds";
 
-/// Bucket bounds of the HTTP latency of attempts, in seconds.
+/// Bucket bounds of the HTTP latency of attempts, in seconds (from 0.5 ms: a receiver on the
+/// same network answers in about a millisecond).
 const DELIVERY_LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Bucket bounds of plugin chain runs and slot waits, in seconds: 25 µs steps up to 300 µs,
 /// where a normal chain runs (so a median read from the histogram is within a few µs), then

@@ -169,6 +169,13 @@ async fn metrics_count_ingested_events_attempts_latency_and_plugin_runs() {
         3.0,
         "{text}"
     );
+    // Timed at full precision, not in the attempt log's whole milliseconds (which made every
+    // loopback answer under 1 ms count as 0): the sum is not a whole number of ms.
+    let sum_ms = count(&text, "hookd_delivery_latency_seconds_sum", &[acme]) * 1e3;
+    assert!(
+        sum_ms > 0.0 && (sum_ms - sum_ms.round()).abs() > 1e-6,
+        "{sum_ms} ms\n{text}"
+    );
     assert_eq!(
         count(
             &text,

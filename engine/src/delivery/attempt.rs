@@ -161,7 +161,7 @@ async fn try_run(
         claim,
         (attempt, body_is_event_body),
         &verdict,
-        tried.reached_receiver(),
+        tried.exchange_time(),
     )
     .await?;
     // Recorded: the claim ends; consequences run outside it.
@@ -195,8 +195,30 @@ struct Loaded {
     config: std::sync::Arc<Config>,
     tenant_id: String,
     delivery: DeliveryRecord,
-    webhook: WebhookRecord,
+    webhook: SharedWebhook,
     event: EventRecord,
+}
+
+/// The attempt's webhook, read in place in its tenant's shared list of webhooks (the store's
+/// cache): an attempt never copies the record.
+struct SharedWebhook {
+    webhooks: std::sync::Arc<Vec<WebhookRecord>>,
+    index: usize,
+}
+
+impl SharedWebhook {
+    fn find(webhooks: std::sync::Arc<Vec<WebhookRecord>>, id: &WebhookId) -> Option<Self> {
+        let index = webhooks.iter().position(|webhook| &webhook.id == id)?;
+        Some(SharedWebhook { webhooks, index })
+    }
+}
+
+impl std::ops::Deref for SharedWebhook {
+    type Target = WebhookRecord;
+
+    fn deref(&self) -> &WebhookRecord {
+        &self.webhooks[self.index]
+    }
 }
 
 impl Loaded {
@@ -243,7 +265,7 @@ async fn load(
         store.requeue(tenant, delivery_id, recheck).await?;
         return Ok(Load::Done);
     }
-    let Some(webhook) = store.webhook(tenant, webhook_id).await? else {
+    let Some(webhook) = SharedWebhook::find(store.webhooks_of(tenant).await?, webhook_id) else {
         store
             .settle(
                 tenant,
@@ -456,7 +478,7 @@ async fn record(
     claim: &Claim,
     (attempt, body_is_event_body): (AttemptRecord, bool),
     verdict: &Verdict,
-    reached_receiver: bool,
+    exchange_time: Option<Duration>,
 ) -> Result<(), StoreError> {
     let tenant = loaded.tenant_id.as_str();
     let result = verdict.result;
@@ -466,8 +488,7 @@ async fn record(
         next_attempt_at: attempt.next_attempt_at,
         filtered_by: verdict.filtered_by.clone(),
     };
-    let (status_code, latency_ms, number) =
-        (attempt.status_code, attempt.latency_ms, attempt.attempt);
+    let (status_code, number) = (attempt.status_code, attempt.attempt);
     ctx.recorder
         .record(AttemptOutcome {
             tenant: tenant.to_string(),
@@ -479,9 +500,8 @@ async fn record(
         .await?;
     ctx.metrics
         .attempt_finished(tenant, result.as_str(), error_code.as_deref());
-    if reached_receiver {
-        ctx.metrics
-            .delivery_latency(tenant, Duration::from_millis(latency_ms));
+    if let Some(exchange_time) = exchange_time {
+        ctx.metrics.delivery_latency(tenant, exchange_time);
     }
     info!(
         attempt = number,

@@ -69,6 +69,17 @@ impl Tried {
     pub fn reached_receiver(&self) -> bool {
         matches!(self, Tried::Sent(_))
     }
+
+    /// How long the HTTP exchange took, at full precision (the attempt log keeps whole ms),
+    /// when the receiver was tried.
+    pub fn exchange_time(&self) -> Option<std::time::Duration> {
+        match self {
+            Tried::Sent(
+                HttpOutcome::Response { latency, .. } | HttpOutcome::Failed { latency, .. },
+            ) => Some(*latency),
+            _ => None,
+        }
+    }
 }
 
 /// What an attempt means for its delivery, as stored (`result` of the attempt log).
