@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 
 use procs::{
     API_KEY, Proc, cpu_seconds, cpu_seconds_by_thread, dir_mib, spawn_engine, spawn_receiver,
-    spawn_relay, vm_mib,
+    spawn_relay, switches_by_thread, vm_mib,
 };
 
 const HELP: &str = "\
@@ -784,6 +784,13 @@ impl Bench {
             .await;
         delivery_figures(&self.rx, "ALL", self.events, &ingest, &mut f).await;
         f.engine_cpu_s = relay.map_or(0.0, |relay| cpu_seconds(relay.pid()));
+        if let Some(relay) = relay {
+            let switches: u64 = switches_by_thread(relay.pid()).values().map(|c| c[0]).sum();
+            f.extra.insert(
+                "engine_switches_per_event".into(),
+                json!(round2(switches as f64 / f.deliveries.max(1) as f64)),
+            );
+        }
         f.receiver_cpu_s = cpu_seconds(self.rx.proc.pid()) - rx0;
         f.generator_cpu_s = cpu_seconds(std::process::id()) - gen0;
         f
@@ -822,6 +829,7 @@ impl Bench {
             engine.create_webhook(&self.http, body).await;
         }
         let threads0 = cpu_seconds_by_thread(engine.proc.pid());
+        let switches0 = switches_by_thread(engine.proc.pid());
         let (e0, r0, g0) = (
             cpu_seconds(engine.proc.pid()),
             cpu_seconds(self.rx.proc.pid()),
@@ -859,6 +867,23 @@ impl Bench {
             .collect();
         f.extra
             .insert("engine_cpu_us_by_thread".into(), Value::Object(by_thread));
+        let per_event = |n: u64| round2(n as f64 / f.deliveries.max(1) as f64);
+        let switches: serde_json::Map<String, Value> = switches_by_thread(engine.proc.pid())
+            .into_iter()
+            .map(|(role, [all, involuntary])| {
+                let [all0, involuntary0] = switches0.get(&role).copied().unwrap_or([0, 0]);
+                let (all, involuntary) = (
+                    all - all0.min(all),
+                    involuntary - involuntary0.min(involuntary),
+                );
+                (role, json!([per_event(all), per_event(involuntary)]))
+            })
+            .filter(|(_, counts)| counts[0].as_f64().unwrap_or(0.0) > 0.0)
+            .collect();
+        f.extra.insert(
+            "engine_switches_per_event_by_thread".into(),
+            Value::Object(switches),
+        );
         f.engine_peak_rss_mib = vm_mib(engine.proc.pid(), "VmHWM:");
         f.data_mib = dir_mib(&engine.data);
         slot_figures(&self.http, &engine.base, &mut f).await;
@@ -1381,6 +1406,48 @@ async fn run(
             relay.lost,
             cpu_per_delivery_us(&relay),
             100.0 * s1.deliveries_per_s / relay.deliveries_per_s.max(1e-9),
+        ),
+        true,
+    );
+    // Hand-offs between threads: each is a context switch, and on a VM whose idle vCPUs halt
+    // at once, waking a thread on another vCPU is slow (`perf bench sched pipe` on the 2-vCPU
+    // machine this was written on: a round trip 56 µs across the vCPUs, 5 µs pinned to one).
+    let switches = s1
+        .extra
+        .get("engine_switches_per_event_by_thread")
+        .and_then(Value::as_object)
+        .map(|m| {
+            let mut roles: Vec<_> = m
+                .iter()
+                .map(|(role, c)| {
+                    (
+                        role,
+                        c[0].as_f64().unwrap_or(0.0),
+                        c[1].as_f64().unwrap_or(0.0),
+                    )
+                })
+                .collect();
+            roles.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let total: f64 = roles.iter().map(|r| r.1).sum();
+            let by_role = roles
+                .iter()
+                .map(|(role, all, involuntary)| {
+                    format!("{role} {all:.2} ({involuntary:.2} preempted)")
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{total:.2}: {by_role}")
+        })
+        .unwrap_or_default();
+    check(
+        &mut checks,
+        format!(
+            "info: s1 context switches per event + delivery {switches}; the bare relay {:.2}",
+            relay
+                .extra
+                .get("engine_switches_per_event")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0)
         ),
         true,
     );

@@ -207,23 +207,54 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// CPU seconds of a process's live threads by role: the threads of `/proc/<pid>/task`
-/// grouped by name without its trailing number (`sled-io-3` → `sled-io`).
+/// Each live thread of a process as its role and the text of `file` in its `/proc` task
+/// directory; the role is the thread's name without its trailing number (`sled-io-3` →
+/// `sled-io`).
+fn thread_files(pid: u32, file: &str) -> Vec<(String, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            let text = std::fs::read_to_string(task.path().join(file)).ok()?;
+            let role = name
+                .trim_end()
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+            Some((role.to_string(), text))
+        })
+        .collect()
+}
+
+/// CPU seconds of a process's live threads by role ([`thread_files`]).
 pub fn cpu_seconds_by_thread(pid: u32) -> BTreeMap<String, f64> {
     let mut by_role = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return by_role;
-    };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
+    for (role, stat) in thread_files(pid, "stat") {
+        *by_role.entry(role).or_insert(0.0) += stat_cpu_seconds(&stat);
+    }
+    by_role
+}
+
+/// Context switches of a process's live threads by role ([`thread_files`]): `[all,
+/// involuntary]`, where involuntary means the thread was preempted rather than waiting.
+pub fn switches_by_thread(pid: u32) -> BTreeMap<String, [u64; 2]> {
+    let mut by_role = BTreeMap::new();
+    for (role, status) in thread_files(pid, "status") {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .unwrap_or(0)
         };
-        let name = stat
-            .split_once('(')
-            .and_then(|(_, rest)| rest.rsplit_once(')'))
-            .map_or("?", |(comm, _)| comm)
-            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
-        *by_role.entry(name.to_string()).or_insert(0.0) += stat_cpu_seconds(&stat);
+        let (voluntary, involuntary) = (
+            field("voluntary_ctxt_switches:"),
+            field("nonvoluntary_ctxt_switches:"),
+        );
+        let counts = by_role.entry(role).or_insert([0, 0]);
+        counts[0] += voluntary + involuntary;
+        counts[1] += involuntary;
     }
     by_role
 }
