@@ -783,8 +783,8 @@ impl Bench {
             .wait_for("ALL", ingest.accepted, Duration::from_secs(10), deadline)
             .await;
         delivery_figures(&self.rx, "ALL", self.events, &ingest, &mut f).await;
-        f.engine_cpu_s = relay.map_or(0.0, |relay| cpu_seconds(relay.pid()));
         if let Some(relay) = relay {
+            f.engine_cpu_s = cpu_seconds(relay.pid());
             let switches: u64 = switches_by_thread(relay.pid()).values().map(|c| c[0]).sum();
             f.extra.insert(
                 "engine_switches_per_event".into(),
@@ -872,11 +872,13 @@ impl Bench {
             .into_iter()
             .map(|(role, [all, involuntary])| {
                 let [all0, involuntary0] = switches0.get(&role).copied().unwrap_or([0, 0]);
-                let (all, involuntary) = (
-                    all - all0.min(all),
-                    involuntary - involuntary0.min(involuntary),
-                );
-                (role, json!([per_event(all), per_event(involuntary)]))
+                (
+                    role,
+                    json!([
+                        per_event(all.saturating_sub(all0)),
+                        per_event(involuntary.saturating_sub(involuntary0))
+                    ]),
+                )
             })
             .filter(|(_, counts)| counts[0].as_f64().unwrap_or(0.0) > 0.0)
             .collect();

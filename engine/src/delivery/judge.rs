@@ -67,7 +67,7 @@ impl Tried {
     /// Whether the receiver was reached (or tried): only such tries say anything about the
     /// webhook's health. Plugin verdicts do not.
     pub fn reached_receiver(&self) -> bool {
-        matches!(self, Tried::Sent(_))
+        self.exchange_time().is_some()
     }
 
     /// How long the HTTP exchange took, at full precision (the attempt log keeps whole ms),
