@@ -488,10 +488,14 @@ impl Dispatcher {
                 ended: false,
                 set_aside: None,
             };
-            self.attempts.spawn(async move {
+            // The attempt's future is large (the send, the plugin hooks and the record are
+            // inlined into it): boxed once here, the task holds a pointer, so spawning and
+            // finishing it no longer copy the whole future (3-4 % of the delivery workers'
+            // CPU in memcpy, per the e2e bench's profile).
+            self.attempts.spawn(Box::pin(async move {
                 let _in_flight = in_flight;
                 attempt::run(&ctx, &tenant, &webhook_id, &claim, slot).await;
-            });
+            }));
         }
         if started > 0 {
             self.tenants.entry(tenant.clone()).or_default().in_progress += started;
