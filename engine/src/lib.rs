@@ -203,7 +203,7 @@ pub async fn start(
             catalogue: Some(store.clone()),
             random_key: config.security.derived_key(PLUGIN_RANDOM_KEY_PURPOSE),
             compile_worker: config.plugins.compile_worker.clone(),
-            guest_nice: config.delivery.worker_nice,
+            guest_nice: delivery::runtime::guest_nice(config.delivery.worker_nice),
         },
     )?;
     let mut tasks = Vec::new();
@@ -241,7 +241,10 @@ pub async fn start(
         metrics: metrics.clone(),
         lag: lag::DeliveryLag::default(),
     };
-    let dispatcher = Dispatcher::new(delivery.clone(), dispatch_rx);
+    let deliveries =
+        delivery::runtime::DeliveryRuntime::start(config.current().delivery.worker_nice)
+            .map_err(StartError::DeliveryRuntime)?;
+    let dispatcher = Dispatcher::new(delivery.clone(), dispatch_rx, deliveries.lanes());
     let reload_dispatch = dispatch.clone();
     let reload_metrics = metrics.clone();
     let (reload_store, reload_config) = (store.clone(), config.clone());
@@ -255,9 +258,6 @@ pub async fn start(
     if let Some(watcher) = config::watch::spawn(config.clone(), shutdown.clone(), on_reload) {
         tasks.push(("config watcher", watcher));
     }
-    let deliveries =
-        delivery::runtime::DeliveryRuntime::start(config.current().delivery.worker_nice)
-            .map_err(StartError::DeliveryRuntime)?;
     let dispatcher_task = deliveries.handle().spawn(dispatcher.run(shutdown.clone()));
 
     let app = api::router(api::AppState::new(api::Services {

@@ -284,15 +284,19 @@ impl Metrics {
         tenants.entry(tenant.to_owned()).or_default().clone()
     }
 
-    /// The tenant's histogram `name` in `cell`, registered with this engine's recorder on its
-    /// first record.
-    fn tenant_histogram<'a>(
+    /// Records `took` in the tenant's histogram `name`, kept in the series' cell that `cell`
+    /// picks and registered with this engine's recorder on its first record.
+    fn record_tenant_histogram(
         &self,
-        cell: &'a OnceLock<Histogram>,
-        name: &'static str,
         tenant: &str,
-    ) -> &'a Histogram {
-        cell.get_or_init(|| self.with(|| histogram!(name, "tenant" => tenant.to_owned())))
+        cell: fn(&TenantSeries) -> &OnceLock<Histogram>,
+        name: &'static str,
+        took: Duration,
+    ) {
+        let series = self.tenant(tenant);
+        cell(&series)
+            .get_or_init(|| self.with(|| histogram!(name, "tenant" => tenant.to_owned())))
+            .record(took.as_secs_f64());
     }
 
     /// An event was accepted (written and flushed).
@@ -331,9 +335,7 @@ impl Metrics {
 
     /// How long an attempt's HTTP exchange took (also when it failed).
     pub fn delivery_latency(&self, tenant: &str, latency: Duration) {
-        let series = self.tenant(tenant);
-        self.tenant_histogram(&series.latency, DELIVERY_LATENCY, tenant)
-            .record(latency.as_secs_f64());
+        self.record_tenant_histogram(tenant, |series| &series.latency, DELIVERY_LATENCY, latency);
     }
 
     /// One sync of the embedded store to disk.
@@ -343,16 +345,12 @@ impl Metrics {
 
     /// How long after its due time an attempt started.
     pub fn delivery_lag(&self, tenant: &str, lag: Duration) {
-        let series = self.tenant(tenant);
-        self.tenant_histogram(&series.lag, DELIVERY_LAG, tenant)
-            .record(lag.as_secs_f64());
+        self.record_tenant_histogram(tenant, |series| &series.lag, DELIVERY_LAG, lag);
     }
 
     /// How long an attempt held its webhook's in-flight slot.
     pub fn attempt_slot(&self, tenant: &str, held: Duration) {
-        let series = self.tenant(tenant);
-        self.tenant_histogram(&series.slot, ATTEMPT_SLOT, tenant)
-            .record(held.as_secs_f64());
+        self.record_tenant_histogram(tenant, |series| &series.slot, ATTEMPT_SLOT, held);
     }
 
     /// Counts an attempt as in flight until the guard is dropped (also when its task is

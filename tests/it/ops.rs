@@ -66,7 +66,7 @@ async fn the_free_space_reserve_follows_a_reload_and_start_only_keys_keep_their_
     } else {
         format!("{original}\n{limits}")
     };
-    let start_only = "[delivery]\ndns_servers = [\"127.0.0.1:5353\"]\nworker_nice = 0\n";
+    let start_only = "[delivery]\ndns_servers = [\"127.0.0.1:5353\"]\nworker_nice = 7\n";
     let edited = if edited.contains("[delivery]\n") {
         edited.replacen("[delivery]\n", start_only, 1)
     } else {

@@ -1185,11 +1185,11 @@ mod tests {
             crate::delivery::runtime::DEFAULT_WORKER_NICE
         );
         assert_eq!(
-            parse("[delivery]\nworker_nice = 0\n")
+            parse("[delivery]\nworker_nice = 7\n")
                 .unwrap()
                 .delivery
                 .worker_nice,
-            0
+            7
         );
         let errors = parse(
             r#"

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
+use super::runtime::Lane;
 use crate::config::SharedConfig;
 use crate::outbound::OutboundRequest;
 use crate::resolver::OutboundResolver;
@@ -168,7 +169,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
 
 #[derive(Clone)]
 pub struct DeliveryClient {
-    http: reqwest::Client,
+    /// One client (and connection pool) per lane of delivery workers, indexed by
+    /// [`lane_index`]: a pooled connection's I/O task runs on the lane that opened it.
+    http: [reqwest::Client; 2],
     config: SharedConfig,
     resolver: OutboundResolver,
     urls: Arc<ParsedUrls>,
@@ -211,25 +214,36 @@ impl std::fmt::Debug for DeliveryClient {
     }
 }
 
+/// The index of `lane`'s client in [`DeliveryClient`].
+fn lane_index(lane: Lane) -> usize {
+    match lane {
+        Lane::Normal => 0,
+        Lane::Yielding => 1,
+    }
+}
+
 impl DeliveryClient {
     #[allow(clippy::disallowed_methods)] // the one place a reqwest client is built
     pub fn new(config: SharedConfig) -> Self {
         let connect_timeout = config.current().delivery.connect_timeout;
         let resolver = OutboundResolver::new(&config.current().delivery.dns_servers);
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver {
-                config: config.clone(),
-                resolver: resolver.clone(),
-            }))
-            .no_proxy()
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .user_agent(concat!("hookd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the HTTP client configuration is valid");
+        let client = || {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .dns_resolver(Arc::new(GuardedResolver {
+                    config: config.clone(),
+                    resolver: resolver.clone(),
+                }))
+                .no_proxy()
+                .connect_timeout(connect_timeout)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(64)
+                .tcp_nodelay(true)
+                .user_agent(concat!("hookd/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .expect("the HTTP client configuration is valid")
+        };
+        let http = [client(), client()];
         DeliveryClient {
             http,
             config,
@@ -279,8 +293,7 @@ impl DeliveryClient {
                 return failed(SendFailure::BlockedAddress, blocked_for_tenant(&blocked));
             }
         }
-        let response = self
-            .http
+        let response = self.http[lane_index(Lane::current())]
             .request(method, url)
             .headers(header_map(&request))
             .body(request.body)

@@ -168,6 +168,8 @@ pub struct Dispatcher {
     /// Most attempts one tenant may have in progress (read at start).
     tenant_cap: usize,
     attempts: JoinSet<()>,
+    /// Where attempts start: the normal lane, or the yielding one while the CPU is saturated.
+    lanes: super::runtime::Lanes,
 }
 
 impl Dispatcher {
@@ -177,7 +179,7 @@ impl Dispatcher {
         (DispatchHandle(tx), DispatchReceiver(rx))
     }
 
-    pub fn new(ctx: DeliveryContext, rx: DispatchReceiver) -> Self {
+    pub fn new(ctx: DeliveryContext, rx: DispatchReceiver, lanes: super::runtime::Lanes) -> Self {
         let tenant_cap = ctx.config.current().delivery.max_in_flight.max(1) * TENANT_CAP_FACTOR;
         Dispatcher {
             ctx: std::sync::Arc::new(ctx),
@@ -187,6 +189,7 @@ impl Dispatcher {
             tenants: HashMap::new(),
             tenant_cap,
             attempts: JoinSet::new(),
+            lanes,
         }
     }
 
@@ -492,10 +495,13 @@ impl Dispatcher {
             // inlined into it): boxed once here, the task holds a pointer, so spawning and
             // finishing it no longer copy the whole future (3-4 % of the delivery workers'
             // CPU in memcpy, per the e2e bench's profile).
-            self.attempts.spawn(Box::pin(async move {
-                let _in_flight = in_flight;
-                attempt::run(&ctx, &tenant, &webhook_id, &claim, slot).await;
-            }));
+            self.attempts.spawn_on(
+                Box::pin(async move {
+                    let _in_flight = in_flight;
+                    attempt::run(&ctx, &tenant, &webhook_id, &claim, slot).await;
+                }),
+                self.lanes.for_next_attempt(),
+            );
         }
         if started > 0 {
             self.tenants.entry(tenant.clone()).or_default().in_progress += started;

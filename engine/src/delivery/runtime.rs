@@ -1,49 +1,147 @@
 //! The delivery runtime: the dispatcher and every attempt run on async workers of their own,
-//! at a lower scheduling priority than the workers that accept events and serve the API.
+//! so that a long poll of a delivery never holds a worker that accepts events or serves the
+//! API. It has two lanes of workers, one per core each:
 //!
-//! While the machine has spare CPU this changes nothing. When it is saturated (a fan-out
-//! burst: every accepted event makes ten deliveries), the kernel gives the producers' path
-//! the CPU first, so a 202 does not wait behind deliveries that are durable and can run a few
-//! milliseconds later; the deliveries take the rest and catch up once the burst ends. The
-//! price is paid under sustained saturation: producers that alone could fill the machine are
-//! no longer slowed by the deliveries, so the deliveries trail them (e2e bench s1: e2e p50
-//! 30-180 ms instead of 5-20, deliveries 87-100 % of the accepted rate instead of 98-100).
-//! `[delivery] worker_nice = 0` chooses the other side: equal priority. A backlog that keeps
-//! growing meets ingest's optional back-pressure (`[quotas] max_delivery_lag_secs`, `lag.rs`)
-//! as before.
+//! - `hookd-delivery`, at the API's priority: while the machine has spare CPU, every attempt
+//!   starts here, so deliveries never wait behind other busy threads;
+//! - `hookd-deliv-low`, at `[delivery] worker_nice` (default 5): while the machine's CPU is
+//!   saturated (busy ≥ 95 % over a 200 ms sample, and for a second after), new attempts start
+//!   here, so the kernel serves producers' 202s first and the durable deliveries trail.
+//!
+//! Measured before the lanes (e2e bench, alternated, 12 runs each): all deliveries at nice 5
+//! made them wait behind every busy normal thread even at half load (weights 335 : 1024; s6
+//! e2e p99 median 23.5 ms, worst 314 ms) while buying fan-out ingest under saturation
+//! (s2 median 3,068 events/s); all at nice 0 kept s6's tail (median 12.4 ms, worst 39 ms) and
+//! lost s2's ingest (2,862/s). Each lane sends with its own HTTP client
+//! (`DeliveryClient::send` picks it by the current thread's lane), so a pooled connection's
+//! I/O task also runs at the priority of the lane that opened it. An attempt stays on the
+//! lane it started on. `worker_nice = 0` gives a single lane at the API's priority. A backlog
+//! that keeps growing meets ingest's optional back-pressure (`[quotas]
+//! max_delivery_lag_secs`, `lag.rs`) either way.
+//!
+//! Guest calls that outlast one epoch tick finish on the plugin pool's threads, at
+//! [`guest_nice`]: never above the deliveries' priority and at least [`MIN_GUEST_NICE`], so a
+//! tenant's plugin looping to its deadline yields to every other tenant's deliveries and to
+//! the API.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-/// The default nice value of the delivery workers (`[delivery] worker_nice`; 0 is normal, 19
-/// the lowest): against a busy normal-priority thread the kernel gives them about a third of a
-/// core (weights 335 : 1024). 0 gives deliveries the API's priority, as before the split.
+/// The default nice value of the yielding lane (`[delivery] worker_nice`; 0 is normal, the
+/// API's priority, and leaves a single lane; 19 the lowest).
 pub const DEFAULT_WORKER_NICE: i32 = 5;
+
+/// The least nice value of the threads where guest calls that outlast a tick finish.
+pub const MIN_GUEST_NICE: i32 = 5;
+
+/// The nice value of the plugin pool's threads for a yielding lane at `worker_nice`.
+pub fn guest_nice(worker_nice: i32) -> i32 {
+    worker_nice.max(MIN_GUEST_NICE)
+}
+
+/// Share of the machine's CPU time busy over one sample at or above which it is saturated.
+const SATURATED_BUSY: f64 = 0.95;
+/// How often the machine's CPU time is read (`/proc/stat`).
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+/// How long the machine counts as saturated after its last saturated sample.
+const HOLD_SATURATED: Duration = Duration::from_secs(1);
+
+/// The lanes of delivery workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// At the API's priority.
+    Normal,
+    /// At `worker_nice`, while the CPU is saturated.
+    Yielding,
+}
+
+thread_local! {
+    static LANE: Cell<Lane> = const { Cell::new(Lane::Normal) };
+}
+
+impl Lane {
+    /// The lane of the calling thread (`Normal` outside the delivery workers).
+    pub fn current() -> Lane {
+        LANE.with(Cell::get)
+    }
+}
 
 /// Owns the delivery workers; shuts them down (without blocking) when dropped.
 #[derive(Debug)]
 pub struct DeliveryRuntime {
-    runtime: Option<Runtime>,
+    normal: Option<Runtime>,
+    yielding: Option<Runtime>,
+    lanes: Lanes,
+}
+
+/// Where the next attempt starts: the handles of both lanes and whether the machine is
+/// saturated (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Lanes {
+    normal: Handle,
+    yielding: Option<Handle>,
+    saturated: Arc<AtomicBool>,
+}
+
+impl Lanes {
+    /// The runtime the next attempt is spawned on.
+    pub fn for_next_attempt(&self) -> &Handle {
+        match &self.yielding {
+            Some(yielding) if self.saturated.load(Ordering::Relaxed) => yielding,
+            _ => &self.normal,
+        }
+    }
 }
 
 impl DeliveryRuntime {
-    /// One worker per core, as the main runtime has, each at `nice`.
+    /// The lanes' workers, one per core each: the normal lane at nice 0, the yielding lane at
+    /// `nice` (none if `nice` is 0), and the sampler that chooses between them.
     pub fn start(nice: i32) -> std::io::Result<Self> {
-        let runtime = Builder::new_multi_thread()
-            .thread_name("hookd-delivery")
-            .on_thread_start(move || set_current_thread_nice(nice))
-            .enable_all()
-            .build()?;
+        let normal = lane_runtime("hookd-delivery", 0, Lane::Normal)?;
+        let yielding = if nice > 0 {
+            Some(lane_runtime("hookd-deliv-low", nice, Lane::Yielding)?)
+        } else {
+            None
+        };
+        let saturated = Arc::new(AtomicBool::new(false));
+        if yielding.is_some() {
+            normal.spawn(sample_saturation(saturated.clone()));
+        }
+        let lanes = Lanes {
+            normal: normal.handle().clone(),
+            yielding: yielding.as_ref().map(|r| r.handle().clone()),
+            saturated,
+        };
         Ok(Self {
-            runtime: Some(runtime),
+            normal: Some(normal),
+            yielding,
+            lanes,
         })
     }
 
+    /// The normal lane's runtime (the dispatcher runs there).
     pub fn handle(&self) -> &Handle {
-        self.runtime
-            .as_ref()
-            .expect("the delivery runtime lives until drop")
-            .handle()
+        &self.lanes.normal
     }
+
+    pub fn lanes(&self) -> Lanes {
+        self.lanes.clone()
+    }
+}
+
+fn lane_runtime(name: &str, nice: i32, lane: Lane) -> std::io::Result<Runtime> {
+    Builder::new_multi_thread()
+        .thread_name(name)
+        .on_thread_start(move || {
+            set_current_thread_nice(nice);
+            LANE.with(|current| current.set(lane));
+        })
+        .enable_all()
+        .build()
 }
 
 /// Sets the calling thread's nice value (per thread on Linux). Where that is not permitted, the
@@ -56,8 +154,92 @@ impl Drop for DeliveryRuntime {
     fn drop(&mut self) {
         // The engine may be dropped inside an async context, where a blocking shutdown panics.
         // By then its tasks have ended or been aborted (`RunningEngine::wait`).
-        if let Some(runtime) = self.runtime.take() {
+        for runtime in [self.normal.take(), self.yielding.take()]
+            .into_iter()
+            .flatten()
+        {
             runtime.shutdown_background();
+        }
+    }
+}
+
+/// The machine's CPU time so far (`/proc/stat`'s first line, in clock ticks): busy and total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    /// From the text of `/proc/stat`: idle and iowait are free time; user, nice, system, irq,
+    /// softirq and steal are busy (stolen time is not ours to use).
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().next()?;
+        let mut fields = line.split_ascii_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        let ticks: Vec<u64> = fields
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        if ticks.len() < 8 {
+            return None;
+        }
+        let total: u64 = ticks.iter().sum();
+        let free = ticks[3] + ticks[4];
+        Some(Self {
+            busy: total - free,
+            total,
+        })
+    }
+
+    fn read() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// The busy share of the time between `earlier` and `self` (`None` if no time passed).
+    fn busy_share_since(&self, earlier: &Self) -> Option<f64> {
+        let total = self.total.checked_sub(earlier.total).filter(|t| *t > 0)?;
+        let busy = self.busy.saturating_sub(earlier.busy);
+        Some(busy as f64 / total as f64)
+    }
+}
+
+/// Whether the machine is saturated: since a sample at or above [`SATURATED_BUSY`], for
+/// [`HOLD_SATURATED`] after the last one.
+#[derive(Debug, Default)]
+struct Saturation {
+    last_saturated: Option<Instant>,
+}
+
+impl Saturation {
+    fn observe(&mut self, busy_share: f64, now: Instant) -> bool {
+        if busy_share >= SATURATED_BUSY {
+            self.last_saturated = Some(now);
+        }
+        self.last_saturated
+            .is_some_and(|at| now.duration_since(at) < HOLD_SATURATED)
+    }
+}
+
+/// Samples the machine's CPU every [`SAMPLE_EVERY`] into `saturated`, until its runtime shuts
+/// down. Where `/proc/stat` cannot be read the machine never counts as saturated (one lane).
+async fn sample_saturation(saturated: Arc<AtomicBool>) {
+    let Some(mut last) = CpuTimes::read() else {
+        return;
+    };
+    let mut saturation = Saturation::default();
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(now) = CpuTimes::read() else {
+            return;
+        };
+        if let Some(busy) = now.busy_share_since(&last) {
+            saturated.store(saturation.observe(busy, Instant::now()), Ordering::Relaxed);
+            last = now;
         }
     }
 }
@@ -74,22 +256,137 @@ mod tests {
         )
     }
 
+    /// Runs `f` on `handle`'s workers and returns what it saw there.
+    async fn on<T: Send + 'static>(handle: &Handle, f: fn() -> T) -> T {
+        handle.spawn(async move { f() }).await.unwrap()
+    }
+
+    fn where_am_i() -> (Option<String>, i32, Lane) {
+        let (name, nice) = thread_and_nice();
+        (name, nice, Lane::current())
+    }
+
     #[tokio::test]
-    async fn deliveries_run_on_their_own_lower_priority_workers_and_it_drops_inside_async_code() {
+    async fn each_lane_runs_at_its_priority_and_the_yielding_lane_takes_attempts_only_while_saturated()
+     {
         for nice in [DEFAULT_WORKER_NICE, 0, 19] {
             let runtime = DeliveryRuntime::start(nice).unwrap();
-            let (name, ran_at) = runtime
-                .handle()
-                .spawn(async { thread_and_nice() })
-                .await
-                .unwrap();
-            assert_eq!(name.as_deref(), Some("hookd-delivery"));
-            assert_eq!(ran_at, nice);
-            // The workers that accept events keep normal priority.
-            assert_eq!(thread_and_nice().1, 0);
+            let lanes = runtime.lanes();
+            assert_eq!(
+                on(runtime.handle(), where_am_i).await,
+                (Some("hookd-delivery".to_string()), 0, Lane::Normal)
+            );
+            match &lanes.yielding {
+                Some(yielding) => {
+                    assert!(nice > 0);
+                    assert_eq!(
+                        on(yielding, where_am_i).await,
+                        (Some("hookd-deliv-low".to_string()), nice, Lane::Yielding)
+                    );
+                }
+                None => assert_eq!(nice, 0, "a yielding lane below the API's priority"),
+            }
+            // The threads that accept events keep normal priority and are in no lane.
+            assert_eq!(where_am_i().1, 0);
+            assert_eq!(Lane::current(), Lane::Normal);
+
+            // Attempts start on the normal lane unless the machine is saturated.
+            lanes.saturated.store(false, Ordering::Relaxed);
+            assert_eq!(
+                on(lanes.for_next_attempt(), Lane::current).await,
+                Lane::Normal
+            );
+            lanes.saturated.store(true, Ordering::Relaxed);
+            let expected = if nice > 0 {
+                Lane::Yielding
+            } else {
+                Lane::Normal
+            };
+            assert_eq!(on(lanes.for_next_attempt(), Lane::current).await, expected);
+
             // A task still running is simply dropped: no panic, no wait.
             runtime.handle().spawn(std::future::pending::<()>());
             drop(runtime);
         }
+    }
+
+    #[test]
+    fn cpu_times_come_from_the_first_line_of_proc_stat() {
+        let earlier = CpuTimes::parse(
+            "cpu  100 5 50 800 40 3 2 0 0 0\ncpu0 50 2 25 400 20 1 1 0 0 0\nintr 1 2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            earlier,
+            CpuTimes {
+                busy: 160,
+                total: 1000
+            }
+        );
+        let later = CpuTimes::parse("cpu  290 5 50 810 40 3 2 0 0 0\n").unwrap();
+        assert_eq!(later.busy_share_since(&earlier), Some(0.95));
+        assert_eq!(later.busy_share_since(&later), None);
+        for bad in ["", "intr 1 2\n", "cpu 1 2 3\n", "cpu  1 2 x 4 5 6 7 8\n"] {
+            assert_eq!(CpuTimes::parse(bad), None, "{bad:?}");
+        }
+        // This machine's own file parses (the engine runs on Linux).
+        assert!(CpuTimes::read().is_some_and(|t| t.total > 0 && t.busy <= t.total));
+    }
+
+    #[test]
+    fn saturation_holds_for_a_second_after_the_last_saturated_sample() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut saturation = Saturation::default();
+        assert!(!saturation.observe(0.94, at(0)));
+        assert!(saturation.observe(0.95, at(200)));
+        assert!(saturation.observe(0.10, at(400)));
+        assert!(saturation.observe(0.10, at(1_199)));
+        assert!(!saturation.observe(0.10, at(1_200)));
+        assert!(saturation.observe(1.0, at(1_400)));
+        assert!(!saturation.observe(0.5, at(2_400)));
+    }
+
+    #[test]
+    fn the_sampler_sees_every_cpu_busy_as_saturated() {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let cpus = stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+            .count()
+            .max(1);
+        let runtime = DeliveryRuntime::start(DEFAULT_WORKER_NICE).unwrap();
+        let saturated = runtime.lanes().saturated;
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinners: Vec<_> = (0..cpus)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !saturated.load(Ordering::Relaxed) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for spinner in spinners {
+            spinner.join().unwrap();
+        }
+        assert!(
+            saturated.load(Ordering::Relaxed),
+            "{cpus} threads spinning for 5 s did not read as saturated"
+        );
+    }
+
+    #[test]
+    fn guest_threads_are_never_above_the_deliveries_and_at_least_min_guest_nice() {
+        assert_eq!(guest_nice(DEFAULT_WORKER_NICE), MIN_GUEST_NICE);
+        assert_eq!(guest_nice(MIN_GUEST_NICE), MIN_GUEST_NICE);
+        assert_eq!(guest_nice(12), 12);
+        assert_eq!(guest_nice(19), 19);
     }
 }

@@ -158,9 +158,9 @@ pub struct HostOptions {
     /// keeps its compile slot until it ends.
     pub compile_worker: Option<PathBuf>,
     /// The nice value of the threads guest calls finish on (0 is normal). The engine passes
-    /// its delivery workers' (`[delivery] worker_nice`): a chain is part of a delivery, and a
-    /// tenant's guest code looping to its deadline must not outrank every other tenant's
-    /// deliveries.
+    /// `delivery::runtime::guest_nice` of its delivery workers' (`[delivery] worker_nice`):
+    /// never above the deliveries, and at least 5, so a tenant's guest code looping to its
+    /// deadline yields to every other tenant's deliveries and to the API.
     pub guest_nice: i32,
 }
 

@@ -328,9 +328,10 @@ pub(crate) struct Runtime {
 /// The small dedicated thread pool (one thread per core, at most [`MAX_POOL_THREADS`]) where
 /// guest calls that outlast one epoch tick finish, and where `meta` calls run. Its own tokio
 /// runtime, so a busy guest never occupies the engine's async workers; calls on it yield at
-/// every tick, so they share its threads in turn. Its threads run at the delivery workers'
-/// priority (`HostOptions::guest_nice`), not above it: at normal priority a tenant's chain
-/// looping to its deadline took most of a core from the other tenants' deliveries.
+/// every tick, so they share its threads in turn. Its threads run below normal priority
+/// (`HostOptions::guest_nice`), never above the delivery workers: at normal priority against
+/// deliveries at nice 5, a tenant's chain looping to its deadline took most of a core from the
+/// other tenants' deliveries.
 pub(crate) struct PluginPool {
     runtime: Option<tokio::runtime::Runtime>,
 }
