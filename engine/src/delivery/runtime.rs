@@ -8,16 +8,20 @@
 //!   saturated (busy ≥ 95 % over a 200 ms sample, and for a second after), new attempts start
 //!   here, so the kernel serves producers' 202s first and the durable deliveries trail.
 //!
-//! Measured before the lanes (e2e bench, alternated, 12 runs each): all deliveries at nice 5
-//! made them wait behind every busy normal thread even at half load (weights 335 : 1024; s6
-//! e2e p99 median 23.5 ms, worst 314 ms) while buying fan-out ingest under saturation
-//! (s2 median 3,068 events/s); all at nice 0 kept s6's tail (median 12.4 ms, worst 39 ms) and
-//! lost s2's ingest (2,862/s). Each lane sends with its own HTTP client
-//! (`DeliveryClient::send` picks it by the current thread's lane), so a pooled connection's
-//! I/O task also runs at the priority of the lane that opened it. An attempt stays on the
-//! lane it started on. `worker_nice = 0` gives a single lane at the API's priority. A backlog
-//! that keeps growing meets ingest's optional back-pressure (`[quotas]
-//! max_delivery_lag_secs`, `lag.rs`) either way.
+//! Measured before the lanes (e2e bench, the two fixed levels alternated, 22 runs each): all
+//! deliveries at nice 5 made them wait behind every busy normal thread even at half load
+//! (weights 335 : 1024; s6 e2e p99 median 13.4 ms, but 77-314 ms in 5 of 22 runs) while
+//! buying fan-out ingest under saturation (s2 median 3,356 events/s); all at nice 0 kept s6's
+//! tail (median 10.9 ms, worst 39 ms) and lost a quarter of s2's ingest (2,555/s). With the
+//! lanes (4 runs alternated with both): s2 3,303/s, s6 p99 median 8.9 ms, worst 13 ms.
+//!
+//! Each lane sends with its own HTTP client (`DeliveryClient::send` picks it by the current
+//! thread's lane), so a pooled connection's I/O task also runs at the priority of the lane
+//! that opened it. An attempt stays on the lane it started on. `worker_nice = 0` gives a
+//! single lane at the API's priority. A backlog that keeps growing meets ingest's optional
+//! back-pressure (`[quotas] max_delivery_lag_secs`, `lag.rs`) either way. A lane's nice value
+//! is fixed: an unprivileged process may raise its threads' nice but not lower it again, so
+//! each level has threads of its own.
 //!
 //! Guest calls that outlast one epoch tick finish on the plugin pool's threads, at
 //! [`guest_nice`]: never above the deliveries' priority and at least [`MIN_GUEST_NICE`], so a
