@@ -241,9 +241,12 @@ pub async fn start(
         metrics: metrics.clone(),
         lag: lag::DeliveryLag::default(),
     };
-    let deliveries =
-        delivery::runtime::DeliveryRuntime::start(config.current().delivery.worker_nice)
-            .map_err(StartError::DeliveryRuntime)?;
+    let saturation_metrics = metrics.clone();
+    let deliveries = delivery::runtime::DeliveryRuntime::start(
+        config.current().delivery.worker_nice,
+        move |saturated| saturation_metrics.set_cpu_saturated(saturated),
+    )
+    .map_err(StartError::DeliveryRuntime)?;
     let dispatcher = Dispatcher::new(delivery.clone(), dispatch_rx, deliveries.lanes());
     let reload_dispatch = dispatch.clone();
     let reload_metrics = metrics.clone();

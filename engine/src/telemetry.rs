@@ -53,6 +53,7 @@ pub const DELIVERY_LATENCY: &str = "hookd_delivery_latency_seconds";
 pub const ATTEMPTS_IN_FLIGHT: &str = "hookd_attempts_in_flight";
 pub const QUEUE_DUE: &str = "hookd_queue_due";
 pub const QUEUE_SCHEDULED: &str = "hookd_queue_scheduled";
+pub const CPU_SATURATED: &str = "hookd_cpu_saturated";
 pub const PLUGIN_CALLS: &str = "hookd_plugin_calls_total";
 pub const PLUGIN_CHAIN: &str = "hookd_plugin_chain_seconds";
 pub const PLUGIN_SLOT_WAIT: &str = "hookd_plugin_slot_wait_seconds";
@@ -215,6 +216,10 @@ impl Metrics {
                 QUEUE_SCHEDULED,
                 "Queued deliveries, due now or later (sampled every 10 s)"
             );
+            describe_gauge!(
+                CPU_SATURATED,
+                "1 while the machine's CPU reads as saturated (every core busy) and new delivery attempts start on the lower-priority lane ([delivery] worker_nice); always 0 with worker_nice = 0"
+            );
             describe_counter!(
                 PLUGIN_CALLS,
                 "Plugin chain runs (attempts, test sends, simulations) by tenant, outcome (deliver, filtered, failed) and error_code"
@@ -251,6 +256,7 @@ impl Metrics {
             gauge!(ATTEMPTS_IN_FLIGHT).set(0.0);
             gauge!(QUEUE_DUE).set(0.0);
             gauge!(QUEUE_SCHEDULED).set(0.0);
+            gauge!(CPU_SATURATED).set(0.0);
         });
         metrics
     }
@@ -418,6 +424,11 @@ impl Metrics {
             gauge!(QUEUE_DUE).set(due as f64);
             gauge!(QUEUE_SCHEDULED).set(scheduled as f64);
         });
+    }
+
+    /// Whether new delivery attempts start on the yielding lane (`delivery/runtime.rs`).
+    pub fn set_cpu_saturated(&self, saturated: bool) {
+        self.with(|| gauge!(CPU_SATURATED).set(if saturated { 1.0 } else { 0.0 }));
     }
 
     /// A config reload was applied, or refused (the old config stays).

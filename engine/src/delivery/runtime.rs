@@ -103,8 +103,12 @@ impl Lanes {
 
 impl DeliveryRuntime {
     /// The lanes' workers, one per core each: the normal lane at nice 0, the yielding lane at
-    /// `nice` (none if `nice` is 0), and the sampler that chooses between them.
-    pub fn start(nice: i32) -> std::io::Result<Self> {
+    /// `nice` (none if `nice` is 0), and the sampler that chooses between them, which tells
+    /// `on_saturation` each time the machine starts or stops counting as saturated.
+    pub fn start(
+        nice: i32,
+        on_saturation: impl Fn(bool) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let normal = lane_runtime("hookd-delivery", 0, Lane::Normal)?;
         let yielding = if nice > 0 {
             Some(lane_runtime("hookd-deliv-low", nice, Lane::Yielding)?)
@@ -113,7 +117,7 @@ impl DeliveryRuntime {
         };
         let saturated = Arc::new(AtomicBool::new(false));
         if yielding.is_some() {
-            normal.spawn(sample_saturation(saturated.clone()));
+            normal.spawn(sample_saturation(saturated.clone(), on_saturation));
         }
         let lanes = Lanes {
             normal: normal.handle().clone(),
@@ -227,9 +231,10 @@ impl Saturation {
     }
 }
 
-/// Samples the machine's CPU every [`SAMPLE_EVERY`] into `saturated`, until its runtime shuts
-/// down. Where `/proc/stat` cannot be read the machine never counts as saturated (one lane).
-async fn sample_saturation(saturated: Arc<AtomicBool>) {
+/// Samples the machine's CPU every [`SAMPLE_EVERY`] into `saturated` (and tells `on_change`
+/// when it flips), until its runtime shuts down. Where `/proc/stat` cannot be read the machine
+/// never counts as saturated (one lane).
+async fn sample_saturation(saturated: Arc<AtomicBool>, on_change: impl Fn(bool)) {
     let Some(mut last) = CpuTimes::read() else {
         return;
     };
@@ -242,7 +247,10 @@ async fn sample_saturation(saturated: Arc<AtomicBool>) {
             return;
         };
         if let Some(busy) = now.busy_share_since(&last) {
-            saturated.store(saturation.observe(busy, Instant::now()), Ordering::Relaxed);
+            let is = saturation.observe(busy, Instant::now());
+            if saturated.swap(is, Ordering::Relaxed) != is {
+                on_change(is);
+            }
             last = now;
         }
     }
@@ -274,7 +282,7 @@ mod tests {
     async fn each_lane_runs_at_its_priority_and_the_yielding_lane_takes_attempts_only_while_saturated()
      {
         for nice in [DEFAULT_WORKER_NICE, 0, 19] {
-            let runtime = DeliveryRuntime::start(nice).unwrap();
+            let runtime = DeliveryRuntime::start(nice, |_| {}).unwrap();
             let lanes = runtime.lanes();
             assert_eq!(
                 on(runtime.handle(), where_am_i).await,
@@ -359,7 +367,14 @@ mod tests {
             .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
             .count()
             .max(1);
-        let runtime = DeliveryRuntime::start(DEFAULT_WORKER_NICE).unwrap();
+        let told = Arc::new(AtomicBool::new(false));
+        let tell = told.clone();
+        let runtime = DeliveryRuntime::start(DEFAULT_WORKER_NICE, move |is| {
+            if is {
+                tell.store(true, Ordering::Relaxed);
+            }
+        })
+        .unwrap();
         let saturated = runtime.lanes().saturated;
         let stop = Arc::new(AtomicBool::new(false));
         let spinners: Vec<_> = (0..cpus)
@@ -373,7 +388,7 @@ mod tests {
             })
             .collect();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !saturated.load(Ordering::Relaxed) && Instant::now() < deadline {
+        while !told.load(Ordering::Relaxed) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         stop.store(true, Ordering::Relaxed);
@@ -384,6 +399,8 @@ mod tests {
             saturated.load(Ordering::Relaxed),
             "{cpus} threads spinning for 5 s did not read as saturated"
         );
+        assert!(told.load(Ordering::Relaxed), "the change was not told");
+        drop(runtime);
     }
 
     #[test]
