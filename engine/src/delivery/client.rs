@@ -170,7 +170,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 #[derive(Clone)]
 pub struct DeliveryClient {
     /// One client (and connection pool) per lane of delivery workers, indexed by
-    /// [`lane_index`]: a pooled connection's I/O task runs on the lane that opened it.
+    /// [`Lane::index`]: a pooled connection's I/O task runs on the lane that opened it.
     http: [reqwest::Client; 2],
     config: SharedConfig,
     resolver: OutboundResolver,
@@ -211,14 +211,6 @@ impl ParsedUrls {
 impl std::fmt::Debug for DeliveryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeliveryClient").finish_non_exhaustive()
-    }
-}
-
-/// The index of `lane`'s client in [`DeliveryClient`].
-fn lane_index(lane: Lane) -> usize {
-    match lane {
-        Lane::Normal => 0,
-        Lane::Yielding => 1,
     }
 }
 
@@ -293,7 +285,7 @@ impl DeliveryClient {
                 return failed(SendFailure::BlockedAddress, blocked_for_tenant(&blocked));
             }
         }
-        let response = self.http[lane_index(Lane::current())]
+        let response = self.http[Lane::current().index()]
             .request(method, url)
             .headers(header_map(&request))
             .body(request.body)

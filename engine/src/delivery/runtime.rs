@@ -72,6 +72,14 @@ impl Lane {
     pub fn current() -> Lane {
         LANE.with(Cell::get)
     }
+
+    /// The lane's position in per-lane arrays (the delivery client's connection pools).
+    pub fn index(self) -> usize {
+        match self {
+            Lane::Normal => 0,
+            Lane::Yielding => 1,
+        }
+    }
 }
 
 /// Owns the delivery workers; shuts them down (without blocking) when dropped.
