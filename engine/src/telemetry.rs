@@ -102,6 +102,7 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// Each tenant's series of the per-event and per-attempt path, registered on first use.
     tenants: Arc<RwLock<HashMap<String, Arc<TenantSeries>>>>,
+    engine: Arc<EngineSeries>,
 }
 
 /// The handles of one tenant's series that every event or attempt records. Looked up by
@@ -116,7 +117,31 @@ struct TenantSeries {
     lag: OnceLock<Histogram>,
     slot: OnceLock<Histogram>,
     /// `hookd_attempts_total` by outcome, then error code.
-    attempts: Mutex<HashMap<&'static str, HashMap<String, Counter>>>,
+    attempts: Mutex<CountersByOutcome>,
+    chain: OnceLock<Histogram>,
+    chain_cpu: OnceLock<Histogram>,
+    chain_slot_wait: OnceLock<Histogram>,
+    /// `hookd_plugin_calls_total` by outcome, then error code.
+    chains: Mutex<CountersByOutcome>,
+    /// Per plugin version (the component's SHA-256 prefix): its hook calls' series.
+    plugins: Mutex<HashMap<String, PluginSeries>>,
+}
+
+/// Counters labelled `tenant`, `outcome`, `error_code`, by outcome, then error code.
+type CountersByOutcome = HashMap<&'static str, HashMap<String, Counter>>;
+
+/// One plugin version's series of a tenant: hook calls by outcome, and their wall time.
+#[derive(Debug)]
+struct PluginSeries {
+    seconds: Histogram,
+    calls: HashMap<&'static str, Counter>,
+}
+
+/// The engine's own series that every attempt or sync records (no tenant label).
+#[derive(Debug)]
+struct EngineSeries {
+    in_flight: Gauge,
+    store_sync: OnceLock<Histogram>,
 }
 
 impl Default for Metrics {
@@ -176,10 +201,15 @@ impl Metrics {
             })
             .expect("bucket lists are not empty")
             .build_recorder();
+        let in_flight = metrics::with_local_recorder(&recorder, || gauge!(ATTEMPTS_IN_FLIGHT));
         let metrics = Metrics {
             handle: recorder.handle(),
             recorder: Arc::new(recorder),
             tenants: Arc::default(),
+            engine: Arc::new(EngineSeries {
+                in_flight,
+                store_sync: OnceLock::new(),
+            }),
         };
         metrics.with(|| {
             describe_counter!(EVENTS_INGESTED, "Events accepted (202), by tenant");
@@ -300,9 +330,19 @@ impl Metrics {
         took: Duration,
     ) {
         let series = self.tenant(tenant);
-        cell(&series)
-            .get_or_init(|| self.with(|| histogram!(name, "tenant" => tenant.to_owned())))
+        self.tenant_histogram(cell(&series), name, tenant)
             .record(took.as_secs_f64());
+    }
+
+    /// The tenant's histogram `name` kept in `cell`, registered with this engine's recorder on
+    /// its first use.
+    fn tenant_histogram<'a>(
+        &self,
+        cell: &'a OnceLock<Histogram>,
+        name: &'static str,
+        tenant: &str,
+    ) -> &'a Histogram {
+        cell.get_or_init(|| self.with(|| histogram!(name, "tenant" => tenant.to_owned())))
     }
 
     /// An event was accepted (written and flushed).
@@ -316,20 +356,30 @@ impl Metrics {
 
     /// An attempt was recorded with `outcome` (the attempt's `result`).
     pub fn attempt_finished(&self, tenant: &str, outcome: &'static str, error_code: Option<&str>) {
-        let error_code = error_code.unwrap_or("none");
         let series = self.tenant(tenant);
-        let mut attempts = series
-            .attempts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let by_code = attempts.entry(outcome).or_default();
+        self.count_by_outcome(&series.attempts, ATTEMPTS, tenant, outcome, error_code);
+    }
+
+    /// Increments the counter `name` of `tenant`, `outcome` and `error_code` ("none" without
+    /// one), kept in `counters` and registered with this engine's recorder on its first use.
+    fn count_by_outcome(
+        &self,
+        counters: &Mutex<CountersByOutcome>,
+        name: &'static str,
+        tenant: &str,
+        outcome: &'static str,
+        error_code: Option<&str>,
+    ) {
+        let error_code = error_code.unwrap_or("none");
+        let mut counters = counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let by_code = counters.entry(outcome).or_default();
         if let Some(counter) = by_code.get(error_code) {
             counter.increment(1);
             return;
         }
         let counter = self.with(|| {
             counter!(
-                ATTEMPTS,
+                name,
                 "tenant" => tenant.to_owned(),
                 "outcome" => outcome,
                 "error_code" => error_code.to_owned()
@@ -346,7 +396,10 @@ impl Metrics {
 
     /// One sync of the embedded store to disk.
     pub fn store_synced(&self, took: Duration) {
-        self.with(|| histogram!(STORE_SYNC).record(took.as_secs_f64()));
+        self.engine
+            .store_sync
+            .get_or_init(|| self.with(|| histogram!(STORE_SYNC)))
+            .record(took.as_secs_f64());
     }
 
     /// How long after its due time an attempt started.
@@ -362,7 +415,7 @@ impl Metrics {
     /// Counts an attempt as in flight until the guard is dropped (also when its task is
     /// aborted at shutdown).
     pub fn attempt_in_flight(&self) -> InFlight {
-        let gauge = self.with(|| gauge!(ATTEMPTS_IN_FLIGHT));
+        let gauge = self.engine.in_flight.clone();
         gauge.increment(1.0);
         InFlight(gauge)
     }
@@ -378,22 +431,19 @@ impl Metrics {
         waited: Duration,
         cpu: Option<Duration>,
     ) {
-        self.with(|| {
-            counter!(
-                PLUGIN_CALLS,
-                "tenant" => tenant.to_string(),
-                "outcome" => outcome,
-                "error_code" => error_code.unwrap_or("none")
-            )
-            .increment(1);
-            histogram!(PLUGIN_CHAIN, "tenant" => tenant.to_string()).record(duration.as_secs_f64());
-            histogram!(PLUGIN_SLOT_WAIT, "tenant" => tenant.to_string())
-                .record(waited.as_secs_f64());
-            if let Some(cpu) = cpu {
-                histogram!(PLUGIN_CHAIN_CPU, "tenant" => tenant.to_string())
-                    .record(cpu.as_secs_f64());
+        let series = self.tenant(tenant);
+        self.count_by_outcome(&series.chains, PLUGIN_CALLS, tenant, outcome, error_code);
+        let cells = [
+            (&series.chain, PLUGIN_CHAIN, Some(duration)),
+            (&series.chain_slot_wait, PLUGIN_SLOT_WAIT, Some(waited)),
+            (&series.chain_cpu, PLUGIN_CHAIN_CPU, cpu),
+        ];
+        for (cell, name, took) in cells {
+            if let Some(took) = took {
+                self.tenant_histogram(cell, name, tenant)
+                    .record(took.as_secs_f64());
             }
-        });
+        }
     }
 
     /// Each plugin's hook calls of one chain or response run (per-plugin metrics). Labels are
@@ -404,18 +454,42 @@ impl Metrics {
         if calls.is_empty() {
             return;
         }
-        self.with(|| {
-            for call in calls {
-                let labels = [
-                    ("tenant", tenant.to_string()),
-                    ("version", call.version.clone()),
-                ];
-                let mut with_outcome = labels.to_vec();
-                with_outcome.push(("outcome", call.outcome.to_string()));
-                counter!(PLUGIN_HOOK_CALLS, &with_outcome).increment(1);
-                histogram!(PLUGIN_HOOK_SECONDS, &labels).record(call.duration.as_secs_f64());
+        let series = self.tenant(tenant);
+        let mut plugins = series
+            .plugins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for call in calls {
+            if !plugins.contains_key(&call.version) {
+                let seconds = self.with(|| {
+                    histogram!(
+                        PLUGIN_HOOK_SECONDS,
+                        "tenant" => tenant.to_owned(),
+                        "version" => call.version.clone()
+                    )
+                });
+                let calls = HashMap::new();
+                plugins.insert(call.version.clone(), PluginSeries { seconds, calls });
             }
-        });
+            let Some(version) = plugins.get_mut(&call.version) else {
+                continue;
+            };
+            version
+                .calls
+                .entry(call.outcome)
+                .or_insert_with(|| {
+                    self.with(|| {
+                        counter!(
+                            PLUGIN_HOOK_CALLS,
+                            "tenant" => tenant.to_owned(),
+                            "version" => call.version.clone(),
+                            "outcome" => call.outcome
+                        )
+                    })
+                })
+                .increment(1);
+            version.seconds.record(call.duration.as_secs_f64());
+        }
     }
 
     /// The latest sample of the schedule.
@@ -537,5 +611,75 @@ mod tests {
         let other = other_engine.render();
         assert_eq!(sample(&other, EVENTS_INGESTED, &[acme]), Some(1.0));
         assert_eq!(sample(&other, ATTEMPTS, &[acme]), None);
+    }
+
+    #[test]
+    fn cached_plugin_and_engine_series_count_per_label() {
+        let metrics = Metrics::new();
+        let call = |version: &str, outcome: &'static str, ms: u64| crate::plugin::PluginCall {
+            plugin: "reshape".to_owned(),
+            version: version.to_owned(),
+            outcome,
+            duration: Duration::from_millis(ms),
+        };
+        let ms = Duration::from_millis;
+        for _ in 0..2 {
+            metrics.plugin_chain_ran("acme", "deliver", None, ms(1), ms(0), Some(ms(1)));
+            metrics.plugin_calls("acme", &[call("aaa", "ok", 1), call("bbb", "filtered", 2)]);
+        }
+        metrics.plugin_chain_ran("acme", "failed", Some("plugin_trap"), ms(1), ms(2), None);
+        metrics.plugin_calls("acme", &[call("aaa", "plugin_trap", 3)]);
+        metrics.plugin_calls("globex", &[call("aaa", "ok", 1)]);
+        let in_flight = [metrics.attempt_in_flight(), metrics.attempt_in_flight()];
+        metrics.store_synced(ms(1));
+
+        let text = metrics.render();
+        let acme = r#"tenant="acme""#;
+        let chains = |outcome: &str, code: &str| {
+            let (outcome, code) = (
+                format!(r#"outcome="{outcome}""#),
+                format!(r#"error_code="{code}""#),
+            );
+            sample(&text, PLUGIN_CALLS, &[acme, &outcome, &code])
+        };
+        assert_eq!(chains("deliver", "none"), Some(2.0));
+        assert_eq!(chains("failed", "plugin_trap"), Some(1.0));
+        let count = |name: &str| format!("{name}_count");
+        assert_eq!(sample(&text, &count(PLUGIN_CHAIN), &[acme]), Some(3.0));
+        assert_eq!(sample(&text, &count(PLUGIN_SLOT_WAIT), &[acme]), Some(3.0));
+        assert_eq!(sample(&text, &count(PLUGIN_CHAIN_CPU), &[acme]), Some(2.0));
+        let hook = |tenant: &str, version: &str, outcome: &str| {
+            let labels = [
+                format!(r#"tenant="{tenant}""#),
+                format!(r#"version="{version}""#),
+                format!(r#"outcome="{outcome}""#),
+            ];
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            sample(&text, PLUGIN_HOOK_CALLS, &labels)
+        };
+        assert_eq!(hook("acme", "aaa", "ok"), Some(2.0));
+        assert_eq!(hook("acme", "aaa", "plugin_trap"), Some(1.0));
+        assert_eq!(hook("acme", "bbb", "filtered"), Some(2.0));
+        assert_eq!(hook("globex", "aaa", "ok"), Some(1.0));
+        assert_eq!(hook("globex", "bbb", "filtered"), None);
+        let seconds = count(PLUGIN_HOOK_SECONDS);
+        assert_eq!(
+            sample(&text, &seconds, &[acme, r#"version="aaa""#]),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, &seconds, &[acme, r#"version="bbb""#]),
+            Some(2.0)
+        );
+        assert_eq!(sample(&text, ATTEMPTS_IN_FLIGHT, &[]), None, "no labels");
+        assert!(text.contains(&format!("\n{ATTEMPTS_IN_FLIGHT} 2\n")));
+        assert_eq!(sample(&text, &count(STORE_SYNC), &[]), None, "no labels");
+        assert!(text.contains(&format!("\n{}_count 1\n", STORE_SYNC)));
+        drop(in_flight);
+        assert!(
+            metrics
+                .render()
+                .contains(&format!("\n{ATTEMPTS_IN_FLIGHT} 0\n"))
+        );
     }
 }

@@ -121,8 +121,8 @@ async fn try_run(
         mut plugin_logs,
         chain_time,
         body_as_rendered,
+        steps,
     } = preparation;
-    let steps = chain_steps(&loaded.webhook);
     let (tried, sent, for_plugins) = match prepared {
         Prepared::Send(request) => {
             let sent = super::capture::capture(&request, tenant.delivery.max_request_capture_bytes);
@@ -325,19 +325,6 @@ async fn send(
     ctx.client
         .send(request, timeout, tenant.delivery.max_response_body_bytes)
         .await
-}
-
-/// The webhook's plugin chain, as the plugin host takes it.
-fn chain_steps(webhook: &WebhookRecord) -> Vec<ChainStep> {
-    webhook
-        .plugins
-        .iter()
-        .map(|p| ChainStep {
-            name: p.name.clone(),
-            config: p.config.to_string(),
-            version: p.version,
-        })
-        .collect()
 }
 
 /// Asks the chain's `on-response` plugins what the receiver's answer means: their decision for
@@ -572,7 +559,7 @@ pub async fn test_send(
         verdict_by: None,
         response_decision: None,
     };
-    let steps = chain_steps(webhook);
+    let steps = preparation.steps;
     let (tried, for_plugins) = match preparation.prepared {
         Prepared::Send(request) => {
             let for_plugins = ctx

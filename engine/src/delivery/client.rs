@@ -1,6 +1,7 @@
 //! The outbound HTTP client: the only place hookd builds a reqwest client.
 //!
-//! One pooled keep-alive client for all webhooks. Redirects are never followed, every
+//! One pooled keep-alive client for all webhooks. Redirects are never followed, nor requests
+//! resent by the client (the retry schedule does that), every
 //! request has a total timeout, at most `max_response_body_bytes` of a response are read (and at
 //! most [`MAX_RESPONSE_HEADERS`] headers / [`MAX_RESPONSE_HEADER_BYTES`] of them kept, for
 //! `on-response` plugins), and
@@ -222,6 +223,10 @@ impl DeliveryClient {
         let client = || {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // hookd's retry schedule resends, and logs each attempt: the client never
+                // resends a request by itself. With no retry allowed, reqwest's retry layer
+                // also stops cloning every request (head and body) in case it retries.
+                .retry(reqwest::retry::never().max_retries_per_request(0))
                 .dns_resolver(Arc::new(GuardedResolver {
                     config: config.clone(),
                     resolver: resolver.clone(),

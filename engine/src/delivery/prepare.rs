@@ -117,6 +117,8 @@ pub struct Preparation {
     /// The body sent is the event's [`EventRecord::delivered_body`] unchanged (no plugin
     /// changed it).
     pub body_as_rendered: bool,
+    /// The webhook's chain as it ran (empty without plugins), for its `on-response` hooks.
+    pub steps: Vec<ChainStep>,
 }
 
 /// Renders, runs the plugin chain, re-checks a URL a plugin changed, and signs.
@@ -150,9 +152,11 @@ async fn prepare_as(
             plugin_logs: Vec::new(),
             chain_time: Duration::ZERO,
             body_as_rendered: true,
+            steps: Vec::new(),
         };
     }
-    let (outcome, plugin_logs, chain_time) = run_chain(ctx, input, request, shadowed).await;
+    let steps = chain_steps(input.webhook);
+    let (outcome, plugin_logs, chain_time) = run_chain(ctx, input, &steps, request, shadowed).await;
     let body_as_rendered =
         matches!(&outcome, ChainOutcome::Deliver(request) if request.body == rendered);
     let prepared = match outcome {
@@ -176,18 +180,13 @@ async fn prepare_as(
         plugin_logs,
         chain_time,
         body_as_rendered,
+        steps,
     }
 }
 
-/// Runs the webhook's chain on `request`: its outcome, its log lines, how long it took.
-async fn run_chain(
-    ctx: &DeliveryContext,
-    input: &AttemptInput<'_>,
-    request: OutboundRequest,
-    shadowed: Shadowed,
-) -> (ChainOutcome, Vec<String>, Duration) {
-    let steps: Vec<ChainStep> = input
-        .webhook
+/// The webhook's plugin chain, each step with its config as JSON text.
+fn chain_steps(webhook: &WebhookRecord) -> Vec<ChainStep> {
+    webhook
         .plugins
         .iter()
         .map(|p| ChainStep {
@@ -195,25 +194,35 @@ async fn run_chain(
             config: p.config.to_string(),
             version: p.version,
         })
-        .collect();
+        .collect()
+}
+
+/// Runs the webhook's chain on `request`: its outcome, its log lines, how long it took.
+async fn run_chain(
+    ctx: &DeliveryContext,
+    input: &AttemptInput<'_>,
+    steps: &[ChainStep],
+    request: OutboundRequest,
+    shadowed: Shadowed,
+) -> (ChainOutcome, Vec<String>, Duration) {
     // A sign hook computes `signing-key.mac` with the current secret (it never enters the guest).
     let signing_secret = input.signing_keys().into_iter().next().unwrap_or_default();
     let plugin_request = input.plugin_request(request, signing_secret);
     let tenant = &input.tenant.id;
     let shadow = (shadowed == Shadowed::Yes)
-        .then(|| ctx.plugins.shadow_plan(tenant, &steps))
+        .then(|| ctx.plugins.shadow_plan(tenant, steps))
         .flatten()
         .map(|plan| (plan, plugin_request.clone()));
     let run = ctx
         .plugins
-        .run_chain(tenant, &steps, plugin_request, &input.tenant.plugins)
+        .run_chain(tenant, steps, plugin_request, &input.tenant.plugins)
         .await;
     if let Some((plan, request)) = shadow {
         let attempt = ShadowAttempt {
             webhook_id: input.webhook.id.as_str(),
             settings: &input.tenant.plugins,
         };
-        ctx.plugins.shadow(plan, &steps, request, &run, attempt);
+        ctx.plugins.shadow(plan, steps, request, &run, attempt);
     }
     let (chain_outcome, chain_error) = match &run.outcome {
         ChainOutcome::Deliver(_) => ("deliver", None),
