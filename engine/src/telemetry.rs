@@ -567,6 +567,15 @@ mod tests {
             .and_then(|line| line.rsplit(' ').next()?.parse().ok())
     }
 
+    /// Tenant `acme`'s sample of the counter `series` with `outcome` and `error_code`.
+    fn by_outcome(text: &str, series: &str, outcome: &str, code: &str) -> Option<f64> {
+        let (outcome, code) = (
+            format!(r#"outcome="{outcome}""#),
+            format!(r#"error_code="{code}""#),
+        );
+        sample(text, series, &[r#"tenant="acme""#, &outcome, &code])
+    }
+
     #[test]
     fn cached_series_count_per_tenant_outcome_and_code_and_per_engine() {
         let (metrics, other_engine) = (Metrics::new(), Metrics::new());
@@ -589,13 +598,7 @@ mod tests {
             sample(&text, EVENTS_INGESTED, &[r#"tenant="globex""#]),
             Some(1.0)
         );
-        let attempts = |outcome: &str, code: &str| {
-            let (outcome, code) = (
-                format!(r#"outcome="{outcome}""#),
-                format!(r#"error_code="{code}""#),
-            );
-            sample(&text, ATTEMPTS, &[acme, &outcome, &code])
-        };
+        let attempts = |outcome: &str, code: &str| by_outcome(&text, ATTEMPTS, outcome, code);
         assert_eq!(attempts("success", "none"), Some(3.0));
         assert_eq!(attempts("failed", "http_status"), Some(1.0));
         assert_eq!(attempts("failed", "timeout"), Some(2.0));
@@ -635,13 +638,7 @@ mod tests {
 
         let text = metrics.render();
         let acme = r#"tenant="acme""#;
-        let chains = |outcome: &str, code: &str| {
-            let (outcome, code) = (
-                format!(r#"outcome="{outcome}""#),
-                format!(r#"error_code="{code}""#),
-            );
-            sample(&text, PLUGIN_CALLS, &[acme, &outcome, &code])
-        };
+        let chains = |outcome: &str, code: &str| by_outcome(&text, PLUGIN_CALLS, outcome, code);
         assert_eq!(chains("deliver", "none"), Some(2.0));
         assert_eq!(chains("failed", "plugin_trap"), Some(1.0));
         let count = |name: &str| format!("{name}_count");
