@@ -171,7 +171,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
 #[derive(Clone)]
 pub struct DeliveryClient {
     /// One client (and connection pool) per lane of delivery workers, indexed by
-    /// [`Lane::index`]: a pooled connection's I/O task runs on the lane that opened it.
+    /// [`Lane::index`]: a pooled connection's I/O task runs on the lane that opened it. With a
+    /// single lane both are the same client.
     http: [reqwest::Client; 2],
     config: SharedConfig,
     resolver: OutboundResolver,
@@ -240,7 +241,15 @@ impl DeliveryClient {
                 .build()
                 .expect("the HTTP client configuration is valid")
         };
-        let http = [client(), client()];
+        // Without a yielding lane (`worker_nice = 0`) every attempt runs on the normal one:
+        // one pool serves both indexes.
+        let normal = client();
+        let yielding = if config.current().delivery.worker_nice > 0 {
+            client()
+        } else {
+            normal.clone()
+        };
+        let http = [normal, yielding];
         DeliveryClient {
             http,
             config,
