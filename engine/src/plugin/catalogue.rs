@@ -231,6 +231,7 @@ impl PluginHost {
         let Some(store) = self.inner.catalogue.clone() else {
             return;
         };
+        let _syncing = self.inner.sync_lock.lock().await;
         let registry = &self.inner.registry;
         let head = {
             let _publishing = self.inner.publish_lock.lock().await;

@@ -122,6 +122,11 @@ struct Inner {
     /// Serializes persist + publish so the disk and the registry agree on the last writer
     /// (and quota checks see every install before theirs).
     publish_lock: tokio::sync::Mutex<()>,
+    /// Serializes bringing plugins in line with the catalogue (`catalogue.rs`): the start's
+    /// load and the follower's notified changes, which can name the same plugin at once
+    /// (PostgreSQL's first heads comparison names every plugin), load it once, not twice.
+    /// Taken before `publish_lock`.
+    sync_lock: tokio::sync::Mutex<()>,
     tenant_slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     /// Chains running at once across tenants (see [`MAX_CONCURRENT_CHAINS`]), shared fairly
     /// between tenants by their weight.
@@ -277,6 +282,7 @@ impl PluginHost {
                 compile_worker: options.compile_worker,
                 catalogue: options.catalogue,
                 publish_lock: tokio::sync::Mutex::new(()),
+                sync_lock: tokio::sync::Mutex::new(()),
                 tenant_slots: Mutex::new(HashMap::new()),
                 chain_slots: FairPermits::new(MAX_CONCURRENT_CHAINS),
                 cpu_sampler: cputime::Sampler::new(),

@@ -490,7 +490,8 @@ impl Runtime {
         self.fuel_enabled
     }
 
-    /// How many components cranelift really compiled (builds that were not cache hits).
+    /// How many components cranelift really compiled (finished builds that were not cache
+    /// hits; a build still running counts once it ends, hit or not).
     pub(crate) fn compile_count(&self) -> u64 {
         let builds = self.component_builds.load(Ordering::SeqCst);
         builds.saturating_sub(self.cache.cache_hits() as u64)
@@ -498,9 +499,9 @@ impl Runtime {
 
     /// Compiles (or loads from the cache) a component.
     pub(crate) fn compile(&self, wasm: &[u8]) -> Result<Component, PluginLoadError> {
+        let built = Component::new(&self.engine, wasm);
         self.component_builds.fetch_add(1, Ordering::SeqCst);
-        Component::new(&self.engine, wasm)
-            .map_err(|e| PluginLoadError::invalid(format!("does not compile: {e:#}")))
+        built.map_err(|e| PluginLoadError::invalid(format!("does not compile: {e:#}")))
     }
 
     /// The whole load pipeline after the size check: returns a plugin ready to run, or why
