@@ -11,6 +11,8 @@
 // The load generator is an HTTP client of its own, like tests/it.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "e2e/machine.rs"]
+mod machine;
 #[path = "e2e/nodes.rs"]
 mod nodes;
 #[path = "e2e/procs.rs"]
@@ -1304,10 +1306,12 @@ async fn run(
     let ceiling = bench.ceiling().await;
     let ceil = ceiling.deliveries_per_s;
     println!("loopback ceiling (generator → receiver, one hop): {ceil:.0} req/s");
+    let machine = machine::Machine::measure();
     header();
     ceiling.row(ceil);
     let mut all: Vec<Figures> = vec![ceiling.clone()];
     let mut checks = Vec::new();
+    check(&mut checks, machine.line(), true);
     let one_hook = |path: &'static str| vec![(path, json!({}))];
 
     let s1 = bench
@@ -1812,6 +1816,7 @@ async fn run(
         "ceiling_per_s": ceil.round(),
         "elapsed_s": round2(started.elapsed().as_secs_f64()),
         "smoke": smoke,
+        "machine": machine.json(),
         "scenarios": scenarios,
         "checks": checks.iter().map(|c| json!({"check": c.what, "pass": c.pass})).collect::<Vec<_>>(),
     });

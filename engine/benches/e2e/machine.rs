@@ -1,0 +1,192 @@
+//! What this machine charges for the two things every engine thread does per event besides
+//! its own work: waking another thread, and arming a short timer. Measured once per run, in
+//! this process, before the scenarios, so the engine's CPU figures can be read against them:
+//! on a VM these are often several times what they cost on bare metal, and the engine pays
+//! them a few times per event and delivery.
+
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+use rustix::time::{
+    ClockId, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, clock_gettime,
+    timerfd_create, timerfd_settime,
+};
+
+/// Round trips per wake-up figure.
+const ROUND_TRIPS: usize = 2_000;
+/// Samples per timer figure.
+const TIMER_SAMPLES: usize = 2_000;
+/// Bytes read (one per cache line) per sample of the timer figure: ~15 µs of work here.
+const WORK_BYTES: usize = 1 << 20;
+
+/// The figures, µs.
+pub struct Machine {
+    /// A round trip between two threads (a wake-up each way), free to run on any core: wall
+    /// time and this process's CPU time per round trip.
+    pub wake_cross_wall_us: f64,
+    pub wake_cross_cpu_us: f64,
+    /// The same with both threads on one core.
+    pub wake_same_core_us: f64,
+    /// What arming a 1 ms timer and cancelling it adds to ~15 µs of work (median), and the
+    /// same for a 5 s timer (one that is not the core's next to expire).
+    pub timer_1ms_us: f64,
+    pub timer_5s_us: f64,
+    /// The work alone (median).
+    pub timer_work_us: f64,
+}
+
+impl Machine {
+    pub fn measure() -> Self {
+        let (wake_cross_wall_us, wake_cross_cpu_us) = wake_round_trip(None);
+        let (wake_same_core_us, _) = wake_round_trip(Some(first_allowed_core()));
+        let (timer_work_us, timer_1ms_us, timer_5s_us) = timer_cost();
+        Machine {
+            wake_cross_wall_us,
+            wake_cross_cpu_us,
+            wake_same_core_us,
+            timer_1ms_us,
+            timer_5s_us,
+            timer_work_us,
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "info: machine: a wake-up round trip between two threads takes {:.1} µs ({:.1} µs of CPU) across cores, {:.1} µs on one core; arming and cancelling a 1 ms timer adds {:.1} µs to {:.1} µs of work ({:.1} µs for a 5 s timer, which is not the core's next to expire)",
+            self.wake_cross_wall_us,
+            self.wake_cross_cpu_us,
+            self.wake_same_core_us,
+            self.timer_1ms_us,
+            self.timer_work_us,
+            self.timer_5s_us
+        )
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let r = |x: f64| (x * 10.0).round() / 10.0;
+        serde_json::json!({
+            "wake_round_trip_cross_core_us": r(self.wake_cross_wall_us),
+            "wake_round_trip_cross_core_cpu_us": r(self.wake_cross_cpu_us),
+            "wake_round_trip_same_core_us": r(self.wake_same_core_us),
+            "timer_1ms_arm_cancel_us": r(self.timer_1ms_us),
+            "timer_5s_arm_cancel_us": r(self.timer_5s_us),
+            "timer_work_us": r(self.timer_work_us),
+        })
+    }
+}
+
+fn process_cpu() -> Duration {
+    let t = clock_gettime(ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn first_allowed_core() -> usize {
+    let allowed = sched_getaffinity(None).unwrap_or_else(|_| CpuSet::new());
+    (0..CpuSet::MAX_CPU)
+        .find(|&c| allowed.is_set(c))
+        .unwrap_or(0)
+}
+
+fn pin(core: Option<usize>) {
+    if let Some(core) = core {
+        let mut set = CpuSet::new();
+        set.set(core);
+        // Best effort: unpinned, the figure is the cross-core one.
+        let _ = sched_setaffinity(None, &set);
+    }
+}
+
+/// Wall and process CPU µs per round trip of a token between two threads over rendezvous
+/// channels (each send wakes the other thread, parked on a futex).
+fn wake_round_trip(core: Option<usize>) -> (f64, f64) {
+    let (to_peer, peer_rx): (SyncSender<u32>, Receiver<u32>) = sync_channel(0);
+    let (to_main, main_rx): (SyncSender<u32>, Receiver<u32>) = sync_channel(0);
+    let peer = std::thread::spawn(move || {
+        pin(core);
+        while let Ok(token) = peer_rx.recv() {
+            if to_main.send(token).is_err() {
+                break;
+            }
+        }
+    });
+    // Measured on a thread of its own, so the caller's affinity is left alone.
+    let figures = std::thread::spawn(move || {
+        pin(core);
+        // Warm up (both threads started and parked once).
+        for token in 0..50 {
+            to_peer.send(token).expect("peer alive");
+            main_rx.recv().expect("peer alive");
+        }
+        let (wall, cpu) = (Instant::now(), process_cpu());
+        for token in 0..ROUND_TRIPS as u32 {
+            to_peer.send(token).expect("peer alive");
+            main_rx.recv().expect("peer alive");
+        }
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / ROUND_TRIPS as f64;
+        (per(wall.elapsed()), per(process_cpu().saturating_sub(cpu)))
+    })
+    .join()
+    .expect("wake-up probe");
+    peer.join().expect("wake-up peer");
+    figures
+}
+
+/// Median µs of a fixed piece of work, and what arming a timerfd before it and cancelling it
+/// after adds, for a 1 ms timer and a 5 s one.
+fn timer_cost() -> (f64, f64, f64) {
+    let Ok(timer) = timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC) else {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    };
+    let buffer = vec![1u8; WORK_BYTES];
+    let work = || {
+        let mut sum = 0u64;
+        for chunk in buffer.chunks(64) {
+            sum = sum.wrapping_add(u64::from(chunk[0]));
+        }
+        std::hint::black_box(sum);
+    };
+    let set = |after: Duration| {
+        let spec = Itimerspec {
+            it_interval: Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: Timespec {
+                tv_sec: after.as_secs() as _,
+                tv_nsec: after.subsec_nanos() as _,
+            },
+        };
+        let _ = timerfd_settime(&timer, TimerfdTimerFlags::empty(), &spec);
+    };
+    let median_us = |arm: Option<Duration>| {
+        let mut samples: Vec<f64> = (0..TIMER_SAMPLES)
+            .map(|_| {
+                let started = Instant::now();
+                if let Some(after) = arm {
+                    set(after);
+                }
+                work();
+                if arm.is_some() {
+                    set(Duration::ZERO);
+                }
+                started.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    };
+    // Alternate the three so that drift in the machine's speed hits each alike.
+    let (mut bare, mut short, mut long) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        bare.push(median_us(None));
+        short.push(median_us(Some(Duration::from_millis(1))));
+        long.push(median_us(Some(Duration::from_secs(5))));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let bare = median(bare);
+    (bare, median(short) - bare, median(long) - bare)
+}
