@@ -1306,7 +1306,10 @@ async fn run(
     let ceiling = bench.ceiling().await;
     let ceil = ceiling.deliveries_per_s;
     println!("loopback ceiling (generator → receiver, one hop): {ceil:.0} req/s");
-    let machine = machine::Machine::measure();
+    // Blocking std threads and busy work: off the runtime's workers.
+    let machine = tokio::task::spawn_blocking(machine::Machine::measure)
+        .await
+        .expect("the machine probe");
     header();
     ceiling.row(ceil);
     let mut all: Vec<Figures> = vec![ceiling.clone()];
