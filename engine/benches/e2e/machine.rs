@@ -22,7 +22,7 @@ const WORK_BYTES: usize = 1 << 20;
 
 /// The figures, µs.
 pub struct Machine {
-    /// A round trip between two threads (a wake-up each way), free to run on any core: wall
+    /// A round trip between two threads (a wake-up each way) on two different cores: wall
     /// time and this process's CPU time per round trip.
     pub wake_cross_wall_us: f64,
     pub wake_cross_cpu_us: f64,
@@ -38,8 +38,11 @@ pub struct Machine {
 
 impl Machine {
     pub fn measure() -> Self {
-        let (wake_cross_wall_us, wake_cross_cpu_us) = wake_round_trip(None);
-        let (wake_same_core_us, _) = wake_round_trip(Some(first_allowed_core()));
+        let cores = allowed_cores();
+        let (first, second) = (cores.first().copied(), cores.get(1).copied());
+        // With one core allowed, "across cores" is left to the scheduler.
+        let (wake_cross_wall_us, wake_cross_cpu_us) = wake_round_trip(first, second);
+        let (wake_same_core_us, _) = wake_round_trip(first, first);
         let (timer_work_us, timer_1ms_us, timer_5s_us) = timer_cost();
         Machine {
             wake_cross_wall_us,
@@ -81,29 +84,31 @@ fn process_cpu() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
-fn first_allowed_core() -> usize {
+/// The cores this process may run on (empty if that cannot be read).
+fn allowed_cores() -> Vec<usize> {
     let allowed = sched_getaffinity(None).unwrap_or_else(|_| CpuSet::new());
     (0..CpuSet::MAX_CPU)
-        .find(|&c| allowed.is_set(c))
-        .unwrap_or(0)
+        .filter(|&c| allowed.is_set(c))
+        .collect()
 }
 
 fn pin(core: Option<usize>) {
     if let Some(core) = core {
         let mut set = CpuSet::new();
         set.set(core);
-        // Best effort: unpinned, the figure is the cross-core one.
+        // Best effort: unpinned, the threads run where the scheduler puts them.
         let _ = sched_setaffinity(None, &set);
     }
 }
 
 /// Wall and process CPU µs per round trip of a token between two threads over rendezvous
-/// channels (each send wakes the other thread, parked on a futex).
-fn wake_round_trip(core: Option<usize>) -> (f64, f64) {
+/// channels (each send wakes the other thread, parked on a futex), the measuring thread on
+/// `core` and the other on `peer_core`.
+fn wake_round_trip(core: Option<usize>, peer_core: Option<usize>) -> (f64, f64) {
     let (to_peer, peer_rx): (SyncSender<u32>, Receiver<u32>) = sync_channel(0);
     let (to_main, main_rx): (SyncSender<u32>, Receiver<u32>) = sync_channel(0);
     let peer = std::thread::spawn(move || {
-        pin(core);
+        pin(peer_core);
         while let Ok(token) = peer_rx.recv() {
             if to_main.send(token).is_err() {
                 break;
