@@ -1307,7 +1307,8 @@ async fn run(
     let ceil = ceiling.deliveries_per_s;
     println!("loopback ceiling (generator → receiver, one hop): {ceil:.0} req/s");
     // Blocking std threads and busy work: off the runtime's workers.
-    let machine = tokio::task::spawn_blocking(machine::Machine::measure)
+    let samples = if smoke { 20 } else { machine::SAMPLES };
+    let machine = tokio::task::spawn_blocking(move || machine::Machine::measure(samples))
         .await
         .expect("the machine probe");
     header();

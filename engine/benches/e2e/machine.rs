@@ -13,10 +13,9 @@ use rustix::time::{
     timerfd_create, timerfd_settime,
 };
 
-/// Round trips per wake-up figure.
-const ROUND_TRIPS: usize = 2_000;
-/// Samples per timer figure.
-const TIMER_SAMPLES: usize = 2_000;
+/// Round trips per wake-up figure, and samples per timer figure, in a measuring run (a smoke
+/// run takes a few, only to exercise the probe: unoptimised, the timer's work alone is ~0.5 ms).
+pub const SAMPLES: usize = 2_000;
 /// Bytes read (one per cache line) per sample of the timer figure: ~15 µs of work here.
 const WORK_BYTES: usize = 1 << 20;
 
@@ -37,13 +36,14 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn measure() -> Self {
+    /// Measures with `samples` round trips and timer samples per figure.
+    pub fn measure(samples: usize) -> Self {
         let cores = allowed_cores();
         let (first, second) = (cores.first().copied(), cores.get(1).copied());
         // With one core allowed, "across cores" is left to the scheduler.
-        let (wake_cross_wall_us, wake_cross_cpu_us) = wake_round_trip(first, second);
-        let (wake_same_core_us, _) = wake_round_trip(first, first);
-        let (timer_work_us, timer_1ms_us, timer_5s_us) = timer_cost();
+        let (wake_cross_wall_us, wake_cross_cpu_us) = wake_round_trip(first, second, samples);
+        let (wake_same_core_us, _) = wake_round_trip(first, first, samples);
+        let (timer_work_us, timer_1ms_us, timer_5s_us) = timer_cost(samples);
         Machine {
             wake_cross_wall_us,
             wake_cross_cpu_us,
@@ -104,7 +104,7 @@ fn pin(core: Option<usize>) {
 /// Wall and process CPU µs per round trip of a token between two threads over rendezvous
 /// channels (each send wakes the other thread, parked on a futex), the measuring thread on
 /// `core` and the other on `peer_core`.
-fn wake_round_trip(core: Option<usize>, peer_core: Option<usize>) -> (f64, f64) {
+fn wake_round_trip(core: Option<usize>, peer_core: Option<usize>, samples: usize) -> (f64, f64) {
     let (to_peer, peer_rx): (SyncSender<u32>, Receiver<u32>) = sync_channel(0);
     let (to_main, main_rx): (SyncSender<u32>, Receiver<u32>) = sync_channel(0);
     let peer = std::thread::spawn(move || {
@@ -124,11 +124,11 @@ fn wake_round_trip(core: Option<usize>, peer_core: Option<usize>) -> (f64, f64) 
             main_rx.recv().expect("peer alive");
         }
         let (wall, cpu) = (Instant::now(), process_cpu());
-        for token in 0..ROUND_TRIPS as u32 {
+        for token in 0..samples as u32 {
             to_peer.send(token).expect("peer alive");
             main_rx.recv().expect("peer alive");
         }
-        let per = |d: Duration| d.as_secs_f64() * 1e6 / ROUND_TRIPS as f64;
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / samples as f64;
         (per(wall.elapsed()), per(process_cpu().saturating_sub(cpu)))
     })
     .join()
@@ -139,7 +139,7 @@ fn wake_round_trip(core: Option<usize>, peer_core: Option<usize>) -> (f64, f64) 
 
 /// Median µs of a fixed piece of work, and what arming a timerfd before it and cancelling it
 /// after adds, for a 1 ms timer and a 5 s one.
-fn timer_cost() -> (f64, f64, f64) {
+fn timer_cost(samples: usize) -> (f64, f64, f64) {
     let Ok(timer) = timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC) else {
         return (f64::NAN, f64::NAN, f64::NAN);
     };
@@ -165,7 +165,7 @@ fn timer_cost() -> (f64, f64, f64) {
         let _ = timerfd_settime(&timer, TimerfdTimerFlags::empty(), &spec);
     };
     let median_us = |arm: Option<Duration>| {
-        let mut samples: Vec<f64> = (0..TIMER_SAMPLES)
+        let mut times: Vec<f64> = (0..samples)
             .map(|_| {
                 let started = Instant::now();
                 if let Some(after) = arm {
@@ -178,8 +178,8 @@ fn timer_cost() -> (f64, f64, f64) {
                 started.elapsed().as_secs_f64() * 1e6
             })
             .collect();
-        samples.sort_by(f64::total_cmp);
-        samples[samples.len() / 2]
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
     };
     // Alternate the three so that drift in the machine's speed hits each alike.
     let (mut bare, mut short, mut long) = (Vec::new(), Vec::new(), Vec::new());
