@@ -1631,6 +1631,56 @@ async fn run(
             ),
             true,
         );
+        // The same comparison at one offered rate and arrival pattern: s3 and s1's shape without
+        // the plugin, both paced at 90% of the rate s3 delivered, so group commits, wake-ups and
+        // caches are shared by as many events in both; what remains between the two is the
+        // plugin's own cost in the engine.
+        let matched_rate = (0.9 * f.deliveries_per_s).max(100.0);
+        let paced_with = bench
+            .run(
+                "3p",
+                &hooks,
+                "ALL",
+                1,
+                events,
+                None,
+                Some(matched_rate),
+                Some(&wasm),
+            )
+            .await;
+        paced_with.row(ceil);
+        let paced_without = bench
+            .run(
+                "3n",
+                &one_hook("s3n"),
+                "ALL",
+                1,
+                events,
+                None,
+                Some(matched_rate),
+                None,
+            )
+            .await;
+        paced_without.row(ceil);
+        let (with_cpu, without_cpu) = (
+            per_delivery_us(&paced_with),
+            per_delivery_us(&paced_without),
+        );
+        let matched_added = with_cpu - without_cpu;
+        f.extra.insert(
+            "engine_cpu_added_per_delivery_at_one_rate_us".into(),
+            json!(round2(matched_added)),
+        );
+        check(
+            &mut checks,
+            format!(
+                "s3 at one rate ({matched_rate:.0}/s offered to both): engine CPU per delivery {with_cpu:.0} µs with the plugin - {without_cpu:.0} µs without = {matched_added:.0} µs <= 60 µs",
+            ),
+            matched_added <= 60.0
+                && [&paced_with, &paced_without]
+                    .iter()
+                    .all(|p| p.lost == 0 && p.complete),
+        );
         let rss_after = |f: &Figures| {
             f.extra
                 .get("rss_after_mib")
@@ -1661,6 +1711,8 @@ async fn run(
             f.deliveries_per_s >= 0.8 * s1_rate && f.lost == 0 && f.complete,
         );
         all.push(f);
+        all.push(paced_with);
+        all.push(paced_without);
     }
     if want("4") {
         let hooks = vec![
