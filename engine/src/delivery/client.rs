@@ -235,7 +235,13 @@ impl DeliveryClient {
                 .no_proxy()
                 .connect_timeout(connect_timeout)
                 .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(64)
+                // No cap of its own on idle connections per host: they never outnumber the
+                // sends in flight to that host at its peak, which the engine-wide cap
+                // (`[delivery] max_in_flight`) bounds, and they close after 60 s idle. The cap
+                // of 64 this had made every send beyond 64 at once to one host open and close
+                // a connection: draining a backlog at a webhook's `max_in_flight` of 128 ran
+                // at 10,466 deliveries/s against 14,792/s at 8 (e2e bench scenario 5).
+                .pool_max_idle_per_host(usize::MAX)
                 .tcp_nodelay(true)
                 .user_agent(concat!("hookd/", env!("CARGO_PKG_VERSION")))
                 .build()
