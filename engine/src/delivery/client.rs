@@ -235,8 +235,9 @@ impl DeliveryClient {
                 .no_proxy()
                 .connect_timeout(connect_timeout)
                 .pool_idle_timeout(Duration::from_secs(60))
-                // No cap of its own on idle connections per host: they never outnumber the
-                // sends in flight to that host at its peak, which the engine-wide cap
+                // No cap of its own on idle connections per host: they are about as many as
+                // the sends in flight to that host at its peak (a few more where the client
+                // raced a new connection against a busy one), which the engine-wide cap
                 // (`[delivery] max_in_flight`) bounds, and they close after 60 s idle. The cap
                 // of 64 this had made every send beyond 64 at once to one host open and close
                 // a connection: draining a backlog at a webhook's `max_in_flight` of 128 ran
