@@ -391,3 +391,80 @@ async fn many_sends_at_once_to_one_host_reuse_their_connections() {
         "{opened} connections for {EVENTS} sends at most {IN_FLIGHT} at once"
     );
 }
+
+/// A webhook with hundreds of claims open (past 64 its claims skip the head of its queue, where
+/// its own claims sit) still delivers every event, and none twice: the receiver fails the first
+/// attempt of every fourth delivery it sees, so entries go back into the queue behind the
+/// point later claims start from.
+#[tokio::test]
+async fn a_webhook_with_hundreds_of_claims_open_delivers_every_event_once_retries_included() {
+    const EVENTS: usize = 1500;
+    #[derive(Default)]
+    struct Seen {
+        attempts: std::collections::HashMap<String, usize>,
+        delivered: std::collections::HashSet<String>,
+        failed_first: usize,
+        delivered_twice: usize,
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let state = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let state = state.clone();
+        async move {
+            // Slow enough that the webhook's sends overlap up to its cap.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let id = headers["webhook-id"].to_str().unwrap().to_string();
+            let mut seen = state.lock().unwrap();
+            let attempts = {
+                let attempts = seen.attempts.entry(id.clone()).or_insert(0);
+                *attempts += 1;
+                *attempts
+            };
+            if attempts == 1 && seen.attempts.len() % 4 == 0 {
+                seen.failed_first += 1;
+                return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            if !seen.delivered.insert(id) {
+                seen.delivered_twice += 1;
+            }
+            axum::http::StatusCode::OK
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let engine =
+        TestEngine::start_with("worker_nice = 0\nretry_schedule = [\"50ms\", \"50ms\", \"50ms\"]")
+            .await;
+    engine
+        .create_webhook(json!({"url": url, "max_in_flight": 100}))
+        .await;
+    for batch in 0..EVENTS / 100 {
+        let events: Vec<_> = (0..100)
+            .map(|n| json!({"type": "user.created", "payload": {"n": batch * 100 + n}}))
+            .collect();
+        let (status, answer) = engine
+            .post("/v1/events/batch", json!({"events": events}))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    eventually(Duration::from_secs(60), "every event delivered", || async {
+        (seen.lock().unwrap().delivered.len() >= EVENTS).then_some(())
+    })
+    .await;
+    // Retries past the last one due settle too; then nothing more arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.delivered.len(), EVENTS);
+    assert_eq!(
+        seen.delivered_twice, 0,
+        "a delivery was sent again after its 2xx"
+    );
+    assert_eq!(seen.failed_first, EVENTS / 4);
+    assert_eq!(
+        seen.attempts.values().sum::<usize>(),
+        EVENTS + EVENTS / 4,
+        "one retry per failed first attempt"
+    );
+}

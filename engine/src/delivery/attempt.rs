@@ -60,7 +60,7 @@ pub async fn run(
         info_span!("attempt", tenant, webhook_id = %webhook_id, delivery_id = %claim.delivery_id);
     async {
         match try_run(ctx, tenant, webhook_id, claim, &mut slot).await {
-            Ok(Ran::Done) => {}
+            Ok(Ran::Done) => slot.end_claim(),
             Ok(Ran::Stale) => {
                 warn!(
                     pause_s = STALE_ENTRY_PAUSE.as_secs(),

@@ -45,6 +45,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A tenant may have this many times `[delivery] max_in_flight` attempts in progress.
 pub const TENANT_CAP_FACTOR: usize = 2;
 
+/// Longest a queue's claims skip its head ([`Resume`]) before one claim scans from the head
+/// again: a bound on how late an entry put before the resume point is seen, should some write
+/// ever fail to announce it.
+const RESUME_FOR_MS: u64 = 1_000;
+/// Fewest open claims at which a claim skips the head ([`Resume`]): below it, walking past
+/// them (one schedule page on sled) costs no more than finding where to start, so a webhook at
+/// the default `max_in_flight` (8 × 8 claims at most) always scans from the head.
+const RESUME_MIN_CLAIMS: usize = 64;
+
 /// A webhook may have this many times its `max_in_flight` deliveries claimed at once: those
 /// sending plus those whose outcome is being recorded. A claim lives for the send plus the
 /// outcome's write (the recorder's linger and a store group, ~3 ms under load), so this bounds
@@ -66,12 +75,15 @@ enum DispatchMsg {
     /// An attempt gave back its webhook's slot (its send is over).
     SlotFreed { tenant: String, webhook: WebhookId },
     /// An attempt finished (whatever its outcome): its claim ends. With `set_aside_ms`, the
-    /// delivery is not claimed again before that many ms have passed.
+    /// delivery is not claimed again before that many ms have passed. `entry_moved`: the store
+    /// took the delivery's queue entry out or put it elsewhere (and told the dispatcher if it
+    /// is due again); otherwise the entry may still be where it was claimed.
     Completed {
         tenant: String,
         webhook: WebhookId,
         delivery: DeliveryId,
         set_aside_ms: Option<u64>,
+        entry_moved: bool,
     },
     /// The webhook was created, edited, disabled or deleted.
     WebhookChanged { tenant: String, webhook: WebhookId },
@@ -116,12 +128,14 @@ impl DispatchHandle {
         webhook: WebhookId,
         delivery: DeliveryId,
         set_aside_ms: Option<u64>,
+        entry_moved: bool,
     ) {
         let _ = self.0.send(DispatchMsg::Completed {
             tenant,
             webhook,
             delivery,
             set_aside_ms,
+            entry_moved,
         });
     }
 }
@@ -141,6 +155,21 @@ struct QueueState {
     /// Deliveries not to claim before the given time (ms): their last attempt ended without
     /// an outcome (see [`Slot::set_aside`]).
     set_aside: HashMap<DeliveryId, u64>,
+    /// Where the next claim may start, instead of walking past every open claim at the head.
+    resume: Option<Resume>,
+}
+
+/// The due time of the last delivery the dispatcher started: the next claim skips the entries
+/// due earlier (all claimed by then). Valid while every entry due before it is claimed, or was
+/// put there by a store write that announced it: such an announcement
+/// ([`DispatchMsg::Enqueued`]), a claim ended without its entry moved, a set-aside delivery, or
+/// a webhook or config change clears it. It is not used while fewer than
+/// [`RESUME_MIN_CLAIMS`] claims are open, nor [`RESUME_FOR_MS`] after the scan from the head
+/// it started from: the next claim then scans from the head again.
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    due_ms: u64,
+    since_ms: u64,
 }
 
 /// Per-tenant dispatch state: attempts in progress and the queues waiting for room.
@@ -246,15 +275,25 @@ impl Dispatcher {
                 tenant,
                 webhook,
                 due_ms,
-            } => self.wake((tenant, webhook), due_ms),
+            } => {
+                let key = (tenant, webhook);
+                if let Some(queue) = self.queues.get_mut(&key) {
+                    queue.resume = None;
+                }
+                self.wake(key, due_ms)
+            }
             DispatchMsg::Completed {
                 tenant,
                 webhook,
                 delivery,
                 set_aside_ms,
+                entry_moved,
             } => {
                 if let Some(queue) = self.queues.get_mut(&(tenant.clone(), webhook.clone())) {
                     queue.claimed.remove(&delivery);
+                    if !entry_moved || set_aside_ms.is_some() {
+                        queue.resume = None;
+                    }
                     if let Some(ms) = set_aside_ms {
                         queue.set_aside.insert(delivery, now_ms() + ms);
                     }
@@ -296,6 +335,7 @@ impl Dispatcher {
                 for key in keys {
                     if let Some(queue) = self.queues.get_mut(&key) {
                         queue.settings = None;
+                        queue.resume = None;
                     }
                     self.wake(key, 0);
                 }
@@ -304,6 +344,7 @@ impl Dispatcher {
                 let key = (tenant, webhook);
                 if let Some(queue) = self.queues.get_mut(&key) {
                     queue.settings = None;
+                    queue.resume = None;
                 }
                 self.wake(key, 0);
             }
@@ -322,6 +363,7 @@ impl Dispatcher {
                 wake_at: None,
                 waiting_for_room: false,
                 set_aside: HashMap::new(),
+                resume: None,
             });
         match queue.wake_at {
             Some(existing) if existing <= at_ms => {}
@@ -425,6 +467,14 @@ impl Dispatcher {
             return;
         }
         let capacity = capacity.min(room);
+        // Set-aside deliveries come back when their time is up, wherever the resume point is:
+        // while there are any, every claim scans from the head (and none sets a resume point).
+        let resumable = queue.set_aside.is_empty();
+        let resume = queue.resume.filter(|resume| {
+            resumable
+                && queue.claimed.len() >= RESUME_MIN_CLAIMS
+                && now < resume.since_ms.saturating_add(RESUME_FOR_MS)
+        });
         let mut set_aside_until = None;
         let not_now = if queue.set_aside.is_empty() {
             std::borrow::Cow::Borrowed(&queue.claimed)
@@ -444,7 +494,14 @@ impl Dispatcher {
         let claimed = self
             .ctx
             .store
-            .claim_due(tenant, webhook_id, &not_now, now, capacity)
+            .claim_due(
+                tenant,
+                webhook_id,
+                &not_now,
+                resume.map(|resume| resume.due_ms),
+                now,
+                capacity,
+            )
             .await;
         drop(not_now);
         let head = match claimed {
@@ -476,6 +533,10 @@ impl Dispatcher {
             }
             queue.claimed.insert(claim.delivery_id.clone());
             queue.sending += 1;
+            queue.resume = claim.queue_due.filter(|_| resumable).map(|due_ms| Resume {
+                due_ms,
+                since_ms: resume.map_or(now, |resume| resume.since_ms),
+            });
             started += 1;
             let ctx = self.ctx.clone();
             let (tenant, webhook_id) = (tenant.clone(), webhook_id.clone());
@@ -549,9 +610,14 @@ impl Slot {
         self.set_aside = Some(wait);
     }
 
-    /// Ends the claim (the outcome is recorded, or there is none to record): the dispatcher
-    /// may claim the webhook's next deliveries.
+    /// Ends the claim once the store has moved the delivery's queue entry (the outcome is
+    /// recorded, or the delivery was settled or requeued on purpose): the dispatcher may claim
+    /// the webhook's next deliveries.
     pub fn end_claim(&mut self) {
+        self.end(true);
+    }
+
+    fn end(&mut self, entry_moved: bool) {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
@@ -561,13 +627,15 @@ impl Slot {
             self.webhook.clone(),
             self.delivery.clone(),
             self.set_aside.map(|wait| wait.as_millis() as u64),
+            entry_moved,
         );
     }
 }
 
 impl Drop for Slot {
+    /// A claim dropped without [`Slot::end_claim`] ends with its entry where it was.
     fn drop(&mut self) {
-        self.end_claim();
+        self.end(false);
     }
 }
 

@@ -177,6 +177,9 @@ pub struct Claim {
     /// The backend's proof of the claim, handed back with the outcome ([`AttemptOutcome`]);
     /// a backend shared by several nodes records an outcome only under a claim it still holds.
     pub lease: u64,
+    /// The due time of the delivery's queue entry, for a backend whose later
+    /// [`Store::claim_due`] can start there (`skip_due_before`); `None` from one that cannot.
+    pub queue_due: Option<u64>,
 }
 
 /// The due head of a webhook's queue.
@@ -454,11 +457,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A backend shared by several processes may return fewer than `limit` (the webhook's
     /// in-flight cap and rate limit hold across them) and then sets `next_due` to when to ask
     /// again.
+    ///
+    /// `skip_due_before` (a [`Claim::queue_due`] this backend returned) lets the scan start
+    /// past the head: the caller vouches that every entry due before it is in `in_flight`, or
+    /// was put there by a write that told the [`WorkListener`] after the caller last passed
+    /// `None`. A backend may ignore it; `in_flight` is honoured from there on as always.
     async fn claim_due(
         &self,
         tenant: &str,
         webhook: &WebhookId,
         in_flight: &HashSet<DeliveryId>,
+        skip_due_before: Option<u64>,
         now_ms: u64,
         limit: usize,
     ) -> Result<QueueHead>;

@@ -87,7 +87,7 @@ async fn claim_besides(
 ) -> Vec<Claim> {
     let in_flight = in_flight.iter().map(|c| c.delivery_id.clone()).collect();
     store
-        .claim_due("acme", webhook, &in_flight, now_ms(), limit)
+        .claim_due("acme", webhook, &in_flight, None, now_ms(), limit)
         .await
         .unwrap()
         .due

@@ -456,6 +456,9 @@ impl Store for PostgresStore {
         tenant: &str,
         webhook: &WebhookId,
         in_flight: &HashSet<DeliveryId>,
+        // Rows are claimed under leases in the database: the query skips the claimed head
+        // itself, so a starting position would save nothing.
+        _skip_due_before: Option<u64>,
         now_ms: u64,
         limit: usize,
     ) -> Result<QueueHead> {

@@ -87,6 +87,7 @@ pub(super) async fn claim(
         head.due.push(Claim {
             delivery_id: codec::id(id),
             lease: token as u64,
+            queue_due: None,
         });
     }
     Ok(head)

@@ -250,25 +250,47 @@ impl SledStore {
     }
 
     /// The due head of a webhook's schedule: entries due by `now_ms`, oldest due first, not in
-    /// `in_flight` and durable (an event is never attempted before its 202).
+    /// `in_flight` and durable (an event is never attempted before its 202). With
+    /// `skip_due_before` the scan starts at the first page that may hold an entry due then or
+    /// later (see `Store::claim_due`), so a webhook with many claims open does not walk past
+    /// all of them on every fill.
     pub(super) fn claim_due(
         &self,
         tenant: &str,
         webhook: &WebhookId,
         in_flight: &HashSet<DeliveryId>,
+        skip_due_before: Option<u64>,
         now_ms: u64,
         limit: usize,
     ) -> Result<QueueHead> {
         let durable = self.shared.log.durable_end();
+        let prefix = keys::queue_of(tenant, webhook);
+        let skip_before = skip_due_before.unwrap_or(0);
+        // An entry goes into the last page starting at or before its due time
+        // (`writer/schedule.rs`), so a page holds nothing due later than the next page's start:
+        // the pages before the last one starting earlier than `skip_before` hold only entries
+        // due earlier. (Entries due at the same time may sit in pages out of insertion order,
+        // which is why the scan resumes at a due time, not at an entry.)
+        let start = match skip_due_before {
+            Some(due) => match self
+                .shared
+                .tree
+                .range(prefix.clone()..keys::queue_page(tenant, webhook, due, 0))
+                .next_back()
+            {
+                Some(page) => page?.0.to_vec(),
+                None => prefix.clone(),
+            },
+            None => prefix.clone(),
+        };
         let mut head = QueueHead::default();
-        for page in self
-            .shared
-            .tree
-            .scan_prefix(keys::queue_of(tenant, webhook))
-        {
-            let (_, value) = page?;
+        for page in self.shared.tree.range(start..) {
+            let (key, value) = page?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
             for entry in pages::decode_queue_page(&value)? {
-                if entry.delivery.event >= durable {
+                if entry.due < skip_before || entry.delivery.event >= durable {
                     continue;
                 }
                 if entry.due > now_ms || head.due.len() >= limit {
@@ -282,6 +304,7 @@ impl SledStore {
                 head.due.push(Claim {
                     delivery_id: id,
                     lease: 0,
+                    queue_due: Some(entry.due),
                 });
             }
         }

@@ -462,10 +462,19 @@ impl Store for SledStore {
         tenant: &str,
         webhook: &WebhookId,
         in_flight: &HashSet<DeliveryId>,
+        skip_due_before: Option<u64>,
         now_ms: u64,
         limit: usize,
     ) -> Result<QueueHead> {
-        SledStore::claim_due(self, tenant, webhook, in_flight, now_ms, limit)
+        SledStore::claim_due(
+            self,
+            tenant,
+            webhook,
+            in_flight,
+            skip_due_before,
+            now_ms,
+            limit,
+        )
     }
 
     async fn record_attempts(&self, outcomes: Vec<AttemptOutcome>) -> Result<Vec<Result<()>>> {

@@ -13,7 +13,7 @@ use crate::ids::{AttemptId, DeliveryId, EventId, WebhookId};
 use crate::secrets::Keyring;
 use crate::store::stats::{StatsScope, day_of};
 use crate::store::{
-    Appended, AttemptOutcome, AttemptRecord, DeliveryFilter, DeliveryStatus, DeliveryUpdate,
+    Appended, AttemptOutcome, AttemptRecord, Claim, DeliveryFilter, DeliveryStatus, DeliveryUpdate,
     EventFilter, NewEvent, Store, WebhookRecord, WebhookSecret, WebhookStatus,
 };
 
@@ -170,7 +170,7 @@ async fn events_deliveries_and_attempts_round_trip_through_the_log() {
     assert_eq!(read.channel.as_deref(), Some("+15550100"));
 
     let head = store
-        .claim_due("acme", &hook.id, &HashSet::new(), now() + 1, 8)
+        .claim_due("acme", &hook.id, &HashSet::new(), None, now() + 1, 8)
         .await
         .unwrap();
     assert_eq!(head.due.len(), 1);
@@ -198,7 +198,7 @@ async fn events_deliveries_and_attempts_round_trip_through_the_log() {
         (DeliveryStatus::Pending, 1, Some(now() + 5_000))
     );
     let head = store
-        .claim_due("acme", &hook.id, &HashSet::new(), now() + 1, 8)
+        .claim_due("acme", &hook.id, &HashSet::new(), None, now() + 1, 8)
         .await
         .unwrap();
     assert!(head.due.is_empty());
@@ -298,7 +298,14 @@ async fn the_schedule_keeps_due_order_through_page_splits() {
     }
     expected.sort();
     let head = store
-        .claim_due("acme", &hook.id, &HashSet::new(), u64::MAX - 1, 10_000)
+        .claim_due(
+            "acme",
+            &hook.id,
+            &HashSet::new(),
+            None,
+            u64::MAX - 1,
+            10_000,
+        )
         .await
         .unwrap();
     let claimed: Vec<DeliveryId> = head.due.iter().map(|c| c.delivery_id.clone()).collect();
@@ -330,7 +337,14 @@ async fn the_schedule_keeps_due_order_through_page_splits() {
         .collect();
     store.record_attempts(outcomes).await.unwrap();
     let head = store
-        .claim_due("acme", &hook.id, &HashSet::new(), u64::MAX - 1, 10_000)
+        .claim_due(
+            "acme",
+            &hook.id,
+            &HashSet::new(),
+            None,
+            u64::MAX - 1,
+            10_000,
+        )
         .await
         .unwrap();
     assert!(head.due.is_empty() && head.next_due.is_none());
@@ -338,6 +352,92 @@ async fn the_schedule_keeps_due_order_through_page_splits() {
         store.tenant_usage("acme").await.unwrap().pending_deliveries,
         0
     );
+}
+
+#[tokio::test]
+async fn a_claim_that_skips_earlier_due_times_continues_the_scan_from_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), keyring()).await;
+    let hook = webhook();
+    store.insert_webhook("acme", &hook).await.unwrap();
+    // 900 deliveries, 40 per due millisecond (many pages start at the same time), in groups
+    // so pages split; then every fifth moved to an earlier or later time, and every seventh
+    // finished, so page keys are stale lower bounds of what their pages hold.
+    let mut ids: Vec<DeliveryId> = Vec::new();
+    for chunk in 0..9u64 {
+        let group: Vec<NewEvent> = (0..100)
+            .map(|i| event("acme", &[&hook.id], None, now() + (chunk * 100 + i) / 40))
+            .collect();
+        for appended in store.append_events(group).await.unwrap() {
+            ids.push(created(&appended).1[0].clone());
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if i % 5 == 0 {
+            let due = now() + (i as u64 * 7919) % 30;
+            store.requeue("acme", id, due).await.unwrap().unwrap();
+        }
+    }
+    let finished = ids
+        .iter()
+        .step_by(7)
+        .map(|id| outcome("acme", id, &hook.id, 1, DeliveryStatus::Delivered, None))
+        .collect();
+    store.record_attempts(finished).await.unwrap();
+    let none = HashSet::new();
+    let whole = store
+        .claim_due("acme", &hook.id, &none, None, u64::MAX - 1, 10_000)
+        .await
+        .unwrap()
+        .due;
+    assert_eq!(whole.len(), ids.len() - ids.len().div_ceil(7));
+    let dues: Vec<u64> = whole.iter().map(|c| c.queue_due.unwrap()).collect();
+    assert!(
+        dues.windows(2).all(|w| w[0] <= w[1]),
+        "claims come in due order"
+    );
+    assert!(
+        dues.windows(41).any(|w| w[0] == w[40]),
+        "pages start at the same time"
+    );
+    // From any due time, the rest of the scan from the first entry due then.
+    for due in dues.iter().step_by(13) {
+        let rest = store
+            .claim_due("acme", &hook.id, &none, Some(*due), u64::MAX - 1, 10_000)
+            .await
+            .unwrap()
+            .due;
+        let from = dues.partition_point(|d| d < due);
+        assert_eq!(rest, whole[from..], "from {due}");
+    }
+    // As the dispatcher claims: 7 at a time, each claim skipping what is due before the last
+    // one claimed and what is in flight; together, the whole scan.
+    let mut walked: Vec<Claim> = Vec::new();
+    let mut in_flight: HashSet<DeliveryId> = HashSet::new();
+    loop {
+        let skip = walked.last().and_then(|c| c.queue_due);
+        let head = store
+            .claim_due("acme", &hook.id, &in_flight, skip, u64::MAX - 1, 7)
+            .await
+            .unwrap();
+        if head.due.is_empty() {
+            assert!(head.next_due.is_none());
+            break;
+        }
+        in_flight.extend(head.due.iter().map(|c| c.delivery_id.clone()));
+        walked.extend(head.due);
+    }
+    assert_eq!(walked, whole);
+    // What is not yet due waits.
+    let later = dues[dues.len() / 2];
+    let head = store
+        .claim_due("acme", &hook.id, &none, Some(dues[10]), later - 1, 10_000)
+        .await
+        .unwrap();
+    let from = dues.partition_point(|d| *d < dues[10]);
+    let until = dues.partition_point(|d| *d < later);
+    assert_eq!(head.due, whole[from..until]);
+    assert_eq!(head.next_due, Some(later));
 }
 
 #[tokio::test]
@@ -438,7 +538,7 @@ async fn a_log_that_lost_its_tail_under_sled_drops_the_lost_events_deliveries() 
         let hook = hook.id.clone();
         async move {
             let head = store
-                .claim_due("acme", &hook, &HashSet::new(), u64::MAX - 1, 1_000)
+                .claim_due("acme", &hook, &HashSet::new(), None, u64::MAX - 1, 1_000)
                 .await
                 .unwrap();
             head.due
@@ -521,7 +621,7 @@ async fn snapshot(store: &dyn Store, hook: &WebhookId) -> String {
         .await
         .unwrap();
     let head = store
-        .claim_due("acme", hook, &HashSet::new(), u64::MAX - 1, 1_000)
+        .claim_due("acme", hook, &HashSet::new(), None, u64::MAX - 1, 1_000)
         .await
         .unwrap();
     format!(
@@ -572,7 +672,7 @@ async fn deleting_a_webhook_fails_its_queued_deliveries_in_the_same_step() {
     let reopened = open(dir.path(), keys).await;
     assert!(reopened.webhook("acme", &gone.id).await.unwrap().is_none());
     let head = reopened
-        .claim_due("acme", &gone.id, &HashSet::new(), u64::MAX - 1, 1_000)
+        .claim_due("acme", &gone.id, &HashSet::new(), None, u64::MAX - 1, 1_000)
         .await
         .unwrap();
     assert!(head.due.is_empty());
