@@ -456,8 +456,9 @@ impl Store for PostgresStore {
         tenant: &str,
         webhook: &WebhookId,
         in_flight: &HashSet<DeliveryId>,
-        // Rows are claimed under leases in the database: the query skips the claimed head
-        // itself, so a starting position would save nothing.
+        // Not used yet: `hookd_claim` walks the webhook's due index from its head and leaves
+        // out the claims this node holds (`p_skip`); starting it at a due time means a new
+        // version of the function (a migration).
         _skip_due_before: Option<u64>,
         now_ms: u64,
         limit: usize,
