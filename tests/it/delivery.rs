@@ -370,15 +370,7 @@ async fn many_sends_at_once_to_one_host_reuse_their_connections() {
     engine
         .create_webhook(json!({"url": url, "max_in_flight": IN_FLIGHT}))
         .await;
-    for _ in 0..EVENTS / 100 {
-        let events: Vec<_> = (0..100)
-            .map(|n| json!({"type": "user.created", "payload": {"n": n}}))
-            .collect();
-        let (status, answer) = engine
-            .post("/v1/events/batch", json!({"events": events}))
-            .await;
-        assert_eq!(status, 200, "{answer}");
-    }
+    post_in_batches_of_100(&engine, EVENTS).await;
     eventually(Duration::from_secs(60), "every event delivered", || async {
         (answered.load(Ordering::SeqCst) >= EVENTS).then_some(())
     })
@@ -440,15 +432,7 @@ async fn a_webhook_with_hundreds_of_claims_open_delivers_every_event_once_retrie
     engine
         .create_webhook(json!({"url": url, "max_in_flight": 100}))
         .await;
-    for batch in 0..EVENTS / 100 {
-        let events: Vec<_> = (0..100)
-            .map(|n| json!({"type": "user.created", "payload": {"n": batch * 100 + n}}))
-            .collect();
-        let (status, answer) = engine
-            .post("/v1/events/batch", json!({"events": events}))
-            .await;
-        assert_eq!(status, 200, "{answer}");
-    }
+    post_in_batches_of_100(&engine, EVENTS).await;
     eventually(Duration::from_secs(60), "every event delivered", || async {
         (seen.lock().unwrap().delivered.len() >= EVENTS).then_some(())
     })
@@ -467,4 +451,17 @@ async fn a_webhook_with_hundreds_of_claims_open_delivers_every_event_once_retrie
         EVENTS + EVENTS / 4,
         "one retry per failed first attempt"
     );
+}
+
+/// Posts `count` `user.created` events (payload `{"n": 0..count}`) through the batch endpoint.
+async fn post_in_batches_of_100(engine: &TestEngine, count: usize) {
+    for batch in 0..count.div_ceil(100) {
+        let events: Vec<_> = (batch * 100..count.min(batch * 100 + 100))
+            .map(|n| json!({"type": "user.created", "payload": {"n": n}}))
+            .collect();
+        let (status, answer) = engine
+            .post("/v1/events/batch", json!({"events": events}))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
 }
