@@ -69,6 +69,14 @@ fn event(tenant: &str, webhooks: &[&WebhookId], key: Option<&str>, at: u64) -> N
     }
 }
 
+/// Every delivery of `acme`'s `webhook` in its queue, whenever due, from the head.
+async fn everything_due(store: &Arc<dyn Store>, webhook: &WebhookId) -> crate::store::QueueHead {
+    store
+        .claim_due("acme", webhook, &HashSet::new(), None, u64::MAX - 1, 10_000)
+        .await
+        .unwrap()
+}
+
 /// Opens the store in `dir`. A store closed and dropped just before may still hold sled's lock
 /// on the directory for a moment: sled releases it when its last I/O task (on its own thread
 /// pool) drops its handle, which a busy machine can delay (seen once in CI). So a lock error is
@@ -297,17 +305,7 @@ async fn the_schedule_keeps_due_order_through_page_splits() {
         expected.push((due, id.clone()));
     }
     expected.sort();
-    let head = store
-        .claim_due(
-            "acme",
-            &hook.id,
-            &HashSet::new(),
-            None,
-            u64::MAX - 1,
-            10_000,
-        )
-        .await
-        .unwrap();
+    let head = everything_due(&store, &hook.id).await;
     let claimed: Vec<DeliveryId> = head.due.iter().map(|c| c.delivery_id.clone()).collect();
     let mut dues: Vec<u64> = Vec::new();
     for id in &claimed {
@@ -336,17 +334,7 @@ async fn the_schedule_keeps_due_order_through_page_splits() {
         .map(|id| outcome("acme", id, &hook.id, 1, DeliveryStatus::Delivered, None))
         .collect();
     store.record_attempts(outcomes).await.unwrap();
-    let head = store
-        .claim_due(
-            "acme",
-            &hook.id,
-            &HashSet::new(),
-            None,
-            u64::MAX - 1,
-            10_000,
-        )
-        .await
-        .unwrap();
+    let head = everything_due(&store, &hook.id).await;
     assert!(head.due.is_empty() && head.next_due.is_none());
     assert_eq!(
         store.tenant_usage("acme").await.unwrap().pending_deliveries,
@@ -385,11 +373,7 @@ async fn a_claim_that_skips_earlier_due_times_continues_the_scan_from_the_head()
         .collect();
     store.record_attempts(finished).await.unwrap();
     let none = HashSet::new();
-    let whole = store
-        .claim_due("acme", &hook.id, &none, None, u64::MAX - 1, 10_000)
-        .await
-        .unwrap()
-        .due;
+    let whole = everything_due(&store, &hook.id).await.due;
     assert_eq!(whole.len(), ids.len() - ids.len().div_ceil(7));
     let dues: Vec<u64> = whole.iter().map(|c| c.queue_due.unwrap()).collect();
     assert!(
