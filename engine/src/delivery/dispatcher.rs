@@ -476,7 +476,7 @@ impl Dispatcher {
                 && now < resume.since_ms.saturating_add(RESUME_FOR_MS)
         });
         let mut set_aside_until = None;
-        let not_now = if queue.set_aside.is_empty() {
+        let not_now = if resumable {
             std::borrow::Cow::Borrowed(&queue.claimed)
         } else {
             let queue = self.queues.get_mut(key).expect("read above");
