@@ -1,7 +1,8 @@
 //! The PostgreSQL store seen by two stores ("nodes") on one database, through the `Store`
 //! interface: claims are leases the other node respects, a webhook's in-flight cap and rate
 //! hold across nodes, a dead node's claims come back after the lease, an outcome needs the
-//! lease, the schema version is checked, and secrets are sealed in the database.
+//! lease, a claim may start past the caller's claims and reads only the rows it claims, the
+//! schema version is checked, and secrets are sealed in the database.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -59,6 +60,12 @@ fn webhook(max_in_flight: Option<u32>, rate: Option<u32>) -> WebhookRecord {
 }
 
 async fn append(store: &Arc<dyn Store>, webhook: &WebhookId, n: usize) {
+    append_at(store, webhook, n, now_ms()).await;
+}
+
+/// Appends `n` events for `webhook` accepted at `created_at` (so their deliveries are due
+/// then).
+async fn append_at(store: &Arc<dyn Store>, webhook: &WebhookId, n: usize, created_at: u64) {
     let group = (0..n)
         .map(|i| NewEvent {
             tenant: "acme".into(),
@@ -66,7 +73,7 @@ async fn append(store: &Arc<dyn Store>, webhook: &WebhookId, n: usize) {
             channel: None,
             idempotency_key: None,
             idempotency_window_ms: 0,
-            created_at: now_ms(),
+            created_at,
             payload: RawValue::from_string(format!("{{\"i\":{i}}}")).unwrap(),
             webhooks: vec![webhook.clone()],
         })
@@ -295,6 +302,195 @@ async fn a_webhooks_rate_limit_holds_across_nodes() {
         "{claimed} claims in {seconds:.2} s"
     );
     assert!(claimed >= 10, "the limit lets work through: {claimed}");
+}
+
+#[tokio::test]
+async fn a_claim_that_skips_earlier_due_times_starts_its_scan_there() {
+    let url = fresh_database();
+    let keyring = Arc::new(Keyring::random());
+    let store = node(&url, "30s", &keyring).await;
+    let hook = webhook(Some(1000), None);
+    store.insert_webhook("acme", &hook).await.unwrap();
+    // Three groups due 10 ms apart, 20 deliveries each.
+    let first_due = now_ms() - 1000;
+    for group in 0..3 {
+        append_at(&store, &hook.id, 20, first_due + 10 * group).await;
+    }
+    let head = claim(&store, &hook.id, 100).await;
+    assert_eq!(head.len(), 60);
+    let dues: Vec<u64> = head
+        .iter()
+        .map(|c| c.queue_due.expect("a due time"))
+        .collect();
+    assert!(dues.is_sorted(), "claims come in due order: {dues:?}");
+    assert_eq!(
+        (dues[0], dues[20], dues[40]),
+        (first_due, first_due + 10, first_due + 20)
+    );
+
+    // This node runs the first group; the second group's claims ended without their rows
+    // moving (a scan from the head would return them again). Skipping before the third
+    // group's due time, the scan starts there: the backend uses the hint.
+    let in_flight: HashSet<_> = head[..20].iter().map(|c| c.delivery_id.clone()).collect();
+    let from_head = store
+        .claim_due("acme", &hook.id, &in_flight, None, now_ms(), 100)
+        .await
+        .unwrap()
+        .due;
+    assert_eq!(ids(&from_head), ids(&head[20..]));
+    let resumed = store
+        .claim_due("acme", &hook.id, &in_flight, Some(dues[40]), now_ms(), 100)
+        .await
+        .unwrap()
+        .due;
+    assert_eq!(ids(&resumed), ids(&head[40..]));
+    // Skipping from a due time some claims share, those in flight are still left out.
+    let in_flight: HashSet<_> = head[..50].iter().map(|c| c.delivery_id.clone()).collect();
+    let resumed = store
+        .claim_due("acme", &hook.id, &in_flight, Some(dues[49]), now_ms(), 100)
+        .await
+        .unwrap()
+        .due;
+    assert_eq!(ids(&resumed), ids(&head[50..]));
+}
+
+#[tokio::test]
+async fn a_claim_reads_only_the_rows_it_claims_whatever_the_statistics_say() {
+    // PL/pgSQL runs a function's statements on cached generic plans, which cannot see the
+    // claim's LIMIT, and statistics may not know a webhook's backlog yet. Schema 2 then read
+    // every row of the webhook: through a join served by a sequential scan (statistics right,
+    // generic plan), or through the by-webhook index and a sort (statistics taken before the
+    // backlog came). Either way a claim cost O(backlog).
+    let url = fresh_database();
+    let keyring = Arc::new(Keyring::random());
+    let store = node(&url, "30s", &keyring).await;
+    let hook = webhook(None, None);
+    store.insert_webhook("acme", &hook).await.unwrap();
+    query(&url, "ANALYZE deliveries").await;
+    for _ in 0..20 {
+        append(&store, &hook.id, 1000).await;
+    }
+    let webhook_uuid = hook.id.to_string().trim_start_matches("wh_").to_string();
+    for statistics in ["taken before the backlog", "up to date"] {
+        if statistics == "up to date" {
+            query(&url, "ANALYZE deliveries").await;
+        }
+        // A connection of its own, so that the plans are made now; its transaction's table
+        // statistics (`pg_stat_xact_user_tables`) count what the claim read.
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("the test PostgreSQL server answers");
+        tokio::spawn(connection);
+        client
+            .batch_execute("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+            .await
+            .unwrap();
+        let rows = client
+            .query(
+                "SELECT delivery_id FROM hookd_claim('acme', $1::text::uuid, 'probe', '{}',
+                                                     NULL, $2, 8, 30000, 0)
+                  WHERE delivery_id IS NOT NULL",
+                &[&webhook_uuid, &(now_ms() as i64)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 8);
+        let read = client
+            .query_one(
+                "SELECT seq_scan, seq_tup_read, idx_tup_fetch FROM pg_stat_xact_user_tables
+                  WHERE relname = 'deliveries'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (seq_scans, index_rows): (i64, i64) = (read.get(0), read.get(2));
+        assert_eq!(
+            (seq_scans, read.get::<_, i64>(1)),
+            (0, 0),
+            "statistics {statistics}: no sequential scan"
+        );
+        assert!(
+            index_rows < 100,
+            "statistics {statistics}: the claim read {index_rows} rows through indexes"
+        );
+        // Nodes of the release before schema 6 call the function without a skip time (a cap
+        // of 16, of which the probe holds 8).
+        let rows = client
+            .query(
+                "SELECT delivery_id FROM hookd_claim('acme', $1::text::uuid, 'older', '{}', $2,
+                                                     16, 30000, 0)
+                  WHERE delivery_id IS NOT NULL",
+                &[&webhook_uuid, &(now_ms() as i64)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 8, "the schema-2 signature claims too");
+        // The poll's query reads the head of the queue too.
+        let due = client
+            .query(
+                "SELECT due FROM hookd_due_webhooks($1)",
+                &[&(now_ms() as i64)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        let read = client
+            .query_one(
+                "SELECT seq_tup_read, idx_tup_fetch FROM pg_stat_xact_user_tables
+                  WHERE relname = 'deliveries'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (seq_rows, index_rows) = (read.get::<_, i64>(0), read.get::<_, i64>(1));
+        assert!(
+            seq_rows == 0 && index_rows < 200,
+            "statistics {statistics}: the claims and the poll read {seq_rows} rows in \
+             sequence and {index_rows} through indexes"
+        );
+        client.batch_execute("ROLLBACK").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_queue_table_that_grew_from_empty_is_analyzed_within_seconds() {
+    // Autovacuum would wait for its nap (a minute); until then plans take the table for empty.
+    // It is switched off for the table here, so that only the node can analyze it.
+    let url = fresh_database();
+    let keyring = Arc::new(Keyring::random());
+    let store = node(&url, "30s", &keyring).await;
+    let hook = webhook(None, None);
+    store.insert_webhook("acme", &hook).await.unwrap();
+    query(
+        &url,
+        "ALTER TABLE deliveries SET (autovacuum_enabled = false)",
+    )
+    .await;
+    query(&url, "ANALYZE deliveries").await;
+    let analyzes = "SELECT analyze_count, (SELECT reltuples FROM pg_class
+                                           WHERE oid = 'deliveries'::regclass)
+                      FROM pg_stat_user_tables WHERE relname = 'deliveries'";
+    assert_eq!(query(&url, analyzes).await[0].get::<_, i64>(0), 1);
+    for _ in 0..20 {
+        append(&store, &hook.id, 1000).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let row = &query(&url, analyzes).await[0];
+        let (count, rows): (i64, f32) = (row.get(0), row.get(1));
+        if count >= 2 {
+            assert!(
+                rows >= 15_000.0,
+                "the new statistics count the rows: {rows}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not analyze `deliveries` after it grew from empty to 20k rows"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test]

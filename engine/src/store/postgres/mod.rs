@@ -456,16 +456,21 @@ impl Store for PostgresStore {
         tenant: &str,
         webhook: &WebhookId,
         in_flight: &HashSet<DeliveryId>,
-        // Not used yet: `hookd_claim` walks the webhook's due index from its head and leaves
-        // out the claims this node holds (`p_skip`); starting it at a due time means a new
-        // version of the function (a migration).
-        _skip_due_before: Option<u64>,
+        skip_due_before: Option<u64>,
         now_ms: u64,
         limit: usize,
     ) -> Result<QueueHead> {
-        queue::claim(self, tenant, webhook, in_flight, now_ms, limit)
-            .await
-            .map_err(Into::into)
+        queue::claim(
+            self,
+            tenant,
+            webhook,
+            in_flight,
+            skip_due_before,
+            now_ms,
+            limit,
+        )
+        .await
+        .map_err(Into::into)
     }
 
     async fn record_attempts(&self, outcomes: Vec<AttemptOutcome>) -> Result<Vec<Result<()>>> {

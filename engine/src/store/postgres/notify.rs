@@ -19,6 +19,9 @@
 //! - **Lease renewal**: every third of the lease duration the node extends the leases it holds,
 //!   so an attempt may outlast one lease; a node that cannot reach the database stops renewing
 //!   and its leases run out.
+//! - **Statistics**: a queue table that changed by more than twice its rows since it was last
+//!   analyzed is analyzed at once (autovacuum waits a minute), so plans never take a table
+//!   that grew from empty for an empty one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -36,6 +39,13 @@ use super::{Inner, PgResult, PostgresStore};
 use crate::ids::{WebhookId, now_ms};
 
 const CHANNEL: &str = "hookd";
+/// How often a node looks for queue tables whose statistics are far behind
+/// ([`refresh_statistics`]).
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(2);
+/// The tables the claim, the outcomes and the reads plan against.
+const QUEUE_TABLES: [&str; 3] = ["deliveries", "events", "attempts"];
+/// Fewest changes since the last ANALYZE that make [`refresh_statistics`] take new statistics.
+const STALE_AFTER_CHANGES: i64 = 10_000;
 /// Wait before connecting the LISTEN session again after it broke.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// How often the database size (`size_on_disk`) is read again.
@@ -237,8 +247,15 @@ async fn maintain(inner: Weak<Inner>, poll_interval: Duration, stop: Cancellatio
     let mut renew = tokio::time::interval(Duration::from_millis((lease_ms / 3).max(100)));
     let mut size = tokio::time::interval(SIZE_INTERVAL);
     let mut plugins = tokio::time::interval(PLUGIN_RESYNC);
+    let mut statistics = tokio::time::interval(STATISTICS_INTERVAL);
     let mut heads_seen: Option<HeadIds> = None;
-    for interval in [&mut poll, &mut renew, &mut size, &mut plugins] {
+    for interval in [
+        &mut poll,
+        &mut renew,
+        &mut size,
+        &mut plugins,
+        &mut statistics,
+    ] {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     loop {
@@ -262,6 +279,12 @@ async fn maintain(inner: Weak<Inner>, poll_interval: Duration, stop: Cancellatio
                     debug!(error = ?err, "comparing plugin heads failed; trying again");
                 }
             }
+            _ = statistics.tick() => {
+                let Some(store) = upgrade(&inner) else { return };
+                if let Err(err) = refresh_statistics(&store).await {
+                    debug!(error = ?err, "could not refresh the planner's statistics; autovacuum will");
+                }
+            }
             _ = size.tick() => {
                 let Some(store) = upgrade(&inner) else { return };
                 if let Ok(client) = store.client().await
@@ -275,6 +298,33 @@ async fn maintain(inner: Weak<Inner>, poll_interval: Duration, stop: Cancellatio
             }
         }
     }
+}
+
+/// ANALYZEs each queue table that changed by more than twice its rows (and at least
+/// [`STALE_AFTER_CHANGES`]) since the planner's statistics were last taken. Autovacuum does so
+/// too, but only after its nap (a minute by default) and 10 % of the rows: until then a table
+/// that grew from empty is planned as if still empty, and the cached plans of the claim and of
+/// the key lookups pick any index on `tenant` and read every row of it (seen: 20k rows read per
+/// claim in the first minute of a database). ANALYZE also makes those plans be made again.
+async fn refresh_statistics(store: &PostgresStore) -> PgResult<()> {
+    let client = store.client().await?;
+    let stale = client
+        .query(
+            "SELECT s.relname::text FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+              WHERE s.schemaname = current_schema() AND s.relname = ANY ($1)
+                AND s.n_mod_since_analyze > greatest($2::bigint, (2 * c.reltuples)::bigint)",
+            &[&QUEUE_TABLES.as_slice(), &STALE_AFTER_CHANGES],
+        )
+        .await?;
+    for row in stale {
+        let table: String = row.try_get(0)?;
+        // Only names of QUEUE_TABLES come back.
+        if let Some(table) = QUEUE_TABLES.iter().find(|known| **known == table) {
+            client.batch_execute(&format!("ANALYZE {table}")).await?;
+            debug!(table, "analyzed: its statistics were far behind its rows");
+        }
+    }
+    Ok(())
 }
 
 /// Reads every plugin's head and tells the plugin host of each one that differs from `seen`
@@ -304,23 +354,15 @@ async fn compare_plugin_heads(store: &PostgresStore, seen: &mut Option<HeadIds>)
     Ok(())
 }
 
-/// Per webhook, the earliest due delivery no live lease holds; tells the dispatcher.
+/// Per webhook, the earliest due delivery no live lease holds (`hookd_due_webhooks`, migration
+/// 6); tells the dispatcher.
 async fn poll_due(store: &PostgresStore) -> PgResult<()> {
     let Some(listener) = store.listener() else {
         return Ok(());
     };
     let client = store.client().await?;
     let statement = client
-        .prepare_cached(
-            "SELECT w.tenant, w.id, q.due FROM webhooks w
-              CROSS JOIN LATERAL (
-                  SELECT d.next_attempt_at AS due FROM deliveries d
-                   WHERE d.tenant = w.tenant AND d.webhook_id = w.id
-                     AND d.next_attempt_at IS NOT NULL
-                     AND (d.lease_node IS NULL OR d.lease_until <= $1)
-                   ORDER BY d.next_attempt_at
-                   LIMIT 1) q",
-        )
+        .prepare_cached("SELECT tenant, webhook_id, due FROM hookd_due_webhooks($1)")
         .await?;
     for row in client.query(&statement, &[&ms(now_ms())]).await? {
         let tenant: String = row.try_get(0)?;

@@ -1,7 +1,7 @@
 //! Deliveries and the queue: claims under leases, the group commit of attempt outcomes, the
 //! other state changes (requeue, settle, recover), reads and listings.
 //!
-//! A claim (`hookd_claim`, migrations 1 and 2) writes the claiming node, an expiry and a fresh
+//! A claim (`hookd_claim`, migrations 1, 2 and 6) writes the claiming node, an expiry and a fresh
 //! token into each claimed row. An outcome is recorded only where the row still carries this node
 //! and that token: a node whose lease ran out and was taken over records nothing
 //! ([`StoreError::LeaseLost`]), so the delivery's state is whatever its new holder records.
@@ -35,6 +35,7 @@ pub(super) async fn claim(
     tenant: &str,
     webhook: &WebhookId,
     in_flight: &HashSet<DeliveryId>,
+    skip_due_before: Option<u64>,
     now_ms: u64,
     limit: usize,
 ) -> PgResult<QueueHead> {
@@ -53,7 +54,7 @@ pub(super) async fn claim(
     let statement = client
         .prepare_cached(
             "SELECT delivery_id, lease_token, due
-               FROM hookd_claim($1, $2, $3, $4, $5, $6, $7, $8)",
+               FROM hookd_claim($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .await?;
     let rows = client
@@ -64,6 +65,7 @@ pub(super) async fn claim(
                 &codec::uuid(webhook),
                 &store.inner.node,
                 &skip,
+                &skip_due_before.map(ms),
                 &ms(now_ms),
                 &i32::try_from(limit).unwrap_or(i32::MAX),
                 &ms(store.inner.lease_ms),
@@ -82,12 +84,12 @@ pub(super) async fn claim(
     }
     claimed.sort();
     let mut held = store.held();
-    for (_, id, token) in claimed {
+    for (due, id, token) in claimed {
         held.insert((tenant.to_string(), id), token);
         head.due.push(Claim {
             delivery_id: codec::id(id),
             lease: token as u64,
-            queue_due: None,
+            queue_due: Some(unms(due)),
         });
     }
     Ok(head)

@@ -19,7 +19,7 @@ const HISTORY_TABLE: &str = "hookd_schema_history";
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_6400_0001;
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Applies pending migrations. Returns the versions applied now (empty: the schema was
 /// current).
