@@ -55,6 +55,7 @@ e2e: end-to-end benchmark of the release hookd (issue 4)
   --backend postgres  also run scenario 1's shape on PostgreSQL (started here, durable): one
                     node and --nodes nodes sharing the database, next to sled's scenario 1
   --nodes N         nodes of the shared-database run (default 3)
+  --pg-backlog N    events of the PostgreSQL backlog, drained by one node (default 100000)
   --help            this text
 
 Scenario 5 with its default backlog of a million and scenario 7 take minutes each; alone:
@@ -1242,22 +1243,26 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(240),
     );
-    let postgres_nodes = (value("--backend").as_deref() == Some("postgres")).then(|| {
-        value("--nodes")
+    let postgres = (value("--backend").as_deref() == Some("postgres")).then(|| PostgresRun {
+        nodes: value("--nodes")
             .and_then(|v| v.parse().ok())
             .unwrap_or(3usize)
-            .max(1)
+            .max(1),
+        pending: value("--pg-backlog")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000),
     });
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(run(
-        scenarios,
-        events,
-        backlog,
-        history,
-        s5_budget,
-        smoke,
-        postgres_nodes,
+        scenarios, events, backlog, history, s5_budget, smoke, postgres,
     ));
+}
+
+/// What `--backend postgres` runs: scenario 1's shape on one node and on `nodes`, and a
+/// backlog of `pending` events.
+struct PostgresRun {
+    nodes: usize,
+    pending: usize,
 }
 
 async fn run(
@@ -1267,7 +1272,7 @@ async fn run(
     history: usize,
     s5_budget: Duration,
     smoke: bool,
-    postgres_nodes: Option<usize>,
+    postgres: Option<PostgresRun>,
 ) {
     let started = Instant::now();
     let http = reqwest::Client::builder()
@@ -1478,8 +1483,8 @@ async fn run(
     );
     all.push(s1.clone());
     let s1_rate = s1.deliveries_per_s;
-    if let Some(count) = postgres_nodes {
-        let figures = nodes::run(&bench, count, events, &s1).await;
+    if let Some(postgres) = postgres {
+        let figures = nodes::run(&bench, postgres.nodes, events, postgres.pending, &s1).await;
         for f in &figures {
             f.row(ceil);
         }

@@ -108,13 +108,13 @@ impl Drop for Postgres {
 }
 
 /// A hookd node on the database at `url`.
-async fn start_node(http: &reqwest::Client, url: &str) -> Engine {
+async fn start_node(http: &reqwest::Client, url: &str, attempt_timeout: &str) -> Engine {
     let dir = tempfile::Builder::new()
         .prefix("hookd-e2e-")
         .tempdir()
         .expect("temp dir");
     let data = dir.path().join("data");
-    let config = procs::write_config(dir.path(), &data, "2s");
+    let config = procs::write_config(dir.path(), &data, attempt_timeout);
     let mut text = std::fs::read_to_string(&config).expect("config");
     // A table header ends the tables above it; [store] goes before the first one.
     let store =
@@ -162,7 +162,7 @@ async fn scenario(bench: &Bench, pg: &Postgres, count: usize, events: usize) -> 
     let url = pg.database(&format!("bench_{name}")).await;
     let mut nodes = Vec::with_capacity(count);
     for _ in 0..count {
-        nodes.push(start_node(&bench.http, &url).await);
+        nodes.push(start_node(&bench.http, &url, "2s").await);
     }
     nodes[0]
         .create_webhook(&bench.http, json!({"url": bench.rx.url(&name)}))
@@ -195,24 +195,86 @@ async fn scenario(bench: &Bench, pg: &Postgres, count: usize, events: usize) -> 
         .iter()
         .map(|n| vm_mib(n.proc.pid(), "VmHWM:"))
         .fold(0.0, f64::max);
-    let per_delivery = |cpu: f64| cpu / (f.deliveries.max(1) as f64) * 1e6;
     f.extra.insert("nodes".into(), json!(count));
+    cpu_per_delivery(&mut f, pg_cpu);
+    f
+}
+
+/// The engine's and PostgreSQL's CPU per delivery, into `f.extra`.
+fn cpu_per_delivery(f: &mut Figures, pg_cpu: f64) {
+    let per_delivery = |cpu: f64| cpu / (f.deliveries.max(1) as f64) * 1e6;
+    let (engine_us, pg_us) = (per_delivery(f.engine_cpu_s), per_delivery(pg_cpu));
     f.extra
         .insert("postgres_cpu_s".into(), json!(super::round2(pg_cpu)));
     f.extra.insert(
         "engine_cpu_us_per_delivery".into(),
-        json!(super::round2(per_delivery(f.engine_cpu_s))),
+        json!(super::round2(engine_us)),
     );
     f.extra.insert(
         "postgres_cpu_us_per_delivery".into(),
-        json!(super::round2(per_delivery(pg_cpu))),
+        json!(super::round2(pg_us)),
     );
+}
+
+/// A backlog on PostgreSQL: `pending` events ingested through the batch route while the
+/// receiver holds every request, then drained by one node at the webhook's default cap (8 in
+/// flight). What a claim costs as the queue holds more shows here (scenario 5 on sled).
+async fn backlog(bench: &Bench, pg: &Postgres, pending: usize) -> Figures {
+    let name = "pg-backlog";
+    bench.rx.ctl("reset").await;
+    bench.rx.ctl("down").await;
+    let url = pg.database("bench_pg_backlog").await;
+    // Held requests must not time out into retries: the drain is what is measured.
+    let node = start_node(&bench.http, &url, "5m").await;
+    node.create_webhook(&bench.http, json!({"url": bench.rx.url(name)}))
+        .await;
+    let target = Target::Batch(node.base.clone(), 1000);
+    let mut ingest = generate(&bench.http, &target, pending, None).await;
+    let mut f = Figures {
+        name: name.into(),
+        ..Default::default()
+    };
+    ingest_figures(&mut ingest, &mut f);
+    let (e0, p0) = (cpu_seconds(node.proc.pid()), pg.cpu_seconds());
+    let up = Instant::now();
+    bench.rx.ctl("up").await;
+    bench
+        .rx
+        .wait_for(
+            "ALL",
+            ingest.accepted,
+            Duration::from_secs(30),
+            Instant::now() + Duration::from_secs(600),
+        )
+        .await;
+    let drain_s = up.elapsed().as_secs_f64();
+    let counts = bench.rx.get("counts").await;
+    let (distinct, total) = (
+        counts["ALL"]["distinct"].as_u64().unwrap_or(0),
+        counts["ALL"]["total"].as_u64().unwrap_or(0),
+    );
+    f.deliveries = distinct;
+    f.duplicates = total.saturating_sub(distinct);
+    f.lost = ingest.accepted as i64 - distinct as i64;
+    f.complete = distinct as usize >= ingest.accepted;
+    f.deliveries_per_s = distinct as f64 / drain_s.max(1e-9);
+    f.engine_cpu_s = cpu_seconds(node.proc.pid()) - e0;
+    f.engine_peak_rss_mib = vm_mib(node.proc.pid(), "VmHWM:");
+    f.extra.insert("nodes".into(), json!(1));
+    f.extra.insert("pending".into(), json!(ingest.accepted));
+    cpu_per_delivery(&mut f, pg.cpu_seconds() - p0);
     f
 }
 
 /// The PostgreSQL scenarios on 1 and `nodes` nodes; their figures and checks (compared with
 /// sled's scenario 1 of the same run).
-pub async fn run(bench: &Bench, nodes: usize, events: usize, sled: &Figures) -> Vec<Figures> {
+pub async fn run(
+    bench: &Bench,
+    nodes: usize,
+    events: usize,
+    pending: usize,
+    sled: &Figures,
+) -> Vec<Figures> {
     let pg = Postgres::start();
     let mut counts = vec![1];
     if nodes > 1 {
@@ -222,6 +284,8 @@ pub async fn run(bench: &Bench, nodes: usize, events: usize, sled: &Figures) -> 
     for count in counts {
         figures.push(scenario(bench, &pg, count, events).await);
     }
+    println!("  PostgreSQL: a backlog of {pending} events, drained by one node...");
+    figures.push(backlog(bench, &pg, pending).await);
     let sled_us = sled.engine_cpu_s / (sled.deliveries.max(1) as f64) * 1e6;
     println!(
         "  PostgreSQL backend (same run; Svix OSS on PostgreSQL + Redis: {:.0}-{:.0} deliveries/s here):",
@@ -232,10 +296,16 @@ pub async fn run(bench: &Bench, nodes: usize, events: usize, sled: &Figures) -> 
         sled.deliveries_per_s, sled_us
     );
     for f in &figures {
+        let what = match f.extra.get("pending") {
+            Some(pending) => format!("pg backlog of {pending}, drained by 1 node:"),
+            None => format!(
+                "pg {} node{}:",
+                f.extra["nodes"],
+                if f.extra["nodes"] == 1 { " " } else { "s" }
+            ),
+        };
         println!(
-            "    pg {} node{}: {:>6.0} deliveries/s ({:.2}x sled), engine CPU {:>5.0} µs/delivery, PostgreSQL CPU {:>5.0} µs/delivery, lost {}, duplicates {}",
-            f.extra["nodes"],
-            if f.extra["nodes"] == 1 { " " } else { "s" },
+            "    {what} {:>6.0} deliveries/s ({:.2}x sled), engine CPU {:>5.0} µs/delivery, PostgreSQL CPU {:>5.0} µs/delivery, lost {}, duplicates {}",
             f.deliveries_per_s,
             f.deliveries_per_s / sled.deliveries_per_s.max(1e-9),
             f.extra["engine_cpu_us_per_delivery"]
