@@ -63,6 +63,13 @@ async fn append(store: &Arc<dyn Store>, webhook: &WebhookId, n: usize) {
     append_at(store, webhook, n, now_ms()).await;
 }
 
+/// Appends `thousands` groups of 1000 events for `webhook`.
+async fn append_thousands(store: &Arc<dyn Store>, webhook: &WebhookId, thousands: usize) {
+    for _ in 0..thousands {
+        append(store, webhook, 1000).await;
+    }
+}
+
 /// Appends `n` events for `webhook` accepted at `created_at` (so their deliveries are due
 /// then).
 async fn append_at(store: &Arc<dyn Store>, webhook: &WebhookId, n: usize, created_at: u64) {
@@ -79,6 +86,18 @@ async fn append_at(store: &Arc<dyn Store>, webhook: &WebhookId, n: usize, create
         })
         .collect();
     store.append_events(group).await.unwrap();
+}
+
+/// A fresh database, one node on it, and one webhook at `max_in_flight`.
+async fn one_node_with_a_webhook(
+    max_in_flight: Option<u32>,
+) -> (String, Arc<dyn Store>, WebhookRecord) {
+    let url = fresh_database();
+    let keyring = Arc::new(Keyring::random());
+    let store = node(&url, "30s", &keyring).await;
+    let hook = webhook(max_in_flight, None);
+    store.insert_webhook("acme", &hook).await.unwrap();
+    (url, store, hook)
 }
 
 async fn claim(store: &Arc<dyn Store>, webhook: &WebhookId, limit: usize) -> Vec<Claim> {
@@ -306,11 +325,7 @@ async fn a_webhooks_rate_limit_holds_across_nodes() {
 
 #[tokio::test]
 async fn a_claim_that_skips_earlier_due_times_starts_its_scan_there() {
-    let url = fresh_database();
-    let keyring = Arc::new(Keyring::random());
-    let store = node(&url, "30s", &keyring).await;
-    let hook = webhook(Some(1000), None);
-    store.insert_webhook("acme", &hook).await.unwrap();
+    let (_url, store, hook) = one_node_with_a_webhook(Some(1000)).await;
     // Three groups due 10 ms apart, 20 deliveries each.
     let first_due = now_ms() - 1000;
     for group in 0..3 {
@@ -361,15 +376,9 @@ async fn a_claim_reads_only_the_rows_it_claims_whatever_the_statistics_say() {
     // every row of the webhook: through a join served by a sequential scan (statistics right,
     // generic plan), or through the by-webhook index and a sort (statistics taken before the
     // backlog came). Either way a claim cost O(backlog).
-    let url = fresh_database();
-    let keyring = Arc::new(Keyring::random());
-    let store = node(&url, "30s", &keyring).await;
-    let hook = webhook(None, None);
-    store.insert_webhook("acme", &hook).await.unwrap();
+    let (url, store, hook) = one_node_with_a_webhook(None).await;
     query(&url, "ANALYZE deliveries").await;
-    for _ in 0..20 {
-        append(&store, &hook.id, 1000).await;
-    }
+    append_thousands(&store, &hook.id, 20).await;
     let webhook_uuid = hook.id.to_string().trim_start_matches("wh_").to_string();
     for statistics in ["taken before the backlog", "up to date"] {
         if statistics == "up to date" {
@@ -456,11 +465,7 @@ async fn a_claim_reads_only_the_rows_it_claims_whatever_the_statistics_say() {
 async fn a_queue_table_that_grew_from_empty_is_analyzed_within_seconds() {
     // Autovacuum would wait for its nap (a minute); until then plans take the table for empty.
     // It is switched off for the table here, so that only the node can analyze it.
-    let url = fresh_database();
-    let keyring = Arc::new(Keyring::random());
-    let store = node(&url, "30s", &keyring).await;
-    let hook = webhook(None, None);
-    store.insert_webhook("acme", &hook).await.unwrap();
+    let (url, store, hook) = one_node_with_a_webhook(None).await;
     query(
         &url,
         "ALTER TABLE deliveries SET (autovacuum_enabled = false)",
@@ -471,9 +476,7 @@ async fn a_queue_table_that_grew_from_empty_is_analyzed_within_seconds() {
                                            WHERE oid = 'deliveries'::regclass)
                       FROM pg_stat_user_tables WHERE relname = 'deliveries'";
     assert_eq!(query(&url, analyzes).await[0].get::<_, i64>(0), 1);
-    for _ in 0..20 {
-        append(&store, &hook.id, 1000).await;
-    }
+    append_thousands(&store, &hook.id, 20).await;
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let row = &query(&url, analyzes).await[0];
