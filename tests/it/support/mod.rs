@@ -191,16 +191,23 @@ impl TestEngine {
         let engine = hookd::start(config, listener, CancellationToken::new())
             .await
             .expect("engine starts");
-        let base = format!("http://{}", engine.local_addr());
+        Self::running(engine, data_dir)
+    }
+
+    fn running(engine: RunningEngine, data_dir: tempfile::TempDir) -> Self {
         TestEngine {
+            base: format!("http://{}", engine.local_addr()),
             engine: Some(engine),
-            base,
             http: reqwest::Client::new(),
             data_dir,
         }
     }
 
     /// Shuts the engine down and starts a new one on the same data dir.
+    ///
+    /// The old engine's runtime threads drop what they held (sled's lock on the data dir
+    /// with it) just after `shutdown` returns, so the new one may find the lock still taken
+    /// for a moment: it tries again for up to 10 s, as a supervisor restarting the process would.
     pub async fn restart(mut self, extra_delivery: &str) -> Self {
         self.engine.take().unwrap().shutdown().await;
         let config = parse_config(&test_config_toml(
@@ -208,7 +215,20 @@ impl TestEngine {
             extra_delivery,
             true,
         ));
-        Self::start_in(self.data_dir, config).await
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            match hookd::start(config.clone(), listener, CancellationToken::new()).await {
+                Ok(engine) => return Self::running(engine, self.data_dir),
+                Err(err)
+                    if err.to_string().contains("could not acquire lock")
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("engine starts again: {err:?}"),
+            }
+        }
     }
 
     pub fn engine(&self) -> &RunningEngine {
