@@ -92,7 +92,10 @@ async fn filter_transform_and_signer_plugins_shape_what_the_receiver_gets() {
     assert_eq!(body["to"], "bob");
     assert_eq!(body["content"], "hi");
     assert_eq!(body["message_id"], kept["id"]);
-    assert!(!String::from_utf8_lossy(&got[0].body).contains("4242"));
+    // The card number is gone as a value (its digits may still turn up inside an id or a
+    // timestamp, so the quoted value is what is looked for).
+    let sent = String::from_utf8_lossy(&got[0].body);
+    assert!(!sent.contains("\"4242\""), "{sent}");
     // hookd's own signature covers the transformed bytes.
     standardwebhooks::Webhook::new(&secret)
         .unwrap()
