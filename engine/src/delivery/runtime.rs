@@ -245,27 +245,64 @@ impl Saturation {
     }
 }
 
+/// Shortest stretch of time a sample of the CPU may cover. `/proc/stat` counts in clock ticks
+/// (10 ms per core): over a millisecond or two it reads either nothing or one tick, and a busy
+/// tick then reads as "every core busy". That happened at start-up, when a first sample was
+/// taken right after the first reading: one engine start in five or six put the first second
+/// of deliveries on the yielding lane, at 15-40 µs more CPU per delivery (e2e bench s1).
+const MIN_SAMPLE: Duration = Duration::from_millis(100);
+
+/// Turns readings of the CPU time into the saturated state, one sample at a time.
+#[derive(Debug)]
+struct Sampler {
+    last: CpuTimes,
+    last_at: Instant,
+    saturation: Saturation,
+}
+
+impl Sampler {
+    fn new(first: CpuTimes, at: Instant) -> Self {
+        Self {
+            last: first,
+            last_at: at,
+            saturation: Saturation::default(),
+        }
+    }
+
+    /// Whether the machine counts as saturated after the reading `now` taken at `at`; `None`
+    /// (nothing learned) while less than [`MIN_SAMPLE`] has passed since the sample's start.
+    fn sample(&mut self, now: CpuTimes, at: Instant) -> Option<bool> {
+        if at.saturating_duration_since(self.last_at) < MIN_SAMPLE {
+            return None;
+        }
+        let busy = now.busy_share_since(&self.last)?;
+        self.last = now;
+        self.last_at = at;
+        Some(self.saturation.observe(busy, at))
+    }
+}
+
 /// Samples the machine's CPU every [`SAMPLE_EVERY`] into `saturated` (and tells `on_change`
 /// when it flips), until its runtime shuts down. Where `/proc/stat` cannot be read the machine
 /// never counts as saturated (one lane).
 async fn sample_saturation(saturated: Arc<AtomicBool>, on_change: impl Fn(bool)) {
-    let Some(mut last) = CpuTimes::read() else {
+    let Some(first) = CpuTimes::read() else {
         return;
     };
-    let mut saturation = Saturation::default();
-    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    let mut sampler = Sampler::new(first, Instant::now());
+    // The first sample a whole period after the first reading (`interval` ticks at once).
+    let start = tokio::time::Instant::now() + SAMPLE_EVERY;
+    let mut every = tokio::time::interval_at(start, SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let Some(now) = CpuTimes::read() else {
             return;
         };
-        if let Some(busy) = now.busy_share_since(&last) {
-            let is = saturation.observe(busy, Instant::now());
-            if saturated.swap(is, Ordering::Relaxed) != is {
-                on_change(is);
-            }
-            last = now;
+        if let Some(is) = sampler.sample(now, Instant::now())
+            && saturated.swap(is, Ordering::Relaxed) != is
+        {
+            on_change(is);
         }
     }
 }
@@ -371,6 +408,24 @@ mod tests {
         assert!(!saturation.observe(0.10, at(1_200)));
         assert!(saturation.observe(1.0, at(1_400)));
         assert!(!saturation.observe(0.5, at(2_400)));
+    }
+
+    #[test]
+    fn a_sample_shorter_than_the_minimum_tells_nothing() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let times = |busy, total| CpuTimes { busy, total };
+        let mut sampler = Sampler::new(times(1_000, 2_000), at(0));
+        // One busy tick 2 ms after the first reading: it is not "every core busy".
+        assert_eq!(sampler.sample(times(1_001, 2_001), at(2)), None);
+        // The sample goes on from the first reading: 21 busy ticks of 40 over 200 ms.
+        assert_eq!(sampler.sample(times(1_021, 2_040), at(200)), Some(false));
+        // A whole sample with every tick busy is saturated, and holds.
+        assert_eq!(sampler.sample(times(1_061, 2_080), at(400)), Some(true));
+        assert_eq!(sampler.sample(times(1_062, 2_081), at(401)), None);
+        assert_eq!(sampler.sample(times(1_062, 2_120), at(600)), Some(true));
+        // No tick counted at all in a long stretch: nothing learned either.
+        assert_eq!(sampler.sample(times(1_062, 2_120), at(800)), None);
     }
 
     #[test]
