@@ -111,9 +111,27 @@ async fn claim_besides(
     in_flight: &[Claim],
     limit: usize,
 ) -> Vec<Claim> {
+    claim_besides_from(store, webhook, in_flight, None, limit).await
+}
+
+/// [`claim_besides`] with the claim's hint: entries due before `skip_due_before` are skipped.
+async fn claim_besides_from(
+    store: &Arc<dyn Store>,
+    webhook: &WebhookId,
+    in_flight: &[Claim],
+    skip_due_before: Option<u64>,
+    limit: usize,
+) -> Vec<Claim> {
     let in_flight = in_flight.iter().map(|c| c.delivery_id.clone()).collect();
     store
-        .claim_due("acme", webhook, &in_flight, None, now_ms(), limit)
+        .claim_due(
+            "acme",
+            webhook,
+            &in_flight,
+            skip_due_before,
+            now_ms(),
+            limit,
+        )
         .await
         .unwrap()
         .due
@@ -346,26 +364,12 @@ async fn a_claim_that_skips_earlier_due_times_starts_its_scan_there() {
     // This node runs the first group; the second group's claims ended without their rows
     // moving (a scan from the head would return them again). Skipping before the third
     // group's due time, the scan starts there: the backend uses the hint.
-    let in_flight: HashSet<_> = head[..20].iter().map(|c| c.delivery_id.clone()).collect();
-    let from_head = store
-        .claim_due("acme", &hook.id, &in_flight, None, now_ms(), 100)
-        .await
-        .unwrap()
-        .due;
+    let from_head = claim_besides(&store, &hook.id, &head[..20], 100).await;
     assert_eq!(ids(&from_head), ids(&head[20..]));
-    let resumed = store
-        .claim_due("acme", &hook.id, &in_flight, Some(dues[40]), now_ms(), 100)
-        .await
-        .unwrap()
-        .due;
+    let resumed = claim_besides_from(&store, &hook.id, &head[..20], Some(dues[40]), 100).await;
     assert_eq!(ids(&resumed), ids(&head[40..]));
     // Skipping from a due time some claims share, those in flight are still left out.
-    let in_flight: HashSet<_> = head[..50].iter().map(|c| c.delivery_id.clone()).collect();
-    let resumed = store
-        .claim_due("acme", &hook.id, &in_flight, Some(dues[49]), now_ms(), 100)
-        .await
-        .unwrap()
-        .due;
+    let resumed = claim_besides_from(&store, &hook.id, &head[..50], Some(dues[49]), 100).await;
     assert_eq!(ids(&resumed), ids(&head[50..]));
 }
 
