@@ -9,8 +9,14 @@
 //! windows), so one webhook that keeps up does not hide another that trails. With no attempt
 //! started for [`STALE_AFTER`], the lag reads as zero: an idle tenant is not behind, and a
 //! receiver that holds every slot is bounded by the `pending_deliveries` quota instead.
+//!
+//! Apart from the tenants' windows, the latest attempt start says whether deliveries are
+//! [`behind`](DeliveryLag::behind) right now (it started [`BEHIND_AFTER_MS`] or more after
+//! it was due). Ingest reads it to choose between the lowest accept latency and the cheapest
+//! group commits (`ingest.rs`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,6 +26,12 @@ const WINDOW: Duration = Duration::from_secs(1);
 pub const STALE_AFTER: Duration = Duration::from_secs(2);
 /// Longest `Retry-After` the back-pressure asks for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// An attempt that starts this long after its delivery was due or later means deliveries are
+/// behind. A delivery of s1 in the e2e bench, keeping pace, starts 1-2 ms after it is due.
+pub const BEHIND_AFTER_MS: u64 = 5;
+/// How long one late attempt start counts (an attempt on time ends it sooner): deliveries that
+/// stop starting at all are not behind the producers' new events.
+const BEHIND_FOR: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy)]
 struct Windows {
@@ -55,10 +67,24 @@ impl Windows {
     }
 }
 
-/// Every tenant's recent delivery lag (cheap to clone, shared by the attempts and the API).
-#[derive(Debug, Clone, Default)]
+/// Every tenant's recent delivery lag (cheap to clone, shared by the attempts, the API and
+/// ingest).
+#[derive(Debug, Clone)]
 pub struct DeliveryLag {
     tenants: Arc<Mutex<HashMap<String, Windows>>>,
+    /// Until when deliveries count as behind, in µs since `epoch` (0: not behind).
+    behind_until_us: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Default for DeliveryLag {
+    fn default() -> Self {
+        DeliveryLag {
+            tenants: Arc::default(),
+            behind_until_us: Arc::default(),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// Ingest refused because the tenant's deliveries trail by more than its quota allows.
@@ -74,6 +100,7 @@ impl DeliveryLag {
     /// An attempt of `tenant` started `lag_ms` after its delivery was due.
     pub fn observe(&self, tenant: &str, lag_ms: u64) {
         let now = Instant::now();
+        self.note_start(lag_ms, now);
         let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
         match tenants.get_mut(tenant) {
             Some(windows) => {
@@ -93,6 +120,40 @@ impl DeliveryLag {
                 );
             }
         }
+    }
+
+    /// The latest attempt start decides [`Self::behind`]; the atomic is written only when
+    /// that answer changes or a late start extends it, so attempts on time share it read-only.
+    fn note_start(&self, lag_ms: u64, now: Instant) {
+        let until = if lag_ms >= BEHIND_AFTER_MS {
+            self.micros(now + BEHIND_FOR)
+        } else {
+            0
+        };
+        if self.behind_until_us.load(Ordering::Relaxed) != until {
+            self.behind_until_us.store(until, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether deliveries are behind: the latest attempt started [`BEHIND_AFTER_MS`] or more
+    /// after it was due, within the last [`BEHIND_FOR`].
+    pub fn behind(&self) -> bool {
+        self.behind_at(Instant::now())
+    }
+
+    /// Deliveries behind for `how_long` from now, whatever attempts start (tests of readers).
+    #[cfg(test)]
+    pub(crate) fn behind_for(&self, how_long: Duration) {
+        let until = self.micros(Instant::now() + how_long);
+        self.behind_until_us.store(until, Ordering::Relaxed);
+    }
+
+    fn behind_at(&self, now: Instant) -> bool {
+        self.micros(now) < self.behind_until_us.load(Ordering::Relaxed)
+    }
+
+    fn micros(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
     }
 
     /// `tenant`'s lag now (zero when it started no attempt lately).
@@ -159,6 +220,28 @@ mod tests {
         assert_eq!(lag.of("acme"), Duration::ZERO);
         assert_eq!(lag.worst(), Duration::from_millis(12));
         assert!(!lag.tenants.lock().unwrap().contains_key("acme"));
+    }
+
+    #[test]
+    fn deliveries_are_behind_from_a_late_start_until_a_start_on_time_or_a_while_without() {
+        let lag = DeliveryLag::default();
+        assert!(!lag.behind(), "nothing started yet");
+        lag.observe("acme", BEHIND_AFTER_MS - 1);
+        assert!(!lag.behind());
+        lag.observe("acme", BEHIND_AFTER_MS);
+        assert!(lag.behind());
+        // Any tenant's start on time ends it: the engine is starting attempts promptly.
+        lag.observe("globex", 0);
+        assert!(!lag.behind());
+        // A late start counts for a while, then no longer without another one.
+        lag.observe("globex", 40_000);
+        let now = Instant::now();
+        assert!(lag.behind_at(now + BEHIND_FOR / 2));
+        assert!(!lag.behind_at(now + BEHIND_FOR + Duration::from_millis(1)));
+        // The tenants' windows do not decide it: acme's 40 s stays in its window.
+        lag.observe("acme", 1);
+        assert!(!lag.behind());
+        assert_eq!(lag.of("globex"), Duration::from_secs(40));
     }
 
     #[test]

@@ -226,7 +226,8 @@ pub async fn start(
     let (dispatch, dispatch_rx) = Dispatcher::channel();
     // The store tells the dispatcher about work it made due, once it is durable.
     store.set_listener(Arc::new(dispatch.clone()));
-    let (ingest, ingest_task) = Ingest::start(store.clone());
+    let delivery_lag = lag::DeliveryLag::default();
+    let (ingest, ingest_task) = Ingest::start(store.clone(), delivery_lag.clone());
     let (recorder, recorder_task) = delivery::Recorder::start(store.clone());
     let delivery = DeliveryContext {
         store: store.clone(),
@@ -239,7 +240,7 @@ pub async fn start(
         plugins: plugins.clone(),
         ingest: ingest.clone(),
         metrics: metrics.clone(),
-        lag: lag::DeliveryLag::default(),
+        lag: delivery_lag,
     };
     let saturation_metrics = metrics.clone();
     let deliveries = delivery::runtime::DeliveryRuntime::start(
