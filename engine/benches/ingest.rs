@@ -74,7 +74,8 @@ async fn fsync_per_event() -> f64 {
 async fn group_commit() -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
-    // No deliveries run here, so they are never behind and the writer never lingers.
+    // No deliveries run here, so they are never behind: after a group the writer waits only
+    // until as many requests are back as came for it (at most `LINGER`).
     let (ingest, _writer) = Ingest::start(store, hookd::lag::DeliveryLag::default());
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

@@ -136,7 +136,7 @@ impl DeliveryLag {
     }
 
     /// Whether deliveries are behind: the latest attempt started [`BEHIND_AFTER_MS`] or more
-    /// after it was due, within the last [`BEHIND_FOR`].
+    /// after it was due, within the last `BEHIND_FOR` (100 ms).
     pub fn behind(&self) -> bool {
         self.behind_at(Instant::now())
     }
