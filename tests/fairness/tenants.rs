@@ -8,7 +8,8 @@
 //! receiver (ingest flush, dispatch, signing, send). The test prints B's p50/p99 alone and
 //! under attack and asserts p99 under attack ≤ 2 × p99 alone. "Alone" is measured before the
 //! attack and again after it (pooled), so a change in the shared machine's load between the
-//! phases does not decide the result.
+//! phases does not decide the result. The second attack (1 MiB simulate loops) is cheap to
+//! start and stop, so it runs three rounds and the median round decides.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -376,6 +377,13 @@ async fn a_tenant_attacking_with_a_tarpit_and_a_looping_plugin_does_not_slow_ano
 /// quota allows (after 50 rotations: 3), in two loops at once, i.e. one HMAC per secret over
 /// 1 MiB per request, and a 1 MiB request and answer to parse and render. (With `webhook_id`,
 /// simulate runs that webhook's chain, here none, whatever plugin the path names.)
+///
+/// A's simulations keep one core of this 2-core machine busy (at the offload threads' lower
+/// priority), and on this shared virtual machine a busy core alone, even one running only a
+/// `SCHED_IDLE` process, moves B's p99 to ~1.5 × alone. One burst of the host's noise in a
+/// phase of 300 samples can then decide a single comparison (a CI run once read 2.1 ×), so
+/// the attack runs in [`SIMULATE_ROUNDS`] rounds, each between two phases of B alone, and the
+/// bound holds for the median round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_simulating_1_mib_events_in_a_loop_does_not_slow_another() {
     let _alone = ALONE.lock().await;
@@ -406,10 +414,7 @@ async fn a_tenant_simulating_1_mib_events_in_a_loop_does_not_slow_another() {
         assert_eq!(status, 200);
     }
 
-    b_latencies(&engine, &b_receiver, 5).await;
-    let alone_before = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
-
-    // 1 MiB of payload (a JSON string), simulated on A's webhook in two loops until B is done.
+    // 1 MiB of payload (a JSON string), simulated on A's webhook in two loops.
     let payload = json!({"blob": "x".repeat(1024 * 1024 - 12)});
     let request = Arc::new(
         serde_json::to_vec(
@@ -417,48 +422,91 @@ async fn a_tenant_simulating_1_mib_events_in_a_loop_does_not_slow_another() {
         )
         .unwrap(),
     );
-    // The attacker is its own client: its loops run on a thread and runtime of their own, as a
-    // remote client's would, not on the engine's workers.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let simulated = Arc::new(AtomicUsize::new(0));
-    let attacker = {
-        let (url, request) = (engine.url("/v1/plugins/any/simulate"), request.clone());
-        let (stop, simulated) = (stop.clone(), simulated.clone());
-        std::thread::Builder::new()
-            .name("attacker".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(simulate_loops(url, request, stop, simulated));
-            })
-            .unwrap()
-    };
-    eventually(WAIT, "A's simulations run", || async {
-        (simulated.load(Ordering::SeqCst) >= 2).then_some(())
-    })
-    .await;
-    let before = simulated.load(Ordering::SeqCst);
-    let attacked = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
-    let during = simulated.load(Ordering::SeqCst) - before;
-    stop.cancel();
-    tokio::task::spawn_blocking(move || attacker.join().unwrap())
-        .await
-        .unwrap();
-    let alone_after = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
+    let url = engine.url("/v1/plugins/any/simulate");
 
-    let mut alone: Vec<Duration> = alone_before.iter().chain(&alone_after).copied().collect();
-    alone.sort();
-    report("alone (before and after A's simulations)", &alone);
-    report("while A simulates 1 MiB events", &attacked);
-    eprintln!("A: {during} simulations of 1 MiB with 3 signatures while B was measured");
-    assert!(during >= 2, "A kept simulating while B was measured");
-    let (p99_alone, p99_attacked) = (percentile(&alone, 0.99), percentile(&attacked, 0.99));
+    b_latencies(&engine, &b_receiver, 5).await;
+    let mut alone_before = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
+    let mut ratios = Vec::new();
+    for round in 1..=SIMULATE_ROUNDS {
+        let simulations = Simulations::start(url.clone(), request.clone()).await;
+        let attacked = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
+        let during = simulations.stop().await;
+        let alone_after = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
+
+        let mut alone: Vec<Duration> = alone_before.iter().chain(&alone_after).copied().collect();
+        alone.sort();
+        eprintln!("round {round}:");
+        report("alone (before and after A's simulations)", &alone);
+        report("while A simulates 1 MiB events", &attacked);
+        eprintln!("A: {during} simulations of 1 MiB with 3 signatures while B was measured");
+        assert!(during >= 2, "A kept simulating while B was measured");
+        let (p99_alone, p99_attacked) = (percentile(&alone, 0.99), percentile(&attacked, 0.99));
+        ratios.push(p99_attacked.as_secs_f64() / p99_alone.as_secs_f64());
+        alone_before = alone_after;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    eprintln!("B's p99 while A simulates / alone, by round (sorted): {ratios:.2?}");
     assert!(
-        p99_attacked <= 2 * p99_alone,
-        "B's p99 while A simulates {p99_attacked:?} > 2 × alone {p99_alone:?}"
+        median <= 2.0,
+        "B's p99 while A simulates is {median:.2} × alone in the median round ({ratios:.2?})"
     );
+}
+
+/// Rounds of A's simulations, each measured against B alone before and after it.
+const SIMULATE_ROUNDS: usize = 3;
+
+/// A's simulate loops. The attacker is its own client: its loops run on a thread and runtime
+/// of their own, as a remote client's would, not on the engine's workers.
+struct Simulations {
+    stop: tokio_util::sync::CancellationToken,
+    simulated: Arc<AtomicUsize>,
+    started_with: usize,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Simulations {
+    /// Starts the loops and returns once two simulations have been answered.
+    async fn start(url: String, request: Arc<Vec<u8>>) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let simulated = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, simulated) = (stop.clone(), simulated.clone());
+            std::thread::Builder::new()
+                .name("attacker".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(simulate_loops(url, request, stop, simulated));
+                })
+                .unwrap()
+        };
+        eventually(WAIT, "A's simulations run", || async {
+            (simulated.load(Ordering::SeqCst) >= 2).then_some(())
+        })
+        .await;
+        let started_with = simulated.load(Ordering::SeqCst);
+        Simulations {
+            stop,
+            simulated,
+            started_with,
+            thread,
+        }
+    }
+
+    /// Stops the loops (their requests in progress finish); returns how many simulations were
+    /// answered since `start` returned.
+    async fn stop(self) -> usize {
+        let during = self.simulated.load(Ordering::SeqCst) - self.started_with;
+        self.stop.cancel();
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        during
+    }
 }
 
 /// Two loops posting `request` to `url` until `stop`; the first answer is checked for three
