@@ -8,8 +8,8 @@
 //! receiver (ingest flush, dispatch, signing, send). The test prints B's p50/p99 alone and
 //! under attack and asserts p99 under attack ≤ 2 × p99 alone. "Alone" is measured before the
 //! attack and again after it (pooled), so a change in the shared machine's load between the
-//! phases does not decide the result. The second attack (1 MiB simulate loops) is cheap to
-//! start and stop, so it runs three rounds and the median round decides.
+//! phases does not decide the result. Each attack runs three rounds, each between two phases of
+//! B alone, and the median round decides.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -251,13 +251,15 @@ async fn attack(engine: &TestEngine, tarpit: &Tarpit, events: usize) -> Vec<Stri
     ids
 }
 
-/// Two workers, like hookd on this 2-core machine.
+/// Two workers, like hookd on this 2-core machine. The attack runs in [`ATTACK_ROUNDS`] rounds,
+/// each measured against B alone before and after it, and the bound holds for the median
+/// round: on this shared virtual machine one burst of the host's noise in a phase of 300
+/// samples can move a single p99 by more than the engine does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_attacking_with_a_tarpit_and_a_looping_plugin_does_not_slow_another() {
     let _alone = ALONE.lock().await;
     settle_earlier_writes();
     let engine = start_engine().await;
-    let tarpit = Tarpit::start().await;
     let b_receiver = Receiver::start().await;
     let (status, body) = engine
         .call(
@@ -273,43 +275,82 @@ async fn a_tenant_attacking_with_a_tarpit_and_a_looping_plugin_does_not_slow_ano
     let phase = |name: &str| eprintln!("{:>8.1?} {name}", started.elapsed());
     // B alone (after a warm-up).
     b_latencies(&engine, &b_receiver, 5).await;
-    let alone_before = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
-
+    let mut alone_before = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
     phase("B alone measured");
+    let mut ratios = Vec::new();
+    for round in 1..=ATTACK_ROUNDS {
+        let attacked = tarpit_round(&engine, &b_receiver, &phase).await;
+        let alone_after = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
+        phase("B alone measured");
+
+        let mut alone: Vec<Duration> = alone_before.iter().chain(&alone_after).copied().collect();
+        alone.sort();
+        eprintln!("round {round}:");
+        report("alone, before the attack", &alone_before);
+        report("alone, after the attack", &alone_after);
+        report("alone (both)", &alone);
+        report("while A attacks", &attacked);
+        let (p99_alone, p99_attacked) = (percentile(&alone, 0.99), percentile(&attacked, 0.99));
+        ratios.push(p99_attacked.as_secs_f64() / p99_alone.as_secs_f64());
+        alone_before = alone_after;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    eprintln!("B's p99 under attack / alone, by round (sorted): {ratios:.2?}");
+    assert!(
+        median <= 2.0,
+        "B's p99 under attack is {median:.2} × alone in the median round ({ratios:.2?})"
+    );
+}
+
+/// Rounds of A's tarpit-and-loop attack, each measured against B alone before and after it.
+const ATTACK_ROUNDS: usize = 3;
+
+/// One round of A's attack: starts it, checks that A holds every permit but the reserve and
+/// that its plugin loops on threads below normal priority, measures B meanwhile, and ends it
+/// (A's webhooks deleted, the tarpit gone, A's plugin calls over). Returns B's latencies
+/// under attack, sorted.
+async fn tarpit_round(
+    engine: &TestEngine,
+    b_receiver: &Receiver,
+    phase: &impl Fn(&str),
+) -> Vec<Duration> {
+    let tarpit = Tarpit::start().await;
     // A attacks: 40 events × 20 tarpit webhooks = 800 sends of 30 s each, and the loop.
-    let a_webhooks = attack(&engine, &tarpit, 40).await;
+    let a_webhooks = attack(engine, &tarpit, 40).await;
     phase("A's attack posted");
     eventually(WAIT, "A holds every permit but the reserve", || async {
         (tarpit.open() >= PERMITS - RESERVE).then_some(())
     })
     .await;
     eventually(WAIT, "A's plugin loops", || async {
-        (plugin_timeouts(&engine).await >= 2.0).then_some(())
+        (plugin_timeouts(engine).await >= 2.0).then_some(())
     })
     .await;
     phase("A holds its permits and loops");
     // Permits are held only by sends: every one A holds is a connection at the tarpit (its
     // looping attempts and those waiting for a permit hold none).
-    assert_eq!(sending(&engine, "acme").await, tarpit.open());
+    assert_eq!(sending(engine, "acme").await, tarpit.open());
     assert_eq!(
         tarpit.open(),
         PERMITS - RESERVE,
         "A alone gets all but the reserve"
     );
 
-    let loops_before = plugin_timeouts(&engine).await;
+    let b_received_before = b_receiver.count();
+    let loops_before = plugin_timeouts(engine).await;
     let guests_ran_before = guest_threads_cpu();
-    let attacked = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
-    let loops_during = plugin_timeouts(&engine).await - loops_before;
+    let attacked = b_latencies(engine, b_receiver, B_SAMPLES).await;
+    let loops_during = plugin_timeouts(engine).await - loops_before;
     let guests_ran = guest_threads_cpu().saturating_sub(guests_ran_before);
     phase("B measured under attack");
 
     // A still holds its permits while B is idle again, and B holds none.
-    assert_eq!(sending(&engine, "globex").await, 0);
-    assert_eq!(sending(&engine, "acme").await, PERMITS - RESERVE);
-    assert_eq!(b_receiver.count(), 5 + 2 * B_SAMPLES);
+    assert_eq!(sending(engine, "globex").await, 0);
+    assert_eq!(sending(engine, "acme").await, PERMITS - RESERVE);
+    assert_eq!(b_receiver.count(), b_received_before + B_SAMPLES);
 
-    // The attack ends: A's webhooks go, the tarpit lets go, B alone again.
+    // The attack ends: A's webhooks go, the tarpit lets go.
     for id in &a_webhooks {
         let (status, _) = engine
             .call("DELETE", &format!("/v1/webhooks/{id}"), ACME_KEY, None)
@@ -318,15 +359,15 @@ async fn a_tenant_attacking_with_a_tarpit_and_a_looping_plugin_does_not_slow_ano
     }
     drop(tarpit);
     eventually(WAIT, "A's sends are over", || async {
-        (sending(&engine, "acme").await == 0).then_some(())
+        (sending(engine, "acme").await == 0).then_some(())
     })
     .await;
     // ...and so are its attempts still queued for the plugin (each loops its 100 ms).
     let quiet_since = tokio::time::Instant::now() + WAIT;
-    let mut last = plugin_timeouts(&engine).await;
+    let mut last = plugin_timeouts(engine).await;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = plugin_timeouts(&engine).await;
+        let now = plugin_timeouts(engine).await;
         if now == last {
             break;
         }
@@ -336,14 +377,7 @@ async fn a_tenant_attacking_with_a_tarpit_and_a_looping_plugin_does_not_slow_ano
         );
         last = now;
     }
-    let alone_after = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
 
-    let mut alone: Vec<Duration> = alone_before.iter().chain(&alone_after).copied().collect();
-    alone.sort();
-    report("alone, before the attack", &alone_before);
-    report("alone, after the attack", &alone_after);
-    report("alone (both)", &alone);
-    report("while A attacks", &attacked);
     eprintln!(
         "A: {loops_during} plugin calls stopped at their deadline during B's samples, \
          {guests_ran:?} of CPU on the guest threads"
@@ -366,11 +400,7 @@ async fn a_tenant_attacking_with_a_tarpit_and_a_looping_plugin_does_not_slow_ano
         guests_ran >= GUESTS_RAN_AT_LEAST,
         "A's loop ran {guests_ran:?} on the guest threads"
     );
-    let (p99_alone, p99_attacked) = (percentile(&alone, 0.99), percentile(&attacked, 0.99));
-    assert!(
-        p99_attacked <= 2 * p99_alone,
-        "B's p99 under attack {p99_attacked:?} > 2 × alone {p99_alone:?}"
-    );
+    attacked
 }
 
 /// The issue's CPU attack: simulate with a 1 MiB event on a webhook with the most secrets its
