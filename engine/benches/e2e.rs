@@ -50,6 +50,8 @@ e2e: end-to-end benchmark of the release hookd (issue 4)
   --backlog N       events of scenario 5 (default 1000000)
   --history N       events of history scenario 7 puts between its two runs (default 1000000)
   --s5-budget SECS  time cap of scenario 5's drain (default 240)
+  --s6-rate N       offer scenario 6 at N events/s instead of half of s1's rate (to compare two
+                    engines at one rate; the check then names the rate as set)
   --engine PATH     the hookd binary to run (default: this build's release binary), e.g. an
                     older release, for a before/after in one session
   --backend postgres  also run scenario 1's shape on PostgreSQL (started here, durable): one
@@ -1238,6 +1240,9 @@ fn main() {
     if let Some(engine) = value("--engine") {
         let _ = procs::ENGINE.set(PathBuf::from(engine));
     }
+    if let Some(rate) = value("--s6-rate").and_then(|v| v.parse::<f64>().ok()) {
+        let _ = S6_RATE.set(rate);
+    }
     let s5_budget = Duration::from_secs(
         value("--s5-budget")
             .and_then(|v| v.parse().ok())
@@ -1257,6 +1262,9 @@ fn main() {
         scenarios, events, backlog, history, s5_budget, smoke, postgres,
     ));
 }
+
+/// Scenario 6's offered rate when `--s6-rate` sets it.
+static S6_RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 
 /// What `--backend postgres` runs: scenario 1's shape on one node and on `nodes`, and a
 /// backlog of `pending` events.
@@ -1765,7 +1773,10 @@ async fn run(
         all.push(f);
     }
     if want("6") {
-        let rate = 0.5 * s1_rate.min(s1.ingest_eps);
+        let (rate, set_by) = match S6_RATE.get() {
+            Some(&rate) => (rate, "set by --s6-rate"),
+            None => (0.5 * s1_rate.min(s1.ingest_eps), "50% of s1"),
+        };
         let n = ((rate * 10.0) as usize).clamp(500, 50_000);
         let mut f = bench
             .run("6", &one_hook("s6"), "ALL", 1, n, None, Some(rate), None)
@@ -1775,7 +1786,7 @@ async fn run(
         check(
             &mut checks,
             format!(
-                "s6 at {rate:.0}/s (50% of s1): e2e p99 {:.2} ms <= 10 ms, lost {}",
+                "s6 at {rate:.0}/s ({set_by}): e2e p99 {:.2} ms <= 10 ms, lost {}",
                 f.e2e_us[2] as f64 / 1000.0,
                 f.lost
             ),
