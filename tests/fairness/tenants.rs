@@ -145,6 +145,41 @@ fn report(name: &str, sorted: &[Duration]) {
     );
 }
 
+/// Rounds of each attack, each measured against B alone just before and just after it.
+const ROUNDS: usize = 3;
+
+/// B's p99 under attack over its p99 alone (the phases just before and after the attack,
+/// pooled), round by round; the bound holds for the median round.
+#[derive(Default)]
+struct Rounds(Vec<f64>);
+
+impl Rounds {
+    /// Prints one round's phases and keeps its ratio.
+    fn push(&mut self, alone_before: &[Duration], alone_after: &[Duration], attacked: &[Duration]) {
+        let mut alone: Vec<Duration> = alone_before.iter().chain(alone_after).copied().collect();
+        alone.sort();
+        eprintln!("round {}:", self.0.len() + 1);
+        report("alone, before the attack", alone_before);
+        report("alone, after the attack", alone_after);
+        report("alone (both)", &alone);
+        report("under attack", attacked);
+        let (p99_alone, p99_attacked) = (percentile(&alone, 0.99), percentile(attacked, 0.99));
+        self.0
+            .push(p99_attacked.as_secs_f64() / p99_alone.as_secs_f64());
+    }
+
+    /// Asserts B's p99 `under` attack ≤ 2 × alone in the median round.
+    fn assert_median_within_2x(mut self, under: &str) {
+        self.0.sort_by(f64::total_cmp);
+        let (ratios, median) = (&self.0, self.0[self.0.len() / 2]);
+        eprintln!("B's p99 {under} / alone, by round (sorted): {ratios:.2?}");
+        assert!(
+            median <= 2.0,
+            "B's p99 {under} is {median:.2} × alone in the median round ({ratios:.2?})"
+        );
+    }
+}
+
 /// `sending` of a tenant in the admin view: the delivery permits it holds.
 async fn sending(engine: &TestEngine, tenant: &str) -> usize {
     let (status, tenants) = engine
@@ -251,7 +286,7 @@ async fn attack(engine: &TestEngine, tarpit: &Tarpit, events: usize) -> Vec<Stri
     ids
 }
 
-/// Two workers, like hookd on this 2-core machine. The attack runs in [`ATTACK_ROUNDS`] rounds,
+/// Two workers, like hookd on this 2-core machine. The attack runs in [`ROUNDS`] rounds,
 /// each measured against B alone before and after it, and the bound holds for the median
 /// round: on this shared virtual machine one burst of the host's noise in a phase of 300
 /// samples can move a single p99 by more than the engine does.
@@ -277,34 +312,16 @@ async fn a_tenant_attacking_with_a_tarpit_and_a_looping_plugin_does_not_slow_ano
     b_latencies(&engine, &b_receiver, 5).await;
     let mut alone_before = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
     phase("B alone measured");
-    let mut ratios = Vec::new();
-    for round in 1..=ATTACK_ROUNDS {
+    let mut rounds = Rounds::default();
+    for _ in 0..ROUNDS {
         let attacked = tarpit_round(&engine, &b_receiver, &phase).await;
         let alone_after = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
         phase("B alone measured");
-
-        let mut alone: Vec<Duration> = alone_before.iter().chain(&alone_after).copied().collect();
-        alone.sort();
-        eprintln!("round {round}:");
-        report("alone, before the attack", &alone_before);
-        report("alone, after the attack", &alone_after);
-        report("alone (both)", &alone);
-        report("while A attacks", &attacked);
-        let (p99_alone, p99_attacked) = (percentile(&alone, 0.99), percentile(&attacked, 0.99));
-        ratios.push(p99_attacked.as_secs_f64() / p99_alone.as_secs_f64());
+        rounds.push(&alone_before, &alone_after, &attacked);
         alone_before = alone_after;
     }
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios[ratios.len() / 2];
-    eprintln!("B's p99 under attack / alone, by round (sorted): {ratios:.2?}");
-    assert!(
-        median <= 2.0,
-        "B's p99 under attack is {median:.2} × alone in the median round ({ratios:.2?})"
-    );
+    rounds.assert_median_within_2x("while A attacks");
 }
-
-/// Rounds of A's tarpit-and-loop attack, each measured against B alone before and after it.
-const ATTACK_ROUNDS: usize = 3;
 
 /// One round of A's attack: starts it, checks that A holds every permit but the reserve and
 /// that its plugin loops on threads below normal priority, measures B meanwhile, and ends it
@@ -412,7 +429,7 @@ async fn tarpit_round(
 /// priority), and on this shared virtual machine a busy core alone, even one running only a
 /// `SCHED_IDLE` process, moves B's p99 to ~1.5 × alone. One burst of the host's noise in a
 /// phase of 300 samples can then decide a single comparison (a CI run once read 2.1 ×), so
-/// the attack runs in [`SIMULATE_ROUNDS`] rounds, each between two phases of B alone, and the
+/// the attack runs in [`ROUNDS`] rounds, each between two phases of B alone, and the
 /// bound holds for the median round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_simulating_1_mib_events_in_a_loop_does_not_slow_another() {
@@ -456,35 +473,19 @@ async fn a_tenant_simulating_1_mib_events_in_a_loop_does_not_slow_another() {
 
     b_latencies(&engine, &b_receiver, 5).await;
     let mut alone_before = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
-    let mut ratios = Vec::new();
-    for round in 1..=SIMULATE_ROUNDS {
+    let mut rounds = Rounds::default();
+    for _ in 0..ROUNDS {
         let simulations = Simulations::start(url.clone(), request.clone()).await;
         let attacked = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
         let during = simulations.stop().await;
         let alone_after = b_latencies(&engine, &b_receiver, B_SAMPLES).await;
-
-        let mut alone: Vec<Duration> = alone_before.iter().chain(&alone_after).copied().collect();
-        alone.sort();
-        eprintln!("round {round}:");
-        report("alone (before and after A's simulations)", &alone);
-        report("while A simulates 1 MiB events", &attacked);
         eprintln!("A: {during} simulations of 1 MiB with 3 signatures while B was measured");
         assert!(during >= 2, "A kept simulating while B was measured");
-        let (p99_alone, p99_attacked) = (percentile(&alone, 0.99), percentile(&attacked, 0.99));
-        ratios.push(p99_attacked.as_secs_f64() / p99_alone.as_secs_f64());
+        rounds.push(&alone_before, &alone_after, &attacked);
         alone_before = alone_after;
     }
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios[ratios.len() / 2];
-    eprintln!("B's p99 while A simulates / alone, by round (sorted): {ratios:.2?}");
-    assert!(
-        median <= 2.0,
-        "B's p99 while A simulates is {median:.2} × alone in the median round ({ratios:.2?})"
-    );
+    rounds.assert_median_within_2x("while A simulates 1 MiB events");
 }
-
-/// Rounds of A's simulations, each measured against B alone before and after it.
-const SIMULATE_ROUNDS: usize = 3;
 
 /// A's simulate loops. The attacker is its own client: its loops run on a thread and runtime
 /// of their own, as a remote client's would, not on the engine's workers.
