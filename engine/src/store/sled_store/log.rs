@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::codec::{
-    DeliveryRef, FLAG_PURGED, HEADER_BYTES, Locator, RecordHeader, SLOT_BYTES, Slot, crc,
+    DeliveryRef, FLAG_PURGED, HEADER_BYTES, Locator, RecordHeader, RecordKind, SLOT_BYTES, Slot,
+    crc,
 };
+use super::record_cache::RecordCache;
 use crate::store::StoreError;
 
 /// A segment is closed once it reaches this size (a group is never split across two).
@@ -61,6 +63,8 @@ pub struct Log {
     readable_end: AtomicU64,
     /// Everything before this is synced: no event beyond it is handed to delivery.
     durable_end: AtomicU64,
+    /// Event records read lately.
+    cache: RecordCache,
 }
 
 impl Log {
@@ -160,6 +164,29 @@ impl Log {
         if loc.offset < FILE_HEADER_BYTES || loc >= self.readable_end() {
             return Ok(None);
         }
+        let generation = match self.cache.get(loc, payload) {
+            Ok(record) => return Ok(Some(record)),
+            Err(generation) => generation,
+        };
+        let record = self.read_file(loc, payload)?;
+        if let Some(record) = &record
+            && record.header.kind == RecordKind::Event
+        {
+            self.cache.insert_read(loc, generation, record, payload);
+        }
+        Ok(record)
+    }
+
+    /// Caches an event record the writer has just appended at `loc` (`record` is what
+    /// [`encode_record`](super::codec::encode_record) made of it): its deliveries read it next.
+    pub fn cache_appended(&self, loc: Locator, record: Vec<u8>) {
+        if let Some(header) = RecordHeader::decode(&record) {
+            self.cache.insert_appended(loc, header, record);
+        }
+    }
+
+    /// [`Self::read`] from the segment file.
+    fn read_file(&self, loc: Locator, payload: bool) -> Result<Option<RawRecord>, StoreError> {
         let Some(file) = self.file(loc.segment)? else {
             return Ok(None);
         };
@@ -230,8 +257,11 @@ impl Log {
         let file = self.file(delivery.event.segment)?.ok_or_else(|| {
             StoreError::Corrupt(format!("segment {} is missing", delivery.event.segment))
         })?;
-        file.write_all_at(&slot.encode(), slot_offset(delivery))
-            .map_err(io)
+        let bytes = slot.encode();
+        file.write_all_at(&bytes, slot_offset(delivery))
+            .map_err(io)?;
+        self.cache.slot_written(delivery, &bytes);
+        Ok(())
     }
 
     /// Marks a record purged and zeroes its payload, so its bytes are gone from the live file.
@@ -248,17 +278,22 @@ impl Log {
         file.write_all_at(&zeros, start).map_err(io)?;
         header.flags |= FLAG_PURGED;
         file.write_all_at(&header.encode(), u64::from(loc.offset))
-            .map_err(io)
+            .map_err(io)?;
+        self.cache.purged(loc);
+        Ok(())
     }
 
     /// Deletes a whole segment file.
     pub fn delete_segment(&self, segment: u32) -> Result<(), StoreError> {
         self.forget(segment);
-        match std::fs::remove_file(segment_path(&self.dir, segment)) {
+        let removed = match std::fs::remove_file(segment_path(&self.dir, segment)) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(err) => Err(io(err)),
-        }
+        };
+        // After the file is gone: a read racing the delete cannot cache it again.
+        self.cache.segment_deleted(segment);
+        removed
     }
 
     /// Bytes of every segment file.
@@ -386,6 +421,7 @@ impl LogWriter {
             files: Mutex::new(HashMap::new()),
             readable_end: AtomicU64::new(u64::MAX),
             durable_end: AtomicU64::new(u64::MAX),
+            cache: RecordCache::default(),
         });
         let last = log.segments()?.last().copied();
         Ok((log, last))
@@ -600,6 +636,55 @@ mod tests {
         assert!(log.read(a, true).unwrap().is_none());
         let bytes = std::fs::read(segment_path(dir.path(), 1)).unwrap();
         assert!(!bytes.windows(10).any(|w| w == [b'x'; 10]));
+    }
+
+    #[test]
+    fn a_cached_record_follows_its_slot_writes_its_purge_and_its_segments_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = LogWriter::open(dir.path()).unwrap();
+        let mut writer = LogWriter::resume(log.clone(), None).unwrap();
+        let a = writer.append(&record(10)).unwrap();
+        writer.sync().unwrap();
+        // Read without the payload, then with it: the second read fills the payload in.
+        assert!(log.read(a, false).unwrap().unwrap().payload.is_empty());
+        assert_eq!(log.read(a, true).unwrap().unwrap().payload, vec![b'x'; 10]);
+        // Scribbled over behind the log's back, the file no longer holds a valid record: a
+        // read still answers, so it came from the cache.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), 1))
+            .unwrap();
+        file.write_all_at(&[0xff; 4], u64::from(a.offset)).unwrap();
+        assert!(log.read_file(a, true).unwrap().is_none());
+        let cached = log.read(a, true).unwrap().unwrap();
+        assert_eq!(cached.payload, vec![b'x'; 10]);
+        // A slot written through the log is what the cached record shows next.
+        let delivery = DeliveryRef { event: a, index: 0 };
+        let mut slot = Slot::decode(&cached.slots[..SLOT_BYTES]).unwrap();
+        slot.attempts = 7;
+        log.write_slot(delivery, &slot).unwrap();
+        let again = log.read(a, false).unwrap().unwrap();
+        assert_eq!(
+            Slot::decode(&again.slots[..SLOT_BYTES]).unwrap().attempts,
+            7
+        );
+        // Purged, it is gone from the cache too (the file's header is scribbled: the purge
+        // rewrites it, so restore it first).
+        file.write_all_at(&record(10)[..4], u64::from(a.offset))
+            .unwrap();
+        log.purge(a).unwrap();
+        assert!(log.read(a, false).unwrap().is_none());
+        // A record cached as the writer appends it is not readable before it is written.
+        let bytes = record(10);
+        let b = writer.append(&bytes).unwrap();
+        log.cache_appended(b, bytes);
+        assert!(log.read(b, true).unwrap().is_none(), "not yet written");
+        writer.sync().unwrap();
+        assert_eq!(log.read(b, true).unwrap().unwrap().payload, vec![b'x'; 10]);
+        // A record of a deleted segment is not answered from the cache.
+        assert!(log.read(b, true).unwrap().is_some());
+        log.delete_segment(b.segment).unwrap();
+        assert!(log.read(b, true).unwrap().is_none());
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod log;
 mod migrate;
 mod pages;
 mod plugins;
+mod record_cache;
 mod retention;
 mod shadow;
 mod stats;

@@ -44,6 +44,8 @@ impl WriterState {
             let payload = new.payload.get().as_bytes();
             let record = encode_record(RecordKind::Event, &slots, &meta.encode(), payload);
             let loc = self.log.append(&record)?;
+            // Readable once written, and read next by its deliveries and their outcomes.
+            self.shared.log.cache_appended(loc, record);
             self.apply_event(batch, loc, &meta, payload.len() as u64)?;
             batch.appended.insert(loc, meta.created_at);
             let event = EventRecord {
