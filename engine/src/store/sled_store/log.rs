@@ -63,7 +63,7 @@ pub struct Log {
     readable_end: AtomicU64,
     /// Everything before this is synced: no event beyond it is handed to delivery.
     durable_end: AtomicU64,
-    /// Event records read lately.
+    /// Event records appended or read lately (`record_cache.rs`).
     cache: RecordCache,
 }
 
