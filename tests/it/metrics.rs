@@ -125,12 +125,16 @@ async fn metrics_count_ingested_events_attempts_latency_and_plugin_runs() {
         engine.wait_delivery(id, outcome).await;
     }
 
-    // The attempt is recorded before its slot is released: wait for the gauge to settle.
-    let text = eventually(WAIT, "no attempt in flight", || async {
+    // The attempt is counted before its slot is released: wait for the gauge to settle, then
+    // scrape again. One scrape is not a snapshot: the exporter reads every counter before the
+    // gauges, so the scrape that first shows the gauge at 0 may have read the counters just
+    // before the last attempt was counted (seen once in CI).
+    eventually(WAIT, "no attempt in flight", || async {
         let text = scrape(&engine).await;
-        (sample(&text, "hookd_attempts_in_flight", &[]) == Some(0.0)).then_some(text)
+        (sample(&text, "hookd_attempts_in_flight", &[]) == Some(0.0)).then_some(())
     })
     .await;
+    let text = scrape(&engine).await;
     let acme = ("tenant", "acme");
     assert_eq!(count(&text, "hookd_events_ingested_total", &[acme]), 4.0);
     assert_eq!(
