@@ -161,7 +161,7 @@ impl RecordCache {
     }
 
     /// Whether a record of this size is kept.
-    pub fn keeps(header: &RecordHeader) -> bool {
+    fn keeps(header: &RecordHeader) -> bool {
         header.payload_offset() + header.payload_len as usize <= MAX_RECORD_BYTES
     }
 
