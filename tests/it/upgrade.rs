@@ -1,8 +1,11 @@
-//! A data dir written by hookd before storage v2 (`tests/fixtures/v1-datadir`, made by the
-//! release of commit 0d36e24 with `make.py` there) opens with this hookd: it is migrated at
-//! start, and everything a client saw before is there after — webhooks with their secrets,
-//! every event and delivery in its state with its attempts, statistics, idempotency keys — and
-//! the deliveries that were queued are sent.
+//! Data dirs written by older releases open with this hookd, and everything a client saw before
+//! is there after — webhooks with their secrets, every event and delivery in its state with its
+//! attempts, statistics, idempotency keys — and the deliveries that were queued are sent:
+//! - `tests/fixtures/v1-datadir`, from before storage v2 (commit 0d36e24): migrated at start;
+//! - `tests/fixtures/v2-json-attempts`, from the last release whose log kept attempt records
+//!   as JSON (commit 2803f78): read as it is, next to the binary records written after it.
+//!
+//! Both were made by `tests/fixtures/v1-datadir/make.py`, with the same webhooks and events.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,17 +18,19 @@ use crate::support::{
     utc_date,
 };
 
-fn fixture() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v1-datadir")
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 /// Extracts the old data dir into a temp dir (the archive holds `data/`; its contents become
 /// the temp dir's, so a restart of the test engine opens the same store).
-fn old_data_dir() -> tempfile::TempDir {
+fn old_data_dir(fixture: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("tar")
         .arg("-xzf")
-        .arg(fixture().join("datadir.tar.gz"))
+        .arg(fixture.join("datadir.tar.gz"))
         .arg("-C")
         .arg(dir.path())
         .arg("--strip-components=1")
@@ -35,8 +40,8 @@ fn old_data_dir() -> tempfile::TempDir {
     dir
 }
 
-async fn start_on_old_data() -> TestEngine {
-    let dir = old_data_dir();
+async fn start_on_old_data(fixture: &Path) -> TestEngine {
+    let dir = old_data_dir(fixture);
     let config = parse_config(&test_config_toml(dir.path(), "", true));
     TestEngine::start_in(dir, config).await
 }
@@ -75,9 +80,18 @@ fn fixture_made_ms(manifest: &Value) -> u64 {
 
 #[tokio::test]
 async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_lost() {
+    opens_with_nothing_lost(&fixture("v1-datadir")).await;
+}
+
+#[tokio::test]
+async fn a_data_dir_with_attempt_records_as_json_opens_with_nothing_lost() {
+    opens_with_nothing_lost(&fixture("v2-json-attempts")).await;
+}
+
+async fn opens_with_nothing_lost(fixture: &Path) {
     let manifest: Value =
-        serde_json::from_slice(&std::fs::read(fixture().join("manifest.json")).unwrap()).unwrap();
-    let engine = start_on_old_data().await;
+        serde_json::from_slice(&std::fs::read(fixture.join("manifest.json")).unwrap()).unwrap();
+    let engine = start_on_old_data(fixture).await;
 
     // Webhooks keep their ids and (sealed) secrets.
     let (_, listed) = engine.get("/v1/webhooks?limit=250").await;
@@ -124,11 +138,31 @@ async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_los
         for delivery in page {
             let id = delivery["id"].as_str().unwrap();
             let (_, one) = engine.get(&format!("/v1/deliveries/{id}")).await;
+            let recorded = one["attempts"].as_array().unwrap();
             assert_eq!(
-                one["attempts"].as_array().unwrap().len() as u64,
+                recorded.len() as u64,
                 attempts.as_u64().unwrap(),
                 "{name}: {one}"
             );
+            // Each attempt reads back whole: what the receiver answered, and where.
+            let (code, result) = match name.as_str() {
+                "ok" => (200, "delivered"),
+                "reject" => (400, "rejected"),
+                _ => (500, "exhausted"),
+            };
+            for (i, attempt) in recorded.iter().enumerate() {
+                assert_eq!(attempt["status_code"], code, "{name}: {attempt}");
+                assert!(
+                    attempt["url"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with(&format!("/{name}")),
+                    "{name}: {attempt}"
+                );
+                if i + 1 == recorded.len() {
+                    assert_eq!(attempt["result"], result, "{name}: {attempt}");
+                }
+            }
         }
     }
     // The fixture was made within one UTC day: that day's window, however long ago.
@@ -171,6 +205,15 @@ async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_los
         },
     )
     .await;
+
+    // Attempts recorded by this hookd read beside the old ones.
+    let (_, page) = engine
+        .get(&format!("/v1/deliveries?webhook_id={paused}&limit=1"))
+        .await;
+    let id = page["data"][0]["id"].as_str().unwrap();
+    let (_, one) = engine.get(&format!("/v1/deliveries/{id}")).await;
+    assert_eq!(one["attempts"][0]["status_code"], 200, "{one}");
+    assert_eq!(one["attempts"][0]["result"], "delivered", "{one}");
 
     // A restart opens the migrated store as it is (nothing migrated twice).
     let engine = engine.restart("").await;

@@ -8,8 +8,9 @@
 //! NUL byte (which JSON text — all that tenants can put into the log — never contains), its
 //! parts are checksummed, and its tenant is compared with the caller's.
 //!
-//! Hot records are binary (little-endian, varint lengths); attempt and webhook bodies are JSON
-//! inside their record (written once, read rarely, and free to gain `#[serde(default)]` fields).
+//! Hot records are binary (little-endian, varint lengths), attempt bodies included
+//! (`attempt_codec.rs`); webhook bodies are JSON inside their record (written rarely, and free
+//! to gain `#[serde(default)]` fields).
 
 use crate::ids::{AttemptId, DeliveryId, EventId, WebhookId};
 use crate::store::{DeliveryStatus, StoreError};

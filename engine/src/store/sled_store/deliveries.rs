@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use super::attempt_codec;
 use super::codec::{
     self, DeliveryRef, EventMeta, Locator, RecordKind, SLOT_BYTES, Slot, SlotError,
 };
@@ -165,9 +166,7 @@ impl SledStore {
         if meta.tenant != tenant || meta.delivery != delivery {
             return Ok(None);
         }
-        let mut stored: StoredAttempt = serde_json::from_slice(&record.payload)
-            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-        stored.attempt.id = codec::attempt_id(loc, stored.attempt.started_at);
+        let stored = attempt_codec::decode(&record.payload, loc)?;
         Ok(Some((meta.previous_attempt, stored)))
     }
 

@@ -23,6 +23,7 @@
 //! catalogue: a tree of its own and component files, outside the writer), `shadow.rs` (shadow
 //! runs of candidate plugin versions, in the catalogue's tree).
 
+mod attempt_codec;
 mod codec;
 mod deliveries;
 mod events;

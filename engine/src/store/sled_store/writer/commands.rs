@@ -138,21 +138,13 @@ impl WriterState {
             previous_attempt: slot.last_attempt,
             channel: meta.channel.clone(),
         };
-        let mut stored = StoredAttempt {
-            attempt: attempt.clone(),
-            filtered_by: update.filtered_by.clone(),
-            body_from_event: false,
-        };
-        if outcome.body_is_event_body
-            && let Some(request) = &mut stored.attempt.request
-            && !request.body_truncated
-            && !request.body_base64
-        {
-            request.body = String::new();
-            stored.body_from_event = true;
-        }
-        let json = serde_json::to_vec(&stored).expect("attempts serialise to JSON");
-        let record = encode_record(RecordKind::Attempt, &[], &transition.encode(), &json);
+        let body_from_event = outcome.body_is_event_body
+            && attempt
+                .request
+                .as_ref()
+                .is_some_and(|request| !request.body_truncated && !request.body_base64);
+        let body = attempt_codec::encode(attempt, update.filtered_by.as_deref(), body_from_event);
+        let record = encode_record(RecordKind::Attempt, &[], &transition.encode(), &body);
         let loc = self.log.append(&record)?;
         self.apply_transition(batch, loc, &transition, Some(attempt))
     }

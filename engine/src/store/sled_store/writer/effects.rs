@@ -21,8 +21,7 @@ impl WriterState {
             }
             RecordKind::Attempt => {
                 let meta = TransitionMeta::decode(&record.meta)?;
-                let stored: super::StoredAttempt = serde_json::from_slice(&record.payload)
-                    .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+                let stored = attempt_codec::decode(&record.payload, loc)?;
                 self.apply_transition(batch, loc, &meta, Some(&stored.attempt))
             }
             RecordKind::Transition => {

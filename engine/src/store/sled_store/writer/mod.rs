@@ -38,7 +38,7 @@ use super::pages::{
     Usage,
 };
 use super::stats::{self, StatsDeltas};
-use super::{Shared, StoredAttempt};
+use super::{Shared, attempt_codec};
 use crate::ids::{WebhookId, now_ms};
 use crate::store::health::WebhookHealth;
 use crate::store::{
