@@ -7,7 +7,10 @@
 //! the attempt ended without sending), not while its outcome is written — the claim alone
 //! keeps the delivery from being claimed twice until the outcome is recorded, and at most
 //! [`CLAIMS_PER_SLOT`] × `max_in_flight` claims of a webhook may be open at once, so a slow
-//! store holds back new attempts instead of piling up outcomes in memory.
+//! store holds back new attempts instead of piling up outcomes in memory. Where claims live
+//! only in the process (sled), a claim takes up to `max_in_flight` more deliveries than it
+//! starts and keeps them ready, so a freed slot usually starts the next one without a scan of
+//! the store (the claims count against the cap all the same).
 //! It starts attempts while the webhook is under its in-flight cap and rate limit and its
 //! tenant under the tenant's cap on attempts in progress ([`TENANT_CAP_FACTOR`] × `[delivery]
 //! max_in_flight`: a tenant alone can fill every delivery permit even while some of its
@@ -37,7 +40,7 @@ use tracing::{debug, warn};
 use super::DeliveryContext;
 use super::attempt;
 use crate::ids::{DeliveryId, WebhookId, now_ms};
-use crate::store::{WebhookStatus, WorkListener};
+use crate::store::{Claim, WebhookStatus, WorkListener};
 
 /// How long shutdown waits for attempts in flight before abandoning them (they stay queued).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -157,6 +160,21 @@ struct QueueState {
     set_aside: HashMap<DeliveryId, u64>,
     /// Where the next claim may start, instead of walking past every open claim at the head.
     resume: Option<Resume>,
+    /// Claimed ahead and not started yet, oldest first (only where claims are local to the
+    /// process, see [`Store::claims_are_local`](crate::store::Store::claims_are_local)): the
+    /// next freed slots start these without asking the store.
+    ready: VecDeque<Claim>,
+}
+
+impl QueueState {
+    /// Gives back the claims taken ahead (the webhook changed, was paused or deleted): they
+    /// are claimed again, from the head, when the queue is next served.
+    fn release_ready(&mut self) {
+        for claim in self.ready.drain(..) {
+            self.claimed.remove(&claim.delivery_id);
+        }
+        self.resume = None;
+    }
 }
 
 /// The due time of the last delivery the dispatcher started: the next claim skips the entries
@@ -335,7 +353,7 @@ impl Dispatcher {
                 for key in keys {
                     if let Some(queue) = self.queues.get_mut(&key) {
                         queue.settings = None;
-                        queue.resume = None;
+                        queue.release_ready();
                     }
                     self.wake(key, 0);
                 }
@@ -344,7 +362,7 @@ impl Dispatcher {
                 let key = (tenant, webhook);
                 if let Some(queue) = self.queues.get_mut(&key) {
                     queue.settings = None;
-                    queue.resume = None;
+                    queue.release_ready();
                 }
                 self.wake(key, 0);
             }
@@ -364,6 +382,7 @@ impl Dispatcher {
                 waiting_for_room: false,
                 set_aside: HashMap::new(),
                 resume: None,
+                ready: VecDeque::new(),
             });
         match queue.wake_at {
             Some(existing) if existing <= at_ms => {}
@@ -429,6 +448,7 @@ impl Dispatcher {
                 Ok(None) => {
                     // Deleted: forget it once nothing of it is in flight (a slot is freed
                     // before its claim ends, on the same channel, so no claim means no slot).
+                    queue.release_ready();
                     if queue.claimed.is_empty() {
                         self.queues.remove(key);
                     }
@@ -445,13 +465,23 @@ impl Dispatcher {
             return;
         };
         let settings = queue.settings.as_ref().expect("loaded above");
+        if !settings.active && !queue.ready.is_empty() {
+            self.queues
+                .get_mut(key)
+                .expect("read above")
+                .release_ready();
+            return;
+        }
         if !settings.active || queue.waiting_for_room {
             return;
         }
+        // Claims taken ahead are counted in `claimed` already: starting one adds no claim.
+        let new_claims_room =
+            (settings.max_in_flight * CLAIMS_PER_SLOT).saturating_sub(queue.claimed.len());
         let capacity = settings
             .max_in_flight
             .saturating_sub(queue.sending)
-            .min((settings.max_in_flight * CLAIMS_PER_SLOT).saturating_sub(queue.claimed.len()));
+            .min(queue.ready.len() + new_claims_room);
         if capacity == 0 {
             return; // a freed slot or a recorded outcome wakes the queue
         }
@@ -467,76 +497,109 @@ impl Dispatcher {
             return;
         }
         let capacity = capacity.min(room);
-        // Set-aside deliveries come back when their time is up, wherever the resume point is:
-        // while there are any, every claim scans from the head (and none sets a resume point).
-        let resumable = queue.set_aside.is_empty();
-        let resume = queue.resume.filter(|resume| {
-            resumable
-                && queue.claimed.len() >= RESUME_MIN_CLAIMS
-                && now < resume.since_ms.saturating_add(RESUME_FOR_MS)
-        });
-        let mut set_aside_until = None;
-        let not_now = if resumable {
-            std::borrow::Cow::Borrowed(&queue.claimed)
+        let from_ready = capacity.min(queue.ready.len());
+        // Where claims are the process's own, take up to one more slot's worth ahead, so the
+        // next freed slots start without a store scan (not under a rate limit, whose waits
+        // would hold them).
+        let local = self.ctx.store.claims_are_local();
+        let ahead = if local && settings.limiter.is_none() {
+            settings.max_in_flight
         } else {
-            let queue = self.queues.get_mut(key).expect("read above");
-            queue.set_aside.retain(|_, until| *until > now);
-            set_aside_until = queue.set_aside.values().min().copied();
-            std::borrow::Cow::Owned(
-                queue
-                    .claimed
-                    .iter()
-                    .chain(queue.set_aside.keys())
-                    .cloned()
-                    .collect(),
-            )
+            0
         };
-        let claimed = self
-            .ctx
-            .store
-            .claim_due(
-                tenant,
-                webhook_id,
-                &not_now,
-                resume.map(|resume| resume.due_ms),
-                now,
-                capacity,
-            )
-            .await;
-        drop(not_now);
-        let head = match claimed {
-            Ok(head) => head,
-            Err(err) => {
-                warn!(tenant, webhook_id = %webhook_id, error = %err, "could not read queue; retrying in 1s");
-                self.wake(key.clone(), now + 1000);
-                return;
-            }
-        };
+        let to_claim = capacity - from_ready;
+        let mut next_wake = None;
+        let mut fresh = Vec::new();
+        let mut resume = None;
+        if to_claim > 0 {
+            // Set-aside deliveries come back when their time is up, wherever the resume point
+            // is: while there are any, every claim scans from the head (and none sets a resume
+            // point).
+            let resumable = queue.set_aside.is_empty();
+            resume = queue.resume.filter(|resume| {
+                resumable
+                    && queue.claimed.len() >= RESUME_MIN_CLAIMS
+                    && now < resume.since_ms.saturating_add(RESUME_FOR_MS)
+            });
+            let mut set_aside_until = None;
+            let not_now = if resumable {
+                std::borrow::Cow::Borrowed(&queue.claimed)
+            } else {
+                let queue = self.queues.get_mut(key).expect("read above");
+                queue.set_aside.retain(|_, until| *until > now);
+                set_aside_until = queue.set_aside.values().min().copied();
+                std::borrow::Cow::Owned(
+                    queue
+                        .claimed
+                        .iter()
+                        .chain(queue.set_aside.keys())
+                        .cloned()
+                        .collect(),
+                )
+            };
+            let claimed = self
+                .ctx
+                .store
+                .claim_due(
+                    tenant,
+                    webhook_id,
+                    &not_now,
+                    resume.map(|resume| resume.due_ms),
+                    now,
+                    (to_claim + ahead).min(new_claims_room),
+                )
+                .await;
+            drop(not_now);
+            let head = match claimed {
+                Ok(head) => head,
+                Err(err) => {
+                    warn!(tenant, webhook_id = %webhook_id, error = %err, "could not read queue; retrying in 1s");
+                    self.wake(key.clone(), now + 1000);
+                    return;
+                }
+            };
+            next_wake = head
+                .next_due
+                .filter(|next| *next > now)
+                .into_iter()
+                .chain(set_aside_until)
+                .min();
+            fresh = head.due;
+        }
         let Some(queue) = self.queues.get_mut(key) else {
             return;
         };
+        let resumable = queue.set_aside.is_empty();
         let settings = queue.settings.as_ref().expect("loaded above");
-        let mut next_wake = head
-            .next_due
-            .filter(|next| *next > now)
-            .into_iter()
-            .chain(set_aside_until)
-            .min();
+        let mut ready = std::mem::take(&mut queue.ready);
+        let mut fresh = fresh.into_iter();
         let mut started = 0;
-        for claim in head.due {
+        while started < capacity {
+            let (claim, is_fresh) = match ready.pop_front() {
+                Some(claim) => (claim, false),
+                None => match fresh.next() {
+                    Some(claim) => (claim, true),
+                    None => break,
+                },
+            };
             if let Some(limiter) = &settings.limiter
                 && let Err(not_until) = limiter.check()
             {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 next_wake = Some(now + (wait.as_millis() as u64).max(1));
+                if !is_fresh {
+                    ready.push_front(claim);
+                }
                 break;
             }
-            queue.claimed.insert(claim.delivery_id.clone());
+            if is_fresh {
+                queue.claimed.insert(claim.delivery_id.clone());
+                queue.resume = claim.queue_due.filter(|_| resumable).map(|due_ms| Resume {
+                    due_ms,
+                    since_ms: resume.map_or(now, |resume| resume.since_ms),
+                });
+            }
             queue.sending += 1;
-            queue.resume = claim.queue_due.filter(|_| resumable).map(|due_ms| Resume {
-                due_ms,
-                since_ms: resume.map_or(now, |resume| resume.since_ms),
-            });
             started += 1;
             let ctx = self.ctx.clone();
             let (tenant, webhook_id) = (tenant.clone(), webhook_id.clone());
@@ -564,6 +627,19 @@ impl Dispatcher {
                 self.lanes.for_next_attempt(),
             );
         }
+        // What was claimed and not started waits for the next freed slot, where claims are
+        // the process's own; a shared backend's go back (they are claimed again later).
+        if local {
+            for claim in fresh {
+                queue.claimed.insert(claim.delivery_id.clone());
+                queue.resume = claim.queue_due.filter(|_| resumable).map(|due_ms| Resume {
+                    due_ms,
+                    since_ms: resume.map_or(now, |resume| resume.since_ms),
+                });
+                ready.push_back(claim);
+            }
+        }
+        queue.ready = ready;
         if started > 0 {
             self.tenants.entry(tenant.clone()).or_default().in_progress += started;
             debug!(tenant, webhook_id = %webhook_id, started, "attempts started");

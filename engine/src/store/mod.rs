@@ -343,6 +343,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         self.flush().await
     }
 
+    /// Whether a claim lives only in this process and costs nothing to hold (no lease, no cap
+    /// shared with other processes): the dispatcher may then claim a few deliveries ahead of
+    /// the slots that will start them, and ask the store less often.
+    fn claims_are_local(&self) -> bool {
+        false
+    }
+
     /// Gives up the claims this process still holds (at shutdown, after attempts stopped), so
     /// that other processes sharing the store take them at once rather than when their lease
     /// runs out. A backend whose claims live only in the process has nothing to do.

@@ -333,6 +333,11 @@ impl Store for SledStore {
         let _ = self.shared.sync_observer.set(observer);
     }
 
+    /// One process per data dir, and a claim is the dispatcher's own note.
+    fn claims_are_local(&self) -> bool {
+        true
+    }
+
     async fn flush(&self) -> Result<()> {
         self.ask(|reply| Command::Flush { reply }).await
     }
