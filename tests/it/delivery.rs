@@ -465,3 +465,61 @@ async fn post_in_batches_of_100(engine: &TestEngine, count: usize) {
         assert_eq!(status, 200, "{answer}");
     }
 }
+
+/// One webhook, one slot, a slow receiver: while a delivery is sent the next ones are claimed
+/// (on sled, some ahead of the slot that will start them). Paused then, the webhook sends
+/// nothing more — not even what was claimed ahead — and resumed, it sends the rest in order.
+#[tokio::test]
+async fn a_webhook_paused_mid_backlog_sends_nothing_claimed_after_and_resumes_in_order() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    receiver.delay(Duration::from_millis(400));
+    let webhook = engine
+        .create_webhook(json!({"url": receiver.url, "max_in_flight": 1}))
+        .await;
+    let path = format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap());
+    let mut deliveries = Vec::new();
+    for n in 0..6 {
+        let event = engine.send_event("user.created", json!({ "n": n })).await;
+        deliveries.push(event["deliveries"][0]["id"].as_str().unwrap().to_string());
+    }
+    // The first has been answered and the second is at the receiver (for 400 ms).
+    receiver.wait_for(2, WAIT).await;
+    let (status, _) = engine
+        .call(
+            "PATCH",
+            &path,
+            crate::support::ACME_KEY,
+            Some(json!({"status": "paused"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(receiver.count(), 2, "nothing sent after the pause");
+    engine.wait_delivery(&deliveries[1], "delivered").await;
+    for id in &deliveries[2..] {
+        let (_, d) = engine.get(&format!("/v1/deliveries/{id}")).await;
+        assert_eq!(d["status"], "pending", "{d}");
+        assert_eq!(d["attempt_count"], 0, "{d}");
+    }
+
+    receiver.delay(Duration::ZERO);
+    let (status, _) = engine
+        .call(
+            "PATCH",
+            &path,
+            crate::support::ACME_KEY,
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for id in &deliveries {
+        engine.wait_delivery(id, "delivered").await;
+    }
+    let order: Vec<u64> = receiver
+        .received()
+        .iter()
+        .map(|got| got.json()["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order, [0, 1, 2, 3, 4, 5], "sent once each, in order");
+}
