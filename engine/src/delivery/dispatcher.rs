@@ -10,7 +10,7 @@
 //! store holds back new attempts instead of piling up outcomes in memory. Where claims live
 //! only in the process (sled), a claim takes up to `max_in_flight` more deliveries than it
 //! starts and keeps them ready, so a freed slot usually starts the next one without a scan of
-//! the store (the claims count against the cap all the same).
+//! the store (those few come on top of the cap, which bounds what is started and unrecorded).
 //! It starts attempts while the webhook is under its in-flight cap and rate limit and its
 //! tenant under the tenant's cap on attempts in progress ([`TENANT_CAP_FACTOR`] × `[delivery]
 //! max_in_flight`: a tenant alone can fill every delivery permit even while some of its
@@ -475,13 +475,13 @@ impl Dispatcher {
         if !settings.active || queue.waiting_for_room {
             return;
         }
-        // Claims taken ahead are counted in `claimed` already: starting one adds no claim.
-        let new_claims_room =
-            (settings.max_in_flight * CLAIMS_PER_SLOT).saturating_sub(queue.claimed.len());
+        // The cap counts the claims started and not yet recorded; those taken ahead come on
+        // top of it (at most `max_in_flight` more), so they never hold back a start.
+        let open = queue.claimed.len().saturating_sub(queue.ready.len());
         let capacity = settings
             .max_in_flight
             .saturating_sub(queue.sending)
-            .min(queue.ready.len() + new_claims_room);
+            .min((settings.max_in_flight * CLAIMS_PER_SLOT).saturating_sub(open));
         if capacity == 0 {
             return; // a freed slot or a recorded outcome wakes the queue
         }
@@ -503,7 +503,10 @@ impl Dispatcher {
         // would hold them).
         let local = self.ctx.store.claims_are_local();
         let ahead = if local && settings.limiter.is_none() {
-            settings.max_in_flight
+            // What tops the ready list back up to one slot's worth once this fill has started.
+            settings
+                .max_in_flight
+                .saturating_sub(queue.ready.len() - from_ready)
         } else {
             0
         };
@@ -546,7 +549,7 @@ impl Dispatcher {
                     &not_now,
                     resume.map(|resume| resume.due_ms),
                     now,
-                    (to_claim + ahead).min(new_claims_room),
+                    to_claim + ahead,
                 )
                 .await;
             drop(not_now);
