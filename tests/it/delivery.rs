@@ -478,6 +478,20 @@ async fn a_webhook_paused_mid_backlog_sends_nothing_claimed_after_and_resumes_in
         .create_webhook(json!({"url": receiver.url, "max_in_flight": 1}))
         .await;
     let path = format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap());
+    let set_status = |status: &'static str| {
+        let (engine, path) = (&engine, &path);
+        async move {
+            let (code, _) = engine
+                .call(
+                    "PATCH",
+                    path,
+                    crate::support::ACME_KEY,
+                    Some(json!({ "status": status })),
+                )
+                .await;
+            code
+        }
+    };
     let mut deliveries = Vec::new();
     for n in 0..6 {
         let event = engine.send_event("user.created", json!({ "n": n })).await;
@@ -485,15 +499,7 @@ async fn a_webhook_paused_mid_backlog_sends_nothing_claimed_after_and_resumes_in
     }
     // The first has been answered and the second is at the receiver (for 400 ms).
     receiver.wait_for(2, WAIT).await;
-    let (status, _) = engine
-        .call(
-            "PATCH",
-            &path,
-            crate::support::ACME_KEY,
-            Some(json!({"status": "paused"})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(set_status("paused").await, 200);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(receiver.count(), 2, "nothing sent after the pause");
     engine.wait_delivery(&deliveries[1], "delivered").await;
@@ -504,15 +510,7 @@ async fn a_webhook_paused_mid_backlog_sends_nothing_claimed_after_and_resumes_in
     }
 
     receiver.delay(Duration::ZERO);
-    let (status, _) = engine
-        .call(
-            "PATCH",
-            &path,
-            crate::support::ACME_KEY,
-            Some(json!({"status": "active"})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(set_status("active").await, 200);
     for id in &deliveries {
         engine.wait_delivery(id, "delivered").await;
     }
