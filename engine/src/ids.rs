@@ -22,6 +22,16 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// The 32 lowercase hex digits after `prefix`, if `text` is exactly that.
+fn uuid_hex<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let hex = text.strip_prefix(prefix)?;
+    let well_formed = hex.len() == 32
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    well_formed.then_some(hex)
+}
+
 macro_rules! prefixed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
@@ -49,10 +59,13 @@ macro_rules! prefixed_id {
 
             /// Accepts only well-formed ids of this kind (prefix + 32 lowercase hex digits).
             pub fn parse(text: &str) -> Option<Self> {
-                let hex = text.strip_prefix($prefix)?;
-                let well_formed = hex.len() == 32
-                    && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-                well_formed.then(|| $name(text.to_string()))
+                uuid_hex(text, $prefix).map(|_| $name(text.to_string()))
+            }
+
+            /// The UUID of a well-formed id (the inverse of `from_u128`); `None` for an id
+            /// that came in through serde without the prefix and 32 hex digits.
+            pub fn to_u128(&self) -> Option<u128> {
+                uuid_hex(&self.0, $prefix).and_then(|hex| u128::from_str_radix(hex, 16).ok())
             }
 
             pub fn as_str(&self) -> &str {
@@ -130,5 +143,10 @@ mod tests {
             assert_eq!(DeliveryId::parse(id.as_str()), Some(id));
         }
         assert_eq!(WebhookId::from_u128(7).as_str(), format!("wh_{:032x}", 7));
+        for value in [0, 7, u128::MAX, EventId::new().to_u128().unwrap()] {
+            assert_eq!(EventId::from_u128(value).to_u128(), Some(value));
+        }
+        let loose: DeliveryId = serde_json::from_str("\"dlv_not-hex\"").unwrap();
+        assert_eq!(loose.to_u128(), None);
     }
 }

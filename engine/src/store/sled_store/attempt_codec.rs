@@ -39,8 +39,16 @@ pub fn encode(
     let mut w = Writer::with_capacity(160 + attempt.url.len() + request_len);
     w.u8(VERSION_1);
     w.u8(u8::from(body_from_event));
-    id(&mut w, attempt.delivery_id.as_str(), DeliveryId::PREFIX);
-    id(&mut w, attempt.webhook_id.as_str(), WebhookId::PREFIX);
+    id(
+        &mut w,
+        attempt.delivery_id.to_u128(),
+        attempt.delivery_id.as_str(),
+    );
+    id(
+        &mut w,
+        attempt.webhook_id.to_u128(),
+        attempt.webhook_id.as_str(),
+    );
     w.varint(u64::from(attempt.attempt));
     w.varint(attempt.started_at);
     w.varint(attempt.latency_ms);
@@ -108,10 +116,8 @@ pub fn decode(bytes: &[u8], loc: Locator) -> Result<StoredAttempt, StoreError> {
 
 fn decode_v1(r: &mut Reader<'_>) -> Result<StoredAttempt, StoreError> {
     let body_from_event = r.u8()? & 1 == 1;
-    let delivery_id = DeliveryId::parse(&read_id(r, DeliveryId::PREFIX)?)
-        .ok_or_else(|| StoreError::Corrupt("an attempt's delivery id is malformed".into()))?;
-    let webhook_id = WebhookId::parse(&read_id(r, WebhookId::PREFIX)?)
-        .ok_or_else(|| StoreError::Corrupt("an attempt's webhook id is malformed".into()))?;
+    let delivery_id = read_id(r, DeliveryId::from_u128, DeliveryId::parse, "delivery")?;
+    let webhook_id = read_id(r, WebhookId::from_u128, WebhookId::parse, "webhook")?;
     let attempt = u32::try_from(r.varint()?)
         .map_err(|_| StoreError::Corrupt("an attempt number is out of range".into()))?;
     let started_at = r.varint()?;
@@ -191,14 +197,8 @@ fn decode_v1(r: &mut Reader<'_>) -> Result<StoredAttempt, StoreError> {
 }
 
 /// An id of this store (prefix + 32 hex digits) as its 16 bytes, anything else as text.
-fn id(w: &mut Writer, text: &str, prefix: &str) {
-    let hex = text.strip_prefix(prefix).filter(|hex| {
-        hex.len() == 32
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    });
-    match hex.and_then(|hex| u128::from_str_radix(hex, 16).ok()) {
+fn id(w: &mut Writer, value: Option<u128>, text: &str) {
+    match value {
         Some(value) => {
             w.u8(1);
             w.buf.extend_from_slice(&value.to_be_bytes());
@@ -210,13 +210,18 @@ fn id(w: &mut Writer, text: &str, prefix: &str) {
     }
 }
 
-fn read_id(r: &mut Reader<'_>, prefix: &str) -> Result<String, StoreError> {
+fn read_id<Id>(
+    r: &mut Reader<'_>,
+    from_u128: fn(u128) -> Id,
+    parse: fn(&str) -> Option<Id>,
+    kind: &str,
+) -> Result<Id, StoreError> {
     match r.u8()? {
-        0 => r.str(),
-        _ => {
-            let value = u128::from_be_bytes(r.take(16)?.try_into().expect("16"));
-            Ok(format!("{prefix}{value:032x}"))
-        }
+        0 => parse(&r.str()?)
+            .ok_or_else(|| StoreError::Corrupt(format!("an attempt's {kind} id is malformed"))),
+        _ => Ok(from_u128(u128::from_be_bytes(
+            r.take(16)?.try_into().expect("16"),
+        ))),
     }
 }
 

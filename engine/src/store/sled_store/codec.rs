@@ -71,8 +71,7 @@ fn uuid_for(ms: u64, loc: Locator, index: u16, kind: u8) -> u128 {
     value
 }
 
-fn parse_uuid(hex: &str) -> Option<(Locator, u16, u8)> {
-    let value = u128::from_str_radix(hex, 16).ok()?;
+fn parse_uuid(value: u128) -> Option<(Locator, u16, u8)> {
     if (value >> 76) & 0xf != 0x7 || (value >> 62) & 0b11 != 0b10 {
         return None;
     }
@@ -104,8 +103,7 @@ pub fn attempt_id(loc: Locator, started_ms: u64) -> AttemptId {
 
 /// The record an event id names, if it is one of this store's ids.
 pub fn parse_event_id(id: &EventId) -> Option<Locator> {
-    let hex = id.as_str().strip_prefix(EventId::PREFIX)?;
-    match parse_uuid(hex)? {
+    match parse_uuid(id.to_u128()?)? {
         (loc, 0, KIND_EVENT) => Some(loc),
         _ => None,
     }
@@ -113,8 +111,7 @@ pub fn parse_event_id(id: &EventId) -> Option<Locator> {
 
 /// The delivery a delivery id names, if it is one of this store's ids.
 pub fn parse_delivery_id(id: &DeliveryId) -> Option<DeliveryRef> {
-    let hex = id.as_str().strip_prefix(DeliveryId::PREFIX)?;
-    match parse_uuid(hex)? {
+    match parse_uuid(id.to_u128()?)? {
         (event, index, KIND_DELIVERY) => Some(DeliveryRef { event, index }),
         _ => None,
     }
@@ -122,8 +119,7 @@ pub fn parse_delivery_id(id: &DeliveryId) -> Option<DeliveryRef> {
 
 /// The 16 bytes of a webhook id (`wh_` + 32 hex digits).
 pub fn webhook_bytes(id: &WebhookId) -> [u8; 16] {
-    let hex = id.as_str().strip_prefix(WebhookId::PREFIX).unwrap_or("");
-    u128::from_str_radix(hex, 16).unwrap_or(0).to_be_bytes()
+    id.to_u128().unwrap_or(0).to_be_bytes()
 }
 
 pub fn webhook_from_bytes(bytes: [u8; 16]) -> WebhookId {
