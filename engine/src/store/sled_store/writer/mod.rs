@@ -141,15 +141,28 @@ pub(super) enum Command {
 /// Sends a reply once its group's commit is known (with the commit's failure, if any).
 type SendReply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
+/// What a reply waits for before it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerAfter {
+    /// The sled batch: outcomes and reads of the group (a crash that loses an outcome only
+    /// makes its delivery due again).
+    Batch,
+    /// The log's sync: everything the command wrote is a log record, which replay redoes into
+    /// sled if sled loses it (events).
+    LogSync,
+    /// The log's sync, then sled's flush (API changes, raw sled writes, explicit flushes).
+    FullSync,
+}
+
 /// A reply waiting for the group's commit.
 struct Pending {
-    durable: bool,
+    after: AnswerAfter,
     send: SendReply,
 }
 
-fn pending<T: Send + 'static>(durable: bool, reply: Reply<T>, value: Result<T>) -> Pending {
+fn pending<T: Send + 'static>(after: AnswerAfter, reply: Reply<T>, value: Result<T>) -> Pending {
     Pending {
-        durable,
+        after,
         send: Box::new(move |failure| {
             let answer = match (failure, value) {
                 (Some(err), Ok(_)) => Err(StoreError::Io(err.to_string())),
@@ -288,6 +301,11 @@ impl WriterState {
     fn sync_all(&mut self) -> Result<()> {
         let started = Instant::now();
         self.log.sync()?;
+        self.flush_sled(started)
+    }
+
+    /// sled's half of [`Self::sync_all`], once the log is synced (since `started`).
+    fn flush_sled(&mut self, started: Instant) -> Result<()> {
         self.shared.db.flush()?;
         if let Some(observer) = self.shared.sync_observer.get() {
             observer.synced(started.elapsed());
@@ -311,14 +329,14 @@ impl WriterState {
             match command {
                 Command::Append { group, reply } => {
                     let value = self.append(&mut batch, group);
-                    replies.push(pending(true, reply, value));
+                    replies.push(pending(AnswerAfter::LogSync, reply, value));
                 }
                 Command::Record { outcomes, reply } => {
                     let value = Ok(outcomes
                         .into_iter()
                         .map(|o| self.record(&mut batch, o))
                         .collect());
-                    replies.push(pending(false, reply, value));
+                    replies.push(pending(AnswerAfter::Batch, reply, value));
                 }
                 Command::Requeue {
                     tenant,
@@ -327,7 +345,7 @@ impl WriterState {
                     reply,
                 } => {
                     let value = self.requeue(&mut batch, &tenant, delivery, due);
-                    replies.push(pending(true, reply, value));
+                    replies.push(pending(AnswerAfter::FullSync, reply, value));
                 }
                 Command::Settle {
                     tenant,
@@ -337,7 +355,7 @@ impl WriterState {
                     reply,
                 } => {
                     let value = self.settle(&mut batch, &tenant, delivery, status, &error);
-                    replies.push(pending(false, reply, value));
+                    replies.push(pending(AnswerAfter::Batch, reply, value));
                 }
                 Command::Recover {
                     tenant,
@@ -346,7 +364,7 @@ impl WriterState {
                     reply,
                 } => {
                     let value = self.recover(&mut batch, &tenant, &webhook, since_ms);
-                    replies.push(pending(true, reply, value));
+                    replies.push(pending(AnswerAfter::FullSync, reply, value));
                 }
                 Command::PutWebhook {
                     tenant,
@@ -356,7 +374,7 @@ impl WriterState {
                     reply,
                 } => {
                     let value = self.put_webhook(&mut batch, &tenant, &webhook, json, expect);
-                    replies.push(pending(true, reply, value));
+                    replies.push(pending(AnswerAfter::FullSync, reply, value));
                 }
                 Command::DeleteWebhook {
                     tenant,
@@ -364,7 +382,7 @@ impl WriterState {
                     reply,
                 } => {
                     let value = self.delete_webhook(&mut batch, &tenant, &webhook);
-                    replies.push(pending(true, reply, value));
+                    replies.push(pending(AnswerAfter::FullSync, reply, value));
                 }
                 Command::Purge {
                     tenant,
@@ -373,7 +391,7 @@ impl WriterState {
                     reply,
                 } => {
                     let value = self.purge(&mut batch, &tenant, &events, before_ms);
-                    replies.push(pending(true, reply, value));
+                    replies.push(pending(AnswerAfter::FullSync, reply, value));
                 }
                 Command::DeleteSegment {
                     segment,
@@ -381,23 +399,23 @@ impl WriterState {
                     reply,
                 } => {
                     let value = self.delete_segment(&mut batch, segment, before_ms);
-                    replies.push(pending(true, reply, value));
+                    replies.push(pending(AnswerAfter::FullSync, reply, value));
                 }
                 Command::RemoveKeys { keys, reply } => {
                     for key in keys {
                         batch.raw.push((key, None));
                     }
-                    replies.push(pending(false, reply, Ok(())));
+                    replies.push(pending(AnswerAfter::Batch, reply, Ok(())));
                 }
                 Command::PutRaw { entries, reply } => {
                     for (key, value) in entries {
                         batch.raw.push((key, Some(value)));
                     }
-                    replies.push(pending(true, reply, Ok(())));
+                    replies.push(pending(AnswerAfter::FullSync, reply, Ok(())));
                 }
                 Command::Flush { reply } => {
                     batch.durable = true;
-                    replies.push(pending(true, reply, Ok(())));
+                    replies.push(pending(AnswerAfter::FullSync, reply, Ok(())));
                 }
                 Command::Close { reply } => {
                     batch.durable = true;
@@ -421,21 +439,33 @@ impl WriterState {
     fn commit(&mut self, mut batch: Batch, replies: &mut Vec<Pending>) -> Result<()> {
         let result = self.write_group(&mut batch);
         let failure = result.as_ref().err();
-        // Outcomes and other non-durable answers need only the sled batch.
-        let (durable, quick): (Vec<_>, Vec<_>) = replies.drain(..).partition(|p| p.durable);
-        for reply in quick {
-            (reply.send)(failure);
+        let mut after_log = Vec::new();
+        let mut after_sync = Vec::new();
+        for reply in replies.drain(..) {
+            match reply.after {
+                AnswerAfter::Batch => (reply.send)(failure),
+                AnswerAfter::LogSync => after_log.push(reply),
+                AnswerAfter::FullSync => after_sync.push(reply),
+            }
         }
         // sled is flushed with the log even though the log alone would do for durability:
         // tried, syncing only the log made sled's periodic flush the writer's long stall, and
-        // deliveries trailed ingest (s1 e2e p50 5-6 ms -> 12-75 ms).
+        // deliveries trailed ingest (s1 e2e p50 5-6 ms -> 12-75 ms). Events need only the log,
+        // so they are answered between the two (sled's flush is ~0.1 ms of a ~0.5 ms sync).
         let synced = match &result {
-            Ok(()) if batch.durable => self.sync_all(),
+            Ok(()) if batch.durable => {
+                let started = Instant::now();
+                let log_synced = self.log.sync();
+                for reply in after_log.drain(..) {
+                    (reply.send)(log_synced.as_ref().err());
+                }
+                log_synced.and_then(|()| self.flush_sled(started))
+            }
             Ok(()) => Ok(()),
             Err(err) => Err(StoreError::Io(err.to_string())),
         };
         let failure = synced.as_ref().err();
-        for reply in durable {
+        for reply in after_log.into_iter().chain(after_sync) {
             (reply.send)(failure);
         }
         if synced.is_ok() {
