@@ -144,8 +144,8 @@ type SendReply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 /// What a reply waits for before it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AnswerAfter {
-    /// The sled batch: outcomes and reads of the group (a crash that loses an outcome only
-    /// makes its delivery due again).
+    /// The sled batch: outcomes (a crash that loses one only makes its delivery due again),
+    /// settles, and removals of keys that hold nothing.
     Batch,
     /// The log's sync: everything the command wrote is a log record, which replay redoes into
     /// sled if sled loses it (events).
