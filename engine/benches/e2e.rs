@@ -1748,6 +1748,21 @@ async fn run(
             ),
             f.deliveries_per_s >= 0.8 * s1_rate && f.lost == 0 && f.complete,
         );
+        // Both runs are CPU-bound on cores shared with the bench's generator and receiver, so s3
+        // reaches at most s1's CPU per event (engine, generator, receiver) over the same plus
+        // the chains' own CPU: the plugin's cost even if the engine added nothing around it.
+        let s1_per_event = per_delivery_us(&s1)
+            + (s1.receiver_cpu_s + s1.generator_cpu_s) / s1.deliveries.max(1) as f64 * 1e6;
+        check(
+            &mut checks,
+            format!(
+                "info: s3 at most {:.0}% of s1 while both are CPU-bound: s1's {s1_per_event:.0} µs \
+                 per event (engine, generator and receiver) over the same + the chains' own \
+                 {chain_cpu_mean:.0} µs",
+                100.0 * s1_per_event / (s1_per_event + chain_cpu_mean).max(1e-9)
+            ),
+            true,
+        );
         all.push(f);
         all.push(paced_with);
         all.push(paced_without);
