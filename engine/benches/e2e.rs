@@ -848,6 +848,7 @@ impl Bench {
             Some(size) => Target::Batch(engine.base.clone(), size),
             None => Target::Single(engine.base.clone()),
         };
+        let steal = machine::StealSampler::start();
         let mut ingest = generate(&self.http, &target, events, rate).await;
         let mut f = Figures {
             name: name.into(),
@@ -860,6 +861,13 @@ impl Bench {
             .wait_for(measured, expected, Duration::from_secs(15), deadline)
             .await;
         delivery_figures(&self.rx, measured, expected, &ingest, &mut f).await;
+        let steal = steal.finish();
+        f.extra
+            .insert("steal_ms".into(), json!(round2(steal.total_ms)));
+        f.extra.insert(
+            "steal_most_in_100ms_ms".into(),
+            json!(round2(steal.most_in_100ms_ms)),
+        );
         f.engine_cpu_s = cpu_seconds(engine.proc.pid()) - e0;
         f.receiver_cpu_s = cpu_seconds(self.rx.proc.pid()) - r0;
         f.generator_cpu_s = cpu_seconds(std::process::id()) - g0;
@@ -1815,11 +1823,14 @@ async fn run(
         check(
             &mut checks,
             format!(
-                "info: s6 store syncs {:.0}, p99 {:.2} ms, {:.0} over 10 ms, {:.0} over 25 ms (a disk stall shows here first: one sync of ~20 ms can hold enough events behind it to move the p99)",
+                "info: s6 store syncs {:.0}, p99 {:.2} ms, {:.0} over 10 ms, {:.0} over 25 ms (a disk stall shows here first: one sync of ~20 ms can hold enough events behind it to move the p99); \
+                 CPU time the hypervisor gave to others during the run {:.0} ms, at most {:.0} ms within 100 ms (a host stall shows here)",
                 x("syncs"),
                 x("sync_p99_ms"),
                 x("syncs_over_10ms"),
-                x("syncs_over_25ms")
+                x("syncs_over_25ms"),
+                x("steal_ms"),
+                x("steal_most_in_100ms_ms")
             ),
             true,
         );

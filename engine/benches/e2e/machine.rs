@@ -195,3 +195,64 @@ fn timer_cost(samples: usize) -> (f64, f64, f64) {
     let bare = median(bare);
     (bare, median(short) - bare, median(long) - bare)
 }
+
+/// Time the hypervisor gave this VM's CPUs to others ("steal" in `/proc/stat`) while a scenario
+/// ran: a tail that coincides with it is the host's, not the engine's. Sampled every 10 ms on a
+/// thread of its own (a `/proc/stat` read, a few µs each).
+pub struct StealSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, u64)>>,
+}
+
+/// Steal during a run, in ms: all of it, and the most within any 100 ms.
+pub struct Steal {
+    pub total_ms: f64,
+    pub most_in_100ms_ms: f64,
+}
+
+impl StealSampler {
+    pub fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(ticks) = steal_ticks() {
+                    samples.push((Instant::now(), ticks));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            samples
+        });
+        StealSampler { stop, thread }
+    }
+
+    pub fn finish(self) -> Steal {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = self.thread.join().unwrap_or_default();
+        // Clock ticks of 10 ms (USER_HZ 100, as `procs::cpu_seconds` reads them).
+        let ms = |ticks: u64| ticks as f64 * 10.0;
+        let total = match (samples.first(), samples.last()) {
+            (Some(first), Some(last)) => ms(last.1.saturating_sub(first.1)),
+            _ => 0.0,
+        };
+        let mut most = 0.0f64;
+        let mut start = 0;
+        for end in 0..samples.len() {
+            while samples[end].0 - samples[start].0 > Duration::from_millis(100) {
+                start += 1;
+            }
+            most = most.max(ms(samples[end].1.saturating_sub(samples[start].1)));
+        }
+        Steal {
+            total_ms: total,
+            most_in_100ms_ms: most,
+        }
+    }
+}
+
+/// The steal column of `/proc/stat`'s first line (every CPU), in clock ticks.
+fn steal_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()
+}
