@@ -750,11 +750,6 @@ async fn slot_figures(http: &reqwest::Client, base: &str, f: &mut Figures) {
     );
 }
 
-/// Engine CPU per event and its delivery(ies), in µs.
-fn cpu_per_delivery_us(f: &Figures) -> f64 {
-    f.engine_cpu_s / f.deliveries.max(1) as f64 * 1e6
-}
-
 impl Bench {
     /// The generator posting the same body straight to the receiver: one hop.
     async fn ceiling(&self) -> Figures {
@@ -1375,7 +1370,7 @@ async fn run(
         ),
         s1.e2e_us[0] <= 250_000,
     );
-    let s1_cpu = cpu_per_delivery_us(&s1);
+    let s1_cpu = per_delivery_us(&s1);
     check(
         &mut checks,
         format!("s1 engine CPU per event + delivery {s1_cpu:.0} µs <= 120 µs"),
@@ -1439,7 +1434,7 @@ async fn run(
             relay.deliveries_per_s,
             100.0 * relay.deliveries_per_s / ceil,
             relay.lost,
-            cpu_per_delivery_us(&relay),
+            per_delivery_us(&relay),
             100.0 * s1.deliveries_per_s / relay.deliveries_per_s.max(1e-9),
         ),
         true,
@@ -1759,8 +1754,7 @@ async fn run(
         // Both runs are CPU-bound on cores shared with the bench's generator and receiver, so s3
         // reaches at most s1's CPU per event (engine, generator, receiver) over the same plus
         // the chains' own CPU: the plugin's cost even if the engine added nothing around it.
-        let s1_per_event = per_delivery_us(&s1)
-            + (s1.receiver_cpu_s + s1.generator_cpu_s) / s1.deliveries.max(1) as f64 * 1e6;
+        let s1_per_event = s1_cpu + http_floor;
         check(
             &mut checks,
             format!(
@@ -1840,7 +1834,7 @@ async fn run(
         let (before, after) = bench.history(events, history).await;
         before.row(ceil);
         after.row(ceil);
-        let (a, b) = (cpu_per_delivery_us(&before), cpu_per_delivery_us(&after));
+        let (a, b) = (per_delivery_us(&before), per_delivery_us(&after));
         check(
             &mut checks,
             format!(

@@ -190,6 +190,24 @@ struct Resume {
     since_ms: u64,
 }
 
+/// Holds a claim the store just gave (started now or kept ready) in a queue's `claimed` set, so
+/// no scan returns it again, and moves the queue's resume point to its due time (`resume`: the
+/// point this fill used). Takes the two fields, not the queue: the fill reads its settings.
+fn hold(
+    claimed: &mut HashSet<DeliveryId>,
+    resume_point: &mut Option<Resume>,
+    claim: &Claim,
+    resumable: bool,
+    resume: Option<Resume>,
+    now: u64,
+) {
+    claimed.insert(claim.delivery_id.clone());
+    *resume_point = claim.queue_due.filter(|_| resumable).map(|due_ms| Resume {
+        due_ms,
+        since_ms: resume.map_or(now, |resume| resume.since_ms),
+    });
+}
+
 /// Per-tenant dispatch state: attempts in progress and the queues waiting for room.
 #[derive(Default)]
 struct TenantState {
@@ -596,11 +614,14 @@ impl Dispatcher {
                 break;
             }
             if is_fresh {
-                queue.claimed.insert(claim.delivery_id.clone());
-                queue.resume = claim.queue_due.filter(|_| resumable).map(|due_ms| Resume {
-                    due_ms,
-                    since_ms: resume.map_or(now, |resume| resume.since_ms),
-                });
+                hold(
+                    &mut queue.claimed,
+                    &mut queue.resume,
+                    &claim,
+                    resumable,
+                    resume,
+                    now,
+                );
             }
             queue.sending += 1;
             started += 1;
@@ -634,11 +655,14 @@ impl Dispatcher {
         // the process's own; a shared backend's go back (they are claimed again later).
         if local {
             for claim in fresh {
-                queue.claimed.insert(claim.delivery_id.clone());
-                queue.resume = claim.queue_due.filter(|_| resumable).map(|due_ms| Resume {
-                    due_ms,
-                    since_ms: resume.map_or(now, |resume| resume.since_ms),
-                });
+                hold(
+                    &mut queue.claimed,
+                    &mut queue.resume,
+                    &claim,
+                    resumable,
+                    resume,
+                    now,
+                );
                 ready.push_back(claim);
             }
         }
