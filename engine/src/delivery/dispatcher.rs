@@ -191,21 +191,20 @@ struct Resume {
 }
 
 /// Holds a claim the store just gave (started now or kept ready) in a queue's `claimed` set, so
-/// no scan returns it again, and moves the queue's resume point to its due time (`resume`: the
-/// point this fill used). Takes the two fields, not the queue: the fill reads its settings.
+/// no scan returns it again, and moves the queue's resume point to its due time, kept since
+/// `since_ms` (`None` while the queue may not resume). Takes the two fields, not the queue: the
+/// fill reads its settings meanwhile.
 fn hold(
     claimed: &mut HashSet<DeliveryId>,
     resume_point: &mut Option<Resume>,
     claim: &Claim,
-    resumable: bool,
-    resume: Option<Resume>,
-    now: u64,
+    since_ms: Option<u64>,
 ) {
     claimed.insert(claim.delivery_id.clone());
-    *resume_point = claim.queue_due.filter(|_| resumable).map(|due_ms| Resume {
-        due_ms,
-        since_ms: resume.map_or(now, |resume| resume.since_ms),
-    });
+    *resume_point = claim
+        .queue_due
+        .zip(since_ms)
+        .map(|(due_ms, since_ms)| Resume { due_ms, since_ms });
 }
 
 /// Per-tenant dispatch state: attempts in progress and the queues waiting for room.
@@ -590,7 +589,11 @@ impl Dispatcher {
         let Some(queue) = self.queues.get_mut(key) else {
             return;
         };
-        let resumable = queue.set_aside.is_empty();
+        // Resume points are kept from where this fill's scan resumed, or from now.
+        let since_ms = queue
+            .set_aside
+            .is_empty()
+            .then(|| resume.map_or(now, |resume| resume.since_ms));
         let settings = queue.settings.as_ref().expect("loaded above");
         let mut ready = std::mem::take(&mut queue.ready);
         let mut fresh = fresh.into_iter();
@@ -614,14 +617,7 @@ impl Dispatcher {
                 break;
             }
             if is_fresh {
-                hold(
-                    &mut queue.claimed,
-                    &mut queue.resume,
-                    &claim,
-                    resumable,
-                    resume,
-                    now,
-                );
+                hold(&mut queue.claimed, &mut queue.resume, &claim, since_ms);
             }
             queue.sending += 1;
             started += 1;
@@ -655,14 +651,7 @@ impl Dispatcher {
         // the process's own; a shared backend's go back (they are claimed again later).
         if local {
             for claim in fresh {
-                hold(
-                    &mut queue.claimed,
-                    &mut queue.resume,
-                    &claim,
-                    resumable,
-                    resume,
-                    now,
-                );
+                hold(&mut queue.claimed, &mut queue.resume, &claim, since_ms);
                 ready.push_back(claim);
             }
         }
