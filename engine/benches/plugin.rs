@@ -297,6 +297,7 @@ impl Bench {
         let mut chain_cpu = Vec::with_capacity(calls);
         let mut native = Vec::with_capacity(calls);
         let (mut bare_wall, mut bare_cpu) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+        let mut bare_phases: [Vec<Duration>; 3] = Default::default();
         for _ in 0..calls {
             tokio::time::sleep(COLD_IDLE).await;
             let (elapsed, cpu, _) = self.run().await?;
@@ -308,10 +309,14 @@ impl Bench {
             std::hint::black_box(native_reshape(std::hint::black_box(&self.body)));
             native.push(started.elapsed());
             tokio::time::sleep(COLD_IDLE).await;
-            let (started, cpu) = (Instant::now(), thread_cpu());
-            std::hint::black_box(self.bare.call()?);
-            bare_cpu.push(thread_cpu().saturating_sub(cpu));
+            let started = Instant::now();
+            let (body, phases) = self.bare.call_timed(thread_cpu)?;
             bare_wall.push(started.elapsed());
+            std::hint::black_box(body);
+            bare_cpu.push(phases.iter().sum());
+            for (all, phase) in bare_phases.iter_mut().zip(phases) {
+                all.push(phase);
+            }
         }
         let (chain_median, native_median) = (median(chain_cpu), median(native));
         let bare_median = median(bare_cpu);
@@ -330,6 +335,10 @@ impl Bench {
             "INFO floor of a fresh instance per call, cold: bare wasmtime CPU {bare_median:?} - native {native_median:?} = {:?}; hookd's chain adds {:?} to the bare host",
             bare_median.saturating_sub(native_median),
             chain_median.saturating_sub(bare_median),
+        );
+        let [instantiate, transform, teardown] = bare_phases.map(median);
+        println!(
+            "INFO cold bare host by phase (CPU medians): new store and instantiation {instantiate:?}, transform {transform:?}, drop {teardown:?}"
         );
         let added = chain_median.saturating_sub(native_median);
         println!(

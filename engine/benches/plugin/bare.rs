@@ -8,6 +8,8 @@
 //! and the drop. The plugin bench runs it after the
 //! same 10 ms idle as hookd's cold chain, so the two can be read side by side.
 
+use std::time::Duration;
+
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
@@ -91,19 +93,35 @@ impl BareHost {
 
     /// One call in a fresh store: instantiate, `transform`, drop. Returns the new body.
     pub fn call(&self) -> BareResult<Vec<u8>> {
+        self.call_timed(|| Duration::ZERO).map(|(body, _)| body)
+    }
+
+    /// [`Self::call`], and how much of `clock` each phase took: the new store with its
+    /// instantiation, the `transform` call, the store's drop.
+    pub fn call_timed(&self, clock: fn() -> Duration) -> BareResult<(Vec<u8>, [Duration; 3])> {
+        let started = clock();
         let state = State {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
         };
         let mut store = Store::new(&self.engine, state);
         let plugin = self.pre.instantiate(&mut store)?;
+        let instantiated = clock();
         let patch = plugin
             .hookd_plugin_transform()
             .call_transform(&mut store, &self.config, &self.event)?
             .map_err(|err| format!("transform failed: {err:?}"))?;
+        let called = clock();
         drop(store);
-        patch
-            .payload
-            .ok_or_else(|| "transform left the body".into())
+        let dropped = clock();
+        let body = patch.payload.ok_or("transform left the body")?;
+        Ok((
+            body,
+            [
+                instantiated - started,
+                called - instantiated,
+                dropped - called,
+            ],
+        ))
     }
 }
