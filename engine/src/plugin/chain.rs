@@ -368,8 +368,21 @@ pub(crate) async fn instantiate(
     }
 }
 
+/// What a hook's call on `live` returned, as a chain reads it: the guest's value, the failure
+/// its `plugin-error` names, or the trap (deadline, memory, fuel) that ended the call.
+pub(crate) fn hook_returned<T>(
+    live: &Live,
+    returned: wasmtime::Result<Result<T, GuestError>>,
+) -> Result<T, CallFailure> {
+    match returned {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(guest_error(e)),
+        Err(e) => Err(classify(&e, &live.store, CallPhase::Call)),
+    }
+}
+
 /// Maps a `plugin-error` a hook returned to a failure.
-pub(crate) fn guest_error(error: GuestError) -> CallFailure {
+fn guest_error(error: GuestError) -> CallFailure {
     match error {
         GuestError::InvalidEvent(m) => CallFailure::new(PluginFailureCode::InvalidEvent, m),
         GuestError::RetryLater(m) => {
@@ -405,15 +418,13 @@ async fn call_filter(
         .load(&mut live.store, &live.instance)
         .map_err(|e| bind_failure(&e))?;
     runtime.arm(&mut live.store, settings);
-    match guest
+    let returned = guest
         .call_filter(&mut live.store, &step.config, event)
-        .await
-    {
-        Ok(Ok(Verdict::Deliver)) => Ok(Step::Continue),
-        Ok(Ok(Verdict::Drop)) => Ok(Step::Stop),
-        Ok(Err(e)) => Err(guest_error(e)),
-        Err(e) => Err(classify(&e, &live.store, CallPhase::Call)),
-    }
+        .await;
+    Ok(match hook_returned(live, returned)? {
+        Verdict::Deliver => Step::Continue,
+        Verdict::Drop => Step::Stop,
+    })
 }
 
 async fn call_transform(
@@ -432,19 +443,14 @@ async fn call_transform(
         .load(&mut live.store, &live.instance)
         .map_err(|e| bind_failure(&e))?;
     runtime.arm(&mut live.store, settings);
-    match guest
+    let returned = guest
         .call_transform(&mut live.store, &step.config, event)
-        .await
-    {
-        Ok(Ok(patch)) => {
-            match policy::apply_patch(outbound, patch, settings.max_output_payload_bytes) {
-                Ok(PatchEffect::Continue) => Ok(Step::Continue),
-                Ok(PatchEffect::Cancel) => Ok(Step::Stop),
-                Err(reason) => Err(CallFailure::new(PluginFailureCode::InvalidOutput, reason)),
-            }
-        }
-        Ok(Err(e)) => Err(guest_error(e)),
-        Err(e) => Err(classify(&e, &live.store, CallPhase::Call)),
+        .await;
+    let patch = hook_returned(live, returned)?;
+    match policy::apply_patch(outbound, patch, settings.max_output_payload_bytes) {
+        Ok(PatchEffect::Continue) => Ok(Step::Continue),
+        Ok(PatchEffect::Cancel) => Ok(Step::Stop),
+        Err(reason) => Err(CallFailure::new(PluginFailureCode::InvalidOutput, reason)),
     }
 }
 
@@ -467,11 +473,8 @@ async fn call_sign(
     live.store.data_mut().set_signing(true);
     let signed = guest.call_sign(&mut live.store, &step.config, event).await;
     live.store.data_mut().set_signing(false);
-    match signed {
-        Ok(Ok(headers)) => policy::apply_sign_headers(outbound, headers)
-            .map(|()| Step::Continue)
-            .map_err(|reason| CallFailure::new(PluginFailureCode::InvalidOutput, reason)),
-        Ok(Err(e)) => Err(guest_error(e)),
-        Err(e) => Err(classify(&e, &live.store, CallPhase::Call)),
-    }
+    let headers = hook_returned(live, signed)?;
+    policy::apply_sign_headers(outbound, headers)
+        .map(|()| Step::Continue)
+        .map_err(|reason| CallFailure::new(PluginFailureCode::InvalidOutput, reason))
 }

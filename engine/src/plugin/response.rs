@@ -19,7 +19,7 @@ use super::bindings::v2::exports::hookd::plugin0_2_0::on_response::{self, Decisi
 use super::chain::{self, ChainStep, Live, PluginCall};
 use super::error::PluginFailureCode;
 use super::policy::truncate;
-use super::runtime::{CallFailure, CallPhase, LoadedPlugin, Runtime, classify};
+use super::runtime::{CallFailure, LoadedPlugin, Runtime};
 use super::sandbox::{LogBuffer, PluginLog, PluginLogLevel, SandboxParams, lock_logs};
 use super::settings::PluginSettings;
 
@@ -192,14 +192,10 @@ async fn call(
         .load(&mut live.store, &live.instance)
         .map_err(|e| chain::bind_failure(&e))?;
     runtime.arm(&mut live.store, settings);
-    match guest
+    let returned = guest
         .call_on_response(&mut live.store, &step.config, event, response)
-        .await
-    {
-        Ok(Ok(made)) => Ok(decision(made)),
-        Ok(Err(e)) => Err(chain::guest_error(e)),
-        Err(e) => Err(classify(&e, &live.store, CallPhase::Call)),
-    }
+        .await;
+    chain::hook_returned(&live, returned).map(decision)
 }
 
 /// The guest record of a response.
