@@ -89,6 +89,8 @@ pub struct RunningEngine {
     config: SharedConfig,
     plugins: PluginHost,
     metrics: Metrics,
+    /// Asks the config watcher to reload now; `None` when the config has no file.
+    reload_requests: Option<config::watch::ReloadRequests>,
     /// Dropped after the tasks above: the dispatcher and its attempts run on it.
     _deliveries: delivery::runtime::DeliveryRuntime,
 }
@@ -101,6 +103,12 @@ impl RunningEngine {
     /// The live configuration (swap it to reconfigure the engine).
     pub fn config(&self) -> &SharedConfig {
         &self.config
+    }
+
+    /// Reloads the config file when asked (`SIGHUP`), changed or not; `None` when the config
+    /// was not loaded from a file.
+    pub fn reload_requests(&self) -> Option<config::watch::ReloadRequests> {
+        self.reload_requests.clone()
     }
 
     /// The plugin host (tests read its compile counter).
@@ -259,9 +267,11 @@ pub async fn start(
             reload_dispatch.config_changed();
         }
     });
-    if let Some(watcher) = config::watch::spawn(config.clone(), shutdown.clone(), on_reload) {
-        tasks.push(("config watcher", watcher));
-    }
+    let reload_requests =
+        config::watch::spawn(config.clone(), shutdown.clone(), on_reload).map(|(watcher, asks)| {
+            tasks.push(("config watcher", watcher));
+            asks
+        });
     let dispatcher_task = deliveries.handle().spawn(dispatcher.run(shutdown.clone()));
 
     let app = api::router(api::AppState::new(api::Services {
@@ -319,6 +329,7 @@ pub async fn start(
         config,
         plugins,
         metrics,
+        reload_requests,
         _deliveries: deliveries,
     })
 }

@@ -303,8 +303,18 @@ async fn serve_async(
     // Signal handlers go in before the engine announces itself, so a SIGTERM sent right after
     // "listening on" is already a graceful stop.
     let signal = wait_for_signal()?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install a SIGHUP handler")?;
     let shutdown = CancellationToken::new();
     let engine = hookd::start(config, listener, shutdown.clone()).await?;
+    // SIGHUP reloads the config file (an admin's explicit "apply it now"), as for most daemons.
+    if let Some(reload) = engine.reload_requests() {
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                reload.request();
+            }
+        });
+    }
     tokio::spawn(async move {
         signal.await;
         tracing::info!("shutting down: finishing attempts in flight");

@@ -150,6 +150,169 @@ async fn a_valid_config_edit_applies_live_and_an_invalid_one_is_refused_and_repo
     assert_eq!(ready["config"]["last_result"], "applied");
 }
 
+/// A tenant with `key`, as a config line block.
+fn tenant_with(id: &str, key: &str) -> String {
+    format!(
+        "\n[[tenants]]\nid = \"{id}\"\napi_keys = [\"sha256:{}\"]\n",
+        hex::encode(hash_api_key(key))
+    )
+}
+
+/// Writes `text` as a new revision of a volume laid out as Kubernetes mounts a ConfigMap or
+/// Secret: `hookd.toml -> ..data/hookd.toml`, `..data -> ..<revision>`; the kubelet swaps
+/// revisions by renaming a new `..data` link over the old one, then removes the old revision.
+fn publish_revision(volume: &std::path::Path, revision: u32, text: &str) {
+    use std::os::unix::fs::symlink;
+    let name = format!("..2026_12_05_{revision:02}");
+    std::fs::create_dir(volume.join(&name)).unwrap();
+    std::fs::write(volume.join(&name).join("hookd.toml"), text).unwrap();
+    symlink(&name, volume.join("..data_tmp")).unwrap();
+    let old = std::fs::read_link(volume.join("..data")).ok();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    if let Some(old) = old {
+        std::fs::remove_dir_all(volume.join(old)).unwrap();
+    } else {
+        symlink("..data/hookd.toml", volume.join("hookd.toml")).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_config_mounted_like_a_kubernetes_configmap_reloads_when_its_revision_is_swapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("config");
+    std::fs::create_dir(&volume).unwrap();
+    let original = with_admin(&test_config_toml(&dir.path().join("data"), "", true));
+    publish_revision(&volume, 1, &original);
+    let config = Config::load(&volume.join("hookd.toml")).unwrap();
+    let engine = TestEngine::start_in(dir, config).await;
+    assert_eq!(status_with(&engine, "new-key").await, 401);
+
+    // Only the `..data` link changes name in the volume's directory: the file hookd was given
+    // (`hookd.toml`, a link) is never written, renamed or removed.
+    let edited = format!("{original}{}", tenant_with("initech", "new-key"));
+    publish_revision(&volume, 2, &edited);
+    eventually(WAIT, "the new revision's key works", || async {
+        (status_with(&engine, "new-key").await == 200).then_some(())
+    })
+    .await;
+
+    // An invalid revision is refused like an invalid edit, and the running config stays.
+    publish_revision(
+        &volume,
+        3,
+        &format!("{edited}\n[limits]\nmax_payload_bytes = 0\n"),
+    );
+    eventually(WAIT, "the refusal is reported", || async {
+        let (_, ready) = engine.call("GET", "/readyz", ACME_KEY, None).await;
+        (ready["config"]["last_result"] == "refused").then_some(())
+    })
+    .await;
+    assert_eq!(status_with(&engine, "new-key").await, 200);
+
+    // Watching follows the swaps: a fourth revision, without the key, applies too.
+    publish_revision(&volume, 4, &original);
+    eventually(WAIT, "the removed key is refused", || async {
+        (status_with(&engine, "new-key").await == 401).then_some(())
+    })
+    .await;
+    let (_, ready) = engine.call("GET", "/readyz", ACME_KEY, None).await;
+    assert_eq!(
+        (&ready["config"]["applied"], &ready["config"]["refused"]),
+        (&json!(2), &json!(1)),
+        "one reload per revision: {ready}"
+    );
+}
+
+#[tokio::test]
+async fn a_config_file_reached_through_a_symlink_reloads_when_its_target_is_edited() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["etc", "srv/conf"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    let target = dir.path().join("srv/conf/hookd.toml");
+    let original = with_admin(&test_config_toml(&dir.path().join("data"), "", true));
+    std::fs::write(&target, &original).unwrap();
+    let link = dir.path().join("etc/hookd.toml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let config = Config::load(&link).unwrap();
+    let engine = TestEngine::start_in(dir, config).await;
+
+    // The edit happens in a directory other than the link's.
+    std::fs::write(
+        &target,
+        format!("{original}{}", tenant_with("initech", "new-key")),
+    )
+    .unwrap();
+    eventually(WAIT, "the new key works", || async {
+        (status_with(&engine, "new-key").await == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sighup_rereads_the_config_file_and_leaves_the_engine_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = dir.path().join("hookd.toml");
+    let original = with_admin(&test_config_toml(&data, "", true));
+    std::fs::write(&path, &original).unwrap();
+    let (child, base, log) = crate::crash::spawn_hookd_logged(&path, &data, "info");
+    let mut child = crate::crash::KillOnDrop(child);
+    let http = reqwest::Client::new();
+    let reloads = || async {
+        let ready: Value = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            ready["config"]["applied"].as_u64().unwrap_or(0),
+            ready["config"]["refused"].as_u64().unwrap_or(0),
+        )
+    };
+    assert_eq!(reloads().await, (0, 0));
+    let hangup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // The file did not change: a file event would do nothing, the signal reads it anyway.
+    hangup();
+    eventually(WAIT, "the SIGHUP reload is applied", || async {
+        (reloads().await == (1, 0)).then_some(())
+    })
+    .await;
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("reloading the configuration on request")),
+        "the log says why it reloaded"
+    );
+    hangup();
+    eventually(WAIT, "a second SIGHUP reloads again", || async {
+        (reloads().await == (2, 0)).then_some(())
+    })
+    .await;
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "SIGHUP does not stop hookd"
+    );
+    let r = http
+        .get(format!("{base}/v1/webhooks"))
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// Issue 12: renaming `secret_key` to `secret_kye` in the watched file made `/readyz` print the
 /// TOML error with its source line (the sealing key) to anyone, and log it seven times.
 #[tokio::test]

@@ -6,15 +6,25 @@
 //! reload is not read again, so one edit is applied or refused (and logged) once, however many
 //! file-system events the editor's save produced.
 //!
+//! A config reached through symlinks is watched along the whole chain: every directory holding
+//! one of the links, and the one holding the file itself, re-resolved after each change. So a
+//! Kubernetes ConfigMap or Secret volume (`hookd.toml -> ..data/hookd.toml`, updated by renaming
+//! a new `..data` link over the old) reloads like a file edited in place. A reload can also be
+//! asked for ([`ReloadRequests`], `SIGHUP` in `hookd serve`): it reads the file whether or not it
+//! changed, and works where the file cannot be watched.
+//!
 //! Settings read once at start (`listen`, `data_dir`, `limits.store_cache_mb`, the server's read
 //! timeouts, `delivery.dns_servers`, `delivery.max_in_flight`, `delivery.worker_nice`) apply at
 //! the next start only: a reload keeps their running values and logs which ones changed.
 
-use std::path::PathBuf;
+use std::collections::{BTreeSet, VecDeque};
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -26,68 +36,215 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Called after every reload attempt with whether it was applied.
 pub type ReloadHook = Box<dyn Fn(bool) + Send + Sync>;
 
-/// Watches `shared`'s source file until `shutdown`. Returns `None` when the config has no
-/// source file or the watcher cannot start (logged; the engine runs without hot reload).
+/// Asks the running watcher to read the config file now, changed or not (`SIGHUP`).
+#[derive(Clone, Debug, Default)]
+pub struct ReloadRequests(Arc<Notify>);
+
+impl ReloadRequests {
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Watches `shared`'s source file until `shutdown`, and reloads it when it changes or when
+/// asked through the returned [`ReloadRequests`]. `None` when the config has no source file.
+/// Where the file cannot be watched (logged), only requests reload it.
 pub fn spawn(
     shared: SharedConfig,
     shutdown: CancellationToken,
     on_reload: ReloadHook,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Option<(tokio::task::JoinHandle<()>, ReloadRequests)> {
     let path = shared.current().source.clone()?;
-    let dir = path
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let file_name = path.file_name().map(|n| n.to_os_string());
-    let mut watcher =
-        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event
-                && event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
-            {
-                let _ = tx.send(());
-            }
-        }) {
-            Ok(watcher) => watcher,
-            Err(err) => {
-                warn!(error = %err, "cannot watch the config file; hot reload is off");
-                return None;
-            }
-        };
-    if let Err(err) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        warn!(error = %err, dir = %dir.display(), "cannot watch the config directory; hot reload is off");
-        return None;
-    }
-    Some(tokio::spawn(async move {
-        let _watcher = watcher; // dropped (stops watching) when the task ends
-        // What the file held at start or at the last reload: events that leave it unchanged
-        // (an editor's temp file, a touch, a burst longer than the debounce) do nothing.
-        let mut last_seen = file_digest(&path);
+    let requests = ReloadRequests::default();
+    let asked = requests.0.clone();
+    let (mut watch, mut changes) = match FileWatch::start(&path) {
+        Ok((watch, changes)) => (Some(watch), Some(changes)),
+        Err(err) => {
+            warn!(error = %err, file = %path.display(), "cannot watch the config file; it reloads on SIGHUP only");
+            (None, None)
+        }
+    };
+    // What the file held at start or at the last reload: events that leave it unchanged (an
+    // editor's temp file, a touch, a burst longer than the debounce) do nothing. Read now, not
+    // when the task first runs, or an edit made in between would look like no change.
+    let mut last_seen = file_digest(&path);
+    let task = tokio::spawn(async move {
         loop {
-            tokio::select! {
+            let mut asked_for = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                got = rx.recv() => if got.is_none() { break },
-            }
-            // Debounce: wait until the file has been quiet for DEBOUNCE.
-            loop {
+                _ = asked.notified() => true,
+                () = next_change(&mut changes) => false,
+            };
+            // Debounce: wait until the file has been quiet for DEBOUNCE (a request ends it).
+            while !asked_for {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(DEBOUNCE) => break,
-                    _ = rx.recv() => continue,
+                    _ = asked.notified() => asked_for = true,
+                    () = next_change(&mut changes) => continue,
                 }
             }
+            if let Some(watch) = &mut watch {
+                // A link swapped since may point somewhere else now.
+                watch.follow();
+            }
             let digest = file_digest(&path);
-            if digest.is_some() && digest == last_seen {
+            if !asked_for && digest.is_some() && digest == last_seen {
                 continue;
+            }
+            if asked_for {
+                info!(file = %path.display(), "reloading the configuration on request");
             }
             last_seen = digest;
             let applied = reload(&shared, &path);
             on_reload(applied);
         }
-    }))
+    });
+    Some((task, requests))
+}
+
+/// The next change reported by the watcher; never, without one.
+async fn next_change(changes: &mut Option<mpsc::UnboundedReceiver<()>>) {
+    if let Some(rx) = changes {
+        if rx.recv().await.is_some() {
+            return;
+        }
+        *changes = None;
+    }
+    std::future::pending::<()>().await
+}
+
+/// The directories watched for a config file, and the entries in them that lead to it.
+struct FileWatch {
+    path: PathBuf,
+    watcher: RecommendedWatcher,
+    /// The entries whose change can change what `path` reads: each symlink on the way, and the
+    /// file.
+    chain: Arc<RwLock<BTreeSet<PathBuf>>>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl FileWatch {
+    /// Starts watching the directories on `path`'s resolution chain; the receiver gets a
+    /// message for every event naming an entry of the chain.
+    fn start(path: &Path) -> notify::Result<(Self, mpsc::UnboundedReceiver<()>)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let chain = Arc::new(RwLock::new(BTreeSet::new()));
+        let seen = chain.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Opening or reading the file changes nothing, and the watcher's own reads would
+            // otherwise wake it again, forever.
+            if let Ok(event) = event
+                && !event.kind.is_access()
+            {
+                let chain = seen.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if event.paths.iter().any(|p| chain.contains(p)) {
+                    let _ = tx.send(());
+                }
+            }
+        })?;
+        let mut watch = FileWatch {
+            path: path.to_path_buf(),
+            watcher,
+            chain,
+            dirs: BTreeSet::new(),
+        };
+        watch.follow();
+        if watch.dirs.is_empty() {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            return Err(notify::Error::path_not_found().add_path(dir.to_path_buf()));
+        }
+        Ok((watch, rx))
+    }
+
+    /// Re-resolves the path and moves the watches to the directories its chain now runs
+    /// through (a directory that cannot be watched now is retried at the next change).
+    fn follow(&mut self) {
+        let chain = resolution_chain(&self.path);
+        let wanted: BTreeSet<PathBuf> = chain
+            .iter()
+            .filter_map(|entry| entry.parent().map(Path::to_path_buf))
+            .collect();
+        for dir in self.dirs.difference(&wanted) {
+            // It may be gone already (a replaced ConfigMap revision).
+            let _ = self.watcher.unwatch(dir);
+        }
+        let mut watching = BTreeSet::new();
+        for dir in wanted {
+            if self.dirs.contains(&dir)
+                || self
+                    .watcher
+                    .watch(&dir, RecursiveMode::NonRecursive)
+                    .is_ok()
+            {
+                watching.insert(dir);
+            }
+        }
+        self.dirs = watching;
+        *self
+            .chain
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = chain.into_iter().collect();
+    }
+}
+
+/// Every path whose change can change what reading `path` returns: each symlink met while
+/// resolving it (in its directory, itself resolved), and the file it ends at, which need not
+/// exist. Absolute; at most 40 links are followed, like the kernel.
+fn resolution_chain(path: &Path) -> Vec<PathBuf> {
+    enum Part {
+        Root,
+        Up,
+        Name(OsString),
+    }
+    fn parts(path: &Path) -> impl Iterator<Item = Part> + '_ {
+        path.components().filter_map(|component| match component {
+            Component::RootDir | Component::Prefix(_) => Some(Part::Root),
+            Component::CurDir => None,
+            Component::ParentDir => Some(Part::Up),
+            Component::Normal(name) => Some(Part::Name(name.to_os_string())),
+        })
+    }
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .unwrap_or_else(|_| PathBuf::from("/"))
+            .join(path)
+    };
+    let mut pending: VecDeque<Part> = parts(&absolute).collect();
+    let mut resolved = PathBuf::from("/");
+    let mut chain = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop_front() {
+        match part {
+            Part::Root => resolved = PathBuf::from("/"),
+            Part::Up => {
+                resolved.pop();
+            }
+            Part::Name(name) => {
+                let entry = resolved.join(&name);
+                let target = match std::fs::symlink_metadata(&entry) {
+                    Ok(meta) if meta.file_type().is_symlink() && links < 40 => {
+                        std::fs::read_link(&entry).ok()
+                    }
+                    _ => None,
+                };
+                match target {
+                    Some(target) => {
+                        links += 1;
+                        chain.push(entry);
+                        for part in parts(&target).collect::<Vec<_>>().into_iter().rev() {
+                            pending.push_front(part);
+                        }
+                    }
+                    None => resolved = entry,
+                }
+            }
+        }
+    }
+    chain.push(resolved);
+    chain
 }
 
 /// SHA-256 of the file's contents, or `None` if it cannot be read now (then the reload runs
@@ -232,5 +389,69 @@ mod tests {
         // Nothing changed, nothing named.
         let mut same = parse("");
         assert!(keep_start_only(&mut same, &running).is_empty());
+    }
+
+    #[test]
+    fn the_chain_of_a_plain_file_is_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        let path = real.join("hookd.toml");
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(resolution_chain(&path), vec![path.clone()]);
+        // Not there (yet): still the path to watch for.
+        let missing = real.join("nothing.toml");
+        assert_eq!(resolution_chain(&missing), vec![missing]);
+        // `.` and `..` are resolved away.
+        let roundabout = real.join("sub/../.").join("hookd.toml");
+        std::fs::create_dir(real.join("sub")).unwrap();
+        assert_eq!(resolution_chain(&roundabout), [path]);
+    }
+
+    #[test]
+    fn the_chain_of_a_kubernetes_volume_runs_through_both_links_to_the_revision() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("..2026_12_05_rev1")).unwrap();
+        std::fs::write(real.join("..2026_12_05_rev1/hookd.toml"), "").unwrap();
+        symlink("..2026_12_05_rev1", real.join("..data")).unwrap();
+        symlink("..data/hookd.toml", real.join("hookd.toml")).unwrap();
+        assert_eq!(
+            resolution_chain(&real.join("hookd.toml")),
+            [
+                real.join("hookd.toml"),
+                real.join("..data"),
+                real.join("..2026_12_05_rev1/hookd.toml"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_chain_follows_absolute_and_relative_links_across_directories_and_stops_at_a_loop() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        for sub in ["etc", "opt/conf"] {
+            std::fs::create_dir_all(real.join(sub)).unwrap();
+        }
+        std::fs::write(real.join("opt/conf/hookd.toml"), "").unwrap();
+        symlink(real.join("opt"), real.join("etc/opt-link")).unwrap();
+        symlink(
+            "opt-link/conf/../conf/hookd.toml",
+            real.join("etc/hookd.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            resolution_chain(&real.join("etc/hookd.toml")),
+            [
+                real.join("etc/hookd.toml"),
+                real.join("etc/opt-link"),
+                real.join("opt/conf/hookd.toml"),
+            ]
+        );
+        symlink("b", real.join("a")).unwrap();
+        symlink("a", real.join("b")).unwrap();
+        let chain = resolution_chain(&real.join("a"));
+        assert_eq!(chain.len(), 41, "40 links followed, then the entry itself");
     }
 }
