@@ -19,7 +19,10 @@ pub fn now_ms() -> u64 {
 /// Milliseconds since the Unix epoch as an RFC 3339 timestamp (`2026-11-23T10:00:00.000Z`),
 /// the form every time takes in the API, delivered bodies and operational events.
 pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    // The format ends at 9999-12-31T23:59:59.999Z (and panics past it): later times show as it.
+    const LAST_MS: u64 = 253_402_300_799_999;
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.min(LAST_MS)))
+        .to_string()
 }
 
 /// The 32 lowercase hex digits after `prefix`, if `text` is exactly that.
@@ -111,6 +114,13 @@ prefixed_id!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_shows_times_past_year_9999_as_its_last_millisecond_instead_of_panicking() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
 
     #[test]
     fn ids_sort_by_creation_and_round_trip_through_parse() {

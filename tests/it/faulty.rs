@@ -290,12 +290,16 @@ async fn a_500_is_recorded_with_its_status_and_retried() {
     assert!(first["next_attempt_at"].is_string());
 }
 
-/// A status with `Retry-After: 1` under a one-hour schedule: only the header can bring the
-/// retry within seconds.
+/// A status with `Retry-After: 2` under a 100 ms schedule: only the header can hold the retry
+/// back for two seconds.
 async fn retry_after_is_honoured(status: u16) {
     let failing = Receiver::start().await;
-    failing.respond_with_retry_after(status, "1");
-    let setup = Setup::start(&failing.url, r#"retry_schedule = ["1h"]"#).await;
+    failing.respond_with_retry_after(status, "2");
+    let setup = Setup::start(
+        &failing.url,
+        "retry_schedule = [\"100ms\"]\nretry_jitter_percent = 0",
+    )
+    .await;
     setup
         .healthy_latency(&format!("{status} with Retry-After"))
         .await;
@@ -317,8 +321,8 @@ async fn retry_after_is_honoured(status: u16) {
     .await;
     let gap = retried[1].at.duration_since(retried[0].at);
     assert!(
-        gap >= Duration::from_millis(950) && gap < Duration::from_secs(10),
-        "Retry-After 1 s honoured: waited {gap:?}"
+        gap >= Duration::from_millis(1950) && gap < Duration::from_secs(10),
+        "Retry-After 2 s honoured: waited {gap:?}"
     );
 }
 

@@ -59,19 +59,39 @@ async fn retries_stop_when_the_schedule_is_exhausted() {
 }
 
 #[tokio::test]
-async fn retry_after_from_the_receiver_sets_the_next_attempt() {
-    // A long schedule, so only Retry-After can bring the second try within seconds.
-    let engine = TestEngine::start_with(r#"retry_schedule = ["1h"]"#).await;
+async fn retry_after_from_the_receiver_lengthens_the_wait_and_never_shortens_it() {
+    // A short schedule: only Retry-After can hold the second try back for two seconds.
+    let engine =
+        TestEngine::start_with("retry_schedule = [\"100ms\"]\nretry_jitter_percent = 0").await;
     let receiver = Receiver::start().await;
-    receiver.respond_with_retry_after(429, "1");
-    engine.create_webhook(json!({"url": receiver.url})).await;
+    receiver.respond_with_retry_after(429, "2");
+    let webhook = engine.create_webhook(json!({"url": receiver.url})).await;
     engine.send_event("user.created", json!({})).await;
     receiver.wait_for(1, WAIT).await;
     receiver.respond(200);
     let got = receiver.wait_for(2, WAIT).await;
     let gap = got[1].at.duration_since(got[0].at);
-    assert!(gap >= Duration::from_millis(950), "waited {gap:?}");
-    assert!(gap < Duration::from_secs(5), "waited {gap:?}");
+    assert!(gap >= Duration::from_millis(1950), "waited {gap:?}");
+    assert!(gap < Duration::from_secs(6), "waited {gap:?}");
+
+    // A longer schedule: `Retry-After: 0` does not bring the retry forward (answered to every
+    // attempt, it would spend the whole schedule at once).
+    let (status, _) = engine
+        .call(
+            "PATCH",
+            &format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap()),
+            crate::support::ACME_KEY,
+            Some(json!({"retry_schedule": ["2s"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    receiver.respond_with_retry_after(503, "0");
+    engine.send_event("user.created", json!({})).await;
+    receiver.wait_for(3, WAIT).await;
+    receiver.respond(200);
+    let got = receiver.wait_for(4, WAIT).await;
+    let gap = got[3].at.duration_since(got[2].at);
+    assert!(gap >= Duration::from_millis(1950), "waited {gap:?}");
 }
 
 #[tokio::test]
@@ -379,10 +399,14 @@ async fn a_webhook_retry_schedule_replaces_the_tenants_and_is_validated_like_con
         .await;
     assert_eq!((status, &w["retry_schedule"]), (200, &json!([])));
 
-    // The same rules as config: durations, at most 50.
+    // The same rules as config: durations of at most 30 days, at most 50. (A delay of
+    // millennia was accepted once: its next attempt fell past year 9999, the attempt panicked
+    // formatting it, and the delivery was resent ~20 times a second.)
     for (schedule, place) in [
         (json!(["5s", "soon"]), "`retry_schedule[1]`"),
         (json!(vec!["1s"; 51]), "`retry_schedule`"),
+        (json!(["5s", "10000years"]), "`retry_schedule[1]`"),
+        (json!(["31d"]), "`retry_schedule[0]`"),
     ] {
         let (status, err) = engine
             .post(

@@ -1034,6 +1034,13 @@ fn delivery_config(
             raw.max_retry_after.as_ref(),
             base.max_retry_after,
         );
+        if out.max_retry_after > MAX_RETRY_DELAY {
+            c.push(
+                key("max_retry_after"),
+                "must be at most 30 days, the longest retry delay",
+            );
+            out.max_retry_after = MAX_RETRY_DELAY;
+        }
     }
     if let Some(n) = raw.failing_event_after_attempts {
         if n == 0 {
@@ -1071,6 +1078,10 @@ fn delivery_config(
 
 /// Most retries a schedule may list.
 pub const MAX_RETRY_SCHEDULE_LEN: usize = 50;
+/// The longest single retry delay: 30 days. A schedule longer than that is a mistake (retries
+/// beyond it outlive the retention of most setups), and a delay of millennia once put the next
+/// attempt past year 9999, which no timestamp in the API can show.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30 * 86_400);
 
 /// A retry schedule (`["5s", "5m", …]`), as config and webhooks write it: durations, at most
 /// [`MAX_RETRY_SCHEDULE_LEN`]; empty means no retries. Every problem, with the index of the
@@ -1088,6 +1099,10 @@ pub fn parse_retry_schedule(
     let mut delays = Vec::with_capacity(schedule.len());
     for (i, text) in schedule.iter().enumerate() {
         match humantime::parse_duration(text) {
+            Ok(delay) if delay > MAX_RETRY_DELAY => problems.push((
+                Some(i),
+                format!("`{text}` is longer than the longest retry delay, 30 days"),
+            )),
             Ok(delay) => delays.push(delay),
             Err(err) => problems.push((
                 Some(i),
@@ -1137,6 +1152,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         parse_and_validate(Path::new("hookd.toml"), text)
+    }
+
+    #[test]
+    fn retry_delays_over_30_days_are_refused_in_schedules_and_max_retry_after() {
+        let errors =
+            parse_retry_schedule(&["5s".into(), "31d".into(), "10000years".into()]).unwrap_err();
+        assert_eq!(
+            errors.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [Some(1), Some(2)]
+        );
+        assert!(errors[0].1.contains("30 days"), "{errors:?}");
+        assert_eq!(
+            parse_retry_schedule(&["30d".into()]).unwrap(),
+            [Duration::from_secs(30 * 86_400)]
+        );
+        let text = "[security]\nsecret_key = \"dGVzdC1zZWNyZXQta2V5LWZvci1ob29rZC10ZXN0cyE=\"\n\
+                    [delivery]\nmax_retry_after = \"1000years\"\n";
+        let errors = parse_and_validate(Path::new("hookd.toml"), text).unwrap_err();
+        assert!(
+            errors.0.iter().any(|e| e.key == "delivery.max_retry_after"),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -725,11 +725,75 @@ impl Slot {
 }
 
 impl Drop for Slot {
-    /// A claim dropped without [`Slot::end_claim`] ends with its entry where it was.
+    /// A claim dropped without [`Slot::end_claim`] ends with its entry where it was; if its
+    /// attempt panicked, the delivery is set aside like one the store failed, so a bug that
+    /// panics after the send never resends it in a loop.
     fn drop(&mut self) {
+        if std::thread::panicking() && self.set_aside.is_none() {
+            self.set_aside = Some(PANICKED_ATTEMPT_PAUSE);
+        }
         self.end(false);
     }
 }
 
+/// How long a delivery whose attempt panicked waits before it is claimed again.
+const PANICKED_ATTEMPT_PAUSE: Duration = Duration::from_secs(60);
+
 /// The receiving end of [`Dispatcher::channel`].
 pub struct DispatchReceiver(mpsc::UnboundedReceiver<DispatchMsg>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(dispatch: &DispatchHandle) -> Slot {
+        Slot {
+            dispatch: dispatch.clone(),
+            metrics: crate::telemetry::Metrics::new(),
+            tenant: "acme".into(),
+            webhook: WebhookId::new(),
+            delivery: DeliveryId::new(),
+            claimed: std::time::Instant::now(),
+            holds_slot: true,
+            ended: false,
+            set_aside: None,
+        }
+    }
+
+    /// What the claim's end told the dispatcher: its `set_aside_ms`.
+    fn set_aside_told(rx: &mut DispatchReceiver) -> Option<u64> {
+        loop {
+            match rx.0.try_recv().expect("the claim's end was told") {
+                DispatchMsg::Completed { set_aside_ms, .. } => return set_aside_ms,
+                _ => continue,
+            }
+        }
+    }
+
+    #[test]
+    fn a_claim_whose_attempt_panicked_is_set_aside_and_one_simply_dropped_is_not() {
+        let (dispatch, mut rx) = Dispatcher::channel();
+        drop(slot(&dispatch));
+        assert_eq!(set_aside_told(&mut rx), None);
+
+        let claimed = slot(&dispatch);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _slot = claimed;
+            panic!("a bug after the send");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(
+            set_aside_told(&mut rx),
+            Some(PANICKED_ATTEMPT_PAUSE.as_millis() as u64)
+        );
+
+        // A pause the attempt chose stays its own.
+        let mut claimed = slot(&dispatch);
+        claimed.set_aside(Duration::from_secs(5));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _slot = claimed;
+            panic!("after choosing a pause");
+        }));
+        assert_eq!(set_aside_told(&mut rx), Some(5_000));
+    }
+}

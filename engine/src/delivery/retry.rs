@@ -76,8 +76,8 @@ impl RetryPolicy {
     }
 
     /// How long to wait after `attempts_made` attempts have failed, or `None` when the
-    /// delivery has had all its attempts. A `Retry-After` from the receiver replaces the
-    /// scheduled delay, clamped to `max_retry_after`.
+    /// delivery has had all its attempts. A `Retry-After` from the receiver lengthens the
+    /// scheduled delay up to `max_retry_after`; it never shortens it.
     pub fn next_delay(
         &self,
         attempts_made: u32,
@@ -87,12 +87,14 @@ impl RetryPolicy {
         if attempts_made >= self.max_attempts || self.schedule.is_empty() {
             return None;
         }
-        if let Some(wait) = retry_after {
-            return Some(wait.min(self.max_retry_after));
-        }
         let index = (attempts_made.max(1) as usize - 1).min(self.schedule.len() - 1);
-        let base = self.schedule[index];
-        Some(jitter(base, self.jitter_percent, rng))
+        let scheduled = jitter(self.schedule[index], self.jitter_percent, rng);
+        // A receiver may ask for more time, never for less: a `Retry-After: 1` answered to
+        // every attempt would otherwise spend the whole schedule (a day and more) in seconds.
+        Some(match retry_after {
+            Some(wait) => scheduled.max(wait.min(self.max_retry_after)),
+            None => scheduled,
+        })
     }
 }
 
@@ -164,16 +166,28 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_replaces_the_delay_and_is_clamped() {
+    fn retry_after_lengthens_the_delay_never_shortens_it_and_is_clamped() {
         let policy = RetryPolicy::new(&config(&[5], 0), Some(5));
         let mut rng = rand::rng();
         assert_eq!(
-            policy.next_delay(1, Some(Duration::from_secs(2)), &mut rng),
-            Some(Duration::from_secs(2))
+            policy.next_delay(1, Some(Duration::from_secs(20)), &mut rng),
+            Some(Duration::from_secs(20))
         );
+        for shorter in [0, 2] {
+            assert_eq!(
+                policy.next_delay(1, Some(Duration::from_secs(shorter)), &mut rng),
+                Some(Duration::from_secs(5))
+            );
+        }
         assert_eq!(
             policy.next_delay(1, Some(Duration::from_secs(86_400)), &mut rng),
             Some(Duration::from_secs(3600))
+        );
+        // The cap does not shorten a longer schedule either.
+        let policy = RetryPolicy::new(&config(&[7200], 0), Some(5));
+        assert_eq!(
+            policy.next_delay(1, Some(Duration::from_secs(86_400)), &mut rng),
+            Some(Duration::from_secs(7200))
         );
     }
 

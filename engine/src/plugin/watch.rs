@@ -26,8 +26,13 @@ pub(crate) async fn run(host: PluginHost, dir: PathBuf, shutdown: CancellationTo
         tracing::warn!(dir = %dir.display(), %error, "cannot create the admin plugin directory");
     }
     let (events, mut notified) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        // Any event (or watcher error) just asks for a rescan.
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Any event but an open or read (or a watcher error) asks for a rescan: the rescan's
+        // own reads would otherwise ask for the next one, forever (every plugin file was read
+        // and hashed ~3 times a second).
+        if event.is_ok_and(|event| event.kind.is_access()) {
+            return;
+        }
         let _ = events.send(());
     })
     .and_then(|mut watcher| {
