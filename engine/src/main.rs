@@ -289,6 +289,7 @@ async fn serve_async(
     config.store.apply_env();
     if let Some(data) = data {
         config.data_dir = data;
+        config.start_overrides.push("data_dir");
     }
     // Uploads compile in a child process of this same binary, which can be killed.
     config.plugins.compile_worker = std::env::current_exe().ok();
@@ -296,6 +297,7 @@ async fn serve_async(
         config.listen = listen
             .parse()
             .with_context(|| format!("`{listen}` is not an address like {DEFAULT_LISTEN}"))?;
+        config.start_overrides.push("listen");
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

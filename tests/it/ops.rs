@@ -150,6 +150,31 @@ async fn a_valid_config_edit_applies_live_and_an_invalid_one_is_refused_and_repo
     assert_eq!(ready["config"]["last_result"], "applied");
 }
 
+/// A file `hookd serve` would refuse to start with (no secret key: an empty file, or one
+/// truncated by a shell's `>` before the rest is written) is refused live too, instead of
+/// dropping every tenant's and admin's key.
+#[tokio::test]
+async fn an_emptied_config_file_is_refused_as_at_start_and_the_running_config_stays() {
+    let (engine, path) = engine_from_file().await;
+    std::fs::write(&path, "").unwrap();
+    eventually(WAIT, "the refusal is reported", || async {
+        let (_, ready) = engine.call("GET", "/readyz", ACME_KEY, None).await;
+        (ready["config"]["last_result"] == "refused").then_some(())
+    })
+    .await;
+    assert_eq!(status_with(&engine, ACME_KEY).await, 200);
+    let (status, admin) = engine
+        .call("GET", "/v1/admin/status", ADMIN_KEY, None)
+        .await;
+    assert_eq!(status, 200, "the admin key still works: {admin}");
+    assert!(
+        admin["config"]["errors"]
+            .to_string()
+            .contains("security.secret_key"),
+        "{admin}"
+    );
+}
+
 /// A tenant with `key`, as a config line block.
 fn tenant_with(id: &str, key: &str) -> String {
     format!(

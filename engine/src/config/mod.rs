@@ -69,6 +69,9 @@ pub struct Config {
     admin_keys: Vec<[u8; 32]>,
     /// The file this config was loaded from (watched for changes), if any.
     pub source: Option<PathBuf>,
+    /// Start-only keys whose running value came from the command line or the environment, not
+    /// the file: a reload keeps them without reporting the file's value as a pending change.
+    pub start_overrides: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,7 +147,7 @@ pub struct PluginsConfig {
 
 /// The secret-sealing keys: the current one (from `[security]` or [`SECRET_KEY_ENV`]) and
 /// previous ones that still open secrets until the startup re-seal has moved them over.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct SecurityConfig {
     current: Option<[u8; secrets::SECRET_KEY_BYTES]>,
     previous: Vec<[u8; secrets::SECRET_KEY_BYTES]>,

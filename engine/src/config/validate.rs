@@ -520,6 +520,7 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         api_keys,
         admin_keys,
         source: None,
+        start_overrides: Vec::new(),
     })
 }
 

@@ -14,8 +14,10 @@
 //! changed, and works where the file cannot be watched.
 //!
 //! Settings read once at start (`listen`, `data_dir`, `limits.store_cache_mb`, the server's read
-//! timeouts, `delivery.dns_servers`, `delivery.max_in_flight`, `delivery.worker_nice`) apply at
-//! the next start only: a reload keeps their running values and logs which ones changed.
+//! timeouts, `delivery.dns_servers`, `delivery.max_in_flight`, `delivery.worker_nice`, the
+//! `[security]` keys, `plugins.admin_dir`) apply at the next start only: a reload keeps their
+//! running values and logs which ones changed (not those set on the command line). A file the
+//! engine would refuse to start with (no secret key) is refused.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
@@ -262,6 +264,15 @@ fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
 /// names the keys that changed.
 fn keep_start_only(config: &mut Config, running: &Config) -> Vec<&'static str> {
     let mut kept = Vec::new();
+    // The sealing keys opened the store and seal console sessions: set once.
+    if config.security != running.security {
+        kept.push("security");
+        config.security = running.security.clone();
+    }
+    if config.plugins.admin_dir != running.plugins.admin_dir {
+        kept.push("plugins.admin_dir");
+        config.plugins.admin_dir = running.plugins.admin_dir.clone();
+    }
     if config.listen != running.listen {
         kept.push("listen");
         config.listen = running.listen;
@@ -304,15 +315,40 @@ fn keep_start_only(config: &mut Config, running: &Config) -> Vec<&'static str> {
         kept.push("delivery.max_in_flight");
         config.delivery.max_in_flight = running.delivery.max_in_flight;
     }
+    // A value given on the command line is not the file's to change.
+    config.start_overrides = running.start_overrides.clone();
+    kept.retain(|key| !running.start_overrides.contains(key));
     kept
+}
+
+/// Loads the file as `hookd serve` would start with it: a file it would refuse to start with
+/// (no secret key, say, as an empty file has) is refused here too.
+fn load_for_reload(path: &std::path::Path) -> Result<Config, super::ConfigErrors> {
+    let mut config = Config::load(path)?;
+    let keys = config
+        .security
+        .apply_env()
+        .and_then(|()| config.security.keyring().map(drop));
+    match keys {
+        Ok(()) => Ok(config),
+        Err(problem) => Err(super::ConfigErrors(vec![super::ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: "security.secret_key".into(),
+            problem,
+        }])),
+    }
 }
 
 /// Reads the file now and applies it if valid. Returns whether it was applied.
 pub fn reload(shared: &SharedConfig, path: &std::path::Path) -> bool {
-    match Config::load(path) {
+    match load_for_reload(path) {
         Ok(mut config) => {
             let running = shared.current();
             let kept = keep_start_only(&mut config, &running);
+            if config.tenants.is_empty() && !running.tenants.is_empty() {
+                warn!("the new configuration has no tenants: every tenant API key is refused now");
+            }
             if !kept.is_empty() {
                 warn!(
                     keys = kept.join(", "),
@@ -389,6 +425,28 @@ mod tests {
         // Nothing changed, nothing named.
         let mut same = parse("");
         assert!(keep_start_only(&mut same, &running).is_empty());
+    }
+
+    #[test]
+    fn the_sealing_keys_and_the_admin_plugin_dir_are_start_only_and_overrides_are_not_named() {
+        let mut running = parse("");
+        let other_key = "[plugins]\nadmin_dir = \"/srv/plugins\"\n";
+        let mut edited = Config::parse(
+            std::path::Path::new("hookd.toml"),
+            &format!(
+                "data_dir = \"/srv/elsewhere\"\n[security]\nsecret_key = \"{}\"\n{other_key}",
+                "b3RoZXItc2VjcmV0LWtleS1mb3ItaG9va2QtdGVzdCE="
+            ),
+        )
+        .expect("valid");
+        running.start_overrides = vec!["data_dir"];
+        let kept = keep_start_only(&mut edited, &running);
+        assert_eq!(kept, ["security", "plugins.admin_dir"]);
+        assert!(edited.security == running.security);
+        assert_eq!(edited.plugins.admin_dir, None);
+        // `--data` set the running data dir: kept, and not reported as a pending change.
+        assert_eq!(edited.data_dir, running.data_dir);
+        assert_eq!(edited.start_overrides, ["data_dir"]);
     }
 
     #[test]
