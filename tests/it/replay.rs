@@ -178,3 +178,71 @@ async fn deliveries_are_replayed_by_filter_in_bounded_requests_after_a_dry_run_c
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
     assert_eq!(list["data"][0]["channel"], "b");
 }
+
+/// A deleted webhook's deliveries have nowhere to go: a retry is refused and a replay by filter
+/// skips them, so nothing is queued where
+/// nothing claims (such deliveries stayed `pending` for good, across restarts).
+#[tokio::test]
+async fn a_deleted_webhooks_deliveries_are_neither_retried_nor_replayed() {
+    let engine = TestEngine::start().await;
+    let (kept, gone) = (Receiver::start().await, Receiver::start().await);
+    engine.create_webhook(json!({"url": kept.url})).await;
+    let deleted = engine.create_webhook(json!({"url": gone.url})).await;
+    let deleted_id = deleted["id"].as_str().unwrap();
+    let event = engine.send_event("user.created", json!({})).await;
+    let mut delivery_of_deleted = None;
+    for delivery in event["deliveries"].as_array().unwrap() {
+        let id = delivery["id"].as_str().unwrap();
+        engine.wait_delivery(id, "delivered").await;
+        if delivery["webhook_id"] == deleted["id"] {
+            delivery_of_deleted = Some(id.to_string());
+        }
+    }
+    let delivery_of_deleted = delivery_of_deleted.expect("a delivery to each webhook");
+    let (status, _) = engine
+        .call(
+            "DELETE",
+            &format!("/v1/webhooks/{deleted_id}"),
+            crate::support::ACME_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+
+    let (status, err) = engine
+        .post(
+            &format!("/v1/deliveries/{delivery_of_deleted}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (409, Some("webhook_deleted")),
+        "{err}"
+    );
+    let (status, replayed) = engine
+        .post("/v1/deliveries/replay", json!({"webhook_id": deleted_id}))
+        .await;
+    assert_eq!(
+        (status, &replayed["replayed"]),
+        (202, &json!(0)),
+        "{replayed}"
+    );
+    let (status, replayed) = engine
+        .post("/v1/deliveries/replay", json!({"status": "delivered"}))
+        .await;
+    assert_eq!(status, 202, "{replayed}");
+    assert_eq!(
+        replayed["replayed"], 1,
+        "only the live webhook's: {replayed}"
+    );
+    kept.wait_for(2, WAIT).await;
+    let (_, pending) = engine.get("/v1/deliveries?status=pending").await;
+    assert_eq!(pending["data"], json!([]), "{pending}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        gone.count(),
+        1,
+        "nothing more reached the deleted webhook's URL"
+    );
+}

@@ -231,7 +231,8 @@ async fn matching(
 }
 
 /// Replays the events of the deliveries matching a filter, each to its delivery's webhook;
-/// bounded per request, or only counted (`dry_run`).
+/// bounded per request, or only counted (`dry_run`). Deliveries of a deleted webhook are
+/// skipped (there is nowhere to send them).
 #[utoipa::path(
     post,
     path = "/v1/deliveries/replay",
@@ -295,7 +296,15 @@ pub async fn replay_deliveries(
     let mut events: std::collections::HashMap<EventId, Option<EventRecord>> = Default::default();
     let mut group = Vec::with_capacity(found.len());
     let mut origins = Vec::with_capacity(found.len());
+    let webhooks = state.store.webhooks_of(&tenant.id).await?;
     for delivery in &found {
+        // A deleted webhook's deliveries are skipped: there is nowhere to send them.
+        if !webhooks
+            .iter()
+            .any(|webhook| webhook.id == delivery.webhook_id)
+        {
+            continue;
+        }
         if !events.contains_key(&delivery.event_id) {
             let event = state.store.event(&tenant.id, &delivery.event_id).await?;
             events.insert(delivery.event_id.clone(), event);
