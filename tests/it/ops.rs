@@ -274,6 +274,42 @@ async fn a_config_file_reached_through_a_symlink_reloads_when_its_target_is_edit
     .await;
 }
 
+/// Deployment scripts replace a config directory whole; its watch goes with the old one.
+#[tokio::test]
+async fn a_config_directory_replaced_whole_keeps_reloading() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let path = conf.join("hookd.toml");
+    let original = with_admin(&test_config_toml(&dir.path().join("data"), "", true));
+    std::fs::write(&path, &original).unwrap();
+    let config = Config::load(&path).unwrap();
+    let engine = TestEngine::start_in(dir, config).await;
+    let edited = format!("{original}{}", tenant_with("initech", "new-key"));
+
+    // `rm -rf conf && mkdir conf` and a new file.
+    std::fs::remove_dir_all(&conf).unwrap();
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(&path, &edited).unwrap();
+    eventually(WAIT, "the new directory's file applies", || async {
+        (status_with(&engine, "new-key").await == 200).then_some(())
+    })
+    .await;
+
+    // A new directory renamed over the old one, then an edit in place in it.
+    let staged = conf.with_file_name("conf.new");
+    std::fs::create_dir(&staged).unwrap();
+    std::fs::write(staged.join("hookd.toml"), &edited).unwrap();
+    std::fs::remove_dir_all(&conf).unwrap();
+    std::fs::rename(&staged, &conf).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(&path, &original).unwrap();
+    eventually(WAIT, "an edit in the renamed directory applies", || async {
+        (status_with(&engine, "new-key").await == 401).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn sighup_rereads_the_config_file_and_leaves_the_engine_running() {
     let dir = tempfile::tempdir().unwrap();

@@ -160,33 +160,35 @@ impl FileWatch {
     }
 
     /// Re-resolves the path and moves the watches to the directories its chain now runs
-    /// through (a directory that cannot be watched now is retried at the next change).
+    /// through, and to their parents: a directory replaced whole (`rm -rf` and `mkdir`, or a
+    /// new one renamed over it) takes its watch with it, and only its parent sees the new one.
+    /// A directory that cannot be watched now is tried again at the next change.
     fn follow(&mut self) {
-        let chain = resolution_chain(&self.path);
-        let wanted: BTreeSet<PathBuf> = chain
+        let mut chain: BTreeSet<PathBuf> = resolution_chain(&self.path).into_iter().collect();
+        let dirs: BTreeSet<PathBuf> = chain
             .iter()
             .filter_map(|entry| entry.parent().map(Path::to_path_buf))
             .collect();
+        let mut wanted = dirs.clone();
+        for dir in dirs {
+            if let Some(parent) = dir.parent() {
+                wanted.insert(parent.to_path_buf());
+                chain.insert(dir);
+            }
+        }
         for dir in self.dirs.difference(&wanted) {
             // It may be gone already (a replaced ConfigMap revision).
             let _ = self.watcher.unwatch(dir);
         }
-        let mut watching = BTreeSet::new();
-        for dir in wanted {
-            if self.dirs.contains(&dir)
-                || self
-                    .watcher
-                    .watch(&dir, RecursiveMode::NonRecursive)
-                    .is_ok()
-            {
-                watching.insert(dir);
-            }
-        }
-        self.dirs = watching;
+        // Watched again even if watched before: the directory at that path may be a new one.
+        self.dirs = wanted
+            .into_iter()
+            .filter(|dir| self.watcher.watch(dir, RecursiveMode::NonRecursive).is_ok())
+            .collect();
         *self
             .chain
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = chain.into_iter().collect();
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = chain;
     }
 }
 
