@@ -290,3 +290,106 @@ async fn unknown_ids_routes_and_methods_get_json_404_and_405() {
         (400, "invalid_time")
     );
 }
+
+/// serde takes a JSON array as a struct's fields in order; a body is an object or refused.
+#[tokio::test]
+async fn an_array_body_is_refused_where_an_object_is_expected() {
+    let engine = TestEngine::start().await;
+    let webhook = engine
+        .create_webhook(json!({"url": "http://127.0.0.1:9/hook"}))
+        .await;
+    let id = webhook["id"].as_str().unwrap();
+    for (method, path, body) in [
+        (
+            "POST",
+            "/v1/events".to_string(),
+            json!(["user.created", {"a": 1}, null, "key-1"]),
+        ),
+        (
+            "PATCH",
+            format!("/v1/webhooks/{id}"),
+            json!(["http://127.0.0.1:9/other"]),
+        ),
+        ("PATCH", format!("/v1/webhooks/{id}"), json!([])),
+        (
+            "POST",
+            format!("/v1/webhooks/{id}/test"),
+            json!(["user.created"]),
+        ),
+    ] {
+        let (status, err) = engine.call(method, &path, ACME_KEY, Some(body)).await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (422, Some("invalid_body")),
+            "{path}: {err}"
+        );
+    }
+    let (_, after) = engine.get(&format!("/v1/webhooks/{id}")).await;
+    assert_eq!(after["url"], "http://127.0.0.1:9/hook");
+}
+
+/// `null` clears what has an empty value and is refused for what has none.
+#[tokio::test]
+async fn patching_null_clears_description_headers_and_metadata_and_is_refused_for_the_url() {
+    let engine = TestEngine::start().await;
+    let webhook = engine
+        .create_webhook(json!({
+            "url": "http://127.0.0.1:9/hook",
+            "description": "orders",
+            "headers": {"x-team": "billing"},
+            "metadata": {"owner": "ana"},
+        }))
+        .await;
+    let path = format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap());
+    let (status, cleared) = engine
+        .call(
+            "PATCH",
+            &path,
+            ACME_KEY,
+            Some(json!({"description": null, "headers": null, "metadata": null})),
+        )
+        .await;
+    assert_eq!(status, 200, "{cleared}");
+    assert_eq!(
+        (
+            &cleared["description"],
+            &cleared["headers"],
+            &cleared["metadata"]
+        ),
+        (&json!(""), &json!({}), &json!({})),
+        "{cleared}"
+    );
+    for field in ["url", "event_types", "status", "plugins"] {
+        let (status, err) = engine
+            .call("PATCH", &path, ACME_KEY, Some(json!({ field: null })))
+            .await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (422, Some("invalid_body")),
+            "{field}: {err}"
+        );
+    }
+}
+
+/// The `Bearer` scheme is case-insensitive (RFC 9110 §11.1); other schemes are refused.
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_without_regard_to_case() {
+    let engine = TestEngine::start().await;
+    for (value, expected) in [
+        (format!("Bearer {ACME_KEY}"), 200),
+        (format!("bearer {ACME_KEY}"), 200),
+        (format!("BEARER  {ACME_KEY}"), 200),
+        (format!("Basic {ACME_KEY}"), 401),
+        (format!("Bearer{ACME_KEY}"), 401),
+        ("bearer ".to_string(), 401),
+    ] {
+        let response = engine
+            .http
+            .get(engine.url("/v1/webhooks"))
+            .header("authorization", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), expected, "{value}");
+    }
+}

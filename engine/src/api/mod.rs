@@ -335,10 +335,16 @@ pub fn bearer_key(parts: &Parts) -> Result<&str, ApiError> {
     header
         .to_str()
         .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer_token)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <key>`"))
+}
+
+/// The credentials of a `Bearer` authorization value; the scheme's case does not matter
+/// (RFC 9110 §11.1: `bearer <key>` is the same).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, key) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(key.trim())
 }
 
 /// JSON body extractor (and response) whose rejections are [`ApiError`]s. A body over
@@ -368,12 +374,25 @@ where
             .get::<TenantId>()
             .map_or(crate::offload::ENGINE.to_string(), |id| id.0.clone());
         let ApiBody(bytes) = ApiBody::from_request(request, state).await?;
+        refuse_array(&bytes)?;
         let parsed = state
             .delivery
             .offload
             .by_size(&tenant, bytes.len(), move || Json::<T>::from_bytes(&bytes))
             .await?;
         Ok(ApiJson(parsed.0))
+    }
+}
+
+/// Every request body is a JSON object: serde would also take an array as the object's fields
+/// in order (`["user.created", {...}]` as an event), past the check for unknown fields.
+fn refuse_array(body: &[u8]) -> Result<(), ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => Err(ApiError::invalid(
+            "invalid_body",
+            "the body must be a JSON object, not an array",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -528,6 +547,7 @@ pub async fn optional_json<T>(
 where
     T: serde::de::DeserializeOwned + Default + Send + 'static,
 {
+    refuse_array(&body)?;
     let offload = &state.delivery.offload;
     offload
         .by_size(&tenant.id, body.len(), move || {

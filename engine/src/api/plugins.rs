@@ -137,8 +137,7 @@ fn uploader(headers: &HeaderMap) -> String {
     let key = headers
         .get(AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(super::bearer_token);
     match key {
         Some(key) => hex::encode(crate::config::hash_api_key(key))[..12].to_string(),
         None => "console".to_string(),

@@ -78,19 +78,21 @@ pub struct CreateWebhook {
     plugins: Option<Vec<PluginAttachment>>,
 }
 
-/// PATCH body: absent fields stay; `null` clears an optional field.
+/// PATCH body: absent fields stay; `null` clears an optional field (`description`, `headers`,
+/// `metadata` become empty) and is refused for the others (`url`, `event_types`, `status`,
+/// `plugins`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     url: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_clears")]
     description: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     event_types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     channels: Option<Option<Vec<String>>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_clears")]
     headers: Option<BTreeMap<String, String>>,
     #[serde(default, deserialize_with = "present")]
     max_attempts: Option<Option<u32>>,
@@ -103,15 +105,34 @@ pub struct UpdateWebhook {
     /// Replaces the webhook's retry schedule; `null` goes back to the tenant's.
     #[serde(default, deserialize_with = "present")]
     retry_schedule: Option<Option<Vec<String>>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_clears")]
     metadata: Option<BTreeMap<String, String>>,
     /// `active` re-enables a paused or disabled webhook (clearing its reason); `paused` keeps
     /// queueing its events but sends nothing until `active`; `disabled` stops both.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     status: Option<WebhookStatus>,
     /// Replaces the plugin chain (`[]` detaches every plugin).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     plugins: Option<Vec<PluginAttachment>>,
+}
+
+/// A field that may be absent but not `null` (it has no empty value to clear to).
+fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    match Option::<T>::deserialize(deserializer)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom(
+            "may not be null (leave the field out to keep its value)",
+        )),
+    }
+}
+
+/// A field whose `null` sets it to its empty value.
+fn null_clears<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(|value| Some(value.unwrap_or_default()))
 }
 
 /// Distinguishes a field set to `null` (`Some(None)`) from an absent one (`None`).
