@@ -298,7 +298,15 @@ pub async fn start(
         serve_limits,
         shutdown.clone(),
     ));
-    info!("listening on {local_addr}");
+    {
+        let config = config.current();
+        let config_file = config.source.as_deref().map(|p| p.display().to_string());
+        info!(
+            config = config_file.as_deref().unwrap_or("(none)"),
+            data_dir = %config.data_dir.display(),
+            "listening on {local_addr}"
+        );
+    }
     // The ingest writer ends when its last handle is dropped: the server's, then the
     // dispatcher's (attempts emit operational events), so all three end after shutdown; the
     // attempt recorder likewise ends with the last delivery context (server and dispatcher).

@@ -103,7 +103,7 @@ fn main() -> ExitCode {
             match serve(config, data, listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    tracing::error!("{err:#}");
+                    tracing::error!("{}", describe(&err));
                     ExitCode::FAILURE
                 }
             }
@@ -325,6 +325,20 @@ async fn serve_async(
     engine.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// An error and its causes on one line, each cause once: several of hookd's errors already
+/// quote their cause in their own message, which `{:#}` would repeat.
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Installs the SIGTERM/ctrl-c handlers now; the future resolves on the first signal.

@@ -35,9 +35,11 @@ pub fn init(format: LogFormat) {
         // tokio-postgres logs every statement's parameters at debug level (payloads, sealed
         // secrets): never below info, whatever RUST_LOG asks.
         .add_directive("tokio_postgres=info".parse().expect("a valid directive"));
+    // Colours only on a terminal: a file or a pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -790,6 +790,14 @@ async fn secrets_and_api_keys_never_reach_the_logs() {
 
     let log = log.lock().unwrap().join("\n");
     assert!(log.contains("attempt finished"), "debug logs were captured");
+    // The attempt's fields are JSON values, not Rust's debug text (`"Some(200)"`).
+    let finished: Value = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["message"] == "attempt finished")
+        .expect("an attempt finished line");
+    assert_eq!(finished["status"], 200, "{finished}");
+    assert!(finished.get("error").is_none(), "{finished}");
     for needle in [
         secret,
         &secret["whsec_".len()..],
@@ -803,4 +811,32 @@ async fn secrets_and_api_keys_never_reach_the_logs() {
     ] {
         assert!(!log.contains(needle), "`{needle}` appears in the logs");
     }
+}
+
+/// A second engine on a data dir in use is refused with a message that says so, once.
+#[tokio::test]
+async fn a_second_engine_on_a_data_dir_in_use_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = dir.path().join("hookd.toml");
+    std::fs::write(&path, test_config_toml(&data, "", true)).unwrap();
+    let (child, _base, _log) = crate::crash::spawn_hookd_logged(&path, &data, "info");
+    let _first = crate::crash::KillOnDrop(child);
+    let second = Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .arg("--data")
+        .arg(&data)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(
+        out.matches("another process has this data dir open")
+            .count(),
+        1,
+        "{out}"
+    );
+    assert!(!out.contains("WouldBlock"), "{out}");
 }

@@ -435,7 +435,7 @@ impl Config {
         }
         if self.security.is_dev_key() {
             warnings.push(
-                "webhook secrets are sealed with the development secret key from config/hookd.toml; set your own (see `hookd secret-key`) before storing real secrets"
+                "webhook secrets are sealed with the development secret key shipped in config/hookd.toml; set your own (see `hookd secret-key`) before storing real secrets"
                     .to_string(),
             );
         }

@@ -492,8 +492,8 @@ async fn record(
     }
     info!(
         attempt = number,
-        status = ?status_code,
-        error = ?error_code,
+        status = status_code,
+        error = error_code.as_deref(),
         result = result.as_str(),
         "attempt finished"
     );

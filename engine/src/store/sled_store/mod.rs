@@ -186,7 +186,18 @@ impl SledStore {
             .mode(sled::Mode::HighThroughput)
             // The writer flushes sled itself, right after the log (see `writer/mod.rs`).
             .flush_every_ms(None)
-            .open()?;
+            .open()
+            .map_err(|err| match err {
+                // sled's own words for the data dir's lock held elsewhere.
+                sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                    StoreError::Io(
+                        "another process has this data dir open (one hookd per data dir; \
+                         stop the other or give this one another --data)"
+                            .into(),
+                    )
+                }
+                other => other.into(),
+            })?;
         let migrating = migrate::prepare(&db, dir)?;
         let tree = db.open_tree(TREE)?;
         let plugins = Arc::new(plugins::Catalogue::open(&db, dir)?);
