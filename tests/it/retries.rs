@@ -203,6 +203,40 @@ async fn a_paused_webhook_queues_its_events_and_sends_them_when_resumed() {
     assert_eq!(receiver.received().len(), 5);
 }
 
+/// A run of failures belongs to a receiver: pointing the webhook at a new URL starts afresh,
+/// so the new URL's first failure does not disable it for the old one's.
+#[tokio::test]
+async fn a_new_url_starts_a_fresh_run_of_failures() {
+    let engine =
+        TestEngine::start_with("disable_after = \"1s\"\nretry_schedule = [\"1500ms\"]").await;
+    let (old, new) = (Receiver::start().await, Receiver::start().await);
+    old.respond(500);
+    new.respond(500);
+    let webhook = engine.create_webhook(json!({"url": old.url})).await;
+    let path = format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap());
+    let first = engine.send_event("user.created", json!({})).await;
+    old.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, _) = engine
+        .call(
+            "PATCH",
+            &path,
+            crate::support::ACME_KEY,
+            Some(json!({"url": new.url})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The pending retry and a new event go to the new URL, which fails once, then recovers.
+    engine.send_event("user.created", json!({})).await;
+    new.wait_for(1, WAIT).await;
+    new.respond(200);
+    let (_, w) = engine.get(&path).await;
+    assert_eq!(w["status"], "active", "one failure at the new URL: {w}");
+    engine
+        .wait_delivery(first["deliveries"][0]["id"].as_str().unwrap(), "delivered")
+        .await;
+}
+
 #[tokio::test]
 async fn a_webhook_failing_longer_than_disable_after_is_disabled_with_a_reason() {
     let engine = TestEngine::start_with(r#"disable_after = "300ms""#).await;

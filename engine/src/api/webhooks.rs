@@ -674,8 +674,13 @@ pub async fn update(
     let updated = state
         .store
         .update_webhook(&tenant.id, &webhook_id, &|w| {
-            if let Some(url) = &url {
+            if let Some(url) = &url
+                && *url != w.url
+            {
+                // A new receiver: the old one's failures say nothing about it (its run of
+                // failures would otherwise disable the webhook at the new URL's first one).
                 w.url = url.clone();
+                w.failing_since = None;
             }
             if let Some(description) = &body.description {
                 w.description = description.clone();
