@@ -475,3 +475,44 @@ async fn a_tenant_whose_deliveries_trail_past_its_lag_quota_is_pushed_back_until
         .unwrap_or_else(|| panic!("no lag histogram for acme in {metrics}"));
     assert!(count >= sent as f64, "{count} < {sent}");
 }
+
+/// A backlog a paused webhook held on purpose is not lag: resuming it does not push the
+/// tenant's producers back (every ingest was refused for as long as the pause had lasted).
+#[tokio::test]
+async fn resuming_a_paused_webhooks_backlog_is_not_counted_as_delivery_lag() {
+    let (engine, _path) = engine_with_quotas("max_delivery_lag_secs = 1").await;
+    let receiver = Receiver::start().await;
+    let webhook = engine
+        .create_webhook(json!({"url": receiver.url, "max_in_flight": 2}))
+        .await;
+    let path = format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap());
+    let patch = |status: &'static str| {
+        engine.call("PATCH", &path, ACME_KEY, Some(json!({"status": status})))
+    };
+    assert_eq!(patch("paused").await.0, 200);
+    for _ in 0..30 {
+        let (status, _) = engine
+            .post(
+                "/v1/events",
+                json!({"type": "order.paid", "payload": {"n": 1}}),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(patch("active").await.0, 200);
+    // While the held backlog drains, the tenant's producers are still accepted.
+    let mut refused = 0;
+    for _ in 0..20 {
+        let (status, _) = engine
+            .post(
+                "/v1/events",
+                json!({"type": "order.paid", "payload": {"n": 2}}),
+            )
+            .await;
+        refused += usize::from(status == 429);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(refused, 0, "ingest refused while a resumed backlog drained");
+    receiver.wait_for(50, WAIT).await;
+}

@@ -106,7 +106,7 @@ async fn try_run(
     };
     let tenant = loaded.tenant();
     let started_at = now_ms();
-    observe_lag(ctx, &loaded.tenant_id, &loaded.delivery, started_at);
+    observe_lag(ctx, &loaded, started_at);
     let input = AttemptInput {
         tenant,
         webhook: &loaded.webhook,
@@ -182,9 +182,14 @@ async fn try_run(
 }
 
 /// Notes how long after it was due this attempt starts (`lag.rs`).
-fn observe_lag(ctx: &DeliveryContext, tenant: &str, delivery: &DeliveryRecord, started_at: u64) {
-    let due = delivery.next_attempt_at.unwrap_or(started_at);
-    let lag_ms = started_at.saturating_sub(due);
+/// How late the attempt starts. A delivery held by its webhook's pause (or disable) was not
+/// late while held: it counts from the change that released it (the webhook's last update)
+/// if that came after its due time, or a resumed backlog would read as lag and refuse the
+/// whole tenant's ingest (`max_delivery_lag_secs`).
+fn observe_lag(ctx: &DeliveryContext, loaded: &Loaded, started_at: u64) {
+    let tenant = loaded.tenant_id.as_str();
+    let due = loaded.delivery.next_attempt_at.unwrap_or(started_at);
+    let lag_ms = started_at.saturating_sub(due.max(loaded.webhook.updated_at));
     ctx.lag.observe(tenant, lag_ms);
     ctx.metrics
         .delivery_lag(tenant, Duration::from_millis(lag_ms));
