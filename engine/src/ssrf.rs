@@ -29,6 +29,8 @@ pub enum UrlError {
     Credentials,
     #[error("the URL is longer than {MAX_URL_BYTES} bytes")]
     TooLong,
+    #[error("the URL's port must be 1-65535")]
+    PortZero,
     /// Displays without the address: the message reaches the tenant.
     #[error("{BLOCKED_ADDRESS_MESSAGE}")]
     Blocked(BlockedAddress),
@@ -88,6 +90,9 @@ impl SsrfPolicy {
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(UrlError::Credentials);
+        }
+        if url.port() == Some(0) {
+            return Err(UrlError::PortZero);
         }
         match url.host() {
             None => Err(UrlError::NoHost),
@@ -278,6 +283,16 @@ mod tests {
             let ip: IpAddr = text.parse().unwrap();
             assert_eq!(p.check_ip(ip), Ok(()), "{text} should pass");
         }
+    }
+
+    #[test]
+    fn port_zero_is_refused_while_parsing() {
+        let p = policy(&["127.0.0.1/32"]);
+        assert!(matches!(
+            p.parse_url("http://127.0.0.1:0/hook"),
+            Err(UrlError::PortZero)
+        ));
+        assert!(p.parse_url("http://127.0.0.1:1/hook").is_ok());
     }
 
     #[test]

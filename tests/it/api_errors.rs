@@ -393,3 +393,23 @@ async fn the_bearer_scheme_is_matched_without_regard_to_case() {
         assert_eq!(response.status().as_u16(), expected, "{value}");
     }
 }
+
+/// A `type` filter is one exact type: a wildcard matches nothing stored, so it is refused.
+#[tokio::test]
+async fn a_wildcard_type_filter_is_refused_instead_of_answered_with_nothing() {
+    let engine = TestEngine::start().await;
+    engine.send_event("user.created", json!({})).await;
+    for path in ["/v1/events?type=user.*", "/v1/deliveries?event_type=user.*"] {
+        let (status, err) = engine.get(path).await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (400, Some("invalid_query")),
+            "{path}: {err}"
+        );
+    }
+    let (status, page) = engine.get("/v1/events?type=user.created").await;
+    assert_eq!(
+        (status, page["data"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+}

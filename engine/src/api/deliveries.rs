@@ -200,6 +200,7 @@ pub fn delivery_filter(fields: FilterFields) -> Result<DeliveryFilter, ApiError>
         })?),
         None => None,
     };
+    super::check_type_filter(fields.event_type.as_deref())?;
     if let Some(channel) = &fields.channel
         && !super::valid_channel(channel)
     {

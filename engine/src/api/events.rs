@@ -519,6 +519,7 @@ pub async fn list(
     tenant: Tenant,
     ApiQuery(query): ApiQuery<EventListQuery>,
 ) -> Result<ApiJson<ListResponse<EventView>>, ApiError> {
+    super::check_type_filter(query.event_type.as_deref())?;
     if let Some(channel) = &query.channel
         && !valid_channel(channel)
     {

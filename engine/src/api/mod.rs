@@ -572,6 +572,18 @@ pub fn parse_optional_time(field: &str, text: Option<&str>) -> Result<Option<u64
     text.map(|t| parse_time(field, t)).transpose()
 }
 
+/// A `type` filter names one event type exactly: a wildcard (`user.*`) matches no stored type,
+/// so it is refused rather than answered with nothing.
+pub fn check_type_filter(event_type: Option<&str>) -> Result<(), ApiError> {
+    match event_type {
+        Some(text) if text.contains('*') => Err(ApiError::bad_request(
+            "invalid_query",
+            "`type` filters by one exact event type; wildcards are for webhook subscriptions",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A channel name: 1-128 of `A-Z a-z 0-9 . _ - :`.
 pub fn valid_channel(channel: &str) -> bool {
     !channel.is_empty()

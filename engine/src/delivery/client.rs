@@ -56,10 +56,23 @@ pub enum HttpOutcome {
 }
 
 impl HttpOutcome {
-    /// The body read, lossily decoded (empty when there was no answer).
+    /// The body read, lossily decoded (empty when there was no answer). A body cut at the
+    /// read limit in the middle of a UTF-8 character ends before it, not in U+FFFD.
     pub fn snippet(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            HttpOutcome::Response { body, .. } => String::from_utf8_lossy(body),
+            HttpOutcome::Response {
+                body,
+                body_truncated,
+                ..
+            } => {
+                let whole = match std::str::from_utf8(body) {
+                    Err(cut) if *body_truncated && cut.error_len().is_none() => {
+                        &body[..cut.valid_up_to()]
+                    }
+                    _ => &body[..],
+                };
+                String::from_utf8_lossy(whole)
+            }
             HttpOutcome::Failed { .. } => std::borrow::Cow::Borrowed(""),
         }
     }
@@ -475,6 +488,24 @@ fn classify_error(err: &reqwest::Error) -> (SendFailure, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snippet_cut_inside_a_character_ends_before_it() {
+        let answered = |body: &'static [u8], truncated: bool| HttpOutcome::Response {
+            status: 200,
+            retry_after: None,
+            body: bytes::Bytes::from_static(body),
+            body_truncated: truncated,
+            headers: Vec::new(),
+            latency: Duration::ZERO,
+        };
+        // "é" is two bytes; the limit fell between them.
+        assert_eq!(answered(b"caf\xc3", true).snippet(), "caf");
+        assert_eq!(answered("café".as_bytes(), true).snippet(), "café");
+        // Not cut there: invalid bytes stay visible as U+FFFD.
+        assert_eq!(answered(b"caf\xc3", false).snippet(), "caf\u{fffd}");
+        assert_eq!(answered(b"\xffok", true).snippet(), "\u{fffd}ok");
+    }
 
     #[test]
     fn parsed_urls_answer_as_parsing_does_and_stay_bounded() {
