@@ -68,6 +68,11 @@ pub const PLUGIN_HOOK_CALLS: &str = "hookd_plugin_hook_calls_total";
 /// Per plugin: wall time of hook calls by `tenant`, `version`.
 pub const PLUGIN_HOOK_SECONDS: &str = "hookd_plugin_hook_seconds";
 pub const CONFIG_RELOADS: &str = "hookd_config_reloads_total";
+/// API requests answered, by `method`, `route` (the matched route's template, e.g.
+/// `/v1/webhooks/{id}`, or `unmatched`) and `status`.
+pub const HTTP_REQUESTS: &str = "hookd_http_requests_total";
+/// 1, labelled with the running `version`.
+pub const BUILD_INFO: &str = "hookd_build_info";
 /// Each sync of the embedded store to disk (the log's `fdatasync`, then sled's flush).
 pub const STORE_SYNC: &str = "hookd_store_sync_seconds";
 
@@ -281,6 +286,12 @@ impl Metrics {
                 "Wall time of each plugin's hook calls (a plugin's first call of an attempt includes creating its instance), by tenant and version (the component's SHA-256 prefix)"
             );
             describe_counter!(CONFIG_RELOADS, "Config reloads by result (applied, refused)");
+            describe_counter!(
+                HTTP_REQUESTS,
+                "API requests answered, by method, route (the route's template, or unmatched) and status"
+            );
+            describe_gauge!(BUILD_INFO, "1, labelled with the running hookd version");
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             // Series that exist before their first event, so dashboards and alerts see zeros.
             for result in ["applied", "refused"] {
                 counter!(CONFIG_RELOADS, "result" => result).increment(0);
@@ -505,6 +516,27 @@ impl Metrics {
     /// Whether new delivery attempts start on the yielding lane (`delivery/runtime.rs`).
     pub fn set_cpu_saturated(&self, saturated: bool) {
         self.with(|| gauge!(CPU_SATURATED).set(if saturated { 1.0 } else { 0.0 }));
+    }
+
+    /// An API request was answered.
+    pub fn http_request(&self, method: &axum::http::Method, route: Option<&str>, status: u16) {
+        use axum::http::Method;
+        // Bounded label values: the standard methods, the router's templates, the status.
+        let method = match *method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::PATCH => "PATCH",
+            Method::DELETE => "DELETE",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            _ => "other",
+        };
+        let route = route.unwrap_or("unmatched").to_string();
+        self.with(|| {
+            counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status.to_string())
+                .increment(1)
+        });
     }
 
     /// A config reload was applied, or refused (the old config stays).

@@ -335,3 +335,40 @@ async fn each_sync_of_the_embedded_store_is_timed() {
         after
     );
 }
+
+/// Every API answer is counted by method, route template (never an id) and status.
+#[tokio::test]
+async fn api_requests_are_counted_by_method_route_template_and_status() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    let webhook = engine.create_webhook(json!({"url": receiver.url})).await;
+    let id = webhook["id"].as_str().unwrap();
+    for _ in 0..3 {
+        engine.send_event("user.created", json!({})).await;
+    }
+    engine.get(&format!("/v1/webhooks/{id}")).await;
+    engine.call("GET", "/v1/webhooks", "wrong-key", None).await;
+    engine.get("/v1/no-such-route").await;
+    let text = scrape(&engine).await;
+    let requests = |method, route, status| {
+        count(
+            &text,
+            "hookd_http_requests_total",
+            &[("method", method), ("route", route), ("status", status)],
+        )
+    };
+    assert_eq!(requests("POST", "/v1/events", "202"), 3.0, "{text}");
+    assert_eq!(requests("POST", "/v1/webhooks", "201"), 1.0);
+    assert_eq!(requests("GET", "/v1/webhooks/{id}", "200"), 1.0);
+    assert_eq!(requests("GET", "/v1/webhooks", "401"), 1.0);
+    assert_eq!(requests("GET", "unmatched", "404"), 1.0);
+    assert!(!text.contains(id), "no resource id in a label");
+    assert_eq!(
+        count(
+            &text,
+            "hookd_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+}

@@ -162,9 +162,34 @@ pub fn router(state: AppState) -> Router {
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            count_request,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(ops::OpenApiJson::new(document)))
         .with_state(state)
+}
+
+/// Counts every answered request by method, route template and status
+/// (`hookd_http_requests_total`).
+async fn count_request(
+    axum::extract::State(metrics): axum::extract::State<Metrics>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let response = next.run(request).await;
+    metrics.http_request(
+        &method,
+        route.as_ref().map(axum::extract::MatchedPath::as_str),
+        response.status().as_u16(),
+    );
+    response
 }
 
 /// The answer of `/healthz` and `/readyz`.
