@@ -35,6 +35,14 @@ async fn status_with(engine: &TestEngine, key: &str) -> u16 {
     engine.call("GET", "/v1/webhooks", key, None).await.0
 }
 
+/// Waits until `key` gets `status` (a reload applied or not).
+async fn key_answers(engine: &TestEngine, key: &str, status: u16, what: &str) {
+    eventually(WAIT, what, || async {
+        (status_with(engine, key).await == status).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_free_space_reserve_follows_a_reload_and_start_only_keys_keep_their_values() {
     let (engine, path) = engine_from_file().await;
@@ -107,10 +115,7 @@ async fn a_valid_config_edit_applies_live_and_an_invalid_one_is_refused_and_repo
         hex::encode(hash_api_key("new-key"))
     );
     std::fs::write(&path, &edited).unwrap();
-    eventually(WAIT, "the new key works", || async {
-        (status_with(&engine, "new-key").await == 200).then_some(())
-    })
-    .await;
+    key_answers(&engine, "new-key", 200, "the new key works").await;
 
     // An invalid edit: every problem listed, the running config stays.
     std::fs::write(
@@ -142,10 +147,7 @@ async fn a_valid_config_edit_applies_live_and_an_invalid_one_is_refused_and_repo
 
     // Removing the key: refused from then on.
     std::fs::write(&path, &original).unwrap();
-    eventually(WAIT, "the removed key is refused", || async {
-        (status_with(&engine, "new-key").await == 401).then_some(())
-    })
-    .await;
+    key_answers(&engine, "new-key", 401, "the removed key is refused").await;
     let (_, ready) = engine.call("GET", "/readyz", ACME_KEY, None).await;
     assert_eq!(ready["config"]["last_result"], "applied");
 }
@@ -216,10 +218,7 @@ async fn a_config_mounted_like_a_kubernetes_configmap_reloads_when_its_revision_
     // (`hookd.toml`, a link) is never written, renamed or removed.
     let edited = format!("{original}{}", tenant_with("initech", "new-key"));
     publish_revision(&volume, 2, &edited);
-    eventually(WAIT, "the new revision's key works", || async {
-        (status_with(&engine, "new-key").await == 200).then_some(())
-    })
-    .await;
+    key_answers(&engine, "new-key", 200, "the new revision's key works").await;
 
     // An invalid revision is refused like an invalid edit, and the running config stays.
     publish_revision(
@@ -236,10 +235,7 @@ async fn a_config_mounted_like_a_kubernetes_configmap_reloads_when_its_revision_
 
     // Watching follows the swaps: a fourth revision, without the key, applies too.
     publish_revision(&volume, 4, &original);
-    eventually(WAIT, "the removed key is refused", || async {
-        (status_with(&engine, "new-key").await == 401).then_some(())
-    })
-    .await;
+    key_answers(&engine, "new-key", 401, "the removed key is refused").await;
     let (_, ready) = engine.call("GET", "/readyz", ACME_KEY, None).await;
     assert_eq!(
         (&ready["config"]["applied"], &ready["config"]["refused"]),
@@ -268,10 +264,7 @@ async fn a_config_file_reached_through_a_symlink_reloads_when_its_target_is_edit
         format!("{original}{}", tenant_with("initech", "new-key")),
     )
     .unwrap();
-    eventually(WAIT, "the new key works", || async {
-        (status_with(&engine, "new-key").await == 200).then_some(())
-    })
-    .await;
+    key_answers(&engine, "new-key", 200, "the new key works").await;
 }
 
 /// Deployment scripts replace a config directory whole; its watch goes with the old one.
@@ -291,10 +284,7 @@ async fn a_config_directory_replaced_whole_keeps_reloading() {
     std::fs::remove_dir_all(&conf).unwrap();
     std::fs::create_dir(&conf).unwrap();
     std::fs::write(&path, &edited).unwrap();
-    eventually(WAIT, "the new directory's file applies", || async {
-        (status_with(&engine, "new-key").await == 200).then_some(())
-    })
-    .await;
+    key_answers(&engine, "new-key", 200, "the new directory's file applies").await;
 
     // A new directory renamed over the old one, then an edit in place in it.
     let staged = conf.with_file_name("conf.new");
@@ -304,9 +294,12 @@ async fn a_config_directory_replaced_whole_keeps_reloading() {
     std::fs::rename(&staged, &conf).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     std::fs::write(&path, &original).unwrap();
-    eventually(WAIT, "an edit in the renamed directory applies", || async {
-        (status_with(&engine, "new-key").await == 401).then_some(())
-    })
+    key_answers(
+        &engine,
+        "new-key",
+        401,
+        "an edit in the renamed directory applies",
+    )
     .await;
 }
 
