@@ -181,11 +181,10 @@ async fn try_run(
     Ok(Ran::Done)
 }
 
-/// Notes how long after it was due this attempt starts (`lag.rs`).
-/// How late the attempt starts. A delivery held by its webhook's pause (or disable) was not
-/// late while held: it counts from the change that released it (the webhook's last update)
-/// if that came after its due time, or a resumed backlog would read as lag and refuse the
-/// whole tenant's ingest (`max_delivery_lag_secs`).
+/// Notes how long after it was due this attempt starts (`lag.rs`). A delivery held by its
+/// webhook's pause (or disable) was not late while held: it counts from the change that
+/// released it (the webhook's last update) if that came after its due time, or a resumed
+/// backlog would read as lag and refuse the whole tenant's ingest (`max_delivery_lag_secs`).
 fn observe_lag(ctx: &DeliveryContext, loaded: &Loaded, started_at: u64) {
     let tenant = loaded.tenant_id.as_str();
     let due = loaded.delivery.next_attempt_at.unwrap_or(started_at);
