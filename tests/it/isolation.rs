@@ -342,10 +342,20 @@ async fn every_documented_route_isolates_tenants_with_another_tenants_key() {
         .await
         .unwrap();
     marks.assert_absent("/metrics", &metrics);
+    // A request's `route` is one of the router's templates (all documented), never a path.
+    let (_, document) = engine.get("/openapi.json").await;
+    let templates: Vec<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .chain(["unmatched"])
+        .collect();
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        // The label set ends at the line's last `}` (a route template has braces of its own).
         let Some(labels) = line
             .split_once('{')
-            .and_then(|(_, rest)| rest.split_once('}'))
+            .and_then(|(_, rest)| rest.rsplit_once('}'))
         else {
             continue;
         };
@@ -355,6 +365,14 @@ async fn every_documented_route_isolates_tenants_with_another_tenants_key() {
             match name {
                 "le" | "quantile" => {}
                 "tenant" => assert!(["acme", "globex"].contains(&value), "{line}"),
+                "route" => assert!(templates.contains(&value), "{line}"),
+                "method" => assert!(
+                    [
+                        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other"
+                    ]
+                    .contains(&value),
+                    "{line}"
+                ),
                 _ => assert!(
                     value.chars().all(|c| c.is_ascii_lowercase()
                         || c.is_ascii_digit()
