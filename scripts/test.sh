@@ -28,6 +28,7 @@ sled_only=(
     --skip restart::damaged_log_records
     --skip metrics::each_sync_of_the_embedded_store_is_timed
     --skip ops::the_free_space_reserve_follows_a_reload_and_start_only_keys_keep_their_values
+    --skip ops::a_second_engine_on_a_data_dir_in_use_is_refused_with_a_clear_message
     --skip secrets::a_copied_data_dir_holds_no_secret_in_any_form_and_the_api_shows_none_after_create
     --skip secrets::another_key_cannot_open_a_copied_data_dir_and_rotation_reseals_with_the_new_key
 )

@@ -806,7 +806,8 @@ async fn secrets_and_api_keys_never_reach_the_logs() {
     }
 }
 
-/// A second engine on a data dir in use is refused with a message that says so, once.
+/// A second engine on a data dir in use is refused with a message that says so, once. (sled
+/// only: on PostgreSQL several engines share one database by design.)
 #[tokio::test]
 async fn a_second_engine_on_a_data_dir_in_use_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -815,16 +816,32 @@ async fn a_second_engine_on_a_data_dir_in_use_is_refused_with_a_clear_message() 
     std::fs::write(&path, test_config_toml(&data, "", true)).unwrap();
     let (child, _base, _log) = crate::crash::spawn_hookd_logged(&path, &data, "info");
     let _first = crate::crash::KillOnDrop(child);
-    let second = Command::new(env!("CARGO_BIN_EXE_hookd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .arg("--data")
-        .arg(&data)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert_eq!(second.status.code(), Some(1));
-    let out = String::from_utf8_lossy(&second.stdout);
+    let mut second = crate::crash::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_hookd"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .arg("--data")
+            .arg(&data)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Bounded: a second engine that starts instead of refusing fails the test, not hangs it.
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = second.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second engine started on a data dir in use"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut second.0.stdout.take().unwrap(), &mut out).unwrap();
     assert_eq!(
         out.matches("another process has this data dir open")
             .count(),
