@@ -111,6 +111,11 @@ impl RunningEngine {
         self.reload_requests.clone()
     }
 
+    /// The store (tests reach behind the API with it).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// The plugin host (tests read its compile counter).
     pub fn plugins(&self) -> &PluginHost {
         &self.plugins

@@ -249,4 +249,18 @@ async fn a_deleted_webhooks_deliveries_are_neither_retried_nor_replayed() {
         1,
         "nothing more reached the deleted webhook's URL"
     );
+
+    // A retry that raced the delete (queued after it, behind the API's check) is settled by
+    // the dispatcher instead of waiting for good.
+    let id = hookd::ids::DeliveryId::parse(&delivery_of_deleted).unwrap();
+    engine
+        .engine()
+        .store()
+        .requeue("acme", &id, hookd::ids::now_ms())
+        .await
+        .unwrap()
+        .expect("the delivery exists");
+    let settled = engine.wait_delivery(&delivery_of_deleted, "failed").await;
+    assert_eq!(settled["last_error"], "webhook_deleted", "{settled}");
+    assert_eq!(gone.count(), 1, "and nothing was sent");
 }

@@ -463,13 +463,15 @@ impl Dispatcher {
                     });
                 }
                 Ok(None) => {
-                    // Deleted: forget it once nothing of it is in flight (a slot is freed
-                    // before its claim ends, on the same channel, so no claim means no slot).
-                    queue.release_ready();
-                    if queue.claimed.is_empty() {
-                        self.queues.remove(key);
-                    }
-                    return;
+                    // Deleted. Its delete settled what was queued, but a retry or replay that
+                    // raced it can queue one more: claim those one at a time, and their
+                    // attempts settle them `failed / webhook_deleted` (`attempt::load`), so
+                    // nothing waits for good in a queue no one claims from.
+                    queue.settings = Some(QueueSettings {
+                        active: true,
+                        max_in_flight: 1,
+                        limiter: None,
+                    });
                 }
                 Err(err) => {
                     warn!(tenant, webhook_id = %webhook_id, error = %err, "could not read webhook; retrying in 1s");
