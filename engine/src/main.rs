@@ -111,11 +111,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(mut loaded) => {
                 // The same key resolution as `serve`: the environment wins over the file.
-                if let Err(problem) = loaded
-                    .security
-                    .apply_env()
-                    .and_then(|()| loaded.security.keyring().map(drop))
-                {
+                if let Err(problem) = loaded.security.resolve() {
                     eprintln!("{}: {problem}", config.display());
                     return ExitCode::FAILURE;
                 }

@@ -35,6 +35,33 @@ async fn status_with(engine: &TestEngine, key: &str) -> u16 {
     engine.call("GET", "/v1/webhooks", key, None).await.0
 }
 
+/// The real binary on a config file with an admin key, in a temp dir that lives as long as this.
+struct Spawned {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    original: String,
+    child: std::process::Child,
+    base: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn spawned_from_file() -> Spawned {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = dir.path().join("hookd.toml");
+    let original = with_admin(&test_config_toml(&data, "", true));
+    std::fs::write(&path, &original).unwrap();
+    let (child, base, log) = crate::crash::spawn_hookd_logged(&path, &data, "info");
+    Spawned {
+        _dir: dir,
+        path,
+        original,
+        child,
+        base,
+        log,
+    }
+}
+
 /// Waits until `key` gets `status` (a reload applied or not).
 async fn key_answers(engine: &TestEngine, key: &str, status: u16, what: &str) {
     eventually(WAIT, what, || async {
@@ -305,13 +332,9 @@ async fn a_config_directory_replaced_whole_keeps_reloading() {
 
 #[tokio::test]
 async fn sighup_rereads_the_config_file_and_leaves_the_engine_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let path = dir.path().join("hookd.toml");
-    let original = with_admin(&test_config_toml(&data, "", true));
-    std::fs::write(&path, &original).unwrap();
-    let (child, base, log) = crate::crash::spawn_hookd_logged(&path, &data, "info");
-    let mut child = crate::crash::KillOnDrop(child);
+    let spawned = spawned_from_file();
+    let (base, log) = (&spawned.base, &spawned.log);
+    let mut child = crate::crash::KillOnDrop(spawned.child);
     let http = reqwest::Client::new();
     let reloads = || async {
         let ready: Value = http
@@ -371,12 +394,14 @@ async fn sighup_rereads_the_config_file_and_leaves_the_engine_running() {
 /// TOML error with its source line (the sealing key) to anyone, and log it seven times.
 #[tokio::test]
 async fn a_refused_reload_never_shows_its_values_on_the_probe_or_in_the_logs() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let path = dir.path().join("hookd.toml");
-    let original = with_admin(&test_config_toml(&data, "", true));
-    std::fs::write(&path, &original).unwrap();
-    let (mut child, base, log) = crate::crash::spawn_hookd_logged(&path, &data, "info");
+    let Spawned {
+        _dir,
+        path,
+        original,
+        mut child,
+        base,
+        log,
+    } = spawned_from_file();
     let http = reqwest::Client::new();
     let readyz = || async {
         let text = http

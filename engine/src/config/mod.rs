@@ -194,6 +194,13 @@ impl SecurityConfig {
         }
     }
 
+    /// The keys `hookd serve` would start with: [`Self::apply_env`], then a current key must
+    /// exist. `check-config` and a config reload refuse what this refuses.
+    pub fn resolve(&mut self) -> Result<(), String> {
+        self.apply_env()?;
+        self.keyring().map(drop)
+    }
+
     /// The keyring, or why there is none.
     pub fn keyring(&self) -> Result<secrets::Keyring, String> {
         match &self.current {

@@ -327,11 +327,7 @@ fn keep_start_only(config: &mut Config, running: &Config) -> Vec<&'static str> {
 /// (no secret key, say, as an empty file has) is refused here too.
 fn load_for_reload(path: &std::path::Path) -> Result<Config, super::ConfigErrors> {
     let mut config = Config::load(path)?;
-    let keys = config
-        .security
-        .apply_env()
-        .and_then(|()| config.security.keyring().map(drop));
-    match keys {
+    match config.security.resolve() {
         Ok(()) => Ok(config),
         Err(problem) => Err(super::ConfigErrors(vec![super::ConfigError {
             file: path.to_path_buf(),
