@@ -92,8 +92,10 @@ pub struct UpdateWebhook {
     event_types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     channels: Option<Option<Vec<String>>>,
+    /// Replaces the static headers; a header given `null` keeps its current value (what a
+    /// view shows for a credential header), so a read-modify-write keeps credentials.
     #[serde(default, deserialize_with = "null_clears")]
-    headers: Option<BTreeMap<String, String>>,
+    headers: Option<BTreeMap<String, Option<String>>>,
     #[serde(default, deserialize_with = "present")]
     max_attempts: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
@@ -149,7 +151,10 @@ pub struct WebhookView {
     description: String,
     event_types: Vec<String>,
     channels: Option<Vec<String>>,
-    headers: BTreeMap<String, String>,
+    /// Static headers sent with every request. The value of a credential header (named like
+    /// `authorization`, a key, token, secret or signature) is `null`: it is sent but never
+    /// shown; `null` in a PATCH keeps it.
+    headers: BTreeMap<String, Option<String>>,
     status: WebhookStatus,
     disabled_reason: Option<String>,
     max_attempts: Option<u32>,
@@ -226,7 +231,15 @@ impl From<WebhookRecord> for WebhookView {
             description: w.description,
             event_types: w.event_types,
             channels: w.channels,
-            headers: w.headers,
+            headers: w
+                .headers
+                .into_iter()
+                .map(|(name, value)| {
+                    let shown =
+                        (!crate::delivery::capture::is_secret_header(&name)).then_some(value);
+                    (name, shown)
+                })
+                .collect(),
             status: w.status,
             disabled_reason: w.disabled_reason,
             max_attempts: w.max_attempts,
@@ -337,6 +350,70 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<BTreeMap<String, 
         out.insert(lower, value.clone());
     }
     Ok(out)
+}
+
+/// A PATCH's headers: the values given, checked, and the names whose current value stays.
+struct PatchedHeaders {
+    given: BTreeMap<String, String>,
+    kept: Vec<String>,
+}
+
+impl PatchedHeaders {
+    /// The new headers of a webhook whose headers are `current`.
+    fn resolve(&self, current: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut headers = self.given.clone();
+        for name in &self.kept {
+            // A header a concurrent PATCH removed has nothing left to keep.
+            if let Some(value) = current.get(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        headers
+    }
+}
+
+/// Checks a PATCH's headers; a `null` value must name a header the webhook has.
+async fn check_patched_headers(
+    state: &AppState,
+    tenant: &str,
+    webhook_id: &WebhookId,
+    headers: &BTreeMap<String, Option<String>>,
+) -> Result<PatchedHeaders, ApiError> {
+    let (kept, given): (Vec<_>, Vec<_>) = headers.iter().partition(|(_, value)| value.is_none());
+    let kept: Vec<String> = kept
+        .into_iter()
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .collect();
+    let given: BTreeMap<String, String> = given
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.clone(), value.clone()?)))
+        .collect();
+    if given.len() + kept.len() > MAX_STATIC_HEADERS {
+        return Err(ApiError::invalid(
+            "invalid_header",
+            format!("at most {MAX_STATIC_HEADERS} static headers"),
+        ));
+    }
+    let given = check_headers(&given)?;
+    if !kept.is_empty() {
+        let current = state
+            .store
+            .webhook(tenant, webhook_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("webhook", webhook_id.as_str()))?;
+        if let Some(missing) = kept
+            .iter()
+            .find(|name| !current.headers.contains_key(*name))
+        {
+            return Err(ApiError::invalid(
+                "invalid_header",
+                format!(
+                    "`{missing}` is `null` but the webhook has no such header to keep; give its value"
+                ),
+            ));
+        }
+    }
+    Ok(PatchedHeaders { given, kept })
 }
 
 fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
@@ -645,7 +722,12 @@ pub async fn update(
     if let Some(Some(channels)) = &body.channels {
         check_channels(channels)?;
     }
-    let headers = body.headers.as_ref().map(check_headers).transpose()?;
+    let headers = match &body.headers {
+        Some(headers) => {
+            Some(check_patched_headers(&state, &tenant.id, &webhook_id, headers).await?)
+        }
+        None => None,
+    };
     if let Some(metadata) = &body.metadata {
         check_metadata(metadata)?;
     }
@@ -692,7 +774,7 @@ pub async fn update(
                 w.channels = channels.clone();
             }
             if let Some(headers) = &headers {
-                w.headers = headers.clone();
+                w.headers = headers.resolve(&w.headers);
             }
             if let Some(v) = body.max_attempts {
                 w.max_attempts = v;
