@@ -265,6 +265,74 @@ async fn a_webhook_failing_longer_than_disable_after_is_disabled_with_a_reason()
     assert_eq!(receiver.count(), before);
 }
 
+/// A manual retry or recover of a disabled webhook would queue what nothing sends: refused
+/// with a code and the way out; once the webhook is active again both send at once.
+#[tokio::test]
+async fn retry_and_recover_of_a_disabled_webhook_are_refused_until_it_is_enabled() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    receiver.respond(400);
+    let webhook = engine.create_webhook(json!({"url": receiver.url})).await;
+    let id = webhook["id"].as_str().unwrap();
+    let path = format!("/v1/webhooks/{id}");
+    let mut deliveries = Vec::new();
+    for _ in 0..2 {
+        let event = engine.send_event("user.created", json!({})).await;
+        let delivery_id = event["deliveries"][0]["id"].as_str().unwrap().to_string();
+        engine.wait_delivery(&delivery_id, "failed").await;
+        deliveries.push(delivery_id);
+    }
+    receiver.respond(200);
+    let (status, _) = engine
+        .call(
+            "PATCH",
+            &path,
+            crate::support::ACME_KEY,
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let retry = format!("/v1/deliveries/{}/retry", deliveries[0]);
+    let recover = (
+        format!("{path}/recover"),
+        json!({"since": "2000-01-01T00:00:00Z"}),
+    );
+    let (status, err) = engine.post(&retry, json!({})).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (409, Some("webhook_disabled")),
+        "{err}"
+    );
+    assert!(err["message"].as_str().unwrap().contains("active"), "{err}");
+    let (status, err) = engine.post(&recover.0, recover.1.clone()).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (409, Some("webhook_disabled")),
+        "{err}"
+    );
+    let (_, d) = engine
+        .get(&format!("/v1/deliveries/{}", deliveries[0]))
+        .await;
+    assert_eq!(d["status"], "failed", "nothing was queued: {d}");
+    assert_eq!(receiver.count(), 2);
+
+    let (status, _) = engine
+        .call(
+            "PATCH",
+            &path,
+            crate::support::ACME_KEY,
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, d) = engine.post(&retry, json!({})).await;
+    assert_eq!(status, 202, "{d}");
+    engine.wait_delivery(&deliveries[0], "delivered").await;
+    let (status, r) = engine.post(&recover.0, recover.1).await;
+    assert_eq!((status, &r["requeued"]), (202, &json!(1)), "{r}");
+    engine.wait_delivery(&deliveries[1], "delivered").await;
+}
+
 #[tokio::test]
 async fn manual_retry_and_recover_resend_failed_deliveries() {
     let engine = TestEngine::start().await;

@@ -276,7 +276,8 @@ pub async fn get_one(
 
 /// Queues a delivery for an attempt now, whatever its state. A delivery that had used up
 /// its attempts gets exactly one more. One whose webhook was deleted cannot be sent anywhere:
-/// `409 webhook_deleted` (it would otherwise wait in a queue nothing claims from).
+/// `409 webhook_deleted` (it would otherwise wait in a queue nothing claims from); one whose
+/// webhook is disabled would wait unseen until it is enabled: `409 webhook_disabled`.
 #[utoipa::path(
     post,
     path = "/v1/deliveries/{id}/retry",
@@ -286,7 +287,7 @@ pub async fn get_one(
     responses(
         (status = 202, description = "Queued for an attempt now", body = DeliveryView),
         (status = 404, description = "No such delivery for this tenant", body = ErrorBody),
-        (status = 409, description = "`webhook_deleted`: its webhook no longer exists", body = ErrorBody),
+        (status = 409, description = "`webhook_deleted`: its webhook no longer exists; `webhook_disabled`: its webhook is disabled (enable it first)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ),
@@ -302,17 +303,15 @@ pub async fn retry(
         .delivery(&tenant.id, &delivery_id)
         .await?
         .ok_or_else(|| ApiError::not_found("delivery", &id))?;
-    if state
-        .store
-        .webhook(&tenant.id, &current.webhook_id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::conflict(
-            "webhook_deleted",
-            "the delivery's webhook was deleted, so there is nowhere to send it; replay its \
-             event to another webhook instead (POST /v1/events/{id}/replay)",
-        ));
+    match state.store.webhook(&tenant.id, &current.webhook_id).await? {
+        None => {
+            return Err(ApiError::conflict(
+                "webhook_deleted",
+                "the delivery's webhook was deleted, so there is nowhere to send it; replay its \
+                 event to another webhook instead (POST /v1/events/{id}/replay)",
+            ));
+        }
+        Some(webhook) => super::webhooks::refuse_disabled(&webhook)?,
     }
     let now = now_ms();
     let delivery = state

@@ -352,6 +352,28 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<BTreeMap<String, 
     Ok(out)
 }
 
+/// A manual retry or recover of a disabled webhook's deliveries would queue them where nothing
+/// is sent until the webhook is enabled: refused, naming the way out. (A paused webhook's
+/// queue is held by design: it takes them.)
+pub(super) fn refuse_disabled(webhook: &WebhookRecord) -> Result<(), ApiError> {
+    if webhook.status != WebhookStatus::Disabled {
+        return Ok(());
+    }
+    let reason = webhook
+        .disabled_reason
+        .as_deref()
+        .map(|reason| format!(" ({reason})"))
+        .unwrap_or_default();
+    Err(ApiError::conflict(
+        "webhook_disabled",
+        format!(
+            "the webhook is disabled{reason}, so nothing would be sent; set its status to \
+             `active` (PATCH /v1/webhooks/{}) first, or to `paused` to queue without sending",
+            webhook.id
+        ),
+    ))
+}
+
 /// A PATCH's headers: the values given, checked, and the names whose current value stays.
 struct PatchedHeaders {
     given: BTreeMap<String, String>,
@@ -1011,7 +1033,8 @@ pub struct Recovered {
     requeued: usize,
 }
 
-/// Re-queues every failed delivery of the webhook created since `since`.
+/// Re-queues every failed delivery of the webhook created since `since`; a disabled webhook
+/// is refused (`409 webhook_disabled`): nothing would be sent until it is enabled.
 #[utoipa::path(
     post,
     path = "/v1/webhooks/{id}/recover",
@@ -1023,6 +1046,7 @@ pub struct Recovered {
         (status = 202, description = "The failed deliveries are queued again", body = Recovered),
         (status = 400, description = "Malformed JSON or time", body = ErrorBody),
         (status = 404, description = "No such webhook for this tenant", body = ErrorBody),
+        (status = 409, description = "`webhook_disabled`: the webhook is disabled (enable it first)", body = ErrorBody),
         (status = 413, description = "The body is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Invalid body", body = ErrorBody),
@@ -1037,6 +1061,7 @@ pub async fn recover(
     ApiJson(body): ApiJson<Recover>,
 ) -> Result<(StatusCode, ApiJson<Recovered>), ApiError> {
     let webhook = load(&state, &tenant, &id).await?;
+    refuse_disabled(&webhook)?;
     let since = parse_time("since", &body.since)?;
     let requeued = state.store.recover(&tenant.id, &webhook.id, since).await?;
     info!(tenant = %tenant.id, webhook_id = %webhook.id, requeued, "failed deliveries recovered");
