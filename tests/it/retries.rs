@@ -314,6 +314,22 @@ async fn retry_and_recover_of_a_disabled_webhook_are_refused_until_it_is_enabled
         .get(&format!("/v1/deliveries/{}", deliveries[0]))
         .await;
     assert_eq!(d["status"], "failed", "nothing was queued: {d}");
+    // Replays skip it (bulk) or are refused (named), for the same reason.
+    let (status, bulk) = engine
+        .post("/v1/deliveries/replay", json!({"webhook_id": id}))
+        .await;
+    assert_eq!((status, &bulk["replayed"]), (202, &json!(0)), "{bulk}");
+    let (status, err) = engine
+        .post(
+            &format!("/v1/events/{}/replay", d["event_id"].as_str().unwrap()),
+            json!({"webhook_id": id}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (409, Some("webhook_disabled")),
+        "{err}"
+    );
     assert_eq!(receiver.count(), 2);
 
     let (status, _) = engine

@@ -5,7 +5,8 @@
 //! - `POST /v1/deliveries/replay` re-sends, for each delivery matching a filter (webhook,
 //!   status, event type, channel, time range), its event to its webhook: at most `limit`
 //!   (≤ [`MAX_BULK_REPLAY`]) per request, continued with the returned `iterator`; `dry_run`
-//!   only counts what would be replayed.
+//!   only counts what would be replayed. Deliveries of a deleted or disabled webhook are
+//!   skipped; naming a disabled webhook in an event replay is `409 webhook_disabled`.
 //!
 //! A replay is written like any event — through ingest and `Store::append_events`, one group
 //! commit, flushed before the answer — as a new event carrying the original's type, channel and
@@ -23,7 +24,7 @@ use super::events::EventView;
 use super::{ApiBody, ApiError, ApiJson, ApiPath, AppState, ErrorBody, Tenant, optional_json};
 use crate::ids::{DeliveryId, EventId, WebhookId, now_ms};
 use crate::ingest::{EventInput, IngestOutcome, prepare_event};
-use crate::store::{EventRecord, NewEvent};
+use crate::store::{EventRecord, NewEvent, WebhookStatus};
 
 /// Most deliveries one bulk replay request re-sends.
 pub const MAX_BULK_REPLAY: usize = 1000;
@@ -90,6 +91,7 @@ fn to_one(tenant: &str, event: &EventRecord, webhook: WebhookId) -> NewEvent {
         (status = 202, description = "Stored durably; the new deliveries are queued", body = ReplayedEvent),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 404, description = "No such event (or webhook) for this tenant", body = ErrorBody),
+        (status = 409, description = "`webhook_disabled`: the named webhook is disabled (enable it first)", body = ErrorBody),
         (status = 422, description = "Invalid body", body = ErrorBody),
         (status = 429, description = "The replays would pass a quota (`quota_exceeded`: `pending_deliveries`, `stored_bytes` or `deliveries_per_event`, with its limit and the current use; nothing was written), or over the request rate (`rate_limited`, with Retry-After)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
@@ -113,14 +115,12 @@ pub async fn replay_event(
         Some(text) => {
             let webhook_id =
                 WebhookId::parse(text).ok_or_else(|| ApiError::not_found("webhook", text))?;
-            if state
+            let webhook = state
                 .store
                 .webhook(&tenant.id, &webhook_id)
                 .await?
-                .is_none()
-            {
-                return Err(ApiError::not_found("webhook", text));
-            }
+                .ok_or_else(|| ApiError::not_found("webhook", text))?;
+            super::webhooks::refuse_disabled(&webhook)?;
             to_one(&tenant.id, &original, webhook_id)
         }
         None => {
@@ -232,7 +232,7 @@ async fn matching(
 
 /// Replays the events of the deliveries matching a filter, each to its delivery's webhook;
 /// bounded per request, or only counted (`dry_run`). Deliveries of a deleted webhook are
-/// skipped (there is nowhere to send them).
+/// skipped (there is nowhere to send them), and of a disabled one (nothing would be sent).
 #[utoipa::path(
     post,
     path = "/v1/deliveries/replay",
@@ -298,11 +298,11 @@ pub async fn replay_deliveries(
     let mut origins = Vec::with_capacity(found.len());
     let webhooks = state.store.webhooks_of(&tenant.id).await?;
     for delivery in &found {
-        // A deleted webhook's deliveries are skipped: there is nowhere to send them.
-        if !webhooks
-            .iter()
-            .any(|webhook| webhook.id == delivery.webhook_id)
-        {
+        // A deleted webhook's deliveries are skipped: there is nowhere to send them; a
+        // disabled one's too: nothing would be sent until it is enabled.
+        if !webhooks.iter().any(|webhook| {
+            webhook.id == delivery.webhook_id && webhook.status != WebhookStatus::Disabled
+        }) {
             continue;
         }
         if !events.contains_key(&delivery.event_id) {
