@@ -143,16 +143,34 @@ pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, Conf
 }
 
 /// A TOML syntax or shape error as a [`ConfigError`]: the line and the table it is in, and
-/// toml's message without the source line it would quote. The key written on that line is not
-/// named: on a line that does not parse, what looks like a key may be a pasted value.
+/// toml's message without the source line it would quote. A value of the wrong type is named
+/// by its key (the line parsed, so its key is a key); otherwise the key written on that line is
+/// not named: on a line that does not parse, what looks like a key may be a pasted value.
 fn toml_error(file: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
     let line = err
         .span()
         .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-    let key = line
-        .and_then(|line| table_at(text, line))
-        .unwrap_or_default();
     let message = err.message().trim_end();
+    let wrong_value = ["invalid type:", "invalid value:", "invalid length"]
+        .iter()
+        .any(|prefix| message.starts_with(prefix));
+    let key = line
+        .and_then(|line| {
+            if wrong_value {
+                // Only a key shaped like hookd's own (`max_payload_bytes`): a map's key may be
+                // a user's text.
+                key_at(text, line)
+                    .filter(|path| {
+                        let last = path.rsplit('.').next().unwrap_or_default();
+                        last.len() <= 40
+                            && last.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    })
+                    .or_else(|| table_at(text, line))
+            } else {
+                table_at(text, line)
+            }
+        })
+        .unwrap_or_default();
     // "unknown field `secret_kye`, expected one of `secret_key`, ...": the line names the
     // field; the expected names are hookd's own.
     let problem = match message.strip_prefix("unknown field `") {
@@ -1312,6 +1330,20 @@ mod tests {
                 .contains("hookd.toml:2: `delivery`: unknown key, expected one of retry_schedule"),
             "{errors}"
         );
+    }
+
+    /// A value of the wrong type is named by its key (the line parsed), never quoted.
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_key() {
+        let errors = parse("[limits]\nmax_payload_bytes = \"big\"\n").unwrap_err();
+        assert_eq!(
+            (errors.0[0].line, errors.0[0].key.as_str()),
+            (Some(2), "limits.max_payload_bytes"),
+            "{errors}"
+        );
+        assert!(!errors.to_string().contains("big"), "{errors}");
+        let errors = parse("[[tenants]]\nid = \"a\"\nstrict_event_types = 3\n").unwrap_err();
+        assert_eq!(errors.0[0].key, "tenants[0].strict_event_types", "{errors}");
     }
 
     /// The refusal of the issue: a renamed `secret_key` line must not print the key.
