@@ -413,3 +413,42 @@ async fn a_wildcard_type_filter_is_refused_instead_of_answered_with_nothing() {
         (200, Some(1))
     );
 }
+
+/// A typo inside a webhook's plugin step is refused like one at the top level, not stored as
+/// a step with no config that follows the latest version.
+#[tokio::test]
+async fn unknown_keys_in_a_plugin_step_are_refused() {
+    let engine = TestEngine::start().await;
+    let webhook = engine
+        .create_webhook(json!({"url": "http://127.0.0.1:9/hook"}))
+        .await;
+    let path = format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap());
+    for step in [
+        json!({"name": "bo", "confg": {"disable": [403]}}),
+        json!({"name": "bo", "versoin": 1}),
+    ] {
+        let (status, err) = engine
+            .post(
+                "/v1/webhooks",
+                json!({"url": "http://127.0.0.1:9/hook", "plugins": [step]}),
+            )
+            .await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (422, Some("invalid_body")),
+            "{err}"
+        );
+        assert!(
+            err["message"].as_str().unwrap().contains("unknown field"),
+            "{err}"
+        );
+        let (status, err) = engine
+            .call("PATCH", &path, ACME_KEY, Some(json!({"plugins": [step]})))
+            .await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (422, Some("invalid_body")),
+            "{err}"
+        );
+    }
+}

@@ -75,7 +75,8 @@ pub struct CreateWebhook {
     disabled: Option<bool>,
     /// Plugins run at attempt time, in order.
     #[serde(default)]
-    plugins: Option<Vec<PluginAttachment>>,
+    #[schema(value_type = Option<Vec<PluginAttachment>>)]
+    plugins: Option<Vec<PluginStep>>,
 }
 
 /// PATCH body: absent fields stay; `null` clears an optional field (`description`, `headers`,
@@ -115,7 +116,34 @@ pub struct UpdateWebhook {
     status: Option<WebhookStatus>,
     /// Replaces the plugin chain (`[]` detaches every plugin).
     #[serde(default, deserialize_with = "not_null")]
-    plugins: Option<Vec<PluginAttachment>>,
+    #[schema(value_type = Option<Vec<PluginAttachment>>)]
+    plugins: Option<Vec<PluginStep>>,
+}
+
+/// A plugin step as the API takes it: a [`PluginAttachment`] whose unknown keys are refused
+/// (a `confg` or `versoin` typo would otherwise run the plugin with its defaults, unpinned).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginStep {
+    name: String,
+    #[serde(default)]
+    config: serde_json::Value,
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+impl From<PluginStep> for PluginAttachment {
+    fn from(step: PluginStep) -> Self {
+        PluginAttachment {
+            name: step.name,
+            config: step.config,
+            version: step.version,
+        }
+    }
+}
+
+fn attachments(steps: Option<Vec<PluginStep>>) -> Option<Vec<PluginAttachment>> {
+    steps.map(|steps| steps.into_iter().map(PluginAttachment::from).collect())
 }
 
 /// A field that may be absent but not `null` (it has no empty value to clear to).
@@ -602,7 +630,7 @@ pub async fn create(
     // under the tenant's creation lock, right before the write.
     check_webhook_quota(&state, &tenant).await?;
     let secret = given_or_new_secret(body.secret)?;
-    let plugins = body.plugins.unwrap_or_default();
+    let plugins = attachments(body.plugins).unwrap_or_default();
     super::plugins::check_chain(&state, &tenant, &plugins).await?;
     // Last: it may resolve the host name.
     let url = check_url(&state, &tenant, &body.url).await?;
@@ -737,6 +765,7 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateWebhook>,
 ) -> Result<ApiJson<WebhookView>, ApiError> {
     let webhook_id = parse_webhook_id(&id)?;
+    let plugins = attachments(body.plugins);
     // Validate everything before touching the record; the URL last (it may resolve).
     if let Some(filters) = &body.event_types {
         check_event_types(filters)?;
@@ -767,7 +796,7 @@ pub async fn update(
         Some(None) => Some(None),
         None => None,
     };
-    if let Some(plugins) = &body.plugins {
+    if let Some(plugins) = &plugins {
         super::plugins::check_chain(&state, &tenant, plugins).await?;
     }
     let url = match &body.url {
@@ -816,7 +845,7 @@ pub async fn update(
             if let Some(metadata) = &body.metadata {
                 w.metadata = metadata.clone();
             }
-            if let Some(plugins) = &body.plugins {
+            if let Some(plugins) = &plugins {
                 w.plugins = plugins.clone();
             }
             match body.status {
