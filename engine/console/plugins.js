@@ -109,8 +109,16 @@ function simulateForm(plugins, webhooks) {
   const type = h('input', { id: 'simulate-type', value: 'user.created' });
   const payload = h('textarea', { id: 'simulate-payload', rows: 4, class: 'mono', spellcheck: 'false' }, '{"id": 1}');
   const eventId = h('input', { id: 'simulate-event', placeholder: 'evt_…' });
-  const chain = h('select', { id: 'simulate-webhook' }, h('option', { value: '' }, 'This plugin alone'),
-    webhooks.filter((w) => w.plugins.length).map((w) => h('option', { value: w.id }, `Chain of ${w.url}`)));
+  // A webhook's chain is offered for the plugin it holds (the API refuses any other).
+  const chain = h('select', { id: 'simulate-webhook' });
+  const chainsOf = () => {
+    clear(chain);
+    chain.append(h('option', { value: '' }, 'This plugin alone'),
+      ...webhooks.filter((w) => w.plugins.some((p) => p.name === plugin.value))
+        .map((w) => h('option', { value: w.id }, `Chain of ${w.url}`)));
+  };
+  chainsOf();
+  plugin.addEventListener('change', chainsOf);
   const sample = h('div', {}, field('Event type', type), field('Payload (JSON)', payload));
   const past = h('div', { hidden: true }, field('Event id', eventId));
   source.addEventListener('change', () => {
@@ -140,7 +148,7 @@ function simulateForm(plugins, webhooks) {
           ['Filtered by', r.filtered_by || '—'],
           ['Error', r.error_code ? `${r.error_code}: ${r.error_message}` : '—'],
           ['Request', r.request ? h('pre', { class: 'body' }, `${r.request.method} ${r.request.url}\n`,
-            r.request.headers.map((x) => `${x.name}: ${x.value}\n`).join(''), '\n', r.request.body ?? '(binary body)') : '—'],
+            r.request.headers.map((x) => `${x.name}: ${x.value ?? '(secret, not shown)'}\n`).join(''), '\n', r.request.body ?? '(binary body)') : '—'],
           ['Logs', r.logs.length ? h('pre', {}, r.logs.join('\n')) : '—'],
         ]));
     } catch (err) {

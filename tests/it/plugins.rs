@@ -358,6 +358,62 @@ async fn simulate_shows_the_decision_request_and_logs_without_sending() {
     assert_eq!(out["filtered_by"], "f");
 }
 
+/// Simulating a real webhook's chain signs with its real secrets: the answer shows signatures
+/// and credentials by name only, as the attempt log does, so it is no signing oracle; and the
+/// plugin named in the route must be in that chain.
+#[tokio::test]
+async fn simulating_a_webhooks_chain_shows_no_signature_or_credential() {
+    let engine = TestEngine::start().await;
+    install(&engine, "github", "github-signer").await;
+    install(&engine, "f", "json-filter").await;
+    let webhook = engine
+        .create_webhook(json!({
+            "url": "http://127.0.0.1:9/hook",
+            "headers": {"x-api-key": "k-98765", "x-team": "blue"},
+            "plugins": [{"name": "github"}],
+        }))
+        .await;
+    let id = webhook["id"].as_str().unwrap();
+    let (status, out) = engine
+        .post(
+            "/v1/plugins/github/simulate",
+            json!({"webhook_id": id, "event": {"type": "a", "payload": {"amount": 1000000}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let headers = out["request"]["headers"].as_array().unwrap();
+    let value = |name: &str| -> Value {
+        headers
+            .iter()
+            .find(|h| h["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {out}"))["value"]
+            .clone()
+    };
+    for secret in ["webhook-signature", "x-hub-signature-256", "x-api-key"] {
+        assert_eq!(value(secret), Value::Null, "{secret}: {out}");
+    }
+    assert_eq!(value("x-team"), "blue");
+    assert!(
+        value("webhook-id")
+            .as_str()
+            .unwrap()
+            .starts_with("dlv_simulate_")
+    );
+    assert!(!out.to_string().contains("k-98765"), "{out}");
+
+    let (status, err) = engine
+        .post(
+            "/v1/plugins/f/simulate",
+            json!({"webhook_id": id, "event": {"type": "a", "payload": {}}}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (422, Some("plugin_not_attached")),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn javascript_and_python_filters_run_end_to_end() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,6 +17,7 @@ use super::{
     ApiBody, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Tenant, optional_json,
     rfc3339,
 };
+use crate::delivery::capture::is_secret_header;
 use crate::delivery::judge::Tried;
 use crate::delivery::prepare::{self, AttemptInput, Prepared};
 use crate::ids::{EventId, WebhookId, now_ms};
@@ -529,12 +530,16 @@ pub struct SampleEvent {
 #[schema(value_type = String, format = Binary)]
 pub struct WasmComponent(#[allow(dead_code)] Vec<u8>);
 
-/// One HTTP header (an object rather than a `[name, value]` pair: client generators handle
-/// objects well and tuples badly).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
-pub struct HeaderField {
-    pub name: String,
-    pub value: String,
+/// A header of a simulated request (an object rather than a `[name, value]` pair: client
+/// generators handle objects well and tuples badly); a signature or credential shows its name
+/// only.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SimulatedHeader {
+    name: String,
+    /// `null` for a signature or credential (`webhook-signature`, `authorization`, any name
+    /// holding `signature`, `key`, `token`, …), as in the attempt log: a simulation signs with
+    /// the webhook's real secrets and must not hand out valid signatures over any body.
+    value: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -542,7 +547,7 @@ pub struct SimulatedRequest {
     url: String,
     method: String,
     /// The headers, in order (a name may repeat).
-    headers: Vec<HeaderField>,
+    headers: Vec<SimulatedHeader>,
     /// The body as text when it is UTF-8…
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<String>,
@@ -581,7 +586,7 @@ pub struct SimulateOutcome {
         (status = 200, description = "What an attempt would send, or why it would not", body = SimulateOutcome),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 404, description = "No such plugin, webhook or event for this tenant", body = ErrorBody),
-        (status = 422, description = "Invalid body or plugin config", body = ErrorBody),
+        (status = 422, description = "Invalid body or plugin config; `plugin_not_attached`: the webhook's chain does not hold this plugin", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ),
@@ -600,11 +605,21 @@ pub async fn simulate(
         Some(id) => {
             let webhook_id =
                 WebhookId::parse(id).ok_or_else(|| ApiError::not_found("webhook", id))?;
-            state
+            let webhook = state
                 .store
                 .webhook(&tenant.id, &webhook_id)
                 .await?
-                .ok_or_else(|| ApiError::not_found("webhook", id))?
+                .ok_or_else(|| ApiError::not_found("webhook", id))?;
+            if !webhook.plugins.iter().any(|step| step.name == name) {
+                return Err(ApiError::invalid(
+                    "plugin_not_attached",
+                    format!(
+                        "plugin `{name}` is not in the chain of webhook {id}; simulate the \
+                         chain through one of its plugins, or this plugin without `webhook_id`"
+                    ),
+                ));
+            }
+            webhook
         }
         None => {
             if state.delivery.plugins.info(&tenant.id, &name).is_none() {
@@ -689,7 +704,10 @@ pub async fn simulate(
                 method: request.method,
                 headers: headers
                     .into_iter()
-                    .map(|(name, value)| HeaderField { name, value })
+                    .map(|(name, value)| SimulatedHeader {
+                        value: (!is_secret_header(&name)).then_some(value),
+                        name,
+                    })
                     .collect(),
                 body_base64: text
                     .is_none()
