@@ -337,6 +337,31 @@ async fn static_headers_are_sent_and_reserved_ones_refused() {
         (status, err["code"].as_str()),
         (422, Some("invalid_header"))
     );
+    // Every attempt sends and records them: a value over 8 KiB, headers over 16 KiB in all,
+    // or one name twice in two cases are refused.
+    let three: serde_json::Map<String, serde_json::Value> = (0..3)
+        .map(|i| (format!("x-h{i}"), json!("a".repeat(6000))))
+        .collect();
+    for headers in [
+        json!({"x-big": "a".repeat(8 * 1024 + 1)}),
+        serde_json::Value::Object(three),
+        json!({"X-Team": "blue", "x-team": "red"}),
+    ] {
+        let (status, err) = engine
+            .post(
+                "/v1/webhooks",
+                json!({"url": receiver.url, "headers": headers}),
+            )
+            .await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (422, Some("invalid_header")),
+            "{err}"
+        );
+    }
+    engine
+        .create_webhook(json!({"url": receiver.url, "headers": {"x-max": "a".repeat(8 * 1024)}}))
+        .await;
 }
 
 /// Many sends at once to one host reuse their connections: every send beyond the pool's idle

@@ -25,6 +25,11 @@ use crate::store::{EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, 
 const MAX_EVENT_TYPE_FILTERS: usize = 100;
 const MAX_CHANNELS: usize = 100;
 const MAX_STATIC_HEADERS: usize = 20;
+/// Longest value of one static header (what common proxies and servers take per header).
+const MAX_STATIC_HEADER_VALUE_BYTES: usize = 8 * 1024;
+/// Most bytes (names and values) of a webhook's static headers together: every attempt sends
+/// and records them, and receivers refuse heads much over 16-64 KiB.
+const MAX_STATIC_HEADERS_BYTES: usize = 16 * 1024;
 const MAX_METADATA_ENTRIES: usize = 32;
 const MAX_DESCRIPTION_BYTES: usize = 1024;
 const MAX_ATTEMPTS_LIMIT: u32 = 50;
@@ -375,7 +380,34 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<BTreeMap<String, 
                 format!("`{name}` is set by hookd and cannot be overridden"),
             ));
         }
-        out.insert(lower, value.clone());
+        if value.len() > MAX_STATIC_HEADER_VALUE_BYTES {
+            return Err(ApiError::invalid(
+                "invalid_header",
+                format!(
+                    "the value of `{name}` is {} bytes; a static header value is at most \
+                     {MAX_STATIC_HEADER_VALUE_BYTES}",
+                    value.len()
+                ),
+            ));
+        }
+        if out.insert(lower.clone(), value.clone()).is_some() {
+            return Err(ApiError::invalid(
+                "invalid_header",
+                format!("`{lower}` is given twice (header names are case-insensitive)"),
+            ));
+        }
+    }
+    let total: usize = out
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    if total > MAX_STATIC_HEADERS_BYTES {
+        return Err(ApiError::invalid(
+            "invalid_header",
+            format!(
+                "the static headers hold {total} bytes; at most {MAX_STATIC_HEADERS_BYTES} in all"
+            ),
+        ));
     }
     Ok(out)
 }
