@@ -205,6 +205,57 @@ async fn a_stalled_body_gets_408_request_timeout_on_every_kind_of_body() {
     }
 }
 
+/// A `Content-Length` over the route's limit is refused before any of the body is read (it
+/// used to wait for the body and answer 408 after the body timeout); the sign-in route, which
+/// takes requests before any key is checked, takes 8 KiB.
+#[tokio::test]
+async fn a_declared_length_over_the_limit_gets_413_at_once() {
+    let engine = engine().await;
+    for (path, length, extra) in [
+        ("/v1/events", 99_999_999, ""),
+        ("/console/session", 9000, "x-hookd-console: 1\r\n"),
+    ] {
+        let mut stream = connect(&engine).await;
+        let head = request_head("POST", path, extra, length);
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(b"{").await.unwrap();
+        let (status, body) = tokio::time::timeout(BODY_TIMEOUT / 2, read_response(&mut stream))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer before the body timeout"))
+            .unwrap_or_else(|| panic!("{path}: closed without an answer"));
+        assert_code(status, &body, 413, "payload_too_large");
+    }
+}
+
+/// A body dripped a byte at a time, each pause under the body timeout, is cut off once it
+/// has taken twice that timeout (plus its length at 16 KiB/s): no client holds a connection
+/// and its buffered body for good, least of all on the sign-in route, open to anyone.
+#[tokio::test]
+async fn a_dripping_body_gets_408_once_its_whole_deadline_passes() {
+    let engine = engine().await;
+    let mut stream = connect(&engine).await;
+    let head = request_head("POST", "/console/session", "x-hookd-console: 1\r\n", 8000);
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let drip = tokio::spawn(async move {
+        while writer.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(BODY_TIMEOUT / 4).await;
+        }
+    });
+    let (status, body) = tokio::time::timeout(REACTION_BOUND, read_response(&mut reader))
+        .await
+        .expect("no answer to a dripping body")
+        .expect("closed without an answer");
+    drip.abort();
+    assert_code(status, &body, 408, "request_timeout");
+    assert!(
+        started.elapsed() >= BODY_TIMEOUT * 2 - Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn huge_headers_get_431_or_a_clean_close_never_a_hang() {
     let engine = engine().await;

@@ -95,7 +95,7 @@ pub struct Services {
 fn routes(upload_limit: usize, batch_limit: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ops::document_base())
         .routes(routes!(events::create, events::list))
-        .routes(routes!(events::create_batch).layer(DefaultBodyLimit::max(batch_limit)))
+        .routes(routes!(events::create_batch).layer(body_limit(batch_limit)))
         .routes(routes!(events::get_one))
         .routes(routes!(event_types::list))
         .routes(routes!(replay::replay_event))
@@ -115,7 +115,7 @@ fn routes(upload_limit: usize, batch_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(plugins::list))
         .routes(
             routes!(plugins::get_one, plugins::put, plugins::delete)
-                .layer(DefaultBodyLimit::max(upload_limit)),
+                .layer(body_limit(upload_limit)),
         )
         .routes(routes!(plugins::simulate))
         .routes(routes!(plugins::versions))
@@ -133,12 +133,27 @@ fn routes(upload_limit: usize, batch_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(ops::openapi_json))
         .routes(routes!(console::page))
         .routes(routes!(console::asset))
-        .routes(routes!(
-            console::sign_in,
-            console::current,
-            console::sign_out
-        ))
+        .routes(
+            routes!(console::sign_in, console::current, console::sign_out)
+                .layer(body_limit(console::SIGN_IN_BODY_BYTES)),
+        )
 }
+
+/// The largest body a route takes, known to [`ApiBody`] (which refuses a larger
+/// `Content-Length` before reading anything) and to axum's extractors (which stop reading
+/// at it). A route's own limit overrides the router's.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
+fn body_limit(bytes: usize) -> tower::layer::util::Stack<Extension<BodyLimit>, DefaultBodyLimit> {
+    tower::layer::util::Stack::new(Extension(BodyLimit(bytes)), DefaultBodyLimit::max(bytes))
+}
+
+/// A body must arrive whole within twice `limits.body_read_timeout` (the serve loop puts it
+/// in the request as a [`serve::BodyDeadline`]), plus its length at [`BODY_MIN_RATE`]: the
+/// timeout bounds each pause only, so a client dripping a byte every few seconds would
+/// otherwise hold its connection and buffered body for good.
+const BODY_MIN_RATE: u64 = 16 * 1024;
 
 /// The OpenAPI document that `GET /openapi.json` serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -166,7 +181,7 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             count_request,
         ))
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(self::body_limit(body_limit))
         .layer(Extension(ops::OpenApiJson::new(document)))
         .with_state(state)
 }
@@ -467,11 +482,37 @@ impl<S: Send + Sync> FromRequest<S> for ApiBody {
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        axum::body::Bytes::from_request(request, state)
-            .await
-            .map(ApiBody)
-            .map_err(ApiError::from)
+        let limit = request.extensions().get::<BodyLimit>().map(|l| l.0);
+        let length = declared_length(request.headers());
+        if let (Some(limit), Some(length)) = (limit, length)
+            && length > limit as u64
+        {
+            return Err(ApiError::payload_too_large(format!(
+                "the body is {length} bytes; this route takes at most {limit}"
+            )));
+        }
+        let expected = length.or(limit.map(|l| l as u64)).unwrap_or(0);
+        let base = request
+            .extensions()
+            .get::<serve::BodyDeadline>()
+            .map_or(std::time::Duration::from_secs(60), |d| d.0);
+        let deadline = base + std::time::Duration::from_secs(expected / BODY_MIN_RATE);
+        match tokio::time::timeout(deadline, axum::body::Bytes::from_request(request, state)).await
+        {
+            Ok(read) => read.map(ApiBody).map_err(ApiError::from),
+            Err(_) => Err(ApiError::request_timeout()),
+        }
     }
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn declared_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Query-string extractor whose rejections are [`ApiError`]s.

@@ -4,8 +4,10 @@
 //! - A request head (method, path, headers) must arrive within `limits.header_read_timeout`
 //!   and fit in [`MAX_REQUEST_HEAD_BYTES`] (else `431` and a close); a slow-loris client is
 //!   disconnected, and an idle keep-alive connection is closed after the same time.
-//! - A request body may pause at most `limits.body_read_timeout` between chunks; a stalled body
-//!   fails the extractor reading it, which answers `408 request_timeout` (`api/error.rs`).
+//! - A request body may pause at most `limits.body_read_timeout` between chunks, and must
+//!   arrive whole within twice that plus its length at 16 KiB/s; a stalled or dripping body
+//!   fails the extractor reading it, which answers `408 request_timeout` (`api/error.rs`). A
+//!   `Content-Length` over the route's limit gets `413` before anything is read.
 //! - Each connection is its own task, so idle or slow connections never block others.
 //! - On shutdown the listener closes at once, idle connections close, requests in progress get
 //!   [`SHUTDOWN_DRAIN`] to finish.
@@ -27,6 +29,11 @@ use tracing::{debug, warn};
 pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// How long requests in progress may run on after shutdown starts.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
+/// How long a request's whole body may take before its length's share (twice
+/// `limits.body_read_timeout`; `ApiBody` adds time for long bodies and answers `408` past it).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline(pub Duration);
 
 /// Server-side timeouts (from `[limits]`).
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +74,10 @@ pub async fn serve(
         let app = app.clone();
         let body_timeout = limits.body_read_timeout;
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let request = request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
+            let mut request = request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
+            request
+                .extensions_mut()
+                .insert(BodyDeadline(body_timeout * 2));
             app.clone().oneshot(request)
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);

@@ -158,6 +158,10 @@ fn no_console_header() -> ApiError {
     )
 }
 
+/// The largest sign-in body: a key is well under 1 KiB, and the route takes requests before
+/// any key is checked.
+pub const SIGN_IN_BODY_BYTES: usize = 8 * 1024;
+
 /// Exchanges an API key for a session cookie (`HttpOnly`, `SameSite=Strict`, one hour).
 #[utoipa::path(
     post,
