@@ -452,3 +452,52 @@ async fn unknown_keys_in_a_plugin_step_are_refused() {
         );
     }
 }
+
+/// JSON that parses but that receivers and plugins cannot read (I-JSON, RFC 7493) is refused
+/// at ingest and in a test send, instead of being accepted and failing at every attempt.
+#[tokio::test]
+async fn a_payload_with_a_lone_surrogate_or_a_number_out_of_range_is_refused() {
+    let engine = TestEngine::start().await;
+    let webhook = engine
+        .create_webhook(json!({"url": "http://127.0.0.1:9/hook"}))
+        .await;
+    let test_path = format!("/v1/webhooks/{}/test", webhook["id"].as_str().unwrap());
+    for payload in [
+        r#"{"note":"\ud800"}"#,
+        r#"{"n":1e400}"#,
+        r#"{"n":[-1E999]}"#,
+    ] {
+        for (path, body) in [
+            (
+                "/v1/events",
+                format!(r#"{{"type":"user.created","payload":{payload}}}"#),
+            ),
+            (test_path.as_str(), format!(r#"{{"payload":{payload}}}"#)),
+        ] {
+            let (status, err) = raw(
+                &engine,
+                "POST",
+                path,
+                Some("application/json"),
+                body.into_bytes(),
+            )
+            .await;
+            assert_eq!(
+                (status, err["code"].as_str()),
+                (422, Some("payload_not_interoperable")),
+                "{path} {payload}: {err}"
+            );
+        }
+    }
+    // A surrogate pair and a large but finite number are fine.
+    let response = engine
+        .http
+        .post(engine.url("/v1/events"))
+        .bearer_auth(ACME_KEY)
+        .header("content-type", "application/json")
+        .body(r#"{"type":"user.created","payload":{"s":"\ud83d\ude00","n":1e308}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+}

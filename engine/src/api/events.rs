@@ -95,7 +95,7 @@ impl EventView {
         (status = 400, description = "Malformed JSON or idempotency key", body = ErrorBody),
         (status = 413, description = "The payload is larger than allowed", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "Invalid type, channel, payload depth or idempotency key; with `strict_event_types`, an undeclared type (`unknown_event_type`) or a payload failing its type's schema (`payload_schema`, naming the failing path)", body = ErrorBody),
+        (status = 422, description = "Invalid type, channel, payload depth (`payload_too_deep`) or idempotency key; a payload with a lone surrogate escape or a number out of the double range (`payload_not_interoperable`, RFC 7493); with `strict_event_types`, an undeclared type (`unknown_event_type`) or a payload failing its type's schema (`payload_schema`, naming the failing path)", body = ErrorBody),
         (status = 429, description = "Over a quota (`quota_exceeded`, naming `deliveries_per_event`, `pending_deliveries` or `stored_bytes` with its limit and the current use; nothing was written), over the request rate (`rate_limited`, with Retry-After), or the tenant's deliveries trail by more than its `max_delivery_lag_secs` (`delivery_lag_exceeded`, with Retry-After; nothing was written)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "Not accepted: the data dir is short of space (`storage_full`) or read-only (`storage_read_only`), the store cannot take writes (`store_unavailable`), or hookd is shutting down (`shutting_down`)", body = ErrorBody),
@@ -197,12 +197,7 @@ fn validate(
             max_payload_bytes
         )));
     }
-    if json_depth(body.payload.get()) > MAX_PAYLOAD_DEPTH {
-        return Err(ApiError::invalid(
-            "payload_too_deep",
-            format!("the payload nests arrays and objects deeper than {MAX_PAYLOAD_DEPTH} levels"),
-        ));
-    }
+    check_payload(body.payload.get())?;
     if !valid_event_type(&body.event_type) {
         return Err(ApiError::invalid(
             "invalid_event_type",
@@ -584,17 +579,78 @@ pub async fn get_one(
     Ok(ApiJson(EventView::new(event, Some(deliveries))))
 }
 
-/// Maximum nesting depth of arrays and objects in valid JSON text.
-pub(crate) fn json_depth(json: &str) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for byte in json.bytes() {
+/// Checks a payload every receiver and plugin can read: nesting at most
+/// [`MAX_PAYLOAD_DEPTH`] deep, and only what I-JSON (RFC 7493) allows beyond JSON's grammar,
+/// which the parser that accepted it does not check: no lone UTF-16 surrogate in a `\u`
+/// escape, no number outside the double range (`1e400`). Such a document is stored and sent
+/// as is, and then a plugin, or a receiver in Rust or Go, refuses it at every attempt.
+pub(crate) fn check_payload(json: &str) -> Result<(), ApiError> {
+    let scan = scan_payload(json);
+    if scan.depth > MAX_PAYLOAD_DEPTH {
+        return Err(ApiError::invalid(
+            "payload_too_deep",
+            format!("the payload nests arrays and objects deeper than {MAX_PAYLOAD_DEPTH} levels"),
+        ));
+    }
+    match scan.problem {
+        None => Ok(()),
+        Some((at, problem)) => Err(ApiError::invalid(
+            "payload_not_interoperable",
+            format!(
+                "the payload has {problem} at byte {at}; receivers and plugins cannot read it \
+                 (RFC 7493)"
+            ),
+        )),
+    }
+}
+
+/// What [`scan_payload`] found.
+#[derive(Debug, PartialEq)]
+struct PayloadScan {
+    depth: usize,
+    /// The first byte offset and description of what I-JSON refuses.
+    problem: Option<(usize, &'static str)>,
+}
+
+/// One pass over a payload that already parsed as JSON.
+fn scan_payload(json: &str) -> PayloadScan {
+    let bytes = json.as_bytes();
+    let (mut depth, mut max, mut in_string) = (0usize, 0usize, false);
+    let mut problem = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
         if in_string {
             match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
+                b'\\' if bytes.get(i + 1) == Some(&b'u') => {
+                    let unit = hex4(bytes, i + 2);
+                    match unit {
+                        Some(0xD800..=0xDBFF) => {
+                            let low = (bytes.get(i + 6) == Some(&b'\\')
+                                && bytes.get(i + 7) == Some(&b'u'))
+                            .then(|| hex4(bytes, i + 8))
+                            .flatten();
+                            if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                                problem.get_or_insert((i, "a lone UTF-16 surrogate escape"));
+                                i += 6;
+                            } else {
+                                i += 12;
+                            }
+                            continue;
+                        }
+                        Some(0xDC00..=0xDFFF) => {
+                            problem.get_or_insert((i, "a lone UTF-16 surrogate escape"));
+                        }
+                        _ => {}
+                    }
+                    i += 6;
+                    continue;
+                }
+                b'\\' => i += 1,
                 b'"' => in_string = false,
                 _ => {}
             }
+            i += 1;
             continue;
         }
         match byte {
@@ -604,20 +660,79 @@ pub(crate) fn json_depth(json: &str) -> usize {
                 max = max.max(depth);
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .map_or(bytes.len(), |n| i + n);
+                let number = &json[i..end];
+                // Only an exponent or a very long literal can leave the double range.
+                if (number.len() > 300 || number.contains(['e', 'E']))
+                    && !number.parse::<f64>().is_ok_and(f64::is_finite)
+                {
+                    problem.get_or_insert((i, "a number outside the double range"));
+                }
+                i = end;
+                continue;
+            }
             _ => {}
         }
+        i += 1;
     }
-    max
+    PayloadScan {
+        depth: max,
+        problem,
+    }
+}
+
+/// The value of the four hex digits at `at`, if there are four.
+fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
+    let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+    u32::from_str_radix(digits, 16).ok()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::json_depth;
+    use super::scan_payload;
+
+    fn json_depth(json: &str) -> usize {
+        scan_payload(json).depth
+    }
 
     #[test]
     fn depth_counts_nesting_outside_strings_only() {
         assert_eq!(json_depth("1"), 0);
         assert_eq!(json_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
         assert_eq!(json_depth(r#"{"a":"[[[[\"{{"}"#), 1);
+        assert_eq!(json_depth(r#"{"a":"\u005b\\","b":[]}"#), 2);
+    }
+
+    #[test]
+    fn lone_surrogates_and_numbers_out_of_range_are_found_and_nothing_else() {
+        let problem = |json: &str| scan_payload(json).problem.map(|(at, what)| (at, what));
+        for fine in [
+            r#"{"s":"\ud83d\ude00","n":1e308,"m":-0.5E-400,"i":123456789012345678901234567890}"#,
+            r#"{"s":"\\ud800","t":"\u00e9","u":"1e400"}"#,
+            r#"[1, 2.5, -3e2, 0]"#,
+        ] {
+            assert_eq!(problem(fine), None, "{fine}");
+        }
+        assert_eq!(
+            problem(r#"{"s":"\ud800"}"#),
+            Some((6, "a lone UTF-16 surrogate escape"))
+        );
+        assert_eq!(problem(r#"{"s":"x\ud800\u0041"}"#).map(|p| p.0), Some(7));
+        assert_eq!(
+            problem(r#"{"s":"\udc00"}"#).map(|p| p.1),
+            Some("a lone UTF-16 surrogate escape")
+        );
+        assert_eq!(
+            problem(r#"{"a":[1,-1e400]}"#),
+            Some((8, "a number outside the double range"))
+        );
+        assert_eq!(
+            problem(&format!("[{}]", "9".repeat(400))).map(|p| p.1),
+            Some("a number outside the double range")
+        );
     }
 }

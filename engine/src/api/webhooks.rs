@@ -987,17 +987,9 @@ pub async fn test_send(
         .and_then(|t| t.example.as_ref())
         .and_then(|example| serde_json::value::to_raw_value(example).ok());
     let payload = body.payload.or(example).unwrap_or_else(sample_payload);
-    // The same depth limit as ingest: a test send must not hand receivers and plugins a
+    // The same checks as ingest: a test send must not hand receivers and plugins a
     // document that no event could carry.
-    if super::events::json_depth(payload.get()) > super::events::MAX_PAYLOAD_DEPTH {
-        return Err(ApiError::invalid(
-            "payload_too_deep",
-            format!(
-                "the payload nests arrays and objects deeper than {} levels",
-                super::events::MAX_PAYLOAD_DEPTH
-            ),
-        ));
-    }
+    super::events::check_payload(payload.get())?;
     let event = EventRecord {
         id: EventId::new(),
         event_type,
