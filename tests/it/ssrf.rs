@@ -71,6 +71,34 @@ async fn https_is_required_unless_the_config_allows_http() {
     assert!(err["message"].as_str().unwrap().contains("https"));
 }
 
+/// Turning `allow_http` off stops sends to webhooks made while it was on (they kept sending
+/// payloads and signatures in clear): each attempt fails `insecure_scheme` with nothing sent,
+/// and is retried, so moving the webhook to https in time loses nothing.
+#[tokio::test]
+async fn turning_allow_http_off_stops_sends_to_existing_http_webhooks() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    let webhook = engine.create_webhook(json!({"url": receiver.url})).await;
+    let dir = engine.data_dir.path().to_path_buf();
+    let https_only =
+        test_config_toml(&dir, "", true).replace("allow_http = true", "allow_http = false");
+    engine.engine().config().replace(parse_config(&https_only));
+
+    let event = engine.send_event("user.created", json!({})).await;
+    let id = event["deliveries"][0]["id"].as_str().unwrap();
+    let d = engine.wait_delivery(id, "failed").await;
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4, "retried on the schedule: {d}");
+    for attempt in attempts {
+        assert_eq!(attempt["error_code"], "insecure_scheme", "{d}");
+    }
+    let path = format!("/v1/webhooks/{}/test", webhook["id"].as_str().unwrap());
+    let (status, test) = engine.post(&path, json!({})).await;
+    assert_eq!(status, 200, "{test}");
+    assert_eq!(test["error_code"], "insecure_scheme", "{test}");
+    assert_eq!(receiver.count(), 0, "nothing was sent in clear");
+}
+
 #[tokio::test]
 async fn the_connect_time_check_refuses_loopback_when_it_is_no_longer_allowed() {
     let engine = TestEngine::start().await;

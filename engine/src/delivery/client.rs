@@ -100,6 +100,10 @@ pub enum SendFailure {
     InvalidUrl,
     /// The method is not an HTTP method.
     InvalidMethod,
+    /// A plain `http://` URL while `[ssrf] allow_http` is off (a webhook made before the
+    /// admin turned it off): nothing is sent in clear. Retried, so a tenant that moves the
+    /// webhook to `https://` within its schedule loses nothing.
+    InsecureScheme,
 }
 
 impl SendFailure {
@@ -117,6 +121,7 @@ impl SendFailure {
             SendFailure::RequestError => "request_error",
             SendFailure::InvalidUrl => "invalid_url",
             SendFailure::InvalidMethod => "invalid_method",
+            SendFailure::InsecureScheme => "insecure_scheme",
         }
     }
 
@@ -313,8 +318,17 @@ impl DeliveryClient {
                 format!("`{}` is not an HTTP method", request.method),
             );
         };
+        let config = self.config.current();
+        if url.scheme() == "http" && !config.ssrf.allow_http {
+            return failed(
+                SendFailure::InsecureScheme,
+                "plain http:// is not allowed here ([ssrf] allow_http is off): nothing was \
+                 sent; change the webhook's URL to https://"
+                    .to_string(),
+            );
+        }
         if let Some(ip) = SsrfPolicy::literal_ip(&url) {
-            let policy = SsrfPolicy::new(&self.config.current().ssrf);
+            let policy = SsrfPolicy::new(&config.ssrf);
             if let Err(blocked) = policy.check_ip(ip) {
                 return failed(SendFailure::BlockedAddress, blocked_for_tenant(&blocked));
             }
