@@ -254,6 +254,7 @@ pub async fn start(
         ingest: ingest.clone(),
         metrics: metrics.clone(),
         lag: delivery_lag,
+        test_sends: Default::default(),
     };
     let saturation_metrics = metrics.clone();
     let deliveries = delivery::runtime::DeliveryRuntime::start(

@@ -546,3 +546,54 @@ async fn a_webhook_paused_mid_backlog_sends_nothing_claimed_after_and_resumes_in
         .collect();
     assert_eq!(order, [0, 1, 2, 3, 4, 5], "sent once each, in order");
 }
+
+/// A test send holds one of the webhook's `max_in_flight`: more at once than that are refused
+/// (429 `test_send_busy`, Retry-After), so a receiver that asked for one request at a time
+/// does not get hundreds from a script pressing "test".
+#[tokio::test]
+async fn test_sends_hold_the_webhooks_in_flight_cap() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    receiver.delay(Duration::from_millis(800));
+    let webhook = engine
+        .create_webhook(json!({"url": receiver.url, "max_in_flight": 1}))
+        .await;
+    let path = format!("/v1/webhooks/{}/test", webhook["id"].as_str().unwrap());
+    let mut handles = Vec::new();
+    for _ in 0..5 {
+        let (http, url) = (engine.http.clone(), engine.url(&path));
+        handles.push(tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(crate::support::ACME_KEY)
+                .send()
+                .await
+                .unwrap();
+            let retry_after = response.headers().get("retry-after").is_some();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (
+                status,
+                body["code"].as_str().map(str::to_string),
+                retry_after,
+            )
+        }));
+    }
+    let mut answers = Vec::new();
+    for handle in handles {
+        answers.push(handle.await.unwrap());
+    }
+    answers.sort();
+    assert_eq!(answers[0], (200, None, false), "{answers:?}");
+    for answer in &answers[1..] {
+        assert_eq!(
+            answer,
+            &(429, Some("test_send_busy".to_string()), true),
+            "{answers:?}"
+        );
+    }
+    assert_eq!(receiver.count(), 1);
+    // The slot is back once the send finished.
+    let (status, _) = engine.post(&path, json!({})).await;
+    assert_eq!(status, 200);
+}

@@ -961,6 +961,7 @@ pub struct TestSend {
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 404, description = "No such webhook for this tenant", body = ErrorBody),
         (status = 422, description = "Invalid body or event type", body = ErrorBody),
+        (status = 429, description = "`test_send_busy`: as many test sends to this webhook are in flight as its `max_in_flight` (with Retry-After)", body = ErrorBody),
         (status = 500, description = "Internal storage error", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ),
@@ -997,6 +998,20 @@ pub async fn test_send(
         idempotency_key: None,
         created_at: now_ms(),
         payload,
+    };
+    let cap = webhook
+        .max_in_flight
+        .unwrap_or(tenant.settings().delivery.max_in_flight_per_webhook) as usize;
+    let Some(_slot) = state.delivery.test_sends.take(&webhook.id, cap) else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "test_send_busy",
+            format!(
+                "{cap} test send(s) to this webhook are already in flight, its max_in_flight; \
+                 retry after the Retry-After delay"
+            ),
+        )
+        .with_retry_after(std::time::Duration::from_secs(1)));
     };
     let outcome = attempt::test_send(&state.delivery, tenant.settings(), &webhook, &event).await;
     Ok(ApiJson(outcome))

@@ -18,6 +18,8 @@
 //! Test sends (`POST /v1/webhooks/{id}/test`) run prepare, send and the `on-response` plugins,
 //! outside the queue; a real attempt's prepare also feeds a plugin candidate's shadow run.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -531,6 +533,47 @@ pub struct TestSendOutcome {
 /// Sends a sample event to a webhook now, through its plugin chain and its `on-response`
 /// plugins, outside the queue: nothing is stored or retried. It takes a delivery permit like
 /// any attempt.
+/// Test sends in flight per webhook on this node. A test send holds one of the webhook's
+/// `max_in_flight` here (the dispatcher's slots are for queued deliveries), so a receiver that
+/// asked for one request at a time does not get hundreds from a script pressing "test".
+#[derive(Debug, Default, Clone)]
+pub struct TestSendSlots(Arc<std::sync::Mutex<HashMap<WebhookId, usize>>>);
+
+/// One test send's slot, given back on drop.
+#[derive(Debug)]
+pub struct TestSendSlot {
+    slots: TestSendSlots,
+    webhook: WebhookId,
+}
+
+impl TestSendSlots {
+    /// A slot of `webhook`, unless `cap` test sends to it are already in flight.
+    pub fn take(&self, webhook: &WebhookId, cap: usize) -> Option<TestSendSlot> {
+        let mut in_flight = self.0.lock().expect("test send slots");
+        let count = in_flight.entry(webhook.clone()).or_insert(0);
+        if *count >= cap.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(TestSendSlot {
+            slots: self.clone(),
+            webhook: webhook.clone(),
+        })
+    }
+}
+
+impl Drop for TestSendSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self.slots.0.lock().expect("test send slots");
+        if let Some(count) = in_flight.get_mut(&self.webhook) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&self.webhook);
+            }
+        }
+    }
+}
+
 pub async fn test_send(
     ctx: &DeliveryContext,
     tenant: &TenantConfig,

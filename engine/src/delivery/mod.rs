@@ -51,6 +51,8 @@ pub struct DeliveryContext {
     pub metrics: crate::telemetry::Metrics,
     /// Every tenant's delivery lag, observed as attempts start (read by ingest's back-pressure).
     pub lag: crate::lag::DeliveryLag,
+    /// Test sends in flight per webhook (each holds one of the webhook's `max_in_flight`).
+    pub test_sends: attempt::TestSendSlots,
 }
 
 /// A response body as stored in the attempt log: control characters other than whitespace
