@@ -709,7 +709,7 @@ mod tests {
 
     #[test]
     fn lone_surrogates_and_numbers_out_of_range_are_found_and_nothing_else() {
-        let problem = |json: &str| scan_payload(json).problem.map(|(at, what)| (at, what));
+        let problem = |json: &str| scan_payload(json).problem;
         for fine in [
             r#"{"s":"\ud83d\ude00","n":1e308,"m":-0.5E-400,"i":123456789012345678901234567890}"#,
             r#"{"s":"\\ud800","t":"\u00e9","u":"1e400"}"#,
