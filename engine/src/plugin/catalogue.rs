@@ -182,6 +182,15 @@ impl PluginHost {
     ) -> Result<Arc<LoadedPlugin>, PluginLoadError> {
         let registry = &self.inner.registry;
         let Some(version) = version else {
+            if let Some(plugin) = registry.get(tenant, name) {
+                return Ok(plugin);
+            }
+            // A plugin another node just stored, whose notification this node has not acted
+            // on yet: brought in line now (fetched and compiled) rather than failing the
+            // attempt as not installed.
+            if self.inner.catalogue.is_some() {
+                self.sync_plugin(tenant, name).await;
+            }
             return registry.get(tenant, name).ok_or(PluginLoadError::NotFound);
         };
         if let Some(plugin) = registry.get_version(tenant, name, version) {

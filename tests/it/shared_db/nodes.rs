@@ -692,6 +692,55 @@ async fn a_plugin_uploaded_through_node_1_runs_on_node_3_and_a_rollback_through_
     assert_eq!(versions["data"].as_array().map(Vec::len), Some(2));
 }
 
+/// A plugin uploaded through one node and attached at once runs on a node that has not acted
+/// on the upload's notification yet: it fetches and compiles it then, instead of failing the
+/// attempt `plugin_not_found` (a deploy script's upload-then-attach lost deliveries so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_has_not_loaded_a_new_plugin_yet_loads_it_for_the_attempt() {
+    let url = fresh_database();
+    let cluster = Cluster::start(&url, 2, "");
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    // Node 2 sleeps through the upload and the webhook's creation.
+    cluster.signal(&[1], "STOP");
+    let (status, info) = upload_plugin(&http, cluster.base(0), "fresh", "reshape-transform").await;
+    assert_eq!(status, 201, "{info}");
+    let (status, body) = call(
+        &http,
+        "POST",
+        format!("{}/v1/webhooks", cluster.base(0)),
+        Some(json!({
+            "url": receiver.url,
+            "retry_schedule": [],
+            "plugins": [{"name": "fresh", "config": {"redact": ["secret"]}}],
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    // Node 2 wakes and takes an event at once; node 1 sleeps so node 2 attempts it.
+    cluster.signal(&[0], "STOP");
+    cluster.signal(&[1], "CONT");
+    let (status, event) = call(
+        &http,
+        "POST",
+        format!("{}/v1/events", cluster.base(1)),
+        Some(json!({"type": "user.created", "payload": {"secret": "s3cret"}})),
+    )
+    .await;
+    let got = if status == 202 {
+        Some(receiver.wait_for(1, Duration::from_secs(30)).await)
+    } else {
+        None
+    };
+    cluster.signal(&[0], "CONT");
+    assert_eq!(status, 202, "{event}");
+    let sent = got.unwrap()[0].json();
+    assert_eq!(
+        sent["data"]["secret"], "[REDACTED]",
+        "the plugin ran: {sent}"
+    );
+}
+
 /// The shadow report of `name` as the node at `base` reads it.
 async fn shadow_report(http: &reqwest::Client, base: &str, name: &str) -> Value {
     let (status, report) = call(
