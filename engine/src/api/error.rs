@@ -27,6 +27,9 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
 }
 
+/// How long a client is told to wait after `503 store_unavailable`.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// The body of every error answer (the `ErrorBody` schema of `/openapi.json`).
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -193,8 +196,9 @@ impl From<StoreError> for ApiError {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
-                "the data store cannot take writes right now; try again later",
-            );
+                "the data store is not answering right now; retry after the Retry-After delay",
+            )
+            .with_retry_after(STORE_RETRY_AFTER);
         }
         error!(error = %err, "store failure");
         ApiError::new(
@@ -223,8 +227,10 @@ impl From<IngestError> for ApiError {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
-                    "the event could not be stored durably; it was not accepted, retry later",
+                    "the event could not be stored durably; it was not accepted, retry after \
+                     the Retry-After delay",
                 )
+                .with_retry_after(STORE_RETRY_AFTER)
             }
             IngestError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -476,6 +476,120 @@ impl Drop for PrivateServer {
     }
 }
 
+/// Freezes a private server's processes (SIGSTOP) until dropped (SIGCONT): a database that
+/// stops answering without refusing or closing anything.
+struct Frozen(Vec<String>);
+
+impl Frozen {
+    fn server(dir: &std::path::Path) -> Frozen {
+        let pid_file = std::fs::read_to_string(dir.join("data/postmaster.pid")).unwrap();
+        let postmaster = pid_file.lines().next().unwrap().trim().to_string();
+        let children = Command::new("ps")
+            .args(["-o", "pid=", "--ppid", &postmaster])
+            .output()
+            .unwrap();
+        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        pids.push(postmaster);
+        let status = Command::new("kill")
+            .arg("-STOP")
+            .args(&pids)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-CONT").args(&self.0).status();
+    }
+}
+
+/// A database that stops answering (a frozen host, a partition) gets the same answers as one
+/// that is down, within bounds: ingest `503 store_unavailable` with Retry-After after at most
+/// ~10 s (it waited as long as the freeze lasted, then answered 202), `/readyz` not ready
+/// within ~2 s; once it answers again, ingest resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_gets_bounded_503s_not_hung_requests() {
+    let server = PrivateServer::start();
+    let cluster = Cluster::start(&server.url, 1, "");
+    let http = reqwest::Client::new();
+    let event = || json!({"type": "user.created", "payload": {}});
+    let (status, _) = call(
+        &http,
+        "POST",
+        format!("{}/v1/events", cluster.base(0)),
+        Some(event()),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    let frozen = Frozen::server(&server.dir);
+    let started = Instant::now();
+    let ready = http
+        .get(format!("{}/readyz", cluster.base(0)))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("readyz answers");
+    let ready_after = started.elapsed();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(
+        ready_after < Duration::from_secs(5),
+        "readyz took {ready_after:?}"
+    );
+
+    let started = Instant::now();
+    let response = http
+        .post(format!("{}/v1/events", cluster.base(0)))
+        .bearer_auth(ACME_KEY)
+        .json(&event())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("ingest answers");
+    let ingest_after = started.elapsed();
+    assert!(
+        response.headers().contains_key("retry-after"),
+        "{:?}",
+        response.headers()
+    );
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
+    assert!(
+        ingest_after < Duration::from_secs(15),
+        "ingest took {ingest_after:?}"
+    );
+    drop(frozen);
+
+    eventually(
+        Duration::from_secs(30),
+        "ingest resumes by itself",
+        || async {
+            let (status, _) = call(
+                &http,
+                "POST",
+                format!("{}/v1/events", cluster.base(0)),
+                Some(event()),
+            )
+            .await;
+            (status == 202).then_some(())
+        },
+    )
+    .await;
+    drop(cluster);
+    drop(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_answers_503_while_postgres_restarts_and_resumes_by_itself() {
     let server = PrivateServer::start();

@@ -57,6 +57,32 @@ pub use schema::SCHEMA_VERSION;
 /// How long a request waits for a pooled connection, or for a new one, before the store
 /// reports itself unavailable (ingest answers 503 rather than hanging).
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long ingest waits for PostgreSQL to answer its write before the store reports itself
+/// unavailable (ingest answers 503): a database that stops answering (a frozen host, a
+/// partition the kernel has not given up on) must not hold every producer for as long.
+const WRITE_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a readiness check waits for `SELECT 1`.
+const READY_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// TCP keepalive and user timeout on every connection: a peer gone without a reset is noticed
+/// in about this long instead of the kernel's ~15 minutes of retransmissions.
+const TCP_DEAD_PEER: Duration = Duration::from_secs(10);
+
+/// `operation`, or [`StoreError::Unavailable`] if PostgreSQL has not answered within `limit`.
+/// A write given up on may still commit later: the message says so (a producer that retries
+/// with the same idempotency key gets no duplicate).
+async fn answered_within<T>(
+    limit: Duration,
+    what: &str,
+    operation: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, operation).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "PostgreSQL did not answer {what} within {limit:?}"
+        ))),
+    }
+}
+
 /// Transactions retried after a deadlock or serialisation failure before giving up.
 pub(super) const MAX_TX_TRIES: usize = 3;
 
@@ -195,6 +221,9 @@ fn pg_config(config: &StoreConfig) -> Result<tokio_postgres::Config> {
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(POOL_TIMEOUT);
     }
+    pg.keepalives(true)
+        .keepalives_idle(TCP_DEAD_PEER)
+        .tcp_user_timeout(TCP_DEAD_PEER);
     Ok(pg)
 }
 
@@ -335,12 +364,15 @@ impl Store for PostgresStore {
     }
 
     async fn check_ready(&self) -> Result<()> {
-        let client = self.client().await.map_err(StoreError::from)?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map(drop)
-            .map_err(|err| StoreError::from(Failure::from(err)))
+        answered_within(READY_ANSWER_TIMEOUT, "a readiness check", async {
+            let client = self.client().await.map_err(StoreError::from)?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(|err| StoreError::from(Failure::from(err)))
+        })
+        .await
     }
 
     /// The database's disk is the database's business: nothing to keep in reserve here.
@@ -400,7 +432,12 @@ impl Store for PostgresStore {
     }
 
     async fn append_events(&self, group: Vec<NewEvent>) -> Result<Vec<Appended>> {
-        events::append(self, group).await
+        answered_within(
+            WRITE_ANSWER_TIMEOUT,
+            "the write of new events (it may still commit: retry with the same idempotency key)",
+            events::append(self, group),
+        )
+        .await
     }
 
     async fn event(&self, tenant: &str, id: &EventId) -> Result<Option<EventRecord>> {
