@@ -525,6 +525,30 @@ async fn a_schema_newer_than_the_binary_is_refused_with_a_clear_message() {
     );
 }
 
+/// A start-up refusal says what PostgreSQL said (a missing database, with its SQL state), not
+/// the driver's bare "db error", and never the URL.
+#[tokio::test]
+async fn a_database_that_does_not_exist_is_named_in_postgresqls_words() {
+    let missing = format!("hookd_missing_{:08x}", rand::random::<u32>());
+    let url = crate::support::postgres::database_url(&missing);
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&on_postgres(
+        &test_config_toml(dir.path(), "", true),
+        &url,
+        "30s",
+    ));
+    let refused = hookd::store::open(&config, Arc::new(Keyring::random()))
+        .await
+        .unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains(&format!("database \"{missing}\" does not exist"))
+            && message.contains("SQL state 3D000"),
+        "{message}"
+    );
+    assert!(!message.contains("postgres://"), "{message}");
+}
+
 #[tokio::test]
 async fn the_database_holds_webhook_secrets_only_sealed_and_another_key_does_not_open_them() {
     let url = fresh_database();

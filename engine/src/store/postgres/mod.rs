@@ -137,16 +137,58 @@ impl From<Failure> for StoreError {
     fn from(failure: Failure) -> Self {
         match failure {
             Failure::Store(err) => err,
+            Failure::Pool(PoolError::Backend(err)) => {
+                StoreError::Unavailable(format!("PostgreSQL: {}", explain(&err)))
+            }
             Failure::Pool(err) => StoreError::Unavailable(format!("PostgreSQL: {err}")),
             Failure::Pg(err) => match err.code() {
                 Some(code) if !is_unavailable_state(code) => {
-                    StoreError::Io(format!("PostgreSQL refused a statement: {err}"))
+                    StoreError::Io(format!("PostgreSQL refused a statement: {}", explain(&err)))
                 }
                 // No SQL state: the connection broke, timed out or was closed.
-                _ => StoreError::Unavailable(format!("PostgreSQL: {err}")),
+                _ => StoreError::Unavailable(format!("PostgreSQL: {}", explain(&err))),
             },
         }
     }
+}
+
+/// What went wrong, in PostgreSQL's words: the server's message and SQL state (a wrong
+/// password, a missing database or privilege, a read-only server) or the connection's cause,
+/// where the driver's own text is only "db error" or "error connecting to server". Neither
+/// carries the URL or its password.
+pub(super) fn explain(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        return format!(
+            "{} ({}, SQL state {})",
+            db.message(),
+            db.severity(),
+            db.code().code()
+        );
+    }
+    with_causes(err)
+}
+
+/// An error and its causes, each once (`a: b: c`), a PostgreSQL server error in its words.
+pub(super) fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let words = match cause.downcast_ref::<tokio_postgres::error::DbError>() {
+            Some(db) => format!(
+                "{} ({}, SQL state {})",
+                db.message(),
+                db.severity(),
+                db.code().code()
+            ),
+            None => cause.to_string(),
+        };
+        if !text.contains(&words) {
+            text.push_str(": ");
+            text.push_str(&words);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The PostgreSQL store. Cheap to clone.
@@ -241,7 +283,9 @@ async fn connect_one(config: &tokio_postgres::Config) -> PgResult<tokio_postgres
 pub async fn migrate(config: &StoreConfig) -> Result<Vec<i32>> {
     let pg = pg_config(config)?;
     let mut client = connect_one(&pg).await.map_err(|failure| match failure {
-        Failure::Pg(err) => StoreError::Unavailable(format!("cannot connect to PostgreSQL: {err}")),
+        Failure::Pg(err) => {
+            StoreError::Unavailable(format!("cannot connect to PostgreSQL: {}", explain(&err)))
+        }
         other => other.into(),
     })?;
     schema::migrate(&mut client).await
@@ -266,7 +310,7 @@ impl PostgresStore {
         let pg = pg_config(config)?;
         let mut client = connect_one(&pg).await.map_err(|failure| match failure {
             Failure::Pg(err) => {
-                StoreError::Unavailable(format!("cannot connect to PostgreSQL: {err}"))
+                StoreError::Unavailable(format!("cannot connect to PostgreSQL: {}", explain(&err)))
             }
             other => other.into(),
         })?;

@@ -63,7 +63,8 @@ async fn run(client: &mut tokio_postgres::Client) -> PgResult<Vec<i32>> {
         .await
         .map_err(|err| {
             Failure::Store(StoreError::Unavailable(format!(
-                "the schema migration failed: {err}"
+                "the schema migration failed: {}",
+                super::with_causes(&err)
             )))
         })?;
     let applied: Vec<i32> = report
