@@ -363,6 +363,12 @@ async fn a_test_send_reports_the_response_plugins_decision_without_applying_it()
     let (_, outcome) = engine.post(&test, json!({})).await;
     assert_eq!(outcome["delivered"], false);
     assert_eq!(outcome["response_decision"], "disable", "{outcome}");
+    let message = outcome["error_message"].as_str().unwrap();
+    assert!(
+        message
+            .starts_with("plugin:says-ok would disable the webhook (not applied to a test send)"),
+        "{message}"
+    );
     let (_, after) = engine
         .get(&format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap()))
         .await;

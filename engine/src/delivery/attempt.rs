@@ -667,7 +667,14 @@ fn report_response_verdict(outcome: &mut TestSendOutcome, verdict: &ResponseVerd
     outcome.delivered = delivered;
     outcome.verdict_by = Some(verdict.by.clone());
     outcome.response_decision = Some(decision);
-    outcome.error_message = Some(verdict.log_message());
+    // A test send never disables the webhook: its message says what an attempt would do.
+    outcome.error_message = Some(match &verdict.decision {
+        judge::ResponseDecision::Disable { reason } => format!(
+            "{} would disable the webhook (not applied to a test send): {reason}",
+            verdict.by
+        ),
+        _ => verdict.log_message(),
+    });
     if !delivered && outcome.error_code.is_none() {
         outcome.error_code = Some("response_verdict".into());
     }
