@@ -272,6 +272,40 @@ async fn bad_uploads_are_refused_with_a_reason_and_the_old_version_stays() {
     assert!(after["last_error"].is_string());
     assert_eq!(after["hooks"], json!(["filter"]));
 
+    // A bad name has its own code; a form or a compressed upload is named as such.
+    let (status, err) = upload(&engine, ACME_KEY, "My.Filter", wasm("json-filter")).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (400, Some("invalid_plugin_name")),
+        "{err}"
+    );
+    for (header, value, needle) in [
+        (
+            "content-type",
+            "multipart/form-data; boundary=x",
+            "--data-binary",
+        ),
+        ("content-encoding", "gzip", "compressed"),
+    ] {
+        let response = engine
+            .http
+            .put(engine.url("/v1/plugins/f"))
+            .bearer_auth(ACME_KEY)
+            .header(header, value)
+            .body(wasm("json-filter"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let err: Value = response.json().await.unwrap();
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (400, Some("plugin_invalid")),
+            "{err}"
+        );
+        assert!(err["message"].as_str().unwrap().contains(needle), "{err}");
+    }
+
     let (status, err) = engine
         .post("/v1/webhooks", json!({"url": "https://example.com/", "plugins": [{"name": "f", "config": {"nope": 1}}]}))
         .await;

@@ -94,6 +94,31 @@ pub fn load_error(err: PluginLoadError) -> ApiError {
     }
 }
 
+/// What to say to an upload sent as a form or compressed (a common first try), instead of
+/// "not a WebAssembly component".
+fn upload_encoding_hint(headers: &axum::http::HeaderMap) -> Option<&'static str> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if content_type.starts_with("multipart/")
+        || content_type.starts_with("application/x-www-form-urlencoded")
+    {
+        return Some(
+            "the upload is a form; send the component's raw bytes as the body \
+             (curl --data-binary @plugin.wasm), not -F or -d",
+        );
+    }
+    headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        .then_some(
+            "the upload is compressed (Content-Encoding); send the component's raw, \
+             uncompressed bytes",
+        )
+}
+
 /// Checks a webhook's plugin chain: length, and each plugin's `validate-config`.
 pub async fn check_chain(
     state: &AppState,
@@ -164,7 +189,7 @@ fn uploader(headers: &HeaderMap) -> String {
         (status = 201, description = "Installed (its first version)", body = PluginView),
         (status = 200, description = "A new version of an existing plugin is current", body = PluginView),
         (status = 202, description = "Stored as the candidate (`stage=candidate`): its shadow run started", body = ShadowView),
-        (status = 400, description = "Not a valid plugin component, or an invalid query (`invalid_query`)", body = ErrorBody),
+        (status = 400, description = "An invalid name (`invalid_plugin_name`), a form or compressed upload or not a valid plugin component (`plugin_invalid`), or an invalid query (`invalid_query`)", body = ErrorBody),
         (status = 409, description = "A candidate needs an uploaded current version (`no_current_version`) that differs from it (`candidate_is_current`)", body = ErrorBody),
         (status = 413, description = "The component is larger than allowed, or has more (or larger) functions than the host compiles (`plugin_too_large`)", body = ErrorBody),
         (status = 422, description = "Refused by the plugin host", body = ErrorBody),
@@ -180,6 +205,11 @@ pub async fn put(
     request: Request,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
+    crate::plugin::check_plugin_name(&name)
+        .map_err(|message| ApiError::bad_request("invalid_plugin_name", message))?;
+    if let Some(hint) = upload_encoding_hint(request.headers()) {
+        return Err(ApiError::bad_request("plugin_invalid", hint));
+    }
     let candidate = query.candidate_attempts()?;
     let plugins = &state.delivery.plugins;
     let quota = PluginQuota {

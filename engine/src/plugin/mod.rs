@@ -47,6 +47,7 @@ mod compile;
 mod cputime;
 mod error;
 mod persist;
+pub use persist::check_plugin_name;
 mod policy;
 mod registry;
 mod response;
