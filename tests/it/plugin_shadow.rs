@@ -228,9 +228,33 @@ async fn promote_makes_the_candidate_current_and_discard_drops_it() {
         );
     }
 
+    // A shadow run cannot compare on-response: refused whichever side exports it.
+    let (status, body) = put_candidate(&engine, "kinds", wasm("body-says-ok"), 3).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("shadow_unsupported")),
+        "{body}"
+    );
+    put_current(&engine, "says", wasm("body-says-ok")).await;
+    let (status, body) = put_candidate(&engine, "says", wasm("response-probe"), 3).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("shadow_unsupported")),
+        "{body}"
+    );
+
     // Shadow, then promote: the candidate serves at once, without a restart.
-    let (status, _) = put_candidate(&engine, "kinds", wasm("json-filter-next"), 3).await;
+    let (status, first) = put_candidate(&engine, "kinds", wasm("json-filter-next"), 3).await;
     assert_eq!(status, 202);
+    // The same candidate again (a retried deploy step) goes on with the same run.
+    let (status, again) = put_candidate(&engine, "kinds", wasm("json-filter-next"), 3).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(
+        again["candidate_version"], first["candidate_version"],
+        "{again}"
+    );
+    let (_, versions) = engine.get("/v1/plugins/kinds/versions").await;
+    assert_eq!(versions["data"].as_array().unwrap().len(), 2, "{versions}");
     send_kinds(&engine, &KINDS).await;
     receiver.wait_for(3, WAIT).await;
     let report = report_after(&engine, "kinds", 3).await;

@@ -245,6 +245,7 @@ fn shadow_error(name: &str, error: ShadowError) -> ApiError {
         ShadowError::NoCurrentVersion => ApiError::conflict("no_current_version", message),
         ShadowError::SameAsCurrent => ApiError::conflict("candidate_is_current", message),
         ShadowError::NoCandidate => ApiError::new(StatusCode::NOT_FOUND, "no_candidate", message),
+        ShadowError::ResponseHook(_) => ApiError::conflict("shadow_unsupported", message),
     }
 }
 

@@ -190,7 +190,7 @@ fn uploader(headers: &HeaderMap) -> String {
         (status = 200, description = "A new version of an existing plugin is current", body = PluginView),
         (status = 202, description = "Stored as the candidate (`stage=candidate`): its shadow run started", body = ShadowView),
         (status = 400, description = "An invalid name (`invalid_plugin_name`), a form or compressed upload or not a valid plugin component (`plugin_invalid`), or an invalid query (`invalid_query`)", body = ErrorBody),
-        (status = 409, description = "A candidate needs an uploaded current version (`no_current_version`) that differs from it (`candidate_is_current`)", body = ErrorBody),
+        (status = 409, description = "A candidate needs an uploaded current version (`no_current_version`) that differs from it (`candidate_is_current`), and neither may export on-response (`shadow_unsupported`)", body = ErrorBody),
         (status = 413, description = "The component is larger than allowed, or has more (or larger) functions than the host compiles (`plugin_too_large`)", body = ErrorBody),
         (status = 422, description = "Refused by the plugin host", body = ErrorBody),
         (status = 429, description = "The tenant would have more plugins or plugin bytes than its `plugins` / `plugin_bytes` quota (`quota_exceeded`, naming it, with its limit and the current use; nothing was compiled or written), or is over its request rate (`rate_limited`)", body = ErrorBody),

@@ -67,6 +67,13 @@ pub enum ShadowError {
     /// The plugin has no candidate to promote or discard.
     #[error("the plugin has no candidate version (upload one with `?stage=candidate`)")]
     NoCandidate,
+    /// A shadow run compares the chain before the send (filter, transform, sign); it cannot
+    /// run an `on-response` hook on an answer, so it would report such a plugin "same".
+    #[error(
+        "shadow runs compare filter, transform and sign; this {0} exports on-response, which a \
+         shadow run cannot compare: simulate it and roll out with a pinned webhook instead"
+    )]
+    ResponseHook(&'static str),
 }
 
 fn storage(error: crate::store::StoreError) -> ShadowError {
@@ -319,6 +326,27 @@ impl PluginHost {
         let (plugin, wasm) = self.load_blocking(tenant, wasm, slot, wait).await?;
         if plugin.sha256 == head.current.sha256 {
             return Err(ShadowError::SameAsCurrent);
+        }
+        // The same candidate again (a retried deploy step): its run goes on, unrestarted.
+        if head
+            .candidate
+            .as_ref()
+            .is_some_and(|c| c.sha256 == plugin.sha256)
+            && let Some(report) = store.plugin_shadow(tenant, name).await.map_err(storage)?
+            && report.summary.state == ShadowState::Running
+        {
+            return Ok(report);
+        }
+        if plugin.on_response.is_some() {
+            return Err(ShadowError::ResponseHook("candidate"));
+        }
+        if self
+            .inner
+            .registry
+            .get(tenant, name)
+            .is_some_and(|current| current.on_response.is_some())
+        {
+            return Err(ShadowError::ResponseHook("plugin's current version"));
         }
         let _publishing = self.inner.publish_lock.lock().await;
         let uploaded_by = super::catalogue::uploader(uploaded_by);
