@@ -348,3 +348,94 @@ async fn the_catalogue_keeps_a_bounded_history_plus_current_candidate_and_pinned
     }
     store.close().await.unwrap();
 }
+
+/// A new current version (upload, rollback, promote) must keep working for the webhooks that
+/// follow the current one: one that lacks a hook they run (a filter gone lets through what it
+/// dropped) or refuses their config is refused, naming them, unless `?force=true`. Webhooks
+/// pinning a version are not its business.
+#[tokio::test]
+async fn a_version_that_would_change_what_attached_webhooks_run_is_refused_unless_forced() {
+    let engine = TestEngine::start().await;
+    put(&engine, "only", wasm("json-filter")).await;
+    let webhook = engine
+        .create_webhook(json!({"url": "http://127.0.0.1:9/hook",
+            "plugins": [{"name": "only", "config": {"path": "data.kind", "allowed": ["a"]}}]}))
+        .await;
+    let id = webhook["id"].as_str().unwrap();
+    // No filter hook at all; a filter that refuses the attached config.
+    for (component, needle) in [("body-says-ok", "filter"), ("trap", "refuses the config")] {
+        let (status, err) = upload(&engine, ACME_KEY, "only", wasm(component)).await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (409, Some("plugin_incompatible")),
+            "{component}: {err}"
+        );
+        let message = err["message"].as_str().unwrap();
+        assert!(
+            message.contains(id) && message.contains(needle),
+            "{message}"
+        );
+    }
+    let (_, versions) = engine.get("/v1/plugins/only/versions").await;
+    assert_eq!(
+        versions["data"].as_array().unwrap().len(),
+        1,
+        "nothing stored: {versions}"
+    );
+
+    // A compatible version goes in; a forced one too, and rolling back to it is checked.
+    let (status, _) = upload(&engine, ACME_KEY, "only", wasm("json-filter-next")).await;
+    assert_eq!(status, 200);
+    let (status, forced) = upload(&engine, ACME_KEY, "only?force=true", wasm("trap")).await;
+    assert_eq!(status, 200, "{forced}");
+    let trap_version = forced["version_id"].clone();
+    // Back from it is checked too: trap runs transform and sign besides its filter.
+    let (status, err) = engine
+        .post("/v1/plugins/only/rollback", json!({"version": 1}))
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (409, Some("plugin_incompatible")),
+        "{err}"
+    );
+    assert!(
+        err["message"].as_str().unwrap().contains("transform, sign"),
+        "{err}"
+    );
+    let (status, body) = engine
+        .post(
+            "/v1/plugins/only/rollback?force=true",
+            json!({"version": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, err) = engine
+        .post(
+            "/v1/plugins/only/rollback",
+            json!({"version": trap_version}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (409, Some("plugin_incompatible")),
+        "{err}"
+    );
+    // A webhook pinning version 1 alone does not hold the plugin back.
+    let (status, _) = engine
+        .call(
+            "PATCH",
+            &format!("/v1/webhooks/{id}"),
+            ACME_KEY,
+            Some(json!({"plugins": [{"name": "only", "version": 1,
+                "config": {"path": "data.kind", "allowed": ["a"]}}]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = engine
+        .post(
+            "/v1/plugins/only/rollback",
+            json!({"version": trap_version}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -136,8 +136,14 @@ async fn a_broken_plugin_fails_attempts_with_a_stable_code_until_a_fixed_version
     );
     assert_eq!(first["status"], "pending", "retried on schedule");
 
-    // Hot swap by upload: the next attempt runs the fixed plugin, no restart.
+    // Hot swap by upload: the next attempt runs the fixed plugin, no restart. (json-filter
+    // refuses the webhook's empty config, so the upload is forced, then the config fixed.)
     let (status, _) = upload(&engine, ACME_KEY, "gate", wasm("json-filter")).await;
+    assert_eq!(
+        status, 409,
+        "a version refusing the attached config needs force"
+    );
+    let (status, _) = upload(&engine, ACME_KEY, "gate?force=true", wasm("json-filter")).await;
     assert_eq!(status, 200);
     // (json-filter without config refuses; attach a valid config to the same name)
     let (_, webhooks) = engine.get("/v1/webhooks").await;

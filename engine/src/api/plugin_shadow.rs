@@ -39,6 +39,10 @@ pub struct UploadQuery {
     /// the candidate beside it (1–10000, default 100).
     #[param(minimum = 1, maximum = 10000, example = 100)]
     pub shadow_attempts: Option<u64>,
+    /// Make the upload current even when it lacks a hook the current version has, or refuses
+    /// a config of a webhook that follows the current version (`409 plugin_incompatible`
+    /// otherwise).
+    pub force: Option<bool>,
 }
 
 impl UploadQuery {
@@ -312,9 +316,10 @@ pub async fn get_shadow(
     path = "/v1/plugins/{name}/promote",
     tag = "plugins",
     operation_id = "promote_plugin",
-    params(("name" = String, Path, description = "The plugin's name within the tenant")),
+    params(("name" = String, Path, description = "The plugin's name within the tenant"), super::plugins::ForceQuery),
     responses(
         (status = 200, description = "The candidate is current", body = PluginView),
+        (status = 409, description = "The candidate lacks a hook the current version runs for webhooks following it, or refuses one of their configs (`plugin_incompatible`, naming them; `?force=true` overrides)", body = ErrorBody),
         (status = 404, description = "No uploaded plugin of that name (`not_found`), or it has no candidate (`no_candidate`)", body = ErrorBody),
         (status = 429, description = "The candidate is larger than the tenant's `plugin_bytes` quota allows (`quota_exceeded`)", body = ErrorBody),
         (status = 503, description = "The store is unavailable, or the compiler is busy (`compile_busy`, with Retry-After)", body = ErrorBody),
@@ -324,15 +329,17 @@ pub async fn promote(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(name): ApiPath<String>,
+    super::ApiQuery(query): super::ApiQuery<super::plugins::ForceQuery>,
 ) -> Result<ApiJson<PluginView>, ApiError> {
     let quota = PluginQuota {
         plugins: tenant.config.quotas.plugins,
         bytes: tenant.config.quotas.plugin_bytes,
     };
+    let attached = super::plugins::attached_to_current(&state, &tenant, &name, query.force).await?;
     let info = state
         .delivery
         .plugins
-        .promote(&tenant.id, &name, Some(quota))
+        .promote(&tenant.id, &name, Some(quota), &attached)
         .await
         .map_err(|e| shadow_error(&name, e))?;
     Ok(ApiJson(PluginView::from(info)))

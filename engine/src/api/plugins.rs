@@ -86,6 +86,7 @@ pub fn load_error(err: PluginLoadError) -> ApiError {
         PluginLoadError::NotFound
         | PluginLoadError::VersionNotFound { .. }
         | PluginLoadError::InvalidConfig(_) => ApiError::invalid(code, message),
+        PluginLoadError::Incompatible(_) => ApiError::conflict(code, message),
         PluginLoadError::Storage(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
@@ -117,6 +118,43 @@ fn upload_encoding_hint(headers: &axum::http::HeaderMap) -> Option<&'static str>
             "the upload is compressed (Content-Encoding); send the component's raw, \
              uncompressed bytes",
         )
+}
+
+/// The webhook steps that run `name`'s current version (not pinning one): what a new
+/// current version (upload, rollback, promote) is checked against, unless `force`.
+pub(super) async fn attached_to_current(
+    state: &AppState,
+    tenant: &Tenant,
+    name: &str,
+    force: Option<bool>,
+) -> Result<Vec<crate::plugin::Attached>, ApiError> {
+    if force == Some(true) {
+        return Ok(Vec::new());
+    }
+    let webhooks = state.store.webhooks_of(&tenant.id).await?;
+    Ok(webhooks
+        .iter()
+        .flat_map(|webhook| {
+            webhook
+                .plugins
+                .iter()
+                .filter(|step| step.name == name && step.version.is_none())
+                .map(|step| crate::plugin::Attached {
+                    webhook_id: webhook.id.to_string(),
+                    config: step.config.to_string(),
+                })
+        })
+        .collect())
+}
+
+/// `?force=true`: make a version current even if it changes what attached webhooks run.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ForceQuery {
+    /// Make the version current even when it lacks a hook the current version has, or
+    /// refuses a config of a webhook that follows the current version (`409
+    /// plugin_incompatible` otherwise).
+    pub force: Option<bool>,
 }
 
 /// Checks a webhook's plugin chain: length, and each plugin's `validate-config`.
@@ -190,7 +228,7 @@ fn uploader(headers: &HeaderMap) -> String {
         (status = 200, description = "A new version of an existing plugin is current", body = PluginView),
         (status = 202, description = "Stored as the candidate (`stage=candidate`): its shadow run started", body = ShadowView),
         (status = 400, description = "An invalid name (`invalid_plugin_name`), a form or compressed upload or not a valid plugin component (`plugin_invalid`), or an invalid query (`invalid_query`)", body = ErrorBody),
-        (status = 409, description = "A candidate needs an uploaded current version (`no_current_version`) that differs from it (`candidate_is_current`), and neither may export on-response (`shadow_unsupported`)", body = ErrorBody),
+        (status = 409, description = "A new current version lacks a hook the current one runs for webhooks following it, or refuses one of their configs (`plugin_incompatible`, naming them; `?force=true` overrides); a candidate needs an uploaded current version (`no_current_version`) that differs from it (`candidate_is_current`), and neither may export on-response (`shadow_unsupported`)", body = ErrorBody),
         (status = 413, description = "The component is larger than allowed, or has more (or larger) functions than the host compiles (`plugin_too_large`)", body = ErrorBody),
         (status = 422, description = "Refused by the plugin host", body = ErrorBody),
         (status = 429, description = "The tenant would have more plugins or plugin bytes than its `plugins` / `plugin_bytes` quota (`quota_exceeded`, naming it, with its limit and the current use; nothing was compiled or written), or is over its request rate (`rate_limited`)", body = ErrorBody),
@@ -259,6 +297,7 @@ pub async fn put(
         .map(IntoResponse::into_response);
     }
     let existed = plugins.info(&tenant.id, &name).is_some();
+    let attached = attached_to_current(&state, &tenant, &name, query.force).await?;
     let info = plugins
         .install_as(
             &tenant.id,
@@ -267,6 +306,7 @@ pub async fn put(
             quota,
             Some(slot),
             &uploaded_by,
+            attached,
         )
         .await
         .map_err(load_error)?;
@@ -489,12 +529,13 @@ pub struct Rollback {
     path = "/v1/plugins/{name}/rollback",
     tag = "plugins",
     operation_id = "rollback_plugin",
-    params(("name" = String, Path, description = "The plugin's name within the tenant")),
+    params(("name" = String, Path, description = "The plugin's name within the tenant"), ForceQuery),
     request_body = Rollback,
     responses(
         (status = 200, description = "The version is current", body = PluginView),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 404, description = "No uploaded plugin of that name for this tenant", body = ErrorBody),
+        (status = 409, description = "The version lacks a hook the current version runs for webhooks following it, or refuses one of their configs (`plugin_incompatible`, naming them; `?force=true` overrides)", body = ErrorBody),
         (status = 422, description = "No stored version of that id (`plugin_version_not_found`), or an invalid body", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 429, description = "The version is larger than the tenant's `plugin_bytes` quota allows (`quota_exceeded`)", body = ErrorBody),
@@ -505,16 +546,18 @@ pub async fn rollback(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ForceQuery>,
     ApiJson(body): ApiJson<Rollback>,
 ) -> Result<ApiJson<PluginView>, ApiError> {
     let quota = PluginQuota {
         plugins: tenant.config.quotas.plugins,
         bytes: tenant.config.quotas.plugin_bytes,
     };
+    let attached = attached_to_current(&state, &tenant, &name, query.force).await?;
     let info = state
         .delivery
         .plugins
-        .rollback(&tenant.id, &name, body.version, Some(quota))
+        .rollback(&tenant.id, &name, body.version, Some(quota), &attached)
         .await
         .map_err(|err| match err {
             PluginLoadError::NotFound => no_stored_plugin(&name),

@@ -356,11 +356,14 @@ impl PluginHost {
         name: &str,
         version: u64,
         quota: Option<PluginQuota>,
+        attached: &[super::Attached],
     ) -> Result<PluginInfo, PluginLoadError> {
         let Some(store) = self.inner.catalogue.clone() else {
             return Err(PluginLoadError::NotFound);
         };
         let plugin = self.resolve(tenant, name, Some(version)).await?;
+        self.check_compatible(tenant, name, &plugin, attached)
+            .await?;
         if let Some(quota) = quota {
             self.check_quota_for(tenant, name, plugin.size_bytes, quota)?;
         }

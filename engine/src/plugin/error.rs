@@ -75,6 +75,11 @@ pub enum PluginLoadError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The version would change what webhooks using the plugin run: a hook the current version
+    /// has is missing, or an attached config is refused by its `validate-config`. Nothing was
+    /// published (`?force=true` publishes anyway). API code `plugin_incompatible`.
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 impl PluginLoadError {
@@ -88,7 +93,10 @@ impl PluginLoadError {
     /// Whether this refusal is about the component itself (recorded as the live version's
     /// `last_error`), rather than about the tenant's quota or the compiler being busy.
     pub fn is_about_the_component(&self) -> bool {
-        !matches!(self, Self::QuotaExceeded(_) | Self::CompileBusy { .. })
+        !matches!(
+            self,
+            Self::QuotaExceeded(_) | Self::CompileBusy { .. } | Self::Incompatible(_)
+        )
     }
 
     /// The stable API error code for this refusal.
@@ -103,6 +111,7 @@ impl PluginLoadError {
             Self::TooComplex(_) => "plugin_too_large",
             Self::QuotaExceeded(_) => "quota_exceeded",
             Self::CompileBusy { .. } => "compile_busy",
+            Self::Incompatible(_) => "plugin_incompatible",
         }
     }
 }

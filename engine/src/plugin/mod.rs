@@ -199,6 +199,17 @@ struct Upload {
     slot: Option<CompileSlot>,
     /// Who uploaded it (recorded in the stored version).
     uploaded_by: String,
+    /// The webhooks following the plugin's current version, checked against the new one.
+    attached: Vec<Attached>,
+}
+
+/// A webhook step that runs a plugin's current version: what a new current version must keep
+/// working ([`PluginHost::check_compatible`]).
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub webhook_id: String,
+    /// The step's config, as JSON text.
+    pub config: String,
 }
 
 /// What a tenant's uploaded plugins use of its quotas (plugins from the admin directory are
@@ -387,11 +398,13 @@ impl PluginHost {
         quota: PluginQuota,
         slot: Option<CompileSlot>,
     ) -> Result<PluginInfo, PluginLoadError> {
-        self.install_as(tenant, name, wasm, quota, slot, "").await
+        self.install_as(tenant, name, wasm, quota, slot, "", Vec::new())
+            .await
     }
 
     /// [`install_within`](Self::install_within), recording who uploaded it in the stored
     /// version (`uploaded_by`: the API key's hash prefix, see [`crate::store::PluginVersion`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn install_as(
         &self,
         tenant: &str,
@@ -400,11 +413,13 @@ impl PluginHost {
         quota: PluginQuota,
         slot: Option<CompileSlot>,
         uploaded_by: &str,
+        attached: Vec<Attached>,
     ) -> Result<PluginInfo, PluginLoadError> {
         let upload = Upload {
             quota: Some(quota),
             slot,
             uploaded_by: uploaded_by.to_owned(),
+            attached,
         };
         self.upload(tenant, name, wasm, upload).await
     }
@@ -492,6 +507,7 @@ impl PluginHost {
             quota,
             slot,
             uploaded_by,
+            attached,
         } = upload;
         persist::check_tenant(tenant).map_err(PluginLoadError::invalid)?;
         persist::check_plugin_name(name).map_err(PluginLoadError::invalid)?;
@@ -513,6 +529,8 @@ impl PluginHost {
             PluginSource::AdminDir => ADMIN_DIR_COMPILE_WAIT,
         };
         let (plugin, wasm) = self.load_blocking(tenant, wasm, slot, wait).await?;
+        self.check_compatible(tenant, name, &plugin, &attached)
+            .await?;
 
         let _publishing = self.inner.publish_lock.lock().await;
         if let Some(quota) = quota {
@@ -716,6 +734,81 @@ impl PluginHost {
     /// [`validate_config`](Self::validate_config) against a stored version of the plugin
     /// (`None`: the live one), loading it if no attempt ran it yet: a webhook pinning a version
     /// is checked against that version ([`PluginLoadError::VersionNotFound`] if not stored).
+    /// Whether `new`, made the current version of `name`, keeps working for the webhooks in
+    /// `attached` (those following the current version): it exports every hook the current
+    /// version does (a filter that disappears would let through what it dropped), and its
+    /// `validate-config` takes each attached config. Nothing to check without attachments.
+    pub(crate) async fn check_compatible(
+        &self,
+        tenant: &str,
+        name: &str,
+        new: &Arc<LoadedPlugin>,
+        attached: &[Attached],
+    ) -> Result<(), PluginLoadError> {
+        if attached.is_empty() {
+            return Ok(());
+        }
+        let webhooks = |list: &[&Attached]| {
+            let mut ids: Vec<&str> = list.iter().map(|a| a.webhook_id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let more = ids.len().saturating_sub(5);
+            let mut text = ids[..ids.len().min(5)].join(", ");
+            if more > 0 {
+                text.push_str(&format!(" and {more} more"));
+            }
+            text
+        };
+        if let Some(current) = self.inner.registry.get(tenant, name) {
+            let lost: Vec<&str> = current
+                .description
+                .hooks
+                .iter()
+                .filter(|hook| !new.description.hooks.contains(hook))
+                .map(String::as_str)
+                .collect();
+            if !lost.is_empty() {
+                let all: Vec<&Attached> = attached.iter().collect();
+                return Err(PluginLoadError::Incompatible(format!(
+                    "this version does not export {} that the current version runs for webhooks \
+                     {}; nothing was changed (add ?force=true to make it current anyway)",
+                    lost.join(", "),
+                    webhooks(&all)
+                )));
+            }
+        }
+        let mut refused: Vec<&Attached> = Vec::new();
+        let mut first_reason = String::new();
+        for step in attached {
+            let (inner, plugin, config) = (self.inner.clone(), new.clone(), step.config.clone());
+            let job = async move {
+                inner
+                    .runtime
+                    .validate_config(&plugin, &config, &inner.settings)
+                    .await
+            };
+            let verdict = self
+                .run_job(job)
+                .await
+                .map_err(|e| PluginLoadError::InvalidConfig(format!("validate-config failed: {e}")))
+                .and_then(|checked| checked);
+            if let Err(error) = verdict {
+                if first_reason.is_empty() {
+                    first_reason = error.to_string();
+                }
+                refused.push(step);
+            }
+        }
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(PluginLoadError::Incompatible(format!(
+            "this version refuses the config of webhooks {} ({first_reason}); nothing was \
+             changed (fix their configs, or add ?force=true to make it current anyway)",
+            webhooks(&refused)
+        )))
+    }
+
     pub async fn validate_attachment(
         &self,
         tenant: &str,

@@ -408,10 +408,13 @@ impl PluginHost {
         tenant: &str,
         name: &str,
         quota: Option<PluginQuota>,
+        attached: &[super::Attached],
     ) -> Result<PluginInfo, ShadowError> {
         let candidate = self.candidate_of(tenant, name).await?;
         // The rollback path ends the candidate's shadow run as promoted.
-        let info = self.rollback(tenant, name, candidate, quota).await?;
+        let info = self
+            .rollback(tenant, name, candidate, quota, attached)
+            .await?;
         tracing::info!(%tenant, plugin = %name, version_id = candidate, "candidate promoted");
         Ok(info)
     }
