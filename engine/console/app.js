@@ -1,5 +1,10 @@
 // The console's shell: sign-in, navigation and the hash router (#/webhooks, #/deliveries…).
-// Page modules render into <main>; each exports `render(main, route)`.
+// Page modules render into a fresh view inside <main>; each exports `render(view, route)`.
+//
+// Navigation is race-free: every route() starts a new navigation (`generation`), empties
+// <main> and gives the page its own view element. A render overtaken by a later navigation
+// (a second click before the first page's API calls answered) keeps writing only into its own
+// view, which is no longer on the page, and then stops; it never touches the page again.
 
 import { call, onSignedOut, ApiError } from './api.js';
 import { h, clear, errorBox, field, toast } from './dom.js';
@@ -21,6 +26,8 @@ const TENANT_PAGES = [
 const ADMIN_PAGES = [['admin', 'Tenants', admin]];
 
 let session = null;
+/** The current navigation; a render whose number is older has been overtaken. */
+let generation = 0;
 
 function pages() {
   return session && session.role === 'admin' ? ADMIN_PAGES : TENANT_PAGES;
@@ -40,6 +47,8 @@ function renderNav() {
 }
 
 async function route() {
+  generation += 1;
+  const current = generation;
   const main = document.getElementById('main');
   if (!session) {
     renderSignIn(main);
@@ -52,15 +61,17 @@ async function route() {
     return;
   }
   renderNav();
-  clear(main);
+  const view = h('div', { class: 'view' });
+  clear(main).append(view);
   try {
-    await page[2].render(main, currentRoute());
+    await page[2].render(view, currentRoute());
   } catch (err) {
-    if (!(err instanceof ApiError && err.status === 401)) {
-      main.append(errorBox(err));
+    if (current === generation && !(err instanceof ApiError && err.status === 401)) {
+      view.append(errorBox(err));
     }
   }
-  const heading = main.querySelector('h1');
+  if (current !== generation) return;
+  const heading = view.querySelector('h1');
   if (heading) {
     heading.setAttribute('tabindex', '-1');
     heading.focus({ preventScroll: true });
@@ -68,6 +79,7 @@ async function route() {
 }
 
 function renderSignIn(main, message) {
+  generation += 1;
   renderNav();
   clear(main);
   const key = h('input', { type: 'password', name: 'key', id: 'key', autocomplete: 'off', required: true, spellcheck: 'false' });
@@ -91,8 +103,13 @@ function renderSignIn(main, message) {
         return;
       }
       session = now;
-      location.hash = `#/${pages()[0][0]}`;
-      route();
+      // Stay on the page the session ended on (when this key's role has it), else the
+      // first page. Setting the hash renders it (hashchange); only an unchanged hash needs
+      // an explicit route(), or the page would render twice.
+      const stay = pages().some(([id]) => id === currentRoute().parts[0]);
+      const target = stay ? location.hash : `#/${pages()[0][0]}`;
+      if (location.hash === target) route();
+      else location.hash = target;
     } catch (err) {
       key.value = '';
       error.append(errorBox(err));
@@ -108,8 +125,8 @@ async function signOut() {
     await call('DELETE', '/console/session');
   } finally {
     session = null;
-    location.hash = '';
-    route();
+    if (location.hash) location.hash = '';
+    else route();
   }
 }
 

@@ -75,7 +75,11 @@ async function renderList(main, params) {
   const wrap = table('Deliveries', ['Created', 'Status', 'Event type', 'Webhook', 'Attempts', 'Last result'], []);
   wrap.querySelector('tbody').replaceWith(body);
   let iterator = null;
+  let loaded = false;
   const load = async () => {
+    // Past the last page there is nothing more: without an iterator the API would answer
+    // the first page again.
+    if (loaded && !iterator) return;
     more.disabled = true;
     try {
       const page = await get('/v1/deliveries', { ...filters, limit: 50, iterator });
@@ -89,6 +93,7 @@ async function renderList(main, params) {
           h('td', {}, d.last_status_code ? `HTTP ${d.last_status_code}` : (d.last_error || '—'))));
       }
       iterator = page.done ? null : page.iterator;
+      loaded = true;
       more.hidden = !iterator;
       status.textContent = body.children.length ? `${body.children.length} shown` : 'No deliveries match.';
     } catch (err) {

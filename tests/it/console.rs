@@ -525,3 +525,134 @@ async fn plugins_are_uploaded_attached_and_simulated_on_a_past_event_and_events_
     b.assert_clean("replay", &[]).await;
     b.close().await;
 }
+
+/// Whether the element matching `css` takes space on the page (not `display: none`).
+async fn displayed(b: &Browser, css: &str) -> bool {
+    let script = format!(
+        "const e = document.querySelector({}); return e !== null && e.getClientRects().length > 0;",
+        json!(css)
+    );
+    b.eval(&script).await.as_bool().unwrap()
+}
+
+/// Makes the page's API calls whose path starts with one of `prefixes` answer `ms` later (a
+/// slow engine), until the next page load.
+async fn slow_api(b: &Browser, prefixes: &[&str], ms: u64) {
+    b.eval(&format!(
+        "const slow = {}; const real = window.fetch.bind(window); \
+         window.fetch = (url, options) => new Promise((done) => \
+           setTimeout(done, slow.some((p) => String(url).startsWith(p)) ? {ms} : 0)) \
+           .then(() => real(url, options)); return true;",
+        json!(prefixes)
+    ))
+    .await;
+}
+
+/// What `<main>` holds: its headings and forms (to see two pages mixed into one).
+async fn main_outline(b: &Browser) -> Value {
+    b.eval(
+        "return { h1: [...document.querySelectorAll('main h1')].map((e) => e.textContent), \
+                  forms: [...document.querySelectorAll('main form')].map((e) => e.id), \
+                  tables: document.querySelectorAll('main table').length, \
+                  hash: location.hash };",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_page_renders_once_even_when_navigation_overtakes_it_and_load_more_ends() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    // Three webhooks; only the first takes user.created: 60 deliveries, two pages of 50.
+    let first = engine
+        .create_webhook(json!({"url": receiver.url, "event_types": ["user.created"]}))
+        .await;
+    let first_id = first["id"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        engine
+            .create_webhook(json!({"url": receiver.url, "event_types": ["other.thing"]}))
+            .await;
+    }
+    for n in 0..60 {
+        engine.send_event("user.created", json!({"n": n})).await;
+    }
+
+    let b = Browser::start("render_once", 1280, 900).await;
+    b.goto(&engine.url("/console")).await;
+    sign_in(&b, ACME_KEY).await;
+    b.wait_heading("Webhooks").await;
+    wait_count(&b, "tr[data-webhook]", 3).await;
+    // The sign-in renders the first page once: one table of three rows, not two.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let outline = main_outline(&b).await;
+    assert_eq!(outline["tables"], json!(1), "{outline}");
+    assert_eq!(outline["h1"], json!(["Webhooks"]), "{outline}");
+    assert_eq!(b.find_all("tr[data-webhook]").await.len(), 3);
+    b.shot("signed-in").await;
+
+    // A second navigation before the first page's calls answered: only the second page shows.
+    b.click("#nav a[href='#/event-types']").await;
+    b.wait_heading("Event types").await;
+    slow_api(&b, &["/v1/webhooks"], 700).await;
+    b.eval("location.hash = '#/webhooks'; setTimeout(() => { location.hash = '#/event-types'; }, 50); return true;")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let outline = main_outline(&b).await;
+    assert_eq!(outline["hash"], json!("#/event-types"), "{outline}");
+    assert_eq!(outline["h1"], json!(["Event types"]), "{outline}");
+    assert_eq!(outline["tables"], json!(0), "{outline}");
+    assert_eq!(
+        b.eval("return document.activeElement.textContent;").await,
+        json!("Event types"),
+        "the overtaken render does not take the focus"
+    );
+    b.shot("overtaken-webhooks").await;
+
+    // The same from the deliveries list (two calls in a row) to a webhook's page.
+    slow_api(&b, &["/v1/webhooks?", "/v1/deliveries"], 500).await;
+    b.eval(&format!(
+        "location.hash = '#/deliveries'; setTimeout(() => {{ location.hash = '#/webhooks/{first_id}'; }}, 50); return true;"
+    ))
+    .await;
+    b.wait_heading("Webhook").await;
+    b.find("#test-form").await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let outline = main_outline(&b).await;
+    assert_eq!(outline["h1"], json!(["Webhook"]), "{outline}");
+    assert_eq!(outline["forms"], json!(["test-form"]), "{outline}");
+    b.shot("overtaken-deliveries").await;
+    b.assert_clean("fast navigation", &[]).await;
+
+    // "Load more" pages to the end, then hides; no row twice.
+    b.goto(&engine.url("/console#/deliveries")).await;
+    b.wait_heading("Deliveries").await;
+    wait_count(&b, "tr[data-delivery]", 50).await;
+    assert!(displayed(&b, "#more-deliveries").await);
+    b.click("#more-deliveries").await;
+    wait_count(&b, "tr[data-delivery]", 60).await;
+    b.wait_until(
+        "the button hidden",
+        "return document.querySelector('#more-deliveries').getClientRects().length === 0;",
+    )
+    .await;
+    let distinct = b
+        .eval("return new Set([...document.querySelectorAll('tr[data-delivery]')].map((r) => r.dataset.delivery)).size;")
+        .await;
+    assert_eq!(distinct, json!(60));
+    assert_eq!(b.text("main p.muted[aria-live]").await, "60 shown");
+    b.shot("loaded-to-the-end").await;
+
+    // An empty list: the message, no button.
+    b.goto(&engine.url("/console#/deliveries?event_type=none.such"))
+        .await;
+    b.wait_until(
+        "the empty list",
+        "return document.querySelector('main p.muted[aria-live]')?.textContent === 'No deliveries match.';",
+    )
+    .await;
+    assert!(!displayed(&b, "#more-deliveries").await);
+    assert_eq!(b.find_all("tr[data-delivery]").await.len(), 0);
+    b.shot("empty-list").await;
+    b.assert_clean("load more", &[]).await;
+    b.close().await;
+}
