@@ -103,34 +103,51 @@ async function renderList(main, params) {
     }
   };
   more.addEventListener('click', load);
-  const replayAll = h('button', { type: 'button', class: 'secondary', id: 'replay-matching', onclick: () => replayMatching(filters) },
+  const replayed = h('p', { id: 'replay-outcome', 'aria-live': 'polite' });
+  const replayAll = h('button', { type: 'button', class: 'secondary', id: 'replay-matching', onclick: () => replayMatching(filters, replayed) },
     'Replay matching…');
-  main.append(wrap, status, h('div', { class: 'actions wrap' }, more, replayAll));
+  main.append(wrap, status, h('div', { class: 'actions wrap' }, more, replayAll), replayed);
   await load();
 }
 
 /** Bulk replay of the filtered deliveries: a dry-run count first, then up to 1000 per click. */
-async function replayMatching(filters) {
+async function replayMatching(filters, outcome) {
   try {
     const count = await post('/v1/deliveries/replay', { ...filters, dry_run: true });
     const n = count.matched;
     const choice = await dialog('Replay matching deliveries?',
       h('p', {}, n === 0 ? 'No delivery matches these filters.'
-        : `${n}${count.truncated ? '+' : ''} deliveries match. Each one's event is sent again to its webhook as a new delivery.`),
+        : `${n}${count.truncated ? '+' : ''} deliveries match. Each one's event is sent again to its webhook as a new delivery; ` +
+          'those whose webhook is deleted or disabled, or whose event was purged, are skipped.'),
       n === 0 ? [{ label: 'Close', value: 'close' }] : [{ label: 'Replay', value: 'replay' }, { label: 'Cancel', value: 'cancel' }]);
     if (choice !== 'replay') return;
-    // 1000 per request, each going on where the previous one stopped.
+    // 1000 per request, each going on where the previous one stopped. The API answers how
+    // many of each request's deliveries matched and how many it replayed; the rest it
+    // skipped.
+    let matched = 0;
     let replayed = 0;
     let iterator = null;
     do {
       const r = await post('/v1/deliveries/replay', { ...filters, limit: 1000, iterator });
+      matched += r.matched;
       replayed += r.replayed;
       iterator = r.iterator;
-      toast(`Replayed ${replayed} deliveries${iterator ? '…' : '.'}`);
+      outcome.textContent = replayOutcome(matched, replayed, Boolean(iterator));
     } while (iterator);
+    toast(outcome.textContent);
   } catch (err) {
     toast(`${err.code}: ${err.message}`, 'error');
   }
+}
+
+/** "Replayed X of Y matching deliveries (Z skipped: …)", or "Replayed X deliveries" when none was skipped. */
+function replayOutcome(matched, replayed, going) {
+  const end = going ? '…' : '.';
+  const noun = (n) => (n === 1 ? 'delivery' : 'deliveries');
+  if (replayed === matched) return `Replayed ${replayed} ${noun(replayed)}${end}`;
+  const skipped = matched - replayed;
+  return `Replayed ${replayed} of ${matched} matching ${noun(matched)} (${skipped} skipped: ` +
+    `their webhook is deleted or disabled, or their event was purged)${end}`;
 }
 
 function headersTable(headers) {

@@ -107,14 +107,18 @@ export function errorBox(err) {
 
 /**
  * A modal dialog (native <dialog>: focus stays inside, Escape closes). `body` is a node;
- * resolves when it closes.
+ * resolves when it closes. A dialog with a Cancel button opens with the focus on it, so
+ * Enter pressed once too often cancels instead of deleting or replaying.
  */
 export function dialog(title, body, buttons = [{ label: 'Close', value: 'close' }]) {
   return new Promise((resolve) => {
+    const controls = buttons.map((b) =>
+      h('button', { value: b.value, class: b.danger ? 'danger' : null, type: 'submit' }, b.label));
+    const cancel = controls.find((c) => c.value === 'cancel');
+    if (cancel) cancel.autofocus = true;
     const form = h('form', { method: 'dialog' },
       h('h2', {}, title), body,
-      h('div', { class: 'actions' }, buttons.map((b) =>
-        h('button', { value: b.value, class: b.danger ? 'danger' : null, type: 'submit' }, b.label))));
+      h('div', { class: 'actions' }, controls));
     const el = h('dialog', { 'aria-label': title }, form);
     el.addEventListener('close', () => {
       resolve(el.returnValue || 'cancel');
@@ -122,5 +126,6 @@ export function dialog(title, body, buttons = [{ label: 'Close', value: 'close' 
     });
     document.body.append(el);
     el.showModal();
+    if (cancel) cancel.focus();
   });
 }

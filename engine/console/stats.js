@@ -4,7 +4,7 @@
 
 import { get } from './api.js';
 import { h, percent, facts, field } from './dom.js';
-import { barChart } from './chart.js';
+import { barChart, hBarChart } from './chart.js';
 import { go, href } from './nav.js';
 
 const WINDOWS = [1, 7, 30, 90];
@@ -77,19 +77,20 @@ export async function render(main, route) {
     }),
     barChart({
       id: 'chart-success', title: 'Success rate per day', format: (v) => `${Math.round(v)} %`,
-      rows: rows.map((r) => ({ ...r, values: { rate: r.values.success_rate === null ? 0 : r.values.success_rate * 100 } })),
+      // A day without attempts has no rate (null): "no data", not 0 %.
+      rows: rows.map((r) => ({ ...r, values: { rate: r.values.success_rate === null || r.values.success_rate === undefined ? null : r.values.success_rate * 100 } })),
       series: [{ key: 'rate', label: 'Success rate', cls: 'ok' }],
     }),
     barChart({
       id: 'chart-latency', title: 'p95 latency per day (ms)', format: (v) => `${v} ms`,
-      rows: rows.map((r) => ({ ...r, values: { p95: r.values.latency_p95_ms ?? 0 } })),
+      rows: rows.map((r) => ({ ...r, values: { p95: r.values.latency_p95_ms ?? null } })),
       series: [{ key: 'p95', label: 'p95 latency', cls: 'info' }],
     }),
     data.top_event_types.length
-      ? barChart({
+      ? hBarChart({
         id: 'chart-types', title: 'Top event types',
-        rows: data.top_event_types.map((e) => ({ label: e.type, short: e.type.slice(0, 6), values: { count: e.count } })),
-        series: [{ key: 'count', label: 'Events', cls: 'info' }],
+        rows: data.top_event_types.map((e) => ({ label: e.type, values: { count: e.count } })),
+        series: { key: 'count', label: 'Events', cls: 'info' },
       })
       : h('p', { class: 'muted' }, 'No events in this period.'),
   ].filter(Boolean));

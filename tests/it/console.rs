@@ -656,3 +656,146 @@ async fn each_page_renders_once_even_when_navigation_overtakes_it_and_load_more_
     b.assert_clean("load more", &[]).await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_labels_fit_dialogs_focus_cancel_and_bulk_replay_counts_what_it_skips() {
+    const LONG_TYPE: &str = "customer.subscription.trial_will_end";
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    // Over a second per attempt: a p95 of four digits in milliseconds.
+    receiver.delay(Duration::from_millis(1100));
+    let kept = engine.create_webhook(json!({"url": receiver.url})).await;
+    let doomed = engine
+        .create_webhook(json!({"url": receiver.url, "description": "to be deleted"}))
+        .await;
+    let doomed_id = doomed["id"].as_str().unwrap().to_string();
+    for n in 0..2 {
+        let event = engine.send_event(LONG_TYPE, json!({"n": n})).await;
+        for d in event["deliveries"].as_array().unwrap() {
+            engine
+                .wait_delivery(d["id"].as_str().unwrap(), "delivered")
+                .await;
+        }
+    }
+
+    let b = Browser::start("stats_dialogs_replay", 1280, 900).await;
+    b.goto(&engine.url("/console#/stats?days=7")).await;
+    sign_in(&b, ACME_KEY).await;
+    b.wait_heading("Statistics").await;
+    wait_count(&b, "#chart-latency g.bar", 7).await;
+    // The axis maximum is the largest day's p95, whole and inside the chart.
+    let axis: Value = b
+        .eval(
+            "const t = document.querySelector('#chart-latency svg > text.tick'); const box = t.getBBox(); \
+             const cells = [...document.querySelectorAll('#chart-latency td')].map((c) => c.textContent); \
+             return { text: t.textContent, x: box.x, cells };",
+        )
+        .await;
+    let top = axis["text"].as_str().unwrap();
+    let ms: f64 = top.strip_suffix(" ms").unwrap().parse().unwrap();
+    assert!(ms >= 1000.0, "{axis}");
+    assert!(
+        axis["x"].as_f64().unwrap() >= 0.0,
+        "the label is cut: {axis}"
+    );
+    let cells: Vec<&str> = axis["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(cells.contains(&top), "{axis}");
+    // Days without attempts have no p95: "—", not 0 ms.
+    assert_eq!(cells.iter().filter(|c| **c == "—").count(), 6, "{axis}");
+    assert!(!cells.contains(&"0 ms"), "{axis}");
+    // The success rate's axis label fits too, and the event type's name shows in full.
+    let rate_x = b
+        .eval("return document.querySelector('#chart-success svg > text.tick').getBBox().x;")
+        .await;
+    assert!(rate_x.as_f64().unwrap() >= 0.0, "{rate_x}");
+    let labels = b
+        .eval(
+            "return [...document.querySelectorAll('#chart-types text')].map((t) => t.textContent);",
+        )
+        .await;
+    assert!(
+        labels.as_array().unwrap().contains(&json!(LONG_TYPE)),
+        "{labels}"
+    );
+    assert_eq!(
+        b.eval("return document.querySelector('main').textContent.includes('null');")
+            .await,
+        json!(false)
+    );
+    b.shot("stats-slow").await;
+    b.assert_clean("statistics", &[]).await;
+
+    // The webhook to delete.
+    b.goto(&engine.url(&format!("/console#/webhooks/{doomed_id}")))
+        .await;
+    b.wait_heading("Webhook").await;
+
+    // A destructive dialog opens on Cancel: Enter cancels.
+    b.click("#delete-webhook").await;
+    b.wait_until(
+        "the focus on Cancel",
+        "return document.activeElement && document.activeElement.closest('dialog[open]') !== null \
+         && document.activeElement.value === 'cancel';",
+    )
+    .await;
+    b.shot("delete-dialog").await;
+    press_enter(&b).await;
+    b.wait_until(
+        "the dialog closed",
+        "return document.querySelector('dialog') === null;",
+    )
+    .await;
+    let (status, _) = engine.get(&format!("/v1/webhooks/{doomed_id}")).await;
+    assert_eq!(status, 200, "Enter did not delete");
+    b.click("#delete-webhook").await;
+    b.click("dialog button[value=delete]").await;
+    b.wait_heading("Webhooks").await;
+    eventually(Duration::from_secs(10), "the webhook deleted", || async {
+        let (status, _) = engine.get(&format!("/v1/webhooks/{doomed_id}")).await;
+        (status == 404).then_some(())
+    })
+    .await;
+
+    // Bulk replay of every delivery: the dry run counts 4, the deleted webhook's 2 are
+    // skipped, and the page says so.
+    b.goto(&engine.url("/console#/deliveries")).await;
+    b.wait_heading("Deliveries").await;
+    wait_count(&b, "tr[data-delivery]", 4).await;
+    b.click("#replay-matching").await;
+    b.wait_until(
+        "the replay dialog on Cancel",
+        "return document.activeElement && document.activeElement.closest('dialog[open]') !== null \
+         && document.activeElement.value === 'cancel';",
+    )
+    .await;
+    assert!(b.text("dialog p").await.starts_with("4 deliveries match"));
+    b.click("dialog button[value=replay]").await;
+    let outcome = b
+        .wait_until(
+            "the replay outcome",
+            "return document.querySelector('#replay-outcome').textContent;",
+        )
+        .await;
+    assert_eq!(
+        outcome,
+        json!(
+            "Replayed 2 of 4 matching deliveries (2 skipped: their webhook is deleted or \
+             disabled, or their event was purged)."
+        )
+    );
+    let (_, list) = engine
+        .get(&format!(
+            "/v1/deliveries?webhook_id={}",
+            kept["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 4, "{list}");
+    b.shot("bulk-replayed").await;
+    b.assert_clean("dialogs and bulk replay", &[]).await;
+    b.close().await;
+}
