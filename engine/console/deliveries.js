@@ -26,7 +26,9 @@ function toLocal(text) {
   const d = new Date(text);
   if (Number.isNaN(d.getTime())) return '';
   const pad = (n) => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  // Seconds only when there are some, so a filter from the hash round-trips unchanged.
+  const seconds = d.getSeconds() || d.getMilliseconds() ? `:${pad(d.getSeconds())}` : '';
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}${seconds}`;
 }
 
 async function filterForm(params) {
@@ -36,18 +38,26 @@ async function filterForm(params) {
   } catch {
     webhooks = [];
   }
+  // A filter on a webhook the list does not hold (deleted since, or past the first 250)
+  // shows as its id: the select never reads "All webhooks" while the list is filtered.
+  const chosen = params.get('webhook_id');
+  const unlisted = chosen && !webhooks.some((w) => w.id === chosen)
+    ? h('option', { value: chosen, selected: true }, `${chosen} (deleted or not listed)`)
+    : null;
   const webhook = h('select', { name: 'webhook_id', id: 'filter-webhook' },
     h('option', { value: '' }, 'All webhooks'),
-    webhooks.map((w) => h('option', { value: w.id, selected: params.get('webhook_id') === w.id }, w.url)));
+    unlisted,
+    webhooks.map((w) => h('option', { value: w.id, selected: chosen === w.id }, w.url)));
   const status = h('select', { name: 'status', id: 'filter-status' },
     STATUSES.map((s) => h('option', { value: s, selected: (params.get('status') || '') === s }, s || 'Any status')));
   const type = h('input', { name: 'event_type', id: 'filter-type', value: params.get('event_type') || '' });
   const channel = h('input', { name: 'channel', id: 'filter-channel', value: params.get('channel') || '' });
-  const after = h('input', { type: 'datetime-local', name: 'after', id: 'filter-after', value: toLocal(params.get('after')) });
-  const before = h('input', { type: 'datetime-local', name: 'before', id: 'filter-before', value: toLocal(params.get('before')) });
+  const after = h('input', { type: 'datetime-local', step: 1, name: 'after', id: 'filter-after', value: toLocal(params.get('after')) });
+  const before = h('input', { type: 'datetime-local', step: 1, name: 'before', id: 'filter-before', value: toLocal(params.get('before')) });
+  const zone = `Your time zone (${Intl.DateTimeFormat().resolvedOptions().timeZone})`;
   const form = h('form', { class: 'filters', id: 'delivery-filters', role: 'search' },
     field('Webhook', webhook), field('Status', status), field('Event type', type),
-    field('Channel', channel), field('Created after', after), field('Created before', before),
+    field('Channel', channel), field('Created after', after, zone), field('Created before', before, zone),
     h('div', { class: 'actions' },
       h('button', { type: 'submit', id: 'apply-filters' }, 'Filter'),
       h('a', { class: 'button secondary', href: '#/deliveries' }, 'Clear')));

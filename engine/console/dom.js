@@ -39,11 +39,11 @@ export function clear(el) {
   return el;
 }
 
-/** An RFC 3339 time as local date and time ('—' when absent). */
+/** An RFC 3339 time as local date and time with its zone, like "12/5/2026, 3:48:10 PM UTC" ('—' when absent). */
 export function time(text) {
   if (!text) return '—';
   const d = new Date(text);
-  return Number.isNaN(d.getTime()) ? String(text) : d.toLocaleString();
+  return Number.isNaN(d.getTime()) ? String(text) : d.toLocaleString(undefined, { timeZoneName: 'short' });
 }
 
 export function percent(rate) {

@@ -727,13 +727,32 @@ async fn stats_labels_fit_dialogs_focus_cancel_and_bulk_replay_counts_what_it_sk
             .await,
         json!(false)
     );
-    b.shot("stats-slow").await;
+    b.eval("document.querySelector('#chart-latency').scrollIntoView(); return true;")
+        .await;
+    b.shot("stats-latency").await;
+    b.eval("document.querySelector('#chart-types').scrollIntoView(); return true;")
+        .await;
+    b.shot("stats-types").await;
     b.assert_clean("statistics", &[]).await;
 
-    // The webhook to delete.
+    // The webhook to delete; its times say their zone.
     b.goto(&engine.url(&format!("/console#/webhooks/{doomed_id}")))
         .await;
     b.wait_heading("Webhook").await;
+    let created = b
+        .eval(
+            "const zone = new Intl.DateTimeFormat(undefined, { timeZoneName: 'short' }).formatToParts(new Date()) \
+               .find((p) => p.type === 'timeZoneName').value; \
+             const text = [...document.querySelectorAll('dl.facts dt')].find((t) => t.textContent === 'Created') \
+               .nextElementSibling.textContent; \
+             return [text, zone];",
+        )
+        .await;
+    let zone = created[1].as_str().unwrap();
+    assert!(
+        !zone.is_empty() && created[0].as_str().unwrap().ends_with(zone),
+        "{created}"
+    );
 
     // A destructive dialog opens on Cancel: Enter cancels.
     b.click("#delete-webhook").await;
@@ -759,6 +778,31 @@ async fn stats_labels_fit_dialogs_focus_cancel_and_bulk_replay_counts_what_it_sk
         let (status, _) = engine.get(&format!("/v1/webhooks/{doomed_id}")).await;
         (status == 404).then_some(())
     })
+    .await;
+
+    // Its deliveries stay listed; filtering on it shows its id, not "All webhooks".
+    b.goto(&engine.url(&format!("/console#/deliveries?webhook_id={doomed_id}")))
+        .await;
+    b.wait_heading("Deliveries").await;
+    wait_count(&b, "tr[data-delivery]", 2).await;
+    let chosen = b
+        .eval("const s = document.querySelector('#filter-webhook'); return [s.value, s.selectedOptions[0].textContent];")
+        .await;
+    assert_eq!(chosen[0], json!(doomed_id), "{chosen}");
+    assert!(chosen[1].as_str().unwrap().contains("deleted"), "{chosen}");
+    // A time filter keeps its seconds through the form.
+    b.goto(&engine.url("/console#/deliveries?after=2026-01-02T03:04:05Z"))
+        .await;
+    b.wait_heading("Deliveries").await;
+    let after = b
+        .eval("return document.querySelector('#filter-after').value;")
+        .await;
+    assert!(after.as_str().unwrap().ends_with(":05"), "{after}");
+    b.click("#apply-filters").await;
+    b.wait_until(
+        "the filter applied again",
+        "return decodeURIComponent(location.hash).includes('after=2026-01-02T03:04:05.000Z');",
+    )
     .await;
 
     // Bulk replay of every delivery: the dry run counts 4, the deleted webhook's 2 are
