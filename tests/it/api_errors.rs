@@ -501,3 +501,57 @@ async fn a_payload_with_a_lone_surrogate_or_a_number_out_of_range_is_refused() {
         .unwrap();
     assert_eq!(response.status(), 202);
 }
+
+/// Two credentials, two idempotency keys or an empty one are refused, not resolved by
+/// guessing (the first used to win; an empty key made every retry a new event).
+#[tokio::test]
+async fn repeated_authorization_or_idempotency_headers_and_an_empty_key_are_refused() {
+    let engine = TestEngine::start().await;
+    let send = |headers: Vec<(&'static str, String)>| {
+        let mut request = engine
+            .http
+            .post(engine.url("/v1/events"))
+            .json(&json!({"type": "user.created", "payload": {}}));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (
+                status,
+                body["code"].as_str().unwrap_or_default().to_string(),
+            )
+        }
+    };
+    let bearer = format!("Bearer {ACME_KEY}");
+    let cases = [
+        (
+            vec![
+                ("authorization", bearer.clone()),
+                ("authorization", "Bearer other".into()),
+            ],
+            (400, "invalid_authorization"),
+        ),
+        (
+            vec![
+                ("authorization", bearer.clone()),
+                ("idempotency-key", "a".into()),
+                ("idempotency-key", "b".into()),
+            ],
+            (400, "invalid_idempotency_key"),
+        ),
+        (
+            vec![
+                ("authorization", bearer.clone()),
+                ("idempotency-key", String::new()),
+            ],
+            (400, "invalid_idempotency_key"),
+        ),
+    ];
+    for (headers, (status, code)) in cases {
+        assert_eq!(send(headers).await, (status, code.to_string()));
+    }
+    assert_eq!(send(vec![("authorization", bearer)]).await.0, 202);
+}

@@ -107,12 +107,7 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateEvent>,
 ) -> Result<Response, ApiError> {
-    let header_key = match headers.get("idempotency-key") {
-        Some(value) => Some(value.to_str().map(str::to_string).map_err(|_| {
-            ApiError::bad_request("invalid_idempotency_key", "`Idempotency-Key` must be ASCII")
-        })?),
-        None => None,
-    };
+    let header_key = idempotency_header(&headers)?;
     let limits = &tenant.config.limits;
     // The depth scan (and a strict tenant's schema check) read the whole payload: off the
     // async workers when it is large.
@@ -159,6 +154,31 @@ pub async fn create(
                 .into_response())
         }
     }
+}
+
+/// The `Idempotency-Key` header: one, ASCII, not empty (an empty key would silently make
+/// every retry a new event).
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "send one `Idempotency-Key` header, not several",
+        ));
+    }
+    let key = value.to_str().map_err(|_| {
+        ApiError::bad_request("invalid_idempotency_key", "`Idempotency-Key` must be ASCII")
+    })?;
+    if key.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "`Idempotency-Key` is empty; leave the header out, or give a key",
+        ));
+    }
+    Ok(Some(key.to_string()))
 }
 
 /// Checks an event against its tenant's quotas (fan-out, pending deliveries, stored bytes) and

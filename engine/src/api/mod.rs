@@ -366,12 +366,20 @@ pub fn credential<'a>(
 
 /// The key of an `Authorization: Bearer <key>` header.
 pub fn bearer_key(parts: &Parts) -> Result<&str, ApiError> {
-    let header = parts
+    let mut headers = parts
         .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::unauthorized("send your API key as `Authorization: Bearer <key>`")
-        })?;
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter();
+    let header = headers.next().ok_or_else(|| {
+        ApiError::unauthorized("send your API key as `Authorization: Bearer <key>`")
+    })?;
+    // Two credentials: which one is meant is not ours to guess (RFC 9110 allows one).
+    if headers.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_authorization",
+            "send one Authorization header, not several",
+        ));
+    }
     header
         .to_str()
         .ok()
