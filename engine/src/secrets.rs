@@ -24,7 +24,7 @@ const AAD_DOMAIN: &[u8] = b"hookd webhook secret v1\0";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretsError {
-    #[error("a secret key is base64 of exactly 32 bytes (generate one with `hookd secret-key`)")]
+    #[error("a secret key is base64 of exactly 32 bytes (generate one with: hookd secret-key)")]
     MalformedKey,
     #[error("the stored secret is not in the sealed format")]
     MalformedSealed,

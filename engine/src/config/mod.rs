@@ -206,7 +206,7 @@ impl SecurityConfig {
         match &self.current {
             Some(current) => Ok(secrets::Keyring::new(current, &self.previous)),
             None => Err(format!(
-                "no secret key: webhook secrets are encrypted at rest, so set [security] secret_key or secret_key_file, or {SECRET_KEY_ENV} (generate one with `hookd secret-key`)"
+                "no secret key: webhook secrets are encrypted at rest, so set [security] secret_key or secret_key_file, or {SECRET_KEY_ENV} (generate one with: hookd secret-key)"
             )),
         }
     }

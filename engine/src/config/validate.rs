@@ -1579,6 +1579,8 @@ mod tests {
             ["security.secret_key", "security.previous_secret_keys[0]"]
         );
         assert!(!bad.to_string().contains("almost-a-real-key"));
+        // The hint survives the redaction of quoted values.
+        assert!(bad.to_string().contains("hookd secret-key"), "{bad}");
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("key");
