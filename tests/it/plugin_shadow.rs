@@ -438,3 +438,36 @@ async fn a_shadow_report_survives_a_restart_and_the_run_goes_on() {
     );
     assert_eq!(done["cases"].as_array().unwrap().len(), 2);
 }
+
+/// A new current version during a run: the run restarts against it (the report names the
+/// version it compares with, and no count mixes two); a current with the candidate's bytes
+/// ends the run as promoted (it compared the version with itself, reporting "all same").
+#[tokio::test]
+async fn a_new_current_version_during_a_run_restarts_it_or_ends_it_as_promoted() {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    put_current(&engine, "kinds", wasm("json-filter")).await;
+    engine
+        .create_webhook(json!({"url": receiver.url,
+            "plugins": [{"name": "kinds", "config": kinds_config()}]}))
+        .await;
+    let (status, started) = put_candidate(&engine, "kinds", wasm("json-filter-next"), 50).await;
+    assert_eq!(status, 202, "{started}");
+    send_kinds(&engine, &KINDS).await;
+    report_after(&engine, "kinds", 3).await;
+
+    // Another build of the current plugin: version 3, compared from now on.
+    put_current(&engine, "kinds", distinct(&wasm("json-filter"), "rebuild")).await;
+    let (_, report) = engine.get("/v1/plugins/kinds/shadow").await;
+    assert_eq!(report["current_version"], 3, "{report}");
+    assert_eq!(report["compared"], 0, "{report}");
+    assert_eq!(report["state"], "running", "{report}");
+    send_kinds(&engine, &KINDS).await;
+    let report = report_after(&engine, "kinds", 3).await;
+    assert_eq!(report["current_version"], 3, "{report}");
+
+    // The candidate's own bytes made current: nothing left to compare.
+    put_current(&engine, "kinds", wasm("json-filter-next")).await;
+    let (_, report) = engine.get("/v1/plugins/kinds/shadow").await;
+    assert_eq!(report["state"], "promoted", "{report}");
+}

@@ -387,6 +387,7 @@ impl PluginHost {
         );
         tracing::info!(%tenant, plugin = %name, version_id = version, "plugin rolled back");
         drop(_publishing);
+        self.follow_new_current(tenant, name).await;
         // A rollback to the candidate promotes it: its shadow run ends as such.
         self.end_shadow(tenant, name, version, crate::store::ShadowState::Promoted)
             .await

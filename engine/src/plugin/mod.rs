@@ -567,6 +567,10 @@ impl PluginHost {
             },
         );
         tracing::info!(%tenant, plugin = %name, version = %info.version, sha256 = %info.sha256, "plugin installed");
+        drop(_publishing);
+        if source == PluginSource::Upload {
+            self.follow_new_current(tenant, name).await;
+        }
         Ok(info)
     }
 

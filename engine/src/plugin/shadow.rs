@@ -440,6 +440,49 @@ impl PluginHost {
         head.candidate.map(|c| c.id).ok_or(ShadowError::NoCandidate)
     }
 
+    /// A new current version (an upload, a rollback) while a shadow run is open: the run is
+    /// compared with it from now on, so it restarts against it (its report names the version
+    /// it compares with, and no count mixes two); a current with the candidate's bytes ends
+    /// the run as promoted.
+    pub(super) async fn follow_new_current(&self, tenant: &str, name: &str) {
+        let Some(store) = self.inner.catalogue.clone() else {
+            return;
+        };
+        let (head, report) = match (
+            store.plugin_head(tenant, name).await,
+            store.plugin_shadow(tenant, name).await,
+        ) {
+            (Ok(Some(head)), Ok(Some(report))) => (head, report),
+            _ => return,
+        };
+        let summary = &report.summary;
+        if summary.state != ShadowState::Running || summary.current == head.current.id {
+            return;
+        }
+        let Some(candidate) = head.candidate.filter(|c| c.id == summary.candidate) else {
+            return;
+        };
+        if candidate.sha256 == head.current.sha256 {
+            if let Err(error) = self
+                .end_shadow(tenant, name, candidate.id, ShadowState::Promoted)
+                .await
+            {
+                tracing::warn!(%tenant, plugin = %name, %error, "cannot end the shadow run");
+            }
+            return;
+        }
+        let restarted =
+            ShadowSummary::start(candidate.id, head.current.id, summary.attempts, now_ms());
+        match store.start_plugin_shadow(tenant, name, &restarted).await {
+            Ok(_) => {
+                tracing::info!(%tenant, plugin = %name, candidate = candidate.id, current = head.current.id, "new current version; the shadow run restarts against it")
+            }
+            Err(error) => {
+                tracing::warn!(%tenant, plugin = %name, %error, "cannot restart the shadow run")
+            }
+        }
+    }
+
     /// Stops comparing `candidate` here and ends its open run in the store as `state` (a
     /// no-op for a version that is not an open run's candidate).
     pub(super) async fn end_shadow(
