@@ -865,10 +865,7 @@ impl PluginHost {
                       cpu,
                       calls: Vec<PluginCall>| {
             let (logs, logs_truncated) = match logs {
-                Some(buffer) => {
-                    let truncated = buffer.truncated();
-                    (buffer.into_entries(), truncated)
-                }
+                Some(buffer) => buffer.finish(),
                 None => (Vec::new(), false),
             };
             ChainRun {

@@ -103,6 +103,9 @@ pub(crate) struct LogBuffer {
     used: usize,
     limit: usize,
     truncated: bool,
+    /// What a plugin wrote to stdout or stderr after its last newline, by plugin and stream:
+    /// a line written in several pieces (`eprint!`, a panic message) is one entry.
+    partial: Vec<(String, PluginLogLevel, String)>,
 }
 
 impl LogBuffer {
@@ -112,6 +115,42 @@ impl LogBuffer {
             used: 0,
             limit,
             truncated: false,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Takes bytes a plugin wrote to one of its streams: each complete line becomes an entry;
+    /// the rest waits for its newline (or the end of the attempt, or the longest entry).
+    pub(crate) fn write_stream(&mut self, plugin: &str, level: PluginLogLevel, text: &str) {
+        let index = match self
+            .partial
+            .iter()
+            .position(|(p, l, _)| p == plugin && *l == level)
+        {
+            Some(index) => index,
+            None => {
+                self.partial.push((plugin.to_owned(), level, String::new()));
+                self.partial.len() - 1
+            }
+        };
+        let mut pending = std::mem::take(&mut self.partial[index].2);
+        pending.push_str(text);
+        let mut rest = pending.as_str();
+        while let Some(end) = rest.find('\n') {
+            let line = &rest[..end];
+            self.push_line(plugin, level, line.strip_suffix('\r').unwrap_or(line));
+            rest = &rest[end + 1..];
+        }
+        if rest.len() >= MAX_LOG_MESSAGE_BYTES {
+            self.push_line(plugin, level, rest);
+            rest = "";
+        }
+        self.partial[index].2 = rest.to_owned();
+    }
+
+    fn push_line(&mut self, plugin: &str, level: PluginLogLevel, line: &str) {
+        if !line.is_empty() {
+            self.push(plugin, level, line);
         }
     }
 
@@ -151,12 +190,21 @@ impl LogBuffer {
         });
     }
 
-    pub(crate) fn truncated(&self) -> bool {
-        self.truncated
+    /// The entries, with every stream's unfinished last line.
+    pub(crate) fn into_entries(self) -> Vec<PluginLog> {
+        self.finish().0
     }
 
-    pub(crate) fn into_entries(self) -> Vec<PluginLog> {
-        self.entries
+    /// The entries (with every stream's unfinished last line) and whether they were cut.
+    pub(crate) fn finish(mut self) -> (Vec<PluginLog>, bool) {
+        for (plugin, level, pending) in std::mem::take(&mut self.partial) {
+            self.push_line(
+                &plugin,
+                level,
+                pending.strip_suffix('\r').unwrap_or(&pending),
+            );
+        }
+        (self.entries, self.truncated)
     }
 }
 
@@ -555,13 +603,7 @@ struct LogSink {
 impl LogSink {
     fn append(&self, bytes: &[u8]) {
         let text = String::from_utf8_lossy(bytes);
-        let mut logs = lock_logs(&self.logs);
-        for line in text.split('\n') {
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            if !line.is_empty() {
-                logs.push(&self.plugin, self.level, line);
-            }
-        }
+        lock_logs(&self.logs).write_stream(&self.plugin, self.level, &text);
     }
 }
 
@@ -634,12 +676,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_line_written_in_pieces_is_one_entry_and_an_unfinished_one_is_kept() {
+        let mut logs = LogBuffer::new(1000);
+        for piece in [
+            "memory allocation of ",
+            "1048576",
+            " bytes failed\nnote: run",
+            " with",
+        ] {
+            logs.write_stream("mb", PluginLogLevel::Stderr, piece);
+        }
+        logs.write_stream("mb", PluginLogLevel::Stdout, "out\r\n");
+        let lines: Vec<(PluginLogLevel, String)> = logs
+            .into_entries()
+            .into_iter()
+            .map(|e| (e.level, e.message))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    PluginLogLevel::Stderr,
+                    "memory allocation of 1048576 bytes failed".to_string()
+                ),
+                (PluginLogLevel::Stdout, "out".to_string()),
+                (PluginLogLevel::Stderr, "note: run with".to_string()),
+            ]
+        );
+    }
+
+    #[test]
     fn log_buffer_keeps_what_fits_then_marks_truncation_once() {
         let mut logs = LogBuffer::new(10);
         logs.push("p", PluginLogLevel::Info, "12345");
         logs.push("p", PluginLogLevel::Info, "6789abcdef");
         logs.push("p", PluginLogLevel::Info, "dropped");
-        assert!(logs.truncated());
+        assert!(logs.truncated);
         let entries = logs.into_entries();
         let texts: Vec<&str> = entries.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(texts[..2], ["12345", "6789a"]);
