@@ -109,7 +109,7 @@ function simulateForm(plugins, webhooks) {
   const type = h('input', { id: 'simulate-type', value: 'user.created' });
   const payload = h('textarea', { id: 'simulate-payload', rows: 4, class: 'mono', spellcheck: 'false' }, '{"id": 1}');
   const eventId = h('input', { id: 'simulate-event', placeholder: 'evt_…' });
-  // A webhook's chain is offered for the plugin it holds (the API refuses any other).
+  // A webhook's chain is offered for the plugins it holds.
   const chain = h('select', { id: 'simulate-webhook' });
   const chainsOf = () => {
     clear(chain);
