@@ -678,12 +678,11 @@ pub async fn simulate(
         Some(id) => {
             let webhook_id =
                 WebhookId::parse(id).ok_or_else(|| ApiError::not_found("webhook", id))?;
-            let webhook = state
+            state
                 .store
                 .webhook(&tenant.id, &webhook_id)
                 .await?
-                .ok_or_else(|| ApiError::not_found("webhook", id))?;
-            webhook
+                .ok_or_else(|| ApiError::not_found("webhook", id))?
         }
         None => {
             if state.delivery.plugins.info(&tenant.id, &name).is_none() {
