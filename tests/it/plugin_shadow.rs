@@ -27,6 +27,19 @@ async fn put_current(engine: &TestEngine, name: &str, component: Vec<u8>) {
     assert!(status == 201 || status == 200, "{name}: {status} {info}");
 }
 
+/// An engine whose plugin `kinds` (`json-filter`, current) runs on one webhook delivering
+/// every kind to `receiver`.
+async fn kinds_engine() -> (TestEngine, Receiver) {
+    let engine = TestEngine::start().await;
+    let receiver = Receiver::start().await;
+    put_current(&engine, "kinds", wasm("json-filter")).await;
+    engine
+        .create_webhook(json!({"url": receiver.url,
+            "plugins": [{"name": "kinds", "config": kinds_config()}]}))
+        .await;
+    (engine, receiver)
+}
+
 /// Uploads `component` as the candidate of `name`, to shadow `attempts` attempts.
 async fn put_candidate(
     engine: &TestEngine,
@@ -72,13 +85,7 @@ fn kinds(n: usize) -> Vec<&'static str> {
 #[tokio::test]
 async fn a_candidate_dropping_one_event_in_three_is_counted_exactly_while_every_event_is_delivered()
 {
-    let engine = TestEngine::start().await;
-    let receiver = Receiver::start().await;
-    put_current(&engine, "kinds", wasm("json-filter")).await;
-    engine
-        .create_webhook(json!({"url": receiver.url,
-            "plugins": [{"name": "kinds", "config": kinds_config()}]}))
-        .await;
+    let (engine, receiver) = kinds_engine().await;
 
     let (status, started) = put_candidate(&engine, "kinds", wasm("json-filter-next"), 30).await;
     assert_eq!(status, 202, "{started}");
@@ -158,13 +165,7 @@ async fn a_candidate_dropping_one_event_in_three_is_counted_exactly_while_every_
 
 #[tokio::test]
 async fn promote_makes_the_candidate_current_and_discard_drops_it() {
-    let engine = TestEngine::start().await;
-    let receiver = Receiver::start().await;
-    put_current(&engine, "kinds", wasm("json-filter")).await;
-    engine
-        .create_webhook(json!({"url": receiver.url,
-            "plugins": [{"name": "kinds", "config": kinds_config()}]}))
-        .await;
+    let (engine, receiver) = kinds_engine().await;
 
     // Refusals first, each with its code.
     let (status, body) = put_candidate(&engine, "nothing", wasm("json-filter"), 3).await;
@@ -405,13 +406,7 @@ async fn a_looping_or_trapping_candidate_never_fails_or_delays_a_delivery() {
 
 #[tokio::test]
 async fn a_shadow_report_survives_a_restart_and_the_run_goes_on() {
-    let engine = TestEngine::start().await;
-    let receiver = Receiver::start().await;
-    put_current(&engine, "kinds", wasm("json-filter")).await;
-    engine
-        .create_webhook(json!({"url": receiver.url,
-            "plugins": [{"name": "kinds", "config": kinds_config()}]}))
-        .await;
+    let (engine, receiver) = kinds_engine().await;
     let (status, _) = put_candidate(&engine, "kinds", wasm("json-filter-next"), 6).await;
     assert_eq!(status, 202);
     send_kinds(&engine, &KINDS).await;
@@ -444,13 +439,7 @@ async fn a_shadow_report_survives_a_restart_and_the_run_goes_on() {
 /// ends the run as promoted (it compared the version with itself, reporting "all same").
 #[tokio::test]
 async fn a_new_current_version_during_a_run_restarts_it_or_ends_it_as_promoted() {
-    let engine = TestEngine::start().await;
-    let receiver = Receiver::start().await;
-    put_current(&engine, "kinds", wasm("json-filter")).await;
-    engine
-        .create_webhook(json!({"url": receiver.url,
-            "plugins": [{"name": "kinds", "config": kinds_config()}]}))
-        .await;
+    let (engine, _receiver) = kinds_engine().await;
     let (status, started) = put_candidate(&engine, "kinds", wasm("json-filter-next"), 50).await;
     assert_eq!(status, 202, "{started}");
     send_kinds(&engine, &KINDS).await;

@@ -607,7 +607,7 @@ pub struct WasmComponent(#[allow(dead_code)] Vec<u8>);
 /// generators handle objects well and tuples badly); a signature or credential shows its name
 /// only.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SimulatedHeader {
+pub struct HeaderField {
     name: String,
     /// `null` for a signature or credential (`webhook-signature`, `authorization`, any name
     /// holding `signature`, `key`, `token`, …), as in the attempt log: a simulation signs with
@@ -620,7 +620,7 @@ pub struct SimulatedRequest {
     url: String,
     method: String,
     /// The headers, in order (a name may repeat).
-    headers: Vec<SimulatedHeader>,
+    headers: Vec<HeaderField>,
     /// The body as text when it is UTF-8…
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<String>,
@@ -767,7 +767,7 @@ pub async fn simulate(
                 method: request.method,
                 headers: headers
                     .into_iter()
-                    .map(|(name, value)| SimulatedHeader {
+                    .map(|(name, value)| HeaderField {
                         value: (!is_secret_header(&name)).then_some(value),
                         name,
                     })
