@@ -735,9 +735,6 @@ impl PluginHost {
         self.validate_attachment(tenant, name, None, config).await
     }
 
-    /// [`validate_config`](Self::validate_config) against a stored version of the plugin
-    /// (`None`: the live one), loading it if no attempt ran it yet: a webhook pinning a version
-    /// is checked against that version ([`PluginLoadError::VersionNotFound`] if not stored).
     /// Whether `new`, made the current version of `name`, keeps working for the webhooks in
     /// `attached` (those following the current version): it exports every hook the current
     /// version does (a filter that disappears would let through what it dropped), and its
@@ -813,6 +810,9 @@ impl PluginHost {
         )))
     }
 
+    /// [`validate_config`](Self::validate_config) against a stored version of the plugin
+    /// (`None`: the live one), loading it if no attempt ran it yet: a webhook pinning a version
+    /// is checked against that version ([`PluginLoadError::VersionNotFound`] if not stored).
     pub async fn validate_attachment(
         &self,
         tenant: &str,
