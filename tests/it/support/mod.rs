@@ -221,7 +221,9 @@ impl TestEngine {
             match hookd::start(config.clone(), listener, CancellationToken::new()).await {
                 Ok(engine) => return Self::running(engine, self.data_dir),
                 Err(err)
-                    if err.to_string().contains("could not acquire lock")
+                    if err
+                        .to_string()
+                        .contains(hookd::store::sled_store::DATA_DIR_IN_USE)
                         && Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;

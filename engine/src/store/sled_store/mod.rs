@@ -165,6 +165,10 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
+/// How opening names a data dir whose lock another process (or a store of this process not yet
+/// closed) holds; callers that wait for a release match on it.
+pub const DATA_DIR_IN_USE: &str = "another process has this data dir open";
+
 impl SledStore {
     /// Opens (or creates) the store in `dir`, with sled's page cache at 16 MiB (the config's default).
     pub fn open(dir: &Path, keyring: Arc<Keyring>) -> Result<SledStore> {
@@ -190,11 +194,10 @@ impl SledStore {
             .map_err(|err| match err {
                 // sled's own words for the data dir's lock held elsewhere.
                 sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
-                    StoreError::Io(
-                        "another process has this data dir open (one hookd per data dir; \
-                         stop the other or give this one another --data)"
-                            .into(),
-                    )
+                    StoreError::Io(format!(
+                        "{DATA_DIR_IN_USE} (one hookd per data dir; stop the other or give \
+                         this one another --data)"
+                    ))
                 }
                 other => other.into(),
             })?;

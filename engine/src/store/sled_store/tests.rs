@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use super::SledStore;
+use super::{DATA_DIR_IN_USE, SledStore};
 use crate::ids::{AttemptId, DeliveryId, EventId, WebhookId};
 use crate::secrets::Keyring;
 use crate::store::stats::{StatsScope, day_of};
@@ -91,7 +91,7 @@ async fn open(dir: &std::path::Path, keyring: Arc<Keyring>) -> Arc<dyn Store> {
         {
             Ok(store) => return Arc::new(store),
             Err(err)
-                if err.to_string().contains("could not acquire lock")
+                if err.to_string().contains(DATA_DIR_IN_USE)
                     && std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
