@@ -176,6 +176,32 @@ fn associated_data(tenant: &str, webhook_id: &str) -> Vec<u8> {
     aad
 }
 
+/// Header names whose value is a credential.
+const SECRET_HEADERS: [&str; 5] = [
+    "webhook-signature",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+/// Name fragments that mark a header as carrying a secret.
+const SECRET_FRAGMENTS: [&str; 7] = [
+    "signature",
+    "secret",
+    "token",
+    "auth",
+    "key",
+    "hmac",
+    "password",
+];
+
+/// Whether the value of header `name` is a secret: never shown (webhook views, the attempt
+/// log, simulations) and sealed at rest when it is a webhook's static header.
+pub fn is_secret_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SECRET_HEADERS.contains(&lower.as_str()) || SECRET_FRAGMENTS.iter().any(|f| lower.contains(f))
+}
+
 /// Short public name of a key: first 4 bytes of SHA-256 over a domain tag and the key, hex.
 pub fn key_id(key: &[u8; SECRET_KEY_BYTES]) -> String {
     let digest = Sha256::new()

@@ -246,6 +246,7 @@ fn webhook_pinning(name: &str, version: u64) -> WebhookRecord {
             1,
         )],
         headers: Default::default(),
+        sealed_headers: Default::default(),
         status: WebhookStatus::Active,
         disabled_reason: None,
         max_attempts: None,

@@ -1,5 +1,5 @@
-//! Webhook secrets at rest: sealed in sled with the configured key, so a copied data dir alone
-//! reveals none; a wrong key stops the start with a clear error instead of signing wrongly;
+//! Webhook secrets and credential headers at rest: sealed in sled with the configured key, so a
+//! copied data dir alone reveals none; a wrong key stops the start with a clear error instead of signing wrongly;
 //! key rotation re-seals; and the API shows a secret only in the answers to create and rotate.
 
 use std::path::Path;
@@ -17,6 +17,8 @@ use crate::support::{
 const WAIT: Duration = Duration::from_secs(15);
 const GIVEN_SECRET: &str = "whsec_Z2l2ZW4tc2VjcmV0LW9mLWFjbWUtdGhhdC1tdXN0LXN0YXk=";
 const OTHER_KEY: &str = "b3RoZXIta2V5LW5vdC10aGUtc2VhbGluZy1vbmUhISE=";
+/// A static credential header of the first webhook: sent with every attempt, stored sealed.
+const CREDENTIAL: &str = "Bearer static-credential-of-acme-sealed-at-rest";
 
 /// The forms a secret could take in a file: `whsec_…`, its base64 body, its raw bytes.
 fn needles(secret: &str) -> Vec<Vec<u8>> {
@@ -52,14 +54,18 @@ fn verify(secret: &str, received: &crate::support::receiver::Received) {
         .unwrap_or_else(|e| panic!("signature with {secret} should verify: {e:?}"));
 }
 
-/// Two webhooks (one with a secret the client chose), one rotation, one delivery each.
+/// Two webhooks (one with a secret the client chose and a credential header), one rotation.
 /// Returns (webhook ids, every secret the API returned).
 async fn webhooks_with_rotated_secrets(
     engine: &TestEngine,
     receiver: &Receiver,
 ) -> (Vec<String>, Vec<String>) {
     let first = engine
-        .create_webhook(json!({"url": receiver.url, "secret": GIVEN_SECRET}))
+        .create_webhook(json!({
+            "url": receiver.url,
+            "secret": GIVEN_SECRET,
+            "headers": {"Authorization": CREDENTIAL, "X-Team": "payments"},
+        }))
         .await;
     let second = engine.create_webhook(json!({"url": receiver.url})).await;
     let id = first["id"].as_str().unwrap().to_string();
@@ -99,6 +105,13 @@ async fn a_copied_data_dir_holds_no_secret_in_any_form_and_the_api_shows_none_af
             .count();
         assert!(secret_ok >= 1, "no secret verifies a delivered request");
     }
+    assert_eq!(
+        got.iter()
+            .filter(|r| r.header("authorization") == CREDENTIAL)
+            .count(),
+        1,
+        "the first webhook's request carries its credential header"
+    );
 
     // Every read route of the tenant: no secret in any answer.
     let evt = event["id"].as_str().unwrap();
@@ -127,6 +140,28 @@ async fn a_copied_data_dir_holds_no_secret_in_any_form_and_the_api_shows_none_af
                 "{path} shows a secret"
             );
         }
+        assert!(
+            !text.contains(CREDENTIAL),
+            "{path} shows the credential header"
+        );
+    }
+    // The listing (records left sealed) and the single read (opened) show it by name only
+    // (names are kept lowercase).
+    let (_, listed) = engine.get("/v1/webhooks").await;
+    let (_, single) = engine.get(&format!("/v1/webhooks/{}", ids[0])).await;
+    let listed = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == ids[0].as_str())
+        .unwrap()
+        .clone();
+    for view in [&listed, &single] {
+        assert_eq!(
+            view["headers"],
+            json!({"authorization": null, "x-team": "payments"}),
+            "{view}"
+        );
     }
     let metrics = engine
         .http
@@ -162,6 +197,11 @@ async fn a_copied_data_dir_holds_no_secret_in_any_form_and_the_api_shows_none_af
                 );
             }
         }
+        assert!(
+            !contains(&bytes, b"static-credential-of-acme"),
+            "{} holds the credential header in the clear",
+            file.display()
+        );
     }
     // The scan can see plaintext: the webhook URL (not secret) is stored as is.
     assert!(
@@ -222,6 +262,7 @@ async fn another_key_cannot_open_a_copied_data_dir_and_rotation_reseals_with_the
         .unwrap();
     verify(&secrets[2], first);
     verify(GIVEN_SECRET, first);
+    assert_eq!(first.header("authorization"), CREDENTIAL);
 
     // ... and after the next start the old key is no longer needed.
     let mut engine = engine;

@@ -17,11 +17,11 @@ use super::{
     ApiBody, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Tenant, optional_json,
     rfc3339,
 };
-use crate::delivery::capture::is_secret_header;
 use crate::delivery::judge::Tried;
 use crate::delivery::prepare::{self, AttemptInput, Prepared};
 use crate::ids::{EventId, WebhookId, now_ms};
 use crate::plugin::{PluginInfo, PluginLoadError, PluginQuota, PluginSource, PluginVersions};
+use crate::secrets::is_secret_header;
 use crate::signing;
 use crate::store::{EventRecord, PluginAttachment, WebhookRecord, WebhookSecret, WebhookStatus};
 
@@ -803,6 +803,7 @@ fn sample_webhook(plugins: Vec<PluginAttachment>, now: u64) -> WebhookRecord {
         channels: None,
         secrets: vec![WebhookSecret::new(signing::generate_secret(), now)],
         headers: Default::default(),
+        sealed_headers: Default::default(),
         status: WebhookStatus::Active,
         disabled_reason: None,
         max_attempts: None,

@@ -264,14 +264,16 @@ impl From<WebhookRecord> for WebhookView {
             description: w.description,
             event_types: w.event_types,
             channels: w.channels,
+            // A listing's records keep credential headers sealed; an opened record has them in
+            // `headers`. Either way a credential shows by name only.
             headers: w
                 .headers
                 .into_iter()
                 .map(|(name, value)| {
-                    let shown =
-                        (!crate::delivery::capture::is_secret_header(&name)).then_some(value);
+                    let shown = (!crate::secrets::is_secret_header(&name)).then_some(value);
                     (name, shown)
                 })
+                .chain(w.sealed_headers.into_keys().map(|name| (name, None)))
                 .collect(),
             status: w.status,
             disabled_reason: w.disabled_reason,
@@ -675,6 +677,7 @@ pub async fn create(
         channels: body.channels,
         secrets: vec![WebhookSecret::new(secret.clone(), now)],
         headers,
+        sealed_headers: Default::default(),
         status: if body.disabled == Some(true) {
             WebhookStatus::Disabled
         } else {

@@ -12,32 +12,8 @@
 use base64::Engine as _;
 
 use crate::outbound::OutboundRequest;
+use crate::secrets::is_secret_header;
 use crate::store::{SentHeader, SentRequest};
-
-/// Header names kept without their value.
-const SECRET_HEADERS: [&str; 5] = [
-    "webhook-signature",
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-];
-/// Name fragments that mark a header as carrying a secret.
-const SECRET_FRAGMENTS: [&str; 7] = [
-    "signature",
-    "secret",
-    "token",
-    "auth",
-    "key",
-    "hmac",
-    "password",
-];
-
-/// Whether the value of header `name` must not be kept.
-pub fn is_secret_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    SECRET_HEADERS.contains(&lower.as_str()) || SECRET_FRAGMENTS.iter().any(|f| lower.contains(f))
-}
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
 fn prefix(text: &str, max: usize) -> &str {

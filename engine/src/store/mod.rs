@@ -14,8 +14,8 @@
 //! - Ids of events and deliveries are assigned by the store when it appends them.
 //! - The write that makes work due (ingest, retry, recover, manual retry, a webhook resumed)
 //!   tells the [`WorkListener`] after it is durable; callers never notify the dispatcher.
-//! - Webhook secrets are sealed at rest (`secrets.rs`); [`Store::webhook`] and
-//!   [`Store::webhooks_of`] open them, listings leave them sealed.
+//! - Webhook secrets and credential headers are sealed at rest (`sealing.rs`); [`Store::webhook`]
+//!   and [`Store::webhooks_of`] open them, listings leave them sealed.
 //! - Tenants' uploaded plugins live in the store's plugin catalogue (versions, bytes, which
 //!   version is current); a write to it tells the [`PluginListener`] once it is durable, on
 //!   every process sharing the store.
@@ -24,6 +24,7 @@ pub mod cache;
 pub mod health;
 pub mod postgres;
 pub mod records;
+pub mod sealing;
 pub mod shadow;
 pub mod sled_store;
 pub mod stats;

@@ -82,8 +82,14 @@ pub struct WebhookRecord {
     pub channels: Option<Vec<String>>,
     /// Newest first; `secrets[0]` is the current one.
     pub secrets: Vec<WebhookSecret>,
+    /// Static headers sent with every attempt. A credential's value (`secrets::is_secret_header`)
+    /// is here only once the record is opened; at rest it is in `sealed_headers`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Stored form only: the credential headers' values, sealed (`store/sealing.rs`). Empty in
+    /// an opened record; a listing's record keeps them here, never shown.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sealed_headers: BTreeMap<String, String>,
     pub status: WebhookStatus,
     #[serde(default)]
     pub disabled_reason: Option<String>,

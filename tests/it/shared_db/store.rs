@@ -44,6 +44,7 @@ fn webhook(max_in_flight: Option<u32>, rate: Option<u32>) -> WebhookRecord {
             1,
         )],
         headers: Default::default(),
+        sealed_headers: Default::default(),
         status: WebhookStatus::Active,
         disabled_reason: None,
         max_attempts: None,
@@ -550,25 +551,64 @@ async fn a_database_that_does_not_exist_is_named_in_postgresqls_words() {
 }
 
 #[tokio::test]
-async fn the_database_holds_webhook_secrets_only_sealed_and_another_key_does_not_open_them() {
+async fn the_database_holds_webhook_secrets_and_credential_headers_only_sealed_and_another_key_does_not_open_them()
+ {
+    const TOKEN: &str = "Bearer pg-credential-header-token";
     let url = fresh_database();
     let keyring = Arc::new(Keyring::random());
     let store = node(&url, "30s", &keyring).await;
-    let hook = webhook(None, None);
+    let mut hook = webhook(None, None);
+    hook.headers = [("Authorization", TOKEN), ("X-Team", "payments")]
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .into();
     store.insert_webhook("acme", &hook).await.unwrap();
     let rows = query(&url, "SELECT record::text FROM webhooks").await;
     let stored: String = rows[0].get(0);
     assert!(stored.contains("hks1:"), "sealed: {stored}");
     assert!(!stored.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+    assert!(!stored.contains("pg-credential-header-token"), "{stored}");
+    assert!(
+        stored.contains("payments"),
+        "other headers stay readable: {stored}"
+    );
+    let read = store.webhook("acme", &hook.id).await.unwrap().unwrap();
+    assert_eq!(
+        read.secrets[0].secret,
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    );
+    assert_eq!(read.headers, hook.headers);
+    // A listing leaves the credential sealed, under its name.
+    let listed = store.list_webhooks("acme", None, 10).await.unwrap().items;
+    assert!(!listed[0].headers.contains_key("Authorization"));
+    assert!(listed[0].sealed_headers.contains_key("Authorization"));
+
+    // A row written before headers were sealed (the credential in the clear) is re-sealed.
+    let mut old: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    old["headers"]["Authorization"] = TOKEN.into();
+    old.as_object_mut().unwrap().remove("sealed_headers");
+    query(
+        &url,
+        &format!(
+            "UPDATE webhooks SET record = '{}'::jsonb",
+            old.to_string().replace('\'', "''")
+        ),
+    )
+    .await;
+    assert_eq!(store.reseal_webhooks().await.unwrap(), 1);
+    let rows = query(&url, "SELECT record::text FROM webhooks").await;
+    let resealed: String = rows[0].get(0);
+    assert!(
+        !resealed.contains("pg-credential-header-token"),
+        "{resealed}"
+    );
     assert_eq!(
         store
             .webhook("acme", &hook.id)
             .await
             .unwrap()
             .unwrap()
-            .secrets[0]
-            .secret,
-        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            .headers,
+        hook.headers
     );
     let other = node(&url, "30s", &Arc::new(Keyring::random())).await;
     assert!(matches!(

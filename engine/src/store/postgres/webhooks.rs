@@ -1,5 +1,5 @@
-//! Webhooks in PostgreSQL: one row per webhook holding its `WebhookRecord` as JSON, secrets
-//! sealed (`secrets.rs`, bound to tenant and webhook id). Reads for fan-out and attempts come
+//! Webhooks in PostgreSQL: one row per webhook holding its `WebhookRecord` as JSON, secrets and
+//! credential headers sealed (`store/sealing.rs`). Reads for fan-out and attempts come
 //! from the node's [`WebhookCache`](crate::store::cache::WebhookCache); every write drops the
 //! tenant's entry here and, through a NOTIFY sent in the same transaction, on every other node.
 
@@ -10,21 +10,14 @@ use deadpool_postgres::Transaction;
 use super::codec::{self, cursor};
 use super::{PgResult, PostgresStore, notify, queue, retry_tx};
 use crate::ids::WebhookId;
-use crate::store::{DeliveryStatus, Page, Result, StoreError, WebhookChange, WebhookRecord};
+use crate::store::{
+    DeliveryStatus, Page, Result, StoreError, WebhookChange, WebhookRecord, sealing,
+};
 
-/// The stored JSON of a webhook: every secret with its plaintext is sealed afresh; secrets read
-/// sealed are written as they were. The plaintext is never serialised.
+/// The stored JSON of a webhook (`store/sealing.rs`): every secret and credential header
+/// sealed. The plaintext is never serialised.
 fn encode(store: &PostgresStore, tenant: &str, webhook: &WebhookRecord) -> String {
-    let mut stored = webhook.clone();
-    for secret in &mut stored.secrets {
-        if !secret.secret.is_empty() {
-            secret.sealed = Some(store.inner.keyring.seal(
-                tenant,
-                webhook.id.as_str(),
-                &secret.secret,
-            ));
-        }
-    }
+    let stored = sealing::stored_form(&store.inner.keyring, tenant, webhook);
     serde_json::to_string(&stored).expect("webhook records serialise")
 }
 
@@ -32,22 +25,9 @@ fn decode(text: &str) -> PgResult<WebhookRecord> {
     serde_json::from_str(text).map_err(codec::corrupt)
 }
 
-/// Opens every sealed secret (a record from before sealing has its plaintext already).
+/// Opens every sealed value (a record from before sealing has its plaintext already).
 fn open_secrets(store: &PostgresStore, tenant: &str, webhook: &mut WebhookRecord) -> Result<()> {
-    for secret in &mut webhook.secrets {
-        if let Some(sealed) = &secret.sealed {
-            secret.secret = store
-                .inner
-                .keyring
-                .open(tenant, webhook.id.as_str(), sealed)
-                .map_err(|source| StoreError::Secret {
-                    tenant: tenant.to_string(),
-                    webhook_id: webhook.id.to_string(),
-                    source,
-                })?;
-        }
-    }
-    Ok(())
+    sealing::open(&store.inner.keyring, tenant, webhook)
 }
 
 /// Every webhook of a tenant, secrets opened, from the cache or read once into it.
@@ -240,11 +220,7 @@ pub(super) async fn reseal(store: &PostgresStore) -> Result<usize> {
         let id: uuid::Uuid = row.get(1);
         let text: String = row.get(2);
         let mut webhook = decode(&text).map_err(StoreError::from)?;
-        let stale = webhook.secrets.iter().any(|s| {
-            s.sealed
-                .as_deref()
-                .is_none_or(|sealed| !store.inner.keyring.is_current(sealed))
-        });
+        let stale = sealing::needs_reseal(&store.inner.keyring, &webhook);
         open_secrets(store, &tenant, &mut webhook)?;
         if !stale {
             continue;

@@ -40,6 +40,7 @@ fn webhook() -> WebhookRecord {
             1,
         )],
         headers: Default::default(),
+        sealed_headers: Default::default(),
         status: WebhookStatus::Active,
         disabled_reason: None,
         max_attempts: None,

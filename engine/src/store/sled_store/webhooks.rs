@@ -1,5 +1,5 @@
-//! Webhooks on sled: one `W` key each, JSON with every secret sealed (`secrets.rs`, bound to the
-//! tenant and the webhook), read through the shared webhook cache with secrets opened. Writes go
+//! Webhooks on sled: one `W` key each, JSON with every secret and credential header sealed
+//! (`store/sealing.rs`), read through the shared webhook cache with secrets opened. Writes go
 //! through the writer as log records, so they are replayed like everything else.
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use super::keys;
 use super::writer::{Command, Expect};
 use super::{Shared, SledStore};
 use crate::ids::WebhookId;
-use crate::store::{Page, Result, StoreError, WebhookChange, WebhookRecord};
+use crate::store::{Page, Result, StoreError, WebhookChange, WebhookRecord, sealing};
 
 /// First byte of a stored webhook (then JSON).
 const WEBHOOK_VERSION: u8 = 1;
@@ -26,40 +26,19 @@ pub(super) fn decode_webhook(bytes: &[u8]) -> Result<WebhookRecord> {
 }
 
 impl Shared {
-    /// The stored form of a webhook: every secret that has its plaintext is sealed afresh
-    /// (bound to this tenant and webhook); secrets read sealed are written as they were.
+    /// The stored form of a webhook (`store/sealing.rs`): versioned JSON, every secret and
+    /// credential header sealed.
     pub(super) fn encode_webhook(&self, tenant: &str, webhook: &WebhookRecord) -> Vec<u8> {
-        let mut stored = webhook.clone();
-        for secret in &mut stored.secrets {
-            if !secret.secret.is_empty() {
-                secret.sealed = Some(self.keyring.seal(
-                    tenant,
-                    webhook.id.as_str(),
-                    &secret.secret,
-                ));
-            }
-        }
+        let stored = sealing::stored_form(&self.keyring, tenant, webhook);
         let mut out = vec![WEBHOOK_VERSION];
         serde_json::to_writer(&mut out, &stored).expect("webhooks serialise to JSON");
         out
     }
 
-    /// Opens every sealed secret of `webhook` (a record written before sealing existed has
-    /// its plaintext already).
+    /// Opens every sealed value of `webhook` (a record written before sealing existed has its
+    /// plaintext already).
     pub(super) fn open_secrets(&self, tenant: &str, webhook: &mut WebhookRecord) -> Result<()> {
-        for secret in &mut webhook.secrets {
-            if let Some(sealed) = &secret.sealed {
-                secret.secret = self
-                    .keyring
-                    .open(tenant, webhook.id.as_str(), sealed)
-                    .map_err(|source| StoreError::Secret {
-                        tenant: tenant.to_string(),
-                        webhook_id: webhook.id.to_string(),
-                        source,
-                    })?;
-            }
-        }
-        Ok(())
+        sealing::open(&self.keyring, tenant, webhook)
     }
 
     /// Every webhook of a tenant, secrets opened, from the cache (read from sled on a miss).
@@ -212,11 +191,7 @@ impl SledStore {
                 continue;
             };
             let mut webhook = decode_webhook(&old)?;
-            let stale = webhook.secrets.iter().any(|s| {
-                s.sealed
-                    .as_deref()
-                    .is_none_or(|sealed| !self.shared.keyring.is_current(sealed))
-            });
+            let stale = sealing::needs_reseal(&self.shared.keyring, &webhook);
             self.shared.open_secrets(tenant, &mut webhook)?;
             if stale {
                 let json = self.shared.encode_webhook(tenant, &webhook);
