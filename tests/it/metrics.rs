@@ -10,7 +10,7 @@ use crate::support::{ACME_KEY, Receiver, TestEngine, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn scrape(engine: &TestEngine) -> String {
+pub(crate) async fn scrape(engine: &TestEngine) -> String {
     let response = engine
         .http
         .get(engine.url("/metrics"))
@@ -52,7 +52,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
-fn count(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn count(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     sample(text, name, labels).unwrap_or(0.0)
 }
 

@@ -155,6 +155,36 @@ async fn a_candidate_dropping_one_event_in_three_is_counted_exactly_while_every_
         assert!(case["delivery_id"].as_str().unwrap().starts_with("dlv_"));
     }
 
+    // The candidate's calls are in the per-plugin metrics under its own version label: 20
+    // kept, 10 dropped; the current version's 30 real calls are counted once.
+    let text = crate::metrics::scrape(&engine).await;
+    let label =
+        |sha: &Value| sha.as_str().unwrap()[..hookd::plugin::VERSION_LABEL_DIGITS].to_string();
+    let (candidate, current) = (
+        label(&versions["data"][0]["sha256"]),
+        label(&versions["data"][1]["sha256"]),
+    );
+    let calls = |version: &str, outcome: &str| {
+        crate::metrics::count(
+            &text,
+            "hookd_plugin_hook_calls_total",
+            &[
+                ("tenant", "acme"),
+                ("version", version),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(
+        (calls(&candidate, "ok"), calls(&candidate, "filtered")),
+        (20.0, 10.0),
+        "{text}"
+    );
+    assert_eq!(
+        (calls(&current, "ok"), calls(&current, "filtered")),
+        (30.0, 0.0)
+    );
+
     // Beyond the planned attempts nothing more is compared, and delivery goes on.
     send_kinds(&engine, &["c", "a"]).await;
     receiver.wait_for(32, WAIT).await;

@@ -218,9 +218,11 @@ async fn run_chain(
         .run_chain(tenant, steps, plugin_request, &input.tenant.plugins)
         .await;
     if let Some((plan, request)) = shadow {
+        let (metrics, tenant_id) = (ctx.metrics.clone(), input.tenant.id.clone());
         let attempt = ShadowAttempt {
             webhook_id: input.webhook.id.as_str(),
             settings: &input.tenant.plugins,
+            count_calls: Box::new(move |calls| metrics.plugin_calls(&tenant_id, calls)),
         };
         ctx.plugins.shadow(plan, steps, request, &run, attempt);
     }

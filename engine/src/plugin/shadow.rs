@@ -150,10 +150,17 @@ pub struct ShadowPlan {
     candidate: Arc<Candidate>,
 }
 
+/// Counts a candidate's hook calls in the per-plugin metrics (the plugin host has no metrics
+/// handle of its own).
+pub type CountCalls = Box<dyn FnOnce(&[PluginCall]) + Send>;
+
 /// Which attempt a shadow case is about (beside what its plugin request says).
 pub struct ShadowAttempt<'a> {
     pub webhook_id: &'a str,
     pub settings: &'a PluginSettings,
+    /// Counts the candidate's own hook calls in the per-plugin metrics (its version label
+    /// tells them from the current version's); the chain's other steps are not counted again.
+    pub count_calls: CountCalls,
 }
 
 impl PluginHost {
@@ -203,6 +210,7 @@ impl PluginHost {
         let real_micros = plugin_micros(&real.calls, &plan.name);
         let settings = attempt.settings.clone();
         let webhook_id = attempt.webhook_id.to_owned();
+        let count_calls = attempt.count_calls;
         tokio::spawn(async move {
             let _queued = queued;
             let tenant = request.tenant.clone();
@@ -220,6 +228,11 @@ impl PluginHost {
                 return;
             };
             let candidate_micros = plugin_micros(&calls, &plan.name);
+            let candidate_calls: Vec<PluginCall> = calls
+                .into_iter()
+                .filter(|call| call.plugin == plan.name)
+                .collect();
+            count_calls(&candidate_calls);
             let (differences, current, candidate) = compare(&real_outcome, &outcome);
             case.differences = differences;
             case.current = ShadowSide {
