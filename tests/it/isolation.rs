@@ -403,3 +403,47 @@ async fn every_documented_route_isolates_tenants_with_another_tenants_key() {
         "B's calls sent nothing to A's receiver"
     );
 }
+
+/// The offset bits of an id's hidden part (where a record-counting id would count).
+fn offset_field(id: &str) -> i128 {
+    let value = u128::from_str_radix(&id[4..], 16).unwrap();
+    ((value >> 18) & 0xffff_ffff) as i128
+}
+
+#[tokio::test]
+async fn event_ids_do_not_count_what_other_tenants_wrote_between_them() {
+    let engine = TestEngine::start().await;
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        let event = engine.send_event("user.created", json!({"n": round})).await;
+        ids.push(event["id"].as_str().unwrap().to_string());
+        // Globex writes `round` events before acme's next one (a few ms apart, so that ids
+        // made by a clock's counter do not share a millisecond).
+        for n in 0..round {
+            let (status, body) = engine
+                .call(
+                    "POST",
+                    "/v1/events",
+                    GLOBEX_KEY,
+                    Some(json!({"type": "user.created", "payload": {"n": n}})),
+                )
+                .await;
+            assert_eq!(status, 202, "{body}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let last = engine.send_event("user.created", json!({"n": 3})).await;
+    ids.push(last["id"].as_str().unwrap().to_string());
+    // Ids that name records in write order would step by acme's record plus 0, 1, 2 of
+    // globex's: equal second differences. These say nothing of the sort.
+    let at: Vec<i128> = ids.iter().map(|id| offset_field(id)).collect();
+    let steps: Vec<i128> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        !(steps[2] - steps[1] == steps[1] - steps[0] && steps[1] > steps[0]),
+        "acme's ids step by {steps:?}: they count globex's records"
+    );
+    for id in &ids {
+        let (status, event) = engine.get(&format!("/v1/events/{id}")).await;
+        assert_eq!((status, event["id"].as_str()), (200, Some(id.as_str())));
+    }
+}

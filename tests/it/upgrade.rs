@@ -80,15 +80,16 @@ fn fixture_made_ms(manifest: &Value) -> u64 {
 
 #[tokio::test]
 async fn a_data_dir_of_the_previous_layout_is_migrated_at_start_with_nothing_lost() {
-    opens_with_nothing_lost(&fixture("v1-datadir")).await;
+    // The migration gives events new ids (ids name log records since storage v2).
+    opens_with_nothing_lost(&fixture("v1-datadir"), false).await;
 }
 
 #[tokio::test]
 async fn a_data_dir_with_attempt_records_as_json_opens_with_nothing_lost() {
-    opens_with_nothing_lost(&fixture("v2-json-attempts")).await;
+    opens_with_nothing_lost(&fixture("v2-json-attempts"), true).await;
 }
 
-async fn opens_with_nothing_lost(fixture: &Path) {
+async fn opens_with_nothing_lost(fixture: &Path, keeps_event_ids: bool) {
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(fixture.join("manifest.json")).unwrap()).unwrap();
     let engine = start_on_old_data(fixture).await;
@@ -127,6 +128,15 @@ async fn opens_with_nothing_lost(fixture: &Path) {
         .filter(|e| e["channel"] == "tel-15550100")
         .count();
     assert_eq!(on_channel, 4);
+    if keeps_event_ids {
+        // Ids handed out before ids were keyed (they show where records are) still name their
+        // events; events from now on get keyed ids (checked after the resume below).
+        for id in manifest["acme_events"].as_array().unwrap() {
+            let id = id.as_str().unwrap();
+            let (status, one) = engine.get(&format!("/v1/events/{id}")).await;
+            assert_eq!((status, one["id"].as_str()), (200, Some(id)), "{one}");
+        }
+    }
     let hooks = &manifest["webhooks"];
     for (name, attempts) in manifest["attempts"].as_object().unwrap() {
         let hook = hooks[name]["id"].as_str().unwrap();
@@ -220,6 +230,14 @@ async fn opens_with_nothing_lost(fixture: &Path) {
     let after = statuses(&engine).await;
     assert_eq!(after["delivered"], 20);
     assert_eq!(after["failed"], 20);
+    if keeps_event_ids {
+        for id in manifest["acme_events"].as_array().unwrap() {
+            let (status, _) = engine
+                .get(&format!("/v1/events/{}", id.as_str().unwrap()))
+                .await;
+            assert_eq!(status, 200, "{id} after a restart");
+        }
+    }
 
     // Idempotency keys still name their events while their window lasts: a migrated event
     // keeps the default window (24 h) from its creation, as before the migration. The

@@ -10,8 +10,8 @@
 //! its locator) — the caller passes the locator when decoding.
 
 use super::StoredAttempt;
-use super::codec::{self, Locator, Reader, Writer};
-use crate::ids::{DeliveryId, WebhookId};
+use super::codec::{IdKey, Locator, Reader, Writer};
+use crate::ids::{AttemptId, DeliveryId, WebhookId};
 use crate::store::{AttemptRecord, SentHeader, SentRequest, StoreError};
 
 /// The first byte of a binary attempt body.
@@ -97,7 +97,7 @@ pub fn encode(
 }
 
 /// The attempt stored at `loc`: binary, or JSON as logs written before this codec hold it.
-pub fn decode(bytes: &[u8], loc: Locator) -> Result<StoredAttempt, StoreError> {
+pub fn decode(bytes: &[u8], loc: Locator, ids: &IdKey) -> Result<StoredAttempt, StoreError> {
     let mut stored = match bytes.first() {
         Some(b'{') => serde_json::from_slice::<StoredAttempt>(bytes)
             .map_err(|err| StoreError::Corrupt(format!("an attempt record: {err}")))?,
@@ -110,7 +110,7 @@ pub fn decode(bytes: &[u8], loc: Locator) -> Result<StoredAttempt, StoreError> {
         }
         None => return Err(StoreError::Corrupt("an attempt record is empty".into())),
     };
-    stored.attempt.id = codec::attempt_id(loc, stored.attempt.started_at);
+    stored.attempt.id = ids.attempt_id(loc, stored.attempt.started_at);
     Ok(stored)
 }
 
@@ -174,7 +174,7 @@ fn decode_v1(r: &mut Reader<'_>) -> Result<StoredAttempt, StoreError> {
     Ok(StoredAttempt {
         attempt: AttemptRecord {
             // Set by `decode` from the record's locator.
-            id: codec::attempt_id(Locator::ZERO, 0),
+            id: AttemptId::from_u128(0),
             delivery_id,
             webhook_id,
             attempt,
@@ -246,9 +246,12 @@ fn read_opt_u64(r: &mut Reader<'_>) -> Result<Option<u64>, StoreError> {
 mod tests {
     use super::*;
 
+    static IDS: std::sync::LazyLock<IdKey> =
+        std::sync::LazyLock::new(|| IdKey::random(Locator::ZERO));
+
     fn attempt(request: Option<SentRequest>) -> AttemptRecord {
         AttemptRecord {
-            id: codec::attempt_id(Locator::ZERO, 0),
+            id: AttemptId::from_u128(0),
             delivery_id: DeliveryId::new(),
             webhook_id: WebhookId::new(),
             attempt: 3,
@@ -307,8 +310,8 @@ mod tests {
             original.result = result.into();
             let bytes = encode(&original, filtered_by, false);
             assert_eq!(bytes[0], VERSION_1);
-            let decoded = decode(&bytes, loc).expect("decode");
-            original.id = codec::attempt_id(loc, original.started_at);
+            let decoded = decode(&bytes, loc, &IDS).expect("decode");
+            original.id = IDS.attempt_id(loc, original.started_at);
             let expected = StoredAttempt {
                 attempt: original,
                 filtered_by: filtered_by.map(String::from),
@@ -321,7 +324,7 @@ mod tests {
     #[test]
     fn a_body_kept_by_reference_is_left_out_and_flagged() {
         let original = attempt(Some(request()));
-        let decoded = decode(&encode(&original, None, true), Locator::ZERO).expect("decode");
+        let decoded = decode(&encode(&original, None, true), Locator::ZERO, &IDS).expect("decode");
         assert!(decoded.body_from_event);
         let request = decoded.attempt.request.expect("request");
         assert_eq!(request.body, "");
@@ -342,8 +345,8 @@ mod tests {
             segment: 1,
             offset: 64,
         };
-        let decoded = decode(&old, loc).expect("decode");
-        original.id = codec::attempt_id(loc, original.started_at);
+        let decoded = decode(&old, loc, &IDS).expect("decode");
+        original.id = IDS.attempt_id(loc, original.started_at);
         assert_eq!(
             json(&decoded),
             json(&StoredAttempt {
@@ -370,11 +373,14 @@ mod tests {
     fn damaged_or_unknown_bodies_are_errors_not_panics() {
         let bytes = encode(&attempt(Some(request())), Some("f"), false);
         for len in 0..bytes.len() {
-            assert!(decode(&bytes[..len], Locator::ZERO).is_err(), "{len} bytes");
+            assert!(
+                decode(&bytes[..len], Locator::ZERO, &IDS).is_err(),
+                "{len} bytes"
+            );
         }
         let mut newer = bytes.clone();
         newer[0] = 9;
-        let err = decode(&newer, Locator::ZERO).expect_err("unknown version");
+        let err = decode(&newer, Locator::ZERO, &IDS).expect_err("unknown version");
         assert!(err.to_string().contains("format version 9"), "{err}");
         let mut bad_result = encode(&attempt(None), None, false);
         let url = b"http://127.0.0.1:9/hook";
@@ -384,8 +390,8 @@ mod tests {
             .expect("url")
             + url.len();
         bad_result[at] = 200;
-        let err = decode(&bad_result, Locator::ZERO).expect_err("unknown result byte");
+        let err = decode(&bad_result, Locator::ZERO, &IDS).expect_err("unknown result byte");
         assert!(err.to_string().contains("result byte 200"), "{err}");
-        assert!(decode(&[], Locator::ZERO).is_err());
+        assert!(decode(&[], Locator::ZERO, &IDS).is_err());
     }
 }

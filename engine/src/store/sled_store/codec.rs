@@ -2,8 +2,9 @@
 //! them), the layout of log records and delivery slots, and the packed entries of sled pages.
 //!
 //! Every id of an event, delivery or attempt names where its record is in the log: a UUIDv7
-//! (so ids keep the `prefix + 32 hex` form and sort by creation time) whose random bits carry
-//! the segment, the byte offset and the fan-out index. Reading by id is one `pread`, with no
+//! (so ids keep the `prefix + 32 hex` form and sort by creation millisecond) whose random bits
+//! carry the segment, the byte offset and the fan-out index, put through a keyed permutation
+//! ([`IdKey`]) so that an id says nothing about other tenants' records. Reading by id is one `pread`, with no
 //! index in sled. A forged id cannot reach another tenant's data: every record starts with a
 //! NUL byte (which JSON text — all that tenants can put into the log — never contains), its
 //! parts are checksummed, and its tenant is compared with the caller's.
@@ -50,70 +51,183 @@ pub struct DeliveryRef {
 /// Most deliveries one event fans out to (the index is 16 bits wide).
 pub const MAX_FAN_OUT: usize = u16::MAX as usize;
 
-// ---- ids ------------------------------------------------------------------------------------
+// ---- ids ----------------------------------------------------------------------------------
 
 const KIND_EVENT: u8 = 0;
 const KIND_DELIVERY: u8 = 1;
 const KIND_ATTEMPT: u8 = 2;
 
-/// A UUIDv7 carrying `ms`, version and variant, and in its 74 random bits: segment (24 bits),
-/// offset (32), index (16) and kind (2).
-fn uuid_for(ms: u64, loc: Locator, index: u16, kind: u8) -> u128 {
-    let seg = u128::from(loc.segment & 0x00ff_ffff);
-    let mut value: u128 = u128::from(ms & 0xffff_ffff_ffff) << 80;
-    value |= 0x7 << 76; // version 7
-    value |= (seg >> 12) << 64; // rand_a: high 12 bits of the segment
-    value |= 0b10 << 62; // variant
-    value |= (seg & 0xfff) << 50;
-    value |= u128::from(loc.offset) << 18;
-    value |= u128::from(index) << 2;
-    value |= u128::from(kind & 0b11);
-    value
+/// The offset bit that marks a keyed id. Records start below [`super::log::SEGMENT_BYTES`]
+/// (64 MiB), so an offset never has it; ids written before ids were keyed never have it either.
+const KEYED: u32 = 1 << 31;
+/// Bits of the place a keyed id hides: segment (24), offset (31), fan-out index (16).
+const PLACE_BITS: u32 = 71;
+const HIGH_BITS: u32 = 35;
+const LOW_BITS: u32 = PLACE_BITS - HIGH_BITS;
+const FEISTEL_ROUNDS: u64 = 8;
+
+/// What makes this store's ids opaque. An id names where its record is, but the place is put
+/// through a keyed permutation (an alternating Feistel network over its 71 bits, SipHash-1-3
+/// as the round function, the key random per data dir), so ids of one tenant say nothing
+/// about how much other tenants wrote between them. Only the creation millisecond is in the
+/// clear, as in any UUIDv7. Records written before a data dir had its key (`keyed_from`: the
+/// segment after the last one then on disk) keep the plain ids their clients already hold;
+/// the offset's top bit tells the two apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdKey {
+    key: (u64, u64),
+    keyed_from: Locator,
 }
 
-fn parse_uuid(value: u128) -> Option<(Locator, u16, u8)> {
-    if (value >> 76) & 0xf != 0x7 || (value >> 62) & 0b11 != 0b10 {
-        return None;
+impl IdKey {
+    /// Bytes of the stored form (key, then `keyed_from` packed).
+    pub const STORED_BYTES: usize = 24;
+
+    /// A fresh key for records from `keyed_from` on.
+    pub fn random(keyed_from: Locator) -> Self {
+        IdKey {
+            key: rand::random(),
+            keyed_from,
+        }
     }
-    let seg_high = ((value >> 64) & 0xfff) as u32;
-    let seg_low = ((value >> 50) & 0xfff) as u32;
-    let loc = Locator {
-        segment: (seg_high << 12) | seg_low,
-        offset: ((value >> 18) & 0xffff_ffff) as u32,
-    };
-    Some((loc, ((value >> 2) & 0xffff) as u16, (value & 0b11) as u8))
-}
 
-pub fn event_id(loc: Locator, created_ms: u64) -> EventId {
-    EventId::from_u128(uuid_for(created_ms, loc, 0, KIND_EVENT))
-}
-
-pub fn delivery_id(delivery: DeliveryRef, created_ms: u64) -> DeliveryId {
-    DeliveryId::from_u128(uuid_for(
-        created_ms,
-        delivery.event,
-        delivery.index,
-        KIND_DELIVERY,
-    ))
-}
-
-pub fn attempt_id(loc: Locator, started_ms: u64) -> AttemptId {
-    AttemptId::from_u128(uuid_for(started_ms, loc, 0, KIND_ATTEMPT))
-}
-
-/// The record an event id names, if it is one of this store's ids.
-pub fn parse_event_id(id: &EventId) -> Option<Locator> {
-    match parse_uuid(id.to_u128()?)? {
-        (loc, 0, KIND_EVENT) => Some(loc),
-        _ => None,
+    pub fn to_bytes(self) -> [u8; Self::STORED_BYTES] {
+        let mut out = [0; Self::STORED_BYTES];
+        out[..8].copy_from_slice(&self.key.0.to_be_bytes());
+        out[8..16].copy_from_slice(&self.key.1.to_be_bytes());
+        out[16..].copy_from_slice(&self.keyed_from.pack().to_be_bytes());
+        out
     }
-}
 
-/// The delivery a delivery id names, if it is one of this store's ids.
-pub fn parse_delivery_id(id: &DeliveryId) -> Option<DeliveryRef> {
-    match parse_uuid(id.to_u128()?)? {
-        (event, index, KIND_DELIVERY) => Some(DeliveryRef { event, index }),
-        _ => None,
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::STORED_BYTES {
+            return None;
+        }
+        let word = |i: usize| Some(u64::from_be_bytes(bytes.get(i..i + 8)?.try_into().ok()?));
+        Some(IdKey {
+            key: (word(0)?, word(8)?),
+            keyed_from: Locator::unpack(word(16)?),
+        })
+    }
+
+    fn round(&self, round: u64, half: u64, bits: u32) -> u64 {
+        use std::hash::Hasher as _;
+        let mut hasher = siphasher::sip::SipHasher13::new_with_keys(self.key.0, self.key.1);
+        hasher.write_u64(round);
+        hasher.write_u64(half);
+        hasher.finish() & ((1 << bits) - 1)
+    }
+
+    /// The Feistel network's steps in `rounds`' order: each step changes one half by a
+    /// function of the other, so the same steps in reverse order undo them.
+    fn feistel(&self, place: u128, rounds: impl Iterator<Item = u64>) -> u128 {
+        let mut high = (place >> LOW_BITS) as u64;
+        let mut low = place as u64 & ((1 << LOW_BITS) - 1);
+        for round in rounds {
+            if round % 2 == 0 {
+                low ^= self.round(round, high, LOW_BITS);
+            } else {
+                high ^= self.round(round, low, HIGH_BITS);
+            }
+        }
+        (u128::from(high) << LOW_BITS) | u128::from(low)
+    }
+
+    fn permute(&self, place: u128) -> u128 {
+        self.feistel(place, 0..FEISTEL_ROUNDS)
+    }
+
+    fn unpermute(&self, place: u128) -> u128 {
+        self.feistel(place, (0..FEISTEL_ROUNDS).rev())
+    }
+
+    /// A UUIDv7 carrying `ms`, version and variant, and in its 74 random bits: segment (24
+    /// bits), offset (32), index (16) and kind (2) — the first three permuted, with the
+    /// offset's top bit set, for records from `keyed_from` on.
+    fn uuid_for(&self, ms: u64, loc: Locator, index: u16, kind: u8) -> u128 {
+        debug_assert!(loc.offset & KEYED == 0, "records start below 2 GiB");
+        let (seg, offset, index) = if loc >= self.keyed_from {
+            let place = (u128::from(loc.segment & 0x00ff_ffff) << 47)
+                | (u128::from(loc.offset & !KEYED) << 16)
+                | u128::from(index);
+            let hidden = self.permute(place);
+            (
+                (hidden >> 47) as u32,
+                ((hidden >> 16) as u32 & !KEYED) | KEYED,
+                hidden as u16,
+            )
+        } else {
+            (loc.segment & 0x00ff_ffff, loc.offset, index)
+        };
+        let seg = u128::from(seg);
+        let mut value: u128 = u128::from(ms & 0xffff_ffff_ffff) << 80;
+        value |= 0x7 << 76; // version 7
+        value |= (seg >> 12) << 64; // rand_a: high 12 bits of the segment
+        value |= 0b10 << 62; // variant
+        value |= (seg & 0xfff) << 50;
+        value |= u128::from(offset) << 18;
+        value |= u128::from(index) << 2;
+        value |= u128::from(kind & 0b11);
+        value
+    }
+
+    /// The place and kind an id of this store names; `None` for an id no record of this
+    /// store could have (another generator's, or a keyed id of a place written plain).
+    fn parse_uuid(&self, value: u128) -> Option<(Locator, u16, u8)> {
+        if (value >> 76) & 0xf != 0x7 || (value >> 62) & 0b11 != 0b10 {
+            return None;
+        }
+        let seg_high = ((value >> 64) & 0xfff) as u32;
+        let seg_low = ((value >> 50) & 0xfff) as u32;
+        let segment = (seg_high << 12) | seg_low;
+        let offset = ((value >> 18) & 0xffff_ffff) as u32;
+        let index = ((value >> 2) & 0xffff) as u16;
+        let kind = (value & 0b11) as u8;
+        if offset & KEYED == 0 {
+            let loc = Locator { segment, offset };
+            return (loc < self.keyed_from).then_some((loc, index, kind));
+        }
+        let hidden =
+            (u128::from(segment) << 47) | (u128::from(offset & !KEYED) << 16) | u128::from(index);
+        let place = self.unpermute(hidden);
+        let loc = Locator {
+            segment: (place >> 47) as u32,
+            offset: (place >> 16) as u32 & !KEYED,
+        };
+        (loc >= self.keyed_from).then_some((loc, place as u16, kind))
+    }
+
+    pub fn event_id(&self, loc: Locator, created_ms: u64) -> EventId {
+        EventId::from_u128(self.uuid_for(created_ms, loc, 0, KIND_EVENT))
+    }
+
+    pub fn delivery_id(&self, delivery: DeliveryRef, created_ms: u64) -> DeliveryId {
+        DeliveryId::from_u128(self.uuid_for(
+            created_ms,
+            delivery.event,
+            delivery.index,
+            KIND_DELIVERY,
+        ))
+    }
+
+    pub fn attempt_id(&self, loc: Locator, started_ms: u64) -> AttemptId {
+        AttemptId::from_u128(self.uuid_for(started_ms, loc, 0, KIND_ATTEMPT))
+    }
+
+    /// The record an event id names, if it is one of this store's ids.
+    pub fn parse_event_id(&self, id: &EventId) -> Option<Locator> {
+        match self.parse_uuid(id.to_u128()?)? {
+            (loc, 0, KIND_EVENT) => Some(loc),
+            _ => None,
+        }
+    }
+
+    /// The delivery a delivery id names, if it is one of this store's ids.
+    pub fn parse_delivery_id(&self, id: &DeliveryId) -> Option<DeliveryRef> {
+        match self.parse_uuid(id.to_u128()?)? {
+            (event, index, KIND_DELIVERY) => Some(DeliveryRef { event, index }),
+            _ => None,
+        }
     }
 }
 
@@ -826,15 +940,17 @@ impl PurgeMeta {
 mod tests {
     use super::*;
 
+    fn at(segment: u32, offset: u32) -> Locator {
+        Locator { segment, offset }
+    }
+
     #[test]
     fn ids_carry_their_locator_and_keep_the_uuid_v7_form() {
-        let loc = Locator {
-            segment: 0x00ab_cdef,
-            offset: 0xdead_beef,
-        };
+        let ids = IdKey::random(Locator::ZERO);
+        let loc = at(0x00ab_cdef, 0x03ff_fff0);
         let ms = 1_764_547_200_123;
-        let event = event_id(loc, ms);
-        assert_eq!(parse_event_id(&event), Some(loc));
+        let event = ids.event_id(loc, ms);
+        assert_eq!(ids.parse_event_id(&event), Some(loc));
         let uuid = uuid::Uuid::parse_str(&event.as_str()[4..]).unwrap();
         assert_eq!(uuid.get_version_num(), 7);
         let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
@@ -844,38 +960,93 @@ mod tests {
             event: loc,
             index: 65_535,
         };
-        let id = delivery_id(delivery, ms);
-        assert_eq!(parse_delivery_id(&id), Some(delivery));
+        let id = ids.delivery_id(delivery, ms);
+        assert_eq!(ids.parse_delivery_id(&id), Some(delivery));
         // Kinds do not mix: an event's hex under the delivery prefix names nothing.
         let confused = DeliveryId::parse(&format!("dlv_{}", &event.as_str()[4..])).unwrap();
-        assert_eq!(parse_delivery_id(&confused), None);
+        assert_eq!(ids.parse_delivery_id(&confused), None);
         assert_eq!(
-            parse_event_id(&EventId::parse(&format!("evt_{}", &id.as_str()[4..])).unwrap()),
+            ids.parse_event_id(&EventId::parse(&format!("evt_{}", &id.as_str()[4..])).unwrap()),
             None
         );
         // An id of another generator (random v7 bits) rarely parses, and never panics.
         for _ in 0..100 {
-            let _ = parse_event_id(&EventId::new());
+            let _ = ids.parse_event_id(&EventId::new());
         }
+        let stored = IdKey::from_bytes(&ids.to_bytes()).unwrap();
+        assert_eq!(stored, ids);
+        assert_eq!(IdKey::from_bytes(&ids.to_bytes()[1..]), None);
     }
 
     #[test]
-    fn ids_of_later_records_sort_later_within_a_millisecond() {
-        let a = event_id(
-            Locator {
-                segment: 1,
-                offset: 4096,
-            },
-            5,
+    fn keyed_ids_say_nothing_of_the_records_between_them() {
+        let ids = IdKey::random(Locator::ZERO);
+        let ms = 5;
+        // Records 512 bytes apart: the hidden bits of their ids look unrelated, and every
+        // place still reads back.
+        let mut previous: Option<u128> = None;
+        let mut flipped = Vec::new();
+        for n in 0..200u32 {
+            let loc = at(7, 4096 + n * 512);
+            let id = ids.event_id(loc, ms);
+            assert_eq!(ids.parse_event_id(&id), Some(loc));
+            let bits = id.to_u128().unwrap() & ((1 << 74) - 1);
+            if let Some(previous) = previous {
+                flipped.push((bits ^ previous).count_ones());
+            }
+            previous = Some(bits);
+        }
+        flipped.sort_unstable();
+        let median = flipped[flipped.len() / 2];
+        assert!(
+            (25..=50).contains(&median),
+            "neighbouring records' ids differ in {median} of 74 bits"
         );
-        let b = event_id(
-            Locator {
-                segment: 2,
-                offset: 0,
-            },
-            5,
+        // Another data dir's key gives the same place another id.
+        let other = IdKey::random(Locator::ZERO);
+        assert_ne!(
+            other.event_id(at(7, 4096), ms),
+            ids.event_id(at(7, 4096), ms)
         );
-        assert!(a < b);
+        assert_eq!(
+            other
+                .parse_event_id(&ids.event_id(at(7, 4096), ms))
+                .filter(|l| *l == at(7, 4096)),
+            None
+        );
+    }
+
+    #[test]
+    fn places_written_before_the_key_keep_their_plain_ids() {
+        let ids = IdKey::random(at(3, 8192));
+        // The form ids had before they were keyed (known answers).
+        let old = ids.event_id(at(1, 4096), 5);
+        assert_eq!(old.as_str(), "evt_00000000000570008004000040000000");
+        assert_eq!(ids.parse_event_id(&old), Some(at(1, 4096)));
+        let old_delivery = DeliveryRef {
+            event: at(2, 0x12_3456),
+            index: 3,
+        };
+        let id = ids.delivery_id(old_delivery, 1_764_547_200_123);
+        assert_eq!(ids.parse_delivery_id(&id), Some(old_delivery));
+        // From `keyed_from` on, ids are keyed; a keyed id naming an earlier place, or a plain
+        // one naming a later place, is no id of this store.
+        let new = at(3, 8192);
+        let keyed = ids.event_id(new, 5);
+        assert_ne!(keyed.to_u128().unwrap() & (u128::from(KEYED) << 18), 0);
+        assert_eq!(ids.parse_event_id(&keyed), Some(new));
+        let plain_later = IdKey::random(at(u32::MAX, 0)).event_id(new, 5);
+        assert_eq!(ids.parse_event_id(&plain_later), None);
+        let earlier = IdKey::random(Locator::ZERO);
+        assert_ne!(
+            ids.parse_event_id(&EventId::from_u128(earlier.uuid_for(
+                5,
+                at(1, 4096),
+                0,
+                KIND_EVENT
+            ))),
+            Some(at(1, 4096))
+        );
     }
 
     #[test]

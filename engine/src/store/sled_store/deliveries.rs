@@ -43,7 +43,7 @@ impl SledStore {
         slot: &Slot,
     ) -> Result<DeliveryRecord> {
         let webhook = &meta.webhooks[usize::from(delivery.index)];
-        let mut record = delivery_record(delivery, meta, webhook, slot);
+        let mut record = delivery_record(&self.shared.ids, delivery, meta, webhook, slot);
         let needs_attempt =
             slot.last_error == SlotError::Other || slot.status == DeliveryStatus::Filtered;
         if needs_attempt
@@ -59,7 +59,7 @@ impl SledStore {
     }
 
     pub(super) fn delivery(&self, tenant: &str, id: &DeliveryId) -> Result<Option<DeliveryRecord>> {
-        let Some(delivery) = codec::parse_delivery_id(id) else {
+        let Some(delivery) = self.shared.ids.parse_delivery_id(id) else {
             return Ok(None);
         };
         let Some((meta, record)) = self.read_event(tenant, delivery.event, false)? else {
@@ -95,7 +95,7 @@ impl SledStore {
         tenant: &str,
         id: &DeliveryId,
     ) -> Result<Option<DeliveryWithEvent>> {
-        let Some(delivery) = codec::parse_delivery_id(id) else {
+        let Some(delivery) = self.shared.ids.parse_delivery_id(id) else {
             return Ok(None);
         };
         let (meta, record, payload) = match self.read_event(tenant, delivery.event, true) {
@@ -116,7 +116,9 @@ impl SledStore {
             return Ok(None);
         };
         let event = payload
-            .and_then(|payload| super::events::event_record(delivery.event, meta, payload))
+            .and_then(|payload| {
+                super::events::event_record(&self.shared.ids, delivery.event, meta, payload)
+            })
             .map(Some);
         Ok(Some(DeliveryWithEvent {
             delivery: view,
@@ -129,7 +131,7 @@ impl SledStore {
         tenant: &str,
         event: &crate::ids::EventId,
     ) -> Result<Vec<DeliveryRecord>> {
-        let Some(loc) = codec::parse_event_id(event) else {
+        let Some(loc) = self.shared.ids.parse_event_id(event) else {
             return Ok(Vec::new());
         };
         let Some((meta, record)) = self.read_event(tenant, loc, false)? else {
@@ -166,7 +168,7 @@ impl SledStore {
         if meta.tenant != tenant || meta.delivery != delivery {
             return Ok(None);
         }
-        let stored = attempt_codec::decode(&record.payload, loc)?;
+        let stored = attempt_codec::decode(&record.payload, loc, &self.shared.ids)?;
         Ok(Some((meta.previous_attempt, stored)))
     }
 
@@ -176,7 +178,8 @@ impl SledStore {
         let Some((_, record)) = self.read_event(tenant, loc, true)? else {
             return Ok(String::new());
         };
-        let event = super::events::event_record(loc, meta.clone(), record.payload)?;
+        let event =
+            super::events::event_record(&self.shared.ids, loc, meta.clone(), record.payload)?;
         String::from_utf8(event.delivered_body().to_vec())
             .map_err(|_| StoreError::Corrupt("a delivered body is not UTF-8".into()))
     }
@@ -184,7 +187,7 @@ impl SledStore {
     /// Attempts of a delivery, oldest first (those still in the log: a segment deleted by
     /// retention takes its attempts with it).
     pub(super) fn attempts(&self, tenant: &str, id: &DeliveryId) -> Result<Vec<AttemptRecord>> {
-        let Some(delivery) = codec::parse_delivery_id(id) else {
+        let Some(delivery) = self.shared.ids.parse_delivery_id(id) else {
             return Ok(Vec::new());
         };
         let Some((meta, record)) = self.read_event(tenant, delivery.event, false)? else {
@@ -229,7 +232,7 @@ impl SledStore {
     ) -> Result<Page<DeliveryRecord>> {
         let before = cursor
             .and_then(DeliveryId::parse)
-            .and_then(|id| codec::parse_delivery_id(&id));
+            .and_then(|id| self.shared.ids.parse_delivery_id(&id));
         let mut lister = Lister {
             store: self,
             tenant,
@@ -296,7 +299,10 @@ impl SledStore {
                     head.next_due = Some(entry.due);
                     return Ok(head);
                 }
-                let id = codec::delivery_id(entry.delivery, entry.created_at);
+                let id = self
+                    .shared
+                    .ids
+                    .delivery_id(entry.delivery, entry.created_at);
                 if in_flight.contains(&id) {
                     continue;
                 }
@@ -352,7 +358,12 @@ impl Lister<'_> {
         event: Option<&(EventMeta, RawRecord)>,
     ) -> Result<Option<String>> {
         self.scanned += 1;
-        let last = codec::delivery_id(delivery, created_at).to_string();
+        let last = self
+            .store
+            .shared
+            .ids
+            .delivery_id(delivery, created_at)
+            .to_string();
         let in_time = self.filter.after_ms.is_none_or(|t| created_at >= t)
             && self.filter.before_ms.is_none_or(|t| created_at < t);
         if in_time {

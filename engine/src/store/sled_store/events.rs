@@ -3,7 +3,7 @@
 
 use serde_json::value::RawValue;
 
-use super::codec::{self, EventMeta, Locator, RecordKind};
+use super::codec::{EventMeta, IdKey, Locator, RecordKind};
 use super::keys;
 use super::log::RawRecord;
 use super::pages;
@@ -33,13 +33,13 @@ impl SledStore {
     }
 
     pub(super) fn event(&self, tenant: &str, id: &EventId) -> Result<Option<EventRecord>> {
-        let Some(loc) = codec::parse_event_id(id) else {
+        let Some(loc) = self.shared.ids.parse_event_id(id) else {
             return Ok(None);
         };
         let Some((meta, record)) = self.read_event(tenant, loc, true)? else {
             return Ok(None);
         };
-        event_record(loc, meta, record.payload).map(Some)
+        event_record(&self.shared.ids, loc, meta, record.payload).map(Some)
     }
 
     pub(super) fn list_events(
@@ -51,7 +51,7 @@ impl SledStore {
     ) -> Result<Page<EventRecord>> {
         let before = cursor
             .and_then(EventId::parse)
-            .and_then(|id| codec::parse_event_id(&id));
+            .and_then(|id| self.shared.ids.parse_event_id(&id));
         let prefix = keys::tenant_prefix(keys::EVENTS, tenant);
         let end = match before {
             Some(loc) => [keys::events_page(tenant, loc), vec![0]].concat(),
@@ -66,7 +66,11 @@ impl SledStore {
                     continue;
                 }
                 scanned += 1;
-                let last = codec::event_id(entry.event, entry.created_at).to_string();
+                let last = self
+                    .shared
+                    .ids
+                    .event_id(entry.event, entry.created_at)
+                    .to_string();
                 if filter.after_ms.is_none_or(|t| entry.created_at >= t)
                     && filter.before_ms.is_none_or(|t| entry.created_at < t)
                     && let Some((meta, record)) = self.read_event(tenant, entry.event, true)?
@@ -79,7 +83,12 @@ impl SledStore {
                         .as_ref()
                         .is_none_or(|c| meta.channel.as_ref() == Some(c))
                 {
-                    items.push(event_record(entry.event, meta, record.payload)?);
+                    items.push(event_record(
+                        &self.shared.ids,
+                        entry.event,
+                        meta,
+                        record.payload,
+                    )?);
                     if items.len() == limit {
                         return Ok(Page {
                             items,
@@ -99,13 +108,18 @@ impl SledStore {
     }
 }
 
-pub(super) fn event_record(loc: Locator, meta: EventMeta, payload: Vec<u8>) -> Result<EventRecord> {
+pub(super) fn event_record(
+    ids: &IdKey,
+    loc: Locator,
+    meta: EventMeta,
+    payload: Vec<u8>,
+) -> Result<EventRecord> {
     let json = String::from_utf8(payload)
         .map_err(|_| StoreError::Corrupt("an event payload is not UTF-8".into()))?;
     let payload =
         RawValue::from_string(json).map_err(|err| StoreError::Corrupt(err.to_string()))?;
     Ok(EventRecord {
-        id: codec::event_id(loc, meta.created_at),
+        id: ids.event_id(loc, meta.created_at),
         event_type: meta.event_type,
         channel: meta.channel,
         idempotency_key: meta.idempotency_key,

@@ -41,7 +41,7 @@ fn io(err: std::io::Error) -> StoreError {
     StoreError::Io(err.to_string())
 }
 
-fn segment_path(dir: &Path, segment: u32) -> PathBuf {
+pub(super) fn segment_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("{segment:08}.seg"))
 }
 

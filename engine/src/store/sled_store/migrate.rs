@@ -299,7 +299,11 @@ async fn bring_to_state(
         store
             .ask(|reply| Command::Settle {
                 tenant: tenant.to_string(),
-                delivery: super::codec::parse_delivery_id(id).expect("an id of this store"),
+                delivery: store
+                    .shared
+                    .ids
+                    .parse_delivery_id(id)
+                    .expect("an id of this store"),
                 status,
                 error,
                 reply,
@@ -313,7 +317,11 @@ async fn bring_to_state(
         store
             .ask(|reply| Command::Requeue {
                 tenant: tenant.to_string(),
-                delivery: super::codec::parse_delivery_id(id).expect("an id of this store"),
+                delivery: store
+                    .shared
+                    .ids
+                    .parse_delivery_id(id)
+                    .expect("an id of this store"),
                 due,
                 reply,
             })

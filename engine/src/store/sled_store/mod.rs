@@ -58,7 +58,7 @@ use super::{
 };
 use crate::ids::{DeliveryId, EventId, WebhookId};
 use crate::secrets::Keyring;
-use codec::Locator;
+use codec::{IdKey, Locator};
 use writer::{Command, WriterState};
 
 /// Most rows a listing scans for one page before it returns a cursor to continue from.
@@ -108,6 +108,8 @@ struct Shared {
     log: Arc<log::Log>,
     webhooks: WebhookCache,
     keyring: Arc<Keyring>,
+    /// Makes event, delivery and attempt ids opaque (`codec::IdKey`).
+    ids: IdKey,
     listener: OnceLock<Arc<dyn WorkListener>>,
     sync_observer: OnceLock<Arc<dyn SyncObserver>>,
     space: SpaceWatermark,
@@ -204,13 +206,15 @@ impl SledStore {
         let migrating = migrate::prepare(&db, dir)?;
         let tree = db.open_tree(TREE)?;
         let plugins = Arc::new(plugins::Catalogue::open(&db, dir)?);
-        let (log, _) = log::LogWriter::open(&dir.join("log"))?;
+        let (log, last_segment) = log::LogWriter::open(&dir.join("log"))?;
+        let ids = id_key(&dir.join("log"), last_segment)?;
         let shared = Arc::new(Shared {
             db,
             tree,
             log,
             webhooks: WebhookCache::default(),
             keyring,
+            ids,
             listener: OnceLock::new(),
             sync_observer: OnceLock::new(),
             space: SpaceWatermark {
@@ -278,6 +282,47 @@ impl SledStore {
 }
 
 /// Checks the log's tail, replays what sled had not written, and makes the writer's state.
+/// This data dir's id key (`log/id-key`, beside the records whose ids it makes, so a sled
+/// rebuilt from the log keeps it), made the first time this release opens the data dir. Ids
+/// are keyed from the end of the log as it is then (a new data dir: from the start), so every
+/// id handed out before keeps naming its record; the key is durable before any record gets a
+/// keyed id.
+fn id_key(log_dir: &Path, last_segment: Option<u32>) -> Result<IdKey> {
+    let io = |err: std::io::Error| StoreError::Io(err.to_string());
+    let path = log_dir.join("id-key");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            return IdKey::from_bytes(&bytes).ok_or_else(|| {
+                StoreError::Corrupt(format!("{} does not hold an id key", path.display()))
+            });
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io(err)),
+    }
+    let keyed_from = match last_segment {
+        Some(segment) => {
+            let written = std::fs::metadata(log::segment_path(log_dir, segment))
+                .map_err(io)?
+                .len();
+            Locator {
+                segment,
+                offset: u32::try_from(written).unwrap_or(u32::MAX),
+            }
+        }
+        None => Locator::ZERO,
+    };
+    let key = IdKey::random(keyed_from);
+    let temporary = log_dir.join("id-key.tmp");
+    let mut file = std::fs::File::create(&temporary).map_err(io)?;
+    std::io::Write::write_all(&mut file, &key.to_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temporary, &path).map_err(io)?;
+    std::fs::File::open(log_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io)?;
+    Ok(key)
+}
+
 fn recover(shared: Arc<Shared>) -> Result<WriterState> {
     let log = shared.log.clone();
     let checkpoint = match shared.tree.get(keys::meta(keys::CHECKPOINT))? {
@@ -508,7 +553,7 @@ impl Store for SledStore {
         id: &DeliveryId,
         due_ms: u64,
     ) -> Result<Option<DeliveryRecord>> {
-        let Some(delivery) = codec::parse_delivery_id(id) else {
+        let Some(delivery) = self.shared.ids.parse_delivery_id(id) else {
             return Ok(None);
         };
         self.ask(|reply| Command::Requeue {
@@ -527,7 +572,7 @@ impl Store for SledStore {
         status: DeliveryStatus,
         error: &str,
     ) -> Result<()> {
-        let Some(delivery) = codec::parse_delivery_id(id) else {
+        let Some(delivery) = self.shared.ids.parse_delivery_id(id) else {
             return Ok(());
         };
         self.ask(|reply| Command::Settle {

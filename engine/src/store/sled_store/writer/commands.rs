@@ -49,7 +49,7 @@ impl WriterState {
             self.apply_event(batch, loc, &meta, payload.len() as u64)?;
             batch.appended.insert(loc, meta.created_at);
             let event = EventRecord {
-                id: codec::event_id(loc, meta.created_at),
+                id: self.shared.ids.event_id(loc, meta.created_at),
                 event_type: meta.event_type.clone(),
                 channel: meta.channel.clone(),
                 idempotency_key: meta.idempotency_key.clone(),
@@ -65,7 +65,13 @@ impl WriterState {
                         event: loc,
                         index: index as u16,
                     };
-                    delivery_record(delivery, &meta, webhook, &Slot::pending(meta.created_at))
+                    delivery_record(
+                        &self.shared.ids,
+                        delivery,
+                        &meta,
+                        webhook,
+                        &Slot::pending(meta.created_at),
+                    )
                 })
                 .collect();
             answers.push(Appended::Created { event, deliveries });
@@ -91,20 +97,25 @@ impl WriterState {
             return Ok(None);
         };
         if let Some(created_at) = batch.appended.get(&entry.event) {
-            return Ok(Some(codec::event_id(entry.event, *created_at)));
+            return Ok(Some(self.shared.ids.event_id(entry.event, *created_at)));
         }
         // The original may have been purged since: then the key is free again.
         match self.shared.log.read(entry.event, false)? {
             Some(record) if record.header.kind == RecordKind::Event => {
                 let meta = EventMeta::decode(&record.meta)?;
-                Ok((meta.tenant == tenant).then(|| codec::event_id(entry.event, meta.created_at)))
+                Ok((meta.tenant == tenant)
+                    .then(|| self.shared.ids.event_id(entry.event, meta.created_at)))
             }
             _ => Ok(None),
         }
     }
 
     pub(super) fn record(&mut self, batch: &mut Batch, outcome: AttemptOutcome) -> Result<()> {
-        let Some(delivery) = codec::parse_delivery_id(&outcome.attempt.delivery_id) else {
+        let Some(delivery) = self
+            .shared
+            .ids
+            .parse_delivery_id(&outcome.attempt.delivery_id)
+        else {
             return Ok(());
         };
         let Some((meta, slot)) = self.delivery_state(batch, &outcome.tenant, delivery)? else {
@@ -168,7 +179,13 @@ impl WriterState {
         };
         let webhook = meta.webhooks[usize::from(delivery.index)].clone();
         self.transition(batch, tenant, delivery, &meta, &slot, new.clone())?;
-        Ok(Some(delivery_record(delivery, &meta, &webhook, &new)))
+        Ok(Some(delivery_record(
+            &self.shared.ids,
+            delivery,
+            &meta,
+            &webhook,
+            &new,
+        )))
     }
 
     pub(super) fn settle(

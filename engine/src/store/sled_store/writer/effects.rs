@@ -21,7 +21,7 @@ impl WriterState {
             }
             RecordKind::Attempt => {
                 let meta = TransitionMeta::decode(&record.meta)?;
-                let stored = attempt_codec::decode(&record.payload, loc)?;
+                let stored = attempt_codec::decode(&record.payload, loc, &self.shared.ids)?;
                 self.apply_transition(batch, loc, &meta, Some(&stored.attempt))
             }
             RecordKind::Transition => {

@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::codec::{
-    self, DeliveryRef, EventMeta, Locator, MAX_FAN_OUT, PurgeMeta, PurgedEvent, RecordKind, Slot,
-    SlotError, TransitionMeta, WebhookMeta, encode_record,
+    self, DeliveryRef, EventMeta, IdKey, Locator, MAX_FAN_OUT, PurgeMeta, PurgedEvent, RecordKind,
+    Slot, SlotError, TransitionMeta, WebhookMeta, encode_record,
 };
 use super::keys;
 use super::log::{LogWriter, RawRecord};
@@ -593,14 +593,15 @@ fn refuse(command: Command, failure: &str) {
 
 /// A delivery as the API sees it, from its event's meta and its slot.
 pub(super) fn delivery_record(
+    ids: &IdKey,
     delivery: DeliveryRef,
     meta: &EventMeta,
     webhook: &WebhookId,
     slot: &Slot,
 ) -> DeliveryRecord {
     DeliveryRecord {
-        id: codec::delivery_id(delivery, meta.created_at),
-        event_id: codec::event_id(delivery.event, meta.created_at),
+        id: ids.delivery_id(delivery, meta.created_at),
+        event_id: ids.event_id(delivery.event, meta.created_at),
         webhook_id: webhook.clone(),
         event_type: meta.event_type.clone(),
         channel: meta.channel.clone(),
