@@ -29,6 +29,31 @@ pub struct ApiError {
 
 /// How long a client is told to wait after `503 store_unavailable`.
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// While the store is unavailable, one ERROR line per this period tells of it (with how many
+/// requests were refused since the last line), not one per refused request: an outage under
+/// load would otherwise write thousands of identical lines a second.
+const UNAVAILABLE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs that a request was refused because the store is unavailable, at most once per
+/// [`UNAVAILABLE_LOG_EVERY`] (process-wide, as the log is).
+fn log_unavailable(what: &'static str, error: &dyn std::fmt::Display) {
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, u64)>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    match last.as_mut() {
+        Some((at, refused)) if now.duration_since(*at) < UNAVAILABLE_LOG_EVERY => *refused += 1,
+        Some((_, refused)) => {
+            error!(%error, refused_since_last_line = *refused, "{what}");
+            *last = Some((now, 0));
+        }
+        None => {
+            error!(%error, "{what}");
+            *last = Some((now, 0));
+        }
+    }
+}
 
 /// The body of every error answer (the `ErrorBody` schema of `/openapi.json`).
 #[derive(Serialize, ToSchema)]
@@ -192,7 +217,7 @@ impl From<StoreError> for ApiError {
             return ApiError::storage(problem);
         }
         if err.is_unavailable() {
-            error!(error = %err, "store unavailable");
+            log_unavailable("store unavailable", &err);
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
@@ -223,7 +248,7 @@ impl From<IngestError> for ApiError {
         match err {
             IngestError::Store(err) => err.into(),
             IngestError::Unavailable(message) => {
-                error!(error = %message, "ingest refused: store unavailable");
+                log_unavailable("ingest refused: store unavailable", &message);
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
