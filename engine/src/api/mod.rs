@@ -248,8 +248,9 @@ async fn healthz() -> Json<Health> {
     operation_id = "readyz",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "The store is not readable (`not_ready`), or the data dir \
-            is short of space (`storage_full`) or read-only (`storage_read_only`)", body = ErrorBody),
+        (status = 503, description = "The store is not readable, or on PostgreSQL takes no \
+            writes (`not_ready`, saying why), or the data dir is short of space (`storage_full`) \
+            or read-only (`storage_read_only`)", body = ErrorBody),
     ),
 )]
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {

@@ -25,6 +25,8 @@ const POLL: Duration = Duration::from_millis(500);
 struct Node {
     child: Child,
     base: String,
+    /// Its log lines (JSON), as written so far.
+    log: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -46,10 +48,11 @@ impl Cluster {
                     &format!("{}s", LEASE.as_secs()),
                 );
                 std::fs::write(&config, text).unwrap();
-                let (child, base, _log) = spawn_hookd_logged(&config, &data, "info");
+                let (child, base, log) = spawn_hookd_logged(&config, &data, "info");
                 Node {
                     child,
                     base,
+                    log,
                     _dir: dir,
                 }
             })
@@ -59,6 +62,12 @@ impl Cluster {
 
     fn base(&self, node: usize) -> &str {
         &self.nodes[node].base
+    }
+
+    /// How many of the node's log lines so far contain `text`.
+    fn log_lines(&self, node: usize, text: &str) -> usize {
+        let log = self.nodes[node].log.lock().unwrap();
+        log.iter().filter(|line| line.contains(text)).count()
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to the given nodes.
@@ -630,6 +639,12 @@ async fn ingest_answers_503_while_postgres_restarts_and_resumes_by_itself() {
         refused_while_down > 0,
         "ingest answered 503 while the database was away"
     );
+    // The outage is in the log, but not once per refused request.
+    let logged = cluster.log_lines(0, "store unavailable");
+    assert!(
+        (1..=3).contains(&logged),
+        "{logged} log lines for {refused_while_down} refusals"
+    );
     assert!(
         statuses.keys().all(|s| *s == 202 || *s == 503),
         "only 202 or 503: {statuses:?}"
@@ -648,6 +663,129 @@ async fn ingest_answers_503_while_postgres_restarts_and_resumes_by_itself() {
     // The nodes stop before their database does.
     drop(cluster);
     drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_gets_503_and_not_ready_and_writes_resume_once_it_is_writable() {
+    let url = fresh_database();
+    let database = url.rsplit('/').next().unwrap().to_string();
+    // Changes to the database go through another one: a read-only database refuses them.
+    let server = crate::support::postgres::server_url();
+    let cluster = Cluster::start(&url, 1, "");
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    let base = cluster.base(0).to_string();
+    let (status, _) = call(
+        &http,
+        "POST",
+        format!("{base}/v1/webhooks"),
+        Some(json!({"url": receiver.url})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let ingest = || async {
+        let response = http
+            .post(format!("{base}/v1/events"))
+            .bearer_auth(ACME_KEY)
+            .json(&json!({"type": "user.created", "payload": {}}))
+            .send()
+            .await
+            .expect("the node answers");
+        let retry_after = response.headers().contains_key("retry-after");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        (status, body, retry_after)
+    };
+    assert_eq!(ingest().await.0, 202);
+
+    // The server turns read-only under the node (as a primary demoted to a standby does):
+    // new sessions default to read-only, and the node's connections are cut.
+    query(
+        &server,
+        &format!("ALTER DATABASE {database} SET default_transaction_read_only = on"),
+    )
+    .await;
+    query(
+        &server,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{database}'"
+        ),
+    )
+    .await;
+    // Once the node's sessions are read-only, `/readyz` says why, and ingest is refused with
+    // a 503 the producer retries (never a 500, never a 202).
+    let ready = eventually(Duration::from_secs(20), "not ready", || async {
+        let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+        let status = ready.status().as_u16();
+        let ready: Value = ready.json().await.unwrap();
+        (status == 503
+            && ready["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("accepts no writes"))
+        .then_some(ready)
+    })
+    .await;
+    assert_eq!(ready["code"], "not_ready", "{ready}");
+    for _ in 0..5 {
+        let (status, body, retry_after) = ingest().await;
+        assert_eq!(
+            (status, body["code"].as_str(), retry_after),
+            (503, Some("store_unavailable"), true),
+            "{body}"
+        );
+    }
+    // Any other write too (a webhook's creation here), not an internal error.
+    let (status, body) = call(
+        &http,
+        "POST",
+        format!("{base}/v1/webhooks"),
+        Some(json!({"url": receiver.url})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
+    // The node's own check (every 2 s) notices too, and says so once.
+    eventually(Duration::from_secs(10), "the node warns", || async {
+        (cluster.log_lines(0, "accepts no writes") >= 1).then_some(())
+    })
+    .await;
+
+    // Writable again, without cutting the node's connections: a session keeps the read-only
+    // default it began with, so the node must open new ones by itself.
+    query(
+        &server,
+        &format!("ALTER DATABASE {database} RESET default_transaction_read_only"),
+    )
+    .await;
+    let event = eventually(Duration::from_secs(20), "ingest accepted again", || async {
+        let (status, body, _) = ingest().await;
+        assert_ne!(status, 500, "{body}");
+        (status == 202).then_some(body)
+    })
+    .await;
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let id = event["id"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(20),
+        "the new event delivered",
+        || async {
+            by_event(&receiver.received())
+                .contains_key(&id)
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "the node says so", || async {
+        (cluster.log_lines(0, "PostgreSQL takes writes again") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(cluster.log_lines(0, "accepts no writes"), 1, "one warning");
 }
 
 /// Uploads `component` as the plugin `name` through `base`: the status and answer.

@@ -61,8 +61,11 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// unavailable (ingest answers 503): a database that stops answering (a frozen host, a
 /// partition the kernel has not given up on) must not hold every producer for as long.
 const WRITE_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a readiness check waits for `SELECT 1`.
+/// How long a readiness check waits for the database to say whether it takes writes.
 const READY_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the background checks that the server still takes writes (and drops the pool's
+/// connections when it does not: `writable`).
+pub(super) const WRITABLE_CHECK: Duration = Duration::from_secs(2);
 /// TCP keepalive and user timeout on every connection: a peer gone without a reset is noticed
 /// in about this long instead of the kernel's ~15 minutes of retransmissions.
 const TCP_DEAD_PEER: Duration = Duration::from_secs(10);
@@ -132,6 +135,11 @@ fn is_unavailable_state(code: &SqlState) -> bool {
         .iter()
         .any(|class| code.code().starts_with(class))
 }
+
+/// Why a read-only server is not ready (`/readyz`, the log).
+pub(super) const READ_ONLY: &str = "PostgreSQL accepts no writes here: the server is a standby (in \
+    recovery) or its transactions are read-only (default_transaction_read_only); hookd \
+    reconnects until it reaches a writable primary";
 
 impl From<Failure> for StoreError {
     fn from(failure: Failure) -> Self {
@@ -358,6 +366,28 @@ impl PostgresStore {
         Ok(self.inner.pool.get().await?)
     }
 
+    /// Whether the server a pooled connection reaches takes writes. When it does not, every
+    /// idle connection is dropped, so the next ones are opened afresh: after a failover they
+    /// reach the new primary (the URL's host resolved again), and a database whose read-only
+    /// default was lifted gives read-write sessions (a session keeps the default it began
+    /// with). Run by `/readyz` and every [`WRITABLE_CHECK`] in the background.
+    async fn writable(&self) -> Result<bool> {
+        let client = self.client().await.map_err(StoreError::from)?;
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'",
+                &[],
+            )
+            .await
+            .map_err(|err| StoreError::from(Failure::from(err)))?;
+        if !row.get::<_, bool>(0) {
+            return Ok(true);
+        }
+        drop(client);
+        self.inner.pool.retain(|_, _| false);
+        Ok(false)
+    }
+
     fn listener(&self) -> Option<&Arc<dyn WorkListener>> {
         self.inner.listener.get()
     }
@@ -409,12 +439,10 @@ impl Store for PostgresStore {
 
     async fn check_ready(&self) -> Result<()> {
         answered_within(READY_ANSWER_TIMEOUT, "a readiness check", async {
-            let client = self.client().await.map_err(StoreError::from)?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map(drop)
-                .map_err(|err| StoreError::from(Failure::from(err)))
+            match self.writable().await? {
+                true => Ok(()),
+                false => Err(StoreError::Unavailable(READ_ONLY.to_string())),
+            }
         })
         .await
     }

@@ -248,6 +248,8 @@ async fn maintain(inner: Weak<Inner>, poll_interval: Duration, stop: Cancellatio
     let mut size = tokio::time::interval(SIZE_INTERVAL);
     let mut plugins = tokio::time::interval(PLUGIN_RESYNC);
     let mut statistics = tokio::time::interval(STATISTICS_INTERVAL);
+    let mut writable = tokio::time::interval(super::WRITABLE_CHECK);
+    let mut read_only = false;
     let mut heads_seen: Option<HeadIds> = None;
     for interval in [
         &mut poll,
@@ -255,6 +257,7 @@ async fn maintain(inner: Weak<Inner>, poll_interval: Duration, stop: Cancellatio
         &mut size,
         &mut plugins,
         &mut statistics,
+        &mut writable,
     ] {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
@@ -277,6 +280,22 @@ async fn maintain(inner: Weak<Inner>, poll_interval: Duration, stop: Cancellatio
                 let Some(store) = upgrade(&inner) else { return };
                 if let Err(err) = compare_plugin_heads(&store, &mut heads_seen).await {
                     debug!(error = ?err, "comparing plugin heads failed; trying again");
+                }
+            }
+            _ = writable.tick() => {
+                let Some(store) = upgrade(&inner) else { return };
+                match store.writable().await {
+                    Ok(false) => {
+                        if !read_only {
+                            warn!("{}", super::READ_ONLY);
+                        }
+                        read_only = true;
+                    }
+                    Ok(true) if read_only => {
+                        info!("PostgreSQL takes writes again");
+                        read_only = false;
+                    }
+                    _ => {}
                 }
             }
             _ = statistics.tick() => {
