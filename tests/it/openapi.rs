@@ -152,6 +152,17 @@ async fn openapi_json_is_an_openapi_3_document_with_the_bearer_scheme_and_the_er
                     "{what} {status}"
                 );
             }
+            // Every tenant route may answer `rate_limited` and `store_unavailable` with
+            // Retry-After; generated clients read it from the document.
+            if path.starts_with("/v1/") && (status == "429" || status == "503") {
+                assert_eq!(
+                    response["headers"]["Retry-After"]["schema"]["type"], "integer",
+                    "{what} {status}: {response}"
+                );
+            }
+        }
+        if path.starts_with("/v1/") && !path.starts_with("/v1/admin/") {
+            assert!(operation["responses"]["429"].is_object(), "{what}: no 429");
         }
     }
     // The operations endpoints document themselves, and the core of the API is there.

@@ -99,16 +99,6 @@ pub fn finish_document(mut document: OpenApi) -> OpenApi {
                         "Over the tenant's `api_requests_per_sec` (`rate_limited`); retry after \
                          the `Retry-After` header's seconds",
                     )
-                    .header(
-                        "Retry-After",
-                        utoipa::openapi::HeaderBuilder::new()
-                            .schema(Some(
-                                utoipa::openapi::ObjectBuilder::new()
-                                    .schema_type(utoipa::openapi::schema::Type::Integer),
-                            ))
-                            .description(Some("Seconds to wait"))
-                            .build(),
-                    )
                     .content(
                         "application/json",
                         ContentBuilder::new()
@@ -121,9 +111,30 @@ pub fn finish_document(mut document: OpenApi) -> OpenApi {
                     .responses
                     .insert("429".to_string(), limited.into());
             }
+            // A 429 (`rate_limited` on every tenant route) and a 503 (`store_unavailable`,
+            // `compile_busy`…) may carry `Retry-After`: say so on each, for generated clients.
+            for status in ["429", "503"] {
+                if let Some(RefOr::T(answer)) = operation.responses.responses.get_mut(status) {
+                    answer
+                        .headers
+                        .entry("Retry-After".to_string())
+                        .or_insert_with(|| RefOr::T(retry_after_header()));
+                }
+            }
         }
     }
     document
+}
+
+/// `Retry-After`: whole seconds to wait before trying again.
+fn retry_after_header() -> utoipa::openapi::Header {
+    utoipa::openapi::HeaderBuilder::new()
+        .schema(Some(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::Integer),
+        ))
+        .description(Some("Seconds to wait before trying again (when present)"))
+        .build()
 }
 
 /// Every `/v1` operation refuses undocumented query parameters (`api/query_rules.rs`): its
