@@ -27,7 +27,7 @@ export async function render(main) {
 }
 
 async function remove(name) {
-  const choice = await dialog(`Delete plugin ${name}?`, h('p', {}, 'Webhooks using it must detach it first.'),
+  const choice = await dialog(`Delete plugin ${name}?`, h('p', {}, 'Webhooks using it must detach it first (on each webhook\'s page, under Plugin chain).'),
     [{ label: 'Delete', value: 'delete', danger: true }, { label: 'Cancel', value: 'cancel' }]);
   if (choice !== 'delete') return;
   try {

@@ -1,5 +1,6 @@
 // Webhooks: the list with status and health, one webhook's page (edit, pause/resume, test
-// send, secret rotation with a one-time reveal, delete), and the create form.
+// send, secret rotation with a one-time reveal, its plugin chain with detach, delete), and the
+// create form.
 
 import { get, post, patch, del } from './api.js';
 import { h, clear, time, percent, badge, facts, table, field, toast, errorBox, dialog } from './dom.js';
@@ -86,7 +87,46 @@ async function renderOne(main, id, editing) {
     h('a', { class: 'button', href: href('stats', { webhook: w.id }) }, 'Statistics'),
     h('button', { type: 'button', class: 'danger', id: 'delete-webhook', onclick: () => remove(w) }, 'Delete'));
   main.append(actions);
+  if (w.plugins.length) main.append(chainSection(w));
   main.append(await testSection(w));
+}
+
+/** The webhook's plugin chain in order, each step with its version and config, and Detach. */
+function chainSection(w) {
+  return h('section', { class: 'card', id: 'plugin-chain' }, h('h2', {}, 'Plugin chain'),
+    table('Plugin chain', ['#', 'Plugin', 'Version', 'Config', ''],
+      w.plugins.map((step, index) => h('tr', { dataset: { step: String(index) } },
+        h('td', {}, String(index + 1)),
+        h('td', {}, h('a', { href: '#/plugins' }, h('code', {}, step.name))),
+        h('td', {}, step.version ? `pinned to ${step.version}` : 'current'),
+        h('td', {}, configCell(step.config)),
+        h('td', {}, h('button', {
+          type: 'button', class: 'danger small', id: `detach-${index}`, onclick: () => detach(w, index),
+        }, 'Detach'))))));
+}
+
+/** A step's config as one line of JSON, cut at 120 characters (the whole in its title). */
+function configCell(config) {
+  if (config === undefined || config === null) return '—';
+  const text = JSON.stringify(config);
+  const shown = text.length > 120 ? `${text.slice(0, 119)}…` : text;
+  return h('code', { class: 'mono', title: text }, shown);
+}
+
+async function detach(w, index) {
+  const step = w.plugins[index];
+  const choice = await dialog(`Detach ${step.name}?`,
+    h('p', {}, 'Deliveries from now on skip this step; the plugin stays uploaded.'),
+    [{ label: 'Detach', value: 'detach', danger: true }, { label: 'Cancel', value: 'cancel' }]);
+  if (choice !== 'detach') return;
+  try {
+    const chain = w.plugins.filter((_, i) => i !== index);
+    await patch(`/v1/webhooks/${encodeURIComponent(w.id)}`, { plugins: chain });
+    toast(`Detached ${step.name}.`);
+    go(`webhooks/${w.id}`);
+  } catch (err) {
+    toast(`${err.code}: ${err.message}`, 'error');
+  }
 }
 
 async function setStatus(w, status) {

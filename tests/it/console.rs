@@ -523,6 +523,37 @@ async fn plugins_are_uploaded_attached_and_simulated_on_a_past_event_and_events_
     assert_eq!(receiver.count(), 1);
     b.shot("replayed").await;
     b.assert_clean("replay", &[]).await;
+
+    // The webhook's page lists its chain; Detach (confirmed) takes the step out.
+    let webhook_id = webhook["id"].as_str().unwrap();
+    b.goto(&engine.url(&format!("/console#/webhooks/{webhook_id}")))
+        .await;
+    b.wait_heading("Webhook").await;
+    let step = b.text("#plugin-chain tr[data-step='0']").await;
+    assert!(
+        step.contains("only-orders") && step.contains("current") && step.contains("invoice"),
+        "{step}"
+    );
+    b.shot("plugin-chain").await;
+    // (The replay's toast may still cover the bottom of the page.)
+    b.wait_until(
+        "the last toast gone",
+        "return document.querySelector('#toast').textContent === '';",
+    )
+    .await;
+    b.click("#detach-0").await;
+    b.click("dialog button[value=detach]").await;
+    b.wait_until(
+        "the chain gone from the page",
+        "return document.querySelector('h1')?.textContent === 'Webhook' \
+            && document.querySelector('#toggle-status') !== null \
+            && document.querySelector('#plugin-chain') === null;",
+    )
+    .await;
+    let (_, detached) = engine.get(&format!("/v1/webhooks/{webhook_id}")).await;
+    assert_eq!(detached["plugins"], json!([]), "{detached}");
+    b.shot("detached").await;
+    b.assert_clean("detach", &[]).await;
     b.close().await;
 }
 
