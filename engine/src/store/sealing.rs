@@ -44,23 +44,21 @@ pub fn open(
     tenant: &str,
     webhook: &mut WebhookRecord,
 ) -> Result<(), StoreError> {
-    let failed = |source: SecretsError, webhook: &WebhookRecord| StoreError::Secret {
+    let id = webhook.id.to_string();
+    let failed = |source: SecretsError| StoreError::Secret {
         tenant: tenant.to_string(),
-        webhook_id: webhook.id.to_string(),
+        webhook_id: id.clone(),
         source,
     };
-    for index in 0..webhook.secrets.len() {
-        if let Some(sealed) = &webhook.secrets[index].sealed {
-            let opened = keyring
-                .open(tenant, webhook.id.as_str(), sealed)
-                .map_err(|source| failed(source, webhook))?;
-            webhook.secrets[index].secret = opened;
+    for secret in &mut webhook.secrets {
+        if let Some(sealed) = &secret.sealed {
+            secret.secret = keyring.open(tenant, &id, sealed).map_err(failed)?;
         }
     }
     for (name, sealed) in std::mem::take(&mut webhook.sealed_headers) {
         let value = keyring
             .open(tenant, &header_binding(webhook, &name), &sealed)
-            .map_err(|source| failed(source, webhook))?;
+            .map_err(failed)?;
         webhook.headers.insert(name, value);
     }
     Ok(())

@@ -675,14 +675,15 @@ async fn a_read_only_database_gets_503_and_not_ready_and_writes_resume_once_it_i
     let http = reqwest::Client::new();
     let receiver = Receiver::start().await;
     let base = cluster.base(0).to_string();
-    let (status, _) = call(
-        &http,
-        "POST",
-        format!("{base}/v1/webhooks"),
-        Some(json!({"url": receiver.url})),
-    )
-    .await;
-    assert_eq!(status, 201);
+    let create_webhook = || {
+        call(
+            &http,
+            "POST",
+            format!("{base}/v1/webhooks"),
+            Some(json!({"url": receiver.url})),
+        )
+    };
+    assert_eq!(create_webhook().await.0, 201);
     let ingest = || async {
         let response = http
             .post(format!("{base}/v1/events"))
@@ -737,13 +738,7 @@ async fn a_read_only_database_gets_503_and_not_ready_and_writes_resume_once_it_i
         );
     }
     // Any other write too (a webhook's creation here), not an internal error.
-    let (status, body) = call(
-        &http,
-        "POST",
-        format!("{base}/v1/webhooks"),
-        Some(json!({"url": receiver.url})),
-    )
-    .await;
+    let (status, body) = create_webhook().await;
     assert_eq!(
         (status, body["code"].as_str()),
         (503, Some("store_unavailable")),
