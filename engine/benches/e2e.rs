@@ -73,7 +73,19 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-const CONCURRENCY: usize = 32;
+/// Producers (and the ceiling's senders) at once: 32, the issue's figure. `BENCH_CONCURRENCY`
+/// changes it for a diagnosis only (how much of s1's idle time the closed loop leaves); the
+/// header and the s1 lines print the value used.
+fn concurrency() -> usize {
+    static VALUE: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+        std::env::var("BENCH_CONCURRENCY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(32)
+    });
+    *VALUE
+}
 /// Longest a load generation may take; a stuck engine ends the run instead of the bench.
 const GENERATE_LIMIT: Duration = Duration::from_secs(300);
 /// Padding that makes an event's payload ~1 KiB.
@@ -140,7 +152,7 @@ impl Ingested {
     }
 }
 
-/// Sends `events` events to `target`: `CONCURRENCY` keep-alive workers back to back, or
+/// Sends `events` events to `target`: `concurrency()` keep-alive workers back to back, or
 /// open-loop at `rate` events/s (at most 512 requests outstanding).
 async fn generate(
     http: &reqwest::Client,
@@ -231,7 +243,7 @@ async fn generate(
     };
     match rate {
         None => {
-            let workers: Vec<_> = (0..CONCURRENCY)
+            let workers: Vec<_> = (0..concurrency())
                 .map(|_| {
                     let next = next.clone();
                     let send_one = send_one.clone();
@@ -737,6 +749,10 @@ async fn slot_figures(http: &reqwest::Client, base: &str, f: &mut Figures) {
     let syncs = Histogram::read(http, base, "hookd_store_sync_seconds").await;
     f.extra.insert("syncs".into(), json!(syncs.count));
     f.extra.insert(
+        "sync_mean_ms".into(),
+        json!(round2(syncs.sum / syncs.count.max(1.0) * 1e3)),
+    );
+    f.extra.insert(
         "sync_p99_ms".into(),
         json!(round2(syncs.quantile_us(0.99) / 1e3)),
     );
@@ -862,6 +878,12 @@ impl Bench {
         f.extra.insert(
             "steal_most_in_100ms_ms".into(),
             json!(round2(steal.most_in_100ms_ms)),
+        );
+        f.extra
+            .insert("machine_idle_pct".into(), json!(round2(steal.idle_pct)));
+        f.extra.insert(
+            "machine_softirq_pct".into(),
+            json!(round2(steal.softirq_pct)),
         );
         f.engine_cpu_s = cpu_seconds(engine.proc.pid()) - e0;
         f.receiver_cpu_s = cpu_seconds(self.rx.proc.pid()) - r0;
@@ -1307,7 +1329,7 @@ async fn run(
         events,
     };
     println!(
-        "e2e bench: hookd {} | {} cores | RUST_BACKTRACE={} | concurrency {CONCURRENCY} | {events} events per run{}",
+        "e2e bench: hookd {} | {} cores | RUST_BACKTRACE={} | concurrency {} | {events} events per run{}",
         procs::ENGINE
             .get()
             .map(|p| p.display().to_string())
@@ -1316,6 +1338,7 @@ async fn run(
             .map(|n| n.get())
             .unwrap_or(0),
         std::env::var("RUST_BACKTRACE").unwrap_or_default(),
+        concurrency(),
         if smoke {
             " (smoke run; use `cargo bench` for figures)"
         } else {
@@ -1365,8 +1388,9 @@ async fn run(
     check(
         &mut checks,
         format!(
-            "s1 e2e p50 {:.1} ms <= 250 ms at {CONCURRENCY} producers",
-            s1.e2e_us[0] as f64 / 1000.0
+            "s1 e2e p50 {:.1} ms <= 250 ms at {} producers",
+            s1.e2e_us[0] as f64 / 1000.0,
+            concurrency()
         ),
         s1.e2e_us[0] <= 250_000,
     );
@@ -1418,6 +1442,22 @@ async fn run(
              {cpu_bound:.0}/s ({:.0}% of ceiling) with no core ever idle; 25% of the ceiling \
              needs the engine at <= {engine_for_quarter:.0} µs per event + delivery",
             100.0 * cpu_bound / ceil
+        ),
+        true,
+    );
+    // How busy the machine really was: the idle share is time the closed loop of 32
+    // producers left on the cores (hand-offs between threads, waits on the disk).
+    let figure = |k: &str| s1.extra.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let (idle_pct, softirq_pct) = (figure("machine_idle_pct"), figure("machine_softirq_pct"));
+    let engine_for_quarter_here =
+        cores * (1.0 - idle_pct / 100.0) * 1e6 / (0.25 * ceil).max(1e-9) - http_floor;
+    check(
+        &mut checks,
+        format!(
+            "info: during s1 the machine's cores were {idle_pct:.0}% idle ({softirq_pct:.0}% in \
+             softirq, loopback TCP, which the processes' CPU times above include); at that idle \
+             share, 25% of the ceiling needs the engine at <= {engine_for_quarter_here:.0} µs per \
+             event + delivery"
         ),
         true,
     );
@@ -1483,6 +1523,21 @@ async fn run(
     );
     all.push(relay);
     let x = |f: &Figures, k: &str| f.extra.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let (syncs, sync_ms) = (x(&s1, "syncs"), x(&s1, "sync_mean_ms"));
+    let s1_seconds = s1.events as f64 / s1.ingest_eps.max(1e-9);
+    check(
+        &mut checks,
+        format!(
+            "info: s1 group commits {syncs:.0}, {:.1} events each, one every {:.2} ms; a sync \
+             (log + sled flush) takes {sync_ms:.2} ms of it on average, and each of the {} \
+             producers waits a group's cycle for its 202 (accept p50 {:.2} ms)",
+            s1.events as f64 / syncs.max(1.0),
+            s1_seconds * 1e3 / syncs.max(1.0),
+            concurrency(),
+            f64::from(s1.accept_p50_us) / 1e3,
+        ),
+        true,
+    );
     let (slot_ms, http_ms) = (x(&s1, "slot_mean_ms"), x(&s1, "http_mean_ms"));
     check(
         &mut checks,

@@ -198,16 +198,20 @@ fn timer_cost(samples: usize) -> (f64, f64, f64) {
 
 /// Time the hypervisor gave this VM's CPUs to others ("steal" in `/proc/stat`) while a scenario
 /// ran: a tail that coincides with it is the host's, not the engine's. Sampled every 10 ms on a
-/// thread of its own (a `/proc/stat` read, a few µs each).
+/// thread of its own (a `/proc/stat` read, a few µs each). The same samples give the machine's
+/// idle and softirq shares over the run: softirq (loopback TCP) is in no process's CPU time.
 pub struct StealSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<(Instant, u64)>>,
+    thread: std::thread::JoinHandle<Vec<(Instant, CpuTicks)>>,
 }
 
-/// Steal during a run, in ms: all of it, and the most within any 100 ms.
+/// Steal during a run, in ms: all of it, and the most within any 100 ms; and the share of
+/// every CPU's time that was idle and that went to softirq, in percent.
 pub struct Steal {
     pub total_ms: f64,
     pub most_in_100ms_ms: f64,
+    pub idle_pct: f64,
+    pub softirq_pct: f64,
 }
 
 impl StealSampler {
@@ -217,7 +221,7 @@ impl StealSampler {
         let thread = std::thread::spawn(move || {
             let mut samples = Vec::new();
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(ticks) = steal_ticks() {
+                if let Some(ticks) = CpuTicks::read() {
                     samples.push((Instant::now(), ticks));
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -232,27 +236,64 @@ impl StealSampler {
         let samples = self.thread.join().unwrap_or_default();
         // Clock ticks of 10 ms (USER_HZ 100, as `procs::cpu_seconds` reads them).
         let ms = |ticks: u64| ticks as f64 * 10.0;
-        let total = match (samples.first(), samples.last()) {
-            (Some(first), Some(last)) => ms(last.1.saturating_sub(first.1)),
-            _ => 0.0,
-        };
+        let (mut total, mut idle_pct, mut softirq_pct) = (0.0, 0.0, 0.0);
+        if let (Some((_, first)), Some((_, last))) = (samples.first(), samples.last()) {
+            total = ms(last.steal.saturating_sub(first.steal));
+            let all = last.total.saturating_sub(first.total).max(1) as f64;
+            idle_pct = 100.0 * last.idle.saturating_sub(first.idle) as f64 / all;
+            softirq_pct = 100.0 * last.softirq.saturating_sub(first.softirq) as f64 / all;
+        }
         let mut most = 0.0f64;
         let mut start = 0;
         for end in 0..samples.len() {
             while samples[end].0 - samples[start].0 > Duration::from_millis(100) {
                 start += 1;
             }
-            most = most.max(ms(samples[end].1.saturating_sub(samples[start].1)));
+            most = most.max(ms(samples[end]
+                .1
+                .steal
+                .saturating_sub(samples[start].1.steal)));
         }
         Steal {
             total_ms: total,
             most_in_100ms_ms: most,
+            idle_pct,
+            softirq_pct,
         }
     }
 }
 
-/// The steal column of `/proc/stat`'s first line (every CPU), in clock ticks.
-fn steal_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()
+/// Columns of `/proc/stat`'s first line (every CPU), in clock ticks.
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    /// idle + iowait.
+    idle: u64,
+    softirq: u64,
+    steal: u64,
+    /// Every column up to steal (guest time is counted in user already).
+    total: u64,
+}
+
+impl CpuTicks {
+    fn read() -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let columns: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|c| c.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal
+        let &[_, _, _, idle, iowait, _, softirq, steal] = columns.as_slice() else {
+            return None;
+        };
+        Some(CpuTicks {
+            idle: idle + iowait,
+            softirq,
+            steal,
+            total: columns.iter().sum(),
+        })
+    }
 }

@@ -4,7 +4,7 @@
 //!
 //! PostgreSQL 15 is started here, durable (fsync on, as in production), in a temp dir
 //! (`scripts/postgres.sh`), each scenario on a fresh database. Producers are spread over the
-//! nodes (one generator of `CONCURRENCY` connections per node). Besides hookd's CPU (summed over
+//! nodes (one generator of `concurrency()` connections per node). Besides hookd's CPU (summed over
 //! the nodes) the figures carry PostgreSQL's (the postmaster and its backends), both per
 //! delivery: on 2 cores three nodes will not triple throughput, the cost per delivery is the
 //! figure to watch.
