@@ -63,6 +63,12 @@ e2e: end-to-end benchmark of the release hookd (issue 4)
 Scenario 5 with its default backlog of a million and scenario 7 take minutes each; alone:
   cargo bench -p hookd --bench e2e -- --scenario 5
   cargo bench -p hookd --bench e2e -- --scenario 7
+
+Environment:
+  BENCH_QUOTAS=1    give an --engine of another build the bench's raised tenant quotas (left
+                    out otherwise: a release before quotas refuses the section)
+  BENCH_CONCURRENCY=N  N producers (and ceiling senders) instead of 32, for a diagnosis only;
+                    the header and the s1 lines print the value used
 ";
 
 /// Unix time in ns (the receiver compares it with the send time in the payload).
