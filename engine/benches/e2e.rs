@@ -865,7 +865,7 @@ impl Bench {
             Some(size) => Target::Batch(engine.base.clone(), size),
             None => Target::Single(engine.base.clone()),
         };
-        let steal = machine::StealSampler::start();
+        let steal = machine::CpuSampler::start();
         let mut ingest = generate(&self.http, &target, events, rate).await;
         let mut f = Figures {
             name: name.into(),
@@ -1451,10 +1451,10 @@ async fn run(
         ),
         true,
     );
-    // How busy the machine really was: the idle share is time the closed loop of 32
-    // producers left on the cores (hand-offs between threads, waits on the disk).
-    let figure = |k: &str| s1.extra.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    let (idle_pct, softirq_pct) = (figure("machine_idle_pct"), figure("machine_softirq_pct"));
+    // How busy the machine really was: the share of the cores s1 left idle (64 producers
+    // instead of 32 leave as much: it is not the closed loop's concurrency).
+    let x = |f: &Figures, k: &str| f.extra.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let (idle_pct, softirq_pct) = (x(&s1, "machine_idle_pct"), x(&s1, "machine_softirq_pct"));
     let engine_for_quarter_here =
         cores * (1.0 - idle_pct / 100.0) * 1e6 / (0.25 * ceil).max(1e-9) - http_floor;
     check(
@@ -1528,7 +1528,6 @@ async fn run(
         true,
     );
     all.push(relay);
-    let x = |f: &Figures, k: &str| f.extra.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     let (syncs, sync_ms) = (x(&s1, "syncs"), x(&s1, "sync_mean_ms"));
     let s1_seconds = s1.events as f64 / s1.ingest_eps.max(1e-9);
     check(

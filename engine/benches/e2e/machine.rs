@@ -199,22 +199,23 @@ fn timer_cost(samples: usize) -> (f64, f64, f64) {
 /// Time the hypervisor gave this VM's CPUs to others ("steal" in `/proc/stat`) while a scenario
 /// ran: a tail that coincides with it is the host's, not the engine's. Sampled every 10 ms on a
 /// thread of its own (a `/proc/stat` read, a few µs each). The same samples give the machine's
-/// idle and softirq shares over the run: softirq (loopback TCP) is in no process's CPU time.
-pub struct StealSampler {
+/// idle and softirq shares over the run (softirq, loopback TCP, is also in the CPU time of the
+/// processes it ran in).
+pub struct CpuSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Vec<(Instant, CpuTicks)>>,
 }
 
 /// Steal during a run, in ms: all of it, and the most within any 100 ms; and the share of
 /// every CPU's time that was idle and that went to softirq, in percent.
-pub struct Steal {
+pub struct CpuShares {
     pub total_ms: f64,
     pub most_in_100ms_ms: f64,
     pub idle_pct: f64,
     pub softirq_pct: f64,
 }
 
-impl StealSampler {
+impl CpuSampler {
     pub fn start() -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
@@ -228,10 +229,10 @@ impl StealSampler {
             }
             samples
         });
-        StealSampler { stop, thread }
+        CpuSampler { stop, thread }
     }
 
-    pub fn finish(self) -> Steal {
+    pub fn finish(self) -> CpuShares {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let samples = self.thread.join().unwrap_or_default();
         // Clock ticks of 10 ms (USER_HZ 100, as `procs::cpu_seconds` reads them).
@@ -254,7 +255,7 @@ impl StealSampler {
                 .steal
                 .saturating_sub(samples[start].1.steal)));
         }
-        Steal {
+        CpuShares {
             total_ms: total,
             most_in_100ms_ms: most,
             idle_pct,
