@@ -23,6 +23,17 @@
 //! is fixed: an unprivileged process may raise its threads' nice but not lower it again, so
 //! each level has threads of its own.
 //!
+//! The normal lane is a runtime of its own, not the API's. One runtime for both was measured
+//! (e2e bench, 7 rounds alternated, same binary): in scenario 1 it saved context switches
+//! (1.18 per event against 1.51) and idle cores (13 % against 17 %) for 7 % more deliveries/s
+//! (medians 11.7k against 10.9k/s) at the same engine CPU per event; but in scenario 3 (a
+//! plugin on every delivery, CPU-bound) deliveries fell behind ingest in all 7 rounds (e2e p50
+//! 140-556 ms against 6-7 ms in 6 of 7) and the engine spent 17 µs more per delivery (medians
+//! 191 against 174 µs). In 3 of those rounds the yielding lane never ran, so the lag is not the
+//! lanes' doing: in one runtime the 32 producers' requests and 8 deliveries share two workers
+//! by task readiness, and ingest took the larger share (8.9k-10.6k events/s accepted against
+//! 6.9k-8.5k deliveries/s); as threads of their own, the kernel gives deliveries their share.
+//!
 //! The workers keep the normal scheduling policy. `SCHED_BATCH` for the whole engine was
 //! measured (e2e bench scenario 1, 8 rounds alternated): a quarter fewer context switches per
 //! event (1.88 to 1.3-1.6; the delivery workers preempted 0.35 to 0.1 times per event) and a
