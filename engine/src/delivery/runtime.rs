@@ -33,6 +33,12 @@
 //! lanes' doing: in one runtime the 32 producers' requests and 8 deliveries share two workers
 //! by task readiness, and ingest took the larger share (8.9k-10.6k events/s accepted against
 //! 6.9k-8.5k deliveries/s); as threads of their own, the kernel gives deliveries their share.
+//! One worker per runtime (the API's and each lane's) was measured too (4 rounds alternated):
+//! 1.18 context switches per event against 1.50 and 8 % less engine CPU per event in
+//! scenario 1 (medians 89.5 against 97 µs) but as many idle cores (17 %) and no more
+//! deliveries/s beyond the noise, while scenario 3's deliveries fell behind ingest in 2 of 4
+//! rounds (e2e p50 88-102 ms): a lane of one worker cannot use both cores when deliveries need
+//! them.
 //!
 //! The workers keep the normal scheduling policy. `SCHED_BATCH` for the whole engine was
 //! measured (e2e bench scenario 1, 8 rounds alternated): a quarter fewer context switches per
