@@ -70,8 +70,9 @@ pub enum StartError {
     },
 }
 
-/// The longest a stop takes once requested (attempts in flight get the first 10 s).
-pub const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How much longer than `[delivery] shutdown_grace` (the attempts' share) a stop may take in
+/// all: the rest of the tasks ending and the store's flush.
+pub const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The purpose the plugin host's random key is derived from the secret key with: plugins'
 /// `wasi:random` is seeded from it and the delivery id, so it is deterministic per delivery
@@ -135,12 +136,13 @@ impl RunningEngine {
 
     /// Waits until the engine stops (after `shutdown` or the token passed to [`start`]).
     ///
-    /// Once stopping, every task gets until [`SHUTDOWN_LIMIT`] in all (attempts in flight get
-    /// [`delivery::dispatcher::SHUTDOWN_GRACE`] of it); a task still running then is logged by
-    /// name and aborted, so a stop is always bounded. The store is flushed last either way.
+    /// Once stopping, every task gets `[delivery] shutdown_grace` plus [`SHUTDOWN_MARGIN`] in
+    /// all (attempts in flight get the grace); a task still running then is logged by name and
+    /// aborted, so a stop is always bounded. The store is flushed last either way.
     pub async fn wait(self) {
         self.shutdown.cancelled().await;
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_LIMIT;
+        let grace = self.config.current().delivery.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace + SHUTDOWN_MARGIN;
         for (name, mut task) in self.tasks {
             match tokio::time::timeout_at(deadline, &mut task).await {
                 Ok(_) => tracing::debug!(task = name, "stopped"),

@@ -209,3 +209,48 @@ async fn damaged_log_records_fail_or_set_aside_their_deliveries_instead_of_spinn
     );
     drop(child);
 }
+
+/// A stop waits up to `[delivery] shutdown_grace` for attempts in flight: one that ends within
+/// it is recorded and never sent again; one still running when it ends is abandoned and sent
+/// again after the restart, with the same webhook-id.
+#[tokio::test]
+async fn a_stop_waits_the_shutdown_grace_for_attempts_in_flight_and_resends_the_rest() {
+    let receiver = Receiver::start().await;
+    receiver.delay(Duration::from_millis(1500));
+    let waits = r#"shutdown_grace = "5s"
+attempt_timeout = "10s""#;
+    let engine = TestEngine::start_with(waits).await;
+    engine.create_webhook(json!({"url": receiver.url})).await;
+    let event = engine.send_event("user.created", json!({"n": 1})).await;
+    let delivery = event["deliveries"][0]["id"].as_str().unwrap().to_string();
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    // The receiver is still answering when the stop begins: the stop waits for it.
+    let engine = engine.restart(waits).await;
+    let (_, seen) = engine.get(&format!("/v1/deliveries/{delivery}")).await;
+    assert_eq!(seen["status"], "delivered", "{seen}");
+    assert_eq!(seen["attempts"].as_array().unwrap().len(), 1, "{seen}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count(), 1, "a finished attempt is not sent again");
+
+    // No grace: the attempt in flight is abandoned at once and sent again after the restart.
+    let abandons = r#"shutdown_grace = "0s"
+attempt_timeout = "10s""#;
+    let engine = engine.restart(abandons).await;
+    receiver.delay(Duration::from_secs(3));
+    let event = engine.send_event("user.created", json!({"n": 2})).await;
+    let delivery = event["deliveries"][0]["id"].as_str().unwrap().to_string();
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    receiver.delay(Duration::ZERO);
+    let engine = engine.restart(abandons).await;
+    let seen = engine.wait_delivery(&delivery, "delivered").await;
+    let sends: Vec<String> = receiver.received()[1..]
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(
+        sends,
+        [delivery.clone(), delivery],
+        "sent again, same webhook-id"
+    );
+    assert_eq!(seen["attempts"].as_array().unwrap().len(), 1, "{seen}");
+}

@@ -122,6 +122,10 @@ pub struct DeliveryConfig {
     /// start): above 0 the API and ingest go first when the CPU is saturated
     /// (`delivery/runtime.rs`).
     pub worker_nice: i32,
+    /// How long a stop waits for attempts in flight before abandoning them (global setting
+    /// only; read when the stop begins). An abandoned attempt stays queued and is sent again
+    /// after the restart, with the same `webhook-id`.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]

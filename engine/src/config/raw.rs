@@ -121,6 +121,7 @@ pub struct RawDelivery {
     pub failing_event_after_attempts: Option<u32>,
     pub dns_servers: Option<Vec<String>>,
     pub worker_nice: Option<i32>,
+    pub shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

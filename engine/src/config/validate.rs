@@ -472,6 +472,12 @@ fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                         "is engine-wide; set it in [delivery] only",
                     );
                 }
+                if overrides.shutdown_grace.is_some() {
+                    c.push(
+                        format!("{key}.delivery.shutdown_grace"),
+                        "is engine-wide; set it in [delivery] only",
+                    );
+                }
                 delivery_config(&mut c, &format!("{key}.delivery"), overrides, &delivery)
             }
             None => delivery.clone(),
@@ -953,9 +959,13 @@ impl Default for DeliveryConfig {
             failing_event_after_attempts: 3,
             dns_servers: Vec::new(),
             worker_nice: crate::delivery::runtime::DEFAULT_WORKER_NICE,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
+
+/// Longest `[delivery] shutdown_grace`: a stop must stay bounded.
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
 
 fn delivery_config(
     c: &mut Collector<'_>,
@@ -988,6 +998,17 @@ fn delivery_config(
         out.retry_jitter_percent = jitter.min(100);
     }
     let key = |name: &str| format!("{prefix}.{name}");
+    if raw.shutdown_grace.is_some() {
+        out.shutdown_grace = c.duration(
+            &key("shutdown_grace"),
+            raw.shutdown_grace.as_ref(),
+            base.shutdown_grace,
+        );
+        if out.shutdown_grace > MAX_SHUTDOWN_GRACE {
+            c.push(key("shutdown_grace"), "must be between 0s and 5m");
+            out.shutdown_grace = base.shutdown_grace;
+        }
+    }
     if raw.attempt_timeout.is_some() {
         out.attempt_timeout = c.duration(
             &key("attempt_timeout"),
@@ -1232,6 +1253,47 @@ mod tests {
                 "tenants[2].id"
             ]
         );
+    }
+
+    #[test]
+    fn shutdown_grace_is_0s_to_5m_and_only_global() {
+        assert_eq!(
+            parse("").unwrap().delivery.shutdown_grace,
+            Duration::from_secs(10)
+        );
+        for (text, grace) in [("0s", Duration::ZERO), ("45s", Duration::from_secs(45))] {
+            let config = parse(&format!("[delivery]\nshutdown_grace = \"{text}\"\n")).unwrap();
+            assert_eq!(config.delivery.shutdown_grace, grace);
+        }
+        let errors = parse(
+            r#"
+            [delivery]
+            shutdown_grace = "6m"
+            [[tenants]]
+            id = "acme"
+            [tenants.delivery]
+            shutdown_grace = "1s"
+            "#,
+        )
+        .unwrap_err();
+        let found: Vec<(&str, &str)> = errors
+            .0
+            .iter()
+            .map(|e| (e.key.as_str(), e.problem.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("delivery.shutdown_grace", "must be between 0s and 5m"),
+                (
+                    "tenants[0].delivery.shutdown_grace",
+                    "is engine-wide; set it in [delivery] only"
+                )
+            ]
+        );
+        let errors = parse("[delivery]\nshutdown_grace = \"soon\"\n").unwrap_err();
+        assert_eq!(errors.0[0].key, "delivery.shutdown_grace");
+        assert!(errors.0[0].problem.contains("is not a duration"));
     }
 
     #[test]

@@ -42,9 +42,6 @@ use super::attempt;
 use crate::ids::{DeliveryId, WebhookId, now_ms};
 use crate::store::{Claim, WebhookStatus, WorkListener};
 
-/// How long shutdown waits for attempts in flight before abandoning them (they stay queued).
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// A tenant may have this many times `[delivery] max_in_flight` attempts in progress.
 pub const TENANT_CAP_FACTOR: usize = 2;
 
@@ -257,8 +254,9 @@ impl Dispatcher {
         }
     }
 
-    /// Runs until `shutdown`, then lets attempts in flight finish for up to
-    /// [`SHUTDOWN_GRACE`] and abandons the rest (they stay queued and run after restart).
+    /// Runs until `shutdown`, then lets attempts in flight finish for up to `[delivery]
+    /// shutdown_grace` (as configured when the stop begins) and abandons the rest (they stay
+    /// queued and run after restart).
     pub async fn run(mut self, shutdown: CancellationToken) {
         match self.ctx.store.all_webhook_ids().await {
             Ok(ids) => {
@@ -294,8 +292,9 @@ impl Dispatcher {
                 self.handle(msg).await;
             }
         }
+        let grace = self.ctx.config.current().delivery.shutdown_grace;
         let drain = async { while self.attempts.join_next().await.is_some() {} };
-        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        if tokio::time::timeout(grace, drain).await.is_err() {
             warn!(
                 abandoned = self.attempts.len(),
                 "attempts still running at shutdown were abandoned; they run again after restart"
