@@ -1190,6 +1190,15 @@ pub(crate) fn valid_event_type(event_type: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Each error's key and problem, in order.
+    fn keys_and_problems(errors: &ConfigErrors) -> Vec<(&str, &str)> {
+        errors
+            .0
+            .iter()
+            .map(|e| (e.key.as_str(), e.problem.as_str()))
+            .collect()
+    }
+
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         parse_and_validate(Path::new("hookd.toml"), text)
     }
@@ -1276,13 +1285,8 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        let found: Vec<(&str, &str)> = errors
-            .0
-            .iter()
-            .map(|e| (e.key.as_str(), e.problem.as_str()))
-            .collect();
         assert_eq!(
-            found,
+            keys_and_problems(&errors),
             [
                 ("delivery.shutdown_grace", "must be between 0s and 5m"),
                 (
@@ -1320,13 +1324,8 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        let found: Vec<(&str, &str)> = errors
-            .0
-            .iter()
-            .map(|e| (e.key.as_str(), e.problem.as_str()))
-            .collect();
         assert_eq!(
-            found,
+            keys_and_problems(&errors),
             [
                 (
                     "delivery.worker_nice",
