@@ -268,11 +268,14 @@ pub async fn start(
     let reload_dispatch = dispatch.clone();
     let reload_metrics = metrics.clone();
     let (reload_store, reload_config) = (store.clone(), config.clone());
+    let retention_reloaded = Arc::new(tokio::sync::Notify::new());
+    let reload_retention = retention_reloaded.clone();
     let on_reload: config::watch::ReloadHook = Box::new(move |applied| {
         reload_metrics.record_config_reload(applied);
         if applied {
             reload_store.set_min_free_bytes(reload_config.current().limits.min_free_disk_bytes);
             reload_dispatch.config_changed();
+            reload_retention.notify_one();
         }
     });
     let reload_requests =
@@ -327,7 +330,12 @@ pub async fn start(
     // Retention purges old finished records every `limits.retention_interval`.
     tasks.push((
         "retention",
-        retention::spawn(store.clone(), config.clone(), shutdown.clone()),
+        retention::spawn(
+            store.clone(),
+            config.clone(),
+            retention_reloaded,
+            shutdown.clone(),
+        ),
     ));
     tasks.push((
         "queue sampler",

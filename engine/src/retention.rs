@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -42,24 +44,30 @@ pub async fn purge_once(
     Ok(total)
 }
 
-/// Starts the retention task: a pass every `limits.retention_interval` (read from the live
-/// config each time, so a reload applies), until `shutdown` is cancelled.
+/// Starts the retention task: a pass every `limits.retention_interval` after the last one,
+/// until `shutdown` is cancelled. `reloaded` is notified after each applied reload: the
+/// interval is read again then, so a shorter one applies at once instead of after the wait
+/// already begun.
 pub fn spawn(
     store: Arc<dyn Store>,
     config: SharedConfig,
+    reloaded: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut last_pass = Instant::now();
         loop {
-            let interval = config.current().limits.retention_interval;
+            let due = last_pass + config.current().limits.retention_interval;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                _ = reloaded.notified() => continue,
+                _ = tokio::time::sleep_until(due) => {}
             }
             let retention = config.current().limits.retention;
             if let Err(err) = purge_once(store.as_ref(), retention, &shutdown).await {
                 warn!(error = %err, "retention pass failed; it runs again later");
             }
+            last_pass = Instant::now();
         }
     })
 }

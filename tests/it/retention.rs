@@ -123,6 +123,60 @@ async fn the_retention_task_purges_old_finished_records_and_keeps_pending_ones()
     );
 }
 
+/// A quiet engine with nothing queued: its old records sit in the log segment still being
+/// written, which cannot be deleted whole; the retention task sweeps them out of it.
+#[tokio::test]
+async fn old_records_go_on_a_quiet_engine_with_nothing_queued() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let text = test_config_toml(data_dir.path(), "", true)
+        + "\n[limits]\nretention = \"1s\"\nretention_interval = \"100ms\"\n";
+    let engine = TestEngine::start_in(data_dir, parse_config(&text)).await;
+    let receiver = Receiver::start().await;
+    let webhook = engine.create_webhook(json!({"url": receiver.url})).await;
+    let event = engine.send_event("order.paid", json!({"n": 1})).await;
+    let delivery = first_delivery(&event, &webhook);
+    engine.wait_delivery(&delivery, "delivered").await;
+    let event_path = format!("/v1/events/{}", event["id"].as_str().unwrap());
+    for path in [format!("/v1/deliveries/{delivery}"), event_path] {
+        eventually(WAIT, &format!("{path} purged"), || async {
+            (status_of(&engine, ACME_KEY, &path).await == 404).then_some(())
+        })
+        .await;
+    }
+    let (_, stats) = engine.get("/v1/stats").await;
+    assert_eq!(stats["totals"]["delivered"], 1, "{stats}");
+}
+
+/// A reload that shortens `retention_interval` applies at once: the task does not first sit
+/// out the interval it was waiting for.
+#[tokio::test]
+async fn a_shorter_retention_interval_applies_at_the_reload_not_after_the_old_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookd.toml");
+    let config = |interval: &str| {
+        test_config_toml(&dir.path().join("data"), "", true)
+            + &format!("\n[limits]\nretention = \"1s\"\nretention_interval = \"{interval}\"\n")
+    };
+    std::fs::write(&path, config("1h")).unwrap();
+    let loaded = hookd::config::Config::load(&path).unwrap();
+    let engine = TestEngine::start_in(tempfile::tempdir().unwrap(), loaded).await;
+    let receiver = Receiver::start().await;
+    let webhook = engine.create_webhook(json!({"url": receiver.url})).await;
+    let event = engine.send_event("order.paid", json!({"n": 1})).await;
+    let delivery = first_delivery(&event, &webhook);
+    engine.wait_delivery(&delivery, "delivered").await;
+    // Older than the retention now, but the next pass is an hour away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let path_of = format!("/v1/deliveries/{delivery}");
+    assert_eq!(status_of(&engine, ACME_KEY, &path_of).await, 200);
+
+    std::fs::write(&path, config("100ms")).unwrap();
+    eventually(WAIT, "purged after the reload", || async {
+        (status_of(&engine, ACME_KEY, &path_of).await == 404).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn delete_deliveries_before_purges_only_the_tenants_finished_deliveries() {
     let engine = TestEngine::start_with(r#"retry_schedule = ["1h"]"#).await;

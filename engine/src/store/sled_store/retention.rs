@@ -2,7 +2,8 @@
 //!
 //! - A log segment whose records are all older than the cutoff and none of whose deliveries is
 //!   queued is deleted whole (the writer re-checks, then counts what its events held).
-//! - In an old segment that a queued delivery keeps, and for a purge on request
+//! - In the segment being written (never deleted while the log appends to it), in an old
+//!   segment that a queued delivery keeps, and for a purge on request
 //!   (`DELETE /v1/deliveries?before=`), finished deliveries are marked purged and an event none
 //!   of whose deliveries is left is marked purged with its payload zeroed in place. A purge on
 //!   request for one channel (`&channel=`) hands the writer only the events on that channel
@@ -144,8 +145,20 @@ impl SledStore {
             })
             .collect::<Result<_>>()?;
         let mut deleted = false;
+        // The segment the log appends to is swept at every pass, never deleted: its newest
+        // record is always recent while anything is written, and with nothing queued it could
+        // not be deleted anyway, so its old records would otherwise stay until it filled
+        // (64 MiB: weeks, for a quiet engine).
+        let writing = self.shared.log.durable_end().segment;
         for (segment, info) in catalogue {
-            if stop.is_cancelled() || info.last_ms >= before_ms {
+            if stop.is_cancelled() {
+                continue;
+            }
+            if segment >= writing {
+                total.add(self.sweep_segment(segment, before_ms).await?);
+                continue;
+            }
+            if info.last_ms >= before_ms {
                 continue;
             }
             if info.queued == 0 {
