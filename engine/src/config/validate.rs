@@ -129,6 +129,22 @@ impl Collector<'_> {
             },
         }
     }
+
+    /// [`Self::duration`], refused with `problem` outside `within`.
+    fn duration_within(
+        &mut self,
+        key: &str,
+        value: Option<&String>,
+        default: Duration,
+        within: std::ops::RangeInclusive<Duration>,
+        problem: &str,
+    ) -> Duration {
+        let duration = self.duration(key, value, default);
+        if !within.contains(&duration) {
+            self.push(key, problem);
+        }
+        duration
+    }
 }
 
 pub(super) fn parse_and_validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
@@ -998,37 +1014,27 @@ fn delivery_config(
         out.retry_jitter_percent = jitter.min(100);
     }
     let key = |name: &str| format!("{prefix}.{name}");
-    if raw.shutdown_grace.is_some() {
-        out.shutdown_grace = c.duration(
-            &key("shutdown_grace"),
-            raw.shutdown_grace.as_ref(),
-            base.shutdown_grace,
-        );
-        if out.shutdown_grace > MAX_SHUTDOWN_GRACE {
-            c.push(key("shutdown_grace"), "must be between 0s and 5m");
-            out.shutdown_grace = base.shutdown_grace;
-        }
-    }
-    if raw.attempt_timeout.is_some() {
-        out.attempt_timeout = c.duration(
-            &key("attempt_timeout"),
-            raw.attempt_timeout.as_ref(),
-            base.attempt_timeout,
-        );
-        if out.attempt_timeout.is_zero() || out.attempt_timeout > Duration::from_secs(300) {
-            c.push(key("attempt_timeout"), "must be between 1ms and 5m");
-        }
-    }
-    if raw.connect_timeout.is_some() {
-        out.connect_timeout = c.duration(
-            &key("connect_timeout"),
-            raw.connect_timeout.as_ref(),
-            base.connect_timeout,
-        );
-        if out.connect_timeout.is_zero() {
-            c.push(key("connect_timeout"), "must be more than 0");
-        }
-    }
+    out.shutdown_grace = c.duration_within(
+        &key("shutdown_grace"),
+        raw.shutdown_grace.as_ref(),
+        base.shutdown_grace,
+        Duration::ZERO..=MAX_SHUTDOWN_GRACE,
+        "must be between 0s and 5m",
+    );
+    out.attempt_timeout = c.duration_within(
+        &key("attempt_timeout"),
+        raw.attempt_timeout.as_ref(),
+        base.attempt_timeout,
+        Duration::from_nanos(1)..=Duration::from_secs(300),
+        "must be between 1ms and 5m",
+    );
+    out.connect_timeout = c.duration_within(
+        &key("connect_timeout"),
+        raw.connect_timeout.as_ref(),
+        base.connect_timeout,
+        Duration::from_nanos(1)..=Duration::MAX,
+        "must be more than 0",
+    );
     if let Some(n) = raw.max_in_flight_per_webhook {
         if n == 0 || n > 1024 {
             c.push(
@@ -1068,20 +1074,13 @@ fn delivery_config(
         }
         out.max_request_capture_bytes = n.min(16 * 1024 * 1024);
     }
-    if raw.max_retry_after.is_some() {
-        out.max_retry_after = c.duration(
-            &key("max_retry_after"),
-            raw.max_retry_after.as_ref(),
-            base.max_retry_after,
-        );
-        if out.max_retry_after > MAX_RETRY_DELAY {
-            c.push(
-                key("max_retry_after"),
-                "must be at most 30 days, the longest retry delay",
-            );
-            out.max_retry_after = MAX_RETRY_DELAY;
-        }
-    }
+    out.max_retry_after = c.duration_within(
+        &key("max_retry_after"),
+        raw.max_retry_after.as_ref(),
+        base.max_retry_after,
+        Duration::ZERO..=MAX_RETRY_DELAY,
+        "must be at most 30 days, the longest retry delay",
+    );
     if let Some(n) = raw.failing_event_after_attempts {
         if n == 0 {
             c.push(key("failing_event_after_attempts"), "must be at least 1");
